@@ -1,0 +1,29 @@
+"""User-facing errors.
+
+Every error a user can cause (a bad flag, a wrong shape, NaN data, a singular matrix, a missing
+dataset) is raised as a subclass of :class:`RLAlignError` whose message names the problem *and* the
+fix.  Binaries catch :class:`RLAlignError` and print the message alone, without a traceback::
+
+    from rl_align import errors
+    raise errors.ConfigError("config.num_seeds must be >= 1, got 0. Fix: pass --config.num_seeds=8.")
+"""
+
+
+class RLAlignError(ValueError):
+  """Base class of every error a user can fix; the message says how."""
+
+
+class ConfigError(RLAlignError):
+  """A config field or flag has an invalid value."""
+
+
+class DataError(RLAlignError):
+  """Input data is malformed: wrong rank/shape/dtype, NaN or inf values."""
+
+
+class DatasetNotFoundError(DataError):
+  """A tfds dataset is not prepared in the data_dir (we never download)."""
+
+
+class NumericalError(RLAlignError):
+  """A matrix is singular / not PSD, or training diverged."""

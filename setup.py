@@ -1,0 +1,32 @@
+"""rl_align: reproduce and extend Maennel et al. 2020, "What do neural networks learn when trained
+with random labels?" in JAX.  Install with ``pip install -e .[test]``."""
+from setuptools import find_packages, setup
+
+setup(
+    name="rl_align",
+    version="0.1.0",
+    description="Alignment of first-layer weights with data principal components under random labels.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["rl_align", "rl_align.*", "experiments", "experiments.*",
+                                    "benchmarks", "benchmarks.*"]),
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.8",
+        "optax>=0.2",
+        "chex>=0.1.86",
+        "orbax-checkpoint>=0.5",
+        "absl-py",
+        "ml_collections",
+        "numpy",
+        "tensorflow-datasets>=4.9",
+        "array_record",
+        "matplotlib",
+        "scikit-learn",      # embedded offline data: load_digits, load_sample_images
+        "scikit-image",      # embedded offline data: more natural photos for the `photos` source
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "nbformat", "nbclient", "ipykernel"],
+        "tf": ["tensorflow-cpu"],
+        "bench": ["torch==2.13.0"],
+    },
+)
