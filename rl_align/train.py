@@ -1,0 +1,555 @@
+"""The multi-seed training engine: S independent trainings of one model, at once, on every device.
+
+Each seed s (an integer id) has its own init key, its own data order and, when the caller asks for
+random labels, its own label draw, all derived from one root seed with ``fold_in``; so seed s trained
+alone gives the same result as seed s trained inside a batch of seeds.  Seeds are sharded over all
+devices (on CPU rl_align exposes one XLA device per core, see ``rl_align/__init__``); inside a device
+the seeds run in a *layout* chosen per backend and model from measurements (``choose_layout``).
+
+Usage::
+
+    from rl_align import models, train
+    cfg = train.default_config()
+    cfg.num_seeds, cfg.num_epochs, cfg.batch_size = 8, 5, 128
+    model = models.DenseNet(widths=(2048, 256))
+    labels = train.random_labels(cfg.seed, train.seed_ids(cfg), n=len(x), num_classes=10)  # [S, N]
+    res = train.train(model, cfg, x, labels, workdir="/tmp/run")   # resumes if /tmp/run has a checkpoint
+    res.params            # stacked numpy params, leading axis = seed
+    res.snapshots[step]   # {"first_kernel": [S, ...]} at cfg.snapshot_steps / snapshot_epochs
+    res.metrics           # rows {"phase", "step", "epoch", "seed", "loss", "batch_accuracy", ...}
+
+Every logged step appends one row per seed to ``workdir/metrics.jsonl`` and logs steps/s and ETA.
+A seed whose loss or gradient turns non-finite is frozen at its last finite parameters and flagged in
+``res.diverged`` / ``res.diverged_step``; the other seeds finish.
+"""
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from rl_align import errors
+from rl_align import progress as progress_lib
+from rl_align import results as results_lib
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+LAYOUTS = ("auto", "vmap", "unroll", "map", "map_im2col")
+_SEED_AXIS = "seed"
+# fold_in tags of the per-seed streams.
+_INIT, _DATA, _LABELS = 1, 2, 3
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Engine defaults; every field can be overridden from an experiment config."""
+  c = ml_collections.ConfigDict()
+  c.optimizer = "momentum"          # sgd | momentum | adam (adam breaks the rotation symmetry)
+  c.learning_rate = 0.01
+  c.momentum = 0.9
+  c.nesterov = False
+  c.weight_decay = 0.0              # L2 decay added to the gradient (rotation-equivariant)
+  c.schedule = "constant"           # constant | cosine | warmup_cosine | step
+  c.warmup_steps = 0
+  c.step_boundaries = ()            # fractions of training where lr *= step_factor (schedule=step)
+  c.step_factor = 0.1
+  c.batch_size = 128
+  c.num_epochs = 10
+  c.num_steps = 0                   # > 0 overrides num_epochs
+  c.num_seeds = 1
+  c.seed = 0                        # root seed; seed ids are seed_offset .. seed_offset+num_seeds-1
+  c.seed_offset = 0
+  c.seed_layout = "auto"            # auto | vmap | unroll | map | map_im2col
+  c.log_every_steps = 0             # 0: once per epoch
+  c.eval_every_steps = 0            # 0: at every log step
+  c.train_eval_examples = 2048      # train accuracy is measured on this many training examples
+  c.eval_batch_size = 1024
+  c.snapshot_steps = ()
+  c.snapshot_epochs = ()
+  c.checkpoint_every_secs = 60.0    # checkpoint at the first log step after this many seconds
+  c.matmul_precision = "default"    # default | high | highest
+  return c
+
+
+# ----------------------------------------------------------------------------------------------
+# Keys, labels, validation.
+
+
+def seed_ids(cfg) -> list[int]:
+  return list(range(cfg.seed_offset, cfg.seed_offset + cfg.num_seeds))
+
+
+def seed_key(root_seed: int, seed_id: int, stream: int):
+  """The key of one seed's stream (init, data order or labels): independent of the other seeds."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(root_seed), seed_id), stream)
+
+
+def random_labels(root_seed: int, ids: Sequence[int], n: int, num_classes: int) -> np.ndarray:
+  """[S, n] int32 uniform labels, one independent draw per seed id (fixed for the whole run)."""
+  keys = jnp.stack([seed_key(root_seed, s, _LABELS) for s in ids])
+  draw = jax.vmap(lambda k: jax.random.randint(k, (n,), 0, num_classes, dtype=jnp.int32))
+  return np.asarray(draw(keys))
+
+
+def total_steps(cfg, n: int) -> int:
+  return cfg.num_steps if cfg.num_steps > 0 else cfg.num_epochs * (n // cfg.batch_size)
+
+
+def validate(cfg, model, x, labels) -> None:
+  """Raises ConfigError / DataError with the fix, before anything is compiled."""
+  def bad(field, msg):
+    raise errors.ConfigError(f"config.{field}: {msg}")
+  if not isinstance(model, nn.Module):
+    raise errors.ConfigError(f"model must be a flax.linen Module, got {type(model).__name__}. "
+                             "Fix: build it with rl_align.models.build(config.model).")
+  if cfg.optimizer not in OPTIMIZERS:
+    bad("optimizer", f"unknown value {cfg.optimizer!r}; choose one of {OPTIMIZERS}.")
+  if cfg.schedule not in SCHEDULES:
+    bad("schedule", f"unknown value {cfg.schedule!r}; choose one of {SCHEDULES}.")
+  if cfg.seed_layout not in LAYOUTS:
+    bad("seed_layout", f"unknown value {cfg.seed_layout!r}; choose one of {LAYOUTS}.")
+  if int(cfg.num_seeds) < 1:
+    bad("num_seeds", f"must be >= 1, got {cfg.num_seeds}. Fix: e.g. --config.num_seeds=8.")
+  if not cfg.learning_rate > 0:
+    bad("learning_rate", f"must be > 0, got {cfg.learning_rate}.")
+  x = np.asarray(x) if not hasattr(x, "shape") else x
+  if x.ndim < 2:
+    raise errors.DataError(f"training inputs must be [N, ...] with N examples, got shape {x.shape}.")
+  n = x.shape[0]
+  if not 1 <= cfg.batch_size <= n:
+    bad("batch_size", f"must be in [1, N={n}] (the training set size), got {cfg.batch_size}. "
+        f"Fix: --config.batch_size={min(n, 128)} or use more training examples.")
+  if cfg.num_steps <= 0 and cfg.num_epochs <= 0:
+    bad("num_epochs", "num_epochs and num_steps are both <= 0: nothing to train.")
+  if not np.issubdtype(x.dtype, np.floating):
+    raise errors.DataError(f"training inputs must be floating point, got {x.dtype}. "
+                           "Fix: convert images to float32 (e.g. x / 255.) and standardize.")
+  if not np.all(np.isfinite(np.asarray(x))):
+    raise errors.DataError("training inputs contain NaN or inf values. Fix: clean the data "
+                           "(rl_align.data.check_finite shows where) before training.")
+  lab = np.asarray(labels)
+  if lab.ndim not in (1, 2) or lab.shape[-1] != n:
+    raise errors.DataError(f"labels must be [N] or [num_seeds, N] with N={n}, got {lab.shape}.")
+  if lab.ndim == 2 and lab.shape[0] != cfg.num_seeds:
+    raise errors.DataError(f"per-seed labels have {lab.shape[0]} rows but num_seeds={cfg.num_seeds}.")
+  if not np.issubdtype(lab.dtype, np.integer) or lab.min() < 0:
+    raise errors.DataError("labels must be non-negative integers (class ids).")
+  k = getattr(model, "num_classes", None)
+  if k is not None and lab.max() >= k:
+    raise errors.DataError(f"a label is {lab.max()} but the model has num_classes={k}. "
+                           f"Fix: set the model's num_classes to at least {lab.max() + 1}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer.
+
+
+def make_optimizer(cfg, steps: int) -> optax.GradientTransformation:
+  """SGD / momentum / Adam with an optax schedule; weight decay is L2 added to the gradient."""
+  lr = cfg.learning_rate
+  if cfg.schedule == "constant":
+    sched = optax.constant_schedule(lr)
+  elif cfg.schedule == "cosine":
+    sched = optax.cosine_decay_schedule(lr, max(1, steps))
+  elif cfg.schedule == "warmup_cosine":
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, cfg.warmup_steps), max(2, steps))
+  else:
+    bounds = {int(f * steps): cfg.step_factor for f in cfg.step_boundaries}
+    sched = optax.piecewise_constant_schedule(lr, bounds)
+  parts = []
+  if cfg.weight_decay:
+    parts.append(optax.add_decayed_weights(cfg.weight_decay))
+  if cfg.optimizer == "sgd":
+    parts.append(optax.sgd(sched))
+  elif cfg.optimizer == "momentum":
+    parts.append(optax.sgd(sched, momentum=cfg.momentum, nesterov=cfg.nesterov))
+  else:
+    logging.warning("optimizer=adam breaks the rotation symmetry the paper's proposition needs: "
+                    "first-layer weights need not align with the data covariance.")
+    parts.append(optax.adam(sched))
+  return optax.chain(*parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Seed layouts.
+
+
+def choose_layout(model, platform: str, seeds_per_device: int) -> str:
+  """The per-device layout for `seed_layout="auto"`, from benchmarks/train_throughput.py.
+
+  Measured (README, "Engine layouts"): on GPU/TPU, vmap batches seeds into wide kernels and wins.
+  On XLA:CPU vmap over conv kernels lowers to a grouped convolution (4.5x slower) and vmap over
+  dense nets was slower than a loop, so CPU unrolls the seeds inside one program; many seeds of a
+  conv model use lax.map over a conv-as-matmul (im2col) model to keep compile time bounded.
+  """
+  if platform != "cpu":
+    return "vmap"
+  if seeds_per_device <= 8:
+    return "unroll"
+  return "map_im2col" if hasattr(model, "conv_impl") else "map"
+
+
+def _per_seed(fn: Callable, layout: str) -> Callable:
+  """Lifts fn(*per_seed_args) to stacked args (leading seed axis) with the given layout."""
+  if layout == "vmap":
+    return jax.vmap(fn)
+  if layout in ("map", "map_im2col"):
+    return lambda *args: lax.map(lambda a: fn(*a), args)
+
+  def unrolled(*args):
+    s = jax.tree.leaves(args)[0].shape[0]
+    outs = [fn(*jax.tree.map(lambda a, i=i: a[i], args)) for i in range(s)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+  return unrolled
+
+
+# ----------------------------------------------------------------------------------------------
+# Results.
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `train` returns; arrays are numpy with a leading seed axis of size num_seeds."""
+  params: Any
+  seed_ids: list[int]
+  final_step: int
+  steps_per_epoch: int
+  diverged: np.ndarray            # [S] bool
+  diverged_step: np.ndarray       # [S] int, -1 if never
+  metrics: list[dict]
+  snapshots: dict[int, dict[str, np.ndarray]]
+  final_metrics: dict[str, np.ndarray]   # eval metrics at the final step, [S] each
+  layout: str = ""
+
+
+def first_layer_snapshot(params) -> dict[str, np.ndarray]:
+  """Default snapshot: the first layer's kernel (first entry of the params dict)."""
+  first = next(iter(params))
+  return {"first_kernel": np.asarray(params[first]["kernel"])}
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine.
+
+
+class _Engine:
+  """Compiled pieces for one (model, config, data shape, device set)."""
+
+  def __init__(self, model, cfg, n, x_shape, n_seeds):
+    self.cfg = cfg
+    self.n = n
+    self.steps_per_epoch = n // cfg.batch_size
+    self.total = total_steps(cfg, n)
+    self.devices = jax.devices()
+    platform = self.devices[0].platform
+    n_dev = min(len(self.devices), n_seeds)
+    self.s_pad = -(-n_seeds // n_dev) * n_dev
+    self.mesh = jax.make_mesh((n_dev,), (_SEED_AXIS,), devices=self.devices[:n_dev])
+    layout = cfg.seed_layout
+    if layout == "auto":
+      layout = choose_layout(model, platform, self.s_pad // n_dev)
+    if layout == "map_im2col" and hasattr(model, "conv_impl"):
+      model = model.clone(conv_impl="im2col")
+    self.layout, self.model = layout, model
+    self.tx = make_optimizer(cfg, self.total)
+    self.seeded = NamedSharding(self.mesh, P(_SEED_AXIS))
+    self.replicated = NamedSharding(self.mesh, P())
+    self._build(x_shape)
+
+  def _shard_map(self, fn, in_specs, out_specs):
+    return jax.jit(jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
+                                 check_vma=False))
+
+  def _build(self, x_shape):
+    model, tx, cfg = self.model, self.tx, self.cfg
+    b, spe = cfg.batch_size, self.steps_per_epoch
+    sd, rep = P(_SEED_AXIS), P()
+
+    def seed_init(key):
+      params = model.init(key, jnp.zeros((1,) + tuple(x_shape[1:]), jnp.float32))["params"]
+      return params, tx.init(params)
+
+    def loss_acc(params, xb, yb):
+      logits = model.apply({"params": params}, xb)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+      return loss, (jnp.argmax(logits, -1) == yb).mean()
+
+    def seed_step(params, opt_state, alive, xb, yb):
+      (loss, acc), grads = jax.value_and_grad(loss_acc, has_aux=True)(params, xb, yb)
+      updates, new_opt = tx.update(grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      ok = alive & jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+      keep = lambda new, old: jnp.where(ok, new, old)
+      return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt_state), ok, loss, acc
+
+    multi_step = _per_seed(seed_step, self.layout)
+    perms_of = jax.vmap(lambda k, e: jax.random.permutation(jax.random.fold_in(k, e), self.n),
+                        in_axes=(0, None))
+
+    def chunk(state, data_keys, labels, x_all, t0, t1):
+      params, opt_state, alive, div_step = state
+      s_local = alive.shape[0]
+
+      def body(t, carry):
+        params, opt_state, alive, div_step, perms, lsum, asum = carry
+        i, epoch = t % spe, t // spe
+        perms = lax.cond(i == 0, lambda: perms_of(data_keys, epoch), lambda: perms)
+        idx = lax.dynamic_slice_in_dim(perms, i * b, b, axis=1)
+        xb, yb = x_all[idx], jnp.take_along_axis(labels, idx, axis=1)
+        params, opt_state, ok, loss, acc = multi_step(params, opt_state, alive, xb, yb)
+        div_step = jnp.where(alive & ~ok, t, div_step)
+        lsum = lsum + jnp.where(ok, loss, jnp.nan)
+        return params, opt_state, ok, div_step, perms, lsum, asum + acc
+
+      perms0 = perms_of(data_keys, t0 // spe)
+      zeros = jnp.zeros((s_local,), jnp.float32)
+      carry = (params, opt_state, alive, div_step, perms0, zeros, zeros)
+      params, opt_state, alive, div_step, _, lsum, asum = lax.fori_loop(t0, t1, body, carry)
+      steps = jnp.maximum(t1 - t0, 1).astype(jnp.float32)
+      return (params, opt_state, alive, div_step), lsum / steps, asum / steps
+
+    self.init = self._shard_map(_per_seed(seed_init, self.layout), (sd,), (sd, sd))
+    self.chunk = self._shard_map(chunk, ((sd, sd, sd, sd), sd, sd, rep, rep, rep),
+                                 ((sd, sd, sd, sd), sd, sd))
+
+    def seed_eval(params, xs, ys, mask):
+      def body(tot, batch):
+        xb, yb, mb = batch
+        logits = model.apply({"params": params}, xb)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+        correct = (jnp.argmax(logits, -1) == yb)
+        return tot + jnp.stack([(loss * mb).sum(), (correct * mb).sum()]), None
+      tot, _ = lax.scan(body, jnp.zeros(2), (xs, ys, mask))
+      return tot / mask.sum()
+
+    def evaluate(params, xs, ys, mask):
+      return _per_seed(lambda p, y: seed_eval(p, xs, y, mask), self.layout)(params, ys)
+
+    self.evaluate = self._shard_map(evaluate, (sd, rep, sd, rep), sd)
+
+  def put_seeded(self, tree):
+    return jax.tree.map(lambda a: jax.device_put(np.asarray(a), self.seeded), tree)
+
+  def put_replicated(self, a):
+    return jax.device_put(a, self.replicated)
+
+
+def _pad_seeds(a, s_pad):
+  a = np.asarray(a)
+  if a.shape[0] == s_pad:
+    return a
+  return np.concatenate([a, np.repeat(a[-1:], s_pad - a.shape[0], axis=0)], axis=0)
+
+
+def _to_host(tree, s):
+  return jax.tree.map(lambda a: np.asarray(jax.device_get(a))[:s], tree)
+
+
+def _eval_batches(x, y, s, batch_size):
+  """Pads an eval set to whole batches: xs [nb, B, ...], ys [S, nb, B], mask [nb, B]."""
+  m = x.shape[0]
+  bs = min(batch_size, m)
+  nb = -(-m // bs)
+  pad = nb * bs - m
+  xs = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]).reshape((nb, bs) + x.shape[1:])
+  y = np.broadcast_to(np.asarray(y), (s, m))
+  ys = np.concatenate([y, np.zeros((s, pad), y.dtype)], axis=1).reshape(s, nb, bs)
+  mask = np.concatenate([np.ones(m, np.float32), np.zeros(pad, np.float32)]).reshape(nb, bs)
+  return xs.astype(np.float32), ys.astype(np.int32), mask
+
+
+def _event_steps(cfg, total, spe, log_every, eval_every):
+  snaps = {int(s) for s in cfg.snapshot_steps} | {int(e * spe) for e in cfg.snapshot_epochs}
+  snaps = {s for s in snaps if 0 <= s <= total}
+  logs = set(range(log_every, total + 1, log_every)) | {total}
+  evals = set(range(eval_every, total + 1, eval_every)) | {total}
+  return snaps, logs, evals
+
+
+def train(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
+          eval_sets: Mapping[str, tuple[Any, Any]] | None = None, init_params=None,
+          snapshot_fn: Callable[[Any], Mapping[str, np.ndarray]] = first_layer_snapshot,
+          name: str = "train") -> TrainResult:
+  """Trains cfg.num_seeds seeds of `model` on (x, labels) with SGD-family optimizers.
+
+  Args:
+    model: a flax.linen Module mapping a batch of x to logits.
+    cfg: `default_config()` (or an experiment config's engine part).
+    x: [N, ...] float inputs, shared by all seeds.
+    labels: [N] shared labels, or [S, N] per-seed labels (e.g. `random_labels`).
+    workdir: if given, metrics/snapshots/checkpoints go there and a rerun resumes.
+    eval_sets: name -> (x_eval, y_eval [M] or [S, M]); accuracy and loss logged as
+      `<name>_accuracy`, `<name>_loss` at eval steps.  A "train" set (the first
+      cfg.train_eval_examples examples with the seeds' labels) is added unless given.
+    init_params: stacked params [S, ...] to start from instead of the model's init.
+    snapshot_fn: stacked host params -> dict of arrays, stored at snapshot steps.
+    name: the phase name (separates checkpoints and metrics of several phases in one workdir).
+  """
+  validate(cfg, model, x, labels)
+  x = np.asarray(x, np.float32)
+  n, s = x.shape[0], int(cfg.num_seeds)
+  ids = seed_ids(cfg)
+  labels = np.broadcast_to(np.asarray(labels, np.int32), (s, n))
+  eng = _Engine(model, cfg, n, x.shape, s)
+  spe, total = eng.steps_per_epoch, eng.total
+  log_every = cfg.log_every_steps or spe
+  eval_every = cfg.eval_every_steps or log_every
+  snap_steps, log_steps, eval_steps = _event_steps(cfg, total, spe, log_every, eval_every)
+  events = sorted(snap_steps | log_steps | eval_steps)
+
+  sets = dict(eval_sets or {})
+  if "train" not in sets and cfg.train_eval_examples:
+    m = min(n, cfg.train_eval_examples)
+    sets["train"] = (x[:m], labels[:, :m])
+  eval_data = {}
+  for k, (xe, ye) in sets.items():
+    xs, ys, mask = _eval_batches(np.asarray(xe, np.float32), ye, s, cfg.eval_batch_size)
+    eval_data[k] = (eng.put_replicated(xs), eng.put_seeded(_pad_seeds(ys, eng.s_pad)),
+                    eng.put_replicated(mask))
+
+  ids_pad = ids + [ids[-1]] * (eng.s_pad - s)   # padding seeds repeat the last one; dropped at the end
+  keys = lambda stream: jax.device_put(
+      jnp.stack([seed_key(cfg.seed, i, stream) for i in ids_pad]), eng.seeded)
+  data_keys = keys(_DATA)
+  labels_d = eng.put_seeded(_pad_seeds(labels, eng.s_pad))
+  x_d = eng.put_replicated(x)
+  params, opt_state = eng.init(keys(_INIT))
+  if init_params is not None:
+    params = eng.put_seeded(jax.tree.map(lambda a: _pad_seeds(a, eng.s_pad), init_params))
+    opt_state = jax.jit(jax.vmap(eng.tx.init), out_shardings=eng.seeded)(params)
+  alive = eng.put_seeded(np.ones(eng.s_pad, bool))
+  div_step = eng.put_seeded(np.full(eng.s_pad, -1, np.int32))
+  state = (params, opt_state, alive, div_step)
+
+  is_main = jax.process_index() == 0
+  ckpt = _Checkpointer(workdir, name) if workdir else None
+  step, snapshots, metrics = 0, {}, []
+  if ckpt is not None:
+    restored = ckpt.restore(_to_host(state, eng.s_pad))
+    if restored is not None:
+      step, host_state = restored
+      state = eng.put_seeded(host_state)
+      results_lib.truncate_jsonl(workdir, "metrics.jsonl", step) if is_main else None
+      metrics = [r for r in results_lib.read_jsonl(workdir, "metrics.jsonl") if r.get("phase") == name]
+      snapshots = ckpt.load_snapshots(step)
+      logging.info("%s: resumed from step %d in %s", name, step, workdir)
+
+  logging.info("%s: %d seeds x %d steps (%d/epoch) on %d %s device(s), layout=%s", name, s, total,
+               spe, eng.mesh.size, eng.devices[0].platform, eng.layout)
+  if 0 in snap_steps and 0 not in snapshots:
+    snapshots[0] = snapshot_fn(_to_host(state[0], s))
+    ckpt and ckpt.save_snapshot(0, snapshots[0])
+  prog = progress_lib.Progress(total, step, name)
+  last_ckpt = time.monotonic()
+  final_metrics = {}
+  precision = None if cfg.matmul_precision == "default" else cfg.matmul_precision
+  with jax.default_matmul_precision(precision):
+    for ev in events:
+      if ev <= step:
+        continue
+      state, lmean, amean = eng.chunk(state, data_keys, labels_d, x_d, np.int32(step), np.int32(ev))
+      step = ev
+      rows = None
+      if ev in log_steps or ev in eval_steps:
+        host = {"loss": np.asarray(lmean)[:s], "batch_accuracy": np.asarray(amean)[:s],
+                "alive": np.asarray(state[2])[:s]}
+        if ev in eval_steps:
+          for k, (xs, ys, mask) in eval_data.items():
+            out = np.asarray(eng.evaluate(state[0], xs, ys, mask))[:s]
+            host[f"{k}_loss"], host[f"{k}_accuracy"] = out[:, 0], out[:, 1]
+          final_metrics = {k: v for k, v in host.items()
+                           if any(k.startswith(e + "_") for e in eval_data)}
+        rows = [{"phase": name, "step": ev, "epoch": ev / spe, "seed": ids[i],
+                 **{k: v[i] for k, v in host.items()}} for i in range(s)]
+        metrics.extend(rows)
+        if workdir and is_main:
+          results_lib.append_jsonl(workdir, "metrics.jsonl", rows)
+        shown = {k: float(np.nanmean(v)) for k, v in host.items() if k != "alive"}
+        prog.report(ev, shown)
+      if ev in snap_steps:
+        snapshots[ev] = snapshot_fn(_to_host(state[0], s))
+        if ckpt:
+          ckpt.save_snapshot(ev, snapshots[ev])
+      if ckpt and (ev == total or time.monotonic() - last_ckpt > cfg.checkpoint_every_secs):
+        ckpt.save(ev, _to_host(state, eng.s_pad))
+        last_ckpt = time.monotonic()
+
+  if not final_metrics and ckpt is not None:  # finished run reloaded: recompute final eval
+    for k, (xs, ys, mask) in eval_data.items():
+      out = np.asarray(eng.evaluate(state[0], xs, ys, mask))[:s]
+      final_metrics[f"{k}_loss"], final_metrics[f"{k}_accuracy"] = out[:, 0], out[:, 1]
+  host_state = _to_host(state, s)
+  diverged = ~host_state[2]
+  if diverged.any():
+    logging.warning("%s: seeds %s diverged (non-finite loss) and were frozen at steps %s.", name,
+                    [ids[i] for i in np.flatnonzero(diverged)], host_state[3][diverged].tolist())
+  return TrainResult(params=host_state[0], seed_ids=ids, final_step=step, steps_per_epoch=spe,
+                     diverged=diverged, diverged_step=host_state[3], metrics=metrics,
+                     snapshots=dict(sorted(snapshots.items())), final_metrics=final_metrics,
+                     layout=eng.layout)
+
+
+def _quiet_orbax(record) -> bool:
+  """absl-logger filter: orbax logs ~40 INFO lines per save; keep its warnings only."""
+  return record.levelno >= 30 or "orbax" not in record.pathname
+
+
+class _Checkpointer:
+  """Orbax checkpoints of the stacked train state + npz weight snapshots, under workdir/<name>/."""
+
+  def __init__(self, workdir: str, name: str):
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    absl_logger = logging.get_absl_logger()
+    if _quiet_orbax not in absl_logger.filters:
+      absl_logger.addFilter(_quiet_orbax)
+    self._ocp = ocp
+    self.root = os.path.abspath(os.path.join(workdir, f"{name}_state"))
+    self.snap_dir = os.path.join(workdir, f"{name}_snapshots")
+    opts = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+    self.mngr = ocp.CheckpointManager(os.path.join(self.root, "checkpoints"), options=opts)
+
+  def save(self, step: int, host_state) -> None:
+    self.mngr.save(step, args=self._ocp.args.StandardSave(host_state), force=True)
+    self.mngr.wait_until_finished()
+
+  def restore(self, template):
+    step = self.mngr.latest_step()
+    if step is None:
+      return None
+    try:
+      restored = self.mngr.restore(step, args=self._ocp.args.StandardRestore(template))
+    except Exception as e:  # a checkpoint of another model / config
+      raise errors.ConfigError(
+          f"the checkpoint at step {step} in {self.root} does not match this run's model or "
+          f"config ({type(e).__name__}: {str(e)[:200]}). Fix: use a fresh --workdir, or rerun "
+          "with the config that wrote it.") from None
+    return step, jax.tree.map(np.asarray, restored)
+
+  def save_snapshot(self, step: int, arrays) -> None:
+    if jax.process_index() == 0:
+      results_lib.write_npz(self.snap_dir, f"step_{step:08d}.npz", arrays)
+
+  def load_snapshots(self, max_step: int) -> dict[int, dict[str, np.ndarray]]:
+    out = {}
+    if not os.path.isdir(self.snap_dir):
+      return out
+    for f in sorted(os.listdir(self.snap_dir)):
+      if f.startswith("step_") and f.endswith(".npz"):
+        st = int(f[5:-4])
+        if st <= max_step:
+          out[st] = results_lib.read_npz(self.snap_dir, f)
+    return out
+
+
+def init_distributed() -> None:
+  """Multi-host: call once at program start when JAX's coordinator env vars are set."""
+  if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
+    jax.distributed.initialize()

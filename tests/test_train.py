@@ -1,0 +1,196 @@
+"""Tests of the multi-seed engine (rl_align.train)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from rl_align import errors, results, train
+
+
+class TinyMLP(nn.Module):
+  num_classes: int = 4
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(16, name="dense_0")(x))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+class TinyCNN(nn.Module):
+  num_classes: int = 4
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (3, 3), padding="VALID", name="conv_0")(x))
+    return nn.Dense(self.num_classes, name="head")(x.reshape(x.shape[0], -1))
+
+
+def _cfg(**kw):
+  cfg = train.default_config()
+  cfg.num_seeds, cfg.num_epochs, cfg.batch_size, cfg.learning_rate = 3, 2, 16, 0.05
+  cfg.train_eval_examples = 64
+  cfg.update(kw)
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def data():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(96, 6)).astype(np.float32)
+  return x, train.random_labels(0, range(3), 96, 4)
+
+
+def test_two_devices_are_exposed_on_cpu():
+  # rl_align/__init__ exposes one XLA host device per core; CI has 2 cores.
+  if (os.cpu_count() or 1) >= 2:
+    assert len(jax.devices()) >= 2
+
+
+@pytest.mark.parametrize("layout", ["unroll", "vmap", "map"])
+def test_seed_alone_equals_seed_in_batch(data, layout):
+  x, labels = data
+  batch = train.train(TinyMLP(), _cfg(seed_layout=layout), x, labels)
+  alone = train.train(TinyMLP(), _cfg(seed_layout=layout, num_seeds=1, seed_offset=1), x, labels[1:2])
+  for a, b in zip(jax.tree.leaves(batch.params), jax.tree.leaves(alone.params)):
+    np.testing.assert_allclose(a[1], b[0], rtol=1e-5, atol=1e-6)
+  assert batch.layout == layout
+
+
+def test_layouts_agree_and_seeds_differ(data):
+  x, labels = data
+  runs = [train.train(TinyMLP(), _cfg(seed_layout=l), x, labels) for l in ("unroll", "vmap", "map")]
+  k = [r.params["dense_0"]["kernel"] for r in runs]
+  np.testing.assert_allclose(k[0], k[1], atol=1e-5)
+  np.testing.assert_allclose(k[0], k[2], atol=1e-5)
+  assert not np.allclose(k[0][0], k[0][1])  # seeds have their own init and data order
+
+
+def test_conv_model_map_im2col_layout_falls_back_without_conv_impl():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(48, 6, 6, 2)).astype(np.float32)
+  labels = train.random_labels(0, range(2), 48, 4)
+  res = train.train(TinyCNN(), _cfg(num_seeds=2, seed_layout="map_im2col"), x, labels)
+  assert res.params["conv_0"]["kernel"].shape == (2, 3, 3, 2, 4)
+  assert np.isfinite(res.final_metrics["train_loss"]).all()
+
+
+def test_random_labels_learnable_and_metrics_logged(data, tmp_path):
+  x, labels = data
+  res = train.train(TinyMLP(), _cfg(num_epochs=60, learning_rate=0.1), x, labels, workdir=str(tmp_path))
+  # 96 points, 4 random classes, 16 hidden units: memorization lifts train accuracy well above 1/4.
+  assert res.final_metrics["train_accuracy"].mean() > 0.5
+  rows = results.read_jsonl(str(tmp_path), "metrics.jsonl")
+  assert {r["seed"] for r in rows} == {0, 1, 2}
+  assert rows[-1]["step"] == res.final_step == 60 * (96 // 16)
+  assert {"loss", "batch_accuracy", "train_accuracy", "alive"} <= set(rows[-1])
+
+
+def test_snapshots_at_epochs(data):
+  x, labels = data
+  res = train.train(TinyMLP(), _cfg(snapshot_epochs=(0, 1, 2)), x, labels)
+  assert sorted(res.snapshots) == [0, 6, 12]
+  assert res.snapshots[6]["first_kernel"].shape == (3, 6, 16)
+  np.testing.assert_array_equal(res.snapshots[12]["first_kernel"], res.params["dense_0"]["kernel"])
+  assert not np.allclose(res.snapshots[0]["first_kernel"], res.snapshots[6]["first_kernel"])
+
+
+def test_nan_seed_is_frozen_and_others_finish(data):
+  x, labels = data
+  init = jax.tree.map(np.copy, _init_params(x, labels))
+  init["dense_0"]["kernel"][1, 0, 0] = np.nan
+  res = train.train(TinyMLP(), _cfg(), x, labels, init_params=init)
+  assert res.diverged.tolist() == [False, True, False]
+  assert res.diverged_step.tolist() == [-1, 0, -1]
+  ref = train.train(TinyMLP(), _cfg(), x, labels, init_params=_init_params(x, labels))
+  np.testing.assert_allclose(res.params["head"]["kernel"][[0, 2]], ref.params["head"]["kernel"][[0, 2]],
+                             atol=1e-6)
+
+
+def _init_params(x, labels):
+  return train.train(TinyMLP(), _cfg(num_steps=1, snapshot_steps=(0,)), x, labels,
+                     snapshot_fn=lambda p: p).snapshots[0]
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("optimizer", "rmsprop", "optimizer"), ("num_seeds", 0, "num_seeds"),
+    ("batch_size", 1000, "batch_size"), ("seed_layout", "magic", "seed_layout"),
+    ("schedule", "exp", "schedule"), ("learning_rate", -1.0, "learning_rate")])
+def test_invalid_config_is_a_clear_error(data, field, value, match):
+  x, labels = data
+  cfg = _cfg(**{field: value})
+  lab = labels if field != "num_seeds" else labels[0]
+  with pytest.raises(errors.ConfigError, match=match):
+    train.train(TinyMLP(), cfg, x, lab)
+
+
+def test_bad_data_is_a_clear_error(data):
+  x, labels = data
+  bad = x.copy()
+  bad[3, 2] = np.nan
+  with pytest.raises(errors.DataError, match="NaN"):
+    train.train(TinyMLP(), _cfg(), bad, labels)
+  with pytest.raises(errors.DataError, match="num_classes"):
+    train.train(TinyMLP(num_classes=2), _cfg(), x, labels)
+  with pytest.raises(errors.DataError, match="num_seeds"):
+    train.train(TinyMLP(), _cfg(num_seeds=2), x, labels)
+
+
+def test_adam_warns_about_symmetry(data, caplog):
+  x, labels = data
+  from absl import logging as absl_logging
+  with caplog.at_level("WARNING"):
+    absl_logging.get_absl_logger().propagate = True
+    train.make_optimizer(_cfg(optimizer="adam"), 10)
+  assert "rotation symmetry" in caplog.text
+
+
+_CRASH_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from absl import logging
+    logging.set_verbosity("info")
+    from rl_align import train
+    from test_train import TinyMLP, _cfg
+    x = np.random.default_rng(0).normal(size=(96, 6)).astype(np.float32)
+    labels = train.random_labels(0, range(3), 96, 4)
+    calls = []
+    def snap(p):
+      calls.append(1)
+      if sys.argv[2] == "crash" and len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)   # dies at step 24, before its checkpoint
+      return train.first_layer_snapshot(p)
+    cfg = _cfg(num_epochs=8, checkpoint_every_secs=0.0, snapshot_steps=(12, 24))
+    res = train.train(TinyMLP(), cfg, x, labels, workdir=sys.argv[1], snapshot_fn=snap)
+    np.savez(os.path.join(sys.argv[1], "final.npz"), *[np.asarray(a) for a in
+             __import__("jax").tree.leaves(res.params)])
+""")
+
+
+def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
+  script = tmp_path / "run.py"
+  script.write_text(_CRASH_SCRIPT.format(tests=os.path.dirname(__file__)))
+  run = lambda wd, mode: subprocess.run([sys.executable, str(script), str(wd), mode],
+                                        capture_output=True, text=True, timeout=300)
+  ref, crashed = tmp_path / "ref", tmp_path / "crashed"
+  assert run(ref, "normal").returncode == 0
+  first = run(crashed, "crash")
+  assert first.returncode == -9, first.stderr[-2000:]
+  assert not (crashed / "final.npz").exists()
+  second = run(crashed, "normal")
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert "resumed from step 18" in second.stderr   # checkpoints at log steps 6, 12, 18
+  assert "Saving checkpoint" not in second.stderr    # orbax's INFO chatter is filtered
+  with np.load(ref / "final.npz") as a, np.load(crashed / "final.npz") as b:
+    for k in a.files:
+      np.testing.assert_array_equal(a[k], b[k])
+  rows = results.read_jsonl(str(crashed), "metrics.jsonl")
+  steps = [r["step"] for r in rows if r["seed"] == 0]
+  assert steps == sorted(set(steps)), "resume must not duplicate metric rows"
+  assert sorted(os.listdir(crashed / "train_snapshots")) == ["step_00000012.npz", "step_00000024.npz"]
