@@ -243,7 +243,7 @@ def first_layer_snapshot(params) -> dict[str, np.ndarray]:
 class _Engine:
   """Compiled pieces for one (model, config, data shape, device set)."""
 
-  def __init__(self, model, cfg, n, x_shape, n_seeds):
+  def __init__(self, model, cfg, n, x_shape, n_seeds, probe_fn=None):
     self.cfg = cfg
     self.n = n
     self.steps_per_epoch = n // cfg.batch_size
@@ -263,6 +263,10 @@ class _Engine:
     self.seeded = NamedSharding(self.mesh, P(_SEED_AXIS))
     self.replicated = NamedSharding(self.mesh, P())
     self._build(x_shape)
+    self.probe = None
+    if probe_fn is not None:
+      self.probe = self._shard_map(_per_seed(lambda p: probe_fn(self.model, p), layout),
+                                   (P(_SEED_AXIS),), P(_SEED_AXIS))
 
   def _shard_map(self, fn, in_specs, out_specs):
     return jax.jit(jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
@@ -377,6 +381,7 @@ def _event_steps(cfg, total, spe, log_every, eval_every):
 def train(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
           eval_sets: Mapping[str, tuple[Any, Any]] | None = None, init_params=None,
           snapshot_fn: Callable[[Any], Mapping[str, np.ndarray]] = first_layer_snapshot,
+          probe_fn: Callable[[nn.Module, Any], Mapping[str, Any]] | None = None,
           name: str = "train") -> TrainResult:
   """Trains cfg.num_seeds seeds of `model` on (x, labels) with SGD-family optimizers.
 
@@ -391,6 +396,9 @@ def train(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
       cfg.train_eval_examples examples with the seeds' labels) is added unless given.
     init_params: stacked params [S, ...] to start from instead of the model's init.
     snapshot_fn: stacked host params -> dict of arrays, stored at snapshot steps.
+    probe_fn: (model, params of ONE seed) -> dict of scalars, jit-compatible; evaluated at eval
+      steps and logged as `probe/<key>` (e.g. ReLU activity on a fixed probe batch, see
+      rl_align.activity).  It receives the model the engine runs (possibly an im2col clone).
     name: the phase name (separates checkpoints and metrics of several phases in one workdir).
   """
   validate(cfg, model, x, labels)
@@ -398,7 +406,7 @@ def train(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
   n, s = x.shape[0], int(cfg.num_seeds)
   ids = seed_ids(cfg)
   labels = np.broadcast_to(np.asarray(labels, np.int32), (s, n))
-  eng = _Engine(model, cfg, n, x.shape, s)
+  eng = _Engine(model, cfg, n, x.shape, s, probe_fn)
   spe, total = eng.steps_per_epoch, eng.total
   log_every = cfg.log_every_steps or spe
   eval_every = cfg.eval_every_steps or log_every
@@ -465,6 +473,9 @@ def train(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
           for k, (xs, ys, mask) in eval_data.items():
             out = np.asarray(eng.evaluate(state[0], xs, ys, mask))[:s]
             host[f"{k}_loss"], host[f"{k}_accuracy"] = out[:, 0], out[:, 1]
+          if eng.probe is not None:
+            for k, v in eng.probe(state[0]).items():
+              host[f"probe/{k}"] = np.asarray(v)[:s]
           final_metrics = {k: v for k, v in host.items()
                            if any(k.startswith(e + "_") for e in eval_data)}
         rows = [{"phase": name, "step": ev, "epoch": ev / spe, "seed": ids[i],

@@ -194,3 +194,20 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
   steps = [r["step"] for r in rows if r["seed"] == 0]
   assert steps == sorted(set(steps)), "resume must not duplicate metric rows"
   assert sorted(os.listdir(crashed / "train_snapshots")) == ["step_00000012.npz", "step_00000024.npz"]
+
+
+def test_probe_fn_is_logged_per_seed(data):
+  x, labels = data
+  probe_x = x[:8]
+
+  def probe(model, params):
+    h = probe_x @ params["dense_0"]["kernel"] + params["dense_0"]["bias"]
+    return {"active_fraction": (h > 0).mean(), "kernel_norm": (params["dense_0"]["kernel"] ** 2).sum()}
+
+  res = train.train(TinyMLP(), _cfg(), x, labels, probe_fn=probe)
+  last = [r for r in res.metrics if r["step"] == res.final_step]
+  assert len(last) == 3
+  for r in last:
+    k = res.params["dense_0"]["kernel"][r["seed"]]
+    np.testing.assert_allclose(r["probe/kernel_norm"], (k ** 2).sum(), rtol=1e-5)
+    assert 0.0 <= r["probe/active_fraction"] <= 1.0

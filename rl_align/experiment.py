@@ -1,0 +1,97 @@
+"""Shared plumbing of the experiment binaries: config -> data, labels, model; workdir; errors.
+
+The binaries in experiments/ stay thin::
+
+    from rl_align import experiment
+    def main(argv):
+      experiment.run_main(eigenmap.run, FLAGS.config, FLAGS.workdir)
+
+`run_main` writes the config next to the results, turns every `RLAlignError` into one clear line
+on stderr (exit code 2, no traceback) and leaves everything already written in place.
+"""
+import json
+import os
+import sys
+from typing import Any, Callable
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from rl_align import data as data_lib
+from rl_align import errors
+from rl_align import results
+from rl_align import train
+
+
+def check_workdir_config(config, workdir: str) -> None:
+  """Writes config.json; refuses to resume a workdir that holds a different config."""
+  new = json.loads(json.dumps(results._to_jsonable(config)))  # pylint: disable=protected-access
+  old = results.read_json(workdir, "config.json")
+  if old is not None and old != new:
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    raise errors.ConfigError(
+        f"{workdir} already holds a run with a different config (fields {diff} differ). "
+        "Fix: pass a new --workdir, or rerun with the same config to resume.")
+  results.write_json(workdir, "config.json", new)
+
+
+def run_main(fn: Callable[[Any, str], Any], config, workdir: str) -> Any:
+  """Runs fn(config, workdir) as a binary: clear one-line errors, no traceback for user mistakes."""
+  if not workdir:
+    print("error: --workdir is required. Fix: pass --workdir=/path/to/run (rerun resumes there).",
+          file=sys.stderr)
+    sys.exit(2)
+  train.init_distributed()
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    check_workdir_config(config, workdir)
+    return fn(config, workdir)
+  except errors.RLAlignError as e:
+    print(f"error: {e}", file=sys.stderr)
+    logging.flush()
+    sys.exit(2)
+
+
+def _source_kwargs(dcfg) -> dict:
+  kw = dict(dcfg.get("kwargs", {}))
+  return {k: (tuple(v) if isinstance(v, list) else v) for k, v in kw.items()}
+
+
+def load_split(dcfg, split: str) -> data_lib.ArrayDataset:
+  """One split of config.data: embedded sources take split as a keyword, tfds as a split name."""
+  name = dcfg.name
+  kw = _source_kwargs(dcfg)
+  if name in ("gaussian", "photos"):
+    return data_lib.load(name, split=split, **kw)
+  if name == "digits":
+    return data_lib.load(name, **kw)
+  return data_lib.load(name, split=split, data_dir=dcfg.get("data_dir") or None, **kw)
+
+
+def standardize_like(train_x: np.ndarray, *others: np.ndarray):
+  """Per-channel standardization with the statistics of train_x, applied to all arrays."""
+  mean, std = data_lib.channel_stats(train_x)
+  return tuple(data_lib.standardize(a, mean, std) for a in (train_x,) + others)
+
+
+def make_labels(config, ds: data_lib.ArrayDataset) -> np.ndarray:
+  """[S, N] per-seed random labels (config.labels == 'random') or the real labels [N]."""
+  if config.labels == "random":
+    return train.random_labels(config.train.seed, train.seed_ids(config.train), len(ds),
+                               config.num_classes)
+  if config.labels == "real":
+    return ds.y.astype(np.int32)
+  raise errors.ConfigError(f"config.labels must be 'random' or 'real', got {config.labels!r}.")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Fields every experiment config has."""
+  c = ml_collections.ConfigDict()
+  c.data = ml_collections.ConfigDict({"name": "gaussian", "kwargs": {}, "data_dir": "",
+                                      "standardize": False})
+  c.labels = "random"
+  c.num_classes = 10
+  c.model = ml_collections.ConfigDict({"name": "dense", "widths": (2048, 256), "num_classes": 10})
+  c.train = train.default_config()
+  return c
