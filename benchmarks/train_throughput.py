@@ -1,0 +1,576 @@
+"""Training throughput, side by side in one process: the multi-seed engine vs per-seed loops.
+
+Three workloads (``--model``): ``fig20_dense`` (Fig 20: 30 -> 2048 -> 256 -> 10, batch 128),
+``paper_cnn`` (32x32x3, conv 256 3x3 VALID -> dense 64 -> 10, batch 256) and ``small_cnn``
+(DESIGN.md's conv 3 -> 32 -> 64 SAME, global average pool, batch 128).  Arms (``--arms``):
+
+- ``engine``: ``rl_align.train``'s compiled multi-seed chunk (the function ``train.train`` runs
+  between log steps: seeds sharded over every device, the per-device layout from ``--layout``).
+  Timed: ``steps`` steps of all S seeds per round, after a 1-step warm-up call that compiles it;
+  eval, logging and checkpoints are not part of it (``train.train`` calls them only at log steps).
+- ``naive_jax``: a Python loop over seeds and steps of one jitted, buffer-donating SGD+momentum
+  step (optax) of the same model with ``conv_impl="lax"`` on the default device.
+- ``torch``: the same loop in PyTorch (``torch.optim.SGD`` momentum, ``--torch_threads`` threads),
+  with the same architecture; at set-up the JAX init is copied into it and the logits are compared.
+
+Every arm is compiled/warmed first; then ``--repeats`` rounds run every arm once each, in an order
+that rotates from round to round (the machine is shared: compare arms of one run, as ratios).  An
+arm's time is its best round.  FLOP counts are per model-step (one seed, one SGD step) from XLA's
+cost analysis of the naive step (``flops_source``); a count of the dot/conv FLOPs in the step's
+jaxpr is reported next to it.  The fp32 matmul peak (a 4096^2 matmul in jitted JAX, NumPy and
+torch; the best) is measured at the start and the end of the run.
+
+Usage::
+
+    python -m benchmarks.train_throughput --model=paper_cnn --seeds=16 --steps=2 --json=/tmp/p.json
+    python -m benchmarks.train_throughput --model=fig20_dense --seeds=1,8,16,64 --steps=40 \\
+        --arms=engine,naive_jax,torch --json=/tmp/d.json
+    # every layout at S=8 and S=16, engine only:
+    python -m benchmarks.train_throughput --model=small_cnn --seeds=8,16 --steps=2 --arms=engine \\
+        --layout=vmap,unroll,map,map_im2col --json=/tmp/l.json
+
+The JSON holds the headline (the first engine arm) as ``model_steps_per_s``, ``gflops_per_s``,
+``peak_gflops_per_s`` and ``peak_fraction``, and one entry per arm under ``arms``, with its ratios
+``vs_torch`` and ``vs_naive_jax`` (model-steps/s over the baseline's, same S when measured).
+"""
+import rl_align  # pylint: disable=unused-import  # before jax: one XLA host device per core
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rl_align import models
+from rl_align import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("model", "paper_cnn", ["paper_cnn", "fig20_dense", "small_cnn"], "Workload.")
+flags.DEFINE_list("seeds", ["16"], "Numbers of seeds S (comma list); one engine arm per S and layout.")
+flags.DEFINE_integer("steps", 2, "SGD steps per seed per timed round, for every arm.")
+flags.DEFINE_list("arms", ["engine", "naive_jax", "torch"], "Arms: engine, naive_jax, torch.")
+flags.DEFINE_list("layout", ["auto"], "Engine seed layouts (comma list): auto, vmap, unroll, map, "
+                  "map_im2col.")
+flags.DEFINE_integer("repeats", 2, "Timed rounds; an arm's time is its best round.")
+flags.DEFINE_integer("baseline_seeds", 16, "The per-seed loops (naive_jax, torch) run min(S, this) "
+                     "seeds: their model-steps/s does not depend on S.")
+flags.DEFINE_integer("batch_size", 0, "Override the workload's batch size (0: the paper's).")
+flags.DEFINE_integer("num_examples", 0, "Training set size (0: 8 batches).")
+flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: the number of usable cores).")
+flags.DEFINE_integer("peak_size", 4096, "Side of the square fp32 matmul that measures the peak.")
+flags.DEFINE_string("json", None, "Write the results here (JSON).")
+
+ARMS = ("engine", "naive_jax", "torch")
+
+# name -> (model constructor kwargs, input shape without batch, batch size, classes).
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "fig20_dense": {"model": {"name": "dense", "widths": (2048, 256), "num_classes": 10},
+                    "input": (30,), "batch": 128},
+    "paper_cnn": {"model": {"name": "paper_cnn", "features": 256, "kernel_size": 3, "hidden": 64,
+                            "num_classes": 10},
+                  "input": (32, 32, 3), "batch": 256},
+    "small_cnn": {"model": {"name": "small_cnn", "features": (32, 64), "num_classes": 10},
+                  "input": (32, 32, 3), "batch": 128},
+}
+LEARNING_RATE, MOMENTUM = 0.01, 0.9
+
+
+# ----------------------------------------------------------------------------------------------
+# Peak and FLOPs.
+
+
+def matmul_peak(n: int = 4096, reps: int = 3) -> dict[str, float]:
+  """Best fp32 GFLOP/s of an n x n matmul in jitted JAX, NumPy and (if installed) torch."""
+  rng = np.random.default_rng(0)
+  a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+  out = {}
+
+  def best(fn):
+    fn()
+    times = []
+    for _ in range(reps):
+      t = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / min(times) / 1e9
+
+  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  mm = jax.jit(jnp.matmul)
+  out["jax"] = best(lambda: mm(ja, jb).block_until_ready())
+  out["numpy"] = best(lambda: a @ b)
+  torch = _torch()
+  if torch is not None:
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    out["torch"] = best(lambda: ta @ tb)
+  return out
+
+
+def _dot_conv_flops(jaxpr) -> float:
+  """FLOPs (2 x multiply-adds) of the dot_general and conv ops of a (closed) jaxpr, recursively."""
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      (lc, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in lc])
+    elif name == "conv_general_dilated":
+      rhs = eqn.invars[1].aval.shape
+      dn = eqn.params["dimension_numbers"]
+      out_feature = rhs[dn.rhs_spec[0]]
+      per_out = np.prod(rhs) / out_feature  # k*k*C_in/groups
+      total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * per_out
+    for sub in _sub_jaxprs(eqn.params.values()):
+      total += _dot_conv_flops(sub)
+  return total
+
+
+def _sub_jaxprs(values):
+  for v in values:
+    if hasattr(v, "eqns"):
+      yield v
+    elif hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
+      yield v.jaxpr
+    elif isinstance(v, (tuple, list)):
+      yield from _sub_jaxprs(v)
+
+
+def _cost_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The same model in PyTorch.
+
+
+def _torch():
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    return torch
+  except ImportError:
+    return None
+
+
+def torch_model(name: str, kw: dict[str, Any]):
+  """The PyTorch twin of the workload's Flax model (NCHW; layer order = Flax's layer_names)."""
+  torch = _torch()
+  tnn = torch.nn
+  if name == "fig20_dense":
+    layers, d = [tnn.Flatten()], WORKLOADS[name]["input"][0]
+    for w in kw["widths"]:
+      layers += [tnn.Linear(d, w), tnn.ReLU()]
+      d = w
+    return tnn.Sequential(*layers, tnn.Linear(d, kw["num_classes"]))
+  if name == "paper_cnn":
+    k, f = kw["kernel_size"], kw["features"]
+    side = WORKLOADS[name]["input"][0] - k + 1
+    return tnn.Sequential(tnn.Conv2d(3, f, k), tnn.ReLU(), tnn.Flatten(),
+                          tnn.Linear(f * side * side, kw["hidden"]), tnn.ReLU(),
+                          tnn.Linear(kw["hidden"], kw["num_classes"]))
+  layers, c = [], 3
+  for f in kw["features"]:
+    layers += [tnn.Conv2d(c, f, 3, padding=1), tnn.ReLU()]
+    c = f
+  return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(),
+                        tnn.Linear(c, kw["num_classes"]))
+
+
+def copy_params_to_torch(tmodel, params, input_shape) -> None:
+  """Loads Flax params (layer_names order) into the torch twin, fixing the flatten order."""
+  torch = _torch()
+  with_weights = [m for m in tmodel if hasattr(m, "weight")]
+  names = models.layer_names(params)
+  assert len(names) == len(with_weights), (names, tmodel)
+  shape = tuple(input_shape)  # running NHWC shape without batch, to permute the flatten
+  for name, m in zip(names, with_weights):
+    k, b = np.asarray(params[name]["kernel"]), np.asarray(params[name]["bias"])
+    if k.ndim == 4:                                     # [k, k, C, F] -> [F, C, k, k]
+      w = k.transpose(3, 2, 0, 1)
+      pad = m.padding[0]
+      side = shape[0] + 2 * pad - k.shape[0] + 1
+      shape = (side, side, k.shape[-1])
+    else:                                               # [in, out] -> [out, in]
+      if len(shape) == 3 and k.shape[0] == np.prod(shape):   # flatten of (H, W, C) vs (C, H, W)
+        h, wd, c = shape
+        k = k.reshape(h, wd, c, -1).transpose(2, 0, 1, 3).reshape(k.shape)
+      w = k.T
+      shape = (k.shape[-1],)
+    with torch.no_grad():
+      m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+      m.bias.copy_(torch.from_numpy(np.array(b)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Arms.  Each has setup() (compile / warm up; returns setup seconds) and run() (one timed round).
+
+
+def _data(model_name: str, batch: int, n: int, seeds: int):
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((n,) + tuple(WORKLOADS[model_name]["input"]), dtype=np.float32)
+  labels = train.random_labels(0, range(seeds), n, 10)
+  return x, labels
+
+
+class EngineArm:
+  """rl_align.train's compiled chunk: `steps` steps of every seed per round."""
+  arm = "engine"
+
+  def __init__(self, model, x, labels, seeds: int, layout: str, batch: int, steps: int):
+    cfg = train.default_config()
+    cfg.optimizer, cfg.learning_rate, cfg.momentum = "momentum", LEARNING_RATE, MOMENTUM
+    cfg.num_seeds, cfg.batch_size, cfg.seed_layout = seeds, batch, layout
+    cfg.num_steps = 10 ** 6
+    self.cfg, self.model, self.x, self.labels = cfg, model, x, labels
+    self.seeds, self.steps, self.requested_layout = seeds, steps, layout
+    self.layout = ""
+
+  def setup(self) -> float:
+    t = time.perf_counter()
+    cfg, x = self.cfg, self.x
+    eng = train._Engine(self.model, cfg, len(x), x.shape, self.seeds)  # pylint: disable=protected-access
+    self.eng, self.layout = eng, eng.layout
+    ids = list(range(eng.s_pad))
+    keys = lambda stream: jax.device_put(
+        jnp.stack([train.seed_key(cfg.seed, i, stream) for i in ids]), eng.seeded)
+    params, opt_state = eng.init(keys(train._INIT))  # pylint: disable=protected-access
+    alive = eng.put_seeded(np.ones(eng.s_pad, bool))
+    div = eng.put_seeded(np.full(eng.s_pad, -1, np.int32))
+    self.state = (params, opt_state, alive, div)
+    self.data_keys = keys(train._DATA)  # pylint: disable=protected-access
+    self.labels_d = eng.put_seeded(train._pad_seeds(self.labels, eng.s_pad))  # pylint: disable=protected-access
+    self.x_d = eng.put_replicated(x)
+    self.t = 0
+    self._advance(1)
+    return time.perf_counter() - t
+
+  def _advance(self, n: int) -> None:
+    self.state, loss, _ = self.eng.chunk(self.state, self.data_keys, self.labels_d, self.x_d,
+                                         np.int32(self.t), np.int32(self.t + n))
+    jax.block_until_ready((self.state, loss))
+    self.t += n
+    self.last_loss = float(np.nanmean(np.asarray(loss)))
+
+  def run(self) -> None:
+    self._advance(self.steps)
+
+  def model_steps(self) -> int:
+    return self.seeds * self.steps
+
+  def close(self) -> None:
+    self.state = self.eng = None
+
+
+def naive_step_fn(model):
+  """One jitted SGD+momentum step of one seed: (params, opt, x_all, y_all, idx) -> same."""
+  tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+
+  def step(params, opt_state, x_all, y_all, idx):
+    xb, yb = x_all[idx], y_all[idx]
+
+    def loss_fn(p):
+      logits = model.apply({"params": p}, xb)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+  return tx, step
+
+
+class NaiveJaxArm:
+  """for seed: for step: jitted_step(...) on the default device, conv_impl="lax"."""
+  arm, layout, requested_layout = "naive_jax", "", ""
+
+  def __init__(self, model, x, labels, seeds: int, batch: int, steps: int):
+    self.model, self.x, self.labels = model, x, labels
+    self.seeds, self.batch, self.steps = seeds, batch, steps
+
+  def setup(self) -> float:
+    t = time.perf_counter()
+    tx, step = naive_step_fn(self.model)
+    self.step = jax.jit(step, donate_argnums=(0, 1))
+    dev = jax.devices()[0]
+    self.x_d = jax.device_put(self.x, dev)
+    self.y_d = [jax.device_put(self.labels[s], dev) for s in range(self.seeds)]
+    rng = np.random.default_rng(1)
+    n = len(self.x)
+    self.idx = [[jax.device_put(rng.permutation(n)[:self.batch].astype(np.int32), dev)
+                 for _ in range(self.steps)] for _ in range(self.seeds)]
+    init = jax.jit(lambda k: self.model.init(k, jnp.zeros((1,) + self.x.shape[1:]))["params"])
+    self.params = [init(train.seed_key(0, s, 1)) for s in range(self.seeds)]
+    self.opt = [tx.init(p) for p in self.params]
+    self.run()
+    return time.perf_counter() - t
+
+  def run(self) -> None:
+    losses = []
+    for s in range(self.seeds):
+      for t in range(self.steps):
+        self.params[s], self.opt[s], loss = self.step(self.params[s], self.opt[s], self.x_d,
+                                                      self.y_d[s], self.idx[s][t])
+      losses.append(loss)
+    jax.block_until_ready((self.params, losses))
+    self.last_loss = float(np.mean([float(l) for l in losses]))
+
+  def model_steps(self) -> int:
+    return self.seeds * self.steps
+
+  def close(self) -> None:
+    self.params = self.opt = None
+
+
+class TorchArm:
+  """for seed: for step: zero_grad, forward, cross_entropy, backward, SGD(momentum).step()."""
+  arm, layout, requested_layout = "torch", "", ""
+
+  def __init__(self, model_name, kw, jax_model, x, labels, seeds: int, batch: int, steps: int,
+               threads: int):
+    self.model_name, self.kw, self.jax_model = model_name, kw, jax_model
+    self.x, self.labels, self.seeds, self.batch, self.steps = x, labels, seeds, batch, steps
+    self.threads = threads
+    self.max_logit_diff = float("nan")
+
+  def setup(self) -> float:
+    torch = _torch()
+    torch.set_num_threads(self.threads)
+    t = time.perf_counter()
+    x = self.x if self.x.ndim == 2 else self.x.transpose(0, 3, 1, 2)
+    self.x_t = torch.from_numpy(np.ascontiguousarray(x))
+    self.y_t = [torch.from_numpy(self.labels[s].astype(np.int64)) for s in range(self.seeds)]
+    rng = np.random.default_rng(1)
+    n = len(self.x)
+    self.idx = [[torch.from_numpy(rng.permutation(n)[:self.batch]) for _ in range(self.steps)]
+                for _ in range(self.seeds)]
+    self.nets, self.opts = [], []
+    for s in range(self.seeds):
+      torch.manual_seed(s)
+      net = torch_model(self.model_name, self.kw)
+      self.nets.append(net)
+      self.opts.append(torch.optim.SGD(net.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM))
+    self.max_logit_diff = self._check_same_model()
+    self.run()
+    return time.perf_counter() - t
+
+  def _check_same_model(self) -> float:
+    """Copies one JAX init into a fresh torch twin; max |logits difference| on 4 examples."""
+    torch = _torch()
+    params = self.jax_model.init(jax.random.key(0), jnp.asarray(self.x[:1]))["params"]
+    net = torch_model(self.model_name, self.kw)
+    copy_params_to_torch(net, params, self.x.shape[1:])
+    ref = np.asarray(self.jax_model.apply({"params": params}, jnp.asarray(self.x[:4])))
+    with torch.no_grad():
+      got = net(self.x_t[:4]).numpy()
+    return float(np.max(np.abs(ref - got)))
+
+  def run(self) -> None:
+    torch = _torch()
+    f = torch.nn.functional
+    losses = []
+    for s in range(self.seeds):
+      net, opt = self.nets[s], self.opts[s]
+      for t in range(self.steps):
+        idx = self.idx[s][t]
+        opt.zero_grad(set_to_none=True)
+        loss = f.cross_entropy(net(self.x_t[idx]), self.y_t[s][idx])
+        loss.backward()
+        opt.step()
+      losses.append(float(loss))
+    self.last_loss = float(np.mean(losses))
+
+  def model_steps(self) -> int:
+    return self.seeds * self.steps
+
+  def close(self) -> None:
+    self.nets = self.opts = None
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark.
+
+
+def _parse_seeds(values) -> list[int]:
+  seeds = [int(v) for v in values]
+  if not seeds or min(seeds) < 1:
+    raise app.UsageError(f"--seeds must be positive integers, got {values}.")
+  return seeds
+
+
+def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str],
+                  layouts: list[str], repeats: int = 2, baseline_seeds: int = 16,
+                  batch_size: int = 0, num_examples: int = 0, torch_threads: int = 0,
+                  peak_size: int = 4096, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Sets up every arm, times `repeats` interleaved rounds and returns the results dict."""
+  t_start, load_start = time.perf_counter(), os.getloadavg()[0]
+  bad = [a for a in arms if a not in ARMS]
+  if bad:
+    raise app.UsageError(f"--arms has unknown arms {bad}; choose from {ARMS}.")
+  bad = [l for l in layouts if l not in train.LAYOUTS]
+  if bad:
+    raise app.UsageError(f"--layout has unknown layouts {bad}; choose from {train.LAYOUTS}.")
+  if steps < 1 or repeats < 1:
+    raise app.UsageError("--steps and --repeats must be >= 1.")
+  if "torch" in arms and _torch() is None:
+    raise app.UsageError("--arms has torch but PyTorch is not installed. Fix: pip install -e "
+                         "'.[bench]' (torch==2.13.0), or drop torch from --arms.")
+  spec = WORKLOADS[model_name]
+  kw = dict(spec["model"])
+  batch = batch_size or spec["batch"]
+  n = num_examples or 8 * batch
+  model = models.build(kw)
+  kw.pop("name")
+  x, labels = _data(model_name, batch, n, max(seeds))
+  threads = torch_threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                              else os.cpu_count())
+
+  peaks = [matmul_peak(peak_size)]
+  log(f"fp32 matmul peak (start): {peaks[0]}")
+
+  # FLOPs of one model-step (one seed, one SGD step, conv_impl="lax").
+  tx, step = naive_step_fn(model)
+  p0 = jax.jit(lambda k: model.init(k, jnp.zeros((1,) + x.shape[1:]))["params"])(jax.random.key(0))
+  args = (p0, tx.init(p0), jnp.asarray(x), jnp.asarray(labels[0]), jnp.arange(batch, dtype=jnp.int32))
+  xla_flops = _cost_flops(jax.jit(step).lower(*args).compile())
+  jaxpr_flops = _dot_conv_flops(jax.make_jaxpr(step)(*args).jaxpr)
+  flops = xla_flops or jaxpr_flops
+  n_params = int(sum(np.prod(a.shape) for a in jax.tree.leaves(p0)))
+  del p0, args
+  log(f"{model_name}: {n_params} params, batch {batch}, {flops / 1e9:.3f} GFLOP per model-step "
+      f"(XLA cost analysis; dot+conv count {jaxpr_flops / 1e9:.3f})")
+
+  todo = []
+  for s in seeds:
+    if "engine" in arms:
+      todo += [EngineArm(model, x, labels[:s], s, lay, batch, steps) for lay in layouts]
+    bs = min(s, baseline_seeds) if baseline_seeds > 0 else s
+    if "naive_jax" in arms:
+      todo.append(NaiveJaxArm(model, x, labels, bs, batch, steps))
+      todo[-1].requested_seeds = s
+    if "torch" in arms:
+      todo.append(TorchArm(model_name, kw, model, x, labels, bs, batch, steps, threads))
+      todo[-1].requested_seeds = s
+  # A per-seed loop with the same number of seeds is set up once and shared by every S.
+  arms_list, shared = [], {}
+  for a in todo:
+    key = (a.arm, a.seeds) if a.arm != "engine" else id(a)
+    if key in shared:
+      shared[key].also_for.append(getattr(a, "requested_seeds", a.seeds))
+      continue
+    a.also_for = [getattr(a, "requested_seeds", a.seeds)]
+    shared[key] = a
+    arms_list.append(a)
+
+  for a in arms_list:
+    a.setup_s = a.setup()
+    extra = f" layout={a.layout}" if a.arm == "engine" else ""
+    log(f"set up {a.arm} S={a.seeds}{extra}: {a.setup_s:.1f} s (compile + 1 warm-up round/step)")
+  rounds = {id(a): [] for a in arms_list}
+  for r in range(repeats):
+    k = r % len(arms_list)
+    order = arms_list[k:] + arms_list[:k] if r % 2 == 0 else (arms_list[k:] + arms_list[:k])[::-1]
+    for a in order:
+      t = time.perf_counter()
+      a.run()
+      rounds[id(a)].append(time.perf_counter() - t)
+    log(f"round {r + 1}/{repeats} done")
+  peaks.append(matmul_peak(peak_size))
+  log(f"fp32 matmul peak (end): {peaks[1]}")
+  peak = max(max(p.values()) for p in peaks)
+
+  rows = []
+  for a in arms_list:
+    best = min(rounds[id(a)])
+    msps = a.model_steps() / best
+    row = {"arm": a.arm, "seeds": a.seeds, "for_seeds": sorted(set(a.also_for)),
+           "layout": a.layout, "requested_layout": a.requested_layout, "steps": a.steps,
+           "rounds_s": [round(v, 4) for v in rounds[id(a)]], "best_s": best,
+           "median_s": statistics.median(rounds[id(a)]), "setup_s": a.setup_s,
+           "model_steps_per_s": msps, "s_per_model_step": 1.0 / msps,
+           "gflops_per_s": msps * flops / 1e9, "peak_fraction": msps * flops / 1e9 / peak,
+           "last_loss": a.last_loss}
+    if a.arm == "torch":
+      row["max_logit_diff_vs_jax"] = a.max_logit_diff
+      row["torch_threads"] = a.threads
+    rows.append(row)
+    a.close()
+
+  def baseline(arm, s):
+    cands = [r for r in rows if r["arm"] == arm]
+    same = [r for r in cands if s in r["for_seeds"]]
+    return (same or cands or [None])[0]
+
+  for row in rows:
+    for arm in ("torch", "naive_jax"):
+      b = baseline(arm, row["seeds"])
+      row[f"vs_{arm}"] = row["model_steps_per_s"] / b["model_steps_per_s"] if b else None
+
+  engine_rows = [r for r in rows if r["arm"] == "engine"]
+  head = (engine_rows or rows)[0]
+  return {
+      "model": model_name,
+      "model_steps_per_s": head["model_steps_per_s"],
+      "gflops_per_s": head["gflops_per_s"],
+      "peak_gflops_per_s": peak,
+      "peak_fraction": head["peak_fraction"],
+      "headline": {k: head[k] for k in ("arm", "seeds", "layout")},
+      "flops_per_model_step": flops,
+      "flops_source": "xla_cost_analysis" if xla_flops else "jaxpr_dot_conv_count",
+      "jaxpr_dot_conv_flops_per_model_step": jaxpr_flops,
+      "batch_size": batch, "num_examples": n, "num_params": n_params,
+      "steps": steps, "repeats": repeats, "timing": "best round",
+      "peaks": peaks,
+      "arms": rows,
+      "env": {"jax": jax.__version__, "torch": getattr(_torch(), "__version__", None),
+              "devices": [str(d) for d in jax.devices()], "cpu": platform.processor() or
+              platform.machine(), "usable_cores": threads,
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "python": sys.version.split()[0],
+              "loadavg_1min_start_end": [load_start, os.getloadavg()[0]]},
+      "wall_s": time.perf_counter() - t_start,
+  }
+
+
+def format_table(res: dict[str, Any]) -> str:
+  lines = [f"{res['model']}: {res['flops_per_model_step'] / 1e9:.3f} GFLOP/model-step "
+           f"({res['flops_source']}), peak {res['peak_gflops_per_s']:.0f} GFLOP/s",
+           f"{'arm':10s} {'S':>4s} {'layout':11s} {'model-steps/s':>13s} {'s/model-step':>12s} "
+           f"{'GFLOP/s':>8s} {'%peak':>6s} {'vs torch':>8s} {'vs naive':>8s} {'setup s':>8s}"]
+  fmt = lambda v: f"{v:8.2f}" if v is not None else f"{'-':>8s}"
+  for r in res["arms"]:
+    lines.append(f"{r['arm']:10s} {r['seeds']:4d} {r['layout'] or '-':11s} "
+                 f"{r['model_steps_per_s']:13.3f} {r['s_per_model_step']:12.4f} "
+                 f"{r['gflops_per_s']:8.1f} {100 * r['peak_fraction']:6.1f} "
+                 f"{fmt(r['vs_torch'])} {fmt(r['vs_naive_jax'])} {r['setup_s']:8.1f}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  res = run_benchmark(FLAGS.model, _parse_seeds(FLAGS.seeds), FLAGS.steps, FLAGS.arms,
+                      FLAGS.layout, FLAGS.repeats, FLAGS.baseline_seeds, FLAGS.batch_size,
+                      FLAGS.num_examples, FLAGS.torch_threads, FLAGS.peak_size,
+                      log=lambda s: print(s, flush=True))
+  print(format_table(res), flush=True)
+  if FLAGS.json:
+    d = os.path.dirname(os.path.abspath(FLAGS.json))
+    os.makedirs(d, exist_ok=True)
+    tmp = FLAGS.json + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(res, f, indent=1, default=float)
+    os.replace(tmp, FLAGS.json)
+    print(f"wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+  app.run(main)
