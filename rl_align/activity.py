@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rl_align import errors
+from rl_align import models
 
 STATS = ("active_fraction", "dead_fraction", "mean_activation")
 PREFIX = "probe/"
@@ -61,15 +62,10 @@ def layer_activity(acts: Mapping[str, Mapping[str, Any]],
   return {k: unit_activity(acts[k]["relu"]) for k in names}
 
 
-def _default_activations(model, params, x):
-  from rl_align import models  # pylint: disable=g-import-not-at-top
-  return models.activations(model, params, x)
-
-
 def probe_metrics(model, params, x_probe, *, layers: Sequence[str] | None = None,
                   activations_fn: ActivationsFn | None = None) -> dict[str, jax.Array]:
   """Flat {"<layer>/<stat>": scalar} for ONE seed's params; jit-compatible."""
-  fn = activations_fn or _default_activations
+  fn = activations_fn or models.activations
   stats = layer_activity(fn(model, params, x_probe), layers)
   return {f"{layer}/{k}": v for layer, s in stats.items() for k, v in s.items()}
 
@@ -107,14 +103,15 @@ def measure(model, stacked_params, x_probe, *, layers: Sequence[str] | None = No
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-  """{"<layer>/<stat>": v} (optionally prefixed with "probe/") -> {layer: {stat: v}}."""
+  """{"<layer>/<stat>": v} (optionally prefixed with "probe/") -> {layer: {stat: v}}, layers in
+  forward order (`models.sort_layers`)."""
   out: dict[str, dict[str, Any]] = {}
   for key, v in flat.items():
     key = key[len(PREFIX):] if key.startswith(PREFIX) else key
     layer, _, stat = key.rpartition("/")
     if stat in STATS and layer:
       out.setdefault(layer, {})[stat] = v
-  return out
+  return {k: out[k] for k in models.sort_layers(out)}
 
 
 def curves_from_metrics(rows: Sequence[Mapping[str, Any]], *, phase: str | None = None,

@@ -1,0 +1,144 @@
+r"""Section 3: specialization and negative transfer after random-label pretraining.
+
+Commands:
+  local (embedded sklearn digits 8x8, dense net, 2-core CPU, about 15-20 min):
+    python -m experiments.specialization --config=experiments/configs/specialization.py:local --workdir=workdirs/specialization
+  tiny smoke run (CI, < 1 min):  specialization.py:tiny
+  paper scale (GPU/TPU, tfds cifar10 / imagenet prepared in $TFDS_DATA_DIR):
+    specialization.py:vgg16_cifar10     VGG16 (PAPER.md Fig 1 protocol: 20k upstream, 25k downstream)
+    specialization.py:resnet18_cifar10  ResNet18, same protocol
+    specialization.py:resnet18_imagenet ResNet18 on imagenet_resized/32x32 (shrink the split to taste)
+
+What runs: for every (width of the later layers, learning rate) one upstream engine run trains
+num_seeds seeds per K on K random labels (the K values share the run: head of size max K, labels of
+the seeds of point K drawn in [0, K)); snapshots at every upstream length L start the downstream
+arms (pretrained: hidden layers carried over, head re-initialized; rescaled: each tensor rescaled to
+its init L2 norm, head re-initialized), which train on a disjoint split with the real labels next to
+scratch seeds, all in one downstream engine run.  gain = mean scratch iterations / mean arm iterations
+to reach `downstream.threshold` train accuracy.  Activity (rl_align.activity) is logged on a fixed
+probe batch (the first `probe_examples` downstream inputs) at every eval step of both phases.
+
+Expected runtime: local about 15-20 min (15 cells of 16 upstream seeds x 4000 steps and 104
+downstream seeds x 400 steps); paper-scale configs: hours per cell on one accelerator.
+Expected result (README "Specialization"): local: narrow later layers (width 16-32) with large lr
+or K = 50 transfer negatively (gain < 1) and their later layers' active fraction drops within the
+first downstream steps; the same setting with width 256 transfers positively (gain > 1).  Paper
+(PAPER.md section 3): later-layer activations drop sharply at the switch in negative-transfer
+settings; widening the later layers restores positive transfer.
+"""
+import ml_collections
+
+from rl_align import experiment
+
+
+def _common() -> ml_collections.ConfigDict:
+  c = experiment.base_config()
+  c.labels = "random"            # upstream labels; downstream always uses the real labels
+  c.split = ml_collections.ConfigDict({"upstream": 700, "downstream": 700, "test": 397, "seed": 0})
+  c.probe_examples = 256         # first downstream inputs: the fixed probe batch of the activity
+  c.activity_layers = ()         # () = every ReLU layer of the model
+  c.arms = ("pretrained", "rescaled")
+  c.upstream = ml_collections.ConfigDict({"eval_every_steps": 50})
+  c.downstream = ml_collections.ConfigDict({
+      "num_steps": 400,
+      "eval_every_steps": 5,
+      "learning_rate": 0.0,      # 0: the sweep point's learning rate (both phases)
+      "threshold": 0.95,         # train accuracy both arms must reach; gain = ratio of iterations
+      "drop_window": 20,         # steps after the switch in which the activity drop is measured
+      "train_eval_examples": 700,
+  })
+  c.sweep = ml_collections.ConfigDict({
+      "width_field": "widths",   # model field that sets the width of the later layers
+      "width_from": 1,           # tuple fields: entries from this index on are the later layers
+      "widths": (16, 32, 64, 128, 256),
+      "learning_rates": (0.01, 0.02, 0.05),
+      "num_random_classes": (10, 50),
+      "upstream_steps": (250, 1000, 4000),
+  })
+  # The point drawn in specialization_activity.png, and the width of its wide variant.
+  c.highlight = ml_collections.ConfigDict({
+      "negative": {"width": 16, "learning_rate": 0.01, "num_random_classes": 50,
+                   "upstream_steps": 4000, "arm": "pretrained"},
+      "wide_width": 256,
+  })
+  t = c.train
+  t.optimizer, t.momentum, t.batch_size = "momentum", 0.9, 32
+  t.num_seeds = 8                # per sweep point (and per arm)
+  t.train_eval_examples = 700
+  t.checkpoint_every_secs = 60.0
+  return c
+
+
+def _local(c):
+  c.data = ml_collections.ConfigDict({"name": "digits", "kwargs": {}, "data_dir": "",
+                                      "standardize": True})
+  c.model = ml_collections.ConfigDict({"name": "dense", "widths": (256, 32, 32), "num_classes": 10,
+                                       "kernel_init": "he_normal"})
+  return c
+
+
+def _tiny(c):
+  c = _local(c)
+  c.split.update({"upstream": 128, "downstream": 128, "test": 64})
+  c.probe_examples = 32
+  c.upstream.eval_every_steps = 10
+  c.downstream.update({"num_steps": 20, "eval_every_steps": 5, "drop_window": 10,
+                       "train_eval_examples": 128, "threshold": 0.5})
+  c.sweep.update({"widths": (8, 32), "learning_rates": (0.05,), "num_random_classes": (3, 6),
+                  "upstream_steps": (10, 20)})
+  c.model.widths = (32, 8, 8)
+  c.highlight.negative = {"width": 8, "learning_rate": 0.05, "num_random_classes": 6,
+                          "upstream_steps": 20, "arm": "pretrained"}
+  c.highlight.wide_width = 32
+  c.train.num_seeds = 2
+  c.train.train_eval_examples = 128
+  c.train.batch_size = 16
+  return c
+
+
+def _paper(c, model: str, dataset: str):
+  """PAPER.md Fig 1 protocol: 20k upstream, 25k downstream (disjoint), per-channel standardization."""
+  if dataset == "cifar10":
+    c.data = ml_collections.ConfigDict({"name": "cifar10", "kwargs": {}, "data_dir": "",
+                                        "standardize": True})
+  else:
+    c.data = ml_collections.ConfigDict({"name": "imagenet", "kwargs": {"image_size": 32},
+                                        "data_dir": "", "standardize": True})
+  c.split = ml_collections.ConfigDict({"upstream": 20_000, "downstream": 25_000, "test": 0,
+                                       "seed": 0})
+  c.probe_examples = 512
+  if model == "vgg16":
+    c.model = ml_collections.ConfigDict({"name": "vgg16", "num_classes": 10, "width": 64,
+                                         "init_scale": 1.0})
+    c.sweep.width_field = "width"     # channel multiplier of the later blocks (see models.VGG16)
+  else:
+    c.model = ml_collections.ConfigDict({"name": "resnet18", "num_classes": 10, "width": 64})
+    c.sweep.width_field = "width"
+  c.sweep.width_from = 0
+  c.sweep.widths = (16, 32, 64, 128)
+  c.sweep.learning_rates = (0.01, 0.05, 0.1)
+  c.sweep.num_random_classes = (10, 100)
+  c.upstream.eval_every_steps = 500
+  c.sweep.upstream_steps = (1000, 5000, 20_000)
+  c.downstream.update({"num_steps": 5000, "eval_every_steps": 50, "threshold": 0.9,
+                       "drop_window": 200, "train_eval_examples": 5000})
+  c.highlight.negative = {"width": 16, "learning_rate": 0.1, "num_random_classes": 100,
+                          "upstream_steps": 20_000, "arm": "pretrained"}
+  c.highlight.wide_width = 128
+  t = c.train
+  t.batch_size, t.num_seeds, t.train_eval_examples = 128, 4, 5000
+  t.eval_batch_size = 1000
+  t.checkpoint_every_secs = 600.0
+  return c
+
+
+def get_config(arg: str = "local") -> ml_collections.ConfigDict:
+  parts = [a for a in arg.split(",") if a]
+  c = _common()
+  if "tiny" in parts:
+    return _tiny(c)
+  for name in ("vgg16_cifar10", "resnet18_cifar10", "resnet18_imagenet"):
+    if name in parts:
+      model, dataset = name.split("_")
+      return _paper(c, model, dataset)
+  return _local(c)

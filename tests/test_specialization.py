@@ -1,0 +1,141 @@
+"""Tests of rl_align.specialization and the `experiments.specialization` binary (tiny, subprocess)."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from rl_align import activity, errors, models, specialization
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The binary runs and the notebook test compile the same tiny programs: share JAX's persistent
+# compilation cache between them (and across test sessions) so that only the first run compiles.
+JAX_CACHE_ENV = {
+    "JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), f"rl_align_jax_cache_{os.getuid()}"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+
+
+def test_gain_is_scratch_over_arm_iterations_with_censoring():
+  steps = np.array([0, 10, 20, 30, 40])
+  scratch = np.array([[0.1, 0.3, 0.5, 0.7, 0.9]] * 2)          # reaches 0.5 at step 20
+  fast = np.array([[0.1, 0.5, 0.7, 0.8, 0.9]] * 2)             # at step 10
+  g = specialization.gain_stats(steps, scratch, fast, 0.5)
+  assert g["gain"] == pytest.approx(2.0)
+  assert g["censored"] == "none" and g["gain_ci"] == pytest.approx([2.0, 2.0])
+  assert g["auc_difference"] > 0
+  never = np.array([[0.1, 0.2, 0.2, 0.3, 0.4], [0.1, 0.5, 0.6, 0.6, 0.6]])
+  g = specialization.gain_stats(steps, scratch, never, 0.5)
+  assert np.isnan(g["gain"]) and g["censored"] == "upper_bound"
+  assert g["reached"] == 0.5
+  assert g["gain_censored"] == pytest.approx(20 / 25)           # seed 0 counted at 40 steps
+
+
+def test_activity_drop_takes_the_minimum_in_the_window():
+  steps = np.array([0, 5, 10, 15, 30])
+  after = np.array([[0.4, 0.2, 0.3, 0.35, 0.0], [0.4, 0.3, 0.1, 0.4, 0.0]])
+  d = specialization.activity_drop(steps, after, after[:, 0], window=15)
+  assert d["before"] == pytest.approx(0.4)
+  assert d["after"] == pytest.approx(0.15)        # minima 0.2 and 0.1; step 30 is outside
+  assert d["relative_drop"] == pytest.approx(0.25 / 0.4)
+  with pytest.raises(errors.ConfigError, match="drop_window"):
+    specialization.activity_drop(steps, after, after[:, 0], window=2)
+
+
+def test_with_width_replaces_the_later_layers_only():
+  m = ml_collections.ConfigDict({"name": "dense", "widths": (256, 32, 32), "num_classes": 10})
+  assert specialization.with_width(m, "widths", 1, 8).widths == (256, 8, 8)
+  assert m.widths == (256, 32, 32)                                # not mutated
+  assert specialization.with_width(m, "num_classes", 0, 3).num_classes == 3
+  with pytest.raises(errors.ConfigError, match="width_field"):
+    specialization.with_width(m, "width", 0, 8)
+  with pytest.raises(errors.ConfigError, match="width_from"):
+    specialization.with_width(m, "widths", 3, 8)
+
+
+def _stacked_params(seed, s=2, widths=(5, 4)):
+  model = models.DenseNet(widths=widths, num_classes=3)
+  keys = jax.random.split(jax.random.key(seed), s)
+  return jax.tree.map(np.asarray, jax.vmap(lambda k: model.init(k, jnp.zeros((1, 6)))["params"])(keys))
+
+
+def test_transfer_init_carries_hidden_layers_and_takes_a_fresh_head():
+  at_init, fresh = _stacked_params(0), _stacked_params(1)
+  trained = jax.tree.map(lambda a: 3.0 * a + 0.1, _stacked_params(2))
+  pre = specialization.transfer_init(trained, fresh)
+  np.testing.assert_array_equal(pre["dense_1"]["kernel"], trained["dense_1"]["kernel"])
+  np.testing.assert_array_equal(pre["head"]["kernel"], fresh["head"]["kernel"])
+  res = specialization.transfer_init(trained, fresh, at_init)
+  np.testing.assert_array_equal(res["head"]["kernel"], fresh["head"]["kernel"])
+  for s in range(2):
+    for layer in ("dense_0", "dense_1"):
+      k, k0, kt = (t[layer]["kernel"][s] for t in (res, at_init, trained))
+      assert np.linalg.norm(k) == pytest.approx(np.linalg.norm(k0), rel=1e-5)
+      np.testing.assert_allclose(k / np.linalg.norm(k), kt / np.linalg.norm(kt), rtol=1e-5)
+
+
+def _run_binary(workdir, *extra):
+  cmd = [sys.executable, "-m", "experiments.specialization",
+         "--config=experiments/configs/specialization.py:tiny", f"--workdir={workdir}", *extra]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        env={**os.environ, **JAX_CACHE_ENV})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("spec"))
+  proc = _run_binary(wd)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(wd, "results.json")) as f:
+    return wd, json.load(f), proc.stdout
+
+
+def test_binary_writes_the_documented_schema(tiny_run):
+  wd, res, stdout = tiny_run
+  assert "gain" in stdout
+  for k in ("points", "layers", "later_layers", "threshold", "num_seeds", "highlight", "figures"):
+    assert k in res
+  # tiny: widths (8, 32) x lr (0.05) x K (3, 6) x L (10, 20) x arms (pretrained, rescaled).
+  assert len(res["points"]) == 2 * 2 * 2 * 2
+  assert res["highlight"]["negative"] == "w=8,lr=0.05,K=6,L=20,arm=pretrained"
+  assert res["highlight"]["wide"] == "w=32,lr=0.05,K=6,L=20,arm=pretrained"
+  p = res["points"][res["highlight"]["negative"]]
+  assert p["switch_step"] == p["upstream_steps"] == 20
+  assert len(p["gain_seeds"]) == res["num_seeds"] == 2
+  assert set(p["activity"]) == set(res["layers"]) == {"dense_0", "dense_1", "dense_2"}
+  for layer, curve in p["activity"].items():
+    steps = np.asarray(curve["steps"])
+    assert steps[0] == 0 and steps[-1] == 20 + 20 and 20 in steps
+    assert np.all(np.diff(steps) > 0)
+    for stat in activity.STATS:
+      v = np.asarray(curve[stat], float)
+      assert v.shape == steps.shape and np.all(np.isfinite(v)), (layer, stat)
+    assert 0 <= curve["active_fraction"][0] <= 1
+    assert set(p["activity_drop"][layer]) >= {"before", "after", "drop", "relative_drop"}
+  for f in ("specialization_activity.png", "specialization_gain.png"):
+    assert os.path.getsize(os.path.join(wd, f)) > 1000
+
+
+def test_rerun_resumes_and_reproduces(tiny_run):
+  wd, res, _ = tiny_run
+  cell = os.path.join(wd, "w=32_lr=0.05")
+  os.remove(os.path.join(cell, "points.json"))       # this cell is rebuilt from its checkpoints
+  os.remove(os.path.join(wd, "results.json"))
+  proc = _run_binary(wd)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resumed from step" in proc.stderr
+  with open(os.path.join(wd, "results.json")) as f:
+    again = json.load(f)
+  for pid, p in res["points"].items():
+    np.testing.assert_allclose(again["points"][pid]["gain_censored"], p["gain_censored"], rtol=1e-6)
+    np.testing.assert_allclose(again["points"][pid]["activity"]["dense_1"]["active_fraction"],
+                               p["activity"]["dense_1"]["active_fraction"], rtol=1e-6)
+  bad = _run_binary(wd, "--config.train.num_seeds=3")
+  assert bad.returncode == 2 and "different config" in bad.stderr
