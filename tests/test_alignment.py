@@ -1,0 +1,172 @@
+"""Tests of rl_align.alignment: misalignment, f, eigenbases, degenerate groups, subspaces, floor."""
+import jax
+import numpy as np
+import pytest
+
+from rl_align import alignment
+from rl_align import errors
+
+
+def _rotated_covariance(eigvals, seed=0):
+  q = alignment.random_basis(seed, len(eigvals))
+  return q @ np.diag(eigvals) @ q.T
+
+
+def _g(lam):
+  return np.sqrt(lam) + 0.1 * lam**2
+
+
+def _aligned_pair(d=12, seed=0):
+  lam = np.linspace(3.0, 0.1, d)
+  cov_x = _rotated_covariance(lam, seed)
+  lam_x, v = alignment.eigh_desc(cov_x)
+  cov_w = v @ np.diag(_g(lam_x)) @ v.T
+  return cov_x, cov_w, lam, v
+
+
+def test_aligned_weights_have_zero_misalignment_only_in_the_data_eigenbasis():
+  cov_x, cov_w, lam, v = _aligned_pair()
+  assert np.abs(cov_x - np.diag(np.diag(cov_x))).max() > 0.1    # truly non-diagonal
+  assert alignment.misalignment(cov_w, v) < 1e-8
+  random = alignment.random_basis(1, len(lam))
+  assert alignment.misalignment(cov_w, random) > 0.5
+  lam_x, f = alignment.transfer_function(cov_x, cov_w)
+  np.testing.assert_allclose(lam_x, lam, rtol=1e-12)
+  np.testing.assert_allclose(f, np.sqrt(_g(lam)), rtol=1e-10)
+  np.testing.assert_allclose(alignment.transfer_function_in_basis(cov_w, v), f)
+
+
+def test_misalignment_is_scale_invariant_nonnegative_and_matches_explicit_inverse():
+  rng = np.random.default_rng(3)
+  a = rng.standard_normal((8, 8))
+  cov_w = a @ a.T + 0.5 * np.eye(8)
+  basis = alignment.random_basis(2, 8)
+  terms = alignment.misalignment_terms(cov_w, basis)
+  assert np.all(terms >= 0) and terms.sum() > 0
+  inv = np.linalg.inv(cov_w)
+  explicit = np.sqrt(np.einsum("ij,ik,kj->j", basis, cov_w, basis)
+                     * np.einsum("ij,ik,kj->j", basis, inv, basis)) - 1
+  np.testing.assert_allclose(terms, explicit, rtol=1e-10, atol=1e-12)
+  m = alignment.misalignment(cov_w, basis)
+  assert alignment.misalignment(1e-6 * cov_w, basis) == pytest.approx(m, rel=1e-10)
+  assert alignment.misalignment(1e4 * cov_w, basis) == pytest.approx(m, rel=1e-10)
+  assert alignment.misalignment(cov_w, basis, reduce="mean") == pytest.approx(m / 8)
+  # A subset of directions (columns) is allowed.
+  np.testing.assert_allclose(alignment.misalignment_terms(cov_w, basis[:, :3]), terms[:3])
+
+
+def test_singular_or_non_psd_weight_covariance_raises_and_ridge_fixes_singular():
+  rng = np.random.default_rng(4)
+  w = rng.standard_normal((5, 10))                  # 5 samples in 10 dims: rank 5
+  singular = w.T @ w / 5
+  basis = alignment.random_basis(0, 10)
+  with pytest.raises(errors.NumericalError, match="ridge="):
+    alignment.misalignment(singular, basis)
+  m = alignment.misalignment(singular, basis, ridge=1e-3)
+  assert np.isfinite(m) and m > 0
+  non_psd = _rotated_covariance(np.array([2.0, 1.0, -0.5]), 1)
+  with pytest.raises(errors.NumericalError, match="not positive definite"):
+    alignment.misalignment(non_psd, np.eye(3))
+  with pytest.raises(errors.ConfigError, match="ridge"):
+    alignment.misalignment(singular, basis, ridge=-1.0)
+
+
+def test_repeated_eigenvalues_group_and_keep_alignment():
+  lam = np.array([2.0, 2.0, 2.0, 1.0, 1.0, 0.5])
+  cov_x = _rotated_covariance(lam, 5)
+  lam_x, v = alignment.eigh_desc(cov_x)
+  groups = alignment.group_degenerate(lam_x, rtol=1e-9)
+  assert [g.tolist() for g in groups] == [[0, 1, 2], [3, 4], [5]]
+  cov_w = v @ np.diag(_g(lam_x)) @ v.T
+  assert alignment.misalignment(cov_w, v) < 1e-8
+  # Any orthonormal basis of the top eigenspace is as good: the eigenspaces coincide exactly.
+  mixed = v.copy()
+  mixed[:, :3] = v[:, :3] @ alignment.random_basis(9, 3)
+  assert alignment.misalignment(cov_w, mixed) < 1e-8
+  np.testing.assert_allclose(alignment.principal_cosines(v, mixed, 3), 1.0, atol=1e-12)
+  assert alignment.overlap_matrix(v, mixed)[:3, :3].max() < 1.0 - 1e-6   # vectors differ
+  assert [g.tolist() for g in alignment.group_degenerate(np.array([1.0, 0.99, 0.5]), 0.02)] == \
+      [[0, 1], [2]]
+  assert len(alignment.group_degenerate(np.zeros(4))) == 1
+  with pytest.raises(errors.DataError, match="descending"):
+    alignment.group_degenerate(np.array([1.0, 2.0]))
+
+
+def test_eigh_desc_sorts_reconstructs_and_checks_input():
+  cov = _rotated_covariance(np.array([0.3, 4.0, 1.0, 2.0]), 2)
+  lam, v = alignment.eigh_desc(cov)
+  np.testing.assert_allclose(lam, [4.0, 2.0, 1.0, 0.3], rtol=1e-12)
+  np.testing.assert_allclose(v @ np.diag(lam) @ v.T, cov, atol=1e-12)
+  np.testing.assert_allclose(v.T @ v, np.eye(4), atol=1e-12)
+  assert np.all(v[np.argmax(np.abs(v), axis=0), range(4)] > 0)       # deterministic signs
+  bad = cov.copy()
+  bad[0, 1] += 0.1
+  with pytest.raises(errors.DataError, match="not symmetric"):
+    alignment.eigh_desc(bad)
+  bad = cov.copy()
+  bad[2, 2] = np.nan
+  with pytest.raises(errors.DataError, match="NaN"):
+    alignment.eigh_desc(bad)
+  with pytest.raises(errors.DataError, match="square"):
+    alignment.eigh_desc(np.ones((2, 3)))
+
+
+def test_random_basis_is_orthogonal_reproducible_and_unbiased():
+  q = alignment.random_basis(0, 7)
+  np.testing.assert_allclose(q.T @ q, np.eye(7), atol=1e-12)
+  np.testing.assert_array_equal(q, alignment.random_basis(0, 7))
+  assert not np.allclose(q, alignment.random_basis(1, 7))
+  key = jax.random.key(3)
+  np.testing.assert_array_equal(alignment.random_basis(key, 5), alignment.random_basis(key, 5))
+  np.testing.assert_array_equal(alignment.random_basis(jax.random.PRNGKey(3), 5),
+                                alignment.random_basis(jax.random.PRNGKey(3), 5))
+  # Haar: every entry is symmetric about 0 with E[q_ij^2] = 1/d (a QR without the sign fix
+  # makes the diagonal of q biased).
+  draws = np.stack([alignment.random_basis(s, 3) for s in range(600)])
+  assert np.abs(draws[:, 0, 0].mean()) < 0.1 and np.abs(draws[:, 1, 1].mean()) < 0.1
+  np.testing.assert_allclose((draws**2).mean(0), np.full((3, 3), 1 / 3), atol=0.06)
+
+
+def test_subspace_overlap_and_random_baseline():
+  v = alignment.random_basis(4, 10)
+  np.testing.assert_allclose(alignment.principal_cosines(v, v, 4), 1.0, atol=1e-12)
+  np.testing.assert_allclose(alignment.principal_cosines(v, v[:, ::-1], 4), 0.0, atol=1e-12)
+  assert alignment.subspace_overlap(v, v, 4) == pytest.approx(1.0)
+  np.testing.assert_allclose(alignment.overlap_matrix(v, v), np.eye(10), atol=1e-12)
+  mean, std = alignment.random_subspace_baseline(10, 3, key_or_seed=0, trials=400)
+  assert mean == pytest.approx(0.3, abs=4 * std / np.sqrt(400) + 1e-3)
+  with pytest.raises(errors.ConfigError, match="exceeds"):
+    alignment.principal_cosines(v[:, :2], v, 3)
+
+
+def test_finite_sample_floor_shrinks_with_samples_and_brackets_a_measurement():
+  _, cov_w, lam, v = _aligned_pair(d=8, seed=1)
+  var = alignment.variances_in_basis(cov_w, v)
+  small = alignment.finite_sample_floor(v, var, 50, key_or_seed=0, trials=20)
+  large = alignment.finite_sample_floor(v, var, 5000, key_or_seed=0, trials=20)
+  assert small[0] > 5 * large[0] > 0
+  assert small == alignment.finite_sample_floor(v, var, 50, key_or_seed=0, trials=20)
+  # One estimate from 50 samples of the aligned law lands within the floor's spread.
+  rng = np.random.default_rng(11)
+  w = rng.standard_normal((50, 8)) * np.sqrt(_g(lam)) @ v.T
+  measured = alignment.misalignment(w.T @ w / 50, v)
+  assert abs(measured - small[0]) < 4 * small[1]
+  centered = alignment.finite_sample_floor(v, var, 50, key_or_seed=0, trials=5, centered=True,
+                                           reduce="mean")
+  assert centered[0] > 0
+
+
+def test_bad_arguments_raise_clear_errors():
+  _, cov_w, _, v = _aligned_pair(d=4)
+  with pytest.raises(errors.ConfigError, match="reduce"):
+    alignment.misalignment(cov_w, v, reduce="max")
+  with pytest.raises(errors.DataError, match="rows"):
+    alignment.misalignment(cov_w, np.eye(5))
+  with pytest.raises(errors.DataError, match="unit norm"):
+    alignment.misalignment(cov_w, 2 * v)
+  with pytest.raises(errors.DataError, match="same coordinates"):
+    alignment.transfer_function(np.eye(3), cov_w)
+  with pytest.raises(errors.DataError, match="variances"):
+    alignment.finite_sample_floor(v, [1.0, 2.0], 10)
+  with pytest.raises(errors.ConfigError, match="key_or_seed"):
+    alignment.random_basis("zero", 3)
