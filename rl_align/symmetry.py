@@ -24,7 +24,7 @@ from rl_align import models
 from rl_align import train
 
 
-def covariance_preserving_rotation(eigvals: np.ndarray, key=0, rtol: float = 1e-9) -> np.ndarray:
+def covariance_preserving_rotation(eigvals: np.ndarray, key: int = 0, rtol: float = 1e-9) -> np.ndarray:
   """A random orthogonal O with O^T diag(eigvals) O = diag(eigvals): Haar inside every group of
   equal eigenvalues, identity across groups."""
   eigvals = np.asarray(eigvals, np.float64)
@@ -33,9 +33,7 @@ def covariance_preserving_rotation(eigvals: np.ndarray, key=0, rtol: float = 1e-
   order = np.argsort(-eigvals, kind="stable")
   for gi, group in enumerate(alignment.group_degenerate(eigvals[order], rtol=rtol)):
     idx = order[np.asarray(group)]
-    O[np.ix_(idx, idx)] = alignment.random_basis(jax.random.fold_in(jax.random.key(key), gi)
-                                                 if not isinstance(key, int) else key * 1000 + gi,
-                                                 len(idx))
+    O[np.ix_(idx, idx)] = alignment.random_basis(int(key) * 1000 + gi, len(idx))
   return O
 
 
