@@ -1,0 +1,111 @@
+"""End-to-end runs of the eigenvalue-map binaries at tiny size (subprocesses, as a user runs them)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rl_align import eigenmap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=600):
+  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def fig20_tiny(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("fig20")
+  proc = _run("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
+              f"--workdir={wd}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return wd, proc
+
+
+def test_eigenvalue_map_writes_documented_schema(fig20_tiny):
+  wd, _ = fig20_tiny
+  res = json.load(open(wd / "right" / "results.json"))
+  for key in ("eigenvalues", "sigma", "f", "f_pooled", "misalignment_eigenbasis",
+              "misalignment_random_basis", "misalignment_floor", "train_accuracy", "snapshots",
+              "early_time", "num_weight_samples"):
+    assert key in res, key
+  s, d = len(res["f"]), len(res["eigenvalues"])
+  assert (s, d) == (2, 30)
+  assert np.all(np.diff(res["eigenvalues"]) <= 0)
+  np.testing.assert_allclose(res["sigma"], np.sqrt(res["eigenvalues"]))
+  assert [snap["step"] for snap in res["snapshots"]] == [0, 4, 8]   # epochs 0,1,2 of 512/128
+  assert {"step", "epoch", "f", "misalignment_eigenbasis"} <= set(res["snapshots"][0])
+  # f at init is 1/sqrt(d) for LeCun-normal init, up to sampling noise of 64 neurons x 2 seeds.
+  np.testing.assert_allclose(np.mean(res["snapshots"][0]["f"]), 30 ** -0.5, rtol=0.1)
+  summary = json.load(open(wd / "results.json"))
+  assert "rmse_vs_paper" in summary["right"]["checks"]
+  for name in ("fig20.png", "right/eigenmap.png", "right/arrays.npz", "right/metrics.jsonl"):
+    assert (wd / name).exists(), name
+
+
+def test_rerun_resumes_without_training(fig20_tiny):
+  wd, _ = fig20_tiny
+  before = json.load(open(wd / "right" / "results.json"))
+  proc = _run("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
+              f"--workdir={wd}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resumed from step 8" in proc.stderr
+  after = json.load(open(wd / "right" / "results.json"))
+  np.testing.assert_array_equal(before["f"], after["f"])
+
+
+def test_changed_config_on_same_workdir_is_a_clear_error(fig20_tiny):
+  wd, _ = fig20_tiny
+  proc = _run("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
+              "--config.train.learning_rate=0.5", f"--workdir={wd}")
+  assert proc.returncode == 2
+  assert "different config" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_flag_value_is_one_clear_line(tmp_path):
+  proc = _run("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
+              "--config.train.optimizer=rmsprop", f"--workdir={tmp_path}")
+  assert proc.returncode == 2
+  assert "config.optimizer" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+  proc = _run("experiments.eigenvalue_map", "--config=experiments/configs/fig4_cnn.py:random,tiny",
+              "--config.data.name=cifar10", f"--config.data.data_dir={tmp_path / 'none'}",
+              f"--workdir={tmp_path / 'wd'}")
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "cifar10" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_misalignment_binary_on_photos(tmp_path):
+  proc = _run("experiments.misalignment", "--config=experiments/configs/fig2.py:random,real,tiny",
+              f"--workdir={tmp_path}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.load(open(tmp_path / "results.json"))
+  for panel in ("random", "real"):
+    curve = summary[panel]["misalignment_over_training"]
+    assert len(curve) >= 3 and curve[0]["step"] == 0
+  assert (tmp_path / "fig2_misalignment.png").exists()
+
+
+def test_early_time_fit_recovers_linear_law():
+  lam = np.linspace(0.01, 9.0, 30)
+  f = np.sqrt(0.03 + 0.002 * lam)
+  fit = eigenmap.early_time_fit(f[None], lam)
+  np.testing.assert_allclose([fit["s0_sq"], fit["c"]], [0.03, 0.002], rtol=1e-6)
+  assert fit["r2"] > 0.999999 and fit["max_rel_err"] < 1e-6
+  bent = eigenmap.early_time_fit(np.sqrt(0.03 + 0.01 * np.sqrt(lam))[None], lam)
+  assert bent["max_rel_err"] > 0.01   # a non-linear f^2(lambda) is reported as a break
+
+
+def test_shape_checks_against_reference():
+  res = {"sigma": np.array([1.0, 2.0, 3.0]), "f": np.array([[0.2, 0.3, 0.25], [0.2, 0.3, 0.25]]),
+         "misalignment_eigenbasis": [0.1], "misalignment_random_basis": [1.0]}
+  c = eigenmap.shape_checks(res, 3, {"sigma": [1.0, 3.0], "f": [0.2, 0.35]})
+  assert c["peak_sigma"] == 2.0 and c["peak_f"] == 0.3
+  np.testing.assert_allclose(c["rmse_vs_paper"], np.sqrt(0.1 ** 2 / 2))
+  assert c["misalignment_eigen_over_random"] == pytest.approx(0.1)
