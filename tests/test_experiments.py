@@ -109,3 +109,28 @@ def test_shape_checks_against_reference():
   assert c["peak_sigma"] == 2.0 and c["peak_f"] == 0.3
   np.testing.assert_allclose(c["rmse_vs_paper"], np.sqrt(0.1 ** 2 / 2))
   assert c["misalignment_eigen_over_random"] == pytest.approx(0.1)
+
+
+def test_compare_eigenvectors_aligned_vs_random():
+  from rl_align import alignment, filters
+  rng = np.random.default_rng(0)
+  V = alignment.random_basis(1, 12)
+  lam = np.linspace(3.0, 0.1, 12)
+  cov_x = V @ np.diag(lam) @ V.T
+  aligned = filters.compare_eigenvectors(cov_x, V @ np.diag(np.sqrt(lam) + 0.2) @ V.T, ks=(1, 3, 5))
+  for k in ("1", "3", "5"):
+    assert aligned["subspace_overlap"][k] > 0.999
+  a = rng.normal(size=(12, 12))
+  unrelated = filters.compare_eigenvectors(cov_x, a @ a.T, ks=(3,))
+  mean, std = unrelated["random_baseline"]["3"]
+  assert abs(mean - 3 / 12) < 0.05
+  assert unrelated["subspace_overlap"]["3"] < 0.9
+
+
+def test_filters_binary_tiny(tmp_path):
+  proc = _run("experiments.filters", "--config=experiments/configs/fig3.py:tiny", f"--workdir={tmp_path}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  res = json.load(open(tmp_path / "results.json"))
+  assert set(res["subspace_overlap"]) == {"1", "3", "5", "10"}
+  assert res["num_filters_pooled"] == 2 * 16
+  assert (tmp_path / "fig3_eigenvectors.png").exists()
