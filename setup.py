@@ -23,6 +23,7 @@ setup(
         "matplotlib",
         "scikit-learn",      # embedded offline data: load_digits, load_sample_images
         "scikit-image",      # embedded offline data: more natural photos for the `photos` source
+        "threadpoolctl",     # single-threaded BLAS per worker thread in patch covariance
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "nbformat", "nbclient", "ipykernel"],
