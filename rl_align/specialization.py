@@ -287,15 +287,74 @@ def _validate(config):
 # One (width, learning rate) cell: one upstream run, one downstream run.
 
 
+def downstream_blocks(config) -> list[tuple[str, int | None, int | None]]:
+  """Seed blocks of the downstream run, num_seeds seeds each: (arm, upstream length, K index);
+  block 0 is the scratch baseline."""
+  lengths = sorted(int(l) for l in config.sweep.upstream_steps)
+  ks = range(len(config.sweep.num_random_classes))
+  return [(SCRATCH, None, None)] + [(a, l, g) for a in config.arms for l in lengths for g in ks]
+
+
+def downstream_init(blocks, snaps, fresh, ns: int):
+  """Stacked downstream starting params: block b's ns seeds start from `fresh` (scratch) or from
+  the upstream snapshot of its length and K group (`transfer_init`, with fresh heads)."""
+  parts = []
+  for b, (arm, length, g) in enumerate(blocks):
+    f = jax.tree.map(lambda a, b=b: a[b * ns:(b + 1) * ns], fresh)
+    if arm == SCRATCH:
+      parts.append(f)
+      continue
+    group = lambda tree, g=g: jax.tree.map(lambda a: a[g * ns:(g + 1) * ns], tree)
+    parts.append(transfer_init(group(snaps[length]), f,
+                               group(snaps[0]) if arm == "rescaled" else None))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+
+def _with_start(curves_, start, steps):
+  """Downstream curves {layer: {stat: [S, T]}} with the step-0 values `start` prepended."""
+  return {layer: {"steps": steps, **{k: np.concatenate([start[layer][k][:, None], c[k]], 1)
+                                     for k in activity.STATS}} for layer, c in curves_.items()}
+
+
+def point_activity(up_act, up_act0, d_act, d_steps, length: int, ug, sl, sl0, window: float):
+  """One point's activity curves (global steps, seed means/stds) and its drops at the switch.
+
+  up_act / d_act: upstream / downstream curves {layer: {"steps", stat: [S, T]}} (d_act starts at
+  downstream step 0); up_act0: upstream step-0 values; ug / sl / sl0: the point's upstream seeds,
+  its downstream seeds and the scratch seeds.
+  """
+  acts, drops = {}, {}
+  for layer in d_act:
+    keep = up_act[layer]["steps"] <= length
+    curve = {"steps": np.concatenate([[0], up_act[layer]["steps"][keep], length + d_steps[1:]])}
+    for stat in activity.STATS:
+      full = np.concatenate([up_act0[layer][stat][ug, None], up_act[layer][stat][ug][:, keep],
+                             d_act[layer][stat][sl, 1:]], axis=1)
+      curve[stat], curve[stat + "_std"] = full.mean(0), full.std(0)
+    acts[layer] = curve
+    act, dead = d_act[layer]["active_fraction"], d_act[layer]["dead_fraction"]
+    d = activity_drop(d_steps, act[sl], act[sl, 0], window)
+    in_win = (d_steps > 0) & (d_steps <= window)
+    d["dead_before"] = float(dead[sl, 0].mean())
+    d["dead_after"] = float(np.nanmax(dead[sl][:, in_win], axis=1).mean())
+    # Baselines: the same window for the scratch seeds, and the change over the last upstream
+    # eval interval before the switch (a sharp drop starts from a flat upstream curve).
+    base = activity_drop(d_steps, act[sl0], act[sl0, 0], window)
+    d["scratch_before"], d["scratch_drop"] = base["before"], base["drop"]
+    d["scratch_relative_drop"] = base["relative_drop"]
+    ua = up_act[layer]["active_fraction"][ug][:, keep]
+    d["pre_switch_change"] = float((ua[:, -1] - ua[:, -2]).mean()) if ua.shape[1] > 1 else None
+    drops[layer] = d
+  return acts, drops
+
+
 def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str, Any]:
   """Upstream (all K and L) + downstream (all arms) for one (width, lr); returns its points."""
   x_up, x_down, y_down, x_test, y_test, n_real = datasets
   sw, dn = config.sweep, config.downstream
   ks = [int(k) for k in sw.num_random_classes]
   lengths = sorted(int(l) for l in sw.upstream_steps)
-  ns = int(config.train.num_seeds)
-  off = int(config.train.seed_offset)
-  root = int(config.train.seed)
+  ns, root = int(config.train.num_seeds), int(config.train.seed)
   mcfg = with_width(config.model, sw.width_field, int(sw.width_from), width)
   mcfg.num_classes = max(ks)
   up_model = models.build(mcfg)
@@ -304,12 +363,10 @@ def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str,
   probe_x = x_down[:int(config.probe_examples)]
   layers = list(config.get("activity_layers") or []) or None
   probe = activity.make_probe_fn(probe_x, layers=layers)
-  threshold = float(dn.threshold)
 
-  # Upstream: K groups of ns seeds; snapshots of all params at 0 and every L.
+  # Upstream: K groups of ns seeds, labels of group g in [0, K_g); snapshots at 0 and every L.
   ucfg = _engine_cfg(config, lr, lengths[-1], config.upstream.eval_every_steps, len(ks) * ns, root,
                      min(len(x_up), int(config.train.train_eval_examples)))
-  ucfg.seed_offset = off
   ucfg.snapshot_steps = tuple([0] + lengths)
   ids_up = train.seed_ids(ucfg)
   labels = np.concatenate([train.random_labels(root, ids_up[g * ns:(g + 1) * ns], len(x_up), k)
@@ -320,29 +377,17 @@ def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str,
   up_act = activity.curves_from_metrics(up.metrics, phase="upstream", seeds=ids_up)
   up_steps, up_acc = _curve(up.metrics, "train_accuracy", ids_up)
 
-  # Downstream: block 0 = scratch, then (arm, L, K) blocks; every seed starts from init_params.
-  blocks = [(SCRATCH, None, None)] + [(a, l, g) for a in config.arms for l in lengths
-                                      for g in range(len(ks))]
+  # Downstream: every arm and the scratch seeds in one run, all from init_params.
+  blocks = downstream_blocks(config)
   down_lr = float(dn.learning_rate) or lr
   dcfg = _engine_cfg(config, down_lr, dn.num_steps, dn.eval_every_steps, len(blocks) * ns,
                      root + 1, min(len(x_down), int(dn.train_eval_examples)))
-  dcfg.seed_offset = off
   ids_down = train.seed_ids(dcfg)
-  keys = jnp.stack([jax.random.fold_in(train.seed_key(root + 1, i, _FRESH), 0) for i in ids_down])
+  keys = jnp.stack([train.seed_key(root + 1, i, _FRESH) for i in ids_down])
   fresh = _stack_init(down_model, x_down.shape, keys)
-  parts = []
-  for b, (arm, length, g) in enumerate(blocks):
-    sl = slice(b * ns, (b + 1) * ns)
-    f = jax.tree.map(lambda a, sl=sl: a[sl], fresh)
-    if arm == SCRATCH:
-      parts.append(f)
-      continue
-    group = lambda tree, g=g: jax.tree.map(lambda a: a[g * ns:(g + 1) * ns], tree)
-    parts.append(transfer_init(group(snaps[length]), f,
-                               group(snaps[0]) if arm == "rescaled" else None))
-  init = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
-  acc0 = accuracy(down_model, init, x_down[:dcfg.train_eval_examples],
-                  y_down[:dcfg.train_eval_examples])
+  init = downstream_init(blocks, snaps, fresh, ns)
+  m = dcfg.train_eval_examples
+  acc0 = accuracy(down_model, init, x_down[:m], y_down[:m])
   # Activity at both starts in one compiled call: the upstream init (its head swapped for a
   # downstream-sized one, which leaves every hidden activation unchanged) and every downstream init.
   s_up = len(ids_up)
@@ -357,48 +402,22 @@ def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str,
   d_steps, d_acc = _curve(down.metrics, "train_accuracy", ids_down)
   d_steps = np.concatenate([[0], d_steps])
   d_acc = np.concatenate([acc0[:, None], d_acc], axis=1)
-  d_act = activity.curves_from_metrics(down.metrics, phase="downstream", seeds=ids_down)
-  for layer in d_act:
-    d_act[layer]["steps"] = d_steps
-    for stat in activity.STATS:
-      d_act[layer][stat] = np.concatenate([act0[layer][stat][:, None], d_act[layer][stat]], 1)
+  d_act = _with_start(activity.curves_from_metrics(down.metrics, phase="downstream", seeds=ids_down),
+                      act0, d_steps)
 
   sl0 = slice(0, ns)
   scratch_act = {layer: _summ(d_act[layer], sl0, d_steps) for layer in d_act}
-  out_points = {}
+  out = {}
   for b, (arm, length, g) in enumerate(blocks[1:], start=1):
     sl, ug = slice(b * ns, (b + 1) * ns), slice(g * ns, (g + 1) * ns)
-    k = ks[g]
-    gs = gain_stats(d_steps, d_acc[sl0], d_acc[sl], threshold, seed=b)
-    acts, drops = {}, {}
-    for layer in d_act:
-      keep = up_act[layer]["steps"] <= length
-      steps = np.concatenate([[0], up_act[layer]["steps"][keep], length + d_steps[1:]])
-      curve = {"steps": steps}
-      for stat in activity.STATS:
-        full = np.concatenate([up_act0[layer][stat][ug, None], up_act[layer][stat][ug][:, keep],
-                               d_act[layer][stat][sl, 1:]], axis=1)
-        curve[stat], curve[stat + "_std"] = full.mean(0), full.std(0)
-      acts[layer] = curve
-      act, dead = d_act[layer]["active_fraction"], d_act[layer]["dead_fraction"]
-      window = float(dn.drop_window)
-      drops[layer] = activity_drop(d_steps, act[sl], act[sl, 0], window)
-      in_win = (d_steps > 0) & (d_steps <= window)
-      drops[layer]["dead_before"] = float(dead[sl, 0].mean())
-      drops[layer]["dead_after"] = float(np.nanmax(dead[sl][:, in_win], axis=1).mean())
-      # Baselines: the same window for the scratch seeds, and the change over the last upstream
-      # eval interval before the switch (a sharp drop starts from a flat upstream curve).
-      sd = activity_drop(d_steps, act[sl0], act[sl0, 0], window)
-      drops[layer]["scratch_before"], drops[layer]["scratch_drop"] = sd["before"], sd["drop"]
-      drops[layer]["scratch_relative_drop"] = sd["relative_drop"]
-      ua = up_act[layer]["active_fraction"][ug][:, keep]
-      drops[layer]["pre_switch_change"] = (float((ua[:, -1] - ua[:, -2]).mean())
-                                           if ua.shape[1] > 1 else None)
+    acts, drops = point_activity(up_act, up_act0, d_act, d_steps, length, ug, sl, sl0,
+                                 float(dn.drop_window))
     at_l = up_steps == length
-    out_points[point_id(width, lr, k, length, arm)] = {
+    out[point_id(width, lr, ks[g], length, arm)] = {
         "width": width, "learning_rate": lr, "downstream_learning_rate": down_lr,
-        "num_random_classes": k, "upstream_steps": length, "arm": arm, "switch_step": length,
-        **gs, "threshold": threshold,
+        "num_random_classes": ks[g], "upstream_steps": length, "arm": arm, "switch_step": length,
+        **gain_stats(d_steps, d_acc[sl0], d_acc[sl], float(dn.threshold), seed=b),
+        "threshold": float(dn.threshold),
         "upstream_train_accuracy": up_acc[ug][:, at_l][:, 0] if at_l.any() else None,
         "downstream_steps": d_steps, "accuracy": d_acc[sl].mean(0), "accuracy_std": d_acc[sl].std(0),
         "accuracy_scratch": d_acc[sl0].mean(0),
@@ -407,7 +426,7 @@ def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str,
         "diverged_upstream": int(up.diverged[ug].sum()), "diverged": int(down.diverged[sl].sum()),
         "activity": acts, "activity_drop": drops, "scratch_activity": scratch_act,
     }
-  return out_points
+  return out
 
 
 def _summ(curve, sl, steps):
@@ -431,15 +450,28 @@ def find_point(points: Mapping[str, Any], **coords) -> str | None:
 def run(config, workdir: str) -> dict[str, Any]:
   """Runs every (width, lr) cell (resuming finished ones from workdir), writes results.json + plots.
 
-  results.json = {"points": {point_id: {width, learning_rate, num_random_classes, upstream_steps,
-  arm, switch_step, gain, gain_censored, censored, gain_ci, gain_seed_std, gain_seeds, iterations,
-  iterations_scratch, reached, reached_scratch, auc_difference, threshold, upstream_train_accuracy,
-  downstream_steps, accuracy, accuracy_std, accuracy_scratch, final_train_accuracy, test_accuracy,
-  test_accuracy_scratch, activity: {layer: {steps, active_fraction, dead_fraction,
-  mean_activation, *_std}}, activity_drop: {layer: {before, after, drop, drop_std, relative_drop,
-  dead_before, dead_after, scratch_drop}}, scratch_activity: {...}}}, "highlight": {"negative": id,
-  "wide": id}, "layers", "later_layers", "threshold", "num_seeds", "runtime_s", "figures"}.
-  Activity curves are seed means; steps are global (upstream 0..L, then L + downstream steps).
+  results.json (seed-mean curves; "steps" of `activity` are global: upstream 0..L, then L + the
+  downstream steps, so the switch is at `switch_step` = L)::
+
+    {"points": {point_id: {
+        "width", "learning_rate", "downstream_learning_rate", "num_random_classes",
+        "upstream_steps", "arm" ("pretrained" | "rescaled"), "switch_step", "threshold",
+        "gain", "gain_censored", "censored", "gain_ci", "gain_seed_std", "gain_seeds" [S],
+        "iterations" [S], "iterations_scratch" [S], "reached", "reached_scratch",
+        "auc_difference",                                    # see gain_stats
+        "upstream_train_accuracy" [S],                        # random-label fit at step L
+        "downstream_steps" [T], "accuracy" [T], "accuracy_std" [T], "accuracy_scratch" [T],
+        "final_train_accuracy" [S], "test_accuracy" [S], "test_accuracy_scratch" [S],
+        "diverged_upstream", "diverged",                     # counts of frozen seeds
+        "cell_runtime_s",                                    # its (width, lr) cell's runtime
+        "activity": {layer: {"steps", "active_fraction", "dead_fraction", "mean_activation",
+                             "<stat>_std"}},
+        "activity_drop": {layer: {"before", "after", "drop", "drop_std", "relative_drop",
+                                  "dead_before", "dead_after", "scratch_before", "scratch_drop",
+                                  "scratch_relative_drop", "pre_switch_change"}},
+        "scratch_activity": {layer: {...}}}},                # downstream steps, scratch seeds
+     "highlight": {"negative": point_id, "wide": point_id}, "layers", "later_layers",
+     "threshold", "num_seeds", "figures", "runtime_s", "cells_runtime_s"}
   """
   _validate(config)
   t0 = time.time()
@@ -452,16 +484,23 @@ def run(config, workdir: str) -> dict[str, Any]:
     if done is None:
       os.makedirs(cell, exist_ok=True)
       logging.info("specialization: cell width=%s lr=%g", width, lr)
+      tc = time.time()
       done = run_cell(config, cell, int(width), float(lr), datasets)
+      for p in done.values():
+        p["cell_runtime_s"] = time.time() - tc
       results.write_json(cell, "points.json", done)
       done = results.read_json(cell, "points.json")
     points.update(done)
   layers = models.sort_layers(next(iter(points.values()))["activity"])
-  out = {"points": points, "layers": layers, "later_layers": layers[int(sw.width_from):],
+  later_from = int(config.get("later_layers_from", -1))
+  later_from = int(sw.width_from) if later_from < 0 else later_from
+  out = {"points": points, "layers": layers, "later_layers": layers[later_from:] or layers,
          "threshold": float(config.downstream.threshold), "num_seeds": int(config.train.num_seeds),
          "highlight": highlights(config, points)}
   out["figures"] = plot_all(out, workdir, config)
-  out["runtime_s"] = time.time() - t0
+  out["runtime_s"] = time.time() - t0      # this invocation (finished cells are read back)
+  cells = {(p["width"], p["learning_rate"]): p.get("cell_runtime_s", 0.0) for p in points.values()}
+  out["cells_runtime_s"] = float(sum(cells.values()))   # training + analysis of every cell
   results.write_json(workdir, "results.json", out)
   return out
 
@@ -601,7 +640,7 @@ def plot_gain(out: Mapping[str, Any], config, path: str) -> str:
     return p["gain_censored"], _gain_text(p)
   ws = list(sw.widths)
   crit_lrs = sorted({float(lr0), float(max(sw.learning_rates))})
-  fig = _figure(figsize=(4.6 * (2 + len(crit_lrs)), 3.8))
+  fig = _figure(figsize=(4.6 * (2 + len(crit_lrs)), 3.8), layout="constrained")
   axes = fig.subplots(1, 2 + len(crit_lrs))
   pairs = [[cell(w, lr, k0, l0) for w in ws] for lr in sw.learning_rates]
   im = _heat(axes[0], [[v for v, _ in r] for r in pairs], ws, list(sw.learning_rates),
@@ -614,7 +653,12 @@ def plot_gain(out: Mapping[str, Any], config, path: str) -> str:
   ls = sorted(int(l) for l in sw.upstream_steps)
   for ax, lr in zip(axes[2:], crit_lrs):
     for j, w in enumerate(ws):
-      ax.plot(ls, [cell(w, lr, k0, l)[0] for l in ls], "o-", color=f"C{j}", label=f"width {w}")
+      vals = np.array([cell(w, lr, k0, l)[0] for l in ls], np.float64)
+      ax.plot(ls, vals, "o-", color=f"C{j}", label=f"width {w}")
+      cens = [pts.get(point_id(w, float(lr), k0, l, arm), {}).get("censored", "none") != "none"
+              for l in ls]
+      if any(cens):  # a censored gain is a bound: hollow marker
+        ax.plot(np.array(ls)[cens], vals[cens], "o", mfc="w", color=f"C{j}")
     ax.axhline(1, color="k", lw=0.8)
     ax.set_xscale("log")
     ax.set_xticks(ls, [str(l) for l in ls])
@@ -622,12 +666,12 @@ def plot_gain(out: Mapping[str, Any], config, path: str) -> str:
     ax.set_yscale("log", base=2)
     ax.set_xlabel("upstream steps L (snapshots of one run)", fontsize=8)
     ax.set_ylabel("gain (scratch its / pretrained its)", fontsize=8)
-    ax.set_title(f"critical stage: lr={lr:g}, K={k0}", fontsize=8)
+    ax.set_title(f"critical stage: lr={lr:g}, K={k0} (hollow: censored bound)", fontsize=8)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
   cb = fig.colorbar(im, ax=axes[1], shrink=0.9, pad=0.02)
   cb.set_label("log2 gain (blue: faster than scratch)", fontsize=8)
-  fig.savefig(path, dpi=80, bbox_inches="tight")
+  fig.savefig(path, dpi=80)
   return path
 
 

@@ -139,3 +139,17 @@ def test_rerun_resumes_and_reproduces(tiny_run):
                                p["activity"]["dense_1"]["active_fraction"], rtol=1e-6)
   bad = _run_binary(wd, "--config.train.num_seeds=3")
   assert bad.returncode == 2 and "different config" in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["local", "vgg16_cifar10", "resnet18_cifar10", "resnet18_imagenet"])
+def test_every_config_builds_its_models_and_validates(name):
+  from experiments.configs import specialization as configs  # pylint: disable=g-import-not-at-top
+  c = configs.get_config(name)
+  specialization._validate(c)  # pylint: disable=protected-access
+  for w in c.sweep.widths:
+    m = specialization.with_width(c.model, c.sweep.width_field, c.sweep.width_from, w)
+    m.num_classes = max(c.sweep.num_random_classes)
+    models.build(m)
+  hl = c.highlight.negative
+  assert hl.width in c.sweep.widths and c.highlight.wide_width in c.sweep.widths
+  assert hl.learning_rate in c.sweep.learning_rates and hl.upstream_steps in c.sweep.upstream_steps
