@@ -246,7 +246,7 @@ def _engine_cfg(config, lr, num_steps, eval_every, num_seeds, seed, train_eval_e
   return cfg
 
 
-def _curve(rows, key, ids, steps_prefix=None):
+def _curve(rows, key, ids):
   """[S, T] values of metrics `key` for seed ids `ids` (ordered), steps [T]."""
   rows = [r for r in rows if key in r]
   steps = sorted({int(r["step"]) for r in rows})
