@@ -15,10 +15,12 @@ Three workloads (``--model``): ``fig20_dense`` (Fig 20: 30 -> 2048 -> 256 -> 10,
 
 Every arm is compiled/warmed first; then ``--repeats`` rounds run every arm once each, in an order
 that rotates from round to round (the machine is shared: compare arms of one run, as ratios).  An
-arm's time is its best round.  FLOP counts are per model-step (one seed, one SGD step) from XLA's
-cost analysis of the naive step (``flops_source``); a count of the dot/conv FLOPs in the step's
-jaxpr is reported next to it.  The fp32 matmul peak (a 4096^2 matmul in jitted JAX, NumPy and
-torch; the best) is measured at the start and the end of the run.
+arm's time is its best round; ``cpu_s_per_model_step`` is the process CPU time per model-step of
+its cheapest round (a contention-robust measure of work).  FLOP counts are per model-step (one
+seed, one SGD step) from XLA's cost analysis of the naive step (``flops_source``); a count of the
+dot/conv FLOPs in the step's jaxpr is reported next to it.  The fp32 matmul peak (a 4096^2 matmul
+in jitted JAX, NumPy and torch; the best) is measured at the start, after every round and at the
+end of the run.
 
 Usage::
 
@@ -35,6 +37,8 @@ The JSON holds the headline (the first engine arm) as ``model_steps_per_s``, ``g
 """
 import rl_align  # pylint: disable=unused-import  # before jax: one XLA host device per core
 
+import contextlib
+import functools
 import json
 import os
 import platform
@@ -51,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rl_align import covariance
 from rl_align import models
 from rl_align import train
 
@@ -60,7 +65,9 @@ flags.DEFINE_list("seeds", ["16"], "Numbers of seeds S (comma list); one engine 
 flags.DEFINE_integer("steps", 2, "SGD steps per seed per timed round, for every arm.")
 flags.DEFINE_list("arms", ["engine", "naive_jax", "torch"], "Arms: engine, naive_jax, torch.")
 flags.DEFINE_list("layout", ["auto"], "Engine seed layouts (comma list): auto, vmap, unroll, map, "
-                  "map_im2col.")
+                  "map_im2col; append ':im2col', ':lax' or ':hybrid' (a prototype, see hybrid_conv) "
+                  "to set the conv models' conv_impl "
+                  "(e.g. unroll:im2col) and '@D' to use only the first D devices (e.g. map@1).")
 flags.DEFINE_integer("repeats", 2, "Timed rounds; an arm's time is its best round.")
 flags.DEFINE_integer("baseline_seeds", 16, "The per-seed loops (naive_jax, torch) run min(S, this) "
                      "seeds: their model-steps/s does not depend on S.")
@@ -153,6 +160,68 @@ def _cost_flops(compiled) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
+# Prototype (benchmark only): conv_impl "hybrid", measured for a proposed rl_align.models change.
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def hybrid_conv(x, w, pads):
+  """Stride-1 conv = lax conv forward; backward: weight grad as an im2col matmul, input grad as
+  an explicit lax conv of g with the flipped kernel.  Inside the engine's fori_loop XLA:CPU keeps
+  both convs on its fast (YNNPACK) path, unlike the convs of JAX's own conv transpose rules."""
+  return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_NHWC)
+
+
+def _hybrid_fwd(x, w, pads):
+  return hybrid_conv(x, w, pads), (x, w)
+
+
+def _hybrid_bwd(pads, res, g):
+  x, w = res
+  k = w.shape[0]
+  xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+  cols = covariance.extract_patches(xp, k)                      # [N, P, k*k*C]
+  dw = jnp.einsum("npk,npf->kf", cols, g.reshape(g.shape[0], -1, g.shape[-1])).reshape(w.shape)
+  w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+  dx = lax.conv_general_dilated(g, w_t, (1, 1), [(k - 1 - lo, k - 1 - hi) for lo, hi in pads],
+                                dimension_numbers=_NHWC)
+  return dx, dw
+
+
+hybrid_conv.defvjp(_hybrid_fwd, _hybrid_bwd)
+
+
+class _HybridLax:
+  """Stands in for `jax.lax` inside rl_align.models while an arm traces: stride-1 square NHWC
+  convs become `hybrid_conv`; everything else is jax.lax."""
+
+  def __getattr__(self, name):
+    return getattr(lax, name)
+
+  @staticmethod
+  def conv_general_dilated(x, w, strides, padding, **kw):
+    if (tuple(strides) != (1, 1) or isinstance(padding, str) or w.shape[0] != w.shape[1]
+        or set(kw) != {"dimension_numbers"} or tuple(kw["dimension_numbers"]) != _NHWC):
+      return lax.conv_general_dilated(x, w, strides, padding, **kw)
+    return hybrid_conv(x, w, tuple(tuple(int(v) for v in p) for p in padding))
+
+
+@contextlib.contextmanager
+def _conv_impl_patch(impl):
+  """While tracing: conv_impl 'hybrid' swaps rl_align.models' lax for _HybridLax."""
+  if impl != "hybrid":
+    yield
+    return
+  saved = models.lax
+  models.lax = _HybridLax()
+  try:
+    yield
+  finally:
+    models.lax = saved
+
+
+# ----------------------------------------------------------------------------------------------
 # The same model in PyTorch.
 
 
@@ -228,20 +297,38 @@ class EngineArm:
   """rl_align.train's compiled chunk: `steps` steps of every seed per round."""
   arm = "engine"
 
-  def __init__(self, model, x, labels, seeds: int, layout: str, batch: int, steps: int):
+  def __init__(self, model, x, labels, seeds: int, layout: str, batch: int, steps: int,
+               devices: int = 0, patch: str | None = None):
     cfg = train.default_config()
     cfg.optimizer, cfg.learning_rate, cfg.momentum = "momentum", LEARNING_RATE, MOMENTUM
     cfg.num_seeds, cfg.batch_size, cfg.seed_layout = seeds, batch, layout
     cfg.num_steps = 10 ** 6
     self.cfg, self.model, self.x, self.labels = cfg, model, x, labels
     self.seeds, self.steps, self.requested_layout = seeds, steps, layout
-    self.layout = ""
+    self.layout, self.devices, self.patch = "", devices, patch
 
   def setup(self) -> float:
+    with _conv_impl_patch(self.patch):
+      return self._setup()
+
+  def _setup(self) -> float:
     t = time.perf_counter()
     cfg, x = self.cfg, self.x
-    eng = train._Engine(self.model, cfg, len(x), x.shape, self.seeds)  # pylint: disable=protected-access
+    all_devices = jax.devices
+    if self.devices:  # the engine shards over jax.devices(): show it only the first few
+      jax.devices = lambda *a, **k: all_devices(*a, **k)[:self.devices]
+    try:
+      eng = train._Engine(self.model, cfg, len(x), x.shape, self.seeds)  # pylint: disable=protected-access
+    finally:
+      jax.devices = all_devices
     self.eng, self.layout = eng, eng.layout
+    impl = getattr(eng.model, "conv_impl", None)
+    if impl == "im2col" and eng.layout != "map_im2col":
+      self.layout += ":im2col"
+    if self.patch == "hybrid":
+      self.layout += ":hybrid"
+    if self.devices:
+      self.layout += f"@{eng.mesh.size}"
     ids = list(range(eng.s_pad))
     keys = lambda stream: jax.device_put(
         jnp.stack([train.seed_key(cfg.seed, i, stream) for i in ids]), eng.seeded)
@@ -400,6 +487,17 @@ class TorchArm:
 # The benchmark.
 
 
+def _parse_layout(spec: str):
+  """'layout[:conv_impl][@devices]' -> (layout, conv_impl or None, devices or 0); None if bad."""
+  rest, _, dev = spec.partition("@")
+  lay, _, impl = rest.partition(":")
+  if lay not in train.LAYOUTS or (impl and impl not in models.CONV_IMPLS + ("hybrid",)):
+    return None
+  if dev and not (dev.isdigit() and int(dev) >= 1):
+    return None
+  return lay, impl or None, int(dev or 0)
+
+
 def _parse_seeds(values) -> list[int]:
   seeds = [int(v) for v in values]
   if not seeds or min(seeds) < 1:
@@ -416,7 +514,7 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
   bad = [a for a in arms if a not in ARMS]
   if bad:
     raise app.UsageError(f"--arms has unknown arms {bad}; choose from {ARMS}.")
-  bad = [l for l in layouts if l not in train.LAYOUTS]
+  bad = [l for l in layouts if _parse_layout(l) is None]
   if bad:
     raise app.UsageError(f"--layout has unknown layouts {bad}; choose from {train.LAYOUTS}.")
   if steps < 1 or repeats < 1:
@@ -452,7 +550,14 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
   todo = []
   for s in seeds:
     if "engine" in arms:
-      todo += [EngineArm(model, x, labels[:s], s, lay, batch, steps) for lay in layouts]
+      for req in layouts:
+        lay, impl, n_dev = _parse_layout(req)
+        m = model
+        if impl and models.is_conv_model(model):
+          m = model.clone(conv_impl="lax" if impl == "hybrid" else impl)
+        todo.append(EngineArm(m, x, labels[:s], s, lay, batch, steps, n_dev,
+                              impl if models.is_conv_model(model) else None))
+        todo[-1].requested_layout = req
     bs = min(s, baseline_seeds) if baseline_seeds > 0 else s
     if "naive_jax" in arms:
       todo.append(NaiveJaxArm(model, x, labels, bs, batch, steps))
@@ -476,16 +581,19 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
     extra = f" layout={a.layout}" if a.arm == "engine" else ""
     log(f"set up {a.arm} S={a.seeds}{extra}: {a.setup_s:.1f} s (compile + 1 warm-up round/step)")
   rounds = {id(a): [] for a in arms_list}
+  cpu = {id(a): [] for a in arms_list}
   for r in range(repeats):
     k = r % len(arms_list)
     order = arms_list[k:] + arms_list[:k] if r % 2 == 0 else (arms_list[k:] + arms_list[:k])[::-1]
     for a in order:
-      t = time.perf_counter()
+      t, c = time.perf_counter(), time.process_time()
       a.run()
       rounds[id(a)].append(time.perf_counter() - t)
-    log(f"round {r + 1}/{repeats} done")
+      cpu[id(a)].append(time.process_time() - c)
+    peaks.append(matmul_peak(peak_size, reps=1))
+    log(f"round {r + 1}/{repeats} done; matmul peak {max(peaks[-1].values()):.0f} GFLOP/s")
   peaks.append(matmul_peak(peak_size))
-  log(f"fp32 matmul peak (end): {peaks[1]}")
+  log(f"fp32 matmul peak (end): {peaks[-1]}")
   peak = max(max(p.values()) for p in peaks)
 
   rows = []
@@ -497,6 +605,7 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
            "rounds_s": [round(v, 4) for v in rounds[id(a)]], "best_s": best,
            "median_s": statistics.median(rounds[id(a)]), "setup_s": a.setup_s,
            "model_steps_per_s": msps, "s_per_model_step": 1.0 / msps,
+           "cpu_s_per_model_step": min(cpu[id(a)]) / a.model_steps(),
            "gflops_per_s": msps * flops / 1e9, "peak_fraction": msps * flops / 1e9 / peak,
            "last_loss": a.last_loss}
     if a.arm == "torch":
@@ -544,13 +653,14 @@ def format_table(res: dict[str, Any]) -> str:
   lines = [f"{res['model']}: {res['flops_per_model_step'] / 1e9:.3f} GFLOP/model-step "
            f"({res['flops_source']}), peak {res['peak_gflops_per_s']:.0f} GFLOP/s",
            f"{'arm':10s} {'S':>4s} {'layout':11s} {'model-steps/s':>13s} {'s/model-step':>12s} "
-           f"{'GFLOP/s':>8s} {'%peak':>6s} {'vs torch':>8s} {'vs naive':>8s} {'setup s':>8s}"]
+           f"{'GFLOP/s':>8s} {'%peak':>6s} {'vs torch':>8s} {'vs naive':>8s} {'setup s':>8s} {'cpu s/ms':>8s}"]
   fmt = lambda v: f"{v:8.2f}" if v is not None else f"{'-':>8s}"
   for r in res["arms"]:
     lines.append(f"{r['arm']:10s} {r['seeds']:4d} {r['layout'] or '-':11s} "
                  f"{r['model_steps_per_s']:13.3f} {r['s_per_model_step']:12.4f} "
                  f"{r['gflops_per_s']:8.1f} {100 * r['peak_fraction']:6.1f} "
-                 f"{fmt(r['vs_torch'])} {fmt(r['vs_naive_jax'])} {r['setup_s']:8.1f}")
+                 f"{fmt(r['vs_torch'])} {fmt(r['vs_naive_jax'])} {r['setup_s']:8.1f} "
+                 f"{r['cpu_s_per_model_step']:8.4f}")
   return "\n".join(lines)
 
 
