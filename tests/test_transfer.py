@@ -1,0 +1,100 @@
+"""Tests of rl_align.transfer and the `experiments.transfer` binary (tiny, subprocess)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments.configs import fig1, fig5
+from rl_align import errors, transfer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_upstream_downstream_and_test_splits_are_disjoint_and_standardized_upstream():
+  c = fig5.get_config("tiny")
+  c.split.test = 32                               # cut the test set from the same permutation
+  c.data.kwargs.n = 288                           # room for 128 + 128 + 32
+  d = transfer.load_data(c)
+  idx = d["indices"]
+  assert len(idx["upstream"]) == 128 and len(idx["downstream"]) == 128
+  for a, b in (("upstream", "downstream"), ("upstream", "test"), ("downstream", "test")):
+    assert not set(idx[a].tolist()) & set(idx[b].tolist())
+  np.testing.assert_allclose(d["x_up"].reshape(-1, 3).mean(0), 0.0, atol=1e-4)
+  np.testing.assert_allclose(d["x_up"].reshape(-1, 3).std(0), 1.0, atol=1e-3)
+  assert np.abs(d["x_down"].reshape(-1, 3).mean(0)).max() > 1e-4   # not re-standardized
+
+
+def test_arm_names_are_checked_and_scratch_comes_first():
+  assert transfer.check_arms(["covariance", "scratch", "covariance_L5"]) == [
+      "scratch", "covariance", "covariance_L5"]
+  assert transfer.check_arms(["pretrained"])[0] == "scratch"
+  assert transfer.depth_of("covariance") == 1 and transfer.depth_of("covariance_L3") == 3
+  with pytest.raises(errors.ConfigError, match="unknown arms"):
+    transfer.check_arms(["scratch", "pretrained_fast"])
+
+
+def _arm(acc):
+  acc = np.asarray(acc, np.float64)
+  return {"iterations": [0, 10, 20, 30], "train_accuracy": acc}
+
+
+def test_summaries_speedup_and_fig5_checks():
+  arms = {"scratch": _arm([[0.1, 0.3, 0.5, 0.7]] * 2),
+          "pretrained": _arm([[0.1, 0.5, 0.7, 0.8]] * 2),
+          "covariance": _arm([[0.1, 0.49, 0.69, 0.8]] * 2),
+          "pretrained_no_rescaling": _arm([[0.1, 0.55, 0.72, 0.8]] * 2)}
+  s = transfer.summarize(arms, [0.5], [10, 30])
+  assert s["speedup"]["pretrained"]["0.5"] == pytest.approx(2.0)
+  assert s["table"]["scratch"]["10"] == [pytest.approx(0.3), 0.0]
+  c = transfer.fig5_checks(arms)
+  assert c["covariance_vs_pretrained_max_gap"] == pytest.approx(0.01)
+  assert c["covariance_within_tol_of_pretrained"]
+  assert c["pretrained_margin_first_half"] == pytest.approx(0.2)
+  assert c["no_rescaling_minus_pretrained_auc"] > 0
+
+
+def test_configs_build():
+  for arg in ("", "local", "tiny", "local,all_layers,random"):
+    c = fig5.get_config(arg)
+    assert transfer.check_arms(c.arms)[0] == "scratch"
+  for arg in ("positive", "negative", "positive,local", "negative,local"):
+    c = fig1.get_config(arg)
+    assert c.model.name == "vgg16"
+
+
+def _run(workdir):
+  cmd = [sys.executable, "-m", "experiments.transfer",
+         "--config=experiments/configs/fig5.py:tiny",
+         "--config.arms=('scratch','pretrained','covariance','covariance_L2')",
+         f"--workdir={workdir}"]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_binary_writes_schema_and_resumes(tmp_path):
+  workdir = str(tmp_path / "fig5")
+  p = _run(workdir)
+  assert p.returncode == 0, p.stderr[-3000:]
+  with open(os.path.join(workdir, "results.json")) as f:
+    res = json.load(f)
+  assert list(res["arms"]) == ["scratch", "pretrained", "covariance", "covariance_L2"]
+  for arm, r in res["arms"].items():
+    steps = r["iterations"]
+    assert steps[0] == 0 and steps[-1] == 20 and len(steps) == 5            # eval every 5
+    assert np.asarray(r["train_accuracy"]).shape == (2, len(steps))         # seeds x iterations
+    assert len(r["test_accuracy"]) == 2
+  assert len(res["upstream"]["train_accuracy"]) == 2
+  assert set(res["speedup"]) == {"pretrained", "covariance", "covariance_L2"}
+  assert "dense_0" in res["transfer_functions"]
+  assert os.path.exists(os.path.join(workdir, res["figure"]))
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    n_rows = len(f.readlines())
+  # Rerun: nothing retrains (no new metric rows), the results are identical.
+  p = _run(workdir)
+  assert p.returncode == 0, p.stderr[-3000:]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    assert len(f.readlines()) == n_rows
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f) == res
