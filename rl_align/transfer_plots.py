@@ -58,6 +58,12 @@ def plot_transfer(res: Mapping[str, Any], path: str, title: str = "",
       color = _style(arm, i)[0]
       ax.plot(its, vals, "*", color=color, ms=9, mec="k", mew=0.5)
     ax.plot([], [], "*", color="w", mec="k", label="paper (read off Fig. 5)")
+  # Like the paper, start the y axis near the first evaluation: step 0 (chance) would squash the
+  # part of the curves where the arms differ.
+  firsts = [np.asarray(r["train_accuracy"], np.float64).mean(0)[1] for r in arms.values()
+            if len(r["iterations"]) > 1]
+  if firsts:
+    ax.set_ylim(max(0.0, min(firsts) - 0.05), 1.0)
   ax.set_xlabel("downstream training iterations")
   ax.set_ylabel("downstream train accuracy")
   ax.grid(alpha=0.3)

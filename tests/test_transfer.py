@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -70,7 +71,13 @@ def _run(workdir):
          "--config=experiments/configs/fig5.py:tiny",
          "--config.arms=('scratch','pretrained','covariance','covariance_L2')",
          f"--workdir={workdir}"]
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  # The notebook test runs the same tiny programs: share JAX's on-disk compilation cache.
+  env = dict(os.environ,
+             JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(),
+                                                    f"rl_align_jax_cache_{os.getuid()}"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_binary_writes_schema_and_resumes(tmp_path):
