@@ -185,16 +185,20 @@ def make_optimizer(cfg, steps: int) -> optax.GradientTransformation:
 def choose_layout(model, platform: str, seeds_per_device: int) -> str:
   """The per-device layout for `seed_layout="auto"`, from benchmarks/train_throughput.py.
 
-  Measured (README, "Engine layouts"): on GPU/TPU, vmap batches seeds into wide kernels and wins.
-  On XLA:CPU vmap over conv kernels lowers to a grouped convolution (4.5x slower) and vmap over
-  dense nets was slower than a loop, so CPU unrolls the seeds inside one program; many seeds of a
-  conv model use lax.map over a conv-as-matmul (im2col) model to keep compile time bounded.
+  Measured on a 2-core XLA:CPU (README, "Engine throughput"; model-steps/s, S=16):
+  - conv models: `map_im2col` 2.46 vs `unroll` 0.25, lax-conv `map` 0.26 and `vmap` over an im2col
+    model 0.92 (paper CNN, F=256); XLA:CPU runs a lax convolution inside a loop body ~10x slower
+    than at top level, and vmap over conv kernels is a grouped convolution. So CPU conv models always
+    run as lax.map over a conv-as-matmul model.
+  - dense nets (Fig 20): `vmap` 522-542 vs `map` 517-521 vs `unroll` 489 at S=16; at S=64 `map`
+    522 vs `vmap` 459 (and unroll compiles 7x longer). So vmap up to 16 seeds per device, then map.
+  On GPU/TPU vmap batches the seeds into wide kernels (not measured here: no accelerator was lent).
   """
   if platform != "cpu":
     return "vmap"
-  if seeds_per_device <= 8:
-    return "unroll"
-  return "map_im2col" if hasattr(model, "conv_impl") else "map"
+  if hasattr(model, "conv_impl"):
+    return "map_im2col"
+  return "vmap" if seeds_per_device <= 16 else "map"
 
 
 def _per_seed(fn: Callable, layout: str) -> Callable:

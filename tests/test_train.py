@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from rl_align import errors, results, train
+from rl_align import errors, models, results, train
 
 
 class TinyMLP(nn.Module):
@@ -78,6 +78,14 @@ def test_conv_model_map_im2col_layout_falls_back_without_conv_impl():
   res = train.train(TinyCNN(), _cfg(num_seeds=2, seed_layout="map_im2col"), x, labels)
   assert res.params["conv_0"]["kernel"].shape == (2, 3, 3, 2, 4)
   assert np.isfinite(res.final_metrics["train_loss"]).all()
+
+
+def test_auto_layout_follows_the_cpu_measurements():
+  conv, dense = models.PaperCNN(features=4), models.DenseNet()
+  assert train.choose_layout(conv, "cpu", 1) == train.choose_layout(conv, "cpu", 64) == "map_im2col"
+  assert train.choose_layout(dense, "cpu", 8) == "vmap"
+  assert train.choose_layout(dense, "cpu", 32) == "map"
+  assert train.choose_layout(conv, "gpu", 8) == train.choose_layout(dense, "tpu", 8) == "vmap"
 
 
 def test_random_labels_learnable_and_metrics_logged(data, tmp_path):

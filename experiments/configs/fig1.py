@@ -65,7 +65,6 @@ def get_config(arg: str = "positive") -> ml_collections.ConfigDict:
                                          "seed": 0})
     c.model.width = 8
     t.batch_size, t.num_seeds, t.train_eval_examples = 64, 4, 1000
-    t.seed_layout = "map_im2col"
     c.upstream.update({"num_steps": 2000 if negative else 1000, "eval_every_steps": 250,
                        "train_eval_examples": 1000})
     c.downstream.update({"num_steps": 600, "eval_every_steps": 25, "train_eval_examples": 1000})
