@@ -8,16 +8,13 @@ WORKDIR/sweep.json with every panel's checks (rmse_vs_paper, peak, plateau, seed
 """
 import ast
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from rl_align import eigenmap
 from rl_align import experiment
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Base config, e.g. experiments/configs/fig20.py:all")
-flags.DEFINE_string("workdir", None, "Output folder; rerunning on it resumes.")
+experiment.define_config_flags("experiments/configs/fig20.py:all")
 flags.DEFINE_string("field", "train.learning_rate", "Dotted config field to sweep.")
 flags.DEFINE_list("values", [], "Comma-separated values (Python literals).")
 
@@ -34,11 +31,5 @@ def _run(config, workdir):
   return table
 
 
-def main(argv):
-  del argv
-  experiment.run_main(_run, FLAGS.config, FLAGS.workdir)
-
-
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+  experiment.launch(_run)

@@ -10,29 +10,10 @@ WORKDIR/results.json (schema in rl_align/transfer.py and the README), metrics.js
 one summary per phase in WORKDIR/phases/.  Rerunning the same command resumes; a finished run is
 only re-summarized.
 """
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
 from rl_align import experiment
 from rl_align import transfer
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. experiments/configs/fig5.py:local")
-flags.DEFINE_string("workdir", None, "Output folder; rerunning on it resumes.")
-
-
-def _run(config, workdir):
-  out = transfer.run(config, workdir)
-  print(transfer.summary_table(out))
-  return out
-
-
-def main(argv):
-  del argv
-  experiment.run_main(_run, FLAGS.config, FLAGS.workdir)
-
+experiment.define_config_flags("experiments/configs/fig5.py:local")
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+  experiment.launch(transfer.run, transfer.summary_table)

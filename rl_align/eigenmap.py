@@ -58,8 +58,11 @@ def summarize(kernels: np.ndarray, lam: np.ndarray, V: np.ndarray, *, key=0, cen
   mis = lambda c, b: alignment.misalignment(c, b, reduce=reduce, ridge=1e-9)
   pooled = covariance.weight_covariance(kernels, centered=centered)
   n_per_seed = covariance.weight_samples(kernels[0]).shape[0]
-  floor = alignment.finite_sample_floor(V, np.einsum("ij,jk,ki->i", V.T, per_seed[0], V), n_per_seed,
+  floor = alignment.finite_sample_floor(V, alignment.variances_in_basis(per_seed[0], V), n_per_seed,
                                         key, trials=floor_trials, reduce=reduce)
+  pooled_floor = alignment.finite_sample_floor(V, alignment.variances_in_basis(pooled, V),
+                                               n_per_seed * len(kernels), key, trials=floor_trials,
+                                               reduce=reduce)
   return {
       "eigenvalues": lam, "sigma": np.sqrt(np.clip(lam, 0, None)),
       "f": f, "f_pooled": alignment.transfer_function_in_basis(pooled, V),
@@ -68,6 +71,7 @@ def summarize(kernels: np.ndarray, lam: np.ndarray, V: np.ndarray, *, key=0, cen
       "misalignment_pooled_eigenbasis": mis(pooled, V),
       "misalignment_pooled_random_basis": mis(pooled, rand),
       "misalignment_floor": {"mean": floor[0], "std": floor[1]},
+      "misalignment_pooled_floor": {"mean": pooled_floor[0], "std": pooled_floor[1]},
       "num_weight_samples": n_per_seed, "num_seeds": len(kernels),
   }
 
@@ -197,8 +201,11 @@ def run_panels(config, workdir: str, f_figure: str | None = None) -> dict[str, A
                      "runtime_s": out["runtime_s"], "workdir": pdir}
     outs.append(out)
     refs.append(pcfg.get("paper_reference"))
-  fig = plotting.plot_panels(outs, [f"{n}" for n in config.panels], refs,
-                             os.path.join(workdir, f_figure or config.get("figure_name", "panels.png")))
+  path = os.path.join(workdir, f_figure or config.get("figure_name", "panels.png"))
+  if config.get("figure_style") == "epochs":
+    fig = plotting.plot_f_over_epochs(outs, list(config.panels), path)
+  else:
+    fig = plotting.plot_panels(outs, list(config.panels), refs, path)
   summary["figure"] = fig
   results.write_json(workdir, "results.json", summary)
   return summary
@@ -217,7 +224,10 @@ def run_misalignment(config, workdir: str) -> dict[str, Any]:
     summary[name]["misalignment_over_training"] = [
         {"step": s["step"], "eigenbasis_mean": float(np.mean(s["misalignment_eigenbasis"])),
          "random_basis_mean": float(np.mean(s["misalignment_random_basis"])),
-         "floor": s["misalignment_floor"]["mean"]} for s in snaps]
+         "floor": s["misalignment_floor"]["mean"],
+         "pooled_eigenbasis": s["misalignment_pooled_eigenbasis"],
+         "pooled_random_basis": s["misalignment_pooled_random_basis"],
+         "pooled_floor": s["misalignment_pooled_floor"]["mean"]} for s in snaps]
   results.write_json(workdir, "results.json", summary)
   return summary
 

@@ -2,9 +2,10 @@
 
 The binaries in experiments/ stay thin::
 
-    from rl_align import experiment
-    def main(argv):
-      experiment.run_main(eigenmap.run, FLAGS.config, FLAGS.workdir)
+    from rl_align import eigenmap, experiment
+    experiment.define_config_flags("experiments/configs/fig20.py:all")
+    if __name__ == "__main__":
+      experiment.launch(eigenmap.run_panels)
 
 `run_main` writes the config next to the results, turns every `RLAlignError` into one clear line
 on stderr (exit code 2, no traceback) and leaves everything already written in place.
@@ -14,8 +15,11 @@ import os
 import sys
 from typing import Any, Callable
 
+from absl import app
+from absl import flags
 from absl import logging
 import ml_collections
+from ml_collections import config_flags
 import numpy as np
 
 from rl_align import data as data_lib
@@ -51,6 +55,28 @@ def run_main(fn: Callable[[Any, str], Any], config, workdir: str) -> Any:
     print(f"error: {e}", file=sys.stderr)
     logging.flush()
     sys.exit(2)
+
+
+def define_config_flags(example: str) -> None:
+  """Defines the binaries' --config (a config file, e.g. `example`) and --workdir flags.
+
+  They are registered under the running binary, so its --helpshort lists them.
+  """
+  config_flags.DEFINE_config_file("config", None, f"Config file, e.g. {example}")
+  flags.DEFINE_string("workdir", None, "Output folder; rerunning on it resumes.")
+  for name in ("config", "workdir"):
+    flags.FLAGS.register_flag_by_module(sys.argv[0], flags.FLAGS[name])
+
+
+def launch(fn: Callable[[Any, str], Any], summary: Callable[[Any], str] | None = None) -> None:
+  """absl entry point of a config binary: run_main(fn, --config, --workdir), then print summary(out)."""
+  def main(argv):
+    del argv
+    out = run_main(fn, flags.FLAGS.config, flags.FLAGS.workdir)
+    if summary is not None:
+      print(summary(out))
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
 
 
 def _source_kwargs(dcfg) -> dict:

@@ -34,11 +34,27 @@ def compare_eigenvectors(cov_x, cov_w, ks: Sequence[int] = (1, 3, 5, 10), key=0)
                           for k in ks},
       "principal_cosines_top10": alignment.principal_cosines(v_x, v_w, min(10, d - 1)),
       "overlap_matrix_top10": alignment.overlap_matrix(v_x, v_w)[:10, :10],
+      **best_matches(v_x, v_w, n=min(10, d), key=key),
   }
 
 
-def plot_eigenvectors(v_x, v_w, shape, path: str, n: int = 10) -> str:
-  """Top-n eigenvectors of the patch covariance (top row) and filter covariance (bottom row)."""
+def best_matches(v_x, v_w, n: int = 10, key=0) -> dict[str, Any]:
+  """For each of the top-n filter eigenvectors: the data PC it is closest to, among all of them.
+
+  Returns `best_match_pc` (1-based data PC index), `best_match_cos` (|cos| with it) and
+  `best_match_cos_random` (the mean best |cos| of n Haar-random unit vectors: the chance level,
+  ~ sqrt(2 log d / d)).  The filter eigenvalue order may differ from the data's (f is not monotone),
+  so this is order-free where the top-k subspace overlap is not.
+  """
+  over = alignment.overlap_matrix(v_x, v_w)[:, :n]
+  rand = alignment.overlap_matrix(v_x, alignment.random_basis(key, v_x.shape[0])[:, :n])
+  return {"best_match_pc": (over.argmax(0) + 1).tolist(), "best_match_cos": over.max(0),
+          "best_match_cos_random": float(rand.max(0).mean())}
+
+
+def plot_eigenvectors(v_x, v_w, shape, path: str, n: int = 10, matches=None) -> str:
+  """Top-n eigenvectors of the patch covariance (top row) and filter covariance (bottom row);
+  `matches` (best_matches output) labels each filter eigenvector with its closest data PC."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -55,6 +71,9 @@ def plot_eigenvectors(v_x, v_w, shape, path: str, n: int = 10) -> str:
         ax.set_ylabel(label, fontsize=8)
       if row == 0:
         ax.set_title(f"#{i + 1}", fontsize=8)
+      elif matches is not None:
+        ax.set_xlabel(f"≈ PC #{matches['best_match_pc'][i]} "
+                      f"(|cos| {matches['best_match_cos'][i]:.2f})", fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -78,6 +97,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   shape = (k, k, x.shape[-1])
   out = {key: cmp[key] for key in ("subspace_overlap", "random_baseline",
                                    "principal_cosines_top10", "overlap_matrix_top10",
+                                   "best_match_pc", "best_match_cos", "best_match_cos_random",
                                    "eigenvalues_x", "eigenvalues_w")}
   out.update(train_accuracy=res.final_metrics.get("train_accuracy"), diverged=res.diverged,
              num_filters_pooled=int(np.prod(kernels.shape[:1]) * kernels.shape[-1]),
@@ -87,5 +107,5 @@ def run(config, workdir: str) -> dict[str, Any]:
                                             "eigenvectors_w": cmp["eigenvectors_w"],
                                             "cov_x": cov_x, "cov_w": cov_w})
   plot_eigenvectors(cmp["eigenvectors_x"], cmp["eigenvectors_w"], shape,
-                    os.path.join(workdir, "fig3_eigenvectors.png"))
+                    os.path.join(workdir, "fig3_eigenvectors.png"), matches=cmp)
   return out

@@ -61,15 +61,21 @@ def plot_eigenmap(res: Mapping[str, Any], workdir: str, title: str = "", referen
 
 
 def _misalignment_axes(ax, snaps):
+  """Pooled-over-seeds misalignment (solid) with the per-seed range (band), both bases, and the
+  finite-sample floors of a perfectly aligned Sigma_w with the pooled / per-seed sample counts."""
   steps = np.array([s["step"] for s in snaps])
-  for key, label, color in (("misalignment_eigenbasis", "data eigenbasis", "C0"),
-                            ("misalignment_random_basis", "random basis", "C3")):
-    vals = np.array([s[key] for s in snaps])  # [T, S]
-    m, lo, hi = vals.mean(1), vals.min(1), vals.max(1)
-    ax.plot(steps, m, color=color, label=label)
-    ax.fill_between(steps, lo, hi, color=color, alpha=0.2)
-  floor = np.array([s["misalignment_floor"]["mean"] for s in snaps])
-  ax.plot(steps, floor, "k:", label="finite-sample floor")
+  for basis, label, color in (("eigenbasis", "data eigenbasis", "C0"),
+                              ("random_basis", "random basis", "C3")):
+    vals = np.array([s[f"misalignment_{basis}"] for s in snaps])  # [T, S]
+    ax.fill_between(steps, vals.min(1), vals.max(1), color=color, alpha=0.15,
+                    label=f"{label}, per seed (range)")
+    pooled = [s.get(f"misalignment_pooled_{basis}") for s in snaps]
+    if None not in pooled:
+      ax.plot(steps, pooled, color=color, label=f"{label}, pooled over seeds")
+  ax.plot(steps, [s["misalignment_floor"]["mean"] for s in snaps], "k:", label="floor, per seed")
+  if all("misalignment_pooled_floor" in s for s in snaps):
+    ax.plot(steps, [s["misalignment_pooled_floor"]["mean"] for s in snaps], "k-.",
+            label="floor, pooled")
   ax.set_xlabel("step")
   ax.set_ylabel("misalignment")
   ax.set_yscale("symlog", linthresh=1e-2)
@@ -84,6 +90,28 @@ def plot_panels(panels: Sequence[Mapping[str, Any]], titles: Sequence[str],
   axes = np.atleast_1d(axes)
   for ax, res, title, ref in zip(axes, panels, titles, references):
     _f_axes(ax, res, ref, title, early_time=False)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_f_over_epochs(panels: Sequence[Mapping[str, Any]], titles: Sequence[str], path: str) -> str:
+  """Fig 4 centre/right: seed-pooled f(σ) at every snapshot epoch, σ on a log axis, one panel each."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+  markers = "xDosv^<>"
+  for ax, res, title in zip(axes[0], panels, titles):
+    sigma = np.asarray(res["sigma"])
+    order = np.argsort(sigma)
+    for i, snap in enumerate(s for s in res.get("snapshots") or [] if s["epoch"] > 0):
+      ax.plot(sigma[order], np.asarray(snap["f_pooled"])[order], marker=markers[i % len(markers)],
+              ms=4, lw=1, label=f"epoch {snap['epoch']:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("σ (data std along v_i)")
+    ax.set_ylabel("f(σ), pooled over seeds")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

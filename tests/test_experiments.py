@@ -127,10 +127,38 @@ def test_compare_eigenvectors_aligned_vs_random():
   assert unrelated["subspace_overlap"]["3"] < 0.9
 
 
+def test_best_matches_recover_a_reordering_and_beat_chance():
+  from rl_align import alignment, filters
+  V = alignment.random_basis(2, 40)
+  perm = np.array([3, 0, 7, 1, 2] + list(range(4, 7)) + list(range(8, 40)))
+  m = filters.best_matches(V, -V[:, perm], n=5, key=0)   # reordered, sign-flipped PCs
+  assert m["best_match_pc"] == [4, 1, 8, 2, 3]
+  np.testing.assert_allclose(m["best_match_cos"], 1.0, atol=1e-12)
+  assert 0.1 < m["best_match_cos_random"] < 0.6   # chance: ~sqrt(2 log d / d) ~ 0.43
+
+
+def test_pooled_floor_is_below_the_per_seed_floor():
+  from rl_align import alignment
+  V = alignment.random_basis(0, 8)
+  lam = np.linspace(2.0, 0.2, 8)
+  kernels = np.random.default_rng(0).normal(size=(4, 8, 16)) * 0.1   # [S, d, h]
+  out = eigenmap.summarize(kernels, lam, V, floor_trials=3)
+  assert out["misalignment_pooled_floor"]["mean"] < out["misalignment_floor"]["mean"]
+
+
+def test_fig4_figure_draws_f_over_epochs(tmp_path):
+  from rl_align import plotting
+  snaps = [{"epoch": e, "f_pooled": np.full(5, 0.01 * e)} for e in (0, 5, 10)]
+  res = {"sigma": np.linspace(0.1, 2, 5), "snapshots": snaps}
+  path = plotting.plot_f_over_epochs([res, res], ["random", "real"], str(tmp_path / "f.png"))
+  assert os.path.getsize(path) > 1000
+
+
 def test_filters_binary_tiny(tmp_path):
   proc = _run("experiments.filters", "--config=experiments/configs/fig3.py:tiny", f"--workdir={tmp_path}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   res = json.load(open(tmp_path / "results.json"))
   assert set(res["subspace_overlap"]) == {"1", "3", "5", "10"}
   assert res["num_filters_pooled"] == 2 * 16
+  assert len(res["best_match_pc"]) == len(res["best_match_cos"]) == 10
   assert (tmp_path / "fig3_eigenvectors.png").exists()

@@ -3,12 +3,17 @@
 Commands:
   paper scale (GPU, tfds cifar10 in $TFDS_DATA_DIR; 256 filters, lr 0.01, 40 epochs, batch 256):
     python -m experiments.misalignment --config=experiments/configs/fig2.py:random,real --workdir=workdirs/fig2
-  local (embedded `photos` crops, 2-core CPU, about 6-10 min for both panels):
+  local (embedded `photos` crops, 2-core CPU; measured 2.6 min for both panels on an idle machine):
     python -m experiments.misalignment --config=experiments/configs/fig2.py:random,real,local --workdir=workdirs/fig2_local
+Local setting: the Fig 4 local CNN (16x16 crops, 5000 images, 40 epochs, lr 0.01) with the default
+init, 64 filters x 8 seeds.
 Expected result (paper): for real AND random labels the misalignment in the data eigenbasis stays far
 below the misalignment in a random basis; both start near 0 at init (Misalignment at init is ~0 in
 every basis: the signal is the gap as training runs).  We also draw the finite-sample floor: the
-misalignment of a perfectly aligned Sigma_w estimated from the same number of filters.
+misalignment of a perfectly aligned Sigma_w estimated from the same number of filters (per seed: 64
+samples of d = 27, floor ~9.4, noise-dominated; pooled over seeds: 512 samples, floor ~0.69).
+Measured locally (pooled, final): random labels 0.72 in the data eigenbasis vs 1.11 in a random
+basis; real labels 0.70 vs 2.13 (both start at 0.71 / 0.70).
 """
 import ml_collections
 
@@ -20,9 +25,12 @@ def get_config(arg: str = "random,real") -> ml_collections.ConfigDict:
   parts = arg.split(",")
   tiny, local = "tiny" in parts, "local" in parts or "tiny" in parts
   c.figure_name = "fig2_misalignment.png"
+  c.figure_style = "seeds"    # f_panels.png: final f per seed
   c.model.first_layer_std = None       # Fig 2 uses the default init
+  # Local: 64 filters x 8 seeds = 512 pooled samples of d = 27.  (The paper's 256 filters do not
+  # start fitting random labels on the local crops within 40 epochs: measured train accuracy 0.11.)
   c.model.features = 16 if tiny else (64 if local else 256)
-  c.train.num_seeds = 2 if tiny else (4 if local else 10)
+  c.train.num_seeds = 2 if tiny else (8 if local else 10)
   steps_per_epoch = (256 // 64) if tiny else ((5000 // 128) if local else (50000 // 256))
   epochs = c.train.num_epochs
   c.train.snapshot_steps = tuple(sorted({int(round(steps_per_epoch * epochs * q)) for q in

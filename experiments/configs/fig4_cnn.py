@@ -17,6 +17,7 @@ Local setting (shrunk to fit the CPU, stated in the README): 16x16 crops of the 
 """
 import ml_collections
 
+from experiments.configs import shared
 from rl_align import experiment
 
 
@@ -26,12 +27,12 @@ def get_config(arg: str = "random") -> ml_collections.ConfigDict:
   labels = [p for p in parts if p in ("random", "real")] or ["random"]
   c = experiment.base_config()
   c.figure_name = "fig4_cnn.png"
+  c.figure_style = "epochs"   # f pooled over seeds at every snapshot epoch, log sigma (the paper's)
   c.num_classes = 10
   c.data.standardize = True
   if local:
     c.data.name = "photos"
-    c.data.kwargs = {"n": 256 if tiny else 5000, "size": 16, "short_side": 128, "cell": 24,
-                     "seed": 0}
+    c.data.kwargs = shared.local_photos(256 if tiny else 5000)
   else:
     c.data.name = "cifar10"
     c.data.kwargs = {}

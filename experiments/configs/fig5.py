@@ -44,6 +44,7 @@ lags pretrained by 0.02-0.03 at the first two evaluations, within 0.011 from ite
 """
 import ml_collections
 
+from experiments.configs import shared
 from rl_align import experiment
 
 PAPER_REFERENCE = {"iterations": (1000, 2000),
@@ -117,9 +118,8 @@ def common() -> ml_collections.ConfigDict:
 
 
 def local(c) -> ml_collections.ConfigDict:
-  photos = {"size": 16, "short_side": 128, "cell": 24, "seed": 0}
   c.title = "Fig 5 (local: 16x16 photo crops, conv 32, 16 seeds)"
-  c.data = ml_collections.ConfigDict({"name": "photos", "kwargs": dict(photos, n=6000),
+  c.data = ml_collections.ConfigDict({"name": "photos", "kwargs": shared.local_photos(6000),
                                       "data_dir": "", "standardize": True, "test_split": "test",
                                       "test_examples": 1000})
   c.split = ml_collections.ConfigDict({"upstream": 1000, "downstream": 5000, "test": 0, "seed": 0})
@@ -134,7 +134,8 @@ def local(c) -> ml_collections.ConfigDict:
   c.layerwise.num_examples = 1000
   # f from photos at another resolution (short side 256: a 16x16 crop spans half the field of view).
   c.f_only.source = "data"
-  c.f_only.data = {"name": "photos", "kwargs": dict(photos, short_side=256, cell=48, n=1000),
+  far = dict(shared.local_photos(1000), short_side=256, cell=48)
+  c.f_only.data = {"name": "photos", "kwargs": far,
                    "data_dir": "", "standardize": True, "test_split": "test", "test_examples": 0}
   c.f_only.split = {"upstream": 1000, "downstream": 0, "test": 0, "seed": 1}
   c.f_only.upstream = {"num_steps": 1500, "num_seeds": 4}
