@@ -272,9 +272,9 @@ class _Engine:
       self.probe = self._shard_map(_per_seed(lambda p: probe_fn(self.model, p), layout),
                                    (P(_SEED_AXIS),), P(_SEED_AXIS))
 
-  def _shard_map(self, fn, in_specs, out_specs):
+  def _shard_map(self, fn, in_specs, out_specs, donate_argnums=()):
     return jax.jit(jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
-                                 check_vma=False))
+                                 check_vma=False), donate_argnums=donate_argnums)
 
   def _build(self, x_shape):
     model, tx, cfg = self.model, self.tx, self.cfg
@@ -325,8 +325,9 @@ class _Engine:
       return (params, opt_state, alive, div_step), lsum / steps, asum / steps
 
     self.init = self._shard_map(_per_seed(seed_init, self.layout), (sd,), (sd, sd))
+    # The state is donated: the step updates it in place (one copy of S x params in memory).
     self.chunk = self._shard_map(chunk, ((sd, sd, sd, sd), sd, sd, rep, rep, rep),
-                                 ((sd, sd, sd, sd), sd, sd))
+                                 ((sd, sd, sd, sd), sd, sd), donate_argnums=(0,))
 
     def seed_eval(params, xs, ys, mask):
       def body(tot, batch):
@@ -433,8 +434,9 @@ def train(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
   data_keys = keys(_DATA)
   labels_d = eng.put_seeded(_pad_seeds(labels, eng.s_pad))
   x_d = eng.put_replicated(x)
-  params, opt_state = eng.init(keys(_INIT))
-  if init_params is not None:
+  if init_params is None:
+    params, opt_state = eng.init(keys(_INIT))
+  else:
     params = eng.put_seeded(jax.tree.map(lambda a: _pad_seeds(a, eng.s_pad), init_params))
     opt_state = jax.jit(jax.vmap(eng.tx.init), out_shardings=eng.seeded)(params)
   alive = eng.put_seeded(np.ones(eng.s_pad, bool))
