@@ -5,8 +5,8 @@ Command (the README's main job, all three panels, 5 seeds each, the paper's size
 One panel:      --config=experiments/configs/fig20.py:right
 Other reading of "diag(0.1..3.0)" as variances (PAPER.md section 1): fig20.py:all,variance
 Tiny smoke run: fig20.py:right,tiny   (CI)
-Expected runtime: about 8-12 min on a 2-core CPU for `all` (left/middle dominate: 15.8k steps x 5
-seeds of a 2048-wide net each); right alone < 1 min.
+Expected runtime: 6 min on an idle 2-core CPU for `all` (measured 5m58s: left 2.8 min, middle 3.0,
+right 8 s); 33 min when the machine is shared with three other heavy jobs.
 Expected result (PAPER.md, README results table): right rises from 1/sqrt(30)=0.183 to a plateau
 near 0.25 for sigma >= 2; middle rises to a peak then falls; left decreases from ~0.38 to ~0.32.
 Data: embedded synthetic x ~ N(0, diag(sigma^2)), random labels (K=10), one draw per seed.

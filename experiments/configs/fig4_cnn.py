@@ -4,7 +4,7 @@ Commands:
   paper scale (GPU, tfds cifar10 prepared in $TFDS_DATA_DIR, 50 seeds):
     python -m experiments.eigenvalue_map --config=experiments/configs/fig4_cnn.py:random --workdir=workdirs/fig4_random
     python -m experiments.eigenvalue_map --config=experiments/configs/fig4_cnn.py:real --workdir=workdirs/fig4_real
-  local (embedded `photos` crops, 2-core CPU, about 5-8 min per panel):
+  local (embedded `photos` crops, 2-core CPU; measured 2.7 min for both panels on an idle machine):
     python -m experiments.eigenvalue_map --config=experiments/configs/fig4_cnn.py:random,local --workdir=workdirs/fig4_local
   both panels in one run: fig4_cnn.py:random,real[,local]; tiny smoke run: add `tiny`.
 Model: conv F filters 3x3 VALID -> ReLU -> flatten -> dense 64 -> ReLU -> dense 10; the first layer
@@ -14,6 +14,10 @@ back to the baseline at the largest lambda ~20 (mean brightness); real labels: g
 epoch 40 peak ~0.024 at lambda ~1.1.
 Local setting (shrunk to fit the CPU, stated in the README): 16x16 crops of the embedded photos
 (downscaled so a crop holds structure), 64 filters, 5000 training images, 8 seeds, batch 128.
+Measured locally (README): random labels: f grows slowly to epoch 10 (max 0.03), epoch 40 peak 0.33
+at sigma 0.70, down to 0.07 at the largest sigma 4.6 (init level 0.002); real labels: grows steadily,
+epoch 40 peaks 0.38 at sigma 0.50 and 0.37 at 1.9.  The shapes match the paper; the magnitudes do not
+(the local data are much easier to fit than CIFAR10).
 """
 import ml_collections
 
