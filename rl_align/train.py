@@ -185,20 +185,19 @@ def make_optimizer(cfg, steps: int) -> optax.GradientTransformation:
 def choose_layout(model, platform: str, seeds_per_device: int) -> str:
   """The per-device layout for `seed_layout="auto"`, from benchmarks/train_throughput.py.
 
-  Measured on a 2-core XLA:CPU (README, "Engine throughput"; model-steps/s, S=16):
+  Measured on a 2-core XLA:CPU (benchmarks/README.md; model-steps/s at S=16):
   - conv models: `map_im2col` 2.46 vs `unroll` 0.25, lax-conv `map` 0.26 and `vmap` over an im2col
     model 0.92 (paper CNN, F=256); XLA:CPU runs a lax convolution inside a loop body ~10x slower
-    than at top level, and vmap over conv kernels is a grouped convolution. So CPU conv models always
-    run as lax.map over a conv-as-matmul model.
-  - dense nets (Fig 20): `vmap` 522-542 vs `map` 517-521 vs `unroll` 489 at S=16; at S=64 `map`
-    522 vs `vmap` 459 (and unroll compiles 7x longer). So vmap up to 16 seeds per device, then map.
-  On GPU/TPU vmap batches the seeds into wide kernels (not measured here: no accelerator was lent).
+    than at top level, and vmap over conv kernels is a grouped convolution.
+  - dense nets (Fig 20): seed-major `map` 692 vs `vmap` 587 (S=64: 708 vs 505): each seed's
+    parameters stay in cache for a whole chunk of steps.
+  So CPU runs every model seed-major with lax.map, conv models as conv-as-matmul.  On GPU/TPU vmap
+  batches the seeds into wide kernels (not measured here: no accelerator was lent).
   """
+  del seeds_per_device  # the CPU measurements favour the same layout at every S in {1, 8, 16, 64}
   if platform != "cpu":
     return "vmap"
-  if hasattr(model, "conv_impl"):
-    return "map_im2col"
-  return "vmap" if seeds_per_device <= 16 else "map"
+  return "map_im2col" if hasattr(model, "conv_impl") else "map"
 
 
 def _per_seed(fn: Callable, layout: str) -> Callable:
@@ -298,31 +297,35 @@ class _Engine:
       keep = lambda new, old: jnp.where(ok, new, old)
       return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt_state), ok, loss, acc
 
-    multi_step = _per_seed(seed_step, self.layout)
-    perms_of = jax.vmap(lambda k, e: jax.random.permutation(jax.random.fold_in(k, e), self.n),
-                        in_axes=(0, None))
+    perm_of = lambda k, e: jax.random.permutation(jax.random.fold_in(k, e), self.n)
 
-    def chunk(state, data_keys, labels, x_all, t0, t1):
-      params, opt_state, alive, div_step = state
-      s_local = alive.shape[0]
-
+    def seed_chunk(params, opt_state, alive, div_step, data_key, labels, x_all, t0, t1):
+      """Steps t0..t1 of ONE seed: (params, opt, alive, div_step), mean loss, mean accuracy."""
       def body(t, carry):
-        params, opt_state, alive, div_step, perms, lsum, asum = carry
+        params, opt_state, alive, div_step, perm, lsum, asum = carry
         i, epoch = t % spe, t // spe
-        perms = lax.cond(i == 0, lambda: perms_of(data_keys, epoch), lambda: perms)
-        idx = lax.dynamic_slice_in_dim(perms, i * b, b, axis=1)
-        xb, yb = x_all[idx], jnp.take_along_axis(labels, idx, axis=1)
-        params, opt_state, ok, loss, acc = multi_step(params, opt_state, alive, xb, yb)
+        perm = lax.cond(i == 0, lambda: perm_of(data_key, epoch), lambda: perm)
+        idx = lax.dynamic_slice_in_dim(perm, i * b, b)
+        params, opt_state, ok, loss, acc = seed_step(params, opt_state, alive, x_all[idx],
+                                                     labels[idx])
         div_step = jnp.where(alive & ~ok, t, div_step)
         lsum = lsum + jnp.where(ok, loss, jnp.nan)
-        return params, opt_state, ok, div_step, perms, lsum, asum + acc
+        return params, opt_state, ok, div_step, perm, lsum, asum + acc
 
-      perms0 = perms_of(data_keys, t0 // spe)
-      zeros = jnp.zeros((s_local,), jnp.float32)
-      carry = (params, opt_state, alive, div_step, perms0, zeros, zeros)
+      zero = jnp.zeros((), jnp.float32)
+      carry = (params, opt_state, alive, div_step, perm_of(data_key, t0 // spe), zero, zero)
       params, opt_state, alive, div_step, _, lsum, asum = lax.fori_loop(t0, t1, body, carry)
       steps = jnp.maximum(t1 - t0, 1).astype(jnp.float32)
       return (params, opt_state, alive, div_step), lsum / steps, asum / steps
+
+    def chunk(state, data_keys, labels, x_all, t0, t1):
+      # Seeds are independent, so the step loop can sit inside the per-seed function (seed-major,
+      # map layouts: one seed's parameters stay in cache for the whole chunk) or outside it (vmap
+      # and unroll batch all seeds into every step).  Both give every seed the same computation.
+      one = lambda p, o, a, d, k, y: seed_chunk(p, o, a, d, k, y, x_all, t0, t1)
+      if self.layout in ("map", "map_im2col"):
+        return lax.map(lambda args: one(*args), (*state, data_keys, labels))
+      return _per_seed(one, self.layout)(*state, data_keys, labels)
 
     self.init = self._shard_map(_per_seed(seed_init, self.layout), (sd,), (sd, sd))
     # The state is donated: the step updates it in place (one copy of S x params in memory).
