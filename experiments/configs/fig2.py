@@ -3,7 +3,7 @@
 Commands:
   paper scale (GPU, tfds cifar10 in $TFDS_DATA_DIR; 256 filters, lr 0.01, 40 epochs, batch 256):
     python -m experiments.misalignment --config=experiments/configs/fig2.py:random,real --workdir=workdirs/fig2
-  local (embedded `photos` crops, 2-core CPU; measured 2.6 min for both panels on an idle machine):
+  local (embedded `photos` crops, 2-core CPU; measured 2.5 min for both panels on an idle machine):
     python -m experiments.misalignment --config=experiments/configs/fig2.py:random,real,local --workdir=workdirs/fig2_local
 Local setting: the Fig 4 local CNN (16x16 crops, 5000 images, 40 epochs, lr 0.01) with the default
 init, 64 filters x 8 seeds.

@@ -5,7 +5,7 @@ Command (the README's main job, all three panels, 5 seeds each, the paper's size
 One panel:      --config=experiments/configs/fig20.py:right
 Other reading of "diag(0.1..3.0)" as variances (PAPER.md section 1): fig20.py:all,variance
 Tiny smoke run: fig20.py:right,tiny   (CI)
-Expected runtime: 6 min on an idle 2-core CPU for `all` (measured 5m58s: left 2.8 min, middle 3.0,
+Expected runtime: 5-6 min on an idle 2-core CPU for `all` (measured 5m07s: left 2.4 min, middle 2.5,
 right 8 s); 33 min when the machine is shared with three other heavy jobs.
 Expected result (PAPER.md, README results table): right rises from 1/sqrt(30)=0.183 to a plateau
 near 0.25 for sigma >= 2; middle rises to a peak then falls; left decreases from ~0.38 to ~0.32.

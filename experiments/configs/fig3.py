@@ -3,7 +3,7 @@
 Commands:
   paper scale (GPU; tfds cifar10; WRN-28-4 with a 5x5 first conv; 70 seeds pooled):
     python -m experiments.filters --config=experiments/configs/fig3.py --workdir=workdirs/fig3
-  local (embedded photos crops, 2-core CPU, about 1-2 min on an idle machine):
+  local (embedded photos crops, 2-core CPU, measured 1.1 min on an idle machine):
     python -m experiments.filters --config=experiments/configs/fig3.py:local --workdir=workdirs/fig3_local
 Local setting (shrunk for the CPU): the paper CNN with a 5x5 first conv of 64 filters on 16x16
 photo crops, 8 seeds pooled (512 filters), random labels, 30 epochs.  Its first layer starts at std

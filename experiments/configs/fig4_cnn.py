@@ -4,7 +4,7 @@ Commands:
   paper scale (GPU, tfds cifar10 prepared in $TFDS_DATA_DIR, 50 seeds):
     python -m experiments.eigenvalue_map --config=experiments/configs/fig4_cnn.py:random --workdir=workdirs/fig4_random
     python -m experiments.eigenvalue_map --config=experiments/configs/fig4_cnn.py:real --workdir=workdirs/fig4_real
-  local (embedded `photos` crops, 2-core CPU; measured 2.7 min for both panels on an idle machine):
+  local (embedded `photos` crops, 2-core CPU; measured 2.5 min for both panels on an idle machine):
     python -m experiments.eigenvalue_map --config=experiments/configs/fig4_cnn.py:random,local --workdir=workdirs/fig4_local
   both panels in one run: fig4_cnn.py:random,real[,local]; tiny smoke run: add `tiny`.
 Model: conv F filters 3x3 VALID -> ReLU -> flatten -> dense 64 -> ReLU -> dense 10; the first layer
