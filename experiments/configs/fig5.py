@@ -1,8 +1,8 @@
 r"""Fig 5: random-label pretraining transfers, and the first layer's covariance carries the transfer.
 
 Commands:
-  local (embedded `photos`, this 2-core CPU, upstream included; measured 12-13 min with other jobs
-  on the machine, ~7 min alone at 8 seeds):
+  local (embedded `photos`, this 2-core CPU, upstream included; measured 3m41s on the idle machine,
+  12-13 min with other jobs on it):
     python -m experiments.transfer --config=experiments/configs/fig5.py:local --workdir=/tmp/fig5_local
   paper scale (tfds cifar10 prepared in $TFDS_DATA_DIR, one GPU, roughly 1 h):
     python -m experiments.transfer --config=experiments/configs/fig5.py --workdir=workdirs/fig5
