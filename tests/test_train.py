@@ -87,6 +87,17 @@ def test_auto_layout_follows_the_cpu_measurements():
   assert train.choose_layout(conv, "gpu", 8) == train.choose_layout(dense, "tpu", 8) == "vmap"
 
 
+def test_forcing_a_lax_conv_loop_on_cpu_warns(caplog):
+  x = np.random.default_rng(0).normal(size=(32, 6, 6, 2)).astype(np.float32)
+  labels = train.random_labels(0, [0, 1], 32, 3)
+  model = models.PaperCNN(features=4, hidden=8, num_classes=3)
+  for layout, warns in (("map", True), ("auto", False)):
+    caplog.clear()
+    res = train.train(model, _cfg(num_seeds=2, seed_layout=layout), x, labels)
+    assert res.layout == ("map" if warns else "map_im2col")
+    assert any("10x" in r.getMessage() for r in caplog.records) == warns
+
+
 def test_random_labels_learnable_and_metrics_logged(data, tmp_path):
   x, labels = data
   res = train.train(TinyMLP(), _cfg(num_epochs=60, learning_rate=0.1), x, labels, workdir=str(tmp_path))
