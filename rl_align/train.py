@@ -322,12 +322,9 @@ class _Engine:
       return (params, opt_state, alive, div_step), lsum / steps, asum / steps
 
     def chunk(state, data_keys, labels, x_all, t0, t1):
-      # Seeds are independent, so the step loop can sit inside the per-seed function (seed-major,
-      # map layouts: one seed's parameters stay in cache for the whole chunk) or outside it (vmap
-      # and unroll batch all seeds into every step).  Both give every seed the same computation.
+      # Seeds are independent, so the step loop sits inside the per-seed function: map and unroll
+      # run seed-major (one seed's parameters stay in cache for the whole chunk), vmap batches it.
       one = lambda p, o, a, d, k, y: seed_chunk(p, o, a, d, k, y, x_all, t0, t1)
-      if self.layout in ("map", "map_im2col"):
-        return lax.map(lambda args: one(*args), (*state, data_keys, labels))
       return _per_seed(one, self.layout)(*state, data_keys, labels)
 
     self.init = self._shard_map(_per_seed(seed_init, self.layout), (sd,), (sd, sd))
