@@ -65,7 +65,8 @@ flags.DEFINE_list("seeds", ["16"], "Numbers of seeds S (comma list); one engine 
 flags.DEFINE_integer("steps", 2, "SGD steps per seed per timed round, for every arm.")
 flags.DEFINE_list("arms", ["engine", "naive_jax", "torch"], "Arms: engine, naive_jax, torch.")
 flags.DEFINE_list("layout", ["auto"], "Engine seed layouts (comma list): auto, vmap, unroll, map, "
-                  "map_im2col; append ':im2col', ':lax' or ':hybrid' (a prototype, see hybrid_conv) "
+                  "map_im2col, map_fused; append ':im2col', ':fused', ':lax' or ':hybrid' (a "
+                  "prototype, see hybrid_conv) "
                   "to set the conv models' conv_impl "
                   "(e.g. unroll:im2col) and '@D' to use only the first D devices (e.g. map@1).")
 flags.DEFINE_integer("repeats", 2, "Timed rounds; an arm's time is its best round.")
@@ -323,8 +324,8 @@ class EngineArm:
       jax.devices = all_devices
     self.eng, self.layout = eng, eng.layout
     impl = getattr(eng.model, "conv_impl", None)
-    if impl == "im2col" and eng.layout != "map_im2col":
-      self.layout += ":im2col"
+    if impl in ("im2col", "fused") and eng.layout != f"map_{impl}":
+      self.layout += f":{impl}"
     if self.patch == "hybrid":
       self.layout += ":hybrid"
     if self.devices:

@@ -38,12 +38,13 @@ import numpy as np
 import optax
 
 from rl_align import errors
+from rl_align import models
 from rl_align import progress as progress_lib
 from rl_align import results as results_lib
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
-LAYOUTS = ("auto", "vmap", "unroll", "map", "map_im2col")
+LAYOUTS = ("auto", "vmap", "unroll", "map", "map_im2col", "map_fused")
 _SEED_AXIS = "seed"
 # fold_in tags of the per-seed streams.
 _INIT, _DATA, _LABELS = 1, 2, 3
@@ -67,7 +68,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_seeds = 1
   c.seed = 0                        # root seed; seed ids are seed_offset .. seed_offset+num_seeds-1
   c.seed_offset = 0
-  c.seed_layout = "auto"            # auto | vmap | unroll | map | map_im2col
+  c.seed_layout = "auto"            # auto | vmap | unroll | map | map_im2col | map_fused
+  c.num_devices = 0                 # devices the seeds are sharded over; 0: choose_devices
   c.log_every_steps = 0             # 0: once per epoch
   c.eval_every_steps = 0            # 0: at every log step
   c.train_eval_examples = 2048      # train accuracy is measured on this many training examples
@@ -116,6 +118,8 @@ def validate(cfg, model, x, labels) -> None:
     bad("schedule", f"unknown value {cfg.schedule!r}; choose one of {SCHEDULES}.")
   if cfg.seed_layout not in LAYOUTS:
     bad("seed_layout", f"unknown value {cfg.seed_layout!r}; choose one of {LAYOUTS}.")
+  if int(cfg.get("num_devices", 0)) < 0:
+    bad("num_devices", f"must be >= 0 (0: automatic), got {cfg.num_devices}.")
   if int(cfg.num_seeds) < 1:
     bad("num_seeds", f"must be >= 1, got {cfg.num_seeds}. Fix: e.g. --config.num_seeds=8.")
   if not cfg.learning_rate > 0:
@@ -191,20 +195,39 @@ def choose_layout(model, platform: str, seeds_per_device: int) -> str:
     than at top level, and vmap over conv kernels is a grouped convolution.
   - dense nets (Fig 20): seed-major `map` 692 vs `vmap` 587 (S=64: 708 vs 505): each seed's
     parameters stay in cache for a whole chunk of steps.
-  So CPU runs every model seed-major with lax.map, conv models as conv-as-matmul.  On GPU/TPU vmap
+  - the paper CNN: `map_fused` (conv -> ReLU -> dense as one cache-blocked op, `rl_align.fused`)
+    MAPFUSED vs `map_im2col` MAPIM2COL.
+  So CPU runs every model seed-major with lax.map, conv models as conv-as-matmul (`map_fused`: the
+  paper CNN's first block fused, every other conv model as in `map_im2col`).  On GPU/TPU vmap
   batches the seeds into wide kernels (not measured here: no accelerator was lent).
   """
   del seeds_per_device  # the CPU measurements favour the same layout at every S in {1, 8, 16, 64}
   if platform != "cpu":
     return "vmap"
-  return "map_im2col" if hasattr(model, "conv_impl") else "map"
+  return "map_fused" if hasattr(model, "conv_impl") else "map"
+
+
+def choose_devices(model, platform: str, layout: str, available: int, n_seeds: int,
+                   requested: int = 0) -> int:
+  """How many devices the seeds are sharded over (`num_devices=0`, the default, picks).
+
+  Every device, except on CPU for the fused paper CNN (`map_fused`): its step is a few large
+  matmuls that XLA:CPU already spreads over every core of one device, and two devices on 2 cores
+  ran it at 3.71 vs 4.93 model-steps/s on one (S=16, benchmarks/README.md).  The im2col small CNN
+  runs faster on both devices (10.50 vs 9.36).
+  """
+  if requested > 0:
+    return max(1, min(requested, available, n_seeds))
+  if platform == "cpu" and layout == "map_fused" and models.has_fused_block(model):
+    return 1
+  return max(1, min(available, n_seeds))
 
 
 def _per_seed(fn: Callable, layout: str) -> Callable:
   """Lifts fn(*per_seed_args) to stacked args (leading seed axis) with the given layout."""
   if layout == "vmap":
     return jax.vmap(fn)
-  if layout in ("map", "map_im2col"):
+  if layout in ("map", "map_im2col", "map_fused"):
     return lambda *args: lax.map(lambda a: fn(*a), args)
 
   def unrolled(*args):
@@ -253,17 +276,18 @@ class _Engine:
     self.total = total_steps(cfg, n)
     self.devices = jax.devices()
     platform = self.devices[0].platform
-    n_dev = min(len(self.devices), n_seeds)
-    self.s_pad = -(-n_seeds // n_dev) * n_dev
-    self.mesh = jax.make_mesh((n_dev,), (_SEED_AXIS,), devices=self.devices[:n_dev])
     layout = cfg.seed_layout
     if layout == "auto":
-      layout = choose_layout(model, platform, self.s_pad // n_dev)
-    if layout == "map_im2col" and hasattr(model, "conv_impl"):
-      model = model.clone(conv_impl="im2col")
+      layout = choose_layout(model, platform, -(-n_seeds // len(self.devices)))
+    n_dev = choose_devices(model, platform, layout, len(self.devices), n_seeds,
+                           int(cfg.get("num_devices", 0)))
+    self.s_pad = -(-n_seeds // n_dev) * n_dev
+    self.mesh = jax.make_mesh((n_dev,), (_SEED_AXIS,), devices=self.devices[:n_dev])
+    if layout in ("map_im2col", "map_fused") and hasattr(model, "conv_impl"):
+      model = model.clone(conv_impl=layout[4:])
     elif platform == "cpu" and getattr(model, "conv_impl", None) == "lax":
       logging.warning("seed_layout=%r runs lax convolutions inside a loop on XLA:CPU, measured ~10x "
-                      "slower than seed_layout='map_im2col' (the 'auto' choice on CPU).", layout)
+                      "slower than seed_layout='map_fused' (the 'auto' choice on CPU).", layout)
     self.layout, self.model = layout, model
     self.tx = make_optimizer(cfg, self.total)
     self.seeded = NamedSharding(self.mesh, P(_SEED_AXIS))

@@ -81,10 +81,47 @@ def test_conv_model_map_im2col_layout_falls_back_without_conv_impl():
 
 
 def test_auto_layout_follows_the_cpu_measurements():
-  conv, dense = models.PaperCNN(features=4), models.DenseNet()
-  assert train.choose_layout(conv, "cpu", 1) == train.choose_layout(conv, "cpu", 64) == "map_im2col"
+  conv, dense, small = models.PaperCNN(features=4), models.DenseNet(), models.SmallCNN()
+  assert train.choose_layout(conv, "cpu", 1) == train.choose_layout(conv, "cpu", 64) == "map_fused"
+  assert train.choose_layout(small, "cpu", 8) == "map_fused"   # = map_im2col without a fused block
   assert train.choose_layout(dense, "cpu", 8) == train.choose_layout(dense, "cpu", 32) == "map"
   assert train.choose_layout(conv, "gpu", 8) == train.choose_layout(dense, "tpu", 8) == "vmap"
+
+
+def test_device_count_follows_the_cpu_measurements():
+  conv, small, dense = models.PaperCNN(features=4), models.SmallCNN(), models.DenseNet()
+  assert train.choose_devices(conv, "cpu", "map_fused", 2, 16) == 1      # fused: one device
+  assert train.choose_devices(conv, "cpu", "map_im2col", 2, 16) == 2
+  assert train.choose_devices(small, "cpu", "map_fused", 2, 16) == 2
+  assert train.choose_devices(dense, "cpu", "map", 2, 1) == 1            # never more than seeds
+  assert train.choose_devices(conv, "gpu", "vmap", 4, 16) == 4
+  assert train.choose_devices(conv, "cpu", "map_fused", 2, 16, requested=2) == 2
+  with pytest.raises(errors.ConfigError, match="num_devices"):
+    train.validate(_cfg(num_devices=-1), TinyMLP(), np.zeros((32, 6), np.float32),
+                   np.zeros((3, 32), np.int32))
+
+
+@pytest.mark.parametrize("layout", ["map_fused", "map_im2col"])
+def test_paper_cnn_seed_alone_equals_seed_in_batch(layout):
+  x = np.random.default_rng(2).normal(size=(32, 6, 6, 2)).astype(np.float32)
+  labels = train.random_labels(0, range(3), 32, 3)
+  model = models.PaperCNN(features=4, hidden=8, num_classes=3)
+  batch = train.train(model, _cfg(seed_layout=layout, num_devices=2), x, labels)
+  alone = train.train(model, _cfg(seed_layout=layout, num_seeds=1, seed_offset=1), x, labels[1:2])
+  assert batch.layout == alone.layout == layout
+  for a, b in zip(jax.tree.leaves(batch.params), jax.tree.leaves(alone.params)):
+    np.testing.assert_allclose(a[1], b[0], rtol=1e-5, atol=1e-6)
+
+
+def test_fused_and_lax_paper_cnn_train_alike():
+  x = np.random.default_rng(3).normal(size=(32, 6, 6, 2)).astype(np.float32)
+  labels = train.random_labels(0, range(2), 32, 3)
+  model = models.PaperCNN(features=4, hidden=8, num_classes=3)
+  runs = [train.train(model, _cfg(num_seeds=2, seed_layout=l), x, labels)
+          for l in ("map_fused", "unroll")]
+  assert runs[1].layout == "unroll"
+  for a, b in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_forcing_a_lax_conv_loop_on_cpu_warns(caplog):
@@ -94,7 +131,7 @@ def test_forcing_a_lax_conv_loop_on_cpu_warns(caplog):
   for layout, warns in (("map", True), ("auto", False)):
     caplog.clear()
     res = train.train(model, _cfg(num_seeds=2, seed_layout=layout), x, labels)
-    assert res.layout == ("map" if warns else "map_im2col")
+    assert res.layout == ("map" if warns else "map_fused")
     assert any("10x" in r.getMessage() for r in caplog.records) == warns
 
 

@@ -1,0 +1,103 @@
+"""The paper CNN's first block, conv -> ReLU -> flatten -> dense, fused and blocked over output rows.
+
+    z = conv_relu_dense(x, conv_kernel, conv_bias, dense_kernel, rows=1)
+    # == relu(conv_valid(x, conv_kernel) + conv_bias).reshape(N, -1) @ dense_kernel
+
+Why: in the paper CNN (conv 256 3x3 VALID on 32x32 -> dense 64) the ReLU output [N, 30, 30, 256]
+is 236 MB at batch 256 and the dense layer's weight 59 MB; the unfused step writes and re-reads the
+activation several times, so XLA:CPU runs it memory-bound (about a quarter of the fp32 matmul peak).
+Here the contraction over the flattened positions is accumulated over blocks of `rows` output rows
+(a `lax.scan`): each block's activation (7.9 MB for one row at batch 256) is made, used and dropped
+while it is in cache, and the backward pass (a custom VJP, one more scan) recomputes it instead of
+storing it.  Flax's flatten order (row, column, channel) makes a row block a contiguous slice of the
+dense kernel's rows.  Same params, same function: only the summation order differs (float32
+round-off, tested against the unfused autodiff gradient).  `benchmarks/README.md` has the speed.
+"""
+import functools
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+from rl_align import covariance
+from rl_align import errors
+
+
+def _shapes(x, conv_kernel, dense_kernel, rows: int):
+  k, f = conv_kernel.shape[0], conv_kernel.shape[-1]
+  n, h, w, _ = x.shape
+  ho, wo = h - k + 1, w - k + 1
+  if rows < 1 or ho % rows:
+    raise errors.ConfigError(f"fused conv block: rows={rows} must divide the {ho} output rows. "
+                             f"Fix: use a divisor of {ho} (1 is always valid).")
+  if dense_kernel.shape[0] != ho * wo * f:
+    raise errors.ConfigError(f"fused conv block: dense kernel has {dense_kernel.shape[0]} input "
+                            f"rows, the flattened conv output {ho}x{wo}x{f} = {ho * wo * f}.")
+  return n, k, f, wo, ho // rows
+
+
+def _block_patches(x, k: int, i, rows: int, wo: int):
+  """Patches [N, rows, Wo, k*k*C] of output rows i*rows ... i*rows + rows - 1."""
+  xs = lax.dynamic_slice_in_dim(x, i * rows, rows + k - 1, axis=1)
+  return covariance.extract_patches(xs, k).reshape(x.shape[0], rows, wo, -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def conv_relu_dense(x, conv_kernel, conv_bias, dense_kernel, rows: int = 1):
+  """relu(conv_valid(x, conv_kernel) + conv_bias) flattened @ dense_kernel -> [N, D] (no dense bias).
+
+  x [N, H, W, C]; conv_kernel [k, k, C, F] (Flax layout); conv_bias [F]; dense_kernel
+  [Ho*Wo*F, D] (Flax Dense layout); rows divides Ho = H - k + 1.
+  """
+  n, k, f, wo, nb = _shapes(x, conv_kernel, dense_kernel, rows)
+  ckm = conv_kernel.reshape(-1, f)
+  blocks = dense_kernel.reshape(nb, rows * wo * f, -1)
+
+  def body(acc, inp):
+    i, w = inp
+    h = jax.nn.relu(_block_patches(x, k, i, rows, wo) @ ckm + conv_bias)
+    return acc + h.reshape(n, -1) @ w, None
+
+  acc0 = jnp.zeros((n, dense_kernel.shape[1]), jnp.result_type(x, dense_kernel))
+  return lax.scan(body, acc0, (jnp.arange(nb), blocks))[0]
+
+
+def _fwd(x, conv_kernel, conv_bias, dense_kernel, rows):
+  return conv_relu_dense(x, conv_kernel, conv_bias, dense_kernel, rows), (
+      x, conv_kernel, conv_bias, dense_kernel)
+
+
+def _bwd(rows, res, g):
+  """One scan over the row blocks: recompute the block, then its four gradient products."""
+  x, conv_kernel, conv_bias, dense_kernel = res
+  n, k, f, wo, nb = _shapes(x, conv_kernel, dense_kernel, rows)
+  d = dense_kernel.shape[1]
+  ckm = conv_kernel.reshape(-1, f)
+  blocks = dense_kernel.reshape(nb, rows * wo * f, d)
+  window = rows + k - 1
+
+  def body(carry, inp):
+    dck, dcb, dx = carry
+    i, w = inp
+    xs = lax.dynamic_slice_in_dim(x, i * rows, window, axis=1)
+    patches, unfold = jax.vjp(
+        lambda v: covariance.extract_patches(v, k).reshape(n, rows, wo, -1), xs)
+    pre = patches @ ckm + conv_bias
+    h = jax.nn.relu(pre).reshape(n, -1)
+    dw = g.T @ h                                   # [D, rows*Wo*F]: the fast layout on CPU
+    dpre = jnp.where(pre > 0, (g @ w.T).reshape(pre.shape), 0.0)
+    dpre2 = dpre.reshape(-1, f)
+    dck = dck + patches.reshape(dpre2.shape[0], -1).T @ dpre2
+    dcb = dcb + dpre2.sum(axis=0)
+    dxs = unfold(dpre @ ckm.T)[0]
+    dx = lax.dynamic_update_slice_in_dim(
+        dx, lax.dynamic_slice_in_dim(dx, i * rows, window, axis=1) + dxs, i * rows, axis=1)
+    return (dck, dcb, dx), dw
+
+  carry0 = (jnp.zeros_like(ckm), jnp.zeros_like(conv_bias), jnp.zeros_like(x))
+  (dck, dcb, dx), dws = lax.scan(body, carry0, (jnp.arange(nb), blocks))
+  ddk = dws.transpose(0, 2, 1).reshape(dense_kernel.shape)
+  return dx, dck.reshape(conv_kernel.shape), dcb, ddk
+
+
+conv_relu_dense.defvjp(_fwd, _bwd)
