@@ -315,13 +315,8 @@ class EngineArm:
   def _setup(self) -> float:
     t = time.perf_counter()
     cfg, x = self.cfg, self.x
-    all_devices = jax.devices
-    if self.devices:  # the engine shards over jax.devices(): show it only the first few
-      jax.devices = lambda *a, **k: all_devices(*a, **k)[:self.devices]
-    try:
-      eng = train._Engine(self.model, cfg, len(x), x.shape, self.seeds)  # pylint: disable=protected-access
-    finally:
-      jax.devices = all_devices
+    cfg.num_devices = self.devices  # 0: the engine's choice (train.choose_devices)
+    eng = train._Engine(self.model, cfg, len(x), x.shape, self.seeds)  # pylint: disable=protected-access
     self.eng, self.layout = eng, eng.layout
     impl = getattr(eng.model, "conv_impl", None)
     if impl in ("im2col", "fused") and eng.layout != f"map_{impl}":

@@ -12,6 +12,9 @@ while it is in cache, and the backward pass (a custom VJP, one more scan) recomp
 storing it.  Flax's flatten order (row, column, channel) makes a row block a contiguous slice of the
 dense kernel's rows.  Same params, same function: only the summation order differs (float32
 round-off, tested against the unfused autodiff gradient).  `benchmarks/README.md` has the speed.
+The same blocking of the small CNN's last conv -> ReLU -> global average pool (backward from a
+stored ReLU mask) was measured and dropped: 9.95 vs 10.51 model-steps/s for plain im2col in the
+engine (S=16), where each of the 2 devices already keeps one core busy with compute-bound matmuls.
 """
 import functools
 
@@ -23,6 +26,19 @@ from rl_align import covariance
 from rl_align import errors
 
 
+BLOCK_BYTES = 8 * 2 ** 20   # a row block's activation fits a 32 MB L3 with room to spare
+
+
+def block_rows(n: int, out_rows: int, out_cols: int, features: int,
+               budget: int = BLOCK_BYTES) -> int:
+  """The largest divisor of out_rows whose float32 block n x rows x out_cols x features fits budget
+  (at least 1).  Measured (benchmarks/README.md): the paper CNN at batch 256 runs best at 1 row
+  (7.9 MB), 161 vs 182 ms per step at 2 rows."""
+  per_row = 4 * n * out_cols * features
+  fits = [d for d in range(1, out_rows + 1) if out_rows % d == 0 and d * per_row <= budget]
+  return max(fits, default=1)
+
+
 def _shapes(x, conv_kernel, dense_kernel, rows: int):
   k, f = conv_kernel.shape[0], conv_kernel.shape[-1]
   n, h, w, _ = x.shape
@@ -30,10 +46,16 @@ def _shapes(x, conv_kernel, dense_kernel, rows: int):
   if rows < 1 or ho % rows:
     raise errors.ConfigError(f"fused conv block: rows={rows} must divide the {ho} output rows. "
                              f"Fix: use a divisor of {ho} (1 is always valid).")
-  if dense_kernel.shape[0] != ho * wo * f:
+  if dense_kernel is not None and dense_kernel.shape[0] != ho * wo * f:
     raise errors.ConfigError(f"fused conv block: dense kernel has {dense_kernel.shape[0]} input "
                             f"rows, the flattened conv output {ho}x{wo}x{f} = {ho * wo * f}.")
   return n, k, f, wo, ho // rows
+
+
+def _add_rows(dx, i, rows: int, window: int, dxs):
+  """dx with dxs [N, window, W, C] added at input rows i*rows ... i*rows + window - 1."""
+  old = lax.dynamic_slice_in_dim(dx, i * rows, window, axis=1)
+  return lax.dynamic_update_slice_in_dim(dx, old + dxs, i * rows, axis=1)
 
 
 def _block_patches(x, k: int, i, rows: int, wo: int):
@@ -62,14 +84,27 @@ def conv_relu_dense(x, conv_kernel, conv_bias, dense_kernel, rows: int = 1):
   return lax.scan(body, acc0, (jnp.arange(nb), blocks))[0]
 
 
+def _values(*args):
+  """(values, whether x is differentiated) of custom-VJP primals (symbolic_zeros=True)."""
+  return tuple(a.value for a in args), args[0].perturbed
+
+
+def _cotangent(g):
+  if isinstance(g, jax.custom_derivatives.SymbolicZero):
+    return jnp.zeros(g.shape, g.dtype)
+  return g
+
+
 def _fwd(x, conv_kernel, conv_bias, dense_kernel, rows):
-  return conv_relu_dense(x, conv_kernel, conv_bias, dense_kernel, rows), (
-      x, conv_kernel, conv_bias, dense_kernel)
+  args, need_dx = _values(x, conv_kernel, conv_bias, dense_kernel)
+  return conv_relu_dense(*args, rows), (args, {"need_dx": ()} if need_dx else {})
 
 
 def _bwd(rows, res, g):
-  """One scan over the row blocks: recompute the block, then its four gradient products."""
-  x, conv_kernel, conv_bias, dense_kernel = res
+  """One scan over the row blocks: recompute the block, then its gradient products.  The input
+  gradient (a col2im, ~10% of the step) only when x is differentiated: not for training."""
+  (x, conv_kernel, conv_bias, dense_kernel), flags = res
+  need_dx, g = "need_dx" in flags, _cotangent(g)
   n, k, f, wo, nb = _shapes(x, conv_kernel, dense_kernel, rows)
   d = dense_kernel.shape[1]
   ckm = conv_kernel.reshape(-1, f)
@@ -89,15 +124,15 @@ def _bwd(rows, res, g):
     dpre2 = dpre.reshape(-1, f)
     dck = dck + patches.reshape(dpre2.shape[0], -1).T @ dpre2
     dcb = dcb + dpre2.sum(axis=0)
-    dxs = unfold(dpre @ ckm.T)[0]
-    dx = lax.dynamic_update_slice_in_dim(
-        dx, lax.dynamic_slice_in_dim(dx, i * rows, window, axis=1) + dxs, i * rows, axis=1)
+    if need_dx:
+      dx = _add_rows(dx, i, rows, window, unfold(dpre @ ckm.T)[0])
     return (dck, dcb, dx), dw
 
-  carry0 = (jnp.zeros_like(ckm), jnp.zeros_like(conv_bias), jnp.zeros_like(x))
+  carry0 = (jnp.zeros_like(ckm), jnp.zeros_like(conv_bias), jnp.zeros_like(x) if need_dx else ())
   (dck, dcb, dx), dws = lax.scan(body, carry0, (jnp.arange(nb), blocks))
   ddk = dws.transpose(0, 2, 1).reshape(dense_kernel.shape)
-  return dx, dck.reshape(conv_kernel.shape), dcb, ddk
+  return dx if need_dx else None, dck.reshape(conv_kernel.shape), dcb, ddk
 
 
-conv_relu_dense.defvjp(_fwd, _bwd)
+conv_relu_dense.defvjp(_fwd, _bwd, symbolic_zeros=True)
+

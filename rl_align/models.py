@@ -50,7 +50,7 @@ Convolutions: ``conv_impl="lax"`` uses ``lax.conv_general_dilated``; ``conv_impl
 every conv as ``covariance.extract_patches(x_padded, k) @ kernel.reshape(-1, F)`` (strided convs
 subsample the stride-1 patches); ``conv_impl="fused"`` is im2col, and in `PaperCNN` the block
 conv -> ReLU -> flatten -> dense runs as one cache-blocked op with its own backward pass
-(`rl_align.fused`; 3x faster on XLA:CPU) unless intermediates are being collected.  All three have
+(`rl_align.fused`; 2-3x faster on XLA:CPU) unless intermediates are being collected.  All three have
 the same params, so params are interchangeable.  A model
 is a conv model iff it has a ``conv_impl`` field (``is_conv_model``; the engine uses the same test).
 """
@@ -229,7 +229,8 @@ class PaperCNN(_Base):
     ho, wo = x.shape[1] - k + 1, x.shape[2] - k + 1
     dk, db = _Params(((ho * wo * f, self.hidden), (self.hidden,)), self._init(),
                      name="dense_0")()
-    return fused.conv_relu_dense(x, ck.astype(x.dtype), cb, dk, 1) + db
+    rows = fused.block_rows(x.shape[0], ho, wo, f)
+    return fused.conv_relu_dense(x, ck.astype(x.dtype), cb, dk, rows) + db
 
 
 class _Params(nn.Module):
@@ -400,11 +401,6 @@ def build(config: Mapping[str, Any]) -> nn.Module:
   model = cls(**cfg)
   validate(model)
   return model
-
-
-def has_fused_block(model: nn.Module) -> bool:
-  """True if conv_impl="fused" fuses a block of this model (`PaperCNN`), not only im2col convs."""
-  return isinstance(model, PaperCNN)
 
 
 def is_conv_model(model: nn.Module) -> bool:

@@ -69,7 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0                        # root seed; seed ids are seed_offset .. seed_offset+num_seeds-1
   c.seed_offset = 0
   c.seed_layout = "auto"            # auto | vmap | unroll | map | map_im2col | map_fused
-  c.num_devices = 0                 # devices the seeds are sharded over; 0: choose_devices
+  c.num_devices = 0                 # devices the seeds are sharded over; 0: all (choose_devices)
   c.log_every_steps = 0             # 0: once per epoch
   c.eval_every_steps = 0            # 0: at every log step
   c.train_eval_examples = 2048      # train accuracy is measured on this many training examples
@@ -196,7 +196,7 @@ def choose_layout(model, platform: str, seeds_per_device: int) -> str:
   - dense nets (Fig 20): seed-major `map` 692 vs `vmap` 587 (S=64: 708 vs 505): each seed's
     parameters stay in cache for a whole chunk of steps.
   - the paper CNN: `map_fused` (conv -> ReLU -> dense as one cache-blocked op, `rl_align.fused`)
-    MAPFUSED vs `map_im2col` MAPIM2COL.
+    5.55 vs `map_im2col` 2.80 (S=1: 6.08 vs 2.50).
   So CPU runs every model seed-major with lax.map, conv models as conv-as-matmul (`map_fused`: the
   paper CNN's first block fused, every other conv model as in `map_im2col`).  On GPU/TPU vmap
   batches the seeds into wide kernels (not measured here: no accelerator was lent).
@@ -207,20 +207,13 @@ def choose_layout(model, platform: str, seeds_per_device: int) -> str:
   return "map_fused" if hasattr(model, "conv_impl") else "map"
 
 
-def choose_devices(model, platform: str, layout: str, available: int, n_seeds: int,
-                   requested: int = 0) -> int:
-  """How many devices the seeds are sharded over (`num_devices=0`, the default, picks).
-
-  Every device, except on CPU for the fused paper CNN (`map_fused`): its step is a few large
-  matmuls that XLA:CPU already spreads over every core of one device, and two devices on 2 cores
-  ran it at 3.71 vs 4.93 model-steps/s on one (S=16, benchmarks/README.md).  The im2col small CNN
-  runs faster on both devices (10.50 vs 9.36).
-  """
-  if requested > 0:
-    return max(1, min(requested, available, n_seeds))
-  if platform == "cpu" and layout == "map_fused" and models.has_fused_block(model):
-    return 1
-  return max(1, min(available, n_seeds))
+def choose_devices(available: int, n_seeds: int, requested: int = 0) -> int:
+  """How many devices the seeds are sharded over: `num_devices` if > 0, else every device (never
+  more than the seeds).  On 2 CPU cores the fused paper CNN ran at 4.93 / 5.55 / 5.62
+  model-steps/s on one device and 3.71 / 5.69 / 5.31 on two in three runs: no reliable
+  difference, so the default stays "every device" (benchmarks/README.md)."""
+  n = requested if requested > 0 else available
+  return max(1, min(n, available, n_seeds))
 
 
 def _per_seed(fn: Callable, layout: str) -> Callable:
@@ -279,8 +272,7 @@ class _Engine:
     layout = cfg.seed_layout
     if layout == "auto":
       layout = choose_layout(model, platform, -(-n_seeds // len(self.devices)))
-    n_dev = choose_devices(model, platform, layout, len(self.devices), n_seeds,
-                           int(cfg.get("num_devices", 0)))
+    n_dev = choose_devices(len(self.devices), n_seeds, int(cfg.get("num_devices", 0)))
     self.s_pad = -(-n_seeds // n_dev) * n_dev
     self.mesh = jax.make_mesh((n_dev,), (_SEED_AXIS,), devices=self.devices[:n_dev])
     if layout in ("map_im2col", "map_fused") and hasattr(model, "conv_impl"):

@@ -51,4 +51,20 @@ def test_paper_cnn_fused_has_the_same_params_outputs_and_activations():
                              rtol=1e-5, atol=1e-5)
   acts = models.activations(fused_m, p, x)       # collecting intermediates takes the unfused path
   assert acts["conv_0"]["relu"].shape == (4, 8, 8, 8)
-  assert models.has_fused_block(fused_m) and not models.has_fused_block(models.SmallCNN())
+
+
+def test_params_only_gradient_skips_nothing_it_needs():
+  # Training differentiates the params only (x is data): the op then skips the input gradient.
+  args = _args(seed=1)
+  loss = lambda fn: (lambda ck, cb, dk: jnp.sum(jnp.cos(fn(args[0], ck, cb, dk))))
+  got = jax.jit(jax.grad(loss(lambda *a: fused.conv_relu_dense(*a, 1)), argnums=(0, 1, 2)))(*args[1:])
+  want = jax.grad(loss(_unfused), argnums=(0, 1, 2))(*args[1:])
+  for g, h in zip(got, want):
+    np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-4)
+
+
+def test_block_rows_fits_the_budget():
+  assert fused.block_rows(256, 30, 30, 256) == 1            # paper CNN: 7.9 MB per row
+  assert fused.block_rows(128, 14, 14, 64) == 14            # small inputs: one block
+  assert fused.block_rows(1024, 7, 7, 512) == 1             # over budget: still at least 1
+  assert 30 % fused.block_rows(64, 30, 30, 256) == 0

@@ -118,12 +118,12 @@ def common() -> ml_collections.ConfigDict:
 
 
 def local(c) -> ml_collections.ConfigDict:
-  c.title = "Fig 5 (local: 16x16 photo crops, conv 32, 16 seeds)"
+  c.title = "Fig 5 (local: 16x16 photo crops, conv 64, 16 seeds)"
   c.data = ml_collections.ConfigDict({"name": "photos", "kwargs": shared.local_photos(6000),
                                       "data_dir": "", "standardize": True, "test_split": "test",
                                       "test_examples": 1000})
   c.split = ml_collections.ConfigDict({"upstream": 1000, "downstream": 5000, "test": 0, "seed": 0})
-  c.model.features = 32
+  c.model.features = 64  # 32 left covariance 0.028 behind pretrained at the first evaluation
   t = c.train
   t.batch_size = 128
   t.num_seeds = 16      # 8 left the seed-mean gaps at the noise level of the 0.02 target
