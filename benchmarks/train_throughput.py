@@ -37,8 +37,6 @@ The JSON holds the headline (the first engine arm) as ``model_steps_per_s``, ``g
 """
 import rl_align  # pylint: disable=unused-import  # before jax: one XLA host device per core
 
-import contextlib
-import functools
 import json
 import os
 import platform
@@ -50,12 +48,10 @@ from typing import Any, Callable
 from absl import app
 from absl import flags
 import jax
-from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rl_align import covariance
 from rl_align import models
 from rl_align import train
 
@@ -65,8 +61,7 @@ flags.DEFINE_list("seeds", ["16"], "Numbers of seeds S (comma list); one engine 
 flags.DEFINE_integer("steps", 2, "SGD steps per seed per timed round, for every arm.")
 flags.DEFINE_list("arms", ["engine", "naive_jax", "torch"], "Arms: engine, naive_jax, torch.")
 flags.DEFINE_list("layout", ["auto"], "Engine seed layouts (comma list): auto, vmap, unroll, map, "
-                  "map_im2col, map_fused; append ':im2col', ':fused', ':lax' or ':hybrid' (a "
-                  "prototype, see hybrid_conv) "
+                  "map_im2col, map_fused; append ':im2col', ':fused' or ':lax' "
                   "to set the conv models' conv_impl "
                   "(e.g. unroll:im2col) and '@D' to use only the first D devices (e.g. map@1).")
 flags.DEFINE_integer("repeats", 2, "Timed rounds; an arm's time is its best round.")
@@ -161,68 +156,6 @@ def _cost_flops(compiled) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Prototype (benchmark only): conv_impl "hybrid", measured for a proposed rl_align.models change.
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def hybrid_conv(x, w, pads):
-  """Stride-1 conv = lax conv forward; backward: weight grad as an im2col matmul, input grad as
-  an explicit lax conv of g with the flipped kernel.  Inside the engine's fori_loop XLA:CPU keeps
-  both convs on its fast (YNNPACK) path, unlike the convs of JAX's own conv transpose rules."""
-  return lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=_NHWC)
-
-
-def _hybrid_fwd(x, w, pads):
-  return hybrid_conv(x, w, pads), (x, w)
-
-
-def _hybrid_bwd(pads, res, g):
-  x, w = res
-  k = w.shape[0]
-  xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
-  cols = covariance.extract_patches(xp, k)                      # [N, P, k*k*C]
-  dw = jnp.einsum("npk,npf->kf", cols, g.reshape(g.shape[0], -1, g.shape[-1])).reshape(w.shape)
-  w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
-  dx = lax.conv_general_dilated(g, w_t, (1, 1), [(k - 1 - lo, k - 1 - hi) for lo, hi in pads],
-                                dimension_numbers=_NHWC)
-  return dx, dw
-
-
-hybrid_conv.defvjp(_hybrid_fwd, _hybrid_bwd)
-
-
-class _HybridLax:
-  """Stands in for `jax.lax` inside rl_align.models while an arm traces: stride-1 square NHWC
-  convs become `hybrid_conv`; everything else is jax.lax."""
-
-  def __getattr__(self, name):
-    return getattr(lax, name)
-
-  @staticmethod
-  def conv_general_dilated(x, w, strides, padding, **kw):
-    if (tuple(strides) != (1, 1) or isinstance(padding, str) or w.shape[0] != w.shape[1]
-        or set(kw) != {"dimension_numbers"} or tuple(kw["dimension_numbers"]) != _NHWC):
-      return lax.conv_general_dilated(x, w, strides, padding, **kw)
-    return hybrid_conv(x, w, tuple(tuple(int(v) for v in p) for p in padding))
-
-
-@contextlib.contextmanager
-def _conv_impl_patch(impl):
-  """While tracing: conv_impl 'hybrid' swaps rl_align.models' lax for _HybridLax."""
-  if impl != "hybrid":
-    yield
-    return
-  saved = models.lax
-  models.lax = _HybridLax()
-  try:
-    yield
-  finally:
-    models.lax = saved
-
-
-# ----------------------------------------------------------------------------------------------
 # The same model in PyTorch.
 
 
@@ -299,20 +232,16 @@ class EngineArm:
   arm = "engine"
 
   def __init__(self, model, x, labels, seeds: int, layout: str, batch: int, steps: int,
-               devices: int = 0, patch: str | None = None):
+               devices: int = 0):
     cfg = train.default_config()
     cfg.optimizer, cfg.learning_rate, cfg.momentum = "momentum", LEARNING_RATE, MOMENTUM
     cfg.num_seeds, cfg.batch_size, cfg.seed_layout = seeds, batch, layout
     cfg.num_steps = 10 ** 6
     self.cfg, self.model, self.x, self.labels = cfg, model, x, labels
     self.seeds, self.steps, self.requested_layout = seeds, steps, layout
-    self.layout, self.devices, self.patch = "", devices, patch
+    self.layout, self.devices = "", devices
 
   def setup(self) -> float:
-    with _conv_impl_patch(self.patch):
-      return self._setup()
-
-  def _setup(self) -> float:
     t = time.perf_counter()
     cfg, x = self.cfg, self.x
     cfg.num_devices = self.devices  # 0: the engine's choice (train.choose_devices)
@@ -321,8 +250,6 @@ class EngineArm:
     impl = getattr(eng.model, "conv_impl", None)
     if impl in ("im2col", "fused") and eng.layout != f"map_{impl}":
       self.layout += f":{impl}"
-    if self.patch == "hybrid":
-      self.layout += ":hybrid"
     if self.devices:
       self.layout += f"@{eng.mesh.size}"
     ids = list(range(eng.s_pad))
@@ -487,7 +414,7 @@ def _parse_layout(spec: str):
   """'layout[:conv_impl][@devices]' -> (layout, conv_impl or None, devices or 0); None if bad."""
   rest, _, dev = spec.partition("@")
   lay, _, impl = rest.partition(":")
-  if lay not in train.LAYOUTS or (impl and impl not in models.CONV_IMPLS + ("hybrid",)):
+  if lay not in train.LAYOUTS or (impl and impl not in models.CONV_IMPLS):
     return None
   if dev and not (dev.isdigit() and int(dev) >= 1):
     return None
@@ -550,9 +477,8 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
         lay, impl, n_dev = _parse_layout(req)
         m = model
         if impl and models.is_conv_model(model):
-          m = model.clone(conv_impl="lax" if impl == "hybrid" else impl)
-        todo.append(EngineArm(m, x, labels[:s], s, lay, batch, steps, n_dev,
-                              impl if models.is_conv_model(model) else None))
+          m = model.clone(conv_impl=impl)
+        todo.append(EngineArm(m, x, labels[:s], s, lay, batch, steps, n_dev))
         todo[-1].requested_layout = req
     bs = min(s, baseline_seeds) if baseline_seeds > 0 else s
     if "naive_jax" in arms:

@@ -78,19 +78,3 @@ def test_dot_conv_flop_count_matches_analytic():
   flops = tt._dot_conv_flops(jax.make_jaxpr(step)(*args).jaxpr)  # pylint: disable=protected-access
   b = 8
   assert flops == 2 * b * (30 * 16 + 16 * 4) * 2 + 2 * b * 16 * 4
-
-
-@pytest.mark.parametrize("pads", [((0, 0), (0, 0)), ((1, 1), (1, 1))])
-def test_hybrid_conv_prototype_has_the_gradients_of_lax_conv(pads):
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax import lax  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  x = rng.standard_normal((2, 7, 6, 3), dtype=np.float32)
-  w = rng.standard_normal((3, 3, 3, 4), dtype=np.float32)
-  ref = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), pads,
-                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  loss = lambda f: lambda x, w: (f(x, w) ** 2).sum()
-  got = jax.jit(jax.grad(loss(lambda x, w: tt.hybrid_conv(x, w, pads)), (0, 1)))(x, w)
-  want = jax.grad(loss(ref), (0, 1))(x, w)
-  for g, r in zip(got, want):
-    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
