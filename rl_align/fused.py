@@ -5,7 +5,7 @@
 
 Why: in the paper CNN (conv 256 3x3 VALID on 32x32 -> dense 64) the ReLU output [N, 30, 30, 256]
 is 236 MB at batch 256 and the dense layer's weight 59 MB; the unfused step writes and re-reads the
-activation several times, so XLA:CPU runs it memory-bound (about a quarter of the fp32 matmul peak).
+activation several times, so XLA:CPU runs it memory-bound (16-19% of the fp32 matmul peak).
 Here the contraction over the flattened positions is accumulated over blocks of `rows` output rows
 (a `lax.scan`): each block's activation (7.9 MB for one row at batch 256) is made, used and dropped
 while it is in cache, and the backward pass (a custom VJP, one more scan) recomputes it instead of
@@ -102,7 +102,7 @@ def _fwd(x, conv_kernel, conv_bias, dense_kernel, rows):
 
 def _bwd(rows, res, g):
   """One scan over the row blocks: recompute the block, then its gradient products.  The input
-  gradient (a col2im, ~10% of the step) only when x is differentiated: not for training."""
+  gradient (a col2im) only when x is differentiated, i.e. not in training, where x is data."""
   (x, conv_kernel, conv_bias, dense_kernel), flags = res
   need_dx, g = "need_dx" in flags, _cotangent(g)
   n, k, f, wo, nb = _shapes(x, conv_kernel, dense_kernel, rows)
