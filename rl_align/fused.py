@@ -12,9 +12,6 @@ while it is in cache, and the backward pass (a custom VJP, one more scan) recomp
 storing it.  Flax's flatten order (row, column, channel) makes a row block a contiguous slice of the
 dense kernel's rows.  Same params, same function: only the summation order differs (float32
 round-off, tested against the unfused autodiff gradient).  `benchmarks/README.md` has the speed.
-The same blocking of the small CNN's last conv -> ReLU -> global average pool (backward from a
-stored ReLU mask) was measured and dropped: 9.95 vs 10.51 model-steps/s for plain im2col in the
-engine (S=16), where each of the 2 devices already keeps one core busy with compute-bound matmuls.
 """
 import functools
 
@@ -46,16 +43,10 @@ def _shapes(x, conv_kernel, dense_kernel, rows: int):
   if rows < 1 or ho % rows:
     raise errors.ConfigError(f"fused conv block: rows={rows} must divide the {ho} output rows. "
                              f"Fix: use a divisor of {ho} (1 is always valid).")
-  if dense_kernel is not None and dense_kernel.shape[0] != ho * wo * f:
+  if dense_kernel.shape[0] != ho * wo * f:
     raise errors.ConfigError(f"fused conv block: dense kernel has {dense_kernel.shape[0]} input "
                             f"rows, the flattened conv output {ho}x{wo}x{f} = {ho * wo * f}.")
   return n, k, f, wo, ho // rows
-
-
-def _add_rows(dx, i, rows: int, window: int, dxs):
-  """dx with dxs [N, window, W, C] added at input rows i*rows ... i*rows + window - 1."""
-  old = lax.dynamic_slice_in_dim(dx, i * rows, window, axis=1)
-  return lax.dynamic_update_slice_in_dim(dx, old + dxs, i * rows, axis=1)
 
 
 def _block_patches(x, k: int, i, rows: int, wo: int):
@@ -124,8 +115,9 @@ def _bwd(rows, res, g):
     dpre2 = dpre.reshape(-1, f)
     dck = dck + patches.reshape(dpre2.shape[0], -1).T @ dpre2
     dcb = dcb + dpre2.sum(axis=0)
-    if need_dx:
-      dx = _add_rows(dx, i, rows, window, unfold(dpre @ ckm.T)[0])
+    if need_dx:   # add this window's input gradient at input rows i*rows ...
+      old = lax.dynamic_slice_in_dim(dx, i * rows, window, axis=1)
+      dx = lax.dynamic_update_slice_in_dim(dx, old + unfold(dpre @ ckm.T)[0], i * rows, axis=1)
     return (dck, dcb, dx), dw
 
   carry0 = (jnp.zeros_like(ckm), jnp.zeros_like(conv_bias), jnp.zeros_like(x) if need_dx else ())

@@ -50,9 +50,9 @@ Convolutions: ``conv_impl="lax"`` uses ``lax.conv_general_dilated``; ``conv_impl
 every conv as ``covariance.extract_patches(x_padded, k) @ kernel.reshape(-1, F)`` (strided convs
 subsample the stride-1 patches); ``conv_impl="fused"`` is im2col, and in `PaperCNN` the block
 conv -> ReLU -> flatten -> dense runs as one cache-blocked op with its own backward pass
-(`rl_align.fused`; 2-3x faster on XLA:CPU) unless intermediates are being collected.  All three have
-the same params, so params are interchangeable.  A model
-is a conv model iff it has a ``conv_impl`` field (``is_conv_model``; the engine uses the same test).
+(`rl_align.fused`; 2-3x faster on XLA:CPU) unless intermediates are being collected.  All three
+have the same params, so params are interchangeable.  A model is a conv model iff it has a
+``conv_impl`` field (``is_conv_model``; the engine uses the same test).
 """
 import dataclasses
 import re

@@ -38,7 +38,6 @@ import numpy as np
 import optax
 
 from rl_align import errors
-from rl_align import models
 from rl_align import progress as progress_lib
 from rl_align import results as results_lib
 
@@ -269,12 +268,12 @@ class _Engine:
     self.total = total_steps(cfg, n)
     self.devices = jax.devices()
     platform = self.devices[0].platform
-    layout = cfg.seed_layout
-    if layout == "auto":
-      layout = choose_layout(model, platform, -(-n_seeds // len(self.devices)))
     n_dev = choose_devices(len(self.devices), n_seeds, int(cfg.get("num_devices", 0)))
     self.s_pad = -(-n_seeds // n_dev) * n_dev
     self.mesh = jax.make_mesh((n_dev,), (_SEED_AXIS,), devices=self.devices[:n_dev])
+    layout = cfg.seed_layout
+    if layout == "auto":
+      layout = choose_layout(model, platform, self.s_pad // n_dev)
     if layout in ("map_im2col", "map_fused") and hasattr(model, "conv_impl"):
       model = model.clone(conv_impl=layout[4:])
     elif platform == "cpu" and getattr(model, "conv_impl", None) == "lax":
