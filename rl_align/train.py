@@ -43,7 +43,7 @@ from rl_align import results as results_lib
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
-LAYOUTS = ("auto", "vmap", "unroll", "map", "map_im2col", "map_fused")
+LAYOUTS = ("auto", "vmap", "unroll", "map", "map_im2col", "map_fused", "vmap_im2col")
 _SEED_AXIS = "seed"
 # fold_in tags of the per-seed streams.
 _INIT, _DATA, _LABELS = 1, 2, 3
@@ -67,7 +67,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_seeds = 1
   c.seed = 0                        # root seed; seed ids are seed_offset .. seed_offset+num_seeds-1
   c.seed_offset = 0
-  c.seed_layout = "auto"            # auto | vmap | unroll | map | map_im2col | map_fused
+  c.seed_layout = "auto"            # auto | vmap | unroll | map | map_im2col | map_fused | vmap_im2col
   c.num_devices = 0                 # devices the seeds are sharded over; 0: all (choose_devices)
   c.log_every_steps = 0             # 0: once per epoch
   c.eval_every_steps = 0            # 0: at every log step
@@ -197,12 +197,19 @@ def choose_layout(model, platform: str, seeds_per_device: int) -> str:
   - the paper CNN: `map_fused` (conv -> ReLU -> dense as one cache-blocked op, `rl_align.fused`)
     5.55 vs `map_im2col` 2.80 (S=1: 6.08 vs 2.50).
   So CPU runs every model seed-major with lax.map, conv models as conv-as-matmul (`map_fused`: the
-  paper CNN's first block fused, every other conv model as in `map_im2col`).  On GPU/TPU vmap
-  batches the seeds into wide kernels (not measured here: no accelerator was lent).
+  paper CNN's first block fused, every other conv model as in `map_im2col`).
+
+  Measured on one H200 GPU (benchmarks/gpu_throughput.sh; model-steps/s at S=64):
+  - paper CNN: `vmap_im2col` 1346 vs `vmap` over lax convs (cuDNN grouped convs) 536, `map` 841,
+    vmap over the fused block 975, `map_fused` 436.
+  - small CNN: `vmap_im2col` 2256 / `map` 2355 / `vmap` 1095 (S=16: 2558 / 2282 / 1005).
+  - dense net: `vmap` 95773 vs `map` 12045.
+  So accelerators run vmap, conv models as conv-as-matmul (`vmap_im2col`).  TPU is not measured
+  and follows the GPU choice.
   """
   del seeds_per_device  # the CPU measurements favour the same layout at every S in {1, 8, 16, 64}
   if platform != "cpu":
-    return "vmap"
+    return "vmap_im2col" if hasattr(model, "conv_impl") else "vmap"
   return "map_fused" if hasattr(model, "conv_impl") else "map"
 
 
@@ -217,7 +224,7 @@ def choose_devices(available: int, n_seeds: int, requested: int = 0) -> int:
 
 def _per_seed(fn: Callable, layout: str) -> Callable:
   """Lifts fn(*per_seed_args) to stacked args (leading seed axis) with the given layout."""
-  if layout == "vmap":
+  if layout in ("vmap", "vmap_im2col"):
     return jax.vmap(fn)
   if layout in ("map", "map_im2col", "map_fused"):
     return lambda *args: lax.map(lambda a: fn(*a), args)
@@ -274,8 +281,8 @@ class _Engine:
     layout = cfg.seed_layout
     if layout == "auto":
       layout = choose_layout(model, platform, self.s_pad // n_dev)
-    if layout in ("map_im2col", "map_fused") and hasattr(model, "conv_impl"):
-      model = model.clone(conv_impl=layout[4:])
+    if layout in ("map_im2col", "map_fused", "vmap_im2col") and hasattr(model, "conv_impl"):
+      model = model.clone(conv_impl=layout.split("_")[1])
     elif platform == "cpu" and getattr(model, "conv_impl", None) == "lax":
       logging.warning("seed_layout=%r runs lax convolutions inside a loop on XLA:CPU, measured ~10x "
                       "slower than seed_layout='map_fused' (the 'auto' choice on CPU).", layout)

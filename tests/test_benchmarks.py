@@ -65,6 +65,19 @@ def test_torch_twin_matches_flax_model(name):
   np.testing.assert_allclose(got, np.asarray(model.apply({"params": params}, x)), atol=1e-4)
 
 
+@pytest.mark.skipif(not _torch_installed(), reason="needs the [bench] extra (torch)")
+def test_torch_on_cuda_without_cuda_names_the_flag():
+  import torch  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=g-import-not-at-top
+  if torch.cuda.is_available():
+    pytest.skip("this machine has CUDA: the cuda arm is valid here")
+  x = np.zeros((8, 30), np.float32)
+  arm = tt.TorchArm("fig20_dense", {"widths": (4,), "num_classes": 10}, None, x,
+                    np.zeros((1, 8), np.int32), 1, 4, 1, 1, device="cuda")
+  with pytest.raises(app.UsageError, match="--torch_device=cpu"):
+    arm.setup()
+
+
 def test_dot_conv_flop_count_matches_analytic():
   # Dense 30 -> 16 -> 4, batch 8: forward + weight grads + input grad of the second layer.
   from rl_align import models  # pylint: disable=g-import-not-at-top

@@ -46,6 +46,11 @@ def data():
   return x, train.random_labels(0, range(3), 96, 4)
 
 
+_CPU_ONLY = pytest.mark.skipif(jax.default_backend() != "cpu",
+                               reason="a claim about the XLA:CPU backend; CI runs on CPU")
+
+
+@_CPU_ONLY
 def test_two_devices_are_exposed_on_cpu():
   # rl_align/__init__ exposes one XLA host device per core; CI has 2 cores.
   if (os.cpu_count() or 1) >= 2:
@@ -80,12 +85,14 @@ def test_conv_model_map_im2col_layout_falls_back_without_conv_impl():
   assert np.isfinite(res.final_metrics["train_loss"]).all()
 
 
-def test_auto_layout_follows_the_cpu_measurements():
+def test_auto_layout_follows_the_measurements():
   conv, dense, small = models.PaperCNN(features=4), models.DenseNet(), models.SmallCNN()
   assert train.choose_layout(conv, "cpu", 1) == train.choose_layout(conv, "cpu", 64) == "map_fused"
   assert train.choose_layout(small, "cpu", 8) == "map_fused"   # = map_im2col without a fused block
   assert train.choose_layout(dense, "cpu", 8) == train.choose_layout(dense, "cpu", 32) == "map"
-  assert train.choose_layout(conv, "gpu", 8) == train.choose_layout(dense, "tpu", 8) == "vmap"
+  # GPU (H200): vmap over conv-as-matmul beats vmap over lax convs (a grouped conv) 2.5x.
+  assert train.choose_layout(conv, "gpu", 64) == train.choose_layout(small, "gpu", 1) == "vmap_im2col"
+  assert train.choose_layout(dense, "gpu", 8) == train.choose_layout(dense, "tpu", 8) == "vmap"
 
 
 def test_device_count():
@@ -98,7 +105,7 @@ def test_device_count():
                    np.zeros((3, 32), np.int32))
 
 
-@pytest.mark.parametrize("layout", ["map_fused", "map_im2col"])
+@pytest.mark.parametrize("layout", ["map_fused", "map_im2col", "vmap_im2col"])
 def test_paper_cnn_seed_alone_equals_seed_in_batch(layout):
   x = np.random.default_rng(2).normal(size=(32, 6, 6, 2)).astype(np.float32)
   labels = train.random_labels(0, range(3), 32, 3)
@@ -117,10 +124,13 @@ def test_fused_and_lax_paper_cnn_train_alike():
   runs = [train.train(model, _cfg(num_seeds=2, seed_layout=l), x, labels)
           for l in ("map_fused", "unroll")]
   assert runs[1].layout == "unroll"
+  # Float32 round-off of two summation orders over 2 epochs: <= 1e-5 on CPU, 1.1e-5 once on an
+  # H200 (full f32 precision), on parameters of size ~0.5.
   for a, b in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=3e-5)
 
 
+@_CPU_ONLY
 def test_forcing_a_lax_conv_loop_on_cpu_warns(caplog):
   x = np.random.default_rng(0).normal(size=(32, 6, 6, 2)).astype(np.float32)
   labels = train.random_labels(0, [0, 1], 32, 3)
