@@ -62,9 +62,10 @@ flags.DEFINE_list("seeds", ["16"], "Numbers of seeds S (comma list); one engine 
 flags.DEFINE_integer("steps", 2, "SGD steps per seed per timed round, for every arm.")
 flags.DEFINE_list("arms", ["engine", "naive_jax", "torch"], "Arms: engine, naive_jax, torch.")
 flags.DEFINE_list("layout", ["auto"], "Engine seed layouts (comma list): auto, vmap, unroll, map, "
-                  "map_im2col, map_fused; append ':im2col', ':fused' or ':lax' "
-                  "to set the conv models' conv_impl "
-                  "(e.g. unroll:im2col) and '@D' to use only the first D devices (e.g. map@1).")
+                  "map_im2col, map_fused, vmap_im2col; append ':im2col', ':fused' or ':lax' "
+                  "to set the conv models' conv_impl (e.g. unroll:im2col), '@D' to use only the "
+                  "first D devices (e.g. map@1) and '/M' for gradient micro-batches of M "
+                  "examples (e.g. auto/8; /B with B the batch: none).")
 flags.DEFINE_integer("repeats", 2, "Timed rounds; an arm's time is its best round.")
 flags.DEFINE_integer("baseline_seeds", 16, "The per-seed loops (naive_jax, torch) run min(S, this) "
                      "seeds: their model-steps/s does not depend on S.")
@@ -242,11 +243,11 @@ class EngineArm:
   arm = "engine"
 
   def __init__(self, model, x, labels, seeds: int, layout: str, batch: int, steps: int,
-               devices: int = 0):
+               devices: int = 0, microbatch: int = 0):
     cfg = train.default_config()
     cfg.optimizer, cfg.learning_rate, cfg.momentum = "momentum", LEARNING_RATE, MOMENTUM
     cfg.num_seeds, cfg.batch_size, cfg.seed_layout = seeds, batch, layout
-    cfg.num_steps = 10 ** 6
+    cfg.num_steps, cfg.grad_microbatch = 10 ** 6, microbatch
     self.cfg, self.model, self.x, self.labels = cfg, model, x, labels
     self.seeds, self.steps, self.requested_layout = seeds, steps, layout
     self.layout, self.devices = "", devices
@@ -262,6 +263,8 @@ class EngineArm:
       self.layout += f":{impl}"
     if self.devices:
       self.layout += f"@{eng.mesh.size}"
+    if eng.microbatch < cfg.batch_size:
+      self.layout += f"/{eng.microbatch}"
     ids = list(range(eng.s_pad))
     keys = lambda stream: jax.device_put(
         jnp.stack([train.seed_key(cfg.seed, i, stream) for i in ids]), eng.seeded)
@@ -428,14 +431,16 @@ class TorchArm:
 
 
 def _parse_layout(spec: str):
-  """'layout[:conv_impl][@devices]' -> (layout, conv_impl or None, devices or 0); None if bad."""
-  rest, _, dev = spec.partition("@")
+  """'layout[:conv_impl][@devices][/microbatch]' -> (layout, conv_impl or None, devices or 0,
+  microbatch or 0); None if bad."""
+  rest, _, micro = spec.partition("/")
+  rest, _, dev = rest.partition("@")
   lay, _, impl = rest.partition(":")
   if lay not in train.LAYOUTS or (impl and impl not in models.CONV_IMPLS):
     return None
-  if dev and not (dev.isdigit() and int(dev) >= 1):
+  if any(v and not (v.isdigit() and int(v) >= 1) for v in (dev, micro)):
     return None
-  return lay, impl or None, int(dev or 0)
+  return lay, impl or None, int(dev or 0), int(micro or 0)
 
 
 def _parse_seeds(values) -> list[int]:
@@ -465,6 +470,9 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
   spec = WORKLOADS[model_name]
   kw = dict(spec["model"])
   batch = batch_size or spec["batch"]
+  bad = [l for l in layouts if batch % (_parse_layout(l)[3] or batch)]
+  if bad:
+    raise app.UsageError(f"--layout {bad}: a micro-batch must divide the batch size {batch}.")
   n = num_examples or 8 * batch
   model = models.build(kw)
   kw.pop("name")
@@ -493,11 +501,11 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
   for s in seeds:
     if "engine" in arms:
       for req in layouts:
-        lay, impl, n_dev = _parse_layout(req)
+        lay, impl, n_dev, micro = _parse_layout(req)
         m = model
         if impl and models.is_conv_model(model):
           m = model.clone(conv_impl=impl)
-        todo.append(EngineArm(m, x, labels[:s], s, lay, batch, steps, n_dev))
+        todo.append(EngineArm(m, x, labels[:s], s, lay, batch, steps, n_dev, micro))
         todo[-1].requested_layout = req
     bs = min(s, baseline_seeds) if baseline_seeds > 0 else s
     if "naive_jax" in arms:

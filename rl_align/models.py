@@ -213,6 +213,12 @@ class PaperCNN(_Base):
   num_classes: int = 10
   conv_impl: str = "lax"
 
+  @property
+  def blocks_in_cache(self) -> bool:
+    """True when the step already runs cache-blocked (the fused block): no gradient micro-batches
+    (`rl_align.train.choose_microbatch`)."""
+    return self.conv_impl == "fused"
+
   @nn.compact
   def __call__(self, x):
     if self.conv_impl == "fused" and not self.is_mutable_collection(_INTERMEDIATES):

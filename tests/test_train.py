@@ -95,6 +95,30 @@ def test_auto_layout_follows_the_measurements():
   assert train.choose_layout(dense, "gpu", 8) == train.choose_layout(dense, "tpu", 8) == "vmap"
 
 
+def test_gradient_micro_batches_follow_the_measurements():
+  # CPU conv nets: the smallest divisor m of the batch with n_params / m <= 2**14.
+  assert train.choose_microbatch("cpu", 20_000, True, 128) == 2        # the small CNN
+  assert train.choose_microbatch("cpu", 300_000, True, 128) == 32     # 300_000 / 16 > 2**14
+  assert train.choose_microbatch("cpu", 14_700_000, True, 256) == 256  # the paper CNN: none
+  assert train.choose_microbatch("cpu", 20_000, True, 127) == 127      # no divisor fits: none
+  assert train.choose_microbatch("cpu", 20_000, True, 128, blocks_in_cache=True) == 128
+  assert train.choose_microbatch("cpu", 20_000, False, 128) == 128     # dense nets: none
+  assert train.choose_microbatch("gpu", 20_000, True, 128) == 128      # GPU: wide kernels
+
+
+def test_micro_batched_gradient_trains_like_the_full_batch():
+  x = np.random.default_rng(4).normal(size=(32, 6, 6, 2)).astype(np.float32)
+  labels = train.random_labels(0, range(2), 32, 4)
+  runs = [train.train(TinyCNN(), _cfg(num_seeds=2, grad_microbatch=m, snapshot_steps=(0,)), x,
+                      labels, snapshot_fn=lambda p: p) for m in (2, 16)]
+  moved = 0.0
+  for a, b, p0 in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params),
+                      jax.tree.leaves(runs[0].snapshots[0])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)   # float32 summation order only
+    moved = max(moved, float(np.abs(a - p0).max()))
+  assert moved > 1e-2   # the runs trained: the comparison is not between two inits
+
+
 def test_device_count():
   assert train.choose_devices(2, 16) == 2
   assert train.choose_devices(2, 1) == 1                 # never more devices than seeds
@@ -182,6 +206,7 @@ def _init_params(x, labels):
 @pytest.mark.parametrize("field,value,match", [
     ("optimizer", "rmsprop", "optimizer"), ("num_seeds", 0, "num_seeds"),
     ("batch_size", 1000, "batch_size"), ("seed_layout", "magic", "seed_layout"),
+    ("grad_microbatch", 5, "grad_microbatch"), ("grad_microbatch", -1, "grad_microbatch"),
     ("schedule", "exp", "schedule"), ("learning_rate", -1.0, "learning_rate")])
 def test_invalid_config_is_a_clear_error(data, field, value, match):
   x, labels = data
