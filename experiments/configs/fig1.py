@@ -6,11 +6,13 @@ Commands:
     python -m experiments.transfer --config=experiments/configs/fig1.py:negative --workdir=workdirs/fig1_negative
   bottom row (downstream = 10 fresh random labels instead of the real ones): add `,random`.
   reduced local variant (embedded 32x32 `photos`, VGG16 at 1/8 width, 4 seeds, this 2-core CPU;
-  measured 5.8 min positive, 9 min negative on an idle machine): add `,local`, e.g.
+  measured 5.1 min positive, 7.5 min negative on an idle machine): add `,local`, e.g.
   fig1.py:positive,local.  Local negative uses lr 0.02 and 3000 upstream steps (see get_config).
-  Measured locally (README): positive: pretrained and no-rescaling reach 0.5 downstream train
-  accuracy 2.4x / 2.2x faster than scratch; negative: the rescaled pretrained arm is slower than
-  scratch (0.25 vs 0.49 at it 100; 0.4x-0.7x to 0.4-0.6) until it ~350, no-rescaling is faster (1.4x).
+  Measured locally (README; 4 seeds, so the speed-ups moved between two runs that differed only in
+  float32 summation order): positive: pretrained and no-rescaling reach 0.5 downstream train
+  accuracy 1.6x / 1.6x faster than scratch (2.4x / 2.2x in the earlier run); negative: the rescaled
+  pretrained arm is slower than scratch (0.29 vs 0.47 at it 100; 0.74x to 0.5) until it ~150 (~350
+  in the earlier run), no-rescaling is faster (1.8x).
 
 Protocol (PAPER.md): one seeded permutation of the CIFAR10 train split, upstream = first 20k images
 with 10 random labels, downstream = next 25k with the real labels (top) or 10 random labels
