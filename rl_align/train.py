@@ -4,7 +4,9 @@ Each seed s (an integer id) has its own init key, its own data order and, when t
 random labels, its own label draw, all derived from one root seed with ``fold_in``; so seed s trained
 alone gives the same result as seed s trained inside a batch of seeds.  Seeds are sharded over all
 devices (on CPU rl_align exposes one XLA device per core, see ``rl_align/__init__``); inside a device
-the seeds run in a *layout* chosen per backend and model from measurements (``choose_layout``).
+the seeds run in a *layout* chosen per backend and model from measurements (``choose_layout``), and
+on CPU a small conv net's gradient is summed over micro-batches that stay in cache
+(``choose_microbatch``).
 
 Usage::
 
