@@ -240,7 +240,8 @@ def choose_microbatch(platform: str, n_params: int, is_conv: bool, batch_size: i
   on one core: small CNN (20 K params, batch 128) 300 ms full batch vs 120 / 121 / 128 / 135 / 172
   / 207 ms in micro-batches of 1 / 2 / 4 / 8 / 16 / 32; in the engine (S=16, both cores) 10.5
   model-steps/s full batch vs 18.4 in micro-batches of 2.  The paper CNN (14.7 M params) was
-  slower in micro-batches (its fused, cache-blocked step 262 ms vs 473 in 32s).  Each micro-batch
+  slower in micro-batches (its fused, cache-blocked step 262 ms vs 473 in 32s), and so was the Fig 20
+  dense net (engine, S=16: 647 model-steps/s full batch vs 590 / 559 in 64s / 32s).  Each micro-batch
   adds a pass over the gradient accumulator, so on CPU a conv net whose step is not already
   cache-blocked (`blocks_in_cache`) uses the smallest micro-batch m dividing the batch with
   n_params / m <= 2**14 (the accumulator's floats per example, 64 KiB; calibrated on the small CNN
