@@ -453,7 +453,8 @@ def _parse_seeds(values) -> list[int]:
 def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str],
                   layouts: list[str], repeats: int = 2, baseline_seeds: int = 16,
                   batch_size: int = 0, num_examples: int = 0, torch_threads: int = 0,
-                  peak_size: int = 4096, torch_device: str = "cpu", log: Callable[[str], None] = print) -> dict[str, Any]:
+                  peak_size: int = 4096, torch_device: str = "cpu",
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
   """Sets up every arm, times `repeats` interleaved rounds and returns the results dict."""
   t_start, load_start = time.perf_counter(), os.getloadavg()[0]
   bad = [a for a in arms if a not in ARMS]
