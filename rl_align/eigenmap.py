@@ -27,6 +27,7 @@ from rl_align import experiment
 from rl_align import models
 from rl_align import results
 from rl_align import train
+from rl_align.runners import common
 
 
 def data_eigenbasis(config, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +36,7 @@ def data_eigenbasis(config, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     k = int(config.analysis.patch_size)
     _, cov = covariance.patch_covariance(x, k)
   elif config.data.name == "gaussian" and config.analysis.get("population_covariance", True):
-    kw = experiment._source_kwargs(config.data)  # pylint: disable=protected-access
+    kw = common.source_kwargs(config.data)
     cov = data_lib.gaussian_covariance(stds=kw.get("stds"), variances=kw.get("variances"),
                                        rotate=kw.get("rotate", False), seed=kw.get("seed", 0))
   else:
@@ -93,11 +94,11 @@ def early_time_fit(f: np.ndarray, lam: np.ndarray) -> dict[str, float]:
 
 def load_data(config):
   """Training inputs (standardized if config.data.standardize) and their labels [S, N] or [N]."""
-  ds = experiment.load_split(config.data, "train")
+  ds = common.load_split(config.data, "train")
   x = ds.x
   if config.data.standardize:
-    (x,) = experiment.standardize_like(x)
-  return ds, x, experiment.make_labels(config, ds)
+    (x,) = common.standardize_like(x)
+  return ds, x, common.make_labels(config, ds)
 
 
 def run(config, workdir: str) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from rl_align import init as init_lib
 from rl_align import models
 from rl_align import results
 from rl_align import train
+from rl_align.runners import common
 
 ARMS = ("pretrained", "rescaled")
 SCRATCH = "scratch"
@@ -186,7 +187,7 @@ def activity_drop(steps, after, before, window: float) -> dict[str, Any]:
 
 def load_data(config):
   """(x_up, x_down, y_down, x_test, y_test, num_real_classes), standardized with upstream stats."""
-  ds = experiment.load_split(config.data, "train")
+  ds = common.load_split(config.data, "train")
   sizes = {"upstream": int(config.split.upstream), "downstream": int(config.split.downstream)}
   n_test = int(config.split.get("test", 0))
   if n_test:
@@ -200,10 +201,10 @@ def load_data(config):
         "digits has no test split: config.split.test is 0. Fix: carve one out of the 1797 "
         "examples, e.g. --config.split.test=397.")
   else:
-    test = experiment.load_split(config.data, "test")
+    test = common.load_split(config.data, "test")
   xs = (up.x, down.x, test.x)
   if config.data.standardize:
-    xs = experiment.standardize_like(*xs)
+    xs = common.standardize_like(*xs)
   return xs[0], xs[1], down.y, xs[2], test.y, ds.num_classes
 
 

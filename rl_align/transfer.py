@@ -72,6 +72,7 @@ from rl_align import init as init_lib
 from rl_align import models
 from rl_align import results
 from rl_align import train
+from rl_align.runners import common
 
 ARMS = ("scratch", "pretrained", "pretrained_no_rescaling", "covariance", "covariance_L2",
         "covariance_L3", "pca_whitening", "f_only")
@@ -185,7 +186,7 @@ def load_data(config) -> dict[str, Any]:
   permutation, test == 0 loads the source's config.data.test_split (capped at test_examples).
   """
   sp = config.split
-  ds = experiment.load_split(config.data, "train")
+  ds = common.load_split(config.data, "train")
   sizes = {"upstream": int(sp.upstream), "downstream": int(sp.downstream)}
   if int(sp.get("test", 0)) > 0:
     sizes["test"] = int(sp.test)
@@ -194,13 +195,13 @@ def load_data(config) -> dict[str, Any]:
   if "test" in idx:
     test = ds.subset(idx["test"])
   else:
-    test = experiment.load_split(config.data, config.data.get("test_split", "test"))
+    test = common.load_split(config.data, config.data.get("test_split", "test"))
     cap = int(config.data.get("test_examples", 0) or 0)
     if cap:
       test = test.subset(slice(0, cap))
   x_up, x_down, x_test = up.x, down.x, test.x
   if config.data.get("standardize", True):
-    x_up, x_down, x_test = experiment.standardize_like(x_up, x_down, x_test)
+    x_up, x_down, x_test = common.standardize_like(x_up, x_down, x_test)
   return {"x_up": x_up, "x_down": x_down, "y_down": down.y, "x_test": x_test, "y_test": test.y,
           "num_classes": ds.num_classes, "indices": idx,
           "sizes": {k: len(v) for k, v in idx.items()} | {"test": len(x_test)}}
