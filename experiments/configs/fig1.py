@@ -1,22 +1,27 @@
 r"""Fig 1: VGG16 pretrained on random labels transfers positively (left) or negatively (right).
 
 Commands:
-  paper scale (tfds cifar10 prepared in $TFDS_DATA_DIR, one GPU, ~1-2 h per panel):
+  paper scale (tfds cifar10 prepared in $TFDS_DATA_DIR, one GPU; not run yet, guessed at 1-2 h per
+  panel):
     python -m experiments.transfer --config=experiments/configs/fig1.py:positive --workdir=workdirs/fig1_positive
     python -m experiments.transfer --config=experiments/configs/fig1.py:negative --workdir=workdirs/fig1_negative
   bottom row (downstream = 10 fresh random labels instead of the real ones): add `,random`.
-  reduced local variant (embedded 32x32 `photos`, VGG16 at 1/8 width, 4 seeds, this 2-core CPU;
-  measured 5.1 min positive, 7.5 min negative on an idle machine): add `,local`, e.g.
-  fig1.py:positive,local.  Local negative uses lr 0.02 and 3000 upstream steps (see get_config).
+  reduced local variant (embedded 32x32 `photos`, VGG16 at 1/8 width, 4 seeds; measured 5m08s
+  positive, 7m31s negative on a 2-core Intel Xeon (developers' machine, idle, 2026-11-27; fp32
+  matmul peak not recorded in that run)): add `,local`, e.g. fig1.py:positive,local.  Local
+  negative uses lr 0.02 and 3000 upstream steps (see get_config).
   Measured locally (README; 4 seeds, so the speed-ups moved between two runs that differed only in
   float32 summation order): positive: pretrained and no-rescaling reach 0.5 downstream train
   accuracy 1.6x / 1.6x faster than scratch (2.4x / 2.2x in the earlier run); negative: the rescaled
   pretrained arm is slower than scratch (0.29 vs 0.47 at it 100; 0.74x to 0.5) until it ~150 (~350
   in the earlier run), no-rescaling is faster (1.8x).
 
-Protocol (PAPER.md): one seeded permutation of the CIFAR10 train split, upstream = first 20k images
-with 10 random labels, downstream = next 25k with the real labels (top) or 10 random labels
-(bottom); per-channel standardization from the upstream images.  The whole network but the head is
+Arguments: positive | negative (transfer=...; default positive); paper | local (scale=...; default
+paper); random.  Anything else is an error.  [D] marks our default where the paper is silent.
+
+Protocol (the paper's Fig 1): one seeded permutation of the CIFAR10 train split, upstream = first
+20k images with 10 random labels, downstream = next 25k with the real labels (top) or 10 random
+labels (bottom); per-channel standardization from the upstream images.  The whole network but the head is
 carried over (`transfer_layers = 0`); arms: scratch, pretrained (weight-scaling control: every
 tensor rescaled to its init L2 norm, head re-initialized), pretrained_no_rescaling.
 
@@ -34,13 +39,15 @@ and on fresh random labels; negative: slower.  The local variant is far smaller 
 """
 import ml_collections
 
+from experiments.configs import common
 from experiments.configs import fig5
 
 
 def get_config(arg: str = "positive") -> ml_collections.ConfigDict:
-  parts = [a for a in arg.split(",") if a]
-  negative = "negative" in parts
-  c = fig5.common()
+  a = common.parse_arg(arg, transfer=common.OneOf("positive", "negative"),
+                       scale=common.OneOf("paper", "local"), random=False)
+  negative = a.transfer == "negative"
+  c = fig5.shared_fields()
   c.title = f"Fig 1 ({'negative' if negative else 'positive'} transfer), VGG16"
   c.figure_name = "fig1.png"
   c.paper_reference = None
@@ -61,7 +68,7 @@ def get_config(arg: str = "positive") -> ml_collections.ConfigDict:
   c.speedup_thresholds = (0.5, 0.7, 0.9)
   c.report_steps = (1000, 2000, 4000, 7800)
   c.f_only.source = "upstream"
-  if "local" in parts:
+  if a.scale == "local":
     c.title += " (local: 1/8 width, 32x32 photos)"
     c.data = ml_collections.ConfigDict({
         "name": "photos", "kwargs": {"size": 32, "short_side": 256, "cell": 48, "seed": 0,
@@ -82,6 +89,6 @@ def get_config(arg: str = "positive") -> ml_collections.ConfigDict:
     c.layerwise.num_examples = 1000
     c.speedup_thresholds = (0.4, 0.5, 0.6)
     c.report_steps = (100, 200, 400, 600)
-  if "random" in parts:
+  if a.random:
     c.downstream.labels = "random"
   return c

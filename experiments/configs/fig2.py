@@ -3,10 +3,12 @@
 Commands:
   paper scale (GPU, tfds cifar10 in $TFDS_DATA_DIR; 256 filters, lr 0.01, 40 epochs, batch 256):
     python -m experiments.misalignment --config=experiments/configs/fig2.py:random,real --workdir=workdirs/fig2
-  local (embedded `photos` crops, 2-core CPU; measured 2.5 min for both panels on an idle machine):
+  local (embedded `photos` crops, 2-core CPU; both panels measured 2m21s with the fused block, on a
+  2-core Intel Xeon (developers' machine, idle, 2026-11-27; fp32 matmul peak not recorded in that run)):
     python -m experiments.misalignment --config=experiments/configs/fig2.py:random,real,local --workdir=workdirs/fig2_local
 Local setting: the Fig 4 local CNN (16x16 crops, 5000 images, 40 epochs, lr 0.01) with the default
 init, 64 filters x 8 seeds.
+Arguments: labels random and/or real (default both); paper | local | tiny (scale=...; default paper).
 Expected result (paper): for real AND random labels the misalignment in the data eigenbasis stays far
 below the misalignment in a random basis; both start near 0 at init (Misalignment at init is ~0 in
 every basis: the signal is the gap as training runs).  We also draw the finite-sample floor: the
@@ -17,13 +19,15 @@ basis; real labels 0.70 vs 2.13 (both start at 0.71 / 0.70).
 """
 import ml_collections
 
+from experiments.configs import common
 from experiments.configs import fig4_cnn
 
 
 def get_config(arg: str = "random,real") -> ml_collections.ConfigDict:
-  c = fig4_cnn.get_config(arg if any(p in arg for p in ("random", "real")) else "random,real," + arg)
-  parts = arg.split(",")
-  tiny, local = "tiny" in parts, "local" in parts or "tiny" in parts
+  a = common.parse_arg(arg, labels=common.AnyOf(*fig4_cnn.LABELS),
+                       scale=common.OneOf(*fig4_cnn.SCALES))
+  c = fig4_cnn.build(a.labels, a.scale)
+  tiny, local = a.scale == "tiny", a.scale in ("local", "tiny")
   c.figure_name = "fig2_misalignment.png"
   c.figure_style = "seeds"    # f_panels.png: final f per seed
   c.model.first_layer_std = None       # Fig 2 uses the default init

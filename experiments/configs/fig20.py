@@ -3,22 +3,28 @@
 Command (the README's main job, all three panels, 5 seeds each, the paper's sizes):
   python -m experiments.eigenvalue_map --config=experiments/configs/fig20.py:all --workdir=workdirs/fig20
 One panel:      --config=experiments/configs/fig20.py:right
-Other reading of "diag(0.1..3.0)" as variances (PAPER.md section 1): fig20.py:all,variance
+Other reading of the settings table's "diag(0.1..3.0)" as variances: fig20.py:all,variance
 Tiny smoke run: fig20.py:right,tiny   (CI)
-Expected runtime: 5-6 min on an idle 2-core CPU for `all` (measured 5m07s: left 2.4 min, middle 2.5,
-right 8 s); 33 min when the machine is shared with three other heavy jobs.
-Expected result (PAPER.md, README results table): right rises from 1/sqrt(30)=0.183 to a plateau
-near 0.25 for sigma >= 2; middle rises to a peak then falls; left decreases from ~0.38 to ~0.32.
+Arguments (comma separated): panels left, middle, right or all (default all; several allowed);
+std | variance (reading=...; default std); tiny.  Anything else is an error.
+Expected runtime of `all`: measured 5m07s (left 2.4 min, middle 2.5, right 8 s) on a 2-core Intel
+Xeon (developers' machine, idle, 2026-11-27; fp32 matmul peak not recorded in that run); 33 min on
+the same machine shared with three other heavy jobs; 13.5-14.5 min of training on a 2-core AMD EPYC
+(fp32 matmul 150 GFLOP/s in JAX).  Each run now writes WORKDIR/run.json with the machine's CPU,
+cores and measured fp32 matmul peak: quote runtimes with it.
+Expected result (the paper's Fig 20, and the README results table): right rises from
+1/sqrt(30)=0.183 to a plateau near 0.25 for sigma >= 2; middle rises to a peak then falls; left
+decreases from ~0.38 to ~0.32.
 Data: embedded synthetic x ~ N(0, diag(sigma^2)), random labels (K=10), one draw per seed.
 """
 import ml_collections
 
-from rl_align import experiment
+from experiments.configs import common
 
 _SIGMA_WIDE = tuple(round(0.1 * i, 1) for i in range(1, 31))
 _SIGMA_LEFT = tuple(round(1.0 + 0.1 * i, 1) for i in range(10))
 
-# Values read off the paper's Fig 20 (../shared/reference/fig20_fc_gaussian.png), marked on our plots.
+# Values read off the paper's Fig 20 (appendix, fully connected nets on Gaussian data), marked on our plots.
 PAPER_REFERENCE = {
     "left": {"sigma": (1.0, 1.2, 1.4, 1.6, 1.8, 1.9), "f": (0.381, 0.364, 0.349, 0.334, 0.322, 0.316)},
     "middle": {"sigma": (0.1, 0.5, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0),
@@ -45,11 +51,10 @@ def panel(name: str, reading: str, tiny: bool) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "all") -> ml_collections.ConfigDict:
-  parts = [a for a in arg.split(",") if a]
-  reading = "variance" if "variance" in parts else "std"
-  tiny = "tiny" in parts
-  names = [p for p in parts if p in _PANELS] or (list(_PANELS) if "all" in parts or not parts else [])
-  c = experiment.base_config()
+  a = common.parse_arg(arg, panels=common.AnyOf(*_PANELS, aliases={"all": tuple(_PANELS)}),
+                       reading=common.OneOf("std", "variance"), tiny=False)
+  reading, tiny, names = a.reading, a.tiny, a.panels
+  c = common.base_config()
   c.figure_name = "fig20.png"
   c.labels = "random"
   c.num_classes = 10

@@ -3,8 +3,10 @@
 Commands:
   paper scale (GPU; tfds cifar10; WRN-28-4 with a 5x5 first conv; 70 seeds pooled):
     python -m experiments.filters --config=experiments/configs/fig3.py --workdir=workdirs/fig3
-  local (embedded photos crops, 2-core CPU, measured 1.1 min on an idle machine):
+  local (embedded photos crops, 2-core CPU; measured 1m03s with the fused block on a 2-core Intel
+  Xeon (developers' machine, idle, 2026-11-27; fp32 matmul peak not recorded in that run)):
     python -m experiments.filters --config=experiments/configs/fig3.py:local --workdir=workdirs/fig3_local
+Arguments: paper | local | tiny (scale=...; default paper).  Anything else is an error.
 Local setting (shrunk for the CPU): the paper CNN with a 5x5 first conv of 64 filters on 16x16
 photo crops, 8 seeds pooled (512 filters), random labels, 30 epochs.  Its first layer starts at std
 0.002 (as Fig 4 C/R): at the default init the 30 CPU epochs move the filters too little for the
@@ -17,15 +19,15 @@ colour, gradients, ...), up to mixing inside near-degenerate eigenspaces.
 """
 import ml_collections
 
+from experiments.configs import common
 from experiments.configs import shared
-from rl_align import experiment
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  parts = [a for a in arg.split(",") if a]
-  tiny = "tiny" in parts
-  local = "local" in parts or tiny
-  c = experiment.base_config()
+  a = common.parse_arg(arg, scale=common.OneOf("paper", "local", "tiny"))
+  tiny = a.scale == "tiny"
+  local = a.scale == "local" or tiny
+  c = common.base_config()
   c.labels = "random"
   c.num_classes = 10
   c.data.standardize = True

@@ -4,11 +4,14 @@ Commands:
   paper scale (GPU, tfds cifar10 prepared in $TFDS_DATA_DIR, 50 seeds):
     python -m experiments.eigenvalue_map --config=experiments/configs/fig4_cnn.py:random --workdir=workdirs/fig4_random
     python -m experiments.eigenvalue_map --config=experiments/configs/fig4_cnn.py:real --workdir=workdirs/fig4_real
-  local (embedded `photos` crops, 2-core CPU; measured 2.5 min for both panels on an idle machine):
+  local (embedded `photos` crops, 2-core CPU; both panels measured 2m18s with the fused block, on a
+  2-core Intel Xeon (developers' machine, idle, 2026-11-27; fp32 matmul peak not recorded in that run)):
     python -m experiments.eigenvalue_map --config=experiments/configs/fig4_cnn.py:random,local --workdir=workdirs/fig4_local
   both panels in one run: fig4_cnn.py:random,real[,local]; tiny smoke run: add `tiny`.
+Arguments: labels random and/or real (default random); paper | local | tiny (scale=...; default
+paper).  Anything else is an error.
 Model: conv F filters 3x3 VALID -> ReLU -> flatten -> dense 64 -> ReLU -> dense 10; the first layer
-starts at std 0.002 (PAPER.md: the flat baseline of Fig 4 C/R), the rest LeCun-normal.
+starts at std 0.002 (the flat baseline of the paper's Fig 4 centre/right), the rest LeCun-normal.
 Paper result: random labels: flat until epoch 10, at epoch 40 a peak of f ~0.10 at lambda ~0.25,
 back to the baseline at the largest lambda ~20 (mean brightness); real labels: grows steadily,
 epoch 40 peak ~0.024 at lambda ~1.1.
@@ -21,15 +24,23 @@ epoch 40 peaks 0.38 at sigma 0.50 and 0.37 at 1.9.  The shapes match the paper; 
 """
 import ml_collections
 
+from experiments.configs import common
 from experiments.configs import shared
-from rl_align import experiment
+
+LABELS = ("random", "real")
+SCALES = ("paper", "local", "tiny")
 
 
 def get_config(arg: str = "random") -> ml_collections.ConfigDict:
-  parts = [a for a in arg.split(",") if a]
-  local, tiny = "local" in parts or "tiny" in parts, "tiny" in parts
-  labels = [p for p in parts if p in ("random", "real")] or ["random"]
-  c = experiment.base_config()
+  a = common.parse_arg(arg, labels=common.AnyOf(*LABELS, default=("random",)),
+                       scale=common.OneOf(*SCALES))
+  return build(a.labels, a.scale)
+
+
+def build(labels: tuple, scale: str) -> ml_collections.ConfigDict:
+  """The Fig 4 CNN config with one panel per label kind, at scale paper | local | tiny."""
+  local, tiny = scale in ("local", "tiny"), scale == "tiny"
+  c = common.base_config()
   c.figure_name = "fig4_cnn.png"
   c.figure_style = "epochs"   # f pooled over seeds at every snapshot epoch, log sigma (the paper's)
   c.num_classes = 10

@@ -1,14 +1,16 @@
 r"""Fig 5: random-label pretraining transfers, and the first layer's covariance carries the transfer.
 
 Commands:
-  local (embedded `photos`, this 2-core CPU, upstream included; measured 7m22s on the idle machine):
+  local (embedded `photos`, upstream included; measured 7m22s on a 2-core Intel Xeon (developers'
+  machine, idle, 2026-11-27; fp32 matmul peak not recorded in that run)):
     python -m experiments.transfer --config=experiments/configs/fig5.py:local --workdir=/tmp/fig5_local
-  paper scale (tfds cifar10 prepared in $TFDS_DATA_DIR, one GPU, roughly 1 h):
+  paper scale (tfds cifar10 prepared in $TFDS_DATA_DIR, one GPU; not run yet, guessed at ~1 h):
     python -m experiments.transfer --config=experiments/configs/fig5.py --workdir=workdirs/fig5
-  tiny smoke run (CI, < 1 min):  fig5.py:tiny
-  Options (comma separated after the name): `all_layers` carries every layer but the head in the
-  pretrained arms (default: the first layer only, see below); `random` uses fresh random downstream
-  labels instead of the real ones.
+  tiny smoke run (CI):  fig5.py:tiny
+  Arguments (comma separated): paper | local | tiny (scale=...; default paper); `all_layers` carries
+  every layer but the head in the pretrained arms (default: the first layer only, see below);
+  `random` uses fresh random downstream labels instead of the real ones.  Anything else is an error.
+  [D] below marks our default where the paper is silent.
 
 Model: the Fig 2 CNN (models.PaperCNN): conv F 3x3 VALID -> ReLU -> flatten -> dense 64 -> ReLU ->
 dense 10; LeCun-normal init, SGD momentum 0.9, lr 0.01, batch 256 (paper scale).
@@ -22,7 +24,7 @@ pretrained and covariance differ only in how the first layer is obtained; that i
 Fig 5 (the figure is about the first layer), marked [D].  `all_layers` carries conv_0 and dense_0.
 `rescale_sampled = True` [D]: the sampled layers get their init L2 norm, like `pretrained`.
 
-Paper (PAPER.md, CIFAR10, 20k upstream / 25k downstream): train accuracy at 1000 iterations
+Paper (Fig 5, CIFAR10, 20k upstream / 25k downstream): train accuracy at 1000 iterations
 0.78 / 0.745 / 0.735 / 0.64 (no rescaling / pretrained / covariance / scratch), at 2000 0.915 /
 0.885 / 0.88 / 0.79, all ~0.97 by 4500.  Upstream length is not stated [D: 60 epochs].
 
@@ -45,8 +47,8 @@ std: +0.015 pretrained, +0.009 covariance.
 """
 import ml_collections
 
+from experiments.configs import common
 from experiments.configs import shared
-from rl_align import experiment
 
 PAPER_REFERENCE = {"iterations": (1000, 2000),
                    "pretrained_no_rescaling": (0.78, 0.915), "pretrained": (0.745, 0.885),
@@ -55,9 +57,9 @@ ARMS = ("scratch", "pretrained", "pretrained_no_rescaling", "covariance", "covar
         "covariance_L3", "pca_whitening", "f_only")
 
 
-def common() -> ml_collections.ConfigDict:
+def shared_fields() -> ml_collections.ConfigDict:
   """Fields shared by the Fig 1 and Fig 5 configs (paper-scale values)."""
-  c = experiment.base_config()
+  c = common.base_config()
   c.title = "Fig 5: transfer of the first layer"
   c.figure_name = "fig5.png"
   c.data = ml_collections.ConfigDict({"name": "cifar10", "kwargs": {}, "data_dir": "",
@@ -171,15 +173,16 @@ def tiny(c) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  parts = [a for a in arg.split(",") if a]
-  c = common()
-  if "tiny" in parts:
-    c = tiny(c)
-  elif "local" in parts:
+  a = common.parse_arg(arg, scale=common.OneOf("paper", "local", "tiny"), all_layers=False,
+                       random=False)
+  c = shared_fields()
+  if a.scale == "local":
     c = local(c)
-  if "all_layers" in parts:
+  elif a.scale == "tiny":
+    c = tiny(c)
+  if a.all_layers:
     c.transfer_layers = 0
-  if "random" in parts:
+  if a.random:
     c.downstream.labels = "random"
     c.paper_reference = None
   return c

@@ -1,13 +1,15 @@
 r"""Section 3: specialization and negative transfer after random-label pretraining.
 
 Commands:
-  local (embedded sklearn digits 8x8, dense net, 2-core CPU, about 8-10 min when idle):
+  local (embedded sklearn digits 8x8, dense net, 2-core CPU; runtime below):
     python -m experiments.specialization --config=experiments/configs/specialization.py:local --workdir=workdirs/specialization
-  tiny smoke run (CI, < 1 min):  specialization.py:tiny
+  tiny smoke run (CI):  specialization.py:tiny
   paper scale (GPU/TPU, tfds cifar10 / imagenet prepared in $TFDS_DATA_DIR):
-    specialization.py:vgg16_cifar10     VGG16 (PAPER.md Fig 1 protocol: 20k upstream, 25k downstream)
+    specialization.py:vgg16_cifar10     VGG16 (the paper's Fig 1 protocol: 20k upstream, 25k downstream)
     specialization.py:resnet18_cifar10  ResNet18, same protocol
     specialization.py:resnet18_imagenet ResNet18 on imagenet_resized/32x32 (shrink the split to taste)
+Arguments: exactly one of local | tiny | vgg16_cifar10 | resnet18_cifar10 | resnet18_imagenet
+(setting=...; default local).  Anything else is an error.
 
 What runs: for every (width of the later layers, learning rate) one upstream engine run trains
 num_seeds seeds per K on K random labels (the K values share the run: head of size max K, labels of
@@ -18,10 +20,11 @@ scratch seeds, all in one downstream engine run.  gain = mean scratch iterations
 to reach `downstream.threshold` train accuracy.  Activity (rl_align.activity) is logged on a fixed
 probe batch (the first `probe_examples` downstream inputs) at every eval step of both phases.
 
-Expected runtime: local about 8-10 min on an idle 2-core CPU (15 cells of 16 upstream seeds x 4000 steps
-and 104 downstream seeds x 400 steps; 883 s of CPU time; 30 min wall measured while other jobs kept
-the load average near 9); tiny < 1 min; paper-scale configs: not measured (no accelerator here),
-expect on the order of an hour per (width, lr) cell on one GPU: shrink sweep.* or arms to fit.
+Expected runtime of `local` (15 cells of 16 upstream seeds x 4000 steps and 104 downstream seeds x
+400 steps): 883 s of CPU time, 30 min wall while other jobs kept the load average near 9, on a 2-core
+Intel Xeon (developers' machine, 2026-11-27; fp32 matmul peak not recorded in that run); an idle
+run of that machine was not timed (the CPU time suggests 8-10 min).  Paper-scale configs: not run
+(no accelerator here), guessed at an hour per (width, lr) cell on one GPU: shrink sweep.* or arms.
 Expected result of `local` (8 seeds per point, README "Specialization"):
   negative: width 16, lr 0.01, K 50, L 4000: gain < 0.56 (censored: 2 of 8 pretrained seeds never
     reach 0.95 train accuracy in 400 steps; bootstrap 5-95% [0.43, 0.73]); the last hidden layer's
@@ -31,16 +34,18 @@ Expected result of `local` (8 seeds per point, README "Specialization"):
   Over the 84 of 90 pretrained points where scratch reaches the threshold, gain rises with width
   (Spearman 0.76); larger lr and K widen the
   negative region (lr 0.05, K 50, L 4000: widths 32-128 at gain 0.34-0.51, width 256 at 1.20).
-Paper (PAPER.md section 3): later-layer activations drop sharply at the switch in negative-transfer
+Paper (section 3): later-layer activations drop sharply at the switch in negative-transfer
 settings; widening the later layers restores positive transfer.
 """
 import ml_collections
 
-from rl_align import experiment
+from experiments.configs import common
+
+SETTINGS = ("local", "tiny", "vgg16_cifar10", "resnet18_cifar10", "resnet18_imagenet")
 
 
 def _common() -> ml_collections.ConfigDict:
-  c = experiment.base_config()
+  c = common.base_config()
   c.labels = "random"            # upstream labels; downstream always uses the real labels
   c.split = ml_collections.ConfigDict({"upstream": 700, "downstream": 700, "test": 397, "seed": 0})
   c.probe_examples = 256         # first downstream inputs: the fixed probe batch of the activity
@@ -107,7 +112,7 @@ def _tiny(c):
 
 
 def _paper(c, model: str, dataset: str):
-  """PAPER.md Fig 1 protocol: 20k upstream, 25k downstream (disjoint), per-channel standardization."""
+  """The paper's Fig 1 protocol: 20k upstream, 25k downstream (disjoint), per-channel standardization."""
   if dataset == "cifar10":
     c.data = ml_collections.ConfigDict({"name": "cifar10", "kwargs": {}, "data_dir": "",
                                         "standardize": True})
@@ -147,12 +152,11 @@ def _paper(c, model: str, dataset: str):
 
 
 def get_config(arg: str = "local") -> ml_collections.ConfigDict:
-  parts = [a for a in arg.split(",") if a]
+  setting = common.parse_arg(arg, setting=common.OneOf(*SETTINGS)).setting
   c = _common()
-  if "tiny" in parts:
+  if setting == "tiny":
     return _tiny(c)
-  for name in ("vgg16_cifar10", "resnet18_cifar10", "resnet18_imagenet"):
-    if name in parts:
-      model, dataset = name.split("_")
-      return _paper(c, model, dataset)
-  return _local(c)
+  if setting == "local":
+    return _local(c)
+  model, dataset = setting.split("_")
+  return _paper(c, model, dataset)
