@@ -7,10 +7,10 @@ Each panel of the config runs in WORKDIR/<panel>/ (config.json, metrics.jsonl, r
 arrays.npz, eigenmap.png); WORKDIR gets the joint figure and a summary results.json.  Rerunning the
 same command resumes.  See the README for the results.json schema.
 """
+from experiments import cli
 from rl_align import eigenmap
-from rl_align import experiment
 
-experiment.define_config_flags("experiments/configs/fig20.py:all")
+cli.define_config_flags("experiments/configs/fig20.py:all")
 
 if __name__ == "__main__":
-  experiment.launch(eigenmap.run_panels)
+  cli.launch(eigenmap.run_panels)

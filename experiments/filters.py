@@ -5,10 +5,10 @@ r"""Fig 3: top eigenvectors of the pooled first-layer filter covariance beside t
 Writes results.json (top-k eigenspace overlaps vs a random-subspace baseline, principal cosines),
 arrays.npz and fig3_eigenvectors.png.  Rerunning resumes.
 """
-from rl_align import experiment
+from experiments import cli
 from rl_align import filters
 
-experiment.define_config_flags("experiments/configs/fig3.py:local")
+cli.define_config_flags("experiments/configs/fig3.py:local")
 
 if __name__ == "__main__":
-  experiment.launch(filters.run)
+  cli.launch(filters.run)

@@ -5,10 +5,10 @@ r"""Fig 2: first-layer misalignment over training, in the data eigenbasis vs a r
 Each panel (label kind) runs in DIR/<panel>/; DIR/fig2_misalignment.png draws both panels with seed
 bands and the finite-sample floor.  results.json per panel has `snapshots` (see README schema).
 """
+from experiments import cli
 from rl_align import eigenmap
-from rl_align import experiment
 
-experiment.define_config_flags("experiments/configs/fig2.py:random,real,local")
+cli.define_config_flags("experiments/configs/fig2.py:random,real,local")
 
 if __name__ == "__main__":
-  experiment.launch(eigenmap.run_misalignment)
+  cli.launch(eigenmap.run_misalignment)

@@ -10,7 +10,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from rl_align import experiment
+from experiments import cli
 from rl_align import models
 from rl_align import results
 from rl_align import symmetry
@@ -49,9 +49,9 @@ def _run(config, workdir):
 
 def main(argv):
   del argv
-  experiment.run_main(_run, {"epochs": FLAGS.epochs}, FLAGS.workdir)
+  cli.run_main(_run, {"epochs": FLAGS.epochs}, FLAGS.workdir)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,4 +1,4 @@
-r"""Specialization and negative transfer (PAPER.md section 3): upstream random labels, then real labels.
+r"""Specialization and negative transfer (the paper's section 3): upstream random labels, then real labels.
 
   python -m experiments.specialization --config=experiments/configs/specialization.py:local --workdir=workdirs/specialization
   python -m experiments.specialization --config=experiments/configs/specialization.py:vgg16_cifar10 --workdir=...
@@ -9,10 +9,10 @@ across the switch.  Writes WORKDIR/w=<width>_lr=<lr>/ (engine metrics, checkpoin
 cell), WORKDIR/results.json, specialization_activity.png and specialization_gain.png.  Rerunning the
 same command resumes (finished cells are read back, the running one restarts from its checkpoint).
 """
-from rl_align import experiment
+from experiments import cli
 from rl_align import specialization
 
-experiment.define_config_flags("experiments/configs/specialization.py:local")
+cli.define_config_flags("experiments/configs/specialization.py:local")
 
 if __name__ == "__main__":
-  experiment.launch(specialization.run, specialization.summary_table)
+  cli.launch(specialization.run, specialization.summary_table)

@@ -10,10 +10,10 @@ WORKDIR/results.json (schema in rl_align/transfer.py and the README), metrics.js
 one summary per phase in WORKDIR/phases/.  Rerunning the same command resumes; a finished run is
 only re-summarized.
 """
-from rl_align import experiment
+from experiments import cli
 from rl_align import transfer
 
-experiment.define_config_flags("experiments/configs/fig5.py:local")
+cli.define_config_flags("experiments/configs/fig5.py:local")
 
 if __name__ == "__main__":
-  experiment.launch(transfer.run, transfer.summary_table)
+  cli.launch(transfer.run, transfer.summary_table)

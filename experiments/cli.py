@@ -1,0 +1,182 @@
+"""The command-line plumbing of the binaries in experiments/ (the library never imports it).
+
+A binary is three lines::
+
+    from experiments import cli
+    from rl_align import eigenmap
+    cli.define_config_flags("experiments/configs/fig20.py:all")
+    if __name__ == "__main__":
+      cli.launch(eigenmap.run_panels)
+
+`launch` parses --config / --workdir (absl, ml_collections config files), then `run_main` runs
+fn(config, workdir).  Every mistake a user can make (a bad config argument such as
+`fig1.py:negtive`, a bad flag value, a missing --workdir, a missing dataset, a config that differs
+from the one already in the workdir) reaches them as ONE line `error: ...` on stderr and exit code 2,
+without a traceback; everything already written stays in place.  `run_main` also writes
+WORKDIR/run.json: the machine (CPU, cores, JAX devices, fp32 matmul rate measured at the start,
+`rl_align.machine`), the command line, start and end time and wall seconds (process 0 only).
+"""
+import datetime
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import ml_collections
+from ml_collections import config_flags
+
+from rl_align import errors
+from rl_align import experiment
+from rl_align import machine
+from rl_align import results
+from rl_align import train
+
+FLAGS = flags.FLAGS
+RUN_RECORD = "run.json"
+
+# Writes WORKDIR/config.json; refuses a workdir that holds another config.  The runners call it per
+# panel too, so it lives in the library; the CLI re-exports it.
+check_workdir_config = experiment.check_workdir_config
+
+
+def define_config_flags(example: str) -> None:
+  """Defines the binaries' --config (a config file, e.g. `example`) and --workdir flags.
+
+  They are registered under the running binary, so its --helpshort lists them.
+  """
+  config_flags.DEFINE_config_file("config", None, f"Config file, e.g. {example}")
+  flags.DEFINE_string("workdir", None, "Output folder; rerunning on it resumes.")
+  for name in ("config", "workdir"):
+    FLAGS.register_flag_by_module(sys.argv[0], FLAGS[name])
+
+
+def fail(message: str) -> None:
+  """Prints `error: message` (one line) on stderr and exits with code 2."""
+  logging.flush()
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _user_error(exc: BaseException) -> errors.RLAlignError | None:
+  """The innermost RLAlignError in exc's chain: config_flags wraps a ConfigError raised in a config
+  file's get_config twice (once with a traceback in its text, once as an absl flag error)."""
+  found, seen = None, set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, errors.RLAlignError):
+      found = exc
+    exc = exc.__cause__ or exc.__context__
+  return found
+
+
+def _config_not_loaded(e: OSError) -> None:
+  fail(f"--config could not be loaded ({str(e).splitlines()[-1].strip()}). Fix: pass an existing "
+       "config file, e.g. --config=experiments/configs/fig20.py:all.")
+
+
+def parse_flags(argv: Sequence[str]) -> list:
+  """absl's flag parser, with every parsing error as one `error:` line and exit code 2."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, errors.RLAlignError) as e:
+    user = _user_error(e)
+    if user is not None:
+      fail(user)
+    fail(f"{str(e).splitlines()[0].rstrip('.')}. Fix: see --helpshort.")
+  except OSError as e:      # --config.x=... on a config file that could not be loaded
+    _config_not_loaded(e)
+  except (AttributeError, KeyError) as e:   # --config.x=... naming a field the config lacks
+    while isinstance(e, BaseException) and e.args:   # ml_collections nests the KeyError's text
+      e = e.args[0]
+    name, *hint = str(e).splitlines()
+    hint = f" ({' '.join(hint).strip()})" if hint else ""
+    fail(f"a --config.<field> override names a field the config does not have: {name}{hint}. "
+         "Fix: check the field's spelling in the config file.")
+
+
+def loaded_config() -> ml_collections.ConfigDict:
+  """FLAGS.config, or one error line when its file could not be loaded (config_flags defers that)."""
+  config = FLAGS.config
+  if isinstance(config, ml_collections.ConfigDict):
+    return config
+  try:
+    config.to_dict()
+  except OSError as e:
+    _config_not_loaded(e)
+  return config
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunRecord:
+  """WORKDIR/run.json: machine, command line, start / end time, wall seconds, status.
+
+  A rerun (resume) on the same workdir keeps the earlier records under `earlier_runs`.
+  """
+
+  def __init__(self, workdir: str, argv: Sequence[str] | None = None):
+    self.workdir = workdir
+    self.active = jax.process_index() == 0
+    self.t0 = time.time()
+    self.rec = {"argv": list(sys.argv if argv is None else argv), "cwd": os.getcwd(),
+                "start": _now(), "end": None, "wall_s": None, "status": "running"}
+
+  def start(self) -> None:
+    if not self.active:
+      return
+    old = results.read_json(self.workdir, RUN_RECORD) or {}
+    earlier = old.pop("earlier_runs", [])
+    self.rec["machine"] = machine.describe()
+    self.rec["earlier_runs"] = earlier + ([old] if old else [])
+    results.write_json(self.workdir, RUN_RECORD, self.rec)
+
+  def finish(self, status: str) -> None:
+    if not self.active or "machine" not in self.rec:
+      return
+    self.rec.update(end=_now(), wall_s=round(time.time() - self.t0, 2), status=status)
+    results.write_json(self.workdir, RUN_RECORD, self.rec)
+
+
+def run_main(fn: Callable[[Any, str], Any], config, workdir: str,
+             argv: Sequence[str] | None = None) -> Any:
+  """Runs fn(config, workdir) as a binary does: config.json and run.json in workdir, and every
+  RLAlignError as one `error:` line with exit code 2 (no traceback).  argv: the command line to
+  record in run.json (default sys.argv)."""
+  if not workdir:
+    fail("--workdir is required. Fix: pass --workdir=/path/to/run (rerun resumes there).")
+  train.init_distributed()
+  record = RunRecord(workdir, argv)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    check_workdir_config(config, workdir)
+    record.start()
+    out = fn(config, workdir)
+  except errors.RLAlignError as e:
+    record.finish(f"error: {e}")
+    fail(e)
+  except BaseException as e:
+    record.finish(f"failed: {type(e).__name__}")
+    raise
+  record.finish("finished")
+  return out
+
+
+def launch(fn: Callable[[Any, str], Any], summary: Callable[[Any], str] | None = None) -> None:
+  """absl entry point of a config binary: run_main(fn, --config, --workdir), then print summary(out).
+
+  Flags that change how the run is executed rather than what it computes (scale-out: sweeps,
+  multi-host coordinates) belong here, between the parsed flags and run_main.
+  """
+  def main(argv):
+    del argv
+    out = run_main(fn, loaded_config(), FLAGS.workdir)
+    if summary is not None:
+      print(summary(out))
+  flags.mark_flags_as_required(["config"])
+  app.run(main, flags_parser=parse_flags)
