@@ -256,7 +256,7 @@ class EngineArm:
     t = time.perf_counter()
     cfg, x = self.cfg, self.x
     cfg.num_devices = self.devices  # 0: the engine's choice (train.choose_devices)
-    eng = train._Engine(self.model, cfg, len(x), x.shape, self.seeds)  # pylint: disable=protected-access
+    eng = train.Engine(self.model, cfg, len(x), x.shape, self.seeds)
     self.eng, self.layout = eng, eng.layout
     impl = getattr(eng.model, "conv_impl", None)
     if impl in ("im2col", "fused") and not eng.layout.endswith(impl):
@@ -265,23 +265,16 @@ class EngineArm:
       self.layout += f"@{eng.mesh.size}"
     if eng.microbatch < cfg.batch_size:
       self.layout += f"/{eng.microbatch}"
-    ids = list(range(eng.s_pad))
-    keys = lambda stream: jax.device_put(
-        jnp.stack([train.seed_key(cfg.seed, i, stream) for i in ids]), eng.seeded)
-    params, opt_state = eng.init(keys(train._INIT))  # pylint: disable=protected-access
-    alive = eng.put_seeded(np.ones(eng.s_pad, bool))
-    div = eng.put_seeded(np.full(eng.s_pad, -1, np.int32))
-    self.state = (params, opt_state, alive, div)
-    self.data_keys = keys(train._DATA)  # pylint: disable=protected-access
-    self.labels_d = eng.put_seeded(train._pad_seeds(self.labels, eng.s_pad))  # pylint: disable=protected-access
-    self.x_d = eng.put_replicated(x)
+    members = train.Members.of(cfg).padded(eng.m_pad)
+    self.state = eng.initial_state(members)
+    self.inputs = eng.put_inputs(members, x, self.labels)
     self.t = 0
     self._advance(1)
     return time.perf_counter() - t
 
   def _advance(self, n: int) -> None:
-    self.state, loss, _ = self.eng.chunk(self.state, self.data_keys, self.labels_d, self.x_d,
-                                         np.int32(self.t), np.int32(self.t + n))
+    self.state, loss, _ = self.eng.chunk(self.state, self.inputs, np.int32(self.t),
+                                         np.int32(self.t + n))
     jax.block_until_ready((self.state, loss))
     self.t += n
     self.last_loss = float(np.nanmean(np.asarray(loss)))

@@ -24,15 +24,20 @@ Every logged step appends one row per seed to ``workdir/metrics.jsonl`` and logs
 A seed whose loss or gradient turns non-finite is frozen at its last finite parameters and flagged in
 ``res.diverged`` / ``res.diverged_step``; the other seeds finish.
 """
+import contextlib
 import dataclasses
+import hashlib
+import json
 import os
+import threading
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from absl import logging
 import flax.linen as nn
 import jax
 from jax import lax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
@@ -46,9 +51,11 @@ from rl_align import results as results_lib
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 LAYOUTS = ("auto", "vmap", "unroll", "map", "map_im2col", "map_fused", "vmap_im2col")
-_SEED_AXIS = "seed"
+# Engine-config fields a member of a packed sweep may carry its own value of (`Members`).
+MEMBER_HPARAMS = ("learning_rate", "momentum", "weight_decay")
+SEED_AXIS = "seed"
 # fold_in tags of the per-seed streams.
-_INIT, _DATA, _LABELS = 1, 2, 3
+INIT_STREAM, DATA_STREAM, LABEL_STREAM = 1, 2, 3
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -98,7 +105,7 @@ def seed_key(root_seed: int, seed_id: int, stream: int):
 
 def random_labels(root_seed: int, ids: Sequence[int], n: int, num_classes: int) -> np.ndarray:
   """[S, n] int32 uniform labels, one independent draw per seed id (fixed for the whole run)."""
-  keys = jnp.stack([seed_key(root_seed, s, _LABELS) for s in ids])
+  keys = jnp.stack([seed_key(root_seed, s, LABEL_STREAM) for s in ids])
   draw = jax.vmap(lambda k: jax.random.randint(k, (n,), 0, num_classes, dtype=jnp.int32))
   return np.asarray(draw(keys))
 
@@ -162,9 +169,20 @@ def validate(cfg, model, x, labels) -> None:
 # Optimizer.
 
 
-def make_optimizer(cfg, steps: int) -> optax.GradientTransformation:
-  """SGD / momentum / Adam with an optax schedule; weight decay is L2 added to the gradient."""
-  lr = cfg.learning_rate
+def make_optimizer(cfg, steps: int, hparams: Mapping[str, Any] | None = None,
+                   with_decay: bool | None = None) -> optax.GradientTransformation:
+  """SGD / momentum / Adam with an optax schedule; weight decay is L2 added to the gradient.
+
+  `hparams` overrides the config's `learning_rate`, `momentum` and `weight_decay` with (possibly
+  traced) per-member scalars: the engine builds each member's optimizer inside its step from them,
+  so members of a packed sweep carry their own values.  The schedule's shape comes from the config
+  and is scaled by the member's learning rate.  `with_decay` says whether the decay transform is
+  part of the chain (it is whenever any member decays; a member with 0 adds 0 * params).  The
+  optimizer *state* depends only on the structure, never on the values.
+  """
+  hp = {k: cfg[k] for k in MEMBER_HPARAMS}
+  hp.update(hparams or {})
+  lr = hp["learning_rate"]
   if cfg.schedule == "constant":
     sched = optax.constant_schedule(lr)
   elif cfg.schedule == "cosine":
@@ -175,15 +193,16 @@ def make_optimizer(cfg, steps: int) -> optax.GradientTransformation:
     bounds = {int(f * steps): cfg.step_factor for f in cfg.step_boundaries}
     sched = optax.piecewise_constant_schedule(lr, bounds)
   parts = []
-  if cfg.weight_decay:
-    parts.append(optax.add_decayed_weights(cfg.weight_decay))
+  if bool(cfg.weight_decay) if with_decay is None else with_decay:
+    parts.append(optax.add_decayed_weights(hp["weight_decay"]))
   if cfg.optimizer == "sgd":
     parts.append(optax.sgd(sched))
   elif cfg.optimizer == "momentum":
-    parts.append(optax.sgd(sched, momentum=cfg.momentum, nesterov=cfg.nesterov))
+    parts.append(optax.sgd(sched, momentum=hp["momentum"], nesterov=cfg.nesterov))
   else:
-    logging.warning("optimizer=adam breaks the rotation symmetry the paper's proposition needs: "
-                    "first-layer weights need not align with the data covariance.")
+    if hparams is None:   # the structural build (once per engine), not every member's trace
+      logging.warning("optimizer=adam breaks the rotation symmetry the paper's proposition needs: "
+                      "first-layer weights need not align with the data covariance.")
     parts.append(optax.adam(sched))
   return optax.chain(*parts)
 
@@ -269,7 +288,64 @@ def _per_seed(fn: Callable, layout: str) -> Callable:
 
 
 # ----------------------------------------------------------------------------------------------
-# Results.
+# Members, state, results.
+
+
+class TrainState(NamedTuple):
+  """The engine's state; every leaf has a leading member axis (sharded over devices)."""
+  params: Any
+  opt_state: Any
+  alive: Any       # [M] bool: False once the member's loss or gradient turned non-finite
+  div_step: Any    # [M] int32: the step it diverged at, -1 if never
+
+
+@dataclasses.dataclass(frozen=True)
+class Members:
+  """Who the engine trains: member m is seed `ids[m]` of root seed `roots[m]`, with its own
+  hyper-parameters (`MEMBER_HPARAMS`).  A plain run has one member per seed of its config; a
+  packed sweep concatenates the members of several points (`Members.concat`).
+
+      m = train.Members.of(cfg)          # cfg.num_seeds members, cfg's root seed and values
+      m.keys(train.DATA_STREAM)          # [M, 2] uint32 key data, member m's data-order key
+  """
+  roots: tuple[int, ...]
+  ids: tuple[int, ...]
+  learning_rate: tuple[float, ...]
+  momentum: tuple[float, ...]
+  weight_decay: tuple[float, ...]
+
+  @classmethod
+  def of(cls, cfg) -> "Members":
+    s = int(cfg.num_seeds)
+    return cls(roots=(int(cfg.seed),) * s, ids=tuple(seed_ids(cfg)),
+               **{k: (float(cfg[k]),) * s for k in MEMBER_HPARAMS})
+
+  @classmethod
+  def concat(cls, parts: Sequence["Members"]) -> "Members":
+    return cls(*(sum((getattr(p, f.name) for p in parts), ()) for f in dataclasses.fields(cls)))
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def padded(self, m: int) -> "Members":
+    """m >= len members: the padding members repeat the last one (their results are dropped)."""
+    extra = m - len(self)
+    return Members(*(v + v[-1:] * extra for v in dataclasses.astuple(self)))
+
+  def keys(self, stream: int) -> np.ndarray:
+    return np.stack([np.asarray(jax.random.key_data(seed_key(r, i, stream)))
+                     for r, i in zip(self.roots, self.ids)])
+
+  def hparams(self) -> dict[str, np.ndarray]:
+    return {k: np.asarray(getattr(self, k), np.float32) for k in MEMBER_HPARAMS}
+
+
+class EngineInputs(NamedTuple):
+  """What a chunk reads besides the state: per-member keys, hyper-parameters and labels, and x."""
+  data_keys: Any   # [M, 2] uint32
+  hparams: Any     # {name: [M] float32}
+  labels: Any      # [M, N] int32
+  x: Any           # [N, ...] float32, replicated
 
 
 @dataclasses.dataclass
@@ -297,22 +373,51 @@ def first_layer_snapshot(params) -> dict[str, np.ndarray]:
 # The engine.
 
 
-class _Engine:
-  """Compiled pieces for one (model, config, data shape, device set)."""
+def to_host(tree, m: int | None = None):
+  """Device arrays -> numpy, first m members.  A global array that spans other processes is
+  gathered with `multihost_utils.process_allgather` (every process must call this together)."""
+  def one(a):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+      a = multihost_utils.process_allgather(a, tiled=True)
+    a = np.asarray(jax.device_get(a))
+    return a if m is None else a[:m]
+  return jax.tree.map(one, tree)
 
-  def __init__(self, model, cfg, n, x_shape, n_seeds, probe_fn=None):
+
+class Engine:
+  """Compiled pieces for one (model, config, data shape, member count, device set).
+
+  `train` drives it; benchmarks drive it directly::
+
+      eng = train.Engine(model, cfg, n=len(x), x_shape=x.shape, n_members=8)
+      members = train.Members.of(cfg).padded(eng.m_pad)
+      state = eng.initial_state(members)                  # TrainState, sharded over the devices
+      inputs = eng.put_inputs(members, x, labels)         # labels [M, N]
+      state, loss, acc = eng.chunk(state, inputs, np.int32(t0), np.int32(t1))   # steps t0..t1
+      params = train.to_host(state.params, 8)
+
+  Members are sharded over the devices of every process (`jax.devices()`); inside a device they
+  run in a layout (`choose_layout`).  Arrays enter through `jax.make_array_from_callback`, so the
+  same host arrays on every process build one global array.
+  """
+
+  def __init__(self, model, cfg, n, x_shape, n_members, probe_fn=None, with_decay=None):
     self.cfg = cfg
     self.n = n
     self.steps_per_epoch = n // cfg.batch_size
     self.total = total_steps(cfg, n)
     self.devices = jax.devices()
     platform = self.devices[0].platform
-    n_dev = choose_devices(len(self.devices), n_seeds, int(cfg.get("num_devices", 0)))
-    self.s_pad = -(-n_seeds // n_dev) * n_dev
-    self.mesh = jax.make_mesh((n_dev,), (_SEED_AXIS,), devices=self.devices[:n_dev])
+    if jax.process_count() > 1:   # every process must own a shard of every array: use them all
+      n_dev = len(self.devices)
+    else:
+      n_dev = choose_devices(len(self.devices), n_members, int(cfg.get("num_devices", 0)))
+    self.m_pad = -(-n_members // n_dev) * n_dev
+    self.s_pad = self.m_pad
+    self.mesh = jax.make_mesh((n_dev,), (SEED_AXIS,), devices=self.devices[:n_dev])
     layout = cfg.seed_layout
     if layout == "auto":
-      layout = choose_layout(model, platform, self.s_pad // n_dev)
+      layout = choose_layout(model, platform, self.m_pad // n_dev)
     if layout in ("map_im2col", "map_fused", "vmap_im2col") and hasattr(model, "conv_impl"):
       model = model.clone(conv_impl=layout.split("_")[1])
     elif platform == "cpu" and getattr(model, "conv_impl", None) == "lax":
@@ -326,27 +431,29 @@ class _Engine:
       n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes))
       self.microbatch = choose_microbatch(platform, n_params, hasattr(model, "conv_impl"),
                                           cfg.batch_size, getattr(model, "blocks_in_cache", False))
-    self.tx = make_optimizer(cfg, self.total)
-    self.seeded = NamedSharding(self.mesh, P(_SEED_AXIS))
+    self.with_decay = bool(cfg.weight_decay) if with_decay is None else bool(with_decay)
+    self.tx = make_optimizer(cfg, self.total, with_decay=self.with_decay)
+    self.seeded = NamedSharding(self.mesh, P(SEED_AXIS))
     self.replicated = NamedSharding(self.mesh, P())
     self._build(x_shape)
     self.probe = None
     if probe_fn is not None:
       self.probe = self._shard_map(_per_seed(lambda p: probe_fn(self.model, p), layout),
-                                   (P(_SEED_AXIS),), P(_SEED_AXIS))
+                                   (P(SEED_AXIS),), P(SEED_AXIS))
 
   def _shard_map(self, fn, in_specs, out_specs, donate_argnums=()):
     return jax.jit(jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
                                  check_vma=False), donate_argnums=donate_argnums)
 
   def _build(self, x_shape):
-    model, tx, cfg = self.model, self.tx, self.cfg
-    b, spe = cfg.batch_size, self.steps_per_epoch
-    sd, rep = P(_SEED_AXIS), P()
+    model, cfg = self.model, self.cfg
+    b, spe, total, with_decay = cfg.batch_size, self.steps_per_epoch, self.total, self.with_decay
+    sd, rep = P(SEED_AXIS), P()
 
-    def seed_init(key):
+    def seed_init(key_data):
+      key = jax.random.wrap_key_data(key_data)
       params = model.init(key, jnp.zeros((1,) + tuple(x_shape[1:]), jnp.float32))["params"]
-      return params, tx.init(params)
+      return params, self.tx.init(params)
 
     def loss_acc(params, xb, yb):
       logits = model.apply({"params": params}, xb)
@@ -369,7 +476,7 @@ class _Engine:
       tot, _ = lax.scan(body, init, (xb.reshape((k, m) + xb.shape[1:]), yb.reshape(k, m)))
       return jax.tree.map(lambda t: t / k, tot)
 
-    def seed_step(params, opt_state, alive, xb, yb):
+    def seed_step(tx, params, opt_state, alive, xb, yb):
       (loss, acc), grads = batch_grads(params, xb, yb)
       updates, new_opt = tx.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
@@ -379,14 +486,17 @@ class _Engine:
 
     perm_of = lambda k, e: jax.random.permutation(jax.random.fold_in(k, e), self.n)
 
-    def seed_chunk(params, opt_state, alive, div_step, data_key, labels, x_all, t0, t1):
-      """Steps t0..t1 of ONE seed: (params, opt, alive, div_step), mean loss, mean accuracy."""
+    def seed_chunk(params, opt_state, alive, div_step, key_data, hparams, labels, x_all, t0, t1):
+      """Steps t0..t1 of ONE member: (params, opt, alive, div_step), mean loss, mean accuracy."""
+      data_key = jax.random.wrap_key_data(key_data)
+      tx = make_optimizer(cfg, total, hparams, with_decay)   # the member's own hyper-parameters
+
       def body(t, carry):
         params, opt_state, alive, div_step, perm, lsum, asum = carry
         i, epoch = t % spe, t // spe
         perm = lax.cond(i == 0, lambda: perm_of(data_key, epoch), lambda: perm)
         idx = lax.dynamic_slice_in_dim(perm, i * b, b)
-        params, opt_state, ok, loss, acc = seed_step(params, opt_state, alive, x_all[idx],
+        params, opt_state, ok, loss, acc = seed_step(tx, params, opt_state, alive, x_all[idx],
                                                      labels[idx])
         div_step = jnp.where(alive & ~ok, t, div_step)
         lsum = lsum + jnp.where(ok, loss, jnp.nan)
@@ -396,18 +506,19 @@ class _Engine:
       carry = (params, opt_state, alive, div_step, perm_of(data_key, t0 // spe), zero, zero)
       params, opt_state, alive, div_step, _, lsum, asum = lax.fori_loop(t0, t1, body, carry)
       steps = jnp.maximum(t1 - t0, 1).astype(jnp.float32)
-      return (params, opt_state, alive, div_step), lsum / steps, asum / steps
+      return TrainState(params, opt_state, alive, div_step), lsum / steps, asum / steps
 
-    def chunk(state, data_keys, labels, x_all, t0, t1):
-      # Seeds are independent, so the step loop sits inside the per-seed function: map and unroll
-      # run seed-major (one seed's parameters stay in cache for the whole chunk), vmap batches it.
-      one = lambda p, o, a, d, k, y: seed_chunk(p, o, a, d, k, y, x_all, t0, t1)
-      return _per_seed(one, self.layout)(*state, data_keys, labels)
+    def chunk(state, inputs, t0, t1):
+      # Members are independent, so the step loop sits inside the per-member function: map and
+      # unroll run member-major (one member's parameters stay in cache for the whole chunk), vmap
+      # batches it.
+      one = lambda p, o, a, d, k, h, y: seed_chunk(p, o, a, d, k, h, y, inputs.x, t0, t1)
+      return _per_seed(one, self.layout)(*state, inputs.data_keys, inputs.hparams, inputs.labels)
 
     self.init = self._shard_map(_per_seed(seed_init, self.layout), (sd,), (sd, sd))
-    # The state is donated: the step updates it in place (one copy of S x params in memory).
-    self.chunk = self._shard_map(chunk, ((sd, sd, sd, sd), sd, sd, rep, rep, rep),
-                                 ((sd, sd, sd, sd), sd, sd), donate_argnums=(0,))
+    # The state is donated: the step updates it in place (one copy of M x params in memory).
+    self.chunk = self._shard_map(chunk, (sd, EngineInputs(sd, sd, sd, rep), rep, rep),
+                                 (sd, sd, sd), donate_argnums=(0,))
 
     def seed_eval(params, xs, ys, mask):
       def body(tot, batch):
@@ -424,22 +535,44 @@ class _Engine:
 
     self.evaluate = self._shard_map(evaluate, (sd, rep, sd, rep), sd)
 
+  def _put(self, a, sharding):
+    a = np.asarray(a)
+    return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
   def put_seeded(self, tree):
-    return jax.tree.map(lambda a: jax.device_put(np.asarray(a), self.seeded), tree)
+    """Host arrays with a leading member axis of size m_pad -> global arrays sharded over it."""
+    return jax.tree.map(lambda a: self._put(a, self.seeded), tree)
 
   def put_replicated(self, a):
-    return jax.device_put(a, self.replicated)
+    return self._put(a, self.replicated)
+
+  def init_params(self, members: Members):
+    """(params, opt_state) of the model's own init, one per member (keys from INIT_STREAM)."""
+    return self.init(self.put_seeded(members.keys(INIT_STREAM)))
+
+  def initial_state(self, members: Members, params=None) -> TrainState:
+    """The state at step 0: the model's init, or the given host params [m_pad, ...]."""
+    if params is None:
+      params, opt_state = self.init_params(members)
+    else:
+      params = self.put_seeded(params)
+      opt_state = jax.jit(jax.vmap(self.tx.init), out_shardings=self.seeded)(params)
+    return TrainState(params, opt_state, self.put_seeded(np.ones(self.m_pad, bool)),
+                      self.put_seeded(np.full(self.m_pad, -1, np.int32)))
+
+  def put_inputs(self, members: Members, x, labels) -> EngineInputs:
+    return EngineInputs(self.put_seeded(members.keys(DATA_STREAM)),
+                        self.put_seeded(members.hparams()),
+                        self.put_seeded(pad_members(labels, self.m_pad)),
+                        self.put_replicated(np.asarray(x, np.float32)))
 
 
-def _pad_seeds(a, s_pad):
+def pad_members(a, m_pad):
+  """[M, ...] -> [m_pad, ...] by repeating the last row (padding members are dropped later)."""
   a = np.asarray(a)
-  if a.shape[0] == s_pad:
+  if a.shape[0] == m_pad:
     return a
-  return np.concatenate([a, np.repeat(a[-1:], s_pad - a.shape[0], axis=0)], axis=0)
-
-
-def _to_host(tree, s):
-  return jax.tree.map(lambda a: np.asarray(jax.device_get(a))[:s], tree)
+  return np.concatenate([a, np.repeat(a[-1:], m_pad - a.shape[0], axis=0)], axis=0)
 
 
 def _eval_batches(x, y, s, batch_size):
@@ -461,6 +594,42 @@ def _event_steps(cfg, total, spe, log_every, eval_every):
   logs = set(range(log_every, total + 1, log_every)) | {total}
   evals = set(range(eval_every, total + 1, eval_every)) | {total}
   return snaps, logs, evals
+
+
+# ----------------------------------------------------------------------------------------------
+# train(): one call, or several packed into one program.
+
+
+@dataclasses.dataclass
+class TrainCall:
+  """The arguments of one `train` call (a sweep point's phase); `run_calls` packs several."""
+  model: nn.Module
+  cfg: Any
+  x: np.ndarray
+  labels: np.ndarray               # [S, N]
+  members: Members
+  workdir: str | None = None
+  eval_sets: Mapping[str, tuple[Any, Any]] | None = None
+  init_params: Any = None
+  snapshot_fn: Callable[[Any], Mapping[str, np.ndarray]] = first_layer_snapshot
+  probe_fn: Callable[[nn.Module, Any], Mapping[str, Any]] | None = None
+  name: str = "train"
+
+
+_packer = threading.local()
+
+
+@contextlib.contextmanager
+def submit_to(packer):
+  """Inside this context, `train` in this thread hands its call to `packer.submit(call)` (which
+  returns the call's TrainResult) instead of running it: `rl_align.packing` packs the calls of
+  several sweep points into one engine program."""
+  old = getattr(_packer, "current", None)
+  _packer.current = packer
+  try:
+    yield
+  finally:
+    _packer.current = old
 
 
 def train(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
@@ -488,111 +657,201 @@ def train(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
   """
   validate(cfg, model, x, labels)
   x = np.asarray(x, np.float32)
-  n, s = x.shape[0], int(cfg.num_seeds)
-  ids = seed_ids(cfg)
-  labels = np.broadcast_to(np.asarray(labels, np.int32), (s, n))
-  eng = _Engine(model, cfg, n, x.shape, s, probe_fn)
+  s = int(cfg.num_seeds)
+  call = TrainCall(model=model, cfg=cfg, x=x, members=Members.of(cfg),
+                   labels=np.broadcast_to(np.asarray(labels, np.int32), (s, x.shape[0])),
+                   workdir=workdir, eval_sets=eval_sets, init_params=init_params,
+                   snapshot_fn=snapshot_fn, probe_fn=probe_fn, name=name)
+  packer = getattr(_packer, "current", None)
+  if packer is not None:
+    return packer.submit(call)
+  return run_calls([call])[0]
+
+
+class _CallView:
+  """One call's share of a packed run: its member slice, its workdir's metrics and snapshots."""
+
+  def __init__(self, call: TrainCall, start: int):
+    self.call, self.sl = call, slice(start, start + len(call.members))
+    self.ids = list(call.members.ids)
+    self.snapshots: dict[int, dict[str, np.ndarray]] = {}
+    self.metrics: list[dict] = []
+    self.snap_dir = os.path.join(call.workdir, f"{call.name}_snapshots") if call.workdir else None
+
+  def resume(self, step: int, is_main: bool) -> None:
+    wd, name = self.call.workdir, self.call.name
+    if wd is None:
+      return
+    if is_main:
+      results_lib.truncate_jsonl(wd, "metrics.jsonl", step)
+    self.metrics = [r for r in results_lib.read_jsonl(wd, "metrics.jsonl") if r.get("phase") == name]
+    if self.snap_dir and os.path.isdir(self.snap_dir):
+      for f in sorted(os.listdir(self.snap_dir)):
+        if f.startswith("step_") and f.endswith(".npz") and int(f[5:-4]) <= step:
+          self.snapshots[int(f[5:-4])] = results_lib.read_npz(self.snap_dir, f)
+
+  def snapshot(self, step: int, host_params, is_main: bool) -> None:
+    self.snapshots[step] = self.call.snapshot_fn(jax.tree.map(lambda a: a[self.sl], host_params))
+    if self.snap_dir and is_main:
+      results_lib.write_npz(self.snap_dir, f"step_{step:08d}.npz", self.snapshots[step])
+
+  def log(self, step: int, spe: int, host: Mapping[str, np.ndarray], is_main: bool) -> None:
+    rows = [{"phase": self.call.name, "step": step, "epoch": step / spe, "seed": sid,
+             **{k: v[self.sl][i] for k, v in host.items()}} for i, sid in enumerate(self.ids)]
+    self.metrics.extend(rows)
+    if self.call.workdir and is_main:
+      results_lib.append_jsonl(self.call.workdir, "metrics.jsonl", rows)
+
+
+def _state_dir(calls: Sequence[TrainCall], packed_dir: str | None) -> str | None:
+  """Where the orbax state lives: WORKDIR/<name>_state for a single call (as always), a folder
+  of the packing's own directory named after the packed workdirs for several."""
+  if len(calls) == 1 or packed_dir is None:
+    wd = calls[0].workdir
+    return os.path.abspath(os.path.join(wd, f"{calls[0].name}_state")) if wd else None
+  tag = hashlib.sha1(json.dumps([c.workdir for c in calls]).encode()).hexdigest()[:12]
+  return os.path.abspath(os.path.join(packed_dir, f"{calls[0].name}_{tag}"))
+
+
+def _initial_state(eng: Engine, calls: Sequence[TrainCall], members: Members) -> TrainState:
+  """Step-0 state of every member: given init params, or each call's model's own init (models
+  of a pack may differ in init-only fields such as init scales)."""
+  if all(c.init_params is not None for c in calls):
+    params = jax.tree.map(lambda *a: np.concatenate(a), *[c.init_params for c in calls])
+    return eng.initial_state(members, jax.tree.map(lambda a: pad_members(a, eng.m_pad), params))
+  state = eng.initial_state(members)
+  models_ = [c.model for c in calls]
+  if all(mdl is models_[0] or mdl == models_[0] for mdl in models_):
+    return state
+  host = to_host(state.params)   # another init per distinct model, member m takes its call's
+  start = 0
+  for c in calls:
+    if not c.model == models_[0]:
+      other = Engine(c.model, c.cfg, eng.n, c.x.shape, eng.m_pad, with_decay=eng.with_decay)
+      theirs = to_host(other.init_params(members)[0])
+      sl = slice(start, start + len(c.members))
+      host = jax.tree.map(lambda a, b: np.concatenate([a[:sl.start], b[sl], a[sl.stop:]]), host, theirs)
+    start += len(c.members)
+  return eng.initial_state(members, host)
+
+
+def run_calls(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list[TrainResult]:
+  """Runs one engine program over the members of every call (they share the model's program,
+  the engine config up to `MEMBER_HPARAMS` and the root seed, x and the eval inputs:
+  `rl_align.packing.pack_key`).  Returns one TrainResult per call, each equal to the call run
+  alone."""
+  c0 = calls[0]
+  cfg, x, name = c0.cfg, c0.x, c0.name
+  members = Members.concat([c.members for c in calls])
+  n, m = x.shape[0], len(members)
+  views, start = [], 0
+  for c in calls:
+    views.append(_CallView(c, start))
+    start += len(c.members)
+  labels = np.concatenate([c.labels for c in calls])
+  eng = Engine(c0.model, cfg, n, x.shape, m, c0.probe_fn,
+               with_decay=any(wd != 0 for wd in members.weight_decay))
+  padded = members.padded(eng.m_pad)
   spe, total = eng.steps_per_epoch, eng.total
   log_every = cfg.log_every_steps or spe
   eval_every = cfg.eval_every_steps or log_every
   snap_steps, log_steps, eval_steps = _event_steps(cfg, total, spe, log_every, eval_every)
   events = sorted(snap_steps | log_steps | eval_steps)
 
-  sets = dict(eval_sets or {})
+  sets = dict(c0.eval_sets or {})
   if "train" not in sets and cfg.train_eval_examples:
-    m = min(n, cfg.train_eval_examples)
-    sets["train"] = (x[:m], labels[:, :m])
+    k = min(n, cfg.train_eval_examples)
+    sets["train"] = (x[:k], None)
   eval_data = {}
-  for k, (xe, ye) in sets.items():
-    xs, ys, mask = _eval_batches(np.asarray(xe, np.float32), ye, s, cfg.eval_batch_size)
-    eval_data[k] = (eng.put_replicated(xs), eng.put_seeded(_pad_seeds(ys, eng.s_pad)),
-                    eng.put_replicated(mask))
+  for key, (xe, _) in sets.items():
+    ys = []
+    for c in calls:
+      ye = (c.eval_sets or {}).get(key, (None, c.labels[:, :min(n, cfg.train_eval_examples)]))[1]
+      ys.append(np.broadcast_to(np.asarray(ye), (len(c.members), np.shape(xe)[0])))
+    xs, ys, mask = _eval_batches(np.asarray(xe, np.float32), np.concatenate(ys), m,
+                                 cfg.eval_batch_size)
+    eval_data[key] = (eng.put_replicated(xs), eng.put_seeded(pad_members(ys, eng.m_pad)),
+                      eng.put_replicated(mask))
 
-  ids_pad = ids + [ids[-1]] * (eng.s_pad - s)   # padding seeds repeat the last one; dropped at the end
-  keys = lambda stream: jax.device_put(
-      jnp.stack([seed_key(cfg.seed, i, stream) for i in ids_pad]), eng.seeded)
-  data_keys = keys(_DATA)
-  labels_d = eng.put_seeded(_pad_seeds(labels, eng.s_pad))
-  x_d = eng.put_replicated(x)
-  if init_params is None:
-    params, opt_state = eng.init(keys(_INIT))
-  else:
-    params = eng.put_seeded(jax.tree.map(lambda a: _pad_seeds(a, eng.s_pad), init_params))
-    opt_state = jax.jit(jax.vmap(eng.tx.init), out_shardings=eng.seeded)(params)
-  alive = eng.put_seeded(np.ones(eng.s_pad, bool))
-  div_step = eng.put_seeded(np.full(eng.s_pad, -1, np.int32))
-  state = (params, opt_state, alive, div_step)
-
+  inputs = eng.put_inputs(padded, x, labels)
+  state = _initial_state(eng, calls, padded)
   is_main = jax.process_index() == 0
-  ckpt = _Checkpointer(workdir, name) if workdir else None
-  step, snapshots, metrics = 0, {}, []
+  root = _state_dir(calls, packed_dir)
+  ckpt = _Checkpointer(root) if root else None
+  step = 0
   if ckpt is not None:
-    restored = ckpt.restore(_to_host(state, eng.s_pad))
+    restored = ckpt.restore(to_host(state))
     if restored is not None:
       step, host_state = restored
-      state = eng.put_seeded(host_state)
-      results_lib.truncate_jsonl(workdir, "metrics.jsonl", step) if is_main else None
-      metrics = [r for r in results_lib.read_jsonl(workdir, "metrics.jsonl") if r.get("phase") == name]
-      snapshots = ckpt.load_snapshots(step)
-      logging.info("%s: resumed from step %d in %s", name, step, workdir)
+      state = TrainState(*eng.put_seeded(tuple(host_state)))
+      for v in views:
+        v.resume(step, is_main)
+      logging.info("%s: resumed from step %d in %s", name, step, root)
 
-  logging.info("%s: %d seeds x %d steps (%d/epoch) on %d %s device(s), layout=%s, gradient "
-               "micro-batch %d of %d", name, s, total, spe, eng.mesh.size,
-               eng.devices[0].platform, eng.layout, eng.microbatch, cfg.batch_size)
-  if 0 in snap_steps and 0 not in snapshots:
-    snapshots[0] = snapshot_fn(_to_host(state[0], s))
-    ckpt and ckpt.save_snapshot(0, snapshots[0])
+  what = f"{m} members of {len(calls)} packed calls" if len(calls) > 1 else f"{m} seeds"
+  logging.info("%s: %s x %d steps (%d/epoch) on %d %s device(s) in %d process(es), layout=%s, "
+               "gradient micro-batch %d of %d", name, what, total, spe, eng.mesh.size,
+               eng.devices[0].platform, jax.process_count(), eng.layout, eng.microbatch,
+               cfg.batch_size)
+  if 0 in snap_steps and any(0 not in v.snapshots for v in views):
+    host_params = to_host(state.params, m)
+    for v in views:
+      v.snapshot(0, host_params, is_main)
   prog = progress_lib.Progress(total, step, name)
   last_ckpt = time.monotonic()
   final_metrics = {}
   precision = None if cfg.matmul_precision == "default" else cfg.matmul_precision
+
+  def run_evals(params):
+    out = {}
+    for key, (xs, ys, mask) in eval_data.items():
+      res = to_host(eng.evaluate(params, xs, ys, mask), m)
+      out[f"{key}_loss"], out[f"{key}_accuracy"] = res[:, 0], res[:, 1]
+    return out
+
   with jax.default_matmul_precision(precision):
     for ev in events:
       if ev <= step:
         continue
-      state, lmean, amean = eng.chunk(state, data_keys, labels_d, x_d, np.int32(step), np.int32(ev))
+      state, lmean, amean = eng.chunk(state, inputs, np.int32(step), np.int32(ev))
       step = ev
-      rows = None
       if ev in log_steps or ev in eval_steps:
-        host = {"loss": np.asarray(lmean)[:s], "batch_accuracy": np.asarray(amean)[:s],
-                "alive": np.asarray(state[2])[:s]}
+        host = {"loss": to_host(lmean, m), "batch_accuracy": to_host(amean, m),
+                "alive": to_host(state.alive, m)}
         if ev in eval_steps:
-          for k, (xs, ys, mask) in eval_data.items():
-            out = np.asarray(eng.evaluate(state[0], xs, ys, mask))[:s]
-            host[f"{k}_loss"], host[f"{k}_accuracy"] = out[:, 0], out[:, 1]
+          final_metrics = run_evals(state.params)
+          host.update(final_metrics)
           if eng.probe is not None:
-            for k, v in eng.probe(state[0]).items():
-              host[f"probe/{k}"] = np.asarray(v)[:s]
-          final_metrics = {k: v for k, v in host.items()
-                           if any(k.startswith(e + "_") for e in eval_data)}
-        rows = [{"phase": name, "step": ev, "epoch": ev / spe, "seed": ids[i],
-                 **{k: v[i] for k, v in host.items()}} for i in range(s)]
-        metrics.extend(rows)
-        if workdir and is_main:
-          results_lib.append_jsonl(workdir, "metrics.jsonl", rows)
-        shown = {k: float(np.nanmean(v)) for k, v in host.items() if k != "alive"}
-        prog.report(ev, shown)
+            for k, v in to_host(eng.probe(state.params), m).items():
+              host[f"probe/{k}"] = v
+        for v in views:
+          v.log(ev, spe, host, is_main)
+        prog.report(ev, {k: float(np.nanmean(v)) for k, v in host.items() if k != "alive"})
       if ev in snap_steps:
-        snapshots[ev] = snapshot_fn(_to_host(state[0], s))
-        if ckpt:
-          ckpt.save_snapshot(ev, snapshots[ev])
+        host_params = to_host(state.params, m)
+        for v in views:
+          v.snapshot(ev, host_params, is_main)
       if ckpt and (ev == total or time.monotonic() - last_ckpt > cfg.checkpoint_every_secs):
-        ckpt.save(ev, _to_host(state, eng.s_pad))
+        ckpt.save(ev, to_host(state))
         last_ckpt = time.monotonic()
 
   if not final_metrics and ckpt is not None:  # finished run reloaded: recompute final eval
-    for k, (xs, ys, mask) in eval_data.items():
-      out = np.asarray(eng.evaluate(state[0], xs, ys, mask))[:s]
-      final_metrics[f"{k}_loss"], final_metrics[f"{k}_accuracy"] = out[:, 0], out[:, 1]
-  host_state = _to_host(state, s)
-  diverged = ~host_state[2]
-  if diverged.any():
-    logging.warning("%s: seeds %s diverged (non-finite loss) and were frozen at steps %s.", name,
-                    [ids[i] for i in np.flatnonzero(diverged)], host_state[3][diverged].tolist())
-  return TrainResult(params=host_state[0], seed_ids=ids, final_step=step, steps_per_epoch=spe,
-                     diverged=diverged, diverged_step=host_state[3], metrics=metrics,
-                     snapshots=dict(sorted(snapshots.items())), final_metrics=final_metrics,
-                     layout=eng.layout)
+    final_metrics = run_evals(state.params)
+  host_state = to_host(state, m)
+  out = []
+  for v in views:
+    sl, ids = v.sl, v.ids
+    diverged = ~host_state.alive[sl]
+    if diverged.any():
+      logging.warning("%s: seeds %s diverged (non-finite loss) and were frozen at steps %s.", name,
+                      [ids[i] for i in np.flatnonzero(diverged)],
+                      host_state.div_step[sl][diverged].tolist())
+    out.append(TrainResult(
+        params=jax.tree.map(lambda a: a[sl], host_state.params), seed_ids=ids, final_step=step,
+        steps_per_epoch=spe, diverged=diverged, diverged_step=host_state.div_step[sl],
+        metrics=v.metrics, snapshots=dict(sorted(v.snapshots.items())),
+        final_metrics={k: a[sl] for k, a in final_metrics.items()}, layout=eng.layout))
+  return out
 
 
 def _quiet_orbax(record) -> bool:
@@ -601,21 +860,24 @@ def _quiet_orbax(record) -> bool:
 
 
 class _Checkpointer:
-  """Orbax checkpoints of the stacked train state + npz weight snapshots, under workdir/<name>/."""
+  """Orbax checkpoints of the stacked train state under `root`/checkpoints.
 
-  def __init__(self, workdir: str, name: str):
+  Every process calls `save` and `restore` (orbax synchronizes them); the state is the host copy
+  of the global arrays, identical on every process.
+  """
+
+  def __init__(self, root: str):
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     absl_logger = logging.get_absl_logger()
     if _quiet_orbax not in absl_logger.filters:
       absl_logger.addFilter(_quiet_orbax)
     self._ocp = ocp
-    self.root = os.path.abspath(os.path.join(workdir, f"{name}_state"))
-    self.snap_dir = os.path.join(workdir, f"{name}_snapshots")
+    self.root = root
     opts = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
     self.mngr = ocp.CheckpointManager(os.path.join(self.root, "checkpoints"), options=opts)
 
   def save(self, step: int, host_state) -> None:
-    self.mngr.save(step, args=self._ocp.args.StandardSave(host_state), force=True)
+    self.mngr.save(step, args=self._ocp.args.StandardSave(tuple(host_state)), force=True)
     self.mngr.wait_until_finished()
 
   def restore(self, template):
@@ -623,31 +885,17 @@ class _Checkpointer:
     if step is None:
       return None
     try:
-      restored = self.mngr.restore(step, args=self._ocp.args.StandardRestore(template))
+      restored = self.mngr.restore(step, args=self._ocp.args.StandardRestore(tuple(template)))
     except Exception as e:  # a checkpoint of another model / config
       raise errors.ConfigError(
           f"the checkpoint at step {step} in {self.root} does not match this run's model or "
           f"config ({type(e).__name__}: {str(e)[:200]}). Fix: use a fresh --workdir, or rerun "
           "with the config that wrote it.") from None
-    return step, jax.tree.map(np.asarray, restored)
-
-  def save_snapshot(self, step: int, arrays) -> None:
-    if jax.process_index() == 0:
-      results_lib.write_npz(self.snap_dir, f"step_{step:08d}.npz", arrays)
-
-  def load_snapshots(self, max_step: int) -> dict[int, dict[str, np.ndarray]]:
-    out = {}
-    if not os.path.isdir(self.snap_dir):
-      return out
-    for f in sorted(os.listdir(self.snap_dir)):
-      if f.startswith("step_") and f.endswith(".npz"):
-        st = int(f[5:-4])
-        if st <= max_step:
-          out[st] = results_lib.read_npz(self.snap_dir, f)
-    return out
+    return step, TrainState(*jax.tree.map(np.asarray, restored))
 
 
 def init_distributed() -> None:
-  """Multi-host: call once at program start when JAX's coordinator env vars are set."""
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
-    jax.distributed.initialize()
+  """Multi-host from the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+  JAX_PROCESS_ID, or a SLURM / Open MPI job): see `rl_align.distributed.initialize`."""
+  from rl_align import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize()
