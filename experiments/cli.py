@@ -29,6 +29,7 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from experiments import scaleout
 from rl_align import errors
 from rl_align import experiment
 from rl_align import machine
@@ -49,6 +50,7 @@ def define_config_flags(example: str) -> None:
   They are registered under the running binary, so its --helpshort lists them.
   """
   config_flags.DEFINE_config_file("config", None, f"Config file, e.g. {example}")
+  scaleout.define_flags()
   flags.DEFINE_string("workdir", None, "Output folder; rerunning on it resumes.")
   for name in ("config", "workdir"):
     FLAGS.register_flag_by_module(sys.argv[0], FLAGS[name])
@@ -143,14 +145,10 @@ class RunRecord:
     results.write_json(self.workdir, RUN_RECORD, self.rec)
 
 
-def run_main(fn: Callable[[Any, str], Any], config, workdir: str,
-             argv: Sequence[str] | None = None) -> Any:
-  """Runs fn(config, workdir) as a binary does: config.json and run.json in workdir, and every
-  RLAlignError as one `error:` line with exit code 2 (no traceback).  argv: the command line to
-  record in run.json (default sys.argv)."""
-  if not workdir:
-    fail("--workdir is required. Fix: pass --workdir=/path/to/run (rerun resumes there).")
-  train.init_distributed()
+def run_recorded(fn: Callable[[Any, str], Any], config, workdir: str,
+                 argv: Sequence[str] | None = None) -> Any:
+  """fn(config, workdir) with config.json and run.json in workdir; errors propagate (a sweep runs
+  one of these per point)."""
   record = RunRecord(workdir, argv)
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -159,12 +157,28 @@ def run_main(fn: Callable[[Any, str], Any], config, workdir: str,
     out = fn(config, workdir)
   except errors.RLAlignError as e:
     record.finish(f"error: {e}")
-    fail(e)
+    raise
   except BaseException as e:
     record.finish(f"failed: {type(e).__name__}")
     raise
   record.finish("finished")
   return out
+
+
+def run_main(fn: Callable[[Any, str], Any], config, workdir: str,
+             argv: Sequence[str] | None = None) -> Any:
+  """Runs fn(config, workdir) as a binary does: config.json and run.json in workdir, and every
+  RLAlignError as one `error:` line with exit code 2 (no traceback).  argv: the command line to
+  record in run.json (default sys.argv).  With --sweep flags, runs the sweep instead."""
+  if not workdir:
+    fail("--workdir is required. Fix: pass --workdir=/path/to/run (rerun resumes there).")
+  try:
+    scaleout.init_processes()
+    if scaleout.is_sweep():
+      return scaleout.run_sweep(lambda c, d: run_recorded(fn, c, d, argv), config, workdir)
+    return run_recorded(fn, config, workdir, argv)
+  except errors.RLAlignError as e:
+    fail(e)
 
 
 def launch(fn: Callable[[Any, str], Any], summary: Callable[[Any], str] | None = None) -> None:
@@ -176,7 +190,9 @@ def launch(fn: Callable[[Any, str], Any], summary: Callable[[Any], str] | None =
   def main(argv):
     del argv
     out = run_main(fn, loaded_config(), FLAGS.workdir)
-    if summary is not None:
+    if scaleout.is_sweep():
+      print(scaleout.sweep_table(out))
+    elif summary is not None:
       print(summary(out))
   flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=parse_flags)

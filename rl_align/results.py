@@ -17,17 +17,17 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 
-def _to_jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
   """numpy / jax scalars and arrays -> plain Python; non-finite floats -> None (valid JSON)."""
   if isinstance(obj, Mapping):
-    return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    return {str(k): to_jsonable(v) for k, v in obj.items()}
   if isinstance(obj, (list, tuple)):
-    return [_to_jsonable(v) for v in obj]
+    return [to_jsonable(v) for v in obj]
   if hasattr(obj, "to_dict"):  # ml_collections.ConfigDict
-    return _to_jsonable(obj.to_dict())
+    return to_jsonable(obj.to_dict())
   if hasattr(obj, "__array__") and not isinstance(obj, (str, bytes)):
     arr = np.asarray(obj)
-    return _to_jsonable(arr.tolist()) if arr.ndim else _to_jsonable(arr.item())
+    return to_jsonable(arr.tolist()) if arr.ndim else to_jsonable(arr.item())
   if isinstance(obj, float):
     return obj if math.isfinite(obj) else None
   if isinstance(obj, (bool, int, str)) or obj is None:
@@ -35,7 +35,16 @@ def _to_jsonable(obj: Any) -> Any:
   return str(obj)
 
 
+def writes_here() -> bool:
+  """False on every process but process 0 of a multi-process run: process 0 alone writes results,
+  metrics and plots (the others compute the same values; `rl_align.distributed`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
+
+
 def _atomic_write_bytes(path: str, data: bytes) -> None:
+  if not writes_here():
+    return
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
@@ -54,7 +63,14 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
 def write_json(workdir: str, name: str, obj: Any) -> str:
   """Atomically writes `obj` (numpy-aware) as indented JSON to workdir/name; returns the path."""
   path = os.path.join(workdir, name)
-  _atomic_write_bytes(path, (json.dumps(_to_jsonable(obj), indent=1) + "\n").encode())
+  _atomic_write_bytes(path, (json.dumps(to_jsonable(obj), indent=1) + "\n").encode())
+  return path
+
+
+def write_text(workdir: str, name: str, text: str) -> str:
+  """Atomically writes text (e.g. CSV) to workdir/name; returns the path."""
+  path = os.path.join(workdir, name)
+  _atomic_write_bytes(path, text.encode())
   return path
 
 
@@ -85,9 +101,11 @@ def read_npz(workdir: str, name: str) -> dict[str, np.ndarray] | None:
 
 
 def append_jsonl(workdir: str, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
-  """Appends one JSON object per line (flushed and fsynced)."""
+  """Appends one JSON object per line (flushed and fsynced); process 0 only."""
+  if not writes_here():
+    return
   os.makedirs(workdir, exist_ok=True)
-  text = "".join(json.dumps(_to_jsonable(r)) + "\n" for r in rows)
+  text = "".join(json.dumps(to_jsonable(r)) + "\n" for r in rows)
   with open(os.path.join(workdir, name), "a") as f:
     f.write(text)
     f.flush()
