@@ -1,4 +1,5 @@
-"""Eigenbases, misalignment, the transfer function f and subspace overlaps (PAPER.md section 1).
+"""Eigenbases, misalignment, the transfer function f and subspace overlaps (the paper's
+section 2 and Definition 3).
 
 Everything here is float64 NumPy on the host (matrices are at most a few thousand wide)::
 
@@ -14,7 +15,7 @@ Everything here is float64 NumPy on the host (matrices are at most a few thousan
     cos = alignment.principal_cosines(V, V_w, k=5)           # top-5 eigenspaces: cos of angles
     ov = alignment.subspace_overlap(V, V_w, k=5)             # mean cos^2; random: k / d
 
-Misalignment (PAPER.md): M = sum_i ( sqrt((v_i^T S v_i)(v_i^T S^-1 v_i)) - 1 ), S = Sigma_w.
+Misalignment (the paper's section 2): M = sum_i ( sqrt((v_i^T S v_i)(v_i^T S^-1 v_i)) - 1 ), S = Sigma_w.
 Each term is >= 0 (Cauchy-Schwarz) and 0 iff v_i is an eigenvector of S; M is invariant to
 scaling S.  S^-1 v is never formed: v^T S^-1 v = ||L^-1 v||^2 with S = L L^T (Cholesky).
 """

@@ -278,7 +278,9 @@ def _band_bytes(h: int, w: int, c: int, k: int) -> int:
   return 8 * h * k * (w * c) ** 2
 
 
-def _resolve_method(method: str, shape, k: int) -> str:
+def resolve_method(method: str, shape, k: int) -> str:
+  """The patch-Gram method `patch_moments` uses for images of `shape` (H, W, C) and k x k patches:
+  `method` itself, or for "auto" the faster of "band" and "patches" (within a memory budget)."""
   if method not in METHODS:
     raise errors.ConfigError(f"method must be one of {METHODS}, got {method!r}. Fix: use 'auto'.")
   if method != "auto":
@@ -289,6 +291,9 @@ def _resolve_method(method: str, shape, k: int) -> str:
   # faster up to W ~ 90 (k=3), ~110 (k=5), ~130 (k=7).
   small = _band_bytes(h, w, c, k) <= _BAND_BYTES
   return "band" if small and w <= 56 + 12 * k else "patches"
+
+
+_resolve_method = resolve_method   # old private name, still used by benchmarks/patch_covariance.py
 
 
 class _Threads:
@@ -431,7 +436,7 @@ class _PatchStream:
     self.k, self.shape = k, tuple(first.shape[1:])
     self.dtype = _compute_dtype(first.dtype, "images")
     self.gram = {"band": _BandGram, "patches": _PatchGram}[
-        _resolve_method(method, self.shape, k)](self.shape, k, threads)
+        resolve_method(method, self.shape, k)](self.shape, k, threads)
     mean = first.reshape(-1, self.shape[-1]).mean(axis=0, dtype=np.float64)
     if not np.all(np.isfinite(mean)):
       raise _not_finite("images", f"in images #0..#{len(first) - 1}")

@@ -206,9 +206,8 @@ def test_one_core_inline_path_equals_threaded_path(method, monkeypatch):
 
 
 def test_auto_method_uses_band_for_small_images():
-  # pylint: disable=protected-access
-  assert covariance._resolve_method("auto", (32, 32, 3), 3) == "band"
-  assert covariance._resolve_method("auto", (32, 32, 3), 5) == "band"
-  assert covariance._resolve_method("auto", (224, 224, 3), 7) == "patches"
+  assert covariance.resolve_method("auto", (32, 32, 3), 3) == "band"
+  assert covariance.resolve_method("auto", (32, 32, 3), 5) == "band"
+  assert covariance.resolve_method("auto", (224, 224, 3), 7) == "patches"
   with pytest.raises(errors.ConfigError, match="method must be"):
-    covariance._resolve_method("fast", (8, 8, 3), 3)
+    covariance.resolve_method("fast", (8, 8, 3), 3)
