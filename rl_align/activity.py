@@ -1,6 +1,6 @@
 """Per-layer ReLU activity on a fixed probe batch: how many units fire, and how many are dead.
 
-Three numbers per ReLU layer (PAPER.md section 3, "specialization"), over a fixed probe batch:
+Three numbers per ReLU layer (the paper's section 3, specialization), over a fixed probe batch:
 
 - ``active_fraction``: mean over units, positions and examples of ``relu > 0``;
 - ``dead_fraction``: fraction of units never active on the probe batch.  A unit is a neuron of a
@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rl_align import curves
 from rl_align import errors
 from rl_align import models
 
@@ -99,10 +100,10 @@ def measure(model, stacked_params, x_probe, *, layers: Sequence[str] | None = No
   s = jax.tree.leaves(stacked_params)[0].shape[0]
   rows = [one(jax.tree.map(lambda a, i=i: a[i], stacked_params)) for i in range(s)]
   flat = {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
-  return unflatten(flat)
+  return by_layer(flat)
 
 
-def unflatten(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def by_layer(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
   """{"<layer>/<stat>": v} (optionally prefixed with "probe/") -> {layer: {stat: v}}, layers in
   forward order (`models.sort_layers`)."""
   out: dict[str, dict[str, Any]] = {}
@@ -121,23 +122,12 @@ def curves_from_metrics(rows: Sequence[Mapping[str, Any]], *, phase: str | None 
   Only rows with probe keys (eval steps) count; `phase` keeps one engine phase, `seeds` picks and
   orders the seed ids (default: all, ascending).  A missing value is nan.
   """
-  rows = [r for r in rows if (phase is None or r.get("phase") == phase)
-          and any(k.startswith(PREFIX) for k in r)]
-  if not rows:
-    return {}
-  steps = sorted({int(r["step"]) for r in rows})
-  ids = sorted({int(r["seed"]) for r in rows}) if seeds is None else [int(s) for s in seeds]
-  si, ti = {s: i for i, s in enumerate(ids)}, {t: i for i, t in enumerate(steps)}
+  rows = [r for r in rows if phase is None or r.get("phase") == phase]
   keys = sorted({k for r in rows for k in r if k.startswith(PREFIX)})
-  arrays = {k: np.full((len(ids), len(steps)), np.nan) for k in keys}
-  for r in rows:
-    s = int(r["seed"])
-    if s not in si:
-      continue
-    for k in keys:
-      if k in r and r[k] is not None:
-        arrays[k][si[s], ti[int(r["step"])]] = float(r[k])
-  out = unflatten(arrays)
+  if not keys:
+    return {}
+  steps, arrays = curves.from_metrics(rows, keys, seeds=seeds)
+  out = by_layer(arrays)
   for layer in out:
-    out[layer]["steps"] = np.array(steps)
+    out[layer]["steps"] = steps.copy()
   return out

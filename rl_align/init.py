@@ -25,6 +25,7 @@ columns are i.i.d. N(0, Sigma)::
 
     # The weight-scaling control: each tensor back to its init L2 norm, then a fresh head
     params = init.weight_scaling_control(trained, at_init, fresh)
+    per_seed = init.unstack(stacked)          # [S, ...] params <-> one tree per seed: init.stack
 
 Sigma may be given dense (eigen-decomposed once, in float64) or as a :class:`Spectrum` (orthonormal
 directions, a std along each, and one std for the orthogonal complement), the low-rank form used
@@ -498,6 +499,18 @@ def rescale_to_init(params, init_params):
     scale = n0 / n if n > 0 else 1.0
     return (p64 * scale).astype(np.asarray(p).dtype)
   return jax.tree.map(one, params, init_params)
+
+
+def unstack(stacked) -> list:
+  """Params with a leading seed axis -> one tree of numpy arrays per seed."""
+  leaves = jax.tree.leaves(stacked)
+  n = leaves[0].shape[0] if leaves else 0
+  return [jax.tree.map(lambda a, i=i: np.asarray(a[i]), stacked) for i in range(n)]
+
+
+def stack(trees: Sequence[Any]):
+  """One tree per seed -> params with a leading seed axis (numpy)."""
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
 def replace_layer(params, source, layer: str):

@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 
-from rl_align import curves
+from rl_align import curves, errors
 
 
 def test_iterations_to_reach_interpolates_and_flags_never():
@@ -18,3 +19,22 @@ def test_speedup_is_ratio_of_mean_iterations():
   assert curves.speedup(steps, slow, fast, 0.5) == 2.0
   assert curves.speedup(steps, fast, slow, 0.5) == 0.5
   assert np.isnan(curves.speedup(steps, slow * 0.1, fast, 0.5))
+
+
+def test_from_metrics_orders_seeds_filters_the_phase_and_keeps_gaps_as_nan():
+  rows = [{"phase": "up", "step": 5, "seed": 1, "acc": 0.5},
+          {"phase": "up", "step": 5, "seed": 0, "acc": 0.4, "loss": 2.0},
+          {"phase": "up", "step": 10, "seed": 0, "acc": None},          # non-finite, read back
+          {"phase": "down", "step": 7, "seed": 0, "acc": 0.9}]
+  steps, c = curves.from_metrics(rows, ["acc"], seeds=[1, 0], phase="up")
+  assert steps.tolist() == [5, 10]
+  np.testing.assert_array_equal(c["acc"], [[0.5, np.nan], [0.4, np.nan]])
+  steps, c = curves.from_metrics(rows, ["loss"])
+  assert steps.tolist() == [5] and c["loss"].tolist() == [[2.0]]
+
+
+def test_finished_seeds_checks_the_flags():
+  assert curves.finished_seeds(None, 3).tolist() == [True] * 3
+  assert curves.finished_seeds([False, True], 2).tolist() == [True, False]
+  with pytest.raises(errors.DataError, match="one per seed"):
+    curves.finished_seeds([False, True], 3)
