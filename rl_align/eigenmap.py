@@ -1,84 +1,103 @@
-"""The eigenvalue map f and first-layer alignment of trained networks (Figs 2, 4, 20).
+"""The eigenvalue map f and first-layer alignment of trained networks (the paper's Figs 2, 4, 20).
 
-Pure analysis plus the experiment runner used by ``python -m experiments.eigenvalue_map``::
+Pure analysis; the experiment that trains the seeds is `rl_align.runners.eigenmap` (its `run`,
+`run_panels`, `run_misalignment` and `run_sweep` stay importable from here)::
 
     from rl_align import eigenmap
     summary = eigenmap.summarize(kernels, lam, V, key=0)   # kernels [S, d, h] or [S, k, k, C, F]
     summary["f"]                        # [S, d]: f(sigma_i) = sqrt(v_i^T Sigma_w v_i) per seed
     summary["misalignment_eigenbasis"]  # [S]  vs  summary["misalignment_random_basis"] [S]
+    eigenmap.shape_checks(summary, d=30, reference={"sigma": [...], "f": [...]})
 
-    results = eigenmap.run(config, workdir)   # trains config.train.num_seeds seeds, writes workdir/
+Seeds flagged in `diverged` keep their per-seed rows but enter no pooled statistic, seed mean or
+check; when every seed diverged the pooled values are nan and `error` / the checks say so.
 
 results.json schema (documented in the README): eigenvalues, sigma, f [S][d], f_pooled [d],
 misalignment_eigenbasis [S], misalignment_random_basis [S], misalignment_floor {mean, std},
-num_weight_samples, train_accuracy [S], diverged [S], snapshots [{step, epoch, ...same keys}],
-early_time [{step, s0_sq, c, r2, max_rel_err}].
+num_weight_samples, num_seeds, num_diverged, train_accuracy [S], diverged [S], snapshots [{step,
+epoch, ...same keys}], early_time [{step, s0_sq, c, r2, max_rel_err}].
 """
-import time
-from typing import Any
+import importlib
+from typing import Any, Mapping, Sequence
 
-import jax
 import numpy as np
 
 from rl_align import alignment
 from rl_align import covariance
-from rl_align import data as data_lib
-from rl_align import experiment
-from rl_align import models
-from rl_align import results
-from rl_align import train
-from rl_align.runners import common
+from rl_align import curves
+from rl_align import errors
 
 
-def data_eigenbasis(config, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(lambda desc, V) of the input covariance: of x itself (vectors) or of its k x k patches."""
-  if x.ndim == 4:
-    k = int(config.analysis.patch_size)
-    _, cov = covariance.patch_covariance(x, k)
-  elif config.data.name == "gaussian" and config.analysis.get("population_covariance", True):
-    kw = common.source_kwargs(config.data)
-    cov = data_lib.gaussian_covariance(stds=kw.get("stds"), variances=kw.get("variances"),
-                                       rotate=kw.get("rotate", False), seed=kw.get("seed", 0))
-  else:
-    _, cov = covariance.data_covariance(x)
-  return alignment.eigh_desc(cov)
+def _per_seed(fn, items, ok) -> np.ndarray:
+  """fn over every seed; a seed that diverged and cannot be analysed (e.g. a singular Sigma_w)
+  gets nan instead of stopping the analysis of the others."""
+  out = []
+  for item, good in zip(items, ok):
+    try:
+      out.append(fn(item))
+    except (errors.RLAlignError, np.linalg.LinAlgError, FloatingPointError):
+      if good:
+        raise
+      out.append(np.nan)
+  return np.array(out, dtype=np.float64)
 
 
 def summarize(kernels: np.ndarray, lam: np.ndarray, V: np.ndarray, *, key=0, centered=False,
-              reduce="sum", floor_trials=5) -> dict[str, Any]:
-  """f, misalignment (data eigenbasis vs Haar-random basis) per seed and pooled over seeds.
+              reduce="sum", floor_trials=5, diverged=None) -> dict[str, Any]:
+  """f, misalignment (data eigenbasis vs Haar-random basis) per seed and pooled over the seeds
+  that finished.
 
   Args:
     kernels: first-layer kernels with a leading seed axis, [S, d, h] or [S, k, k, C, F].
     lam, V: descending eigenvalues / eigenvector columns of the input covariance.
+    diverged: [S] flags of seeds that diverged (None: none did).
   """
   d = V.shape[0]
+  ok = curves.finished_seeds(diverged, len(kernels))
   rand = alignment.random_basis(key, d)
-  per_seed = [covariance.weight_covariance(k, centered=centered) for k in kernels]
-  f = np.stack([alignment.transfer_function_in_basis(c, V) for c in per_seed])
+  with np.errstate(over="ignore", invalid="ignore"):
+    per_seed = [covariance.weight_covariance(k, centered=centered) for k in kernels]
+    f = np.stack([alignment.transfer_function_in_basis(c, V) for c in per_seed])
   mis = lambda c, b: alignment.misalignment(c, b, reduce=reduce, ridge=1e-9)
-  pooled = covariance.weight_covariance(kernels, centered=centered)
   n_per_seed = covariance.weight_samples(kernels[0]).shape[0]
-  floor = alignment.finite_sample_floor(V, alignment.variances_in_basis(per_seed[0], V), n_per_seed,
+  out = {
+      "eigenvalues": lam, "sigma": np.sqrt(np.clip(lam, 0, None)), "f": f,
+      "misalignment_eigenbasis": _per_seed(lambda c: mis(c, V), per_seed, ok),
+      "misalignment_random_basis": _per_seed(lambda c: mis(c, rand), per_seed, ok),
+      "num_weight_samples": n_per_seed, "num_seeds": len(kernels),
+      "diverged": ~ok, "num_diverged": int((~ok).sum()),
+  }
+  if not ok.any():
+    nan = {"mean": float("nan"), "std": float("nan")}
+    out.update(f_pooled=np.full(d, np.nan), misalignment_pooled_eigenbasis=float("nan"),
+               misalignment_pooled_random_basis=float("nan"), misalignment_floor=nan,
+               misalignment_pooled_floor=nan, error=curves.all_diverged(len(kernels)))
+    return out
+  pooled = covariance.weight_covariance(kernels[ok], centered=centered)
+  first = per_seed[int(np.flatnonzero(ok)[0])]
+  floor = alignment.finite_sample_floor(V, alignment.variances_in_basis(first, V), n_per_seed,
                                         key, trials=floor_trials, reduce=reduce)
   pooled_floor = alignment.finite_sample_floor(V, alignment.variances_in_basis(pooled, V),
-                                               n_per_seed * len(kernels), key, trials=floor_trials,
-                                               reduce=reduce)
-  return {
-      "eigenvalues": lam, "sigma": np.sqrt(np.clip(lam, 0, None)),
-      "f": f, "f_pooled": alignment.transfer_function_in_basis(pooled, V),
-      "misalignment_eigenbasis": np.array([mis(c, V) for c in per_seed]),
-      "misalignment_random_basis": np.array([mis(c, rand) for c in per_seed]),
+                                               n_per_seed * int(ok.sum()), key,
+                                               trials=floor_trials, reduce=reduce)
+  out.update({
+      "f_pooled": alignment.transfer_function_in_basis(pooled, V),
       "misalignment_pooled_eigenbasis": mis(pooled, V),
       "misalignment_pooled_random_basis": mis(pooled, rand),
       "misalignment_floor": {"mean": floor[0], "std": floor[1]},
       "misalignment_pooled_floor": {"mean": pooled_floor[0], "std": pooled_floor[1]},
-      "num_weight_samples": n_per_seed, "num_seeds": len(kernels),
-  }
+  })
+  return out
+
+
+def finished(res: Mapping[str, Any]) -> np.ndarray:
+  """[S] bool: the seeds of a summary (or results.json) that enter statistics."""
+  return curves.finished_seeds(res.get("diverged"), len(res["f"]))
 
 
 def early_time_fit(f: np.ndarray, lam: np.ndarray) -> dict[str, float]:
-  """Fits f^2 = s0^2 + c * lambda (PAPER.md section 2: Sigma_w(t) ~ s0^2 I + c t Sigma_x).
+  """Fits f^2 = s0^2 + c * lambda, the random-walk reading of the paper's Proposition (section 2):
+  early in training Sigma_w(t) ~ s0^2 I + c t Sigma_x.  f: [S, d] (finished seeds) or [d].
 
   Returns the fit and how well it holds: r2 and the largest relative error of the predicted f.
   """
@@ -92,74 +111,16 @@ def early_time_fit(f: np.ndarray, lam: np.ndarray) -> dict[str, float]:
           "max_rel_err": float(rel.max())}
 
 
-def load_data(config):
-  """Training inputs (standardized if config.data.standardize) and their labels [S, N] or [N]."""
-  ds = common.load_split(config.data, "train")
-  x = ds.x
-  if config.data.standardize:
-    (x,) = common.standardize_like(x)
-  return ds, x, common.make_labels(config, ds)
-
-
-def run(config, workdir: str) -> dict[str, Any]:
-  """Trains the seeds, analyses final weights and snapshots, writes results.json/arrays.npz/plots."""
-  t0 = time.time()
-  ds, x, labels = load_data(config)
-  lam, V = data_eigenbasis(config, x)
-  model = models.build(config.model)
-  res = train.train(model, config.train, x, labels, workdir=workdir, name="train")
-  kernels = models.first_layer_kernel(res.params)
-  key = int(config.analysis.basis_seed)
-  out = summarize(kernels, lam, V, key=key, centered=config.analysis.centered,
-                  reduce=config.analysis.reduce)
-  out["train_accuracy"] = res.final_metrics.get("train_accuracy")
-  out["diverged"] = res.diverged
-  out["step"], out["epoch"] = res.final_step, res.final_step / res.steps_per_epoch
-  snaps, fits = [], []
-  for step, snap in res.snapshots.items():
-    s = summarize(snap["first_kernel"], lam, V, key=key, centered=config.analysis.centered,
-                  reduce=config.analysis.reduce, floor_trials=2)
-    s.update(step=step, epoch=step / res.steps_per_epoch)
-    snaps.append({k: v for k, v in s.items() if k not in ("eigenvalues", "sigma")})
-    if step > 0:
-      fits.append({"step": step, "epoch": step / res.steps_per_epoch, **early_time_fit(s["f"], lam)})
-  out["snapshots"] = snaps
-  out["early_time"] = fits
-  out["num_train_examples"] = len(ds)
-  out["runtime_s"] = time.time() - t0
-  out["layout"] = res.layout
-  results.write_json(workdir, "results.json", out)
-  results.write_npz(workdir, "arrays.npz", {
-      "eigenvalues": lam, "eigenvectors": V, "f": out["f"], "first_kernel": kernels,
-      **{f"snapshot_{s['step']}_f": s["f"] for s in snaps}})
-  from rl_align import plotting  # pylint: disable=g-import-not-at-top
-  plotting.plot_eigenmap(out, workdir, title=config.get("title", ""),
-                         reference=config.get("paper_reference", None))
-  return out
-
-
-def panel_config(config, name: str):
-  """The full config of one panel: the shared fields updated with config.panels[name]."""
-  import copy  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  base = copy.deepcopy(config.to_dict())
-  panels = base.pop("panels", {})
-
-  def merge(dst, src):
-    for k, v in src.items():
-      if isinstance(v, dict) and isinstance(dst.get(k), dict):
-        merge(dst[k], v)
-      else:
-        dst[k] = v
-  merge(base, panels[name])
-  return ml_collections.ConfigDict(base)
-
-
-def shape_checks(res: dict[str, Any], d: int, reference=None) -> dict[str, float]:
-  """Numbers the README's results table compares with the paper (PAPER.md targets); with a
-  reference {"sigma", "f"} also the RMSE of the seed-mean f against the paper's values."""
+def shape_checks(res: Mapping[str, Any], d: int, reference=None) -> dict[str, Any]:
+  """Numbers the README's results table compares with the paper's Fig 20 (seed means of the
+  finished seeds); with a reference {"sigma", "f"} also the RMSE of the seed-mean f against the
+  paper's values.  {"error": ...} when every seed diverged."""
   sigma = np.asarray(res["sigma"])
-  f = np.asarray(res["f"])
+  f = np.asarray(res["f"], np.float64)
+  ok = finished(res)
+  if not ok.any():
+    return {"error": curves.all_diverged(len(f))}
+  f = f[ok]
   mean = f.mean(0)
   order = np.argsort(sigma)
   smallest, largest = order[0], order[-1]
@@ -169,6 +130,7 @@ def shape_checks(res: dict[str, Any], d: int, reference=None) -> dict[str, float
   if reference:
     at = np.interp(reference["sigma"], sigma[order], mean[order])
     rmse = float(np.sqrt(np.mean((at - np.asarray(reference["f"])) ** 2)))
+  mis = {b: np.asarray(res[f"misalignment_{b}"], np.float64)[ok] for b in ("eigenbasis", "random_basis")}
   return {
       "rmse_vs_paper": rmse,
       "f_at_smallest_sigma": float(mean[smallest]), "init_level_1_over_sqrt_d": d ** -0.5,
@@ -176,84 +138,33 @@ def shape_checks(res: dict[str, Any], d: int, reference=None) -> dict[str, float
       "peak_sigma": float(sigma[peak]),
       "plateau_f_sigma_ge_2": float(mean[big].mean()) if big.any() else float("nan"),
       "max_seed_spread": float(f.std(0).max()) if len(f) > 1 else 0.0,
-      "misalignment_eigen_over_random": float(np.mean(res["misalignment_eigenbasis"]) /
-                                              np.mean(res["misalignment_random_basis"])),
+      "misalignment_eigen_over_random": float(np.mean(mis["eigenbasis"]) /
+                                              np.mean(mis["random_basis"])),
   }
 
 
-def run_panels(config, workdir: str, f_figure: str | None = None) -> dict[str, Any]:
-  """Runs every panel of config.panels in workdir/<panel>/ and draws their f curves in one figure
-  (workdir/<f_figure or config.figure_name>)."""
-  import os  # pylint: disable=g-import-not-at-top
-  from rl_align import plotting  # pylint: disable=g-import-not-at-top
-  if not config.get("panels"):
-    raise experiment.errors.ConfigError(
-        "config.panels is empty: nothing to run. Fix: pick a panel, e.g. fig20.py:right or :all.")
-  summary, outs, refs = {}, [], []
-  for name in config.panels:
-    pcfg = panel_config(config, name)
-    pdir = os.path.join(workdir, name)
-    os.makedirs(pdir, exist_ok=True)
-    experiment.check_workdir_config(pcfg, pdir)
-    out = run(pcfg, pdir)
-    d = len(out["eigenvalues"])
-    summary[name] = {"checks": shape_checks(out, d, pcfg.get("paper_reference")),
-                     "train_accuracy": out["train_accuracy"],
-                     "runtime_s": out["runtime_s"], "workdir": pdir}
-    outs.append(out)
-    refs.append(pcfg.get("paper_reference"))
-  path = os.path.join(workdir, f_figure or config.get("figure_name", "panels.png"))
-  if config.get("figure_style") == "epochs":
-    fig = plotting.plot_f_over_epochs(outs, list(config.panels), path)
-  else:
-    fig = plotting.plot_panels(outs, list(config.panels), refs, path)
-  summary["figure"] = fig
-  results.write_json(workdir, "results.json", summary)
-  return summary
+def misalignment_over_training(snapshots: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """Fig 2's curves from a run's snapshots: per step the seed means (finished seeds) in both
+  bases, the per-seed floor, and the pooled values with their floor."""
+  out = []
+  for s in snapshots:
+    ok = finished(s)
+    mean = lambda k, ok=ok, s=s: (float(np.mean(np.asarray(s[k], np.float64)[ok])) if ok.any()
+                                  else float("nan"))
+    out.append({"step": s["step"], "eigenbasis_mean": mean("misalignment_eigenbasis"),
+                "random_basis_mean": mean("misalignment_random_basis"),
+                "floor": s["misalignment_floor"]["mean"],
+                "pooled_eigenbasis": s["misalignment_pooled_eigenbasis"],
+                "pooled_random_basis": s["misalignment_pooled_random_basis"],
+                "pooled_floor": s["misalignment_pooled_floor"]["mean"]})
+  return out
 
 
-def run_misalignment(config, workdir: str) -> dict[str, Any]:
-  """Fig 2: run the panels, then draw misalignment over training for all of them in one figure."""
-  import os  # pylint: disable=g-import-not-at-top
-  from rl_align import plotting  # pylint: disable=g-import-not-at-top
-  summary = run_panels(config, workdir, f_figure="f_panels.png")
-  runs = {name: results.read_json(os.path.join(workdir, name), "results.json")["snapshots"]
-          for name in config.panels}
-  summary["misalignment_figure"] = plotting.plot_misalignment(
-      runs, os.path.join(workdir, config.get("figure_name", "misalignment.png")))
-  for name, snaps in runs.items():
-    summary[name]["misalignment_over_training"] = [
-        {"step": s["step"], "eigenbasis_mean": float(np.mean(s["misalignment_eigenbasis"])),
-         "random_basis_mean": float(np.mean(s["misalignment_random_basis"])),
-         "floor": s["misalignment_floor"]["mean"],
-         "pooled_eigenbasis": s["misalignment_pooled_eigenbasis"],
-         "pooled_random_basis": s["misalignment_pooled_random_basis"],
-         "pooled_floor": s["misalignment_pooled_floor"]["mean"]} for s in snaps]
-  results.write_json(workdir, "results.json", summary)
-  return summary
+_RUNNER = ("run", "run_panels", "run_misalignment", "run_sweep", "load_data", "data_eigenbasis",
+           "panel_config")
 
 
-def run_sweep(config, workdir: str, field: str, values) -> dict[str, Any]:
-  """Runs `run_panels` once per value of a dotted config field (e.g. "train.learning_rate") in
-  workdir/<field>=<value>/ and tabulates each panel's shape checks (rmse_vs_paper first)."""
-  import os  # pylint: disable=g-import-not-at-top
-  table = {}
-  for value in values:
-    cfg = config.copy_and_resolve_references()
-    node, *path = field.split(".")
-    target = cfg
-    for p in [node] + path[:-1]:
-      if p not in target:
-        raise experiment.errors.ConfigError(f"sweep field {field!r}: config has no {p!r}.")
-      target = target[p]
-    leaf = path[-1] if path else node
-    if leaf not in target:
-      raise experiment.errors.ConfigError(f"sweep field {field!r}: config has no {leaf!r}.")
-    target[leaf] = value
-    point = os.path.join(workdir, f"{field}={value}")
-    os.makedirs(point, exist_ok=True)
-    experiment.check_workdir_config(cfg, point)
-    summary = run_panels(cfg, point)
-    table[str(value)] = {name: summary[name]["checks"] for name in cfg.panels}
-  results.write_json(workdir, "sweep.json", {"field": field, "points": table})
-  return table
+def __getattr__(name):  # the runner's names, re-exported lazily: this module never imports runners
+  if name in _RUNNER:
+    return getattr(importlib.import_module("rl_align.runners.eigenmap"), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

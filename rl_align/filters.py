@@ -1,5 +1,7 @@
 """Fig 3: eigenvectors of the first-layer filter covariance look like the data's patch PCs.
 
+Pure analysis; the experiment is `rl_align.runners.filters` (its `run` stays importable here)::
+
     from rl_align import filters
     out = filters.compare_eigenvectors(cov_x, cov_w, ks=(1, 3, 5, 10), key=0)
     out["subspace_overlap"]["5"]        # mean cos^2 of principal angles of the top-5 eigenspaces
@@ -7,18 +9,10 @@
 
     filters.run(config, workdir)        # trains the seeds (python -m experiments.filters)
 """
-import os
-import time
+import importlib
 from typing import Any, Sequence
 
-import numpy as np
-
 from rl_align import alignment
-from rl_align import covariance
-from rl_align import eigenmap
-from rl_align import models
-from rl_align import results
-from rl_align import train
 
 
 def compare_eigenvectors(cov_x, cov_w, ks: Sequence[int] = (1, 3, 5, 10), key=0) -> dict[str, Any]:
@@ -52,60 +46,7 @@ def best_matches(v_x, v_w, n: int = 10, key=0) -> dict[str, Any]:
           "best_match_cos_random": float(rand.max(0).mean())}
 
 
-def plot_eigenvectors(v_x, v_w, shape, path: str, n: int = 10, matches=None) -> str:
-  """Top-n eigenvectors of the patch covariance (top row) and filter covariance (bottom row);
-  `matches` (best_matches output) labels each filter eigenvector with its closest data PC."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  n = min(n, v_x.shape[1])
-  fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3))
-  for row, (v, label) in enumerate(((v_x, "data patches"), (v_w, "filters"))):
-    for i in range(n):
-      img = v[:, i].reshape(shape)
-      img = (img - img.min()) / max(img.max() - img.min(), 1e-12)
-      ax = axes[row, i]
-      ax.imshow(img if shape[-1] == 3 else img[..., 0], cmap=None if shape[-1] == 3 else "gray")
-      ax.set_xticks([]), ax.set_yticks([])
-      if i == 0:
-        ax.set_ylabel(label, fontsize=8)
-      if row == 0:
-        ax.set_title(f"#{i + 1}", fontsize=8)
-      elif matches is not None:
-        ax.set_xlabel(f"≈ PC #{matches['best_match_pc'][i]} "
-                      f"(|cos| {matches['best_match_cos'][i]:.2f})", fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
-
-
-def run(config, workdir: str) -> dict[str, Any]:
-  """Trains config.train.num_seeds seeds, pools first-layer filters, compares eigenvectors."""
-  t0 = time.time()
-  ds, x, labels = eigenmap.load_data(config)
-  k = int(config.analysis.patch_size)
-  _, cov_x = covariance.patch_covariance(x, k)
-  res = train.train(models.build(config.model), config.train, x, labels, workdir=workdir)
-  kernels = models.first_layer_kernel(res.params)
-  if kernels.shape[1:3] != (k, k):
-    raise eigenmap.experiment.errors.ConfigError(
-        f"the first layer is {kernels.shape[1]}x{kernels.shape[2]} but analysis.patch_size={k}. "
-        "Fix: make them equal (e.g. --config.analysis.patch_size=5).")
-  cov_w = covariance.weight_covariance(kernels, centered=config.analysis.centered)
-  cmp = compare_eigenvectors(cov_x, cov_w, key=int(config.analysis.basis_seed))
-  shape = (k, k, x.shape[-1])
-  out = {key: cmp[key] for key in ("subspace_overlap", "random_baseline",
-                                   "principal_cosines_top10", "overlap_matrix_top10",
-                                   "best_match_pc", "best_match_cos", "best_match_cos_random",
-                                   "eigenvalues_x", "eigenvalues_w")}
-  out.update(train_accuracy=res.final_metrics.get("train_accuracy"), diverged=res.diverged,
-             num_filters_pooled=int(np.prod(kernels.shape[:1]) * kernels.shape[-1]),
-             num_train_examples=len(ds), runtime_s=time.time() - t0)
-  results.write_json(workdir, "results.json", out)
-  results.write_npz(workdir, "arrays.npz", {"eigenvectors_x": cmp["eigenvectors_x"],
-                                            "eigenvectors_w": cmp["eigenvectors_w"],
-                                            "cov_x": cov_x, "cov_w": cov_w})
-  plot_eigenvectors(cmp["eigenvectors_x"], cmp["eigenvectors_w"], shape,
-                    os.path.join(workdir, "fig3_eigenvectors.png"), matches=cmp)
-  return out
+def __getattr__(name):  # the runner's `run`, re-exported lazily: this module never imports runners
+  if name == "run":
+    return importlib.import_module("rl_align.runners.filters").run
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,6 +38,21 @@ def test_gain_is_scratch_over_arm_iterations_with_censoring():
   assert g["gain_censored"] == pytest.approx(20 / 25)           # seed 0 counted at 40 steps
 
 
+def test_gain_leaves_diverged_seeds_out_and_reports_when_none_finished():
+  steps = np.array([0, 10, 20, 30, 40])
+  scratch = np.array([[0.1, 0.3, 0.5, 0.7, 0.9]] * 2)
+  arm = np.array([[0.1, 0.5, 0.7, 0.8, 0.9], [0.1, 0.1, 0.1, 0.1, 0.1]])   # seed 1 diverged
+  g = specialization.gain_stats(steps, scratch, arm, 0.5, diverged_arm=[False, True])
+  alone = specialization.gain_stats(steps, scratch, arm[:1], 0.5)
+  for k in ("gain", "gain_censored", "censored", "gain_ci", "gain_seed_std", "reached",
+            "auc_difference"):
+    assert g[k] == alone[k], k
+  assert len(g["gain_seeds"]) == len(g["iterations"]) == 2         # per-seed arrays keep every seed
+  none = specialization.gain_stats(steps, scratch, arm, 0.5, diverged_scratch=[True, True])
+  assert np.isnan(none["gain"]) and "all 2 seeds diverged" in none["error"]
+  assert specialization.gain_text(none) == "div"
+
+
 def test_activity_drop_takes_the_minimum_in_the_window():
   steps = np.array([0, 5, 10, 15, 30])
   after = np.array([[0.4, 0.2, 0.3, 0.35, 0.0], [0.4, 0.3, 0.1, 0.4, 0.0]])
@@ -145,7 +160,7 @@ def test_rerun_resumes_and_reproduces(tiny_run):
 def test_every_config_builds_its_models_and_validates(name):
   from experiments.configs import specialization as configs  # pylint: disable=g-import-not-at-top
   c = configs.get_config(name)
-  specialization._validate(c)  # pylint: disable=protected-access
+  specialization.validate(c)
   for w in c.sweep.widths:
     m = specialization.with_width(c.model, c.sweep.width_field, c.sweep.width_from, w)
     m.num_classes = max(c.sweep.num_random_classes)

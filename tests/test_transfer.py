@@ -5,11 +5,14 @@ import subprocess
 import sys
 import tempfile
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from experiments.configs import fig1, fig5
-from rl_align import errors, transfer
+from rl_align import covariance, errors, models, transfer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,6 +58,58 @@ def test_summaries_speedup_and_fig5_checks():
   assert c["covariance_within_tol_of_pretrained"]
   assert c["pretrained_margin_first_half"] == pytest.approx(0.2)
   assert c["no_rescaling_minus_pretrained_auc"] > 0
+
+
+def test_a_diverged_seed_enters_no_summary_or_check():
+  arms = {"scratch": _arm([[0.1, 0.3, 0.5, 0.7], [0.1, 0.2, 0.4, 0.6], [0.1, 0.1, 0.1, 0.1]]),
+          "pretrained": _arm([[0.1, 0.5, 0.7, 0.8], [0.1, 0.45, 0.7, 0.8], [0.1, 0.9, 0.9, 0.9]]),
+          "covariance": _arm([[0.1, 0.49, 0.69, 0.8]] * 3)}
+  arms["scratch"]["finished"] = [True, True, False]        # seed 2 diverged downstream
+  arms["pretrained"]["finished"] = [True, True, False]     # its upstream seed diverged
+  without = {a: _arm(np.asarray(r["train_accuracy"])[r.get("finished", [True] * 3)])
+             for a, r in arms.items()}
+  assert transfer.summarize(arms, [0.5], [10, 30]) == transfer.summarize(without, [0.5], [10, 30])
+  assert transfer.fig5_checks(arms) == transfer.fig5_checks(without)
+  entry = transfer.arm_summary(arms["pretrained"]["train_accuracy"], [0.5, 0.6, 0.99],
+                               diverged=[False, False, False], upstream_diverged=[False, False, True])
+  assert entry["num_diverged"] == 1 and entry["test_accuracy_mean"] == pytest.approx(0.55)
+  assert entry["train_accuracy"].shape == (3, 4)           # per-seed rows keep every seed
+
+
+def test_arms_pool_only_the_upstream_seeds_that_finished():
+  model = models.DenseNet(widths=(6, 4), num_classes=3)
+  keys = jax.random.split(jax.random.key(0), 3)
+  pre = jax.tree.map(np.array, jax.vmap(lambda k: model.init(k, jnp.zeros((1, 5))))(keys)["params"])
+  pre["dense_0"]["kernel"][1] *= 1e14            # upstream seed 1 diverged: absurd, finite weights
+  cfg = ml_collections.ConfigDict({
+      "downstream": {"seed": 3}, "train": {"seed_offset": 0, "num_seeds": 3}, "transfer_layers": 1,
+      "layerwise": {"num_examples": 16, "num_bins": 4}, "rescale_sampled": True})
+  x = np.random.default_rng(0).normal(size=(16, 5)).astype(np.float32)
+  ctx = transfer.ArmContext(cfg, model, model, pre, pre, x, x, upstream_diverged=[False, True, False])
+  np.testing.assert_array_equal(ctx.sigma_w(),
+                                covariance.weight_covariance(pre["dense_0"]["kernel"][[0, 2]]))
+  assert len(ctx.build("covariance")) == 3 and ctx.build("covariance_L1") is ctx.build("covariance")
+  with pytest.raises(errors.NumericalError, match="all 3 upstream seeds diverged"):
+    transfer.ArmContext(cfg, model, model, pre, pre, x, x,
+                        upstream_diverged=[True] * 3).build("covariance")
+
+
+def test_all_scratch_seeds_diverged_is_reported_instead_of_checks():
+  arms = {"scratch": dict(_arm([[0.1, 0.3, 0.5, 0.7]] * 2), finished=[False, False]),
+          "pretrained": _arm([[0.1, 0.5, 0.7, 0.8]] * 2)}
+  checks = transfer.fig5_checks(arms)
+  assert list(checks) == ["error"] and "all 2 seeds diverged" in checks["error"]
+  s = transfer.summarize(arms, [0.5], [10])
+  assert np.isnan(s["speedup"]["pretrained"]["0.5"]) and np.isnan(s["table"]["scratch"]["10"][0])
+
+
+def test_every_arm_is_registered_once_with_its_style():
+  assert transfer.ARMS == ("scratch", "pretrained", "pretrained_no_rescaling", "covariance",
+                           "covariance_L2", "covariance_L3", "pca_whitening", "f_only")
+  assert transfer.style("covariance_L2")[0] != transfer.style("covariance_L3")[0]
+  (l1, n1), (cov, n) = transfer.resolve("covariance_L1"), transfer.resolve("covariance")
+  assert l1.build is cov.build and n1 == n == 1
+  assert transfer.carries_seeds("pretrained") and not transfer.carries_seeds("covariance")
 
 
 def test_configs_build():

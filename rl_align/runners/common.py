@@ -1,15 +1,35 @@
-"""Pieces every experiment runner shares: config -> data splits and labels.
+"""Pieces every experiment runner shares: data splits, labels, engine configs, params <-> npz,
+accuracy curves, resuming a finished phase, the workdir's config check.
 
     from rl_align.runners import common
-    ds = common.load_split(config.data, "train")
-    x_train, x_test = common.standardize_like(ds.x, test.x)
-    labels = common.make_labels(config, ds)      # [S, N] random labels or [N] real ones
+    parts, idx = common.load_splits(config)          # {"upstream", "downstream", "test"} or {"train"}
+    labels = common.make_labels(config, parts["train"])   # [S, N] random labels or [N] real ones
+    cfg = common.engine_config(config, seed=3, num_steps=300, eval_every_steps=15)
+    steps, acc = common.accuracy_curve(model, init, res, x, y, phase="downstream")
+    out = common.resume(folder, "downstream_scratch", lambda: {...})   # computed once, then read back
+
+Nothing here holds state between calls (runners may run in several threads at once).
 """
+import copy
+import json
+import os
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from rl_align import curves
 from rl_align import data as data_lib
 from rl_align import errors
+from rl_align import results
 from rl_align import train
+
+
+# ----------------------------------------------------------------------------------------------
+# Config -> data and labels.
 
 
 def source_kwargs(dcfg) -> dict:
@@ -35,6 +55,41 @@ def standardize_like(train_x: np.ndarray, *others: np.ndarray):
   return tuple(data_lib.standardize(a, mean, std) for a in (train_x,) + others)
 
 
+def load_splits(config) -> tuple[dict[str, data_lib.ArrayDataset], dict[str, np.ndarray]]:
+  """config.data's train split as datasets, standardized per channel with the first one's
+  statistics when config.data.standardize (default True); returns (parts, indices).
+
+  Without config.split: {"train": the whole split}.  With config.split {upstream, downstream,
+  test, seed}: one seeded permutation cuts disjoint "upstream" and "downstream" parts, and "test"
+  when split.test > 0; otherwise "test" is the source's config.data.test_split (default "test"),
+  capped at config.data.test_examples (0: all).
+  """
+  dcfg = config.data
+  ds = load_split(dcfg, "train")
+  if "split" not in config:
+    parts, idx = {"train": ds}, {}
+  else:
+    sp = config.split
+    sizes = {"upstream": int(sp.upstream), "downstream": int(sp.downstream)}
+    if int(sp.get("test", 0)) > 0:
+      sizes["test"] = int(sp.test)
+    idx = data_lib.split_indices(len(ds), sizes, seed=int(sp.seed))
+    parts = {k: ds.subset(v) for k, v in idx.items()}
+    if "test" not in parts:
+      if dcfg.name == "digits":
+        raise errors.ConfigError(
+            "digits has no test split: config.split.test is 0. Fix: carve one out of the 1797 "
+            "examples, e.g. --config.split.test=397.")
+      test = load_split(dcfg, dcfg.get("test_split", "test"))
+      cap = int(dcfg.get("test_examples", 0) or 0)
+      parts["test"] = test.subset(slice(0, cap)) if cap else test
+  if dcfg.get("standardize", True):
+    xs = standardize_like(*(p.x for p in parts.values()))
+    parts = {k: data_lib.ArrayDataset(x, p.y, p.num_classes, p.name)
+             for (k, p), x in zip(parts.items(), xs)}
+  return parts, idx
+
+
 def make_labels(config, ds: data_lib.ArrayDataset) -> np.ndarray:
   """[S, N] per-seed random labels (config.labels == 'random') or the real labels [N]."""
   if config.labels == "random":
@@ -43,3 +98,107 @@ def make_labels(config, ds: data_lib.ArrayDataset) -> np.ndarray:
   if config.labels == "real":
     return ds.y.astype(np.int32)
   raise errors.ConfigError(f"config.labels must be 'random' or 'real', got {config.labels!r}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine.
+
+
+def engine_config(config, seed: int, **fields) -> ml_collections.ConfigDict:
+  """A copy of config.train with `fields` (e.g. num_steps=300; None keeps the value) replaced,
+  root seed `seed` and no snapshots: the engine config of one phase of an experiment."""
+  cfg = ml_collections.ConfigDict(copy.deepcopy(config.train.to_dict()))
+  for k, v in fields.items():
+    if v is not None:
+      cfg[k] = v
+  cfg.seed = int(seed)
+  cfg.snapshot_steps, cfg.snapshot_epochs = (), ()
+  return cfg
+
+
+def flatten(params) -> dict[str, np.ndarray]:
+  """Nested params -> {"layer/.../kernel": array} (npz friendly)."""
+  return {"/".join(k): np.asarray(v)
+          for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(params)).items()}
+
+
+def unflatten(flat: Mapping[str, Any]):
+  """{"layer/.../kernel": array} -> nested params (the inverse of `flatten`)."""
+  return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
+def accuracy(model, stacked_params, x, y, batch_size: int = 512) -> np.ndarray:
+  """[S] accuracy of each seed's params on (x, y), y [M] or per seed [S, M].  Inputs are padded to
+  whole batches, so all batches of a call run one compiled program."""
+  fn = jax.jit(lambda p, xb: jnp.argmax(model.apply({"params": p}, xb), -1))
+  n = len(x)
+  s = jax.tree.leaves(stacked_params)[0].shape[0]
+  y = np.broadcast_to(np.asarray(y), (s, n))
+  bs = max(1, min(batch_size, n))
+  pad = -n % bs
+  xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+  out = np.zeros(s)
+  for i in range(s):
+    p = jax.tree.map(lambda a, i=i: a[i], stacked_params)
+    pred = np.concatenate([np.asarray(fn(p, xp[j:j + bs])) for j in range(0, len(xp), bs)])[:n]
+    out[i] = float(np.mean(pred == y[i])) if n else 0.0
+  return out
+
+
+def accuracy_curve(model, init, res: train.TrainResult, x, y, *, phase: str,
+                   batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+  """(steps [T + 1], train accuracy [S, T + 1]) of an engine phase started from `init`: step 0 is
+  measured on init over (x, y), the phase's train-eval examples, then come the engine's values."""
+  acc0 = accuracy(model, init, x, y, batch_size)
+  steps, logged = curves.from_metrics(res.metrics, ["train_accuracy"], seeds=res.seed_ids,
+                                      phase=phase)
+  return (np.concatenate([[0], steps]),
+          np.concatenate([acc0[:, None], logged["train_accuracy"]], axis=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# The workdir.
+
+
+def jsonable(obj: Any) -> Any:
+  """obj as it reads back from JSON (numpy -> lists, nan -> None): what a resumed run sees."""
+  return json.loads(json.dumps(results.to_jsonable(obj)))
+
+
+def resume(folder: str, name: str, compute: Callable[[], Any], *, with_arrays: bool = False):
+  """The result of a phase, computed once: folder/<name>.json when a run finished it, else
+  compute() written there (last: its presence marks the phase finished) and returned as it reads
+  back, so that a first run and a rerun return the same JSON-typed object.
+
+  With with_arrays, compute returns (summary, {key: array}); the arrays go to folder/<name>.npz and
+  the call returns (summary, arrays).
+  """
+  done = results.read_json(folder, f"{name}.json")
+  arrays = results.read_npz(folder, f"{name}.npz") if with_arrays else None
+  if done is None or (with_arrays and arrays is None):
+    summary, arrays = compute() if with_arrays else (compute(), None)
+    if with_arrays:
+      results.write_npz(folder, f"{name}.npz", arrays)
+    done = jsonable(summary)
+    results.write_json(folder, f"{name}.json", done)
+  return (done, arrays) if with_arrays else done
+
+
+def check_workdir_config(config, workdir: str) -> None:
+  """Writes config.json; refuses to resume a workdir that holds a different config."""
+  new = jsonable(config)
+  old = results.read_json(workdir, "config.json")
+  if old is not None and old != new:
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    raise errors.ConfigError(
+        f"{workdir} already holds a run with a different config (fields {diff} differ). "
+        "Fix: pass a new --workdir, or rerun with the same config to resume.")
+  results.write_json(workdir, "config.json", new)
+
+
+def subdir(workdir: str, name: str, config) -> str:
+  """workdir/name, created, holding `config` (checked like the workdir's own config)."""
+  path = os.path.join(workdir, name)
+  os.makedirs(path, exist_ok=True)
+  check_workdir_config(config, path)
+  return path

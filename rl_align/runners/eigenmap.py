@@ -1,0 +1,174 @@
+"""The eigenvalue-map experiments (Figs 2, 4, 20): train the seeds, analyse, write, plot.
+
+    from rl_align.runners import eigenmap
+    out = eigenmap.run(panel_cfg, workdir)            # one panel: results.json, arrays.npz, plots
+    summary = eigenmap.run_panels(config, workdir)    # every panel of config.panels + joint figure
+    eigenmap.run_misalignment(config, workdir)        # Fig 2: panels + misalignment over training
+    eigenmap.run_sweep(config, workdir, "train.learning_rate", [0.01, 0.02])
+
+The analysis is `rl_align.eigenmap` (summarize, early_time_fit, shape_checks).
+"""
+import copy
+import os
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from rl_align import alignment
+from rl_align import covariance
+from rl_align import data as data_lib
+from rl_align import eigenmap as lib
+from rl_align import errors
+from rl_align import models
+from rl_align import results
+from rl_align import train
+from rl_align.plots import eigenmap as plots
+from rl_align.runners import common
+
+
+def data_eigenbasis(config, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(lambda desc, V) of the input covariance: of x itself (vectors) or of its k x k patches."""
+  if x.ndim == 4:
+    k = int(config.analysis.patch_size)
+    _, cov = covariance.patch_covariance(x, k)
+  elif config.data.name == "gaussian" and config.analysis.get("population_covariance", True):
+    kw = common.source_kwargs(config.data)
+    cov = data_lib.gaussian_covariance(stds=kw.get("stds"), variances=kw.get("variances"),
+                                       rotate=kw.get("rotate", False), seed=kw.get("seed", 0))
+  else:
+    _, cov = covariance.data_covariance(x)
+  return alignment.eigh_desc(cov)
+
+
+def load_data(config):
+  """(dataset, training inputs (standardized if config.data.standardize), labels [S, N] or [N])."""
+  parts, _ = common.load_splits(config)
+  ds = parts["train"]
+  return ds, ds.x, common.make_labels(config, ds)
+
+
+def analyse(config, res: train.TrainResult, lam, V) -> dict[str, Any]:
+  """The final weights' and every snapshot's summary, the early-time fits (finished seeds)."""
+  a = config.analysis
+  key = int(a.basis_seed)
+  summarize = lambda kernels, **kw: lib.summarize(kernels, lam, V, key=key, centered=a.centered,
+                                                  reduce=a.reduce, diverged=res.diverged, **kw)
+  out = summarize(models.first_layer_kernel(res.params))
+  out["train_accuracy"] = res.final_metrics.get("train_accuracy")
+  out["step"], out["epoch"] = res.final_step, res.final_step / res.steps_per_epoch
+  snaps, fits = [], []
+  ok = lib.finished(out)
+  for step, snap in res.snapshots.items():
+    s = summarize(snap["first_kernel"], floor_trials=2)
+    s.update(step=step, epoch=step / res.steps_per_epoch)
+    snaps.append({k: v for k, v in s.items() if k not in ("eigenvalues", "sigma")})
+    if step > 0 and ok.any():
+      fits.append({"step": step, "epoch": step / res.steps_per_epoch,
+                   **lib.early_time_fit(s["f"][ok], lam)})
+  out["snapshots"] = snaps
+  out["early_time"] = fits
+  return out
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Trains the seeds, analyses final weights and snapshots, writes results.json/arrays.npz/plots."""
+  t0 = time.time()
+  ds, x, labels = load_data(config)
+  lam, V = data_eigenbasis(config, x)
+  model = models.build(config.model)
+  res = train.train(model, config.train, x, labels, workdir=workdir, name="train")
+  out = analyse(config, res, lam, V)
+  out["num_train_examples"] = len(ds)
+  out["runtime_s"] = time.time() - t0
+  out["layout"] = res.layout
+  results.write_json(workdir, "results.json", out)
+  results.write_npz(workdir, "arrays.npz", {
+      "eigenvalues": lam, "eigenvectors": V, "f": out["f"],
+      "first_kernel": models.first_layer_kernel(res.params),
+      **{f"snapshot_{s['step']}_f": s["f"] for s in out["snapshots"]}})
+  plots.plot_eigenmap(out, workdir, title=config.get("title", ""),
+                      reference=config.get("paper_reference", None))
+  return out
+
+
+def panel_config(config, name: str) -> ml_collections.ConfigDict:
+  """The full config of one panel: the shared fields updated with config.panels[name]."""
+  base = copy.deepcopy(config.to_dict())
+  panels = base.pop("panels", {})
+
+  def merge(dst, src):
+    for k, v in src.items():
+      if isinstance(v, dict) and isinstance(dst.get(k), dict):
+        merge(dst[k], v)
+      else:
+        dst[k] = v
+  merge(base, panels[name])
+  return ml_collections.ConfigDict(base)
+
+
+def run_panels(config, workdir: str, f_figure: str | None = None) -> dict[str, Any]:
+  """Runs every panel of config.panels in workdir/<panel>/ and draws their f curves in one figure
+  (workdir/<f_figure or config.figure_name>)."""
+  return _run_panels(config, workdir, f_figure)[0]
+
+
+def _run_panels(config, workdir: str, f_figure: str | None) -> tuple[dict[str, Any], list]:
+  if not config.get("panels"):
+    raise errors.ConfigError(
+        "config.panels is empty: nothing to run. Fix: pick a panel, e.g. fig20.py:right or :all.")
+  summary, outs, refs = {}, [], []
+  for name in config.panels:
+    pcfg = panel_config(config, name)
+    pdir = common.subdir(workdir, name, pcfg)
+    out = run(pcfg, pdir)
+    d = len(out["eigenvalues"])
+    summary[name] = {"checks": lib.shape_checks(out, d, pcfg.get("paper_reference")),
+                     "train_accuracy": out["train_accuracy"], "num_seeds": out["num_seeds"],
+                     "num_diverged": out["num_diverged"], "runtime_s": out["runtime_s"],
+                     "workdir": pdir}
+    outs.append(out)
+    refs.append(pcfg.get("paper_reference"))
+  path = os.path.join(workdir, f_figure or config.get("figure_name", "panels.png"))
+  if config.get("figure_style") == "epochs":
+    fig = plots.plot_f_over_epochs(outs, list(config.panels), path)
+  else:
+    fig = plots.plot_panels(outs, list(config.panels), refs, path)
+  summary["figure"] = fig
+  results.write_json(workdir, "results.json", summary)
+  return summary, outs
+
+
+def run_misalignment(config, workdir: str) -> dict[str, Any]:
+  """Fig 2: run the panels, then draw misalignment over training for all of them in one figure."""
+  summary, outs = _run_panels(config, workdir, f_figure="f_panels.png")
+  runs = {name: common.jsonable(out["snapshots"]) for name, out in zip(config.panels, outs)}
+  summary["misalignment_figure"] = plots.plot_misalignment(
+      runs, os.path.join(workdir, config.get("figure_name", "misalignment.png")))
+  for name, snaps in runs.items():
+    summary[name]["misalignment_over_training"] = lib.misalignment_over_training(snaps)
+  results.write_json(workdir, "results.json", summary)
+  return summary
+
+
+def run_sweep(config, workdir: str, field: str, values) -> dict[str, Any]:
+  """Runs `run_panels` once per value of a dotted config field (e.g. "train.learning_rate") in
+  workdir/<field>=<value>/ and tabulates each panel's shape checks (rmse_vs_paper first)."""
+  table = {}
+  for value in values:
+    cfg = config.copy_and_resolve_references()
+    node, *path = field.split(".")
+    target = cfg
+    for p in [node] + path[:-1]:
+      if p not in target:
+        raise errors.ConfigError(f"sweep field {field!r}: config has no {p!r}.")
+      target = target[p]
+    leaf = path[-1] if path else node
+    if leaf not in target:
+      raise errors.ConfigError(f"sweep field {field!r}: config has no {leaf!r}.")
+    target[leaf] = value
+    summary = run_panels(cfg, common.subdir(workdir, f"{field}={value}", cfg))
+    table[str(value)] = {name: summary[name]["checks"] for name in cfg.panels}
+  results.write_json(workdir, "sweep.json", {"field": field, "points": table})
+  return table

@@ -1,0 +1,60 @@
+"""Fig 3's experiment: train the seeds, pool the first-layer filters of the seeds that finished,
+compare the eigenvectors of their covariance with the data's patch PCs, write, plot.
+
+    from rl_align.runners import filters
+    out = filters.run(config, workdir)     # experiments/configs/fig3.py
+    out["subspace_overlap"]["10"], out["random_baseline"]["10"]
+
+The analysis is `rl_align.filters.compare_eigenvectors`.
+"""
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from rl_align import covariance
+from rl_align import curves
+from rl_align import errors
+from rl_align import filters as lib
+from rl_align import models
+from rl_align import results
+from rl_align import train
+from rl_align.plots import filters as plots
+from rl_align.runners import eigenmap
+
+_KEYS = ("subspace_overlap", "random_baseline", "principal_cosines_top10", "overlap_matrix_top10",
+         "best_match_pc", "best_match_cos", "best_match_cos_random", "eigenvalues_x",
+         "eigenvalues_w")
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Trains config.train.num_seeds seeds, pools first-layer filters, compares eigenvectors."""
+  t0 = time.time()
+  ds, x, labels = eigenmap.load_data(config)
+  k = int(config.analysis.patch_size)
+  _, cov_x = covariance.patch_covariance(x, k)
+  res = train.train(models.build(config.model), config.train, x, labels, workdir=workdir)
+  kernels = models.first_layer_kernel(res.params)
+  if kernels.shape[1:3] != (k, k):
+    raise errors.ConfigError(
+        f"the first layer is {kernels.shape[1]}x{kernels.shape[2]} but analysis.patch_size={k}. "
+        "Fix: make them equal (e.g. --config.analysis.patch_size=5).")
+  ok = curves.finished_seeds(res.diverged, len(kernels))
+  out = {"train_accuracy": res.final_metrics.get("train_accuracy"), "diverged": res.diverged,
+         "num_diverged": int((~ok).sum()), "num_filters_pooled": int(ok.sum()) * kernels.shape[-1],
+         "num_train_examples": len(ds)}
+  if not ok.any():
+    out.update(error=curves.all_diverged(len(ok)), runtime_s=time.time() - t0)
+    results.write_json(workdir, "results.json", out)
+    return out
+  cov_w = covariance.weight_covariance(kernels[ok], centered=config.analysis.centered)
+  cmp = lib.compare_eigenvectors(cov_x, cov_w, key=int(config.analysis.basis_seed))
+  out = {**{key: cmp[key] for key in _KEYS}, **out, "runtime_s": time.time() - t0}
+  results.write_json(workdir, "results.json", out)
+  results.write_npz(workdir, "arrays.npz", {"eigenvectors_x": cmp["eigenvectors_x"],
+                                            "eigenvectors_w": cmp["eigenvectors_w"],
+                                            "cov_x": cov_x, "cov_w": cov_w})
+  plots.plot_eigenvectors(cmp["eigenvectors_x"], cmp["eigenvectors_w"], (k, k, x.shape[-1]),
+                          os.path.join(workdir, "fig3_eigenvectors.png"), matches=cmp)
+  return out

@@ -1,0 +1,209 @@
+"""The transfer experiment (Figs 1 and 5): upstream random labels, then every arm downstream.
+
+    from rl_align.runners import transfer
+    out = transfer.run(config, workdir)              # experiments/configs/fig5.py
+    out["arms"]["covariance"]["train_accuracy"]      # [S][T] at out["arms"][...]["iterations"]
+    out["speedup"]["covariance"]["0.6"]              # scratch iterations / arm iterations
+
+The arms and the statistics are `rl_align.transfer`; this module loads the splits, runs the engine
+phases, resumes and writes.  results.json (README "Transfer"): arms {arm: {iterations [T],
+train_accuracy [S][T], test_accuracy [S], train_accuracy_mean/std [T] (finished seeds),
+diverged [S], upstream_diverged [S], finished [S], num_diverged}}, upstream {train_accuracy [S],
+diverged [S], num_diverged, ok, min_train_accuracy, num_steps}, speedup {arm: {threshold: ratio}},
+iterations_to_reach {arm: {threshold: mean}}, table {arm: {step: [mean, std]}}, checks (Fig 5
+targets), transfer_functions {layer: {lambda, f}}, data {sizes}, runtime_s, figure.  Each phase has
+its own engine `name` (upstream, f_source, downstream_<arm>) and its own summary file under
+workdir/phases/, so rerunning resumes and a finished run is only re-summarized.
+"""
+import copy
+import os
+import time
+from typing import Any, Mapping
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from rl_align import curves
+from rl_align import errors
+from rl_align import init as init_lib
+from rl_align import models
+from rl_align import results
+from rl_align import train
+from rl_align import transfer as lib
+from rl_align.plots import transfer as plots
+from rl_align.runners import common
+
+PHASES = "phases"
+# The engine fields a phase (config.upstream, config.downstream, config.f_only.upstream) may set.
+PHASE_FIELDS = ("num_steps", "num_epochs", "learning_rate", "batch_size", "eval_every_steps",
+                "log_every_steps", "train_eval_examples", "num_seeds")
+
+
+def load_data(config) -> dict[str, Any]:
+  """Disjoint upstream / downstream (/ test) splits of config.data, standardized with upstream
+  stats (`common.load_splits`): {x_up, x_down, y_down, x_test, y_test, num_classes, indices, sizes}."""
+  parts, idx = common.load_splits(config)
+  up, down, test = parts["upstream"], parts["downstream"], parts["test"]
+  return {"x_up": up.x, "x_down": down.x, "y_down": down.y, "x_test": test.x, "y_test": test.y,
+          "num_classes": up.num_classes, "indices": idx,
+          "sizes": {k: len(v) for k, v in idx.items()} | {"test": len(test.x)}}
+
+
+def _model(config, num_classes: int):
+  mcfg = ml_collections.ConfigDict(copy.deepcopy(config.model.to_dict()))
+  mcfg.num_classes = int(num_classes)
+  return models.build(mcfg)
+
+
+def _phase_config(config, phase, seed: int):
+  return common.engine_config(config, seed, **{k: phase.get(k) for k in PHASE_FIELDS})
+
+
+def run_upstream(config, workdir: str, x_up, name: str = "upstream") -> dict[str, Any]:
+  """Trains the upstream seeds on K random labels; returns {init, params (flat, [S, ...]),
+  train_accuracy [S], diverged [S], steps, curve [S, T], ...}; a finished phase is read back."""
+  folder = os.path.join(workdir, PHASES)
+
+  def compute():
+    t0 = time.time()
+    uc = config.upstream
+    k = int(uc.num_classes)
+    cfg = _phase_config(config, uc, int(uc.seed))
+    cfg.snapshot_steps = (0,)
+    ids = train.seed_ids(cfg)
+    labels = train.random_labels(int(uc.label_seed), ids, len(x_up), k)
+    res = train.train(_model(config, k), cfg, x_up, labels, workdir=workdir,
+                      snapshot_fn=common.flatten, name=name)
+    steps, c = curves.from_metrics(res.metrics, ["train_accuracy"], seeds=ids, phase=name)
+    acc = c["train_accuracy"]
+    final = np.asarray(res.final_metrics.get("train_accuracy", acc[:, -1] if acc.size else np.nan))
+    ok = curves.finished_seeds(res.diverged, len(ids))
+    if not ok.any():
+      raise errors.NumericalError(f"{name}: " + curves.all_diverged(len(ids), "upstream seeds"))
+    fit = float(np.mean(final[ok]))
+    out = {"train_accuracy": final, "steps": steps, "curve": acc, "num_steps": res.final_step,
+           "num_classes": k, "diverged": res.diverged, "num_diverged": int((~ok).sum()),
+           "runtime_s": time.time() - t0, "min_train_accuracy": float(uc.min_train_accuracy),
+           "ok": bool(fit >= float(uc.min_train_accuracy))}
+    if not out["ok"]:
+      logging.warning(
+          "%s: mean random-label train accuracy %.3f < upstream.min_train_accuracy=%.2f: the "
+          "network has barely fitted its random labels, so little transfer is expected. Fix: "
+          "train longer (upstream.num_steps), use fewer upstream examples or a wider model.",
+          name, fit, float(uc.min_train_accuracy))
+    arrays = {**{f"init/{k}": v for k, v in res.snapshots[0].items()},
+              **{f"final/{k}": v for k, v in common.flatten(res.params).items()}}
+    return out, arrays
+
+  out, arrays = common.resume(folder, name, compute, with_arrays=True)
+  out["init"] = {k[5:]: v for k, v in arrays.items() if k.startswith("init/")}
+  out["params"] = {k[6:]: v for k, v in arrays.items() if k.startswith("final/")}
+  return out
+
+
+def _finished_params(up: Mapping[str, Any]) -> list:
+  ok = curves.finished_seeds(up.get("diverged"), len(up["train_accuracy"]))
+  return [p for p, f in zip(init_lib.unstack(common.unflatten(up["params"])), ok) if f]
+
+
+def f_source(config, workdir: str, model_up, up: Mapping[str, Any], x_up) -> init_lib.TransferFunction:
+  """f of the f_only arm: from the main upstream run, or from a separate upstream run on
+  config.f_only.data (trained with the upstream settings, config.f_only overriding them); the
+  upstream seeds that finished only."""
+  fo = config.f_only
+  if fo.source == "upstream":
+    params, x = _finished_params(up), x_up
+  elif fo.source == "data":
+    src = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
+    src.data = fo.data
+    src.split = fo.split
+    src.upstream.update({k: v for k, v in fo.get("upstream", {}).items()})
+    x = load_data(src)["x_up"]
+    params = _finished_params(run_upstream(src, workdir, x, name="f_source"))
+    model_up = _model(src, int(src.upstream.num_classes))
+  else:
+    raise errors.ConfigError(f"config.f_only.source={fo.source!r} is unknown. Fix: 'upstream' or "
+                             "'data' (with config.f_only.data).")
+  layer = models.layer_names(params[0])[0]
+  n = int(config.layerwise.num_examples)
+  return init_lib.measure_layer_transfer(model_up, params, x[:n], layer, num_bins=None)
+
+
+def downstream_labels(config, n: int, y_real, ids) -> np.ndarray:
+  if config.downstream.labels == "real":
+    return np.asarray(y_real, np.int32)
+  if config.downstream.labels == "random":
+    return train.random_labels(int(config.downstream.label_seed), ids, n,
+                               int(config.downstream.num_random_classes))
+  raise errors.ConfigError(f"config.downstream.labels={config.downstream.labels!r} is unknown. "
+                           "Fix: 'real' or 'random'.")
+
+
+def run_arm(config, workdir: str, arm: str, ctx: lib.ArmContext, data, up) -> dict[str, Any]:
+  """One downstream arm: num_seeds seeds through the engine; returns its results entry."""
+  name = f"downstream_{arm}"
+
+  def compute():
+    t0 = time.time()
+    dc = config.downstream
+    cfg = _phase_config(config, dc, int(dc.seed))
+    ids = train.seed_ids(cfg)
+    x, y = data["x_down"], downstream_labels(config, len(data["x_down"]), data["y_down"], ids)
+    init = init_lib.stack(ctx.build(arm))
+    res = train.train(ctx.model, cfg, x, y, workdir=workdir, init_params=init, name=name)
+    m = min(len(x), int(cfg.train_eval_examples))
+    steps, acc = common.accuracy_curve(ctx.model, init, res, x[:m], np.asarray(y)[..., :m],
+                                       phase=name, batch_size=1024)
+    test = common.accuracy(ctx.model, res.params, data["x_test"], data["y_test"], 1024)
+    carried = up is not None and lib.carries_seeds(arm)
+    out = lib.arm_summary(acc, test, res.diverged, up["diverged"] if carried else None)
+    return {"iterations": steps, **out, "runtime_s": time.time() - t0}
+
+  return common.resume(os.path.join(workdir, PHASES), name, compute)
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Upstream, every arm downstream, summary; writes results.json, arrays.npz and the figure."""
+  t0 = time.time()
+  arms_list = lib.check_arms(config.arms)
+  data = load_data(config)
+  model_up = _model(config, int(config.upstream.num_classes))
+  dn = data["num_classes"] if config.downstream.labels == "real" else int(
+      config.downstream.num_random_classes)
+  model_down = _model(config, dn)
+  needs_upstream = any(lib.uses_upstream(a, config) for a in arms_list)
+  up = run_upstream(config, workdir, data["x_up"]) if needs_upstream else None
+  pre = common.unflatten(up["params"]) if up else {}
+  pre_init = common.unflatten(up["init"]) if up else {}
+  ctx = lib.ArmContext(config, model_down, model_up, pre, pre_init, data["x_up"], data["x_down"],
+                       upstream_diverged=None if up is None else up["diverged"],
+                       f_source=lambda: f_source(config, workdir, model_up, up, data["x_up"]))
+  arms = {}
+  for arm in arms_list:
+    logging.info("transfer: arm %s", arm)
+    arms[arm] = run_arm(config, workdir, arm, ctx, data, up)
+  thresholds = [float(t) for t in config.speedup_thresholds]
+  out = {"arms": arms,
+         "upstream": None if up is None else {
+             k: up.get(k) for k in ("train_accuracy", "diverged", "num_diverged", "ok",
+                                "min_train_accuracy", "num_steps", "num_classes", "steps", "curve")},
+         **lib.summarize(arms, thresholds, list(config.report_steps)),
+         "thresholds": thresholds, "checks": lib.fig5_checks(arms)}
+  tf = {name: {"lambda": f.knots, "f": f.values, "rest": f.rest}
+        for name, f in ctx.transfer_functions.items()}
+  folder = os.path.join(workdir, PHASES)
+  if tf:   # measured in this invocation; else (every arm resumed) read back
+    results.write_json(folder, "transfer_functions.json", tf)
+  out["transfer_functions"] = (common.jsonable(tf) if tf else
+                               results.read_json(folder, "transfer_functions.json") or {})
+  out["data"] = {"sizes": data["sizes"], "name": config.data.name}
+  phases = list(arms.values()) + ([up] if up else [])
+  out["runtime_s"] = float(sum(p.get("runtime_s", 0.0) for p in phases))
+  fig = plots.plot_transfer(out, os.path.join(workdir, config.get("figure_name", "transfer.png")),
+                            title=config.get("title", ""),
+                            reference=config.get("paper_reference", None))
+  out["figure"] = os.path.basename(fig)
+  results.write_json(workdir, "results.json", out)
+  logging.info("transfer: done in %.0f s (this invocation)", time.time() - t0)
+  return common.jsonable(out)
