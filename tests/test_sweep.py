@@ -1,0 +1,118 @@
+"""Sweeps through a binary (subprocesses, as a user runs them): packing, task splits, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rl_align import sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "--config=experiments/configs/fig20.py:right,tiny"
+
+
+def _run(*args, timeout=600, env=None):
+  return subprocess.run([sys.executable, "-m", "experiments.eigenvalue_map", CONFIG, *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                        env=dict(os.environ, **(env or {})))
+
+
+def _kernel(wd):
+  return np.load(os.path.join(wd, "right", "arrays.npz"))["first_kernel"]
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("packed")
+  proc = _run(f"--workdir={wd}", "--sweep=train.learning_rate=0.01,0.05", "--sweep=train.seed=0,3")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return wd, proc
+
+
+def test_packed_sweep_runs_one_program_and_writes_the_documented_files(packed):
+  wd, proc = packed
+  assert "4 members of 4 packed calls" not in proc.stderr   # 4 points x 2 seeds = 8 members
+  assert "8 members of 4 packed calls" in proc.stderr
+  out = json.load(open(wd / "sweep.json"))
+  assert [p["fields"] for p in out["points"]] == [
+      {"train.learning_rate": lr, "train.seed": s} for lr in (0.01, 0.05) for s in (0, 3)]
+  for p in out["points"]:
+    assert os.path.isfile(wd / p["workdir"] / "right" / "results.json")
+    acc = p["summary"]["right/train_accuracy"]
+    assert 0 <= acc["mean"] <= 1 and acc["std"] is not None
+  assert (wd / "sweep.csv").read_text().count("\n") == 5
+  for f in ("sweep_train.learning_rate.png", "sweep_train.seed.png"):
+    assert (wd / f).stat().st_size > 1000
+
+
+def test_packed_member_equals_its_point_run_alone(packed, tmp_path):
+  wd, _ = packed
+  proc = _run(f"--workdir={tmp_path}", "--config.train.learning_rate=0.05", "--config.train.seed=3")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  np.testing.assert_array_equal(   # the same per-member program on one machine: bitwise
+      _kernel(wd / "points" / "train.learning_rate=0.05,train.seed=3"), _kernel(tmp_path))
+
+
+def test_two_task_split_gives_the_same_sweep_json_as_one_task(tmp_path):
+  args = ["--sweep=train.batch_size=64,128", "--sweep=train.learning_rate=0.01,0.02",
+          "--config.train.num_epochs=1"]
+  one = _run(f"--workdir={tmp_path / 'one'}", *args)
+  assert one.returncode == 0, one.stderr[-3000:]
+  # Two tasks at the same time, as a SLURM job array (ids 1..2) would start them.
+  env = lambda i: {"SLURM_ARRAY_TASK_ID": str(i), "SLURM_ARRAY_TASK_MIN": "1",
+                   "SLURM_ARRAY_TASK_COUNT": "2"}
+  procs = [subprocess.Popen([sys.executable, "-m", "experiments.eigenvalue_map", CONFIG,
+                             f"--workdir={tmp_path / 'two'}", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, **env(i))) for i in (1, 2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+  assert sum("runs 1 group(s), 2 point(s)" in o[1] for o in outs) == 2
+  a = json.load(open(tmp_path / "one" / "sweep.json"))
+  b = json.load(open(tmp_path / "two" / "sweep.json"))
+  assert a == b
+  # The summary command rewrites the same file.
+  cmd = subprocess.run([sys.executable, "-m", "experiments.sweep_summary", str(tmp_path / "two")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert cmd.returncode == 0, cmd.stderr
+  assert json.load(open(tmp_path / "two" / "sweep.json")) == a
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--sweep=train.learnig_rate=0.1,0.2"], "no field 'train.learnig_rate'"),
+    (["--sweep=train.batch_size=0.5,1.5"], "is a float but the config's field is a int"),
+    (["--sweep=train.learning_rate="], "empty"),
+    (["--sweep=train.learning_rate=0.1", "--num_tasks=2", "--task_index=2"], "--task_index=2"),
+    (["--sweep_zip=train.learning_rate=0.1,0.2;train.momentum=0.9"], "same number of values"),
+])
+def test_bad_sweep_input_is_one_line_before_compiling(tmp_path, args, words):
+  proc = _run(f"--workdir={tmp_path}", *args, timeout=120)
+  assert proc.returncode == 2
+  err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and words in err[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not os.path.exists(tmp_path / "points")
+
+
+def test_a_workdir_with_another_sweep_is_refused(packed):
+  wd, _ = packed
+  proc = _run(f"--workdir={wd}", "--sweep=train.learning_rate=0.3", timeout=120)
+  assert proc.returncode == 2 and "holds another sweep" in proc.stderr
+
+
+def test_expand_and_group_are_pure_and_typed():
+  import ml_collections
+  cfg = ml_collections.ConfigDict({"train": {"learning_rate": 0.1, "batch_size": 8, "seed": 0},
+                                   "data": {"kwargs": {"seed": 0}}})
+  axes = sweep.parse_axes(["train.learning_rate=1,2", "train.batch_size=8,16"],
+                          ["train.seed=0,1;data.kwargs.seed=5,6"])
+  points = sweep.expand(cfg, axes)
+  assert len(points) == 8
+  assert isinstance(points[0].config.train.learning_rate, float)   # int literal -> float field
+  # Learning rate and root seed pack; batch size and the data seed do not.
+  groups = sweep.group_points(points)
+  assert sorted(len(g) for g in groups) == [2, 2, 2, 2]
+  assert sweep.group_points(points, packing=False) == [[i] for i in range(8)]
+  assert sweep.task_share(5, 1, 2) == [1, 3]
