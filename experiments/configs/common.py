@@ -10,7 +10,7 @@ A config file declares the arguments it accepts, with their defaults, and gets t
       c = common.base_config()
       ...   # a.transfer == "negative", a.scale == "paper", a.random is False, a.steps == 100
 
-so that `fig1.py:negative,random,steps=50` gives transfer="negative", random=True, steps=50.  The
+so that `my_figure.py:negative,random,steps=50` gives transfer="negative", random=True, steps=50.  The
 forms, separated by commas:
 
 - a bare word that names a bool argument sets it (`random`); `random=false` sets it explicitly;
@@ -113,7 +113,8 @@ def _convert(where: str, key: str, default: Any, raw: str) -> Any:
     try:
       return type(default)(raw)
     except ValueError:
-      want = f"a {type(default).__name__}"
+      name = type(default).__name__
+      want = f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
   raise errors.ConfigError(f"{where}: config argument {key}={raw!r} is invalid: expected {want}. "
                            f"Fix: e.g. {key}={_example(default)}.")
 
