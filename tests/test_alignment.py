@@ -5,11 +5,20 @@ import pytest
 
 from rl_align import alignment
 from rl_align import errors
+from tests.tolerances import assert_close, f64_tol, sampling_tol
 
 
 def _rotated_covariance(eigvals, seed=0):
   q = alignment.random_basis(seed, len(eigvals))
   return q @ np.diag(eigvals) @ q.T
+
+
+def _rel_tol(cov):
+  """Relative float64 error of the dense linear algebra on a d x d matrix of condition number kappa
+  (eigh, Cholesky, triangular solves, quadratic forms: each normwise backward stable with error
+  <= c * d * u * kappa, Golub & Van Loan ch. 7-8), chained d deep: f64_tol(kappa, d * d) (see
+  tests/tolerances.py).  An orthonormal basis has kappa = 1."""
+  return float(f64_tol(np.linalg.cond(cov), len(cov) ** 2))
 
 
 def _g(lam):
@@ -27,13 +36,18 @@ def _aligned_pair(d=12, seed=0):
 def test_aligned_weights_have_zero_misalignment_only_in_the_data_eigenbasis():
   cov_x, cov_w, lam, v = _aligned_pair()
   assert np.abs(cov_x - np.diag(np.diag(cov_x))).max() > 0.1    # truly non-diagonal
-  assert alignment.misalignment(cov_w, v) < 1e-8
+  d = len(lam)
+  assert alignment.misalignment(cov_w, v) < d * _rel_tol(cov_w)   # d terms, each ~ its rounding
   random = alignment.random_basis(1, len(lam))
   assert alignment.misalignment(cov_w, random) > 0.5
   lam_x, f = alignment.transfer_function(cov_x, cov_w)
-  np.testing.assert_allclose(lam_x, lam, rtol=1e-12)
-  np.testing.assert_allclose(f, np.sqrt(_g(lam)), rtol=1e-10)
-  np.testing.assert_allclose(alignment.transfer_function_in_basis(cov_w, v), f)
+  # Eigenvalues: error normwise, relative to lam_max; f: quadratic forms in cov_w, plus g(lam_x)
+  # whose lam_x carries that error, relatively lam_max / lam_min larger at the smallest lam.
+  np.testing.assert_allclose(lam_x, lam, rtol=0, atol=_rel_tol(cov_x) * lam[0])
+  np.testing.assert_allclose(f, np.sqrt(_g(lam)), atol=0,
+                             rtol=_rel_tol(cov_w) + _rel_tol(cov_x) * lam[0] / lam[-1])
+  # Exact: transfer_function is eigh_desc + transfer_function_in_basis on the same values.
+  np.testing.assert_array_equal(alignment.transfer_function_in_basis(cov_w, v), f)
 
 
 def test_misalignment_is_scale_invariant_nonnegative_and_matches_explicit_inverse():
@@ -46,13 +60,20 @@ def test_misalignment_is_scale_invariant_nonnegative_and_matches_explicit_invers
   inv = np.linalg.inv(cov_w)
   explicit = np.sqrt(np.einsum("ij,ik,kj->j", basis, cov_w, basis)
                      * np.einsum("ij,ik,kj->j", basis, inv, basis)) - 1
-  np.testing.assert_allclose(terms, explicit, rtol=1e-10, atol=1e-12)
+  # Each term is sqrt(a b) - 1 with a, b quadratic forms in cov_w and its inverse: an error of
+  # (terms + 1) * rel for each of the two computations.
+  term_tol = 2 * (terms + 1) * _rel_tol(cov_w)
+  assert_close(terms, explicit, term_tol, "terms vs explicit inverse")
   m = alignment.misalignment(cov_w, basis)
-  assert alignment.misalignment(1e-6 * cov_w, basis) == pytest.approx(m, rel=1e-10)
-  assert alignment.misalignment(1e4 * cov_w, basis) == pytest.approx(m, rel=1e-10)
-  assert alignment.misalignment(cov_w, basis, reduce="mean") == pytest.approx(m / 8)
+  # Scaling by 1e-6 / 1e4 (not powers of 2) rounds cov_w once more: within the same bound.
+  assert alignment.misalignment(1e-6 * cov_w, basis) == pytest.approx(m, rel=0, abs=term_tol.sum())
+  assert alignment.misalignment(1e4 * cov_w, basis) == pytest.approx(m, rel=0, abs=term_tol.sum())
+  # mean vs sum / 8 of 8 non-negative terms: two summation orders.
+  assert alignment.misalignment(cov_w, basis, reduce="mean") == pytest.approx(
+      m / 8, rel=0, abs=f64_tol(m / 8, 8))
   # A subset of directions (columns) is allowed.
-  np.testing.assert_allclose(alignment.misalignment_terms(cov_w, basis[:, :3]), terms[:3])
+  assert_close(alignment.misalignment_terms(cov_w, basis[:, :3]), terms[:3], term_tol[:3],
+               "subset")
 
 
 def test_singular_or_non_psd_weight_covariance_raises_and_ridge_fixes_singular():
@@ -78,12 +99,14 @@ def test_repeated_eigenvalues_group_and_keep_alignment():
   groups = alignment.group_degenerate(lam_x, rtol=1e-9)
   assert [g.tolist() for g in groups] == [[0, 1, 2], [3, 4], [5]]
   cov_w = v @ np.diag(_g(lam_x)) @ v.T
-  assert alignment.misalignment(cov_w, v) < 1e-8
+  d = len(lam)
+  assert alignment.misalignment(cov_w, v) < d * _rel_tol(cov_w)    # as in the first test
   # Any orthonormal basis of the top eigenspace is as good: the eigenspaces coincide exactly.
   mixed = v.copy()
   mixed[:, :3] = v[:, :3] @ alignment.random_basis(9, 3)
-  assert alignment.misalignment(cov_w, mixed) < 1e-8
-  np.testing.assert_allclose(alignment.principal_cosines(v, mixed, 3), 1.0, atol=1e-12)
+  assert alignment.misalignment(cov_w, mixed) < d * _rel_tol(cov_w)
+  # Orthonormal inputs (kappa 1): a d-term product, then an SVD.
+  np.testing.assert_allclose(alignment.principal_cosines(v, mixed, 3), 1.0, atol=_rel_tol(v))
   assert alignment.overlap_matrix(v, mixed)[:3, :3].max() < 1.0 - 1e-6   # vectors differ
   assert [g.tolist() for g in alignment.group_degenerate(np.array([1.0, 0.99, 0.5]), 0.02)] == \
       [[0, 1], [2]]
@@ -95,9 +118,10 @@ def test_repeated_eigenvalues_group_and_keep_alignment():
 def test_eigh_desc_sorts_reconstructs_and_checks_input():
   cov = _rotated_covariance(np.array([0.3, 4.0, 1.0, 2.0]), 2)
   lam, v = alignment.eigh_desc(cov)
-  np.testing.assert_allclose(lam, [4.0, 2.0, 1.0, 0.3], rtol=1e-12)
-  np.testing.assert_allclose(v @ np.diag(lam) @ v.T, cov, atol=1e-12)
-  np.testing.assert_allclose(v.T @ v, np.eye(4), atol=1e-12)
+  # Backward stable eigh: errors normwise, relative to lam_max = 4 (and 1 for orthogonality).
+  np.testing.assert_allclose(lam, [4.0, 2.0, 1.0, 0.3], rtol=0, atol=4 * _rel_tol(cov))
+  np.testing.assert_allclose(v @ np.diag(lam) @ v.T, cov, atol=4 * _rel_tol(cov))
+  np.testing.assert_allclose(v.T @ v, np.eye(4), atol=_rel_tol(cov))
   assert np.all(v[np.argmax(np.abs(v), axis=0), range(4)] > 0)       # deterministic signs
   bad = cov.copy()
   bad[0, 1] += 0.1
@@ -113,7 +137,7 @@ def test_eigh_desc_sorts_reconstructs_and_checks_input():
 
 def test_random_basis_is_orthogonal_reproducible_and_unbiased():
   q = alignment.random_basis(0, 7)
-  np.testing.assert_allclose(q.T @ q, np.eye(7), atol=1e-12)
+  np.testing.assert_allclose(q.T @ q, np.eye(7), atol=_rel_tol(np.eye(7)))   # Householder QR
   np.testing.assert_array_equal(q, alignment.random_basis(0, 7))
   assert not np.allclose(q, alignment.random_basis(1, 7))
   key = jax.random.key(3)
@@ -121,20 +145,27 @@ def test_random_basis_is_orthogonal_reproducible_and_unbiased():
   np.testing.assert_array_equal(alignment.random_basis(jax.random.PRNGKey(3), 5),
                                 alignment.random_basis(jax.random.PRNGKey(3), 5))
   # Haar: every entry is symmetric about 0 with E[q_ij^2] = 1/d (a QR without the sign fix
-  # makes the diagonal of q biased).
+  # makes the diagonal of q biased: mean q_00 ~ -0.49 over 600 draws).  Sampling bounds (5 sigma,
+  # tests/tolerances.py) over 600 draws: q_ij has std sqrt(1/3) -> 0.118; q_ij^2 ~ Beta(1/2, 1)
+  # has std sqrt(0.5 / (2.25 * 2.5)) = 0.298 -> 0.061.
   draws = np.stack([alignment.random_basis(s, 3) for s in range(600)])
-  assert np.abs(draws[:, 0, 0].mean()) < 0.1 and np.abs(draws[:, 1, 1].mean()) < 0.1
-  np.testing.assert_allclose((draws**2).mean(0), np.full((3, 3), 1 / 3), atol=0.06)
+  mean_tol = sampling_tol(np.sqrt(1 / 3), 600)
+  assert np.abs(draws[:, 0, 0].mean()) < mean_tol and np.abs(draws[:, 1, 1].mean()) < mean_tol
+  np.testing.assert_allclose((draws**2).mean(0), np.full((3, 3), 1 / 3),
+                             atol=sampling_tol(np.sqrt(0.5 / (2.25 * 2.5)), 600))
 
 
 def test_subspace_overlap_and_random_baseline():
   v = alignment.random_basis(4, 10)
-  np.testing.assert_allclose(alignment.principal_cosines(v, v, 4), 1.0, atol=1e-12)
-  np.testing.assert_allclose(alignment.principal_cosines(v, v[:, ::-1], 4), 0.0, atol=1e-12)
-  assert alignment.subspace_overlap(v, v, 4) == pytest.approx(1.0)
-  np.testing.assert_allclose(alignment.overlap_matrix(v, v), np.eye(10), atol=1e-12)
+  tol = _rel_tol(v)                     # orthonormal (kappa 1), 10-term products and an SVD
+  np.testing.assert_allclose(alignment.principal_cosines(v, v, 4), 1.0, atol=tol)
+  np.testing.assert_allclose(alignment.principal_cosines(v, v[:, ::-1], 4), 0.0, atol=tol)
+  assert alignment.subspace_overlap(v, v, 4) == pytest.approx(1.0, rel=0, abs=tol)
+  np.testing.assert_allclose(alignment.overlap_matrix(v, v), np.eye(10), atol=tol)
+  # E[mean cos^2] of a random 3-space against a fixed one in 10 dims is exactly 3/10; the mean of
+  # 400 trials lies within the sampling bound (5 sigma / sqrt(400)).
   mean, std = alignment.random_subspace_baseline(10, 3, key_or_seed=0, trials=400)
-  assert mean == pytest.approx(0.3, abs=4 * std / np.sqrt(400) + 1e-3)
+  assert mean == pytest.approx(0.3, abs=sampling_tol(std, 400))
   with pytest.raises(errors.ConfigError, match="exceeds"):
     alignment.principal_cosines(v[:, :2], v, 3)
 
@@ -150,7 +181,8 @@ def test_finite_sample_floor_shrinks_with_samples_and_brackets_a_measurement():
   rng = np.random.default_rng(11)
   w = rng.standard_normal((50, 8)) * np.sqrt(_g(lam)) @ v.T
   measured = alignment.misalignment(w.T @ w / 50, v)
-  assert abs(measured - small[0]) < 4 * small[1]
+  # One draw against a mean of 20 trials: 5 sigma of (draw - mean), std * sqrt(1 + 1/20).
+  assert abs(measured - small[0]) < sampling_tol(small[1] * np.sqrt(1 + 1 / 20), 1)
   centered = alignment.finite_sample_floor(v, var, 50, key_or_seed=0, trials=5, centered=True,
                                            reduce="mean")
   assert centered[0] > 0

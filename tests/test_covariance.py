@@ -6,6 +6,7 @@ import pytest
 
 from rl_align import covariance
 from rl_align import errors
+from tests.tolerances import assert_close, f32_tol, f64_tol
 
 
 def _images(n, h, w, c, seed=0, mean=0.0, dtype=np.float64):
@@ -14,6 +15,26 @@ def _images(n, h, w, c, seed=0, mean=0.0, dtype=np.float64):
   # Correlate neighbouring pixels so the patch covariance has structure.
   x = x + 0.5 * np.roll(x, 1, axis=1) + 0.3 * np.roll(x, 1, axis=2)
   return x.astype(dtype)
+
+
+def _moment_tols(ref_mean, ref_cov, count, shift, f32_len=0):
+  """(mean, cov) rounding bounds (tests/tolerances.py) of a streamed estimate around `shift` vs the
+  float64 one-shot reference.  Terms y = x - shift have mean |y_i| <= sqrt(M_ii) and mean |y_i y_j|
+  <= sqrt(M_ii M_jj) (Cauchy-Schwarz), M = diag(cov) + (mean - shift)^2.  Float64 sums run over
+  `count` terms (+ 8 for merges, centering, division); float32 input adds one rounding of y and
+  float32 Gram blocks over at most `f32_len` terms (batch images x patches, <= 8192 rows)."""
+  m = np.sqrt(np.diag(ref_cov) + (ref_mean - shift) ** 2)
+  mean_tol = f64_tol(m, count + 8) + f64_tol(np.abs(ref_mean), 1)
+  cov_tol = f64_tol(np.outer(m, m), count + 8)
+  if f32_len:
+    mean_tol = mean_tol + f32_tol(m, 1)
+    cov_tol = cov_tol + f32_tol(np.outer(m, m), f32_len + 2)
+  return mean_tol, cov_tol
+
+
+def _gram_tol(w):
+  """Rounding bound of w.T @ w / n in float64 (any order): magnitude |w|.T @ |w| / n, n terms."""
+  return f64_tol(np.abs(w).T @ np.abs(w) / len(w), len(w) + 1)
 
 
 def _reference(x, k):
@@ -39,7 +60,10 @@ def test_extract_patches_matches_flax_order_convolution(k, h, w):
   assert patches.shape == (2, (h - k + 1) * (w - k + 1), k * k * c)
   out = jnp.einsum("npd,df->npf", patches, kernel.reshape(-1, f),
                    precision=jax.lax.Precision.HIGHEST)
-  np.testing.assert_allclose(out, conv.reshape(2, -1, f), rtol=1e-5, atol=1e-4)
+  # Two float32 sums of k*k*C products in any order: bounded by |patches| @ |kernel| (tolerances.py).
+  mag = jnp.einsum("npd,df->npf", jnp.abs(patches), jnp.abs(kernel).reshape(-1, f),
+                   precision=jax.lax.Precision.HIGHEST)
+  assert_close(out, conv.reshape(2, -1, f), f32_tol(mag, k * k * c), "patches @ kernel vs conv")
   np_patches = covariance._patches_np(np.asarray(x), k)  # pylint: disable=protected-access
   np.testing.assert_array_equal(np_patches, np.asarray(patches).reshape(-1, k * k * c))
 
@@ -50,13 +74,19 @@ def test_streaming_patch_covariance_equals_one_shot_float64(method, k, shape):
   x = _images(23, *shape)
   ref_mean, ref_cov = _reference(x, k)
   mean, cov = covariance.patch_covariance(x, k, batch_size=5, method=method)
-  np.testing.assert_allclose(mean, ref_mean, rtol=1e-12, atol=1e-12)
-  np.testing.assert_allclose(cov, ref_cov, rtol=1e-11, atol=1e-12)
+  count = 23 * (shape[0] - k + 1) * (shape[1] - k + 1)
+  shift = covariance.patch_moments(x, k, batch_size=5, method=method).shift
+  mean_tol, cov_tol = _moment_tols(ref_mean, ref_cov, count, shift)      # float64: ~1e-13
+  assert_close(mean, ref_mean, mean_tol, "mean")
+  assert_close(cov, ref_cov, cov_tol, "cov")
   # float32 input: float32 Gram blocks, float64 totals.
-  mean32, cov32 = covariance.patch_covariance(x.astype(np.float32), k, batch_size=7, method=method)
-  ref32 = _reference(x.astype(np.float32), k)
-  np.testing.assert_allclose(mean32, ref32[0], atol=1e-6)
-  np.testing.assert_allclose(cov32, ref32[1], atol=1e-5 * np.abs(ref32[1]).max())
+  x32 = x.astype(np.float32)
+  mean32, cov32 = covariance.patch_covariance(x32, k, batch_size=7, method=method)
+  ref32 = _reference(x32, k)
+  shift32 = covariance.patch_moments(x32, k, batch_size=7, method=method).shift
+  mean_tol, cov_tol = _moment_tols(*ref32, count, shift32, f32_len=count // 23 * 7)
+  assert_close(mean32, ref32[0], mean_tol, "mean32")
+  assert_close(cov32, ref32[1], cov_tol, "cov32")
 
 
 def test_iterator_of_batches_equals_array_and_counts_patches():
@@ -66,8 +96,12 @@ def test_iterator_of_batches_equals_array_and_counts_patches():
   assert acc.count == 20 * 4 * 6
   mean, cov = acc.finalize()
   ref_mean, ref_cov = covariance.patch_covariance(x, 3)
-  np.testing.assert_allclose(mean, ref_mean, atol=1e-6)      # float32 Grams, other shifts
-  np.testing.assert_allclose(cov, ref_cov, atol=1e-6)
+  # Float32 Grams around other shifts, each within the bound of the exact moments: twice it.
+  tols = [_moment_tols(ref_mean, ref_cov, acc.count, sh, f32_len=20 * 24)
+          for sh in (acc.shift, covariance.patch_moments(x, 3).shift)]
+  assert_close(mean, ref_mean, tols[0][0] + tols[1][0], "mean")
+  assert_close(cov, ref_cov, tols[0][1] + tols[1][1], "cov")
+  # Exact: the same program on the same values (a jax array is read as numpy).
   j_mean, j_cov = covariance.patch_covariance(jnp.asarray(x), 3)     # jax arrays too
   np.testing.assert_array_equal(j_cov, ref_cov)
   np.testing.assert_array_equal(j_mean, ref_mean)
@@ -80,21 +114,24 @@ def test_merging_accumulators_equals_one_accumulator():
   one = covariance.MomentAccumulator().update(a[:100]).update(a[100:]).update(b)
   merged = covariance.MomentAccumulator().update(a).merge(covariance.MomentAccumulator().update(b))
   both = np.concatenate([a, b])
+  ref_cov = np.cov(both, rowvar=False)
   for acc in (one, merged):
     assert acc.count == 500
     mean, cov = acc.finalize()
-    np.testing.assert_allclose(mean, both.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(cov, np.cov(both, rowvar=False), rtol=1e-11, atol=1e-12)
+    # float64 around the first batch's shift; b's moments re-expressed around it by the merge.
+    mean_tol, cov_tol = _moment_tols(both.mean(0), ref_cov, 500, acc.shift)
+    assert_close(mean, both.mean(0), mean_tol, "mean")
+    assert_close(cov, ref_cov, cov_tol, "cov")
   mean0, cov0 = merged.finalize(ddof=0)
-  np.testing.assert_allclose(cov0, np.cov(both, rowvar=False, ddof=0), rtol=1e-11, atol=1e-12)
-  # Merging into / with an empty accumulator is the identity.
+  assert_close(cov0, np.cov(both, rowvar=False, ddof=0), cov_tol, "cov ddof=0")
+  # Merging into / with an empty accumulator is the identity: exact (the arrays are copied).
   empty = covariance.MomentAccumulator()
-  np.testing.assert_allclose(empty.merge(merged).finalize()[1], merged.finalize()[1])
+  np.testing.assert_array_equal(empty.merge(merged).finalize()[1], merged.finalize()[1])
   # Patch accumulators merge like any other.
   x = _images(10, 6, 6, 3, seed=3)
   halves = covariance.patch_moments(x[:4], 3).merge(covariance.patch_moments(x[4:] + 2.0, 3))
   ref = _reference(np.concatenate([x[:4], x[4:] + 2.0]), 3)
-  np.testing.assert_allclose(halves.finalize()[1], ref[1], rtol=1e-10, atol=1e-12)
+  assert_close(halves.finalize()[1], ref[1], _moment_tols(*ref, 160, halves.shift)[1], "patches")
 
 
 def test_large_mean_float32_data_keeps_precision():
@@ -102,7 +139,11 @@ def test_large_mean_float32_data_keeps_precision():
   x = (1e4 + rng.standard_normal((20000, 5)) * np.arange(1, 6)).astype(np.float32)
   ref = np.cov(x.astype(np.float64), rowvar=False)
   _, cov = covariance.data_covariance(x, batch_size=3000)
-  np.testing.assert_allclose(cov, ref, rtol=1e-5, atol=1e-5)
+  # Float32 Grams of 3000 shifted rows: the bound is ~7e-4 of the variances (~1-25); the
+  # unshifted estimate below is off by more than 1e-2 of them.
+  shift = covariance.data_moments(x, batch_size=3000).shift
+  ref_mean = x.astype(np.float64).mean(0)
+  assert_close(cov, ref, _moment_tols(ref_mean, ref, len(x), shift, f32_len=3000)[1], "cov")
   # The same estimate without a shift (E[xx^T] - mm^T in float32 Grams) loses every digit.
   naive = (x.T @ x).astype(np.float64) / len(x) - np.outer(x.mean(0, dtype=np.float64),
                                                             x.mean(0, dtype=np.float64))
@@ -111,15 +152,20 @@ def test_large_mean_float32_data_keeps_precision():
   imgs = _images(40, 8, 8, 3, seed=5, mean=200.0, dtype=np.float32)
   for method in ("band", "patches"):
     _, pcov = covariance.patch_covariance(imgs, 3, batch_size=16, method=method)
-    ref_p = _reference(imgs, 3)[1]
-    np.testing.assert_allclose(pcov, ref_p, rtol=1e-5, atol=1e-5 * np.abs(ref_p).max())
+    ref_m, ref_p = _reference(imgs, 3)
+    shift = covariance.patch_moments(imgs, 3, batch_size=16, method=method).shift
+    tol = _moment_tols(ref_m, ref_p, 40 * 36, shift, f32_len=16 * 36)[1]
+    assert_close(pcov, ref_p, tol, method)
 
 
 def test_data_covariance_flattens_trailing_axes():
   x = np.random.default_rng(6).standard_normal((50, 2, 3))
   mean, cov = covariance.data_covariance(x, batch_size=16)
-  np.testing.assert_allclose(mean, x.reshape(50, -1).mean(0))
-  np.testing.assert_allclose(cov, np.cov(x.reshape(50, -1), rowvar=False), atol=1e-13)
+  flat = x.reshape(50, -1)
+  mean_tol, cov_tol = _moment_tols(flat.mean(0), np.cov(flat, rowvar=False), 50,
+                                   covariance.data_moments(x, batch_size=16).shift)
+  assert_close(mean, flat.mean(0), mean_tol, "mean")
+  assert_close(cov, np.cov(flat, rowvar=False), cov_tol, "cov")
 
 
 def test_weight_order_matches_patches():
@@ -140,16 +186,18 @@ def test_weight_covariance_ranks_and_centering():
   rng = np.random.default_rng(8)
   dense = rng.standard_normal((3, 5, 40)) + 0.3                 # [S, d, h]
   w = dense.transpose(0, 2, 1).reshape(-1, 5)
-  np.testing.assert_allclose(covariance.weight_covariance(dense), w.T @ w / 120)
-  np.testing.assert_allclose(covariance.weight_covariance(dense, centered=True),
-                             np.cov(w, rowvar=False))
-  np.testing.assert_allclose(covariance.weight_covariance(dense[0]),
-                             dense[0] @ dense[0].T / 40)
+  # float64 Grams: bounded by |w|.T @ |w| / n (_gram_tol); a transposed axis gives O(1) errors.
+  assert_close(covariance.weight_covariance(dense), w.T @ w / 120, _gram_tol(w), "dense")
+  wm = w - w.mean(0)
+  assert_close(covariance.weight_covariance(dense, centered=True), np.cov(w, rowvar=False),
+               _gram_tol(wm) * 2 + _gram_tol(w), "centered")   # two centerings of a mean ~0.3
+  assert_close(covariance.weight_covariance(dense[0]), dense[0] @ dense[0].T / 40,
+               _gram_tol(dense[0].T), "one seed")
   conv = rng.standard_normal((2, 3, 3, 2, 10))                 # [S, kh, kw, C, F]
   wc = conv.transpose(0, 4, 1, 2, 3).reshape(-1, 18)
-  np.testing.assert_allclose(covariance.weight_covariance(conv), wc.T @ wc / 20)
-  np.testing.assert_allclose(covariance.weight_covariance(conv[1]),
-                             wc[10:].T @ wc[10:] / 10)
+  assert_close(covariance.weight_covariance(conv), wc.T @ wc / 20, _gram_tol(wc), "conv")
+  assert_close(covariance.weight_covariance(conv[1]), wc[10:].T @ wc[10:] / 10,
+               _gram_tol(wc[10:]), "conv, one seed")
 
 
 def test_bad_images_raise_clear_errors():
@@ -202,7 +250,11 @@ def test_one_core_inline_path_equals_threaded_path(method, monkeypatch):
   with covariance._blas_threads() as threads:  # pylint: disable=protected-access
     assert threads.workers == 1
   inline = covariance.patch_covariance(x, 3, batch_size=8, method=method)[1]
-  np.testing.assert_allclose(inline, threaded, rtol=1e-6, atol=1e-6)
+  # Other chunks per thread -> other float32 Gram blocks: each within the bound of the exact value.
+  ref_mean, ref_cov = _reference(x, 3)
+  shift = covariance.patch_moments(x, 3, batch_size=8, method=method).shift
+  assert_close(inline, threaded, 2 * _moment_tols(ref_mean, ref_cov, 30 * 56, shift,
+                                                  f32_len=8 * 56)[1], method)
 
 
 def test_auto_method_uses_band_for_small_images():

@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from rl_align import data
+from tests.tolerances import assert_close, f32_tol, f64_tol, sampling_tol
 from rl_align import errors
 
 
@@ -35,12 +36,16 @@ def test_array_dataset_coerces_and_validates():
 
 def test_gaussian_covariance_diag_and_rotation_preserves_spectrum():
   stds = np.array([0.5, 1.0, 1.5, 2.0, 3.0])
-  np.testing.assert_allclose(data.gaussian_covariance(stds), np.diag(stds**2))
-  np.testing.assert_allclose(data.gaussian_covariance(variances=stds**2), np.diag(stds**2))
+  # Exact: diag(stds**2) is computed the same way.
+  np.testing.assert_array_equal(data.gaussian_covariance(stds), np.diag(stds**2))
+  np.testing.assert_array_equal(data.gaussian_covariance(variances=stds**2), np.diag(stds**2))
   rot = data.gaussian_covariance(stds, rotate=True, seed=3)
   assert rot.dtype == np.float64
-  np.testing.assert_allclose(rot, rot.T, atol=0)
-  np.testing.assert_allclose(np.linalg.eigvalsh(rot), np.sort(stds**2), atol=1e-12)
+  np.testing.assert_array_equal(rot, rot.T)       # symmetrized: exact
+  # O diag O^T then eigh, float64: normwise error <= 5-term sums and a backward stable eigh, both
+  # of magnitude lam_max = 9 (tests/tolerances.py).
+  np.testing.assert_allclose(np.linalg.eigvalsh(rot), np.sort(stds**2), rtol=0,
+                             atol=f64_tol(9.0, 5 * 5))
   assert np.abs(rot - np.diag(np.diag(rot))).max() > 0.1  # really rotated
   np.testing.assert_array_equal(rot, data.gaussian_covariance(stds, rotate=True, seed=3))
   assert not np.allclose(rot, data.gaussian_covariance(stds, rotate=True, seed=4))
@@ -53,17 +58,22 @@ def test_gaussian_sample_covariance_matches_population(rotate):
   assert ds.x.shape == (40_000, 6) and ds.x.dtype == np.float32
   x = ds.x.astype(np.float64)
   pop = data.gaussian_covariance(stds, rotate=rotate, seed=7)
-  np.testing.assert_allclose(x.mean(0), 0, atol=0.05)
-  # Entry (i, j) of a sample covariance has std sqrt((S_ii S_jj + S_ij^2) / n) <= 9 / 200 here.
-  np.testing.assert_allclose(np.cov(x.T), pop, atol=0.15)
-  np.testing.assert_allclose(np.linalg.eigvalsh(np.cov(x.T)), stds**2, rtol=0.05)
+  # Sampling bounds, 5 sigma (tests/tolerances.py): the mean of coordinate i has std
+  # sqrt(S_ii / n); entry (i, j) of a Gaussian sample covariance has std sqrt((S_ii S_jj + S_ij^2)
+  # / n) (<= 9 / 200 here); an eigenvalue of it has relative std sqrt(2 / n).
+  n, var = len(x), np.diag(pop)
+  assert_close(x.mean(0), 0, sampling_tol(np.sqrt(var), n), "sample mean")
+  cov_tol = sampling_tol(np.sqrt(np.outer(var, var) + pop**2), n)
+  assert_close(np.cov(x.T), pop, cov_tol, "sample covariance")
+  np.testing.assert_allclose(np.linalg.eigvalsh(np.cov(x.T)), stds**2,
+                             rtol=sampling_tol(np.sqrt(2), n))
   assert set(np.unique(ds.y)) == {0, 1, 2, 3}
   again = data.gaussian(40_000, stds=stds, rotate=rotate, seed=7, num_classes=4)
   np.testing.assert_array_equal(ds.x, again.x)
   np.testing.assert_array_equal(ds.y, again.y)
   test = data.gaussian(40_000, stds=stds, rotate=rotate, seed=7, num_classes=4, split="test")
   assert np.abs(test.x[:100] - ds.x[:100]).min() > 0  # an independent draw ...
-  np.testing.assert_allclose(np.cov(test.x.T.astype(np.float64)), pop, atol=0.15)  # ... same Σ
+  assert_close(np.cov(test.x.T.astype(np.float64)), pop, cov_tol, "test split")   # ... same Σ
 
 
 def test_gaussian_needs_exactly_one_of_stds_variances():
@@ -104,7 +114,9 @@ def test_photo_crops_render_their_origins():
   assert origins[:, 3].min() == 0 and origins[:, 3].max() == 1  # both orientations occur
   for (p, top, left, flip), crop in zip(origins, crops):
     expect = stack[p, top:top + 8, left:left + 8].astype(np.float32) / 255
-    np.testing.assert_allclose(crop, expect[:, ::-1] if flip else expect, atol=1e-6)
+    # float32 x (1/255) vs float32 / 255: two roundings of values <= 1.
+    np.testing.assert_allclose(crop, expect[:, ::-1] if flip else expect, rtol=0,
+                               atol=f32_tol(1.0, 2))
 
 
 def _overlap(a: np.ndarray, sa: int, b: np.ndarray, sb: int) -> int:
@@ -166,11 +178,14 @@ def test_tfds_cifar10_and_mnist_with_mock_data():
 def test_resize_images():
   x = np.arange(2 * 4 * 4 * 1, dtype=np.float32).reshape(2, 4, 4, 1) / 32
   out = data.resize_images(x, 2)  # integer factor: exact block average
-  np.testing.assert_allclose(out, x.reshape(2, 2, 2, 2, 2, 1).mean(axis=(2, 4)), atol=1e-6)
+  # float32 means of 4 values <= 1 in any order (tests/tolerances.py).
+  np.testing.assert_allclose(out, x.reshape(2, 2, 2, 2, 2, 1).mean(axis=(2, 4)), rtol=0,
+                             atol=f32_tol(1.0, 4))
   u8 = np.full((3, 28, 28, 1), 255, np.uint8)
   up = data.resize_images(u8, 32)  # non-integer factor: bilinear, uint8 -> [0, 1]
   assert up.shape == (3, 32, 32, 1) and up.dtype == np.float32
-  np.testing.assert_allclose(up, 1.0, atol=1e-6)
+  # Separable float32 filter with weights summing to 1 (<= 4 taps per axis) on 1.0, then / 255.
+  np.testing.assert_allclose(up, 1.0, rtol=0, atol=f32_tol(1.0, 4 + 4 + 2))
 
 
 def test_missing_tfds_dataset_names_fix(tmp_path, monkeypatch):
@@ -221,12 +236,18 @@ def test_channel_stats_streams_and_standardize(monkeypatch):
   mean, std = data.channel_stats(x)
   flat = x.reshape(-1, 3).astype(np.float64)
   assert mean.dtype == np.float64
-  np.testing.assert_allclose(mean, flat.mean(0), rtol=1e-12)
-  np.testing.assert_allclose(std, flat.std(0), rtol=1e-9)
+  # float64 sums over the 7500 values of a channel (tests/tolerances.py): the mean's terms are
+  # ~1000; the squares are of deviations from a chunk mean, so the variance (and the std, at half
+  # the relative error) is bounded relative to itself.
+  assert_close(mean, flat.mean(0), f64_tol(np.abs(flat).mean(0), len(flat)), "mean")
+  np.testing.assert_allclose(std, flat.std(0), rtol=f64_tol(1.0, len(flat)))
   z = data.standardize(x, mean, std)
   assert z.dtype == np.float32 and z.shape == x.shape
-  np.testing.assert_allclose(z.reshape(-1, 3).mean(0), 0, atol=1e-3)
-  np.testing.assert_allclose(z.reshape(-1, 3).std(0), 1, atol=1e-3)
+  # float32: the mean rounded to float32 shifts z by <= u |mean| / std; z itself rounds once or
+  # twice.  The statistics of z are taken in float64, so they add nothing.
+  z64 = z.reshape(-1, 3).astype(np.float64)
+  assert_close(z64.mean(0), 0, f32_tol(np.abs(mean) / std + np.abs(z64).max(), 2), "mean of z")
+  np.testing.assert_allclose(z64.std(0), 1, rtol=0, atol=f32_tol(1.0, 3))
 
 
 def test_standardize_errors():
@@ -264,11 +285,13 @@ def test_random_labels_uniform_deterministic_independent():
   y = data.random_labels(0, n, k)
   assert y.dtype == np.int32 and y.shape == (n,) and y.min() == 0 and y.max() == k - 1
   counts = np.bincount(y, minlength=k)
-  assert np.abs(counts - n / k).max() < 5 * np.sqrt(n / k)
+  # Sampling bound: a count is Binomial(n, 1/k), std sqrt(n (1/k)(1 - 1/k)); 5 sigma.
+  assert np.abs(counts - n / k).max() < sampling_tol(np.sqrt(n * (1 / k) * (1 - 1 / k)), 1)
   np.testing.assert_array_equal(y, data.random_labels(jax.random.key(0), n, k))
   np.testing.assert_array_equal(y, data.random_labels(0, n, k))
   z = data.random_labels(jax.random.key(1), n, k)
-  assert abs((y == z).mean() - 1 / k) < 0.01  # different seeds: agreement at chance level
+  # Different seeds: agreement at chance level, a mean of n Bernoulli(1/k): 5 sigma = 0.0067.
+  assert abs((y == z).mean() - 1 / k) < sampling_tol(np.sqrt((1 / k) * (1 - 1 / k)), n)
   raw = data.random_labels(jax.random.PRNGKey(2), 100, 3)
   assert raw.dtype == np.int32 and raw.max() < 3
   with pytest.raises(errors.ConfigError, match="num_classes"):
