@@ -1,0 +1,94 @@
+"""Several processes with jax.distributed on 127.0.0.1 (gloo collectives on CPU), as a user runs
+the binaries on several hosts: the same results as one process with as many devices, and resume
+after one process is killed with SIGKILL."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ["-m", "experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
+        "--config.train.checkpoint_every_secs=0"]
+TIMEOUT = 300
+
+
+def _port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_"))}
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def _start(workdir, n: int, port: int, extra=()):
+  return [subprocess.Popen([sys.executable, *ARGS, f"--workdir={workdir}", *extra,
+                            f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={n}",
+                            f"--process_id={i}"], cwd=ROOT, env=_env(1), text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(n)]
+
+
+def _wait(procs):
+  try:
+    outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o in outs]
+  return outs
+
+
+def _kernel(wd):
+  return np.load(os.path.join(wd, "right", "arrays.npz"))["first_kernel"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("one")
+  proc = subprocess.run([sys.executable, *ARGS, f"--workdir={wd}"], cwd=ROOT, env=_env(2),
+                        capture_output=True, text=True, timeout=TIMEOUT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "on 2 cpu device(s) in 1 process(es)" in proc.stderr
+  return wd
+
+
+def test_two_processes_equal_one_process_with_two_devices(one_process, tmp_path):
+  outs = _wait(_start(tmp_path, 2, _port()))
+  assert "on 2 cpu device(s) in 2 process(es)" in outs[0][1]
+  np.testing.assert_array_equal(_kernel(one_process), _kernel(tmp_path))   # same program: bitwise
+  # Process 0 alone wrote the results.
+  assert (tmp_path / "right" / "results.json").exists()
+  rows = (tmp_path / "right" / "metrics.jsonl").read_text().splitlines()
+  assert len(rows) == len((one_process / "right" / "metrics.jsonl").read_text().splitlines())
+
+
+def test_sigkill_of_one_process_then_relaunch_resumes(one_process, tmp_path):
+  longer = ["--config.train.num_epochs=24"]   # 96 steps, a checkpoint at every epoch
+  procs = _start(tmp_path, 2, _port(), longer)
+  ckpt = tmp_path / "right" / "train_state" / "checkpoints"
+  deadline = time.time() + TIMEOUT
+  while time.time() < deadline and not (ckpt.exists() and any(
+      d.name.isdigit() and int(d.name) >= 8 for d in ckpt.iterdir())):
+    time.sleep(0.2)
+  assert all(p.poll() is None for p in procs), "the run ended before it could be killed"
+  procs[1].send_signal(signal.SIGKILL)
+  procs[0].kill()   # its peer is gone: it would wait in a collective until gloo's timeout
+  for p in procs:
+    p.communicate(timeout=60)
+  outs = _wait(_start(tmp_path, 2, _port(), longer))
+  assert "resumed from step" in outs[0][1]
+  # The uninterrupted reference: one process, 2 devices, same config.
+  ref = tmp_path / "ref"
+  proc = subprocess.run([sys.executable, *ARGS, f"--workdir={ref}", *longer], cwd=ROOT,
+                        env=_env(2), capture_output=True, text=True, timeout=TIMEOUT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  np.testing.assert_array_equal(_kernel(ref), _kernel(tmp_path))
