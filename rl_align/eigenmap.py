@@ -130,7 +130,9 @@ def shape_checks(res: Mapping[str, Any], d: int, reference=None) -> dict[str, An
   if reference:
     at = np.interp(reference["sigma"], sigma[order], mean[order])
     rmse = float(np.sqrt(np.mean((at - np.asarray(reference["f"])) ** 2)))
-  mis = {b: np.asarray(res[f"misalignment_{b}"], np.float64)[ok] for b in ("eigenbasis", "random_basis")}
+  mis = {b: np.asarray(res[f"misalignment_{b}"], np.float64) for b in ("eigenbasis", "random_basis")}
+  if res.get("diverged") is not None:
+    mis = {b: m[ok] for b, m in mis.items()}
   return {
       "rmse_vs_paper": rmse,
       "f_at_smallest_sigma": float(mean[smallest]), "init_level_1_over_sqrt_d": d ** -0.5,
