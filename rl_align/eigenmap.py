@@ -1,7 +1,7 @@
 """The eigenvalue map f and first-layer alignment of trained networks (the paper's Figs 2, 4, 20).
 
 Pure analysis; the experiment that trains the seeds is `rl_align.runners.eigenmap` (its `run`,
-`run_panels`, `run_misalignment` and `run_sweep` stay importable from here)::
+`run_panels` and `run_misalignment` stay importable from here)::
 
     from rl_align import eigenmap
     summary = eigenmap.summarize(kernels, lam, V, key=0)   # kernels [S, d, h] or [S, k, k, C, F]
@@ -162,8 +162,7 @@ def misalignment_over_training(snapshots: Sequence[Mapping[str, Any]]) -> list[d
   return out
 
 
-_RUNNER = ("run", "run_panels", "run_misalignment", "run_sweep", "load_data", "data_eigenbasis",
-           "panel_config")
+_RUNNER = ("run", "run_panels", "run_misalignment", "load_data", "data_eigenbasis", "panel_config")
 
 
 def __getattr__(name):  # the runner's names, re-exported lazily: this module never imports runners

@@ -4,7 +4,6 @@
     out = eigenmap.run(panel_cfg, workdir)            # one panel: results.json, arrays.npz, plots
     summary = eigenmap.run_panels(config, workdir)    # every panel of config.panels + joint figure
     eigenmap.run_misalignment(config, workdir)        # Fig 2: panels + misalignment over training
-    eigenmap.run_sweep(config, workdir, "train.learning_rate", [0.01, 0.02])
 
 The analysis is `rl_align.eigenmap` (summarize, early_time_fit, shape_checks).
 """
@@ -150,25 +149,3 @@ def run_misalignment(config, workdir: str) -> dict[str, Any]:
     summary[name]["misalignment_over_training"] = lib.misalignment_over_training(snaps)
   results.write_json(workdir, "results.json", summary)
   return summary
-
-
-def run_sweep(config, workdir: str, field: str, values) -> dict[str, Any]:
-  """Runs `run_panels` once per value of a dotted config field (e.g. "train.learning_rate") in
-  workdir/<field>=<value>/ and tabulates each panel's shape checks (rmse_vs_paper first)."""
-  table = {}
-  for value in values:
-    cfg = config.copy_and_resolve_references()
-    node, *path = field.split(".")
-    target = cfg
-    for p in [node] + path[:-1]:
-      if p not in target:
-        raise errors.ConfigError(f"sweep field {field!r}: config has no {p!r}.")
-      target = target[p]
-    leaf = path[-1] if path else node
-    if leaf not in target:
-      raise errors.ConfigError(f"sweep field {field!r}: config has no {leaf!r}.")
-    target[leaf] = value
-    summary = run_panels(cfg, common.subdir(workdir, f"{field}={value}", cfg))
-    table[str(value)] = {name: summary[name]["checks"] for name in cfg.panels}
-  results.write_json(workdir, "sweep.json", {"field": field, "points": table})
-  return table

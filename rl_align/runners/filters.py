@@ -11,7 +11,6 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 
 from rl_align import covariance
 from rl_align import curves
