@@ -4,6 +4,17 @@ import numpy as np
 import pytest
 
 from rl_align import covariance, eigenmap, models, symmetry, train
+from tests.tolerances import f32_run_tol, f64_tol, sampling_tol
+
+# Equivariance holds exactly in exact arithmetic; the two float32 runs differ by rounding only: the
+# relative gap ||W' - O^T W|| / ||W|| is bounded by f32_run_tol at unit parameter scale (errors
+# relative to the weights), with the per-step rounding chain of each model (tests/tolerances.py):
+# forward/backward fan-ins, the batch sum (32; x 16 positions for the conv kernel), optimizer ops,
+# plus the rotation of the inputs and the first kernel (6 or 3 terms).
+_DENSE_STEPS, _DENSE_CHAIN = 3 * 128 // 32, 6 + 32 + 16 + 4 + 16 + 32 + 32 + 8 + 6
+_CONV_STEPS, _CONV_CHAIN = 3 * 64 // 32, 27 + 128 + 8 + 4 + 8 + 128 + 32 * 16 + 8 + 3
+_DENSE_TOL = float(f32_run_tol(1.0, _DENSE_STEPS, _DENSE_CHAIN))    # 4.2e-4
+_CONV_TOL = float(f32_run_tol(1.0, _CONV_STEPS, _CONV_CHAIN))       # 1.2e-3
 
 
 def _cfg(optimizer):
@@ -25,8 +36,9 @@ def _dense_problem():
 def test_rotation_preserves_covariance_and_is_nontrivial():
   _, O, stds = _dense_problem()
   cov = np.diag(stds ** 2)
-  np.testing.assert_allclose(O.T @ cov @ O, cov, atol=1e-12)
-  np.testing.assert_allclose(O.T @ O, np.eye(6), atol=1e-12)
+  # float64 products of 6 terms (and O orthogonal to float64 QR accuracy, d^2 u).
+  np.testing.assert_allclose(O.T @ cov @ O, cov, atol=f64_tol(4.0, 6 * 6 + 12))
+  np.testing.assert_allclose(O.T @ O, np.eye(6), atol=f64_tol(1.0, 6 * 6 + 6))
   assert np.abs(O - np.eye(6)).max() > 0.3
 
 
@@ -36,7 +48,7 @@ def test_dense_iterates_agree_up_to_rotation(optimizer):
   labels = train.random_labels(0, [0], 128, 4)
   gap = symmetry.equivariance_gap(models.DenseNet(widths=(32, 16), num_classes=4), _cfg(optimizer),
                                   x, labels, O)
-  assert gap["max_rel_gap"] < 1e-4, gap
+  assert gap["max_rel_gap"] < _DENSE_TOL, gap
 
 
 def test_adam_breaks_the_symmetry():
@@ -44,7 +56,7 @@ def test_adam_breaks_the_symmetry():
   labels = train.random_labels(0, [0], 128, 4)
   gap = symmetry.equivariance_gap(models.DenseNet(widths=(32, 16), num_classes=4), _cfg("adam"),
                                   x, labels, O)
-  assert gap["max_rel_gap"] > 1e-2, gap
+  assert gap["max_rel_gap"] > 20 * _DENSE_TOL, gap      # far beyond what rounding explains
 
 
 @pytest.mark.parametrize("optimizer,equivariant", [("momentum", True), ("adam", False)])
@@ -54,7 +66,7 @@ def test_conv_iterates_agree_up_to_channel_rotation(optimizer, equivariant):
   labels = train.random_labels(0, [0], 64, 4)
   model = models.PaperCNN(features=8, kernel_size=3, hidden=8, num_classes=4)
   gap = symmetry.equivariance_gap(model, _cfg(optimizer), x, labels, O)["max_rel_gap"]
-  assert (gap < 1e-4) if equivariant else (gap > 1e-2), gap
+  assert (gap < _CONV_TOL) if equivariant else (gap > 20 * _CONV_TOL), gap
 
 
 def test_rotated_gaussian_weights_are_centred_and_aligned():
@@ -73,7 +85,9 @@ def test_rotated_gaussian_weights_are_centred_and_aligned():
   res = train.train(models.DenseNet(widths=(256, 64), first_layer_std=0.01), cfg, ds.x, labels)
   kernels = models.first_layer_kernel(res.params)
   w = covariance.weight_samples(kernels)
-  assert np.abs(w.mean(0)).max() < 0.2 * np.sqrt((w ** 2).mean(0)).min()
+  # E[w] = 0 (the init is sign-symmetric and neurons are exchangeable): the mean of 4 x 256
+  # neurons lies within 5 sigma = 5 rms / sqrt(1024) = 0.16 rms.
+  assert np.abs(w.mean(0)).max() < sampling_tol(np.sqrt((w ** 2).mean(0)).min(), len(w))
   s = eigenmap.summarize(kernels, lam, V, key=0)
   assert np.all(s["misalignment_eigenbasis"] < 0.3 * s["misalignment_random_basis"])
   assert s["misalignment_pooled_eigenbasis"] < 0.1 * s["misalignment_pooled_random_basis"]
