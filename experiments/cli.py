@@ -31,17 +31,16 @@ from ml_collections import config_flags
 
 from experiments import scaleout
 from rl_align import errors
-from rl_align import experiment
 from rl_align import machine
 from rl_align import results
-from rl_align import train
+from rl_align.runners import common as runner_common
 
 FLAGS = flags.FLAGS
 RUN_RECORD = "run.json"
 
 # Writes WORKDIR/config.json; refuses a workdir that holds another config.  The runners call it per
 # panel too, so it lives in the library; the CLI re-exports it.
-check_workdir_config = experiment.check_workdir_config
+check_workdir_config = runner_common.check_workdir_config
 
 
 def define_config_flags(example: str) -> None:

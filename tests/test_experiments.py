@@ -162,10 +162,10 @@ def test_pooled_floor_is_below_the_per_seed_floor():
 
 
 def test_fig4_figure_draws_f_over_epochs(tmp_path):
-  from rl_align import plotting
+  from rl_align.plots import eigenmap as eigenmap_plots
   snaps = [{"epoch": e, "f_pooled": np.full(5, 0.01 * e)} for e in (0, 5, 10)]
   res = {"sigma": np.linspace(0.1, 2, 5), "snapshots": snaps}
-  path = plotting.plot_f_over_epochs([res, res], ["random", "real"], str(tmp_path / "f.png"))
+  path = eigenmap_plots.plot_f_over_epochs([res, res], ["random", "real"], str(tmp_path / "f.png"))
   assert os.path.getsize(path) > 1000
 
 
