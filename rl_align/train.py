@@ -575,6 +575,13 @@ def pad_members(a, m_pad):
   return np.concatenate([a, np.repeat(a[-1:], m_pad - a.shape[0], axis=0)], axis=0)
 
 
+def _mean_finite(v) -> float:
+  """Mean over the members that have a finite value (NaN when none has: every one diverged)."""
+  v = np.asarray(v, np.float64)
+  ok = np.isfinite(v)
+  return float(v[ok].mean()) if ok.any() else float("nan")
+
+
 def _eval_batches(x, y, s, batch_size):
   """Pads an eval set to whole batches: xs [nb, B, ...], ys [S, nb, B], mask [nb, B]."""
   m = x.shape[0]
@@ -826,7 +833,7 @@ def run_calls(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list
               host[f"probe/{k}"] = v
         for v in views:
           v.log(ev, spe, host, is_main)
-        prog.report(ev, {k: float(np.nanmean(v)) for k, v in host.items() if k != "alive"})
+        prog.report(ev, {k: _mean_finite(v) for k, v in host.items() if k != "alive"})
       if ev in snap_steps:
         host_params = to_host(state.params, m)
         for v in views:
