@@ -164,7 +164,7 @@ def bench_one(n: int, k: int, args, peak: float, naive_run) -> dict:
       row["max_rel_diff_vs_naive"] = float(np.abs(cov_ours - cov_naive).max() / np.abs(cov_naive).max())
     row["speedup"] = row["naive"]["time_s"] / ours["time_s"]
     row["memory_ratio_net"] = row["naive"]["net_rss_gb"] / max(ours["net_rss_gb"], 1e-9)
-  method = covariance.resolve_method("auto", (H, W, C), k)  # pylint: disable=protected-access
+  method = covariance.resolve_method("auto", (H, W, C), k)
   nominal = n * nominal_flops_per_image(k) / ours["time_s"] / 1e9
   executed = n * executed_flops_per_image(k, method) / ours["time_s"] / 1e9
   row.update(method=method, nominal_gflops=nominal, executed_gflops=executed,

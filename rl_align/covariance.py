@@ -293,7 +293,6 @@ def resolve_method(method: str, shape, k: int) -> str:
   return "band" if small and w <= 56 + 12 * k else "patches"
 
 
-_resolve_method = resolve_method   # old private name, still used by benchmarks/patch_covariance.py
 
 
 class _Threads:
