@@ -293,16 +293,18 @@ def photo_crop_origins(n: int, *, size: int = 32, split: str = "train", seed: in
   return out
 
 
-def render_photo_crops(origins: np.ndarray, *, size: int = 32,
-                       short_side: int = 256) -> np.ndarray:
-  """The size x size RGB crops at `origins` (from `photo_crop_origins`): float32 in [0, 1]."""
+def render_photo_crops(origins: np.ndarray, *, size: int = 32, short_side: int = 256,
+                       raw: bool = False) -> np.ndarray:
+  """The size x size RGB crops at `origins` (from `photo_crop_origins`): float32 in [0, 1], or
+  the uint8 pixels with raw=True."""
   stack = _photo_stack(short_side)[0]
   windows = np.lib.stride_tricks.sliding_window_view(stack, (size, size), axis=(1, 2))
   p, top, left, flip = (origins[:, k] for k in range(4))
   crops = windows[p, top, left]                          # [N, 3, size, size] uint8, a copy
   flipped = flip == 1
   crops[flipped] = crops[flipped][..., ::-1]             # flipped crops read columns backwards
-  return crops.transpose(0, 2, 3, 1).astype(np.float32, order="C") * np.float32(1 / 255)
+  crops = np.ascontiguousarray(crops.transpose(0, 2, 3, 1))
+  return crops if raw else _to_unit_float(crops)
 
 
 def photos(n: int, *, size: int = 32, split: str = "train", seed: int = 0,
@@ -665,7 +667,8 @@ class SubsetSource(Source):
 
 
 class PhotoSource(Source):
-  """The `photos` crops, rendered when taken (only the crop origins live in memory)."""
+  """The `photos` crops, rendered when taken as uint8 pixels (only the crop origins live in
+  memory); `_to_unit_float` of them is exactly `photos(...).x`."""
 
   def __init__(self, n: int, *, size: int = 32, split: str = "train", seed: int = 0,
                num_classes: int = 10, short_side: int = 256, cell: int = 48):
@@ -673,14 +676,14 @@ class PhotoSource(Source):
                                       num_classes=num_classes, short_side=short_side, cell=cell)
     self.size, self.short_side = size, short_side
     self.name, self.num_classes = f"photos:{split}", num_classes
-    self.example_shape, self.dtype = (size, size, 3), np.dtype(np.float32)
+    self.example_shape, self.dtype = (size, size, 3), np.dtype(np.uint8)
 
   def __len__(self) -> int:
     return len(self.origins)
 
   def _take(self, idx):
     o = self.origins[idx]
-    return (render_photo_crops(o, size=self.size, short_side=self.short_side),
+    return (render_photo_crops(o, size=self.size, short_side=self.short_side, raw=True),
             o[:, 0].astype(np.int32))
 
 

@@ -272,9 +272,13 @@ class HostFeed:
     self.labels = labels
     if (mean is None) != (std is None):
       raise errors.ConfigError("HostFeed: pass both mean and std, or neither.")
-    self.mean, self.std = mean, std
+    self.mean, self.std, self._lut = mean, std, None
     if mean is not None:  # validates the shapes and a constant channel once, up front
       data_lib.standardize(np.zeros((1,) + self.example_shape, np.float32), mean, std)
+      if source.dtype == np.uint8:  # every uint8 value of every channel, standardized: [256, C]
+        levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], self.example_shape[-1], 1)
+        self._lut = np.ascontiguousarray(data_lib.standardize(
+            data_lib._to_unit_float(levels), mean, std).T)  # pylint: disable=protected-access
     if num_threads < 1 or prefetch < 1:
       raise errors.ConfigError(f"HostFeed: num_threads and prefetch must be >= 1, got "
                                f"{num_threads} and {prefetch}.")
@@ -332,6 +336,13 @@ class HostFeed:
       x, y = x[inv], y[inv]
     else:
       x, y = self.source.take(flat)
+    if self._lut is not None and x.dtype == np.uint8:
+      # A table lookup per channel gives the very values of the elementwise ops below (the table
+      # was computed with them), ~10x faster than converting and standardizing every pixel.
+      out = np.empty(x.shape, np.float32)
+      for c in range(x.shape[-1]):
+        out[..., c] = self._lut[c][x[..., c]]
+      return out, y
     x = data_lib._to_unit_float(x)  # pylint: disable=protected-access
     if self.mean is not None:
       x = data_lib.standardize(x, self.mean, self.std)

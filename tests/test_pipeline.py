@@ -4,6 +4,8 @@
 
 Every comparison here is exact (integers, or float32 values produced by the same elementwise ops).
 """
+import threading
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -148,6 +150,27 @@ def test_chunks_stream_in_order_and_resume_at_any_step():
   np.testing.assert_array_equal(np.concatenate([c.x for c in resumed], axis=1), whole.x[:, 25:])
 
 
+def test_next_chunk_is_read_while_the_consumer_holds_this_one():
+  reads = []
+  second_read = threading.Event()
+
+  class Recording(data.ArraySource):
+    def _take(self, idx):
+      reads.append(len(idx))
+      if len(reads) == 2:
+        second_read.set()
+      return super()._take(idx)
+
+  src = Recording(np.zeros((64, 4), np.float32), np.zeros(64, np.int32), 2)
+  feed = pipeline.HostFeed(src, seed_ids=[0, 1], data_seed=0, batch_size=8, prefetch=1)
+  it = feed.chunks([(0, 1), (1, 2), (2, 3)])
+  first = next(it)
+  # Not a timing check: the event is set by the read of chunk (1, 2), which must start on grain's
+  # thread without the consumer asking for it (the timeout only bounds a failing test).
+  assert second_read.wait(timeout=120)
+  assert (first.t0, first.t1) == (0, 1) and [c.t0 for c in it] == [1, 2]
+
+
 def test_put_places_chunks_sharded_over_members():
   devices = jax.local_devices()
   mesh = jax.make_mesh((len(devices),), ("seed",), devices=devices)
@@ -180,3 +203,18 @@ def test_chunk_sizes_and_errors():
                       std=np.array([1.0, 0.0, 1.0]))
   with pytest.raises(errors.DataError, match=r"in \[0, 600\)"):
     src.take([0, 600])
+
+
+def test_throughput_benchmark_runs_every_arm():
+  from benchmarks import host_feed_throughput as bench  # pylint: disable=g-import-not-at-top
+  out = bench.run_benchmark(["load", "stream", "stream_put"], seeds=2, batch_size=8, size=8,
+                            n=64, steps_per_chunk=2, chunks=1, repeats=1, num_threads=1,
+                            prefetch=1, short_side=PHOTOS["short_side"], cell=PHOTOS["cell"])
+  assert [r["arm"] for r in out["arms"]] == ["load", "stream", "stream_put"]
+  for r in out["arms"]:  # no timing thresholds: positive and finite
+    for key in ("steps_per_s", "batches_per_s", "mb_per_s", "cpu_s_per_step"):
+      assert np.isfinite(r[key]) and r[key] > 0, (r["arm"], key)
+    assert r["batches_per_s"] == pytest.approx(2 * r["steps_per_s"])
+  assert out["workload"]["bytes_per_step"] == 4 * 2 * 8 * 8 * 8 * 3
+  with pytest.raises(errors.ConfigError, match="unknown arms"):
+    bench.run_benchmark(["loud"], 2, 8, 8, 64, 2, 1, 1, 1, 1, 64, 12)

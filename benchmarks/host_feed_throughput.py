@@ -1,0 +1,189 @@
+"""Host input pipeline throughput (`rl_align.pipeline`): batches/s and MB/s of the paper CNN's input.
+
+Workload: the engine's batches of S members (default 8) on the embedded `photos` (32x32x3 crops,
+the paper CNN's input; batch 256), each chunk [S, T, B, 32, 32, 3] float32 standardized, with
+per-member random labels.  Arms (``--arms``):
+
+- ``load``: `HostFeed.load` called chunk after chunk on the main thread (no prefetch): the
+  pipeline's own cost.
+- ``stream``: `HostFeed.chunks` (grain, chunks prepared ``--prefetch`` ahead on ``--num_threads``
+  threads), consumed as fast as they come.
+- ``stream_put``: as ``stream``, and each chunk placed on the devices sharded over members
+  (`pipeline.putter`), as the engine's host-fed path will consume it.
+
+Each arm runs ``--chunks`` chunks of ``--steps_per_chunk`` steps after one warm-up chunk (which
+compiles the permutation and label functions); ``--repeats`` rounds in an order that rotates per
+round (the machine is shared: compare arms of one run); an arm's time is its best round.
+Reported per arm: ``batches_per_s`` (member-batches of B examples), ``steps_per_s`` (engine steps:
+all S members), ``mb_per_s`` (float32 input bytes produced) and ``cpu_s_per_step`` (process CPU
+time per engine step, contention-robust).  The JSON also records the load average: a number taken
+while other jobs run is "measured under load".
+
+Usage::
+
+    python -m benchmarks.host_feed_throughput --seeds=8 --json=/tmp/feed.json
+    python -m benchmarks.host_feed_throughput --seeds=8 --arms=stream --num_threads=2 --prefetch=2
+
+Extending (the engine's host-fed path): register an arm class in ``ARMS`` with ``setup()``,
+``run()`` (one timed round), ``steps()`` (engine steps per round) and ``close()``; e.g.
+``engine_device`` (train.train's chunk on the device-resident set) and ``engine_host`` (the chunk
+fed from ``stream_put``) report model-steps/s side by side with these arms.
+"""
+import rl_align  # pylint: disable=unused-import  # before jax: one XLA host device per core
+
+import json
+import os
+import platform
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
+
+from rl_align import data
+from rl_align import errors
+from rl_align import pipeline
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("seeds", 8, "Members S fed at once.")
+flags.DEFINE_integer("batch_size", 256, "Examples per member per step (the paper CNN's batch).")
+flags.DEFINE_integer("size", 32, "Crop side (the paper CNN's input is 32x32x3).")
+flags.DEFINE_integer("num_examples", 5000, "Photo crops in the training set.")
+flags.DEFINE_integer("short_side", 256, "Photos resized to this short side before cropping.")
+flags.DEFINE_integer("cell", 48, "Side of the photo cells crops are cut from (>= size).")
+flags.DEFINE_integer("steps_per_chunk", 10, "Engine steps per chunk (T).")
+flags.DEFINE_integer("chunks", 4, "Chunks per timed round.")
+flags.DEFINE_integer("repeats", 2, "Timed rounds; an arm's time is its best round.")
+flags.DEFINE_integer("num_threads", 1, "grain threads preparing chunks (stream arms).")
+flags.DEFINE_integer("prefetch", 2, "Chunks prepared ahead (stream arms).")
+flags.DEFINE_list("arms", ["load", "stream", "stream_put"], "Arms: load, stream, stream_put.")
+flags.DEFINE_string("json", None, "Write the results here (JSON).")
+
+
+class _FeedArm:
+  """One way of consuming the feed; a round runs `chunks` chunks after the ones already used."""
+
+  def __init__(self, feed: pipeline.HostFeed, chunks: int, steps_per_chunk: int):
+    self.feed, self.chunks, self.t = feed, chunks, steps_per_chunk
+    self.start = 0
+
+  def _bounds(self):
+    b = [(self.start + i * self.t, self.start + (i + 1) * self.t) for i in range(self.chunks)]
+    self.start += self.chunks * self.t
+    return b
+
+  def setup(self) -> float:
+    t0 = time.perf_counter()
+    self.start = 0
+    self.run()   # warm-up: compiles the permutation and label functions for these shapes
+    return time.perf_counter() - t0
+
+  def steps(self) -> int:
+    return self.chunks * self.t
+
+  def close(self) -> None:
+    pass
+
+
+class LoadArm(_FeedArm):
+  def run(self) -> None:
+    for t0, t1 in self._bounds():
+      self.feed.load(t0, t1)
+
+
+class StreamArm(_FeedArm):
+  put = None
+
+  def run(self) -> None:
+    for c in self.feed.chunks(self._bounds(), put=self.put):
+      if isinstance(c.x, jax.Array):
+        c.x.block_until_ready()
+
+
+class StreamPutArm(StreamArm):
+  def __init__(self, *args):
+    super().__init__(*args)
+    devices = jax.local_devices()
+    n = max(d for d in range(1, len(devices) + 1) if self.feed.num_members % d == 0)
+    mesh = jax.make_mesh((n,), ("seed",), devices=devices[:n])
+    self.put = pipeline.putter(NamedSharding(mesh, P("seed")))
+
+
+ARMS = {"load": LoadArm, "stream": StreamArm, "stream_put": StreamPutArm}
+
+
+def make_feed(seeds: int, batch_size: int, size: int, n: int, num_threads: int, prefetch: int,
+              short_side: int = 256, cell: int = 48) -> pipeline.HostFeed:
+  src = data.source("photos", n=n, size=size, short_side=short_side, cell=cell, seed=0)
+  mean, std = data.channel_stats(src)
+  return pipeline.HostFeed(src, seed_ids=range(seeds), data_seed=0, batch_size=batch_size,
+                           labels=pipeline.RandomLabels(1, 10), mean=mean, std=std,
+                           num_threads=num_threads, prefetch=prefetch)
+
+
+def run_benchmark(arms, seeds: int, batch_size: int, size: int, n: int, steps_per_chunk: int,
+                  chunks: int, repeats: int, num_threads: int, prefetch: int,
+                  short_side: int = 256, cell: int = 48) -> dict:
+  unknown = [a for a in arms if a not in ARMS]
+  if unknown:
+    raise errors.ConfigError(f"--arms has unknown arms {unknown}. Fix: use names from "
+                             f"{sorted(ARMS)}.")
+  feed = make_feed(seeds, batch_size, size, n, num_threads, prefetch, short_side, cell)
+  objs = {a: ARMS[a](feed, chunks, steps_per_chunk) for a in arms}
+  setup_s = {a: o.setup() for a, o in objs.items()}
+  rounds = {a: [] for a in arms}
+  cpu = {a: [] for a in arms}
+  for r in range(repeats):
+    order = arms[r % len(arms):] + arms[:r % len(arms)]
+    for a in order:
+      c0, t0 = time.process_time(), time.perf_counter()
+      objs[a].run()
+      rounds[a].append(time.perf_counter() - t0)
+      cpu[a].append(time.process_time() - c0)
+  step_bytes = 4 * seeds * batch_size * size * size * 3
+  rows = []
+  for a in arms:
+    best = min(rounds[a])
+    steps = objs[a].steps()
+    rows.append({"arm": a, "rounds_s": rounds[a], "setup_s": setup_s[a],
+                 "steps_per_s": steps / best, "batches_per_s": steps * seeds / best,
+                 "mb_per_s": steps * step_bytes / best / 1e6,
+                 "cpu_s_per_step": min(cpu[a]) / steps})
+    objs[a].close()
+  return {"workload": {"source": "photos", "short_side": short_side, "cell": cell,
+                       "seeds": seeds, "batch_size": batch_size,
+                       "example_shape": [size, size, 3], "num_examples": n,
+                       "steps_per_chunk": steps_per_chunk, "chunks_per_round": chunks,
+                       "num_threads": num_threads, "prefetch": prefetch,
+                       "bytes_per_step": step_bytes},
+          "arms": rows,
+          "machine": {"platform": platform.platform(), "cpu": platform.processor(),
+                      "cores": os.cpu_count(), "devices": [str(d) for d in jax.devices()],
+                      "load_average_1m": os.getloadavg()[0]}}
+
+
+def main(argv):
+  del argv
+  try:
+    out = run_benchmark(list(FLAGS.arms), FLAGS.seeds, FLAGS.batch_size, FLAGS.size,
+                        FLAGS.num_examples, FLAGS.steps_per_chunk, FLAGS.chunks, FLAGS.repeats,
+                        FLAGS.num_threads, FLAGS.prefetch, FLAGS.short_side, FLAGS.cell)
+  except errors.RLAlignError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  w = out["workload"]
+  print(f"host feed: S={w['seeds']} x B={w['batch_size']} x {tuple(w['example_shape'])} photos, "
+        f"T={w['steps_per_chunk']}, load average {out['machine']['load_average_1m']:.1f}")
+  for r in out["arms"]:
+    print(f"  {r['arm']:<11} {r['steps_per_s']:8.2f} steps/s  {r['batches_per_s']:8.1f} batches/s"
+          f"  {r['mb_per_s']:8.1f} MB/s  {r['cpu_s_per_step'] * 1e3:7.1f} ms CPU/step")
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
+      json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
