@@ -147,6 +147,8 @@ def test_photos_task_is_learnable_but_not_trivial():
   feats = lambda ds: ds.x.mean(axis=(1, 2))  # mean colour: a weak but real cue
   centroids = np.stack([feats(train)[train.y == k].mean(0) for k in range(10)])
   pred = ((feats(test)[:, None] - centroids)**2).sum(-1).argmin(1)
+  # Measured 0.387 (chance 0.1); over 1000 test crops the accuracy has sampling std <= 0.016, so
+  # each bound is > 8 std away: it fails only if the cue is lost or the task becomes trivial.
   assert 0.25 < (pred == test.y).mean() < 0.8
 
 

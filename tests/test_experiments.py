@@ -107,7 +107,9 @@ def test_early_time_fit_recovers_linear_law():
   np.testing.assert_allclose([fit["s0_sq"], fit["c"]], [0.03, 0.002], rtol=0, atol=tol * 0.03)
   assert fit["r2"] > 1 - tol and fit["max_rel_err"] < tol
   bent = eigenmap.early_time_fit(np.sqrt(0.03 + 0.01 * np.sqrt(lam))[None], lam)
-  assert bent["max_rel_err"] > 0.01   # a non-linear f^2(lambda) is reported as a break
+  # A non-linear f^2(lambda) is reported as a break: 0.10 here, 10x the threshold and ~1e13x the
+  # rounding bound above.
+  assert bent["max_rel_err"] > 0.01
 
 
 def test_shape_checks_against_reference():

@@ -278,6 +278,8 @@ def test_small_cnn_flops_match_design():
   loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
       model.apply({"params": p}, x), y).mean()
   flops = jax.jit(jax.grad(loss)).lower(params).cost_analysis()["flops"]
+  # A count, not a rounded result: XLA versions count elementwise ops differently (11.9-14.9
+  # GFLOP across variants, models.SmallCNN); 2% still pins the conv and matmul FLOPs.
   assert abs(flops / 14.45e9 - 1) < 0.02
 
 
