@@ -12,6 +12,9 @@ while it is in cache, and the backward pass (a custom VJP, one more scan) recomp
 storing it.  Flax's flatten order (row, column, channel) makes a row block a contiguous slice of the
 dense kernel's rows.  Same params, same function: only the summation order differs (float32
 round-off, tested against the unfused autodiff gradient).  `benchmarks/README.md` has the speed.
+Inputs in a lower precision (bfloat16: mixed precision) are multiplied in it, while the sums over
+row blocks run in float32 and the results come back in the inputs' dtype.  The accelerator
+counterpart is `rl_align.pallas_fused`.
 """
 import functools
 
@@ -71,8 +74,14 @@ def conv_relu_dense(x, conv_kernel, conv_bias, dense_kernel, rows: int = 1):
     h = jax.nn.relu(_block_patches(x, k, i, rows, wo) @ ckm + conv_bias)
     return acc + h.reshape(n, -1) @ w, None
 
-  acc0 = jnp.zeros((n, dense_kernel.shape[1]), jnp.result_type(x, dense_kernel))
-  return lax.scan(body, acc0, (jnp.arange(nb), blocks))[0]
+  dtype = jnp.result_type(x, dense_kernel)
+  acc0 = jnp.zeros((n, dense_kernel.shape[1]), _accumulator(dtype))
+  return lax.scan(body, acc0, (jnp.arange(nb), blocks))[0].astype(dtype)
+
+
+def _accumulator(dtype):
+  """float32 for sums of lower-precision (bfloat16) terms, else the dtype itself."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 def _values(*args):
@@ -120,10 +129,12 @@ def _bwd(rows, res, g):
       dx = lax.dynamic_update_slice_in_dim(dx, old + unfold(dpre @ ckm.T)[0], i * rows, axis=1)
     return (dck, dcb, dx), dw
 
-  carry0 = (jnp.zeros_like(ckm), jnp.zeros_like(conv_bias), jnp.zeros_like(x) if need_dx else ())
+  zeros = lambda a: jnp.zeros(a.shape, _accumulator(a.dtype))
+  carry0 = (zeros(ckm), zeros(conv_bias), zeros(x) if need_dx else ())
   (dck, dcb, dx), dws = lax.scan(body, carry0, (jnp.arange(nb), blocks))
-  ddk = dws.transpose(0, 2, 1).reshape(dense_kernel.shape)
-  return dx if need_dx else None, dck.reshape(conv_kernel.shape), dcb, ddk
+  ddk = dws.transpose(0, 2, 1).reshape(dense_kernel.shape).astype(dense_kernel.dtype)
+  dx = dx.astype(x.dtype) if need_dx else None
+  return dx, dck.reshape(conv_kernel.shape).astype(conv_kernel.dtype), dcb.astype(conv_bias.dtype), ddk
 
 
 conv_relu_dense.defvjp(_fwd, _bwd, symbolic_zeros=True)

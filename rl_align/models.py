@@ -50,9 +50,18 @@ Convolutions: ``conv_impl="lax"`` uses ``lax.conv_general_dilated``; ``conv_impl
 every conv as ``covariance.extract_patches(x_padded, k) @ kernel.reshape(-1, F)`` (strided convs
 subsample the stride-1 patches); ``conv_impl="fused"`` is im2col, and in `PaperCNN` the block
 conv -> ReLU -> flatten -> dense runs as one cache-blocked op with its own backward pass
-(`rl_align.fused`; 2-3x faster on XLA:CPU) unless intermediates are being collected.  All three
-have the same params, so params are interchangeable.  A model is a conv model iff it has a
-``conv_impl`` field (``is_conv_model``; the engine uses the same test).
+(`rl_align.fused`; 2-3x faster on XLA:CPU) unless intermediates are being collected;
+``conv_impl="pallas"`` is the same with that block as Pallas kernels for accelerators
+(`rl_align.pallas_fused`: the [N, H', W', F] activation never reaches device memory; on CPU it runs
+in Pallas interpret mode, for tests only).  All four have the same params, so params are
+interchangeable.  A model is a conv model iff it has a ``conv_impl`` field (``is_conv_model``; the
+engine uses the same test).
+
+Mixed precision: ``dtype="bfloat16"`` (every model, keyword-only; default "float32") computes the
+activations and matmuls / convolutions in bfloat16 while the parameters (and so the gradients and
+optimizer state) stay float32 (Flax's ``dtype`` vs ``param_dtype``); the logits come back as
+float32, so the loss is computed in float32.  Sown intermediates are float32 too.  It pays only
+on accelerators with bfloat16 matmul units; on CPU it is not faster.
 """
 import dataclasses
 import re
@@ -66,11 +75,13 @@ import jax.numpy as jnp
 from rl_align import covariance
 from rl_align import errors
 from rl_align import fused
+from rl_align import pallas_fused
 
 Initializer = Callable[..., jax.Array]
 
 INITS = ("lecun_normal", "he_normal", "uniform")
-CONV_IMPLS = ("lax", "im2col", "fused")
+CONV_IMPLS = ("lax", "im2col", "fused", "pallas")
+DTYPES = ("float32", "bfloat16")
 _INTERMEDIATES = "intermediates"
 _SUFFIXES = ("_inputs", "_relu")
 _VGG16_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
@@ -121,13 +132,15 @@ def conv_im2col(x, kernel, stride: int = 1):
 
 
 class Conv(nn.Module):
-  """A square conv with params {"kernel": [k, k, C, F], "bias": [F]}, lax or im2col."""
+  """A square conv with params {"kernel": [k, k, C, F], "bias": [F]} (float32), lax or im2col,
+  computed in `dtype`."""
   features: int
   kernel_size: int = 3
   stride: int = 1
   padding: str = "VALID"        # VALID | SAME (XLA's SAME pads; im2col pads explicitly)
   impl: str = "lax"
   kernel_init: Initializer = make_initializer("lecun_normal")
+  dtype: Any = None             # the compute dtype; None: the inputs' (as lax does)
 
   @nn.compact
   def __call__(self, x):
@@ -137,10 +150,13 @@ class Conv(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     pads = _same_pads(x.shape[1:3], k, s) if self.padding == "SAME" else [(0, 0), (0, 0)]
-    if self.impl in ("im2col", "fused"):
-      y = conv_im2col(jnp.pad(x, [(0, 0)] + pads + [(0, 0)]), kernel.astype(x.dtype), s)
+    if self.dtype is not None:
+      x, bias = x.astype(self.dtype), bias.astype(self.dtype)
+    kernel = kernel.astype(x.dtype)
+    if self.impl in ("im2col", "fused", "pallas"):
+      y = conv_im2col(jnp.pad(x, [(0, 0)] + pads + [(0, 0)]), kernel, s)
     else:
-      y = lax.conv_general_dilated(x, kernel.astype(x.dtype), (s, s), pads,
+      y = lax.conv_general_dilated(x, kernel, (s, s), pads,
                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + bias
 
@@ -153,6 +169,23 @@ class _Base(nn.Module):
   first_layer_scale: float | None = dataclasses.field(default=None, kw_only=True)
   first_layer_std: float | None = dataclasses.field(default=None, kw_only=True)
   first_kernel_init: Initializer | None = dataclasses.field(default=None, kw_only=True)
+  dtype: str = dataclasses.field(default="float32", kw_only=True)
+
+  @property
+  def compute_dtype(self):
+    """The activations' and matmuls' dtype for `dtype="bfloat16"`; None for "float32", meaning
+    the inputs' dtype, untouched (float32 data; float64 when a test enables x64)."""
+    if self.dtype not in DTYPES:
+      raise errors.ConfigError(f"config.model.dtype={self.dtype!r} is unknown. "
+                               f"Fix: use one of {DTYPES}.")
+    return None if self.dtype == "float32" else jnp.dtype(self.dtype)
+
+  def _to_float32(self, value):
+    """Mixed precision hands float32 out (logits, sown activations); float32 models: unchanged."""
+    return value if self.compute_dtype is None else value.astype(jnp.float32)
+
+  def _sow(self, name: str, value):
+    self.sow(_INTERMEDIATES, name, self._to_float32(value))
 
   def _init(self, first: bool = False, scale: float = 1.0) -> Initializer:
     """The kernel initializer of a layer (`first`: the model's first layer)."""
@@ -168,23 +201,25 @@ class _Base(nn.Module):
     return init if scale == 1.0 else _scaled(init, scale)
 
   def _dense(self, x, features: int, name: str, first: bool = False):
-    self.sow(_INTERMEDIATES, f"{name}_inputs", x)
+    self._sow(f"{name}_inputs", x)
     return nn.Dense(features, kernel_init=self._init(first), bias_init=nn.initializers.zeros,
-                    name=name)(x)
+                    dtype=self.compute_dtype, name=name)(x)
 
   def _conv(self, x, features: int, name: str, *, k: int = 3, stride: int = 1,
             padding: str = "SAME", first: bool = False, scale: float = 1.0):
-    self.sow(_INTERMEDIATES, f"{name}_inputs", x)
+    self._sow(f"{name}_inputs", x)
     return Conv(features, k, stride, padding, getattr(self, "conv_impl", "lax"),
-                self._init(first, scale), name=name)(x)
+                self._init(first, scale), self.compute_dtype, name=name)(x)
 
   def _relu(self, h, name: str):
     h = nn.relu(h)
-    self.sow(_INTERMEDIATES, f"{name}_relu", h)
+    self._sow(f"{name}_relu", h)
     return h
 
-  def _head(self, h):
-    return self._dense(h.reshape(h.shape[0], -1), self.num_classes, "head")
+  def _head(self, h, first: bool = False):
+    """The last Dense layer; its logits are returned as float32 whatever `dtype`."""
+    h = self._dense(h.reshape(h.shape[0], -1), self.num_classes, "head", first=first)
+    return self._to_float32(h)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,7 +237,7 @@ class DenseNet(_Base):
     for i, w in enumerate(self.widths):
       name = f"dense_{i}"
       h = self._relu(self._dense(h, w, name, first=i == 0), name)
-    return self._dense(h, self.num_classes, "head", first=not self.widths)
+    return self._head(h, first=not self.widths)
 
 
 class PaperCNN(_Base):
@@ -217,11 +252,11 @@ class PaperCNN(_Base):
   def blocks_in_cache(self) -> bool:
     """True when the step already runs cache-blocked (the fused block): no gradient micro-batches
     (`rl_align.train.choose_microbatch`)."""
-    return self.conv_impl == "fused"
+    return self.conv_impl in ("fused", "pallas")
 
   @nn.compact
   def __call__(self, x):
-    if self.conv_impl == "fused" and not self.is_mutable_collection(_INTERMEDIATES):
+    if self.conv_impl in ("fused", "pallas") and not self.is_mutable_collection(_INTERMEDIATES):
       return self._head(nn.relu(self._fused_block(x)))
     h = self._relu(self._conv(x, self.features, "conv_0", k=self.kernel_size, padding="VALID",
                               first=True), "conv_0")
@@ -229,12 +264,17 @@ class PaperCNN(_Base):
     return self._head(h)
 
   def _fused_block(self, x):
-    """dense_0's pre-activation by `fused.conv_relu_dense`, with the unfused path's params."""
+    """dense_0's pre-activation by `fused.conv_relu_dense` (CPU) or `pallas_fused` (accelerators),
+    with the unfused path's params, computed in `dtype`."""
     k, f = self.kernel_size, self.features
     ck, cb = _Params(((k, k, x.shape[-1], f), (f,)), self._init(first=True), name="conv_0")()
     ho, wo = x.shape[1] - k + 1, x.shape[2] - k + 1
     dk, db = _Params(((ho * wo * f, self.hidden), (self.hidden,)), self._init(),
                      name="dense_0")()
+    if self.compute_dtype is not None:   # mixed precision: everything in it (float32 sums)
+      x, ck, cb, dk, db = (a.astype(self.compute_dtype) for a in (x, ck, cb, dk, db))
+    if self.conv_impl == "pallas":
+      return pallas_fused.conv_relu_dense(x, ck.astype(x.dtype), cb, dk) + db
     rows = fused.block_rows(x.shape[0], ho, wo, f)
     return fused.conv_relu_dense(x, ck.astype(x.dtype), cb, dk, rows) + db
 
@@ -386,6 +426,9 @@ def validate(model: nn.Module) -> None:
   if impl not in CONV_IMPLS:
     raise errors.ConfigError(f"config.model.conv_impl={impl!r} is unknown. "
                              f"Fix: use one of {CONV_IMPLS}.")
+  if model.dtype not in DTYPES:
+    raise errors.ConfigError(f"config.model.dtype={model.dtype!r} is unknown. "
+                             f"Fix: use one of {DTYPES}.")
   if model.first_layer_std is not None and not model.first_layer_std >= 0:
     raise errors.ConfigError(f"config.model.first_layer_std must be >= 0 (or None for the default "
                              f"init), got {model.first_layer_std}.")
