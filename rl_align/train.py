@@ -114,6 +114,31 @@ def total_steps(cfg, n: int) -> int:
   return cfg.num_steps if cfg.num_steps > 0 else cfg.num_epochs * (n // cfg.batch_size)
 
 
+def is_feed(x) -> bool:
+  """True for a host input pipeline (`rl_align.pipeline.HostFeed`) in place of an array x."""
+  return hasattr(x, "chunks") and hasattr(x, "head") and hasattr(x, "source")
+
+
+def _validate_feed(cfg, feed, labels) -> None:
+  if labels is not None:
+    raise errors.ConfigError("with a host feed the labels come from the feed: pass labels=None "
+                             "(the feed's `labels`: RandomLabels or the source's).")
+  if feed.batch_size != cfg.batch_size or feed.data_seed != cfg.seed:
+    raise errors.ConfigError(
+        f"the host feed draws batches of {feed.batch_size} in the order of root seed "
+        f"{feed.data_seed}, but the config trains batch_size={cfg.batch_size}, seed={cfg.seed}. "
+        "Fix: build the feed from the same engine config.")
+  if list(feed.seed_ids) != seed_ids(cfg):
+    raise errors.ConfigError(f"the host feed serves seed ids {list(feed.seed_ids)}, the config "
+                             f"trains {seed_ids(cfg)}. Fix: HostFeed(seed_ids=train.seed_ids(cfg)).")
+  if isinstance(feed.labels, np.ndarray) and feed.labels.ndim == 2:
+    raise errors.ConfigError("a host feed with a per-member label table cannot be re-sharded over "
+                             "devices. Fix: pass pipeline.RandomLabels(root_seed, K) (labels from "
+                             "a function of the example index) or shared labels [N].")
+  if not 1 <= cfg.batch_size <= feed.n:
+    raise errors.ConfigError(f"config.batch_size: must be in [1, N={feed.n}], got {cfg.batch_size}.")
+
+
 def validate(cfg, model, x, labels) -> None:
   """Raises ConfigError / DataError with the fix, before anything is compiled."""
   def bad(field, msg):
@@ -137,6 +162,9 @@ def validate(cfg, model, x, labels) -> None:
     bad("num_seeds", f"must be >= 1, got {cfg.num_seeds}. Fix: e.g. --config.num_seeds=8.")
   if not cfg.learning_rate > 0:
     bad("learning_rate", f"must be > 0, got {cfg.learning_rate}.")
+  if is_feed(x):
+    _validate_feed(cfg, x, labels)
+    return
   x = np.asarray(x) if not hasattr(x, "shape") else x
   if x.ndim < 2:
     raise errors.DataError(f"training inputs must be [N, ...] with N examples, got shape {x.shape}.")
@@ -515,7 +543,31 @@ class Engine:
       one = lambda p, o, a, d, k, h, y: seed_chunk(p, o, a, d, k, h, y, inputs.x, t0, t1)
       return _per_seed(one, self.layout)(*state, inputs.data_keys, inputs.hparams, inputs.labels)
 
+    def seed_chunk_fed(params, opt_state, alive, div_step, hparams, xs, ys, t0):
+      """Steps t0..t0+T of ONE member from host-fed batches xs [T, B, ...], ys [T, B]: the same
+      arithmetic as seed_chunk on the same batches."""
+      tx = make_optimizer(cfg, total, hparams, with_decay)
+
+      def body(j, carry):
+        params, opt_state, alive, div_step, lsum, asum = carry
+        params, opt_state, ok, loss, acc = seed_step(tx, params, opt_state, alive, xs[j], ys[j])
+        div_step = jnp.where(alive & ~ok, t0 + j, div_step)
+        lsum = lsum + jnp.where(ok, loss, jnp.nan)
+        return params, opt_state, ok, div_step, lsum, asum + acc
+
+      zero = jnp.zeros((), jnp.float32)
+      params, opt_state, alive, div_step, lsum, asum = lax.fori_loop(
+          0, xs.shape[0], body, (params, opt_state, alive, div_step, zero, zero))
+      steps = jnp.float32(max(xs.shape[0], 1))
+      return TrainState(params, opt_state, alive, div_step), lsum / steps, asum / steps
+
+    def chunk_fed(state, hparams, xs, ys, t0):
+      one = lambda p, o, a, d, h, xb, yb: seed_chunk_fed(p, o, a, d, h, xb, yb, t0)
+      return _per_seed(one, self.layout)(*state, hparams, xs, ys)
+
     self.init = self._shard_map(_per_seed(seed_init, self.layout), (sd,), (sd, sd))
+    self.chunk_fed = self._shard_map(chunk_fed, (sd, sd, sd, sd, rep), (sd, sd, sd),
+                                     donate_argnums=(0,))
     # The state is donated: the step updates it in place (one copy of M x params in memory).
     self.chunk = self._shard_map(chunk, (sd, EngineInputs(sd, sd, sd, rep), rep, rep),
                                  (sd, sd, sd), donate_argnums=(0,))
@@ -573,6 +625,29 @@ def pad_members(a, m_pad):
   if a.shape[0] == m_pad:
     return a
   return np.concatenate([a, np.repeat(a[-1:], m_pad - a.shape[0], axis=0)], axis=0)
+
+
+def _segments(eng: Engine, feed, members: Members, events: Sequence[int], step: int):
+  """(t0, t1, chunk) the engine runs from `step` on: one per event interval with device-resident
+  data (chunk None); with a host feed, the pipeline's chunks (at most ~256 MB of inputs each,
+  prefetched on a grain thread and placed on the devices there).  The feed's position is a pure
+  function of the step, so the checkpoint's step is all a resume needs."""
+  events = [e for e in events if e > step]
+  if feed is None:
+    t = step
+    for ev in events:
+      yield t, ev, None
+      t = ev
+    return
+  from rl_align import pipeline  # pylint: disable=g-import-not-at-top  # pipeline imports train
+  rows = pipeline.local_rows(eng.seeded, eng.m_pad)
+  local = pipeline.HostFeed(feed.source, seed_ids=[members.ids[r] for r in rows],
+                            data_seed=feed.data_seed, batch_size=feed.batch_size,
+                            labels=feed.labels, mean=feed.mean, std=feed.std,
+                            num_threads=feed.num_threads, prefetch=feed.prefetch)
+  per_chunk = pipeline.max_chunk_steps(len(rows), feed.batch_size, feed.example_shape)
+  for c in local.chunks(pipeline.chunk_bounds(events, step, per_chunk), pipeline.putter(eng.seeded)):
+    yield c.t0, c.t1, c
 
 
 def _mean_finite(v) -> float:
@@ -663,10 +738,13 @@ def train(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
     name: the phase name (separates checkpoints and metrics of several phases in one workdir).
   """
   validate(cfg, model, x, labels)
-  x = np.asarray(x, np.float32)
   s = int(cfg.num_seeds)
-  call = TrainCall(model=model, cfg=cfg, x=x, members=Members.of(cfg),
-                   labels=np.broadcast_to(np.asarray(labels, np.int32), (s, x.shape[0])),
+  if is_feed(x):   # host-fed: batches stream from the pipeline, x never sits on the device
+    labels = np.zeros((s, 0), np.int32)
+  else:
+    x = np.asarray(x, np.float32)
+    labels = np.broadcast_to(np.asarray(labels, np.int32), (s, x.shape[0]))
+  call = TrainCall(model=model, cfg=cfg, x=x, members=Members.of(cfg), labels=labels,
                    workdir=workdir, eval_sets=eval_sets, init_params=init_params,
                    snapshot_fn=snapshot_fn, probe_fn=probe_fn, name=name)
   packer = getattr(_packer, "current", None)
@@ -749,14 +827,16 @@ def run_calls(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list
   alone."""
   c0 = calls[0]
   cfg, x, name = c0.cfg, c0.x, c0.name
+  feed = x if is_feed(x) else None
   members = Members.concat([c.members for c in calls])
-  n, m = x.shape[0], len(members)
+  x_shape = (feed.n,) + tuple(feed.example_shape) if feed is not None else x.shape
+  n, m = x_shape[0], len(members)
   views, start = [], 0
   for c in calls:
     views.append(_CallView(c, start))
     start += len(c.members)
   labels = np.concatenate([c.labels for c in calls])
-  eng = Engine(c0.model, cfg, n, x.shape, m, c0.probe_fn,
+  eng = Engine(c0.model, cfg, n, x_shape, m, c0.probe_fn,
                with_decay=any(wd != 0 for wd in members.weight_decay))
   padded = members.padded(eng.m_pad)
   spe, total = eng.steps_per_epoch, eng.total
@@ -766,21 +846,25 @@ def run_calls(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list
   events = sorted(snap_steps | log_steps | eval_steps)
 
   sets = dict(c0.eval_sets or {})
-  if "train" not in sets and cfg.train_eval_examples:
-    k = min(n, cfg.train_eval_examples)
-    sets["train"] = (x[:k], None)
+  k = min(n, cfg.train_eval_examples)
+  head = feed.head(k) if feed is not None and "train" not in sets and k else None
+  if "train" not in sets and k:
+    sets["train"] = (head[0] if head is not None else x[:k], None)
   eval_data = {}
   for key, (xe, _) in sets.items():
     ys = []
     for c in calls:
-      ye = (c.eval_sets or {}).get(key, (None, c.labels[:, :min(n, cfg.train_eval_examples)]))[1]
+      ye = (c.eval_sets or {}).get(key, (None, head[1] if head is not None else c.labels[:, :k]))[1]
       ys.append(np.broadcast_to(np.asarray(ye), (len(c.members), np.shape(xe)[0])))
     xs, ys, mask = _eval_batches(np.asarray(xe, np.float32), np.concatenate(ys), m,
                                  cfg.eval_batch_size)
     eval_data[key] = (eng.put_replicated(xs), eng.put_seeded(pad_members(ys, eng.m_pad)),
                       eng.put_replicated(mask))
 
-  inputs = eng.put_inputs(padded, x, labels)
+  if feed is None:
+    inputs = eng.put_inputs(padded, x, labels)
+  else:
+    hparams = eng.put_seeded(padded.hparams())
   state = _initial_state(eng, calls, padded)
   is_main = jax.process_index() == 0
   root = _state_dir(calls, packed_dir)
@@ -817,11 +901,14 @@ def run_calls(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list
     return out
 
   with jax.default_matmul_precision(precision):
-    for ev in events:
-      if ev <= step:
-        continue
-      state, lmean, amean = eng.chunk(state, inputs, np.int32(step), np.int32(ev))
+    for t0, ev, fed in _segments(eng, feed, padded, events, step):
+      if fed is None:
+        state, lmean, amean = eng.chunk(state, inputs, np.int32(t0), np.int32(ev))
+      else:
+        state, lmean, amean = eng.chunk_fed(state, hparams, fed.x, fed.y, np.int32(t0))
       step = ev
+      if ev not in events:
+        continue
       if ev in log_steps or ev in eval_steps:
         host = {"loss": to_host(lmean, m), "batch_accuracy": to_host(amean, m),
                 "alive": to_host(state.alive, m)}
