@@ -34,7 +34,15 @@ Usage::
 
 The JSON holds the headline (the first engine arm) as ``model_steps_per_s``, ``gflops_per_s``,
 ``peak_gflops_per_s`` and ``peak_fraction``, and one entry per arm under ``arms``, with its ratios
-``vs_torch`` and ``vs_naive_jax`` (model-steps/s over the baseline's, same S when measured).
+``vs_torch`` and ``vs_naive_jax`` (model-steps/s over the baseline's, same S and dtype when
+measured).
+
+Mixed precision and the roofline: ``--dtypes=float32,bfloat16`` runs the engine and naive JAX arms
+in each compute dtype (``config.model.dtype``; torch stays float32).  Every row has its
+``dtype`` and a ``roofline`` (benchmarks/roofline.py): the FLOPs and device-memory bytes of one
+model-step in its layout and dtype, the floor max(FLOPs / peak, bytes / bandwidth) with the
+matmul peak of its dtype and the copy bandwidth both measured at the start of this run (top-level
+``roofline.limits``), which of the two binds, and ``fraction_of_floor`` = floor / measured time.
 """
 import rl_align  # pylint: disable=unused-import  # before jax: one XLA host device per core
 
@@ -53,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import roofline
 from rl_align import models
 from rl_align import train
 
@@ -75,6 +84,10 @@ flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: the number o
 flags.DEFINE_enum("torch_device", "cpu", ["cpu", "cuda"], "Device of the torch arm. With cuda, "
                   "TF32 matmuls are allowed, as JAX's default float32 precision does on GPU.")
 flags.DEFINE_integer("peak_size", 4096, "Side of the square fp32 matmul that measures the peak.")
+flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes of the engine and naive JAX arms "
+                  "(config.model.dtype): float32 and/or bfloat16, side by side.")
+flags.DEFINE_integer("bandwidth_mb", 0, "Size of the copy that measures the memory bandwidth "
+                     "for the roofline (0: 256 MB on CPU, 2048 MB on accelerators).")
 flags.DEFINE_string("json", None, "Write the results here (JSON).")
 
 ARMS = ("engine", "naive_jax", "torch")
@@ -129,34 +142,7 @@ def matmul_peak(n: int = 4096, reps: int = 3) -> dict[str, float]:
   return out
 
 
-def _dot_conv_flops(jaxpr) -> float:
-  """FLOPs (2 x multiply-adds) of the dot_general and conv ops of a (closed) jaxpr, recursively."""
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == "dot_general":
-      (lc, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in lc])
-    elif name == "conv_general_dilated":
-      rhs = eqn.invars[1].aval.shape
-      dn = eqn.params["dimension_numbers"]
-      out_feature = rhs[dn.rhs_spec[0]]
-      per_out = np.prod(rhs) / out_feature  # k*k*C_in/groups
-      total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * per_out
-    for sub in _sub_jaxprs(eqn.params.values()):
-      total += _dot_conv_flops(sub)
-  return total
-
-
-def _sub_jaxprs(values):
-  for v in values:
-    if hasattr(v, "eqns"):
-      yield v
-    elif hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
-      yield v.jaxpr
-    elif isinstance(v, (tuple, list)):
-      yield from _sub_jaxprs(v)
+_dot_conv_flops = roofline.dot_conv_flops   # the jaxpr dot/conv count (benchmarks/roofline.py)
 
 
 def _cost_flops(compiled) -> float:
@@ -259,7 +245,7 @@ class EngineArm:
     eng = train.Engine(self.model, cfg, len(x), x.shape, self.seeds)
     self.eng, self.layout = eng, eng.layout
     impl = getattr(eng.model, "conv_impl", None)
-    if impl in ("im2col", "fused") and not eng.layout.endswith(impl):
+    if impl in ("im2col", "fused", "pallas") and not eng.layout.endswith(impl):
       self.layout += f":{impl}"
     if self.devices:
       self.layout += f"@{eng.mesh.size}"
@@ -447,7 +433,8 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
                   layouts: list[str], repeats: int = 2, baseline_seeds: int = 16,
                   batch_size: int = 0, num_examples: int = 0, torch_threads: int = 0,
                   peak_size: int = 4096, torch_device: str = "cpu",
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  log: Callable[[str], None] = print, dtypes=("float32",),
+                  bandwidth_mb: int = 0) -> dict[str, Any]:
   """Sets up every arm, times `repeats` interleaved rounds and returns the results dict."""
   t_start, load_start = time.perf_counter(), os.getloadavg()[0]
   bad = [a for a in arms if a not in ARMS]
@@ -458,6 +445,9 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
     raise app.UsageError(f"--layout has unknown layouts {bad}; choose from {train.LAYOUTS}.")
   if steps < 1 or repeats < 1:
     raise app.UsageError("--steps and --repeats must be >= 1.")
+  bad = [d for d in dtypes if d not in models.DTYPES]
+  if bad or not dtypes:
+    raise app.UsageError(f"--dtypes has unknown dtypes {bad}; choose from {models.DTYPES}.")
   if "torch" in arms and _torch() is None:
     raise app.UsageError("--arms has torch but PyTorch is not installed. Fix: pip install -e "
                          "'.[bench]' (torch==2.13.0), or drop torch from --arms.")
@@ -476,6 +466,7 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
 
   peaks = [matmul_peak(peak_size)]
   log(f"fp32 matmul peak (start): {peaks[0]}")
+  limits = measure_limits(dtypes, peak_size, bandwidth_mb, log)
 
   # FLOPs of one model-step (one seed, one SGD step, conv_impl="lax").
   tx, step = naive_step_fn(model)
@@ -492,27 +483,27 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
       f"(XLA cost analysis; dot+conv count {jaxpr_flops / 1e9:.3f})")
 
   todo = []
-  for s in seeds:
+  for s, dt in ((s, dt) for s in seeds for dt in dtypes):
     if "engine" in arms:
       for req in layouts:
         lay, impl, n_dev, micro = _parse_layout(req)
-        m = model
+        m = model.clone(dtype=dt)
         if impl and models.is_conv_model(model):
-          m = model.clone(conv_impl=impl)
+          m = m.clone(conv_impl=impl)
         todo.append(EngineArm(m, x, labels[:s], s, lay, batch, steps, n_dev, micro))
-        todo[-1].requested_layout = req
+        todo[-1].requested_layout, todo[-1].dtype = req, dt
     bs = min(s, baseline_seeds) if baseline_seeds > 0 else s
     if "naive_jax" in arms:
-      todo.append(NaiveJaxArm(model, x, labels, bs, batch, steps))
-      todo[-1].requested_seeds = s
-    if "torch" in arms:
+      todo.append(NaiveJaxArm(model.clone(dtype=dt), x, labels, bs, batch, steps))
+      todo[-1].requested_seeds, todo[-1].dtype = s, dt
+    if "torch" in arms and dt == dtypes[0]:
       todo.append(TorchArm(model_name, kw, model, x, labels, bs, batch, steps, threads,
                            torch_device))
       todo[-1].requested_seeds = s
   # A per-seed loop with the same number of seeds is set up once and shared by every S.
   arms_list, shared = [], {}
   for a in todo:
-    key = (a.arm, a.seeds) if a.arm != "engine" else id(a)
+    key = (a.arm, a.seeds, getattr(a, "dtype", "float32")) if a.arm != "engine" else id(a)
     if key in shared:
       shared[key].also_for.append(getattr(a, "requested_seeds", a.seeds))
       continue
@@ -552,6 +543,7 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
            "cpu_s_per_model_step": min(cpu[id(a)]) / a.model_steps(),
            "gflops_per_s": msps * flops / 1e9, "peak_fraction": msps * flops / 1e9 / peak,
            "last_loss": a.last_loss}
+    row.update(roofline_fields(a, msps, model, x.shape[1:], batch, n_params, flops, limits))
     if a.arm == "torch":
       row["max_logit_diff_vs_jax"] = a.max_logit_diff
       row["torch_threads"] = a.threads
@@ -559,14 +551,15 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
     rows.append(row)
     a.close()
 
-  def baseline(arm, s):
-    cands = [r for r in rows if r["arm"] == arm]
+  def baseline(arm, s, dtype):
+    cands = [r for r in rows if r["arm"] == arm and r["dtype"] in (dtype, "float32")]
+    cands.sort(key=lambda r: r["dtype"] != dtype)     # the same dtype first (torch: float32)
     same = [r for r in cands if s in r["for_seeds"]]
     return (same or cands or [None])[0]
 
   for row in rows:
     for arm in ("torch", "naive_jax"):
-      b = baseline(arm, row["seeds"])
+      b = baseline(arm, row["seeds"], row["dtype"])
       row[f"vs_{arm}"] = row["model_steps_per_s"] / b["model_steps_per_s"] if b else None
 
   engine_rows = [r for r in rows if r["arm"] == "engine"]
@@ -585,6 +578,11 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
       "batch_size": batch, "num_examples": n, "num_params": n_params,
       "steps": steps, "repeats": repeats, "timing": "best round",
       "peaks": peaks,
+      "roofline": {"limits": limits, "flops_per_model_step": flops,
+                   "activation_elements": roofline.activation_elements(model, x.shape[1:]),
+                   "patch_elements": roofline.patch_elements(model, x.shape[1:]),
+                   "activation_passes": roofline.ACTIVATION_PASSES,
+                   "patch_passes": roofline.PATCH_PASSES},
       "arms": rows,
       "env": {"jax": jax.__version__, "torch": getattr(_torch(), "__version__", None),
               "devices": [str(d) for d in jax.devices()], "cpu": platform.processor() or
@@ -595,16 +593,67 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
   }
 
 
+# ----------------------------------------------------------------------------------------------
+# The roofline (benchmarks/roofline.py): the device's limits, measured in this run, and each
+# row's floor.
+
+
+def measure_limits(dtypes, peak_size: int, bandwidth_mb: int = 0,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+  """The default device's matmul peak per dtype (an n x n matmul in jitted JAX, n = peak_size;
+  bfloat16 at most 1024 on CPU, where XLA emulates it slowly) and its memory bandwidth (a copy
+  of bandwidth_mb MB; 0: 256 on CPU, 2048 on accelerators), timed now."""
+  on_cpu = jax.default_backend() == "cpu"
+  mb = bandwidth_mb or (256 if on_cpu else 2048)
+  peaks = {}
+  for dt in dict.fromkeys(("float32",) + tuple(dtypes)):
+    n = min(peak_size, 1024) if on_cpu and dt != "float32" else peak_size
+    peaks[dt] = roofline.measure_matmul_peak(n, dt)
+  bw = roofline.measure_bandwidth(mb * 2 ** 20)
+  log("roofline limits: matmul peak " + ", ".join(f"{dt} {v / 1e12:.2f} TFLOP/s"
+                                                  for dt, v in peaks.items())
+      + f"; bandwidth {bw / 1e9:.0f} GB/s ({mb} MB copy)")
+  return {"peak_flops_per_s": peaks, "bandwidth_bytes_per_s": bw, "bandwidth_copy_mb": mb,
+          "matmul_size": peak_size}
+
+
+def roofline_fields(arm, model_steps_per_s: float, model, input_shape, batch: int,
+                    n_params: int, flops: float, limits: dict[str, Any]) -> dict[str, Any]:
+  """{"dtype", "roofline"} of one arm's row: its bytes per model-step (the arm's dtype; im2col
+  patches for conv-as-matmul models; no paper-CNN conv activation for the fused blocks), the floor
+  at its dtype's peak and the measured bandwidth, and its fraction of that floor."""
+  dtype = getattr(arm, "dtype", "float32")
+  eng = getattr(arm, "eng", None)
+  impl = getattr(eng.model if eng is not None else model, "conv_impl", None)
+  if arm.arm == "torch":
+    impl = "lax" if impl else None
+  acts = roofline.activation_elements(model, input_shape)
+  if impl in ("fused", "pallas") and isinstance(model, models.PaperCNN):
+    acts.pop(models.sort_layers(acts)[0], None)        # the conv output: kept on chip / in cache
+  patches = roofline.patch_elements(model, input_shape) if impl in ("im2col", "fused",
+                                                                     "pallas") else 0
+  n_bytes = roofline.step_bytes(n_params, batch, int(np.prod(input_shape)), sum(acts.values()),
+                                act_bytes=jnp.dtype(dtype).itemsize, opt_slots=1,
+                                patch_elements=patches)
+  return {"dtype": dtype,
+          "roofline": roofline.row(1.0 / model_steps_per_s, flops, n_bytes,
+                                   limits["peak_flops_per_s"][dtype],
+                                   limits["bandwidth_bytes_per_s"])}
+
+
 def format_table(res: dict[str, Any]) -> str:
   lines = [f"{res['model']}: {res['flops_per_model_step'] / 1e9:.3f} GFLOP/model-step "
            f"({res['flops_source']}), peak {res['peak_gflops_per_s']:.0f} GFLOP/s",
-           f"{'arm':10s} {'S':>4s} {'layout':11s} {'model-steps/s':>13s} {'s/model-step':>12s} "
-           f"{'GFLOP/s':>8s} {'%peak':>6s} {'vs torch':>8s} {'vs naive':>8s} {'setup s':>8s} {'cpu s/ms':>8s}"]
+           f"{'arm':10s} {'S':>4s} {'layout':11s} {'dtype':8s} {'model-steps/s':>13s} "
+           f"{'s/model-step':>12s} {'GFLOP/s':>8s} {'%peak':>6s} {'%floor':>6s} {'bound':6s} "
+           f"{'vs torch':>8s} {'vs naive':>8s} {'setup s':>8s} {'cpu s/ms':>8s}"]
   fmt = lambda v: f"{v:8.2f}" if v is not None else f"{'-':>8s}"
   for r in res["arms"]:
-    lines.append(f"{r['arm']:10s} {r['seeds']:4d} {r['layout'] or '-':11s} "
+    roof = r["roofline"]
+    lines.append(f"{r['arm']:10s} {r['seeds']:4d} {r['layout'] or '-':11s} {r['dtype']:8s} "
                  f"{r['model_steps_per_s']:13.3f} {r['s_per_model_step']:12.4f} "
                  f"{r['gflops_per_s']:8.1f} {100 * r['peak_fraction']:6.1f} "
+                 f"{100 * roof['fraction_of_floor']:6.1f} {roof['bound']:6s} "
                  f"{fmt(r['vs_torch'])} {fmt(r['vs_naive_jax'])} {r['setup_s']:8.1f} "
                  f"{r['cpu_s_per_model_step']:8.4f}")
   return "\n".join(lines)
@@ -617,7 +666,8 @@ def main(argv):
                       FLAGS.layout, FLAGS.repeats, FLAGS.baseline_seeds, FLAGS.batch_size,
                       FLAGS.num_examples, FLAGS.torch_threads, FLAGS.peak_size,
                       FLAGS.torch_device,
-                      log=lambda s: print(s, flush=True))
+                      log=lambda s: print(s, flush=True), dtypes=FLAGS.dtypes,
+                      bandwidth_mb=FLAGS.bandwidth_mb)
   print(format_table(res), flush=True)
   if FLAGS.json:
     d = os.path.dirname(os.path.abspath(FLAGS.json))
