@@ -9,25 +9,32 @@ per-member random labels.  Arms (``--arms``):
 - ``stream``: `HostFeed.chunks` (grain, chunks prepared ``--prefetch`` ahead on ``--num_threads``
   threads), consumed as fast as they come.
 - ``stream_put``: as ``stream``, and each chunk placed on the devices sharded over members
-  (`pipeline.putter`), as the engine's host-fed path will consume it.
+  (`pipeline.putter`), as the engine's host-fed path consumes it.
+- ``engine_device``: the engine (`train.Engine.chunk`) training the paper CNN (``--features``
+  filters) on the device-resident set (x replicated, per-member labels [S, N]), one call per chunk.
+- ``engine_host``: the same engine training on the ``stream_put`` chunks (`Engine.chunk_fed`),
+  the pipeline running on its grain thread meanwhile: ``vs_engine_device`` is the issue's
+  host-fed / device-resident ratio of model-steps/s.  Both engine arms start from the same init and
+  train the same batches, so their final parameters must be equal (``params_equal``).
 
 Each arm runs ``--chunks`` chunks of ``--steps_per_chunk`` steps after one warm-up chunk (which
 compiles the permutation and label functions); ``--repeats`` rounds in an order that rotates per
 round (the machine is shared: compare arms of one run); an arm's time is its best round.
-Reported per arm: ``batches_per_s`` (member-batches of B examples), ``steps_per_s`` (engine steps:
-all S members), ``mb_per_s`` (float32 input bytes produced) and ``cpu_s_per_step`` (process CPU
-time per engine step, contention-robust).  The JSON also records the load average: a number taken
+Reported per arm: ``batches_per_s`` (member-batches of B examples, = model-steps/s), ``steps_per_s``
+(engine steps: all S members), ``mb_per_s`` (float32 input bytes produced or consumed) and
+``cpu_s_per_step`` (process CPU time per engine step, contention-robust).  The JSON also records the load average: a number taken
 while other jobs run is "measured under load".
 
 Usage::
 
     python -m benchmarks.host_feed_throughput --seeds=8 --json=/tmp/feed.json
     python -m benchmarks.host_feed_throughput --seeds=8 --arms=stream --num_threads=2 --prefetch=2
+    # the issue's comparison: host-fed vs device-resident paper CNN, S=8, side by side
+    python -m benchmarks.host_feed_throughput --seeds=8 --arms=engine_device,engine_host \
+        --steps_per_chunk=2 --chunks=2 --repeats=2 --json=/tmp/engine_feed.json
 
-Extending (the engine's host-fed path): register an arm class in ``ARMS`` with ``setup()``,
-``run()`` (one timed round), ``steps()`` (engine steps per round) and ``close()``; e.g.
-``engine_device`` (train.train's chunk on the device-resident set) and ``engine_host`` (the chunk
-fed from ``stream_put``) report model-steps/s side by side with these arms.
+Extending: register an arm class in ``ARMS`` with ``setup()``, ``run()`` (one timed round),
+``steps()`` (engine steps per round) and ``close()``.
 """
 import rl_align  # pylint: disable=unused-import  # before jax: one XLA host device per core
 
@@ -45,7 +52,9 @@ import numpy as np
 
 from rl_align import data
 from rl_align import errors
+from rl_align import models
 from rl_align import pipeline
+from rl_align import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("seeds", 8, "Members S fed at once.")
@@ -59,7 +68,9 @@ flags.DEFINE_integer("chunks", 4, "Chunks per timed round.")
 flags.DEFINE_integer("repeats", 2, "Timed rounds; an arm's time is its best round.")
 flags.DEFINE_integer("num_threads", 1, "grain threads preparing chunks (stream arms).")
 flags.DEFINE_integer("prefetch", 2, "Chunks prepared ahead (stream arms).")
-flags.DEFINE_list("arms", ["load", "stream", "stream_put"], "Arms: load, stream, stream_put.")
+flags.DEFINE_integer("features", 256, "Conv filters of the paper CNN (engine arms).")
+flags.DEFINE_list("arms", ["load", "stream", "stream_put"], "Arms: load, stream, stream_put, "
+                  "engine_device, engine_host.")
 flags.DEFINE_string("json", None, "Write the results here (JSON).")
 
 
@@ -112,7 +123,66 @@ class StreamPutArm(StreamArm):
     self.put = pipeline.putter(NamedSharding(mesh, P("seed")))
 
 
-ARMS = {"load": LoadArm, "stream": StreamArm, "stream_put": StreamPutArm}
+class _EngineArm(_FeedArm):
+  """The paper CNN in `train.Engine`, S members, trained chunk by chunk."""
+  features = 256
+
+  def setup(self) -> float:
+    t0 = time.perf_counter()
+    feed = self.feed
+    cfg = train.default_config()
+    cfg.num_seeds, cfg.batch_size, cfg.seed, cfg.num_steps = (
+        feed.num_members, feed.batch_size, feed.data_seed, 10 ** 6)
+    model = models.PaperCNN(features=self.features, num_classes=feed.labels.num_classes)
+    eng = train.Engine(model, cfg, feed.n, (feed.n,) + feed.example_shape, feed.num_members)
+    members = train.Members.of(cfg).padded(eng.m_pad)
+    self.eng, self.members, self.layout = eng, members, eng.layout
+    self.state = eng.initial_state(members)
+    self._inputs(feed, cfg)
+    self.start = 0
+    self.run()   # warm-up: compiles the chunk
+    return time.perf_counter() - t0
+
+  def params(self):
+    return train.to_host(self.state.params, self.feed.num_members)
+
+  def close(self) -> None:
+    self.state = self.eng = None
+
+
+class EngineDeviceArm(_EngineArm):
+  def _inputs(self, feed, cfg):
+    x, _ = feed.head(feed.n)   # the whole training set, standardized, on the device
+    labels = train.random_labels(feed.labels.root_seed, train.seed_ids(cfg), feed.n,
+                                 feed.labels.num_classes)
+    self.inputs = self.eng.put_inputs(self.members, x, labels)
+
+  def run(self) -> None:
+    for t0, t1 in self._bounds():
+      self.state, loss, _ = self.eng.chunk(self.state, self.inputs, np.int32(t0), np.int32(t1))
+    jax.block_until_ready(self.state)
+
+
+class EngineHostArm(_EngineArm):
+  def _inputs(self, feed, cfg):
+    del cfg
+    rows = pipeline.local_rows(self.eng.seeded, self.eng.m_pad)
+    self.local = pipeline.HostFeed(
+        feed.source, seed_ids=[self.members.ids[r] for r in rows], data_seed=feed.data_seed,
+        batch_size=feed.batch_size, labels=feed.labels, mean=feed.mean, std=feed.std,
+        num_threads=feed.num_threads, prefetch=feed.prefetch)
+    self.hparams = self.eng.put_seeded(self.members.hparams())
+    self.put = pipeline.putter(self.eng.seeded)
+
+  def run(self) -> None:
+    for c in self.local.chunks(self._bounds(), put=self.put):
+      self.state, loss, _ = self.eng.chunk_fed(self.state, self.hparams, c.x, c.y,
+                                               np.int32(c.t0))
+    jax.block_until_ready(self.state)
+
+
+ARMS = {"load": LoadArm, "stream": StreamArm, "stream_put": StreamPutArm,
+        "engine_device": EngineDeviceArm, "engine_host": EngineHostArm}
 
 
 def make_feed(seeds: int, batch_size: int, size: int, n: int, num_threads: int, prefetch: int,
@@ -126,13 +196,15 @@ def make_feed(seeds: int, batch_size: int, size: int, n: int, num_threads: int, 
 
 def run_benchmark(arms, seeds: int, batch_size: int, size: int, n: int, steps_per_chunk: int,
                   chunks: int, repeats: int, num_threads: int, prefetch: int,
-                  short_side: int = 256, cell: int = 48) -> dict:
+                  short_side: int = 256, cell: int = 48, features: int = 256) -> dict:
   unknown = [a for a in arms if a not in ARMS]
   if unknown:
     raise errors.ConfigError(f"--arms has unknown arms {unknown}. Fix: use names from "
                              f"{sorted(ARMS)}.")
   feed = make_feed(seeds, batch_size, size, n, num_threads, prefetch, short_side, cell)
   objs = {a: ARMS[a](feed, chunks, steps_per_chunk) for a in arms}
+  for o in objs.values():
+    o.features = features
   setup_s = {a: o.setup() for a, o in objs.items()}
   rounds = {a: [] for a in arms}
   cpu = {a: [] for a in arms}
@@ -152,7 +224,18 @@ def run_benchmark(arms, seeds: int, batch_size: int, size: int, n: int, steps_pe
                  "steps_per_s": steps / best, "batches_per_s": steps * seeds / best,
                  "mb_per_s": steps * step_bytes / best / 1e6,
                  "cpu_s_per_step": min(cpu[a]) / steps})
-    objs[a].close()
+    if isinstance(objs[a], _EngineArm):
+      rows[-1].update(layout=objs[a].layout, features=features)
+  by = {r["arm"]: r for r in rows}
+  if "engine_device" in by and "engine_host" in by:
+    by["engine_host"]["vs_engine_device"] = (by["engine_host"]["steps_per_s"]
+                                             / by["engine_device"]["steps_per_s"])
+    # Same init, same batches, same number of steps: the same parameters, bit for bit.
+    leaves = zip(jax.tree.leaves(objs["engine_device"].params()),
+                 jax.tree.leaves(objs["engine_host"].params()))
+    by["engine_host"]["params_equal"] = all(np.array_equal(p, q) for p, q in leaves)
+  for o in objs.values():
+    o.close()
   return {"workload": {"source": "photos", "short_side": short_side, "cell": cell,
                        "seeds": seeds, "batch_size": batch_size,
                        "example_shape": [size, size, 3], "num_examples": n,
@@ -170,7 +253,8 @@ def main(argv):
   try:
     out = run_benchmark(list(FLAGS.arms), FLAGS.seeds, FLAGS.batch_size, FLAGS.size,
                         FLAGS.num_examples, FLAGS.steps_per_chunk, FLAGS.chunks, FLAGS.repeats,
-                        FLAGS.num_threads, FLAGS.prefetch, FLAGS.short_side, FLAGS.cell)
+                        FLAGS.num_threads, FLAGS.prefetch, FLAGS.short_side, FLAGS.cell,
+                        FLAGS.features)
   except errors.RLAlignError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -178,8 +262,12 @@ def main(argv):
   print(f"host feed: S={w['seeds']} x B={w['batch_size']} x {tuple(w['example_shape'])} photos, "
         f"T={w['steps_per_chunk']}, load average {out['machine']['load_average_1m']:.1f}")
   for r in out["arms"]:
-    print(f"  {r['arm']:<11} {r['steps_per_s']:8.2f} steps/s  {r['batches_per_s']:8.1f} batches/s"
-          f"  {r['mb_per_s']:8.1f} MB/s  {r['cpu_s_per_step'] * 1e3:7.1f} ms CPU/step")
+    extra = ""
+    if "vs_engine_device" in r:
+      extra = f"  {r['vs_engine_device']:.2f}x engine_device, params equal: {r['params_equal']}"
+    print(f"  {r['arm']:<13} {r['steps_per_s']:8.2f} steps/s  {r['batches_per_s']:8.1f} "
+          f"batches/s  {r['mb_per_s']:8.1f} MB/s  {r['cpu_s_per_step'] * 1e3:7.1f} ms CPU/step"
+          + extra)
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
       json.dump(out, f, indent=1)

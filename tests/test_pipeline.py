@@ -207,14 +207,18 @@ def test_chunk_sizes_and_errors():
 
 def test_throughput_benchmark_runs_every_arm():
   from benchmarks import host_feed_throughput as bench  # pylint: disable=g-import-not-at-top
-  out = bench.run_benchmark(["load", "stream", "stream_put"], seeds=2, batch_size=8, size=8,
-                            n=64, steps_per_chunk=2, chunks=1, repeats=1, num_threads=1,
-                            prefetch=1, short_side=PHOTOS["short_side"], cell=PHOTOS["cell"])
-  assert [r["arm"] for r in out["arms"]] == ["load", "stream", "stream_put"]
+  arms = ["load", "stream", "stream_put", "engine_device", "engine_host"]
+  out = bench.run_benchmark(arms, seeds=2, batch_size=8, size=8, n=64, steps_per_chunk=2,
+                            chunks=1, repeats=1, num_threads=1, prefetch=1,
+                            short_side=PHOTOS["short_side"], cell=PHOTOS["cell"], features=4)
+  assert [r["arm"] for r in out["arms"]] == arms
   for r in out["arms"]:  # no timing thresholds: positive and finite
     for key in ("steps_per_s", "batches_per_s", "mb_per_s", "cpu_s_per_step"):
       assert np.isfinite(r[key]) and r[key] > 0, (r["arm"], key)
     assert r["batches_per_s"] == pytest.approx(2 * r["steps_per_s"])
+  host = out["arms"][-1]
+  assert host["params_equal"] is True     # host-fed and device-resident: the same parameters
+  assert np.isfinite(host["vs_engine_device"]) and host["vs_engine_device"] > 0
   assert out["workload"]["bytes_per_step"] == 4 * 2 * 8 * 8 * 8 * 3
   with pytest.raises(errors.ConfigError, match="unknown arms"):
     bench.run_benchmark(["loud"], 2, 8, 8, 64, 2, 1, 1, 1, 1, 64, 12)
