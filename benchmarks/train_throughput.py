@@ -2,7 +2,7 @@
 
 Three workloads (``--model``): ``fig20_dense`` (Fig 20: 30 -> 2048 -> 256 -> 10, batch 128),
 ``paper_cnn`` (32x32x3, conv 256 3x3 VALID -> dense 64 -> 10, batch 256) and ``small_cnn``
-(DESIGN.md's conv 3 -> 32 -> 64 SAME, global average pool, batch 128).  Arms (``--arms``):
+(a reference conv 3 -> 32 -> 64 SAME, global average pool, batch 128).  Arms (``--arms``):
 
 - ``engine``: ``rl_align.train``'s compiled multi-seed chunk (the function ``train.train`` runs
   between log steps: seeds sharded over every device, the per-device layout from ``--layout``).
