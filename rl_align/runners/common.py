@@ -11,6 +11,7 @@ accuracy curves, resuming a finished phase, the workdir's config check.
 Nothing here holds state between calls (runners may run in several threads at once).
 """
 import copy
+import functools
 import json
 import os
 from typing import Any, Callable, Mapping
@@ -127,10 +128,17 @@ def unflatten(flat: Mapping[str, Any]):
   return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
 
 
+@functools.lru_cache(maxsize=16)
+def _predict(model):
+  """The jitted argmax prediction of `model` (flax modules hash by their fields): compiled once
+  per model and batch shape, not once per call."""
+  return jax.jit(lambda p, xb: jnp.argmax(model.apply({"params": p}, xb), -1))
+
+
 def accuracy(model, stacked_params, x, y, batch_size: int = 512) -> np.ndarray:
   """[S] accuracy of each seed's params on (x, y), y [M] or per seed [S, M].  Inputs are padded to
   whole batches, so all batches of a call run one compiled program."""
-  fn = jax.jit(lambda p, xb: jnp.argmax(model.apply({"params": p}, xb), -1))
+  fn = _predict(model)
   n = len(x)
   s = jax.tree.leaves(stacked_params)[0].shape[0]
   y = np.broadcast_to(np.asarray(y), (s, n))
