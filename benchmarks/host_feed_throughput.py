@@ -57,21 +57,26 @@ from rl_align import pipeline
 from rl_align import train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("seeds", 8, "Members S fed at once.")
-flags.DEFINE_integer("batch_size", 256, "Examples per member per step (the paper CNN's batch).")
-flags.DEFINE_integer("size", 32, "Crop side (the paper CNN's input is 32x32x3).")
-flags.DEFINE_integer("num_examples", 5000, "Photo crops in the training set.")
-flags.DEFINE_integer("short_side", 256, "Photos resized to this short side before cropping.")
-flags.DEFINE_integer("cell", 48, "Side of the photo cells crops are cut from (>= size).")
-flags.DEFINE_integer("steps_per_chunk", 10, "Engine steps per chunk (T).")
-flags.DEFINE_integer("chunks", 4, "Chunks per timed round.")
-flags.DEFINE_integer("repeats", 2, "Timed rounds; an arm's time is its best round.")
-flags.DEFINE_integer("num_threads", 1, "grain threads preparing chunks (stream arms).")
-flags.DEFINE_integer("prefetch", 2, "Chunks prepared ahead (stream arms).")
-flags.DEFINE_integer("features", 256, "Conv filters of the paper CNN (engine arms).")
-flags.DEFINE_list("arms", ["load", "stream", "stream_put"], "Arms: load, stream, stream_put, "
-                  "engine_device, engine_host.")
-flags.DEFINE_string("json", None, "Write the results here (JSON).")
+
+
+def define_flags() -> None:
+  """The command-line flags; defined only when run as a script, so importing this module (tests)
+  never collides with another benchmark's flags in the same process."""
+  flags.DEFINE_integer("seeds", 8, "Members S fed at once.")
+  flags.DEFINE_integer("batch_size", 256, "Examples per member per step (the paper CNN's batch).")
+  flags.DEFINE_integer("size", 32, "Crop side (the paper CNN's input is 32x32x3).")
+  flags.DEFINE_integer("num_examples", 5000, "Photo crops in the training set.")
+  flags.DEFINE_integer("short_side", 256, "Photos resized to this short side before cropping.")
+  flags.DEFINE_integer("cell", 48, "Side of the photo cells crops are cut from (>= size).")
+  flags.DEFINE_integer("steps_per_chunk", 10, "Engine steps per chunk (T).")
+  flags.DEFINE_integer("chunks", 4, "Chunks per timed round.")
+  flags.DEFINE_integer("repeats", 2, "Timed rounds; an arm's time is its best round.")
+  flags.DEFINE_integer("num_threads", 1, "grain threads preparing chunks (stream arms).")
+  flags.DEFINE_integer("prefetch", 2, "Chunks prepared ahead (stream arms).")
+  flags.DEFINE_integer("features", 256, "Conv filters of the paper CNN (engine arms).")
+  flags.DEFINE_list("arms", ["load", "stream", "stream_put"], "Arms: load, stream, stream_put, "
+                    "engine_device, engine_host.")
+  flags.DEFINE_string("json", None, "Write the results here (JSON).")
 
 
 class _FeedArm:
@@ -274,4 +279,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
