@@ -21,8 +21,9 @@ host-fed run can see exactly the batches of a device-resident one::
     pipeline.random_labels_at(1, 3, idx, 10)   # == train.random_labels(1, [3], n, 10)[0][idx]
 
 Decoding and resizing happen in the source's `take` (`rl_align.data.Source`), the uint8 -> [0, 1]
-conversion and the per-channel standardization (given statistics, `data.standardize`) here, all
-on grain's worker threads.  Memory: one chunk per prefetch slot, never the dataset as float32.
+conversion and the per-channel standardization (given statistics; for uint8 sources a [256, C]
+table of `data.standardize`'s own values, so the very same floats) here, all on grain's worker
+threads.  Memory: one chunk per prefetch slot, never the dataset as float32.
 
 Position: a chunk is a pure function of (t0, t1) and the feed's arguments, so there is no
 iterator state to save: the engine's step is the position.  Resuming at step t is
@@ -57,13 +58,8 @@ from rl_align import errors
 from rl_align import train
 
 
-def _stream(new: str, old: str) -> int:
-  """A fold_in tag of the engine's per-seed streams (named `new`, formerly `old`, in train)."""
-  return getattr(train, new) if hasattr(train, new) else getattr(train, old)
-
-
-DATA_STREAM = _stream("DATA_STREAM", "_DATA")
-LABEL_STREAM = _stream("LABEL_STREAM", "_LABELS")
+# fold_in tags of the engine's per-seed streams: the data order and the random labels.
+DATA_STREAM, LABEL_STREAM = train.DATA_STREAM, train.LABEL_STREAM
 
 
 # ----------------------------------------------------------------------------------------------
