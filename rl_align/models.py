@@ -34,7 +34,7 @@ Initialization (fields shared by every model, keyword-only):
 - ``kernel_init``: "lecun_normal" (std sqrt(1/fan_in)), "he_normal" (std sqrt(2/fan_in)) or
   "uniform" (variance-scaling fan_in uniform with the LeCun variance).  The normals are NOT
   truncated (Flax's own lecun_normal/he_normal are): only an i.i.d. Gaussian init is rotation
-  invariant, which the alignment theory (PAPER.md section 2) needs.  "uniform" breaks that symmetry
+  invariant, which the alignment theory (the proposition of Sec. 2 of the paper) needs.  "uniform" breaks that symmetry
   on purpose (a control).  Every kernel's init is multiplied by ``init_scale``; biases are zero.
 - The first layer: ``first_layer_init`` (name, default kernel_init) times ``first_layer_scale``
   (default init_scale); ``first_layer_std`` (absolute normal std, Fig 4 uses 0.002) overrides
@@ -292,11 +292,11 @@ class _Params(nn.Module):
 
 
 class SmallCNN(_Base):
-  """The DESIGN.md benchmark CNN "conv 3->32->64" for 32x32x3 inputs.
+  """The benchmark reference CNN "conv 3->32->64" for 32x32x3 inputs.
 
   conv3x3 SAME 32 -> ReLU -> conv3x3 SAME 64 -> ReLU -> global average pool -> head.  With a batch
   of 128 one SGD step (forward + backward) costs 14.45 GFLOP by XLA's cost analysis, the figure
-  DESIGN.md quotes (VALID convs or a flatten head give 11.9-14.9 GFLOP).
+  the first measurements quoted (VALID convs or a flatten head give 11.9-14.9 GFLOP).
   """
   features: Sequence[int] = (32, 64)
   num_classes: int = 10
