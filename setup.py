@@ -20,6 +20,7 @@ setup(
         "numpy",
         "tensorflow-datasets>=4.9",
         "array_record",
+        "grain",             # host input pipeline (rl_align.pipeline): threads, prefetch, order
         "matplotlib",
         "scikit-learn",      # embedded offline data: load_digits, load_sample_images
         "scikit-image",      # embedded offline data: more natural photos for the `photos` source
