@@ -187,8 +187,11 @@ def chunk_bounds(events: Sequence[int], start: int, max_steps: int) -> list:
   return out
 
 
+DEFAULT_CHUNK_BYTES = 256 << 20
+
+
 def max_chunk_steps(num_members: int, batch_size: int, example_shape,
-                    budget_bytes: int = 256 << 20) -> int:
+                    budget_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
   """Steps per chunk so that one chunk's x (float32 [S, T, B, ...]) stays under budget_bytes."""
   per_step = 4 * num_members * batch_size * int(np.prod(example_shape, dtype=np.int64))
   return max(1, int(budget_bytes // max(1, per_step)))
@@ -221,6 +224,50 @@ def putter(sharding) -> Callable[[Chunk], Chunk]:
   return put
 
 
+class Reader:
+  """Examples of a source by index, as the engine trains on them: (x float32 [k, ...], y [k]).
+
+      read = pipeline.Reader(src, mean, std)     # mean, std: data.channel_stats(...); or None
+      x, y = read(np.arange(100))                # decoded, in [0, 1], standardized per channel
+
+  uint8 sources are standardized by a [256, C] table of `data.standardize`'s own values (the very
+  floats the elementwise ops give, ~10x faster); a source that `decodes` reads repeated indices once.
+  """
+
+  def __init__(self, source: data_lib.Source, mean=None, std=None):
+    if (mean is None) != (std is None):
+      raise errors.ConfigError("pipeline: pass both mean and std, or neither.")
+    self.source, self.mean, self.std, self._lut = source, mean, std, None
+    shape = tuple(source.example_shape)
+    if mean is not None:  # validates the shapes and a constant channel once, up front
+      data_lib.standardize(np.zeros((1,) + shape, np.float32), mean, std)
+      if source.dtype == np.uint8:  # every uint8 value of every channel, standardized: [256, C]
+        levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], shape[-1], 1)
+        self._lut = np.ascontiguousarray(data_lib.standardize(
+            data_lib._to_unit_float(levels), mean, std).T)  # pylint: disable=protected-access
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __call__(self, idx) -> tuple:
+    flat = np.asarray(idx).reshape(-1)
+    if self.source.decodes:  # members share examples: read each once
+      uniq, inv = np.unique(flat, return_inverse=True)
+      x, y = self.source.take(uniq)
+      x, y = x[inv], y[inv]
+    else:
+      x, y = self.source.take(flat)
+    if self._lut is not None and x.dtype == np.uint8:
+      out = np.empty(x.shape, np.float32)
+      for c in range(x.shape[-1]):
+        out[..., c] = self._lut[c][x[..., c]]
+      return out, y
+    x = data_lib._to_unit_float(x)  # pylint: disable=protected-access
+    if self.mean is not None:
+      x = data_lib.standardize(x, self.mean, self.std)
+    return x, y
+
+
 @dataclasses.dataclass(frozen=True)
 class RandomLabels:
   """Per-member random labels: member s gets train.random_labels(root_seed, [s], N, K)."""
@@ -241,11 +288,12 @@ class HostFeed:
     mean, std: per-channel statistics; None: no standardization.
     num_threads: grain threads preparing chunks (each chunk on one thread, in order).
     prefetch: chunks prepared ahead of the consumer.
+    chunk_bytes: the float32 inputs of one chunk stay under this (`max_chunk_steps`).
   """
 
   def __init__(self, source: data_lib.Source, *, seed_ids: Sequence[int], data_seed: int,
                batch_size: int, labels=None, mean=None, std=None, num_threads: int = 1,
-               prefetch: int = 1):
+               prefetch: int = 1, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
     self.source, self.seed_ids = source, [int(s) for s in seed_ids]
     self.data_seed, self.batch_size = int(data_seed), int(batch_size)
     self.n = len(source)
@@ -266,19 +314,13 @@ class HostFeed:
             f"{labels.shape} {labels.dtype}. Fix: pass the source's labels (None), "
             "RandomLabels(root_seed, K), or such an array.")
     self.labels = labels
-    if (mean is None) != (std is None):
-      raise errors.ConfigError("HostFeed: pass both mean and std, or neither.")
-    self.mean, self.std, self._lut = mean, std, None
-    if mean is not None:  # validates the shapes and a constant channel once, up front
-      data_lib.standardize(np.zeros((1,) + self.example_shape, np.float32), mean, std)
-      if source.dtype == np.uint8:  # every uint8 value of every channel, standardized: [256, C]
-        levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], self.example_shape[-1], 1)
-        self._lut = np.ascontiguousarray(data_lib.standardize(
-            data_lib._to_unit_float(levels), mean, std).T)  # pylint: disable=protected-access
-    if num_threads < 1 or prefetch < 1:
-      raise errors.ConfigError(f"HostFeed: num_threads and prefetch must be >= 1, got "
-                               f"{num_threads} and {prefetch}.")
+    self.reader = Reader(source, mean, std)
+    self.mean, self.std = mean, std
+    if num_threads < 1 or prefetch < 1 or chunk_bytes < 1:
+      raise errors.ConfigError(f"HostFeed: num_threads, prefetch and chunk_bytes must be >= 1, "
+                               f"got {num_threads}, {prefetch} and {chunk_bytes}.")
     self.num_threads, self.prefetch = int(num_threads), int(prefetch)
+    self.chunk_bytes = int(chunk_bytes)
     self._perms = collections.OrderedDict()
     self._lock = threading.Lock()
 
@@ -324,37 +366,17 @@ class HostFeed:
     return np.take_along_axis(self.labels, idx.reshape(len(idx), -1), axis=1).reshape(
         idx.shape).astype(np.int32)
 
-  def _inputs(self, flat: np.ndarray) -> tuple:
-    """(x float32 standardized [k, ...], source labels [k]) of flat indices."""
-    if self.source.decodes:  # members share examples: read each once
-      uniq, inv = np.unique(flat, return_inverse=True)
-      x, y = self.source.take(uniq)
-      x, y = x[inv], y[inv]
-    else:
-      x, y = self.source.take(flat)
-    if self._lut is not None and x.dtype == np.uint8:
-      # A table lookup per channel gives the very values of the elementwise ops below (the table
-      # was computed with them), ~10x faster than converting and standardizing every pixel.
-      out = np.empty(x.shape, np.float32)
-      for c in range(x.shape[-1]):
-        out[..., c] = self._lut[c][x[..., c]]
-      return out, y
-    x = data_lib._to_unit_float(x)  # pylint: disable=protected-access
-    if self.mean is not None:
-      x = data_lib.standardize(x, self.mean, self.std)
-    return x, y
-
   def load(self, t0: int, t1: int) -> Chunk:
     """Steps t0..t1-1 of every member, synchronously."""
     idx = self.indices(t0, t1)
-    x, y_src = self._inputs(idx.reshape(-1))
+    x, y_src = self.reader(idx.reshape(-1))
     x = x.reshape(idx.shape + self.example_shape)
     return Chunk(t0, t1, x, self.labels_at(idx, y_src))
 
   def head(self, m: int) -> tuple:
     """The engine's "train" eval set: (x [m, ...] of examples 0..m-1, labels [S, m])."""
     m = min(int(m), self.n)
-    x, y_src = self._inputs(np.arange(m))
+    x, y_src = self.reader(np.arange(m))
     idx = np.broadcast_to(np.arange(m, dtype=np.int32), (self.num_members, m))
     y = self.labels_at(idx, np.broadcast_to(y_src, (self.num_members, m)))
     return x, y

@@ -629,7 +629,7 @@ def pad_members(a, m_pad):
 
 def _segments(eng: Engine, feed, members: Members, events: Sequence[int], step: int):
   """(t0, t1, chunk) the engine runs from `step` on: one per event interval with device-resident
-  data (chunk None); with a host feed, the pipeline's chunks (at most ~256 MB of inputs each,
+  data (chunk None); with a host feed, the pipeline's chunks (at most feed.chunk_bytes of inputs each,
   prefetched on a grain thread and placed on the devices there).  The feed's position is a pure
   function of the step, so the checkpoint's step is all a resume needs."""
   events = [e for e in events if e > step]
@@ -644,8 +644,10 @@ def _segments(eng: Engine, feed, members: Members, events: Sequence[int], step: 
   local = pipeline.HostFeed(feed.source, seed_ids=[members.ids[r] for r in rows],
                             data_seed=feed.data_seed, batch_size=feed.batch_size,
                             labels=feed.labels, mean=feed.mean, std=feed.std,
-                            num_threads=feed.num_threads, prefetch=feed.prefetch)
-  per_chunk = pipeline.max_chunk_steps(len(rows), feed.batch_size, feed.example_shape)
+                            num_threads=feed.num_threads, prefetch=feed.prefetch,
+                            chunk_bytes=feed.chunk_bytes)
+  per_chunk = pipeline.max_chunk_steps(len(rows), feed.batch_size, feed.example_shape,
+                                       feed.chunk_bytes)
   for c in local.chunks(pipeline.chunk_bounds(events, step, per_chunk), pipeline.putter(eng.seeded)):
     yield c.t0, c.t1, c
 
