@@ -204,6 +204,7 @@ def base_config() -> ml_collections.ConfigDict:
                                       "standardize": False})
   c.labels = "random"
   c.num_classes = 10
-  c.model = ml_collections.ConfigDict({"name": "dense", "widths": (2048, 256), "num_classes": 10})
+  c.model = ml_collections.ConfigDict({"name": "dense", "widths": (2048, 256), "num_classes": 10,
+                                       "dtype": "float32"})
   c.train = train.default_config()
   return c

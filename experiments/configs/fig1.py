@@ -52,7 +52,8 @@ def get_config(arg: str = "positive") -> ml_collections.ConfigDict:
   c.figure_name = "fig1.png"
   c.paper_reference = None
   c.model = ml_collections.ConfigDict({"name": "vgg16", "num_classes": 10, "width": 64,
-                                       "init_scale": 1.0, "kernel_init": "he_normal"})
+                                       "init_scale": 1.0, "kernel_init": "he_normal",
+                                       "dtype": "float32"})
   c.arms = ("scratch", "pretrained", "pretrained_no_rescaling")
   c.transfer_layers = 0
   t = c.train

@@ -59,7 +59,8 @@ def get_config(arg: str = "all") -> ml_collections.ConfigDict:
   c.labels = "random"
   c.num_classes = 10
   c.data.name = "gaussian"
-  c.model = {"name": "dense", "widths": (2048, 256), "num_classes": 10, "kernel_init": "lecun_normal"}
+  c.model = {"name": "dense", "widths": (2048, 256), "num_classes": 10, "kernel_init": "lecun_normal",
+             "dtype": "float32"}
   t = c.train
   # The paper does not state its optimizer.  lr 0.02 is the best of the sweep in the README
   # ("Fig 20 optimizer search"): it matches all three panels' magnitudes; lr 0.01 undershoots.

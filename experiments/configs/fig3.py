@@ -35,11 +35,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.name = "photos"
     c.data.kwargs = shared.local_photos(256 if tiny else 5000)
     c.model = {"name": "paper_cnn", "features": 16 if tiny else 64, "kernel_size": 5,
-               "hidden": 64, "num_classes": 10, "first_layer_std": 0.002}
+               "hidden": 64, "num_classes": 10, "first_layer_std": 0.002, "dtype": "float32"}
   else:
     c.data.name = "cifar10"
     c.data.kwargs = {}
-    c.model = {"name": "wrn", "depth": 28, "width": 4, "first_kernel_size": 5, "num_classes": 10}
+    c.model = {"name": "wrn", "depth": 28, "width": 4, "first_kernel_size": 5, "num_classes": 10,
+               "dtype": "float32"}
   t = c.train
   t.optimizer, t.learning_rate, t.momentum = "momentum", 0.01, 0.9
   t.batch_size = 64 if tiny else 128

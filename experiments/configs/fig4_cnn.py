@@ -53,7 +53,7 @@ def build(labels: tuple, scale: str) -> ml_collections.ConfigDict:
     c.data.kwargs = {}
   c.model = {"name": "paper_cnn", "features": 16 if tiny else (64 if local else 256),
              "kernel_size": 3, "hidden": 64, "num_classes": 10, "kernel_init": "lecun_normal",
-             "first_layer_std": 0.002}
+             "first_layer_std": 0.002, "dtype": "float32"}
   t = c.train
   t.optimizer, t.learning_rate, t.momentum = "momentum", 0.01, 0.9
   t.batch_size = 64 if tiny else (128 if local else 256)

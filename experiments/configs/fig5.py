@@ -70,7 +70,7 @@ def shared_fields() -> ml_collections.ConfigDict:
                                        "seed": 0})
   c.model = ml_collections.ConfigDict({"name": "paper_cnn", "features": 256, "kernel_size": 3,
                                        "hidden": 64, "num_classes": 10,
-                                       "kernel_init": "lecun_normal"})
+                                       "kernel_init": "lecun_normal", "dtype": "float32"})
   t = c.train
   t.optimizer, t.learning_rate, t.momentum, t.batch_size = "momentum", 0.01, 0.9, 256
   t.num_seeds = 8

@@ -88,7 +88,7 @@ def _local(c):
   c.data = ml_collections.ConfigDict({"name": "digits", "kwargs": {}, "data_dir": "",
                                       "standardize": True})
   c.model = ml_collections.ConfigDict({"name": "dense", "widths": (256, 32, 32), "num_classes": 10,
-                                       "kernel_init": "he_normal"})
+                                       "kernel_init": "he_normal", "dtype": "float32"})
   return c
 
 
@@ -126,11 +126,13 @@ def _paper(c, model: str, dataset: str):
     # width = base channel count (64 in VGG16); convs from widen_from = 7 on (the 512-channel
     # blocks 4 and 5) get width/64 times their channels: the sweep widens the later layers only.
     c.model = ml_collections.ConfigDict({"name": "vgg16", "num_classes": 10, "width": 64,
-                                         "widen_from": 7, "init_scale": 1.0})
+                                         "widen_from": 7, "init_scale": 1.0,
+                                         "dtype": "float32"})
     c.later_layers_from = 7
   else:
     # ResNet18's width scales every stage (models.ResNet18 has no later-layers-only switch).
-    c.model = ml_collections.ConfigDict({"name": "resnet18", "num_classes": 10, "width": 64})
+    c.model = ml_collections.ConfigDict({"name": "resnet18", "num_classes": 10, "width": 64,
+                                         "dtype": "float32"})
     c.later_layers_from = 9         # conv_9 .. conv_16: the last two stages
   c.sweep.width_field = "width"
   c.sweep.width_from = 0
