@@ -113,17 +113,3 @@ def test_torch_on_cuda_without_cuda_names_the_flag(monkeypatch):
   with pytest.raises(app.UsageError, match="--torch_device=cpu"):
     arm.setup()
 
-
-def test_dot_conv_flop_count_matches_analytic():
-  # Dense 30 -> 16 -> 4, batch 8: forward + weight grads + input grad of the second layer.
-  from rl_align import models  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  model = models.DenseNet(widths=(16,), num_classes=4)
-  tx, step = tt.naive_step_fn(model)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 30)))["params"]
-  args = (params, tx.init(params), jnp.ones((8, 30)), jnp.zeros(8, jnp.int32),
-          jnp.arange(8, dtype=jnp.int32))
-  flops = tt._dot_conv_flops(jax.make_jaxpr(step)(*args).jaxpr)  # pylint: disable=protected-access
-  b = 8
-  assert flops == 2 * b * (30 * 16 + 16 * 4) * 2 + 2 * b * 16 * 4

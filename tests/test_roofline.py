@@ -2,30 +2,27 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from benchmarks import roofline
+from benchmarks import train_throughput
 from rl_align import models
-
-
-def _step(model, x):
-  """One SGD step of `model` on batch x (params -> new params), as the benchmark's naive arm."""
-  tx = optax.sgd(0.1)
-
-  def step(params, xb, yb):
-    grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
-        model.apply({"params": p}, xb), yb).mean())(params)
-    return optax.apply_updates(params, tx.update(grads, tx.init(params))[0])
-  params = jax.eval_shape(model.init, jax.random.key(0), x[:1])["params"]
-  return jax.make_jaxpr(step)(params, x, jnp.zeros(len(x), jnp.int32))
 
 
 def test_flops_of_a_dense_net_step_equal_the_hand_count():
   # 30 -> 16 -> 4, batch 8: forward (2 matmuls), weight gradients (2), input gradient of layer 2.
+  # The step is the one train_throughput's naive arm times and counts (SGD + momentum, batch
+  # gathered by index: neither adds a dot).
   b = 8
-  jaxpr = _step(models.DenseNet(widths=(16,), num_classes=4), jnp.ones((b, 30)))
+  model = models.DenseNet(widths=(16,), num_classes=4)
+  tx, step = train_throughput.naive_step_fn(model)
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 30)))["params"]
+  args = (params, jax.eval_shape(tx.init, params), jnp.ones((b, 30)), jnp.zeros(b, jnp.int32),
+          jnp.arange(b, dtype=jnp.int32))
+  jaxpr = jax.make_jaxpr(step)(*args)
   assert roofline.dot_conv_flops(jaxpr) == 2 * b * (30 * 16 + 16 * 4) * 2 + 2 * b * 16 * 4
+  # train_throughput's jaxpr_dot_conv_flops_per_model_step is this counter.
+  assert train_throughput._dot_conv_flops is roofline.dot_conv_flops  # pylint: disable=protected-access
 
 
 def test_flops_of_a_conv_equal_the_hand_count_and_scan_bodies_count_per_step():
