@@ -450,7 +450,7 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
     raise app.UsageError(f"--dtypes has unknown dtypes {bad}; choose from {models.DTYPES}.")
   if "torch" in arms and _torch() is None:
     raise app.UsageError("--arms has torch but PyTorch is not installed. Fix: pip install -e "
-                         "'.[bench]' (torch==2.13.0), or drop torch from --arms.")
+                         '".[bench]" (torch==2.13.0), or drop torch from --arms.')
   spec = WORKLOADS[model_name]
   kw = dict(spec["model"])
   batch = batch_size or spec["batch"]
@@ -660,14 +660,18 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  res = run_benchmark(FLAGS.model, _parse_seeds(FLAGS.seeds), FLAGS.steps, FLAGS.arms,
-                      FLAGS.layout, FLAGS.repeats, FLAGS.baseline_seeds, FLAGS.batch_size,
-                      FLAGS.num_examples, FLAGS.torch_threads, FLAGS.peak_size,
-                      FLAGS.torch_device,
-                      log=lambda s: print(s, flush=True), dtypes=FLAGS.dtypes,
-                      bandwidth_mb=FLAGS.bandwidth_mb)
+  try:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    res = run_benchmark(FLAGS.model, _parse_seeds(FLAGS.seeds), FLAGS.steps, FLAGS.arms,
+                        FLAGS.layout, FLAGS.repeats, FLAGS.baseline_seeds, FLAGS.batch_size,
+                        FLAGS.num_examples, FLAGS.torch_threads, FLAGS.peak_size,
+                        FLAGS.torch_device,
+                        log=lambda s: print(s, flush=True), dtypes=FLAGS.dtypes,
+                        bandwidth_mb=FLAGS.bandwidth_mb)
+  except app.UsageError as e:   # a bad flag value or a missing extra: one line, exit 2 (no usage)
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+    sys.exit(2)
   print(format_table(res), flush=True)
   if FLAGS.json:
     d = os.path.dirname(os.path.abspath(FLAGS.json))

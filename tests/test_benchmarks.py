@@ -54,14 +54,16 @@ _HIDE_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv[0] = 't
 
 def test_torch_arm_without_torch_names_the_fix():
   # torch hidden (import fails) whether or not it is installed: the flag check runs before any
-  # compile, and says what is missing and how to fix it, without a traceback.
+  # compile, and says what is missing and how to fix it in one `error:` line with exit code 2, as
+  # the experiment binaries do (no traceback, no usage text).
   cmd = [sys.executable, "-c", _HIDE_TORCH, "--model=fig20_dense", "--seeds=2", "--steps=1",
          "--repeats=1", "--batch_size=8", "--num_examples=32", "--arms=engine,torch"]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode != 0
-  last = proc.stderr.strip().splitlines()[-1]
-  assert "PyTorch is not installed" in last and "pip install" in last, proc.stderr[-2000:]
-  assert "Traceback" not in proc.stderr
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+  assert "PyTorch is not installed" in lines[0] and 'pip install -e ".[bench]"' in lines[0]
+  assert not proc.stdout.strip(), proc.stdout[-2000:]          # nothing was timed
 
 
 @pytest.mark.skipif(not _torch_installed(),
