@@ -1,6 +1,8 @@
 """Several processes with jax.distributed on 127.0.0.1 (gloo collectives on CPU), as a user runs
 the binaries on several hosts: the same results as one process with as many devices, and resume
-after one process is killed with SIGKILL."""
+after one process is killed with SIGKILL.  Host-fed training (`pipeline.HostFeed`, each process
+feeding only its own members; `tests/multihost_worker.py`) equals device-resident training."""
+import json
 import os
 import signal
 import socket
@@ -92,3 +94,59 @@ def test_sigkill_of_one_process_then_relaunch_resumes(one_process, tmp_path):
                         env=_env(2), capture_output=True, text=True, timeout=TIMEOUT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   np.testing.assert_array_equal(_kernel(ref), _kernel(tmp_path))
+
+
+# Host-fed training over several processes: each process's HostFeed serves only the members of its
+# own devices (`pipeline.local_rows`, placed with `jax.make_array_from_process_local_data`).
+WORKER = [sys.executable, "-m", "tests.multihost_worker"]
+
+
+def _worker_run(out, devices: int, *extra):
+  proc = subprocess.run([*WORKER, f"--out={out}", *extra], cwd=ROOT, env=_env(devices),
+                        capture_output=True, text=True, timeout=TIMEOUT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def _worker_params(out):
+  with np.load(os.path.join(out, "params.npz")) as z:
+    return [z[k] for k in sorted(z.files)]
+
+
+def _feed_log(out, pid):
+  with open(os.path.join(out, f"feed_{pid}.json")) as f:
+    return json.load(f)
+
+
+def test_two_processes_host_fed_equal_one_process_device_resident(tmp_path):
+  ref, fed = tmp_path / "ref", tmp_path / "fed"
+  proc = _worker_run(ref, 2, "--device")   # the reference: 1 process x 2 devices, x on the devices
+  assert "on 2 cpu device(s) in 1 process(es)" in proc.stderr
+  assert _feed_log(ref, 0)["loads"] == []   # device-resident: no host feed loaded anything
+  port = _port()
+  outs = _wait([subprocess.Popen([*WORKER, f"--out={fed}", f"--coordinator=127.0.0.1:{port}",
+                                  "--num_processes=2", f"--process_id={i}"], cwd=ROOT,
+                                 env=_env(1), text=True, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE) for i in range(2)])
+  assert "on 2 cpu device(s) in 2 process(es)" in outs[0][1]
+  want, got = _worker_params(ref), _worker_params(fed)
+  assert len(want) == len(got) == 6
+  for a, b in zip(want, got):
+    assert a.shape[0] == 4
+    np.testing.assert_array_equal(a, b)   # the same arithmetic on the same batches: bitwise
+  assert not np.array_equal(want[0][0], want[0][1])   # the members did train differently
+  np.testing.assert_array_equal(np.load(ref / "train_accuracy.npy"),
+                                np.load(fed / "train_accuracy.npy"))
+  # Each process's feed produced only its own members' batches, all 12 steps of them.
+  served = []
+  for pid in range(2):
+    log = _feed_log(fed, pid)
+    assert (log["process_index"], log["process_count"], log["local_devices"]) == (pid, 2, 1)
+    assert log["loads"], f"process {pid} loaded no chunk"
+    ids = {tuple(c["seed_ids"]) for c in log["loads"]}
+    assert len(ids) == 1, ids   # one local feed, always the same members
+    served.append(list(ids.pop()))
+    steps = [(c["t0"], c["t1"]) for c in log["loads"]]
+    assert steps[0][0] == 0 and steps[-1][1] == 12, steps
+    assert all(a[1] == b[0] for a, b in zip(steps, steps[1:])), steps
+  assert served == [[0, 1], [2, 3]], served   # disjoint, together every seed id

@@ -1,0 +1,87 @@
+"""One process of a host-fed training run, for tests/test_multihost.py.
+
+    python -m tests.multihost_worker --out DIR [--device] \
+        [--coordinator 127.0.0.1:PORT --num_processes N --process_id I]
+
+Trains `models.PaperCNN(features=4, hidden=8, num_classes=4)`, 4 seeds (`--num_seeds`), 2 epochs,
+batch 16, on the embedded photos (96 examples, 8x8) with random labels (root seed 1), either
+host-fed (`pipeline.HostFeed`, the default) or device-resident (`--device`: the standardized array
+and `train.random_labels`), with a workdir (DIR/workdir, checkpoints included).  Process 0 writes
+DIR/params.npz (the flattened leaves of the final params, `leaf_0000`, ...) and
+DIR/train_accuracy.npy.  Every process writes DIR/feed_<process_id>.json: the seed ids and steps of
+every chunk a HostFeed loaded in it (the training batches only; the engine's train eval set comes
+from `HostFeed.head`).
+"""
+import argparse
+import json
+import os
+
+from rl_align import distributed
+
+
+def _cfg(train, num_seeds):
+  c = train.default_config()
+  c.num_seeds, c.num_epochs, c.batch_size, c.log_every_steps = num_seeds, 2, 16, 3
+  c.train_eval_examples, c.seed, c.checkpoint_every_secs = 32, 5, 0.0
+  return c
+
+
+def main(argv=None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--device", action="store_true", help="device-resident reference run")
+  ap.add_argument("--num_seeds", type=int, default=4)
+  ap.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+  ap.add_argument("--num_processes", type=int, default=None)
+  ap.add_argument("--process_id", type=int, default=None)
+  args = ap.parse_args(argv)
+  if args.coordinator:   # before anything touches a device
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, timeout_s=120)
+
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.INFO)   # the engine's "on N cpu device(s) in P process(es)" line
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from rl_align import data, models, pipeline, train  # pylint: disable=g-import-not-at-top
+
+  loads = []   # (seed ids, t0, t1) of every chunk a HostFeed loaded in this process
+  load = pipeline.HostFeed.load
+
+  def recording_load(self, t0, t1):
+    loads.append({"seed_ids": list(self.seed_ids), "t0": int(t0), "t1": int(t1)})
+    return load(self, t0, t1)
+  pipeline.HostFeed.load = recording_load
+
+  cfg = _cfg(train, args.num_seeds)
+  model = models.PaperCNN(features=4, hidden=8, num_classes=4)
+  src = data.source("photos", n=96, size=8, seed=0)
+  mean, std = data.channel_stats(src)
+  os.makedirs(args.out, exist_ok=True)
+  pid = jax.process_index()
+  workdir = os.path.join(args.out, "workdir")
+  if args.device:
+    x_u8, _ = src.take(np.arange(len(src)))
+    x = data.standardize(data._to_unit_float(x_u8), mean, std)  # pylint: disable=protected-access
+    labels = train.random_labels(1, train.seed_ids(cfg), len(x), 4)
+    res = train.train(model, cfg, x, labels, workdir=workdir)
+  else:
+    feed = pipeline.HostFeed(src, seed_ids=train.seed_ids(cfg), data_seed=cfg.seed,
+                             batch_size=cfg.batch_size, mean=mean, std=std,
+                             labels=pipeline.RandomLabels(1, 4))
+    res = train.train(model, cfg, feed, None, workdir=workdir)
+
+  with open(os.path.join(args.out, f"feed_{pid}.json"), "w") as f:
+    json.dump({"process_index": pid, "process_count": jax.process_count(),
+               "devices": len(jax.devices()), "local_devices": len(jax.local_devices()),
+               "loads": loads}, f)
+  if pid == 0:   # res.params are host (numpy) arrays, gathered from every process by `train`
+    leaves = jax.tree.leaves(res.params)
+    np.savez(os.path.join(args.out, "params.npz"),
+             **{f"leaf_{i:04d}": np.asarray(a) for i, a in enumerate(leaves)})
+    np.save(os.path.join(args.out, "train_accuracy.npy"),
+            np.asarray(res.final_metrics["train_accuracy"]))
+  print(f"process {pid}/{jax.process_count()}: done, step {res.final_step}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
