@@ -125,7 +125,7 @@ def test_config_data_path_through_the_host_pipeline(mock):
   """What the engine's host-fed path will consume equals what the device-resident runner loads:
   the same halves, standardization and batches; upstream random labels without an [S, N] table."""
   c = imagenet.get_config("resnet18,tiny,res=32")
-  want = transfer.load_data(c)  # the device-resident path: arrays in memory
+  want = transfer.load_data(c, placement="device")  # the device-resident path: arrays in memory
   src = data.source(c.data.name, split="train", **c.data.kwargs)
   idx = data.split_indices(len(src), {"upstream": c.split.upstream,
                                       "downstream": c.split.downstream}, seed=c.split.seed)

@@ -84,7 +84,7 @@ ARMS = ("scratch", "pretrained", "pretrained_no_rescaling")
 
 def _model(name: str, num_classes: int, width: int) -> ml_collections.ConfigDict:
   m = {"name": name, "num_classes": num_classes, "width": width, "kernel_init": "he_normal",
-       "init_scale": 1.0}
+       "init_scale": 1.0, "dtype": "float32"}
   if name == "resnet18":
     m["residual_init_scale"] = 0.0
   return ml_collections.ConfigDict(m)

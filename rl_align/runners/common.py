@@ -16,6 +16,7 @@ import json
 import os
 from typing import Any, Callable, Mapping
 
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ import numpy as np
 from rl_align import curves
 from rl_align import data as data_lib
 from rl_align import errors
+from rl_align import pipeline
 from rl_align import results
 from rl_align import train
 
@@ -50,10 +52,16 @@ def load_split(dcfg, split: str) -> data_lib.ArrayDataset:
   return data_lib.load(name, split=split, data_dir=dcfg.get("data_dir") or None, **kw)
 
 
-def standardize_like(train_x: np.ndarray, *others: np.ndarray):
-  """Per-channel standardization with the statistics of train_x, applied to all arrays."""
-  mean, std = data_lib.channel_stats(train_x)
+def standardize_like(train_x: np.ndarray, *others: np.ndarray, max_examples=None):
+  """Per-channel standardization with the statistics of train_x (its first max_examples
+  examples; None: all), applied to all arrays."""
+  mean, std = data_lib.channel_stats(train_x, max_examples)
   return tuple(data_lib.standardize(a, mean, std) for a in (train_x,) + others)
+
+
+def stats_examples(dcfg):
+  """config.data.stats_examples as channel_stats' max_examples (absent or 0: every example)."""
+  return int(dcfg.get("stats_examples", 0) or 0) or None
 
 
 def load_splits(config) -> tuple[dict[str, data_lib.ArrayDataset], dict[str, np.ndarray]]:
@@ -85,10 +93,69 @@ def load_splits(config) -> tuple[dict[str, data_lib.ArrayDataset], dict[str, np.
       cap = int(dcfg.get("test_examples", 0) or 0)
       parts["test"] = test.subset(slice(0, cap)) if cap else test
   if dcfg.get("standardize", True):
-    xs = standardize_like(*(p.x for p in parts.values()))
+    xs = standardize_like(*(p.x for p in parts.values()), max_examples=stats_examples(dcfg))
     parts = {k: data_lib.ArrayDataset(x, p.y, p.num_classes, p.name)
              for (k, p), x in zip(parts.items(), xs)}
   return parts, idx
+
+
+def source_split(dcfg, split: str) -> data_lib.Source:
+  """One split of config.data as a streaming `data.Source` (nothing loaded): `load_split`'s rows."""
+  name = dcfg.name
+  kw = source_kwargs(dcfg)
+  if name == "digits":
+    return data_lib.source(name, **kw)
+  if name in ("gaussian", "photos"):
+    return data_lib.source(name, split=split, **kw)
+  return data_lib.source(name, split=split, data_dir=dcfg.get("data_dir") or None, **kw)
+
+
+def source_splits(config) -> tuple[dict[str, data_lib.Source], dict[str, np.ndarray]]:
+  """`load_splits` without loading: the same parts (same rows, same order) as views of
+  `data.Source`s; standardize them with `split_stats` and read them with `pipeline.Reader`."""
+  dcfg = config.data
+  src = source_split(dcfg, "train")
+  sp = config.split
+  sizes = {"upstream": int(sp.upstream), "downstream": int(sp.downstream)}
+  if int(sp.get("test", 0)) > 0:
+    sizes["test"] = int(sp.test)
+  idx = data_lib.split_indices(len(src), sizes, seed=int(sp.seed))
+  parts = {k: src.subset(v) for k, v in idx.items()}
+  if "test" not in parts:
+    if dcfg.name == "digits":
+      raise errors.ConfigError(
+          "digits has no test split: config.split.test is 0. Fix: carve one out of the 1797 "
+          "examples, e.g. --config.split.test=397.")
+    test = source_split(dcfg, dcfg.get("test_split", "test"))
+    cap = int(dcfg.get("test_examples", 0) or 0)
+    parts["test"] = test.subset(np.arange(min(cap, len(test)))) if cap else test
+  return parts, idx
+
+
+def split_stats(config, folder: str, first: data_lib.Source):
+  """(mean, std) per channel of `first` (its first config.data.stats_examples examples), streamed,
+  computed once and kept in folder/standardization.json (a rerun reads them back); the numbers
+  `load_splits` standardizes with, bit for bit."""
+  dcfg = config.data
+  if not dcfg.get("standardize", True):
+    return None, None
+
+  def compute():
+    mean, std = data_lib.channel_stats(first, stats_examples(dcfg))
+    return {"mean": mean, "std": std, "examples": min(len(first), stats_examples(dcfg) or len(first)),
+            "source": first.name}
+
+  out = resume(folder, "standardization", compute)
+  return np.asarray(out["mean"], np.float64), np.asarray(out["std"], np.float64)
+
+
+def resolve_placement(requested: str, num_seeds: int, n: int, example_shape) -> str:
+  """Where a training set of n examples goes for config.data.placement `requested` ("auto" |
+  "device" | "host"), logged: `data.choose_placement` against this process's first device."""
+  where, line = data_lib.choose_placement(n, example_shape, int(num_seeds),
+                                          data_lib.device_memory_bytes(), requested)
+  logging.info("%s", line)
+  return where
 
 
 def make_labels(config, ds: data_lib.ArrayDataset) -> np.ndarray:
@@ -135,22 +202,40 @@ def _predict(model):
   return jax.jit(lambda p, xb: jnp.argmax(model.apply({"params": p}, xb), -1))
 
 
+def _padded_batches(x, n: int, bs: int):
+  """(x batch padded to bs rows, its rows) over x: an array, or a `pipeline.Reader` (streamed)."""
+  for j in range(0, n, bs):
+    if isinstance(x, pipeline.Reader):
+      xb, yb = x(np.arange(j, min(n, j + bs)))
+    else:
+      xb, yb = x[j:j + bs], None
+    k = len(xb)
+    if k < bs:
+      xb = np.concatenate([xb, np.zeros((bs - k,) + xb.shape[1:], xb.dtype)])
+    yield xb, slice(j, j + k), yb
+
+
 def accuracy(model, stacked_params, x, y, batch_size: int = 512) -> np.ndarray:
   """[S] accuracy of each seed's params on (x, y), y [M] or per seed [S, M].  Inputs are padded to
-  whole batches, so all batches of a call run one compiled program."""
+  whole batches, so all batches of a call run one compiled program.
+
+  x may be a `pipeline.Reader` (a split streamed from its source, standardized as trained on) with
+  y None: its examples and labels are read batch by batch, once for all seeds."""
   fn = _predict(model)
+  streamed = isinstance(x, pipeline.Reader)
   n = len(x)
   s = jax.tree.leaves(stacked_params)[0].shape[0]
-  y = np.broadcast_to(np.asarray(y), (s, n))
+  if not streamed:
+    y = np.broadcast_to(np.asarray(y), (s, n))
   bs = max(1, min(batch_size, n))
-  pad = -n % bs
-  xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-  out = np.zeros(s)
-  for i in range(s):
-    p = jax.tree.map(lambda a, i=i: a[i], stacked_params)
-    pred = np.concatenate([np.asarray(fn(p, xp[j:j + bs])) for j in range(0, len(xp), bs)])[:n]
-    out[i] = float(np.mean(pred == y[i])) if n else 0.0
-  return out
+  seeds = [jax.tree.map(lambda a, i=i: a[i], stacked_params) for i in range(s)]
+  correct = np.zeros(s, np.int64)
+  for xb, rows, yb in _padded_batches(x, n, bs):
+    k = rows.stop - rows.start
+    for i, p in enumerate(seeds):
+      want = yb if streamed else y[i, rows]
+      correct[i] += int(np.sum(np.asarray(fn(p, xb))[:k] == want))
+  return correct / n if n else np.zeros(s)
 
 
 def accuracy_curve(model, init, res: train.TrainResult, x, y, *, phase: str,

@@ -11,7 +11,12 @@ train_accuracy [S][T], test_accuracy [S], train_accuracy_mean/std [T] (finished 
 diverged [S], upstream_diverged [S], finished [S], num_diverged}}, upstream {train_accuracy [S],
 diverged [S], num_diverged, ok, min_train_accuracy, num_steps}, speedup {arm: {threshold: ratio}},
 iterations_to_reach {arm: {threshold: mean}}, table {arm: {step: [mean, std]}}, checks (Fig 5
-targets), transfer_functions {layer: {lambda, f}}, data {sizes}, runtime_s, figure.  Each phase has
+targets), transfer_functions {layer: {lambda, f}}, data {sizes, name, placement}, runtime_s, figure.
+
+config.data.placement (absent: "device"): "device" loads the splits as arrays and the engine keeps
+them on the devices; "host" loads nothing: every phase streams its batches through
+`rl_align.pipeline.HostFeed` (the same batches, labels and floats, so the same results), test
+accuracy is streamed too; "auto" picks one by size and logs it (`data.choose_placement`).  Each phase has
 its own engine `name` (upstream, f_source, downstream_<arm>) and its own summary file under
 workdir/phases/, so rerunning resumes and a finished run is only re-summarized.
 """
@@ -25,9 +30,11 @@ import ml_collections
 import numpy as np
 
 from rl_align import curves
+from rl_align import data as data_lib
 from rl_align import errors
 from rl_align import init as init_lib
 from rl_align import models
+from rl_align import pipeline
 from rl_align import results
 from rl_align import train
 from rl_align import transfer as lib
@@ -40,14 +47,62 @@ PHASE_FIELDS = ("num_steps", "num_epochs", "learning_rate", "batch_size", "eval_
                 "log_every_steps", "train_eval_examples", "num_seeds")
 
 
-def load_data(config) -> dict[str, Any]:
+def load_data(config, workdir: str | None = None, placement: str | None = None) -> dict[str, Any]:
   """Disjoint upstream / downstream (/ test) splits of config.data, standardized with upstream
-  stats (`common.load_splits`): {x_up, x_down, y_down, x_test, y_test, num_classes, indices, sizes}."""
+  statistics, where config.data.placement says (`common.resolve_placement`; `placement` overrides).
+
+  device: arrays (`common.load_splits`): {placement, x_up, x_down, y_down, x_test, y_test,
+  num_classes, indices, sizes}.  host: nothing is loaded; {placement, up, down, test} are
+  `pipeline.Reader`s over views of the source (the same rows, standardized to the same floats),
+  x_up / x_down their first config.layerwise.num_examples inputs (what the arms and f measure on),
+  the statistics kept in workdir/phases/standardization.json; plus pipeline, num_classes, indices,
+  sizes."""
+  requested = placement or config.data.get("placement", "device")
+  if requested == "device":
+    return _load_arrays(config)
+  parts, idx = common.source_splits(config)
+  sizes = {k: len(v) for k, v in idx.items()} | {"test": len(parts["test"])}
+  where = common.resolve_placement(requested, int(config.train.num_seeds),
+                                   max(sizes["upstream"], sizes["downstream"]),
+                                   parts["upstream"].example_shape)
+  if where == "device":
+    return _load_arrays(config)
+  folder = os.path.join(workdir, PHASES) if workdir else None
+  if folder is None:
+    mean, std = (data_lib.channel_stats(parts["upstream"], common.stats_examples(config.data))
+                 if config.data.get("standardize", True) else (None, None))
+  else:
+    mean, std = common.split_stats(config, folder, parts["upstream"])
+  readers = {k: pipeline.Reader(v, mean, std) for k, v in parts.items()}
+  n_ex = max(1, int(config.layerwise.num_examples))
+  head = lambda r: r(np.arange(min(n_ex, len(r))))[0]
+  pcfg = config.data.get("pipeline", {}) or {}
+  return {"placement": "host", **{k: readers[k] for k in ("upstream", "downstream", "test")},
+          "x_up": head(readers["upstream"]), "x_down": head(readers["downstream"]),
+          "mean": mean, "std": std, "pipeline": dict(pcfg),
+          "num_classes": parts["upstream"].num_classes, "indices": idx, "sizes": sizes}
+
+
+def _load_arrays(config) -> dict[str, Any]:
   parts, idx = common.load_splits(config)
   up, down, test = parts["upstream"], parts["downstream"], parts["test"]
-  return {"x_up": up.x, "x_down": down.x, "y_down": down.y, "x_test": test.x, "y_test": test.y,
-          "num_classes": up.num_classes, "indices": idx,
+  return {"placement": "device", "x_up": up.x, "x_down": down.x, "y_down": down.y,
+          "x_test": test.x, "y_test": test.y, "num_classes": up.num_classes, "indices": idx,
           "sizes": {k: len(v) for k, v in idx.items()} | {"test": len(test.x)}}
+
+
+def _inputs(data, part: str, cfg, labels):
+  """(x, labels) of train.train for one phase on split `part`.  labels: int array [N] / [S, N]
+  (device), or for the host feed None (the source's) / pipeline.RandomLabels."""
+  if data["placement"] == "device":
+    return data["x_up" if part == "upstream" else "x_down"], labels
+  r, p = data[part], data["pipeline"]
+  feed = pipeline.HostFeed(
+      r.source, seed_ids=train.seed_ids(cfg), data_seed=int(cfg.seed),
+      batch_size=int(cfg.batch_size), labels=labels, mean=r.mean, std=r.std,
+      num_threads=int(p.get("num_threads", 1)), prefetch=int(p.get("prefetch", 1)),
+      chunk_bytes=int(p.get("chunk_mb", pipeline.DEFAULT_CHUNK_BYTES >> 20)) << 20)
+  return feed, None
 
 
 def _model(config, num_classes: int):
@@ -60,8 +115,8 @@ def _phase_config(config, phase, seed: int):
   return common.engine_config(config, seed, **{k: phase.get(k) for k in PHASE_FIELDS})
 
 
-def run_upstream(config, workdir: str, x_up, name: str = "upstream") -> dict[str, Any]:
-  """Trains the upstream seeds on K random labels; returns {init, params (flat, [S, ...]),
+def run_upstream(config, workdir: str, data, name: str = "upstream") -> dict[str, Any]:
+  """Trains the upstream seeds on K random labels (data: `load_data`'s); returns {init, params (flat, [S, ...]),
   train_accuracy [S], diverged [S], steps, curve [S, T], ...}; a finished phase is read back."""
   folder = os.path.join(workdir, PHASES)
 
@@ -72,8 +127,12 @@ def run_upstream(config, workdir: str, x_up, name: str = "upstream") -> dict[str
     cfg = _phase_config(config, uc, int(uc.seed))
     cfg.snapshot_steps = (0,)
     ids = train.seed_ids(cfg)
-    labels = train.random_labels(int(uc.label_seed), ids, len(x_up), k)
-    res = train.train(_model(config, k), cfg, x_up, labels, workdir=workdir,
+    if data["placement"] == "host":
+      labels = pipeline.RandomLabels(int(uc.label_seed), k)
+    else:
+      labels = train.random_labels(int(uc.label_seed), ids, len(data["x_up"]), k)
+    x, labels = _inputs(data, "upstream", cfg, labels)
+    res = train.train(_model(config, k), cfg, x, labels, workdir=workdir,
                       snapshot_fn=common.flatten, name=name)
     steps, c = curves.from_metrics(res.metrics, ["train_accuracy"], seeds=ids, phase=name)
     acc = c["train_accuracy"]
@@ -119,8 +178,9 @@ def f_source(config, workdir: str, model_up, up: Mapping[str, Any], x_up) -> ini
     src.data = fo.data
     src.split = fo.split
     src.upstream.update({k: v for k, v in fo.get("upstream", {}).items()})
-    x = load_data(src)["x_up"]
-    params = _finished_params(run_upstream(src, workdir, x, name="f_source"))
+    src_data = load_data(src, os.path.join(workdir, "f_source"))
+    x = src_data["x_up"]
+    params = _finished_params(run_upstream(src, workdir, src_data, name="f_source"))
     model_up = _model(src, int(src.upstream.num_classes))
   else:
     raise errors.ConfigError(f"config.f_only.source={fo.source!r} is unknown. Fix: 'upstream' or "
@@ -140,6 +200,19 @@ def downstream_labels(config, n: int, y_real, ids) -> np.ndarray:
                            "Fix: 'real' or 'random'.")
 
 
+def _downstream_input(config, data, cfg):
+  """(x, labels) of the downstream phase: arrays, or a host feed with the source's labels / a
+  RandomLabels draw (the same labels as `downstream_labels`, example by example)."""
+  ids = train.seed_ids(cfg)
+  if data["placement"] == "device":
+    return data["x_down"], downstream_labels(config, len(data["x_down"]), data["y_down"], ids)
+  downstream_labels(config, 0, [], ids)  # validates config.downstream.labels
+  labels = (pipeline.RandomLabels(int(config.downstream.label_seed),
+                                  int(config.downstream.num_random_classes))
+            if config.downstream.labels == "random" else None)
+  return _inputs(data, "downstream", cfg, labels)
+
+
 def run_arm(config, workdir: str, arm: str, ctx: lib.ArmContext, data, up) -> dict[str, Any]:
   """One downstream arm: num_seeds seeds through the engine; returns its results entry."""
   name = f"downstream_{arm}"
@@ -148,14 +221,17 @@ def run_arm(config, workdir: str, arm: str, ctx: lib.ArmContext, data, up) -> di
     t0 = time.time()
     dc = config.downstream
     cfg = _phase_config(config, dc, int(dc.seed))
-    ids = train.seed_ids(cfg)
-    x, y = data["x_down"], downstream_labels(config, len(data["x_down"]), data["y_down"], ids)
+    x, y = _downstream_input(config, data, cfg)
     init = init_lib.stack(ctx.build(arm))
     res = train.train(ctx.model, cfg, x, y, workdir=workdir, init_params=init, name=name)
-    m = min(len(x), int(cfg.train_eval_examples))
-    steps, acc = common.accuracy_curve(ctx.model, init, res, x[:m], np.asarray(y)[..., :m],
-                                       phase=name, batch_size=1024)
-    test = common.accuracy(ctx.model, res.params, data["x_test"], data["y_test"], 1024)
+    if train.is_feed(x):
+      xe, ye = x.head(int(cfg.train_eval_examples))
+      test = common.accuracy(ctx.model, res.params, data["test"], None, 1024)
+    else:
+      m = min(len(x), int(cfg.train_eval_examples))
+      xe, ye = x[:m], np.asarray(y)[..., :m]
+      test = common.accuracy(ctx.model, res.params, data["x_test"], data["y_test"], 1024)
+    steps, acc = common.accuracy_curve(ctx.model, init, res, xe, ye, phase=name, batch_size=1024)
     carried = up is not None and lib.carries_seeds(arm)
     out = lib.arm_summary(acc, test, res.diverged, up["diverged"] if carried else None)
     return {"iterations": steps, **out, "runtime_s": time.time() - t0}
@@ -167,13 +243,13 @@ def run(config, workdir: str) -> dict[str, Any]:
   """Upstream, every arm downstream, summary; writes results.json, arrays.npz and the figure."""
   t0 = time.time()
   arms_list = lib.check_arms(config.arms)
-  data = load_data(config)
+  data = load_data(config, workdir)
   model_up = _model(config, int(config.upstream.num_classes))
   dn = data["num_classes"] if config.downstream.labels == "real" else int(
       config.downstream.num_random_classes)
   model_down = _model(config, dn)
   needs_upstream = any(lib.uses_upstream(a, config) for a in arms_list)
-  up = run_upstream(config, workdir, data["x_up"]) if needs_upstream else None
+  up = run_upstream(config, workdir, data) if needs_upstream else None
   pre = common.unflatten(up["params"]) if up else {}
   pre_init = common.unflatten(up["init"]) if up else {}
   ctx = lib.ArmContext(config, model_down, model_up, pre, pre_init, data["x_up"], data["x_down"],
@@ -197,7 +273,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     results.write_json(folder, "transfer_functions.json", tf)
   out["transfer_functions"] = (common.jsonable(tf) if tf else
                                results.read_json(folder, "transfer_functions.json") or {})
-  out["data"] = {"sizes": data["sizes"], "name": config.data.name}
+  out["data"] = {"sizes": data["sizes"], "name": config.data.name, "placement": data["placement"]}
   phases = list(arms.values()) + ([up] if up else [])
   out["runtime_s"] = float(sum(p.get("runtime_s", 0.0) for p in phases))
   fig = plots.plot_transfer(out, os.path.join(workdir, config.get("figure_name", "transfer.png")),
