@@ -24,6 +24,7 @@ Every logged step appends one row per seed to ``workdir/metrics.jsonl`` and logs
 A seed whose loss or gradient turns non-finite is frozen at its last finite parameters and flagged in
 ``res.diverged`` / ``res.diverged_step``; the other seeds finish.
 """
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -619,6 +620,36 @@ class Engine:
                         self.put_replicated(np.asarray(x, np.float32)))
 
 
+_ENGINES: "collections.OrderedDict[tuple, Engine]" = collections.OrderedDict()
+_ENGINES_LOCK = threading.Lock()
+ENGINE_CACHE_SIZE = 4
+
+
+def cached_engine(model, cfg, n, x_shape, n_members, probe_fn=None, with_decay=None) -> Engine:
+  """`Engine(...)`, reused while the same (model, whole engine config, data shape, member count,
+  probe, devices) comes again: e.g. the downstream arms of a transfer run share one compiled
+  program instead of compiling it once per arm.  An Engine holds only compiled functions and
+  constants, so sharing it changes no result.  The last ENGINE_CACHE_SIZE engines are kept."""
+  try:
+    key = (model, json.dumps(cfg.to_dict(), sort_keys=True, default=repr), int(n),
+           tuple(int(d) for d in x_shape), int(n_members), probe_fn, with_decay,
+           tuple((d.platform, d.id) for d in jax.devices()), jax.process_count())
+    hash(key)
+  except TypeError:   # an unhashable model or probe: no reuse
+    return Engine(model, cfg, n, x_shape, n_members, probe_fn, with_decay)
+  with _ENGINES_LOCK:
+    eng = _ENGINES.get(key)
+    if eng is not None:
+      _ENGINES.move_to_end(key)
+      return eng
+  eng = Engine(model, cfg, n, x_shape, n_members, probe_fn, with_decay)
+  with _ENGINES_LOCK:
+    _ENGINES[key] = eng
+    while len(_ENGINES) > ENGINE_CACHE_SIZE:
+      _ENGINES.popitem(last=False)
+  return eng
+
+
 def pad_members(a, m_pad):
   """[M, ...] -> [m_pad, ...] by repeating the last row (padding members are dropped later)."""
   a = np.asarray(a)
@@ -838,8 +869,8 @@ def run_calls(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list
     views.append(_CallView(c, start))
     start += len(c.members)
   labels = np.concatenate([c.labels for c in calls])
-  eng = Engine(c0.model, cfg, n, x_shape, m, c0.probe_fn,
-               with_decay=any(wd != 0 for wd in members.weight_decay))
+  eng = cached_engine(c0.model, cfg, n, x_shape, m, c0.probe_fn,
+                      with_decay=any(wd != 0 for wd in members.weight_decay))
   padded = members.padded(eng.m_pad)
   spe, total = eng.steps_per_epoch, eng.total
   log_every = cfg.log_every_steps or spe

@@ -5,6 +5,8 @@ experiments/configs/imagenet.py config, and its data path through the host pipel
 
 Comparisons are exact: the streaming path and the in-memory path run the same elementwise ops.
 """
+import json
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -154,3 +156,59 @@ def test_config_data_path_through_the_host_pipeline(mock):
   np.testing.assert_array_equal(data.standardize(data._to_unit_float(tx), mean, std),  # pylint: disable=protected-access
                                 want["x_test"])
   np.testing.assert_array_equal(ty, want["y_test"])
+
+
+def test_imagenet_tiny_runs_end_to_end_through_the_host_path(mock, tmp_path, monkeypatch):
+  """imagenet.py:resnet18,tiny under tfds mock data: every phase streams from the host pipeline
+  (no split is ever loaded as an array), the results have the config's shape, and a rerun reads
+  every phase back from the workdir (nothing trains, nothing is re-read for statistics)."""
+  c = imagenet.get_config("resnet18,tiny,res=32")
+
+  def forbidden(name):
+    def fail(*args, **kwargs):
+      raise AssertionError(f"{name} called: placement=host must not need it")
+    return fail
+
+  with monkeypatch.context() as m:
+    m.setattr(data, "load", forbidden("data.load"))
+    out = transfer.run(c, str(tmp_path))
+  assert out["data"] == {"name": "imagenet", "placement": "host",
+                         "sizes": {"upstream": 24, "downstream": 24, "test": 16}}
+  assert list(out["arms"]) == list(imagenet.ARMS)
+  assert out["upstream"]["num_steps"] == 3 and out["upstream"]["num_classes"] == 1000
+  for arm in imagenet.ARMS:
+    r = out["arms"][arm]
+    assert r["iterations"] == [0, 2, 4]
+    acc = np.asarray(r["train_accuracy"], float)
+    assert acc.shape == (2, 3) and np.all((acc >= 0) & (acc <= 1))
+    assert len(r["test_accuracy"]) == 2 and all(0 <= a <= 1 for a in r["test_accuracy"])
+    assert r["num_diverged"] == 0
+  # The statistics: streamed over the upstream half, as load_splits computes them on arrays.
+  src = data.source("imagenet", split="train", image_size=32)
+  up = src.subset(data.split_indices(len(src), {"upstream": 24, "downstream": 24}, seed=0)["upstream"])
+  want_mean, want_std = data.channel_stats(up)
+  stats = json.loads((tmp_path / "phases" / "standardization.json").read_text())
+  np.testing.assert_array_equal(stats["mean"], want_mean)
+  np.testing.assert_array_equal(stats["std"], want_std)
+  assert (tmp_path / "results.json").exists() and (tmp_path / "imagenet.png").exists()
+  # Rerun: every phase and the statistics are read back.
+  with monkeypatch.context() as m:
+    m.setattr(data, "load", forbidden("data.load"))
+    m.setattr(train, "train", forbidden("train.train"))
+    m.setattr(data, "channel_stats", forbidden("data.channel_stats"))
+    again = transfer.run(c, str(tmp_path))
+  assert {k: v for k, v in again.items() if k != "runtime_s"} == {
+      k: v for k, v in out.items() if k != "runtime_s"}
+
+
+def test_auto_placement_picks_by_size(mock, monkeypatch):
+  c = imagenet.get_config("resnet18,tiny,res=32")
+  c.data.placement = "auto"
+  d = transfer.load_data(c)   # 24 images of 32x32x3: device
+  assert d["placement"] == "device" and d["x_up"].shape == (24, 32, 32, 3)
+  arrays = d["x_up"]
+  monkeypatch.setattr(data, "device_memory_bytes", lambda device=None: 100_000)   # 100 kB "device"
+  d = transfer.load_data(c)
+  assert d["placement"] == "host" and isinstance(d["upstream"], pipeline.Reader)
+  assert d["x_up"].shape == (16, 32, 32, 3)       # the first layerwise.num_examples, for the arms
+  np.testing.assert_array_equal(d["x_up"], arrays[:16])   # the same rows, the same floats

@@ -133,11 +133,11 @@ def test_configs_build():
     assert c.model.name == "vgg16"
 
 
-def _run(workdir):
+def _run(workdir, *extra):
   cmd = [sys.executable, "-m", "experiments.transfer",
          "--config=experiments/configs/fig5.py:tiny",
          "--config.arms=('scratch','pretrained','covariance','covariance_L2')",
-         f"--workdir={workdir}"]
+         f"--workdir={workdir}", *extra]
   # The notebook test runs the same tiny programs: share JAX's on-disk compilation cache.
   env = dict(os.environ,
              JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(),
@@ -147,12 +147,46 @@ def _run(workdir):
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
-def test_binary_writes_schema_and_resumes(tmp_path):
-  workdir = str(tmp_path / "fig5")
+@pytest.fixture(scope="module")
+def device_run(tmp_path_factory):
+  """The fig5 tiny binary with the data on the device (the config's placement): its workdir."""
+  workdir = str(tmp_path_factory.mktemp("fig5_device"))
   p = _run(workdir)
   assert p.returncode == 0, p.stderr[-3000:]
+  assert "placement=device (forced)" in p.stderr
+  return workdir
+
+
+def _results(workdir):
   with open(os.path.join(workdir, "results.json")) as f:
-    res = json.load(f)
+    return json.load(f)
+
+
+def _without_runtimes(obj):
+  """results.json minus what a second run may change (wall times, the placement it names)."""
+  if isinstance(obj, dict):
+    return {k: _without_runtimes(v) for k, v in obj.items() if k not in ("runtime_s", "placement")}
+  if isinstance(obj, list):
+    return [_without_runtimes(v) for v in obj]
+  return obj
+
+
+def test_host_placement_gives_the_device_results(device_run, tmp_path):
+  """placement=host streams every phase through the host pipeline (nothing loaded as arrays): the
+  same batches, labels and standardized floats, so every number of results.json is identical."""
+  p = _run(str(tmp_path), "--config.data.placement=host")
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "placement=host (forced)" in p.stderr
+  host, dev = _results(str(tmp_path)), _results(device_run)
+  assert host["data"]["placement"] == "host" and dev["data"]["placement"] == "device"
+  assert _without_runtimes(host) == _without_runtimes(dev)
+  stats = json.load(open(tmp_path / "phases" / "standardization.json"))
+  assert stats["examples"] == 128 and len(stats["mean"]) == 3
+
+
+def test_binary_writes_schema_and_resumes(device_run):
+  workdir = device_run
+  res = _results(workdir)
   assert list(res["arms"]) == ["scratch", "pretrained", "covariance", "covariance_L2"]
   for arm, r in res["arms"].items():
     steps = r["iterations"]

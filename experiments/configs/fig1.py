@@ -74,7 +74,8 @@ def get_config(arg: str = "positive") -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict({
         "name": "photos", "kwargs": {"size": 32, "short_side": 256, "cell": 48, "seed": 0,
                                      "n": 6000},
-        "data_dir": "", "standardize": True, "test_split": "test", "test_examples": 1000})
+        "data_dir": "", "standardize": True, "test_split": "test", "test_examples": 1000,
+        "placement": "device"})
     c.split = ml_collections.ConfigDict({"upstream": 2000, "downstream": 4000, "test": 0,
                                          "seed": 0})
     c.model.width = 8

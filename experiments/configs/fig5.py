@@ -64,7 +64,8 @@ def shared_fields() -> ml_collections.ConfigDict:
   c.figure_name = "fig5.png"
   c.data = ml_collections.ConfigDict({"name": "cifar10", "kwargs": {}, "data_dir": "",
                                       "standardize": True, "test_split": "test",
-                                      "test_examples": 0})
+                                      "test_examples": 0, "placement": "device"})
+  # data.placement: device | host (stream batches from the host pipeline, same results) | auto.
   # One seeded permutation of the train split: upstream = first 20k, downstream = next 25k.
   c.split = ml_collections.ConfigDict({"upstream": 20_000, "downstream": 25_000, "test": 0,
                                        "seed": 0})
@@ -124,7 +125,7 @@ def local(c) -> ml_collections.ConfigDict:
   c.title = "Fig 5 (local: 16x16 photo crops, conv 64, 16 seeds)"
   c.data = ml_collections.ConfigDict({"name": "photos", "kwargs": shared.local_photos(6000),
                                       "data_dir": "", "standardize": True, "test_split": "test",
-                                      "test_examples": 1000})
+                                      "test_examples": 1000, "placement": "device"})
   c.split = ml_collections.ConfigDict({"upstream": 1000, "downstream": 5000, "test": 0, "seed": 0})
   c.model.features = 64  # 32 left covariance 0.028 behind pretrained at the first evaluation
   t = c.train

@@ -58,8 +58,11 @@ def load_data(config, workdir: str | None = None, placement: str | None = None) 
   the statistics kept in workdir/phases/standardization.json; plus pipeline, num_classes, indices,
   sizes."""
   requested = placement or config.data.get("placement", "device")
-  if requested == "device":
-    return _load_arrays(config)
+  if requested == "device":  # nothing to decide: load, then check the size and log it
+    out = _load_arrays(config)
+    common.resolve_placement("device", int(config.train.num_seeds),
+                             max(len(out["x_up"]), len(out["x_down"])), out["x_up"].shape[1:])
+    return out
   parts, idx = common.source_splits(config)
   sizes = {k: len(v) for k, v in idx.items()} | {"test": len(parts["test"])}
   where = common.resolve_placement(requested, int(config.train.num_seeds),
