@@ -35,10 +35,14 @@ Models: models.VGG16 (13 conv3x3 + 5 max-pools, flatten -> head; He-normal) and 
 branch starts at 0), 1000 classes.  [D] SGD momentum 0.9, lr 0.01, batch 128, 2 seeds, 10 upstream
 and 10 downstream epochs.
 
-`data.placement = "host"`: 640k images are 31 GB as float32 at 64x64 (7.9 GB at 32x32), so batches
-stream from the host input pipeline (`rl_align.pipeline`, grain over `tfds.data_source`); the
-engine's host-fed path is the second phase of the work (until it lands the engine keeps the
-training set on the device, which does not fit at this scale).
+`data.placement = "host"`: 640k images are 31 GB as float32 at 64x64 (7.9 GB at 32x32), so nothing
+is loaded: each phase streams its batches from the host input pipeline (`rl_align.pipeline.HostFeed`,
+grain over `tfds.data_source`, decoding and standardization on grain threads, the next chunk
+prefetched to the devices while the current one trains), the statistics are streamed over the
+first `data.stats_examples` upstream images (kept in WORKDIR/phases/standardization.json) and test
+accuracy is streamed too.  `--config.data.placement=auto` keeps the data on the device when it
+takes under 25% of its memory (an H200 at 64x64; the log says which it chose); `device` forces it.
+The results are the same either way (tests/test_transfer.py compares them number for number).
 
 Runtime on one GPU -- an ESTIMATE, not a measurement: model-steps = seeds x (upstream steps + 3
 arms x downstream steps) = 2 x (50,040 + 3 x 50,040) = 400,320; FLOPs per example (forward +

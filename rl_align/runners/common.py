@@ -277,10 +277,26 @@ def resume(folder: str, name: str, compute: Callable[[], Any], *, with_arrays: b
   return (done, arrays) if with_arrays else done
 
 
+# Config fields added after runs were written, with the value that reproduces those runs: a workdir
+# whose config.json lacks one still resumes when the new config holds that value.
+ADDED_FIELDS = {("model", "dtype"): "float32", ("data", "placement"): "device"}
+
+
+def _with_added_fields(old: dict, new: dict) -> dict:
+  old = copy.deepcopy(old)
+  for (section, field), default in ADDED_FIELDS.items():
+    o, n = old.get(section), new.get(section)
+    if isinstance(o, dict) and isinstance(n, dict) and field not in o and n.get(field) == default:
+      o[field] = default
+  return old
+
+
 def check_workdir_config(config, workdir: str) -> None:
   """Writes config.json; refuses to resume a workdir that holds a different config."""
   new = jsonable(config)
   old = results.read_json(workdir, "config.json")
+  if old is not None:
+    old = _with_added_fields(old, new)
   if old is not None and old != new:
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     raise errors.ConfigError(
