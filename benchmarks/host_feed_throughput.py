@@ -177,12 +177,13 @@ class EngineHostArm(_EngineArm):
         batch_size=feed.batch_size, labels=feed.labels, mean=feed.mean, std=feed.std,
         num_threads=feed.num_threads, prefetch=feed.prefetch)
     self.hparams = self.eng.put_seeded(self.members.hparams())
+    self.sums = (self.eng.put_seeded(np.zeros(self.eng.m_pad, np.float32)),) * 2
     self.put = pipeline.putter(self.eng.seeded)
 
   def run(self) -> None:
     for c in self.local.chunks(self._bounds(), put=self.put):
-      self.state, loss, _ = self.eng.chunk_fed(self.state, self.hparams, c.x, c.y,
-                                               np.int32(c.t0))
+      self.state, *_ = self.eng.chunk_fed(self.state, self.hparams, self.sums, c.x, c.y,
+                                          np.int32(c.t0), np.int32(0), np.int32(c.t1 - c.t0))
     jax.block_until_ready(self.state)
 
 

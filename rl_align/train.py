@@ -544,31 +544,33 @@ class Engine:
       one = lambda p, o, a, d, k, h, y: seed_chunk(p, o, a, d, k, h, y, inputs.x, t0, t1)
       return _per_seed(one, self.layout)(*state, inputs.data_keys, inputs.hparams, inputs.labels)
 
-    def seed_chunk_fed(params, opt_state, alive, div_step, hparams, xs, ys, t0):
-      """Steps t0..t0+T of ONE member from host-fed batches xs [T, B, ...], ys [T, B]: the same
-      arithmetic as seed_chunk on the same batches."""
+    def seed_chunk_fed(params, opt_state, alive, div_step, hparams, lsum, asum, xs, ys, tc, a, b):
+      """Steps tc+a..tc+b-1 of ONE member from a host-fed buffer of steps tc.. (xs [T, B, ...],
+      ys [T, B]): the same arithmetic as seed_chunk on the same batches.  The loss / accuracy
+      sums carry over calls, so an interval that spans two buffers sums as one loop."""
       tx = make_optimizer(cfg, total, hparams, with_decay)
 
       def body(j, carry):
         params, opt_state, alive, div_step, lsum, asum = carry
         params, opt_state, ok, loss, acc = seed_step(tx, params, opt_state, alive, xs[j], ys[j])
-        div_step = jnp.where(alive & ~ok, t0 + j, div_step)
+        div_step = jnp.where(alive & ~ok, tc + j, div_step)
         lsum = lsum + jnp.where(ok, loss, jnp.nan)
         return params, opt_state, ok, div_step, lsum, asum + acc
 
-      zero = jnp.zeros((), jnp.float32)
       params, opt_state, alive, div_step, lsum, asum = lax.fori_loop(
-          0, xs.shape[0], body, (params, opt_state, alive, div_step, zero, zero))
-      steps = jnp.float32(max(xs.shape[0], 1))
-      return TrainState(params, opt_state, alive, div_step), lsum / steps, asum / steps
+          a, b, body, (params, opt_state, alive, div_step, lsum, asum))
+      return TrainState(params, opt_state, alive, div_step), lsum, asum
 
-    def chunk_fed(state, hparams, xs, ys, t0):
-      one = lambda p, o, a, d, h, xb, yb: seed_chunk_fed(p, o, a, d, h, xb, yb, t0)
-      return _per_seed(one, self.layout)(*state, hparams, xs, ys)
+    def chunk_fed(state, hparams, sums, xs, ys, tc, a, b):
+      # Buffers have one fixed length, the bounds a, b are traced: one compiled program whatever
+      # the intervals between logs / evals (a static length would compile once per length).
+      one = lambda p, o, al, d, h, ls, acs, xb, yb: seed_chunk_fed(p, o, al, d, h, ls, acs, xb, yb,
+                                                                   tc, a, b)
+      return _per_seed(one, self.layout)(*state, hparams, *sums, xs, ys)
 
     self.init = self._shard_map(_per_seed(seed_init, self.layout), (sd,), (sd, sd))
-    self.chunk_fed = self._shard_map(chunk_fed, (sd, sd, sd, sd, rep), (sd, sd, sd),
-                                     donate_argnums=(0,))
+    self.chunk_fed = self._shard_map(chunk_fed, (sd, sd, (sd, sd), sd, sd, rep, rep, rep),
+                                     (sd, sd, sd), donate_argnums=(0,))
     # The state is donated: the step updates it in place (one copy of M x params in memory).
     self.chunk = self._shard_map(chunk, (sd, EngineInputs(sd, sd, sd, rep), rep, rep),
                                  (sd, sd, sd), donate_argnums=(0,))
@@ -659,16 +661,20 @@ def pad_members(a, m_pad):
 
 
 def _segments(eng: Engine, feed, members: Members, events: Sequence[int], step: int):
-  """(t0, t1, chunk) the engine runs from `step` on: one per event interval with device-resident
-  data (chunk None); with a host feed, the pipeline's chunks (at most feed.chunk_bytes of inputs each,
-  prefetched on a grain thread and placed on the devices there).  The feed's position is a pure
-  function of the step, so the checkpoint's step is all a resume needs."""
+  """(t0, t1, buffer, ends) pieces the engine runs from `step` on.  Device-resident data: one piece
+  per event interval (buffer None, ends True).  With a host feed: the pipeline's buffers, all of
+  one length T (at most feed.chunk_bytes of inputs; prefetched on a grain thread and placed on the
+  devices there), consecutive from `step`; an event interval is one piece or, where it crosses a
+  buffer's end, several (ends marks its last).  The feed's position is a pure function of the
+  step, so the checkpoint's step is all a resume needs."""
   events = [e for e in events if e > step]
   if feed is None:
     t = step
     for ev in events:
-      yield t, ev, None
+      yield t, ev, None, True
       t = ev
+    return
+  if not events:
     return
   from rl_align import pipeline  # pylint: disable=g-import-not-at-top  # pipeline imports train
   rows = pipeline.local_rows(eng.seeded, eng.m_pad)
@@ -677,10 +683,25 @@ def _segments(eng: Engine, feed, members: Members, events: Sequence[int], step: 
                             labels=feed.labels, mean=feed.mean, std=feed.std,
                             num_threads=feed.num_threads, prefetch=feed.prefetch,
                             chunk_bytes=feed.chunk_bytes)
-  per_chunk = pipeline.max_chunk_steps(len(rows), feed.batch_size, feed.example_shape,
-                                       feed.chunk_bytes)
-  for c in local.chunks(pipeline.chunk_bounds(events, step, per_chunk), pipeline.putter(eng.seeded)):
-    yield c.t0, c.t1, c
+  length = min(events[-1] - step, pipeline.max_chunk_steps(len(rows), feed.batch_size,
+                                                            feed.example_shape, feed.chunk_bytes))
+  bounds = [(t, t + length) for t in range(step, events[-1], length)]  # the last may run past
+  buffers = local.chunks(bounds, pipeline.putter(eng.seeded))          # the end: never trained
+  buf, t = next(buffers), step
+  for ev in events:
+    while t < ev:
+      if t >= buf.t1:
+        buf = next(buffers)
+      end = min(ev, buf.t1)
+      yield t, end, buf, end == ev
+      t = end
+
+
+@jax.jit
+def _divide(sums, steps):
+  """sums / steps with steps traced: a true division (XLA rewrites a division by a constant as a
+  multiplication by its reciprocal, which can differ in the last bit)."""
+  return jax.tree.map(lambda a: a / steps, sums)
 
 
 def _mean_finite(v) -> float:
@@ -934,13 +955,19 @@ def run_calls(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list
     return out
 
   with jax.default_matmul_precision(precision):
-    for t0, ev, fed in _segments(eng, feed, padded, events, step):
+    sums, start = None, step
+    for t0, ev, fed, ends in _segments(eng, feed, padded, events, step):
       if fed is None:
         state, lmean, amean = eng.chunk(state, inputs, np.int32(t0), np.int32(ev))
       else:
-        state, lmean, amean = eng.chunk_fed(state, hparams, fed.x, fed.y, np.int32(t0))
+        sums = sums or (eng.put_seeded(np.zeros(eng.m_pad, np.float32)),) * 2
+        state, *sums = eng.chunk_fed(state, hparams, tuple(sums), fed.x, fed.y, np.int32(fed.t0),
+                                     np.int32(t0 - fed.t0), np.int32(ev - fed.t0))
+        if ends:   # the interval's means, divided as the device-resident chunk divides them
+          lmean, amean = _divide(tuple(sums), np.float32(max(ev - start, 1)))
+          sums, start = None, ev
       step = ev
-      if ev not in events:
+      if not ends or ev not in events:
         continue
       if ev in log_steps or ev in eval_steps:
         host = {"loss": to_host(lmean, m), "batch_accuracy": to_host(amean, m),
