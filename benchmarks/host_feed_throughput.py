@@ -52,6 +52,7 @@ import numpy as np
 
 from rl_align import data
 from rl_align import errors
+from rl_align import machine
 from rl_align import models
 from rl_align import pipeline
 from rl_align import train
@@ -207,6 +208,7 @@ def run_benchmark(arms, seeds: int, batch_size: int, size: int, n: int, steps_pe
   if unknown:
     raise errors.ConfigError(f"--arms has unknown arms {unknown}. Fix: use names from "
                              f"{sorted(ARMS)}.")
+  host = machine.describe()   # CPU model, cores and the fp32 matmul rate, measured before the arms
   feed = make_feed(seeds, batch_size, size, n, num_threads, prefetch, short_side, cell)
   objs = {a: ARMS[a](feed, chunks, steps_per_chunk) for a in arms}
   for o in objs.values():
@@ -249,8 +251,8 @@ def run_benchmark(arms, seeds: int, batch_size: int, size: int, n: int, steps_pe
                        "num_threads": num_threads, "prefetch": prefetch,
                        "bytes_per_step": step_bytes},
           "arms": rows,
-          "machine": {"platform": platform.platform(), "cpu": platform.processor(),
-                      "cores": os.cpu_count(), "devices": [str(d) for d in jax.devices()],
+          "machine": {**host, "platform": platform.platform(),
+                      "devices": [str(d) for d in jax.devices()],
                       "load_average_1m": os.getloadavg()[0]}}
 
 
@@ -265,8 +267,11 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   w = out["workload"]
+  mach = out["machine"]
   print(f"host feed: S={w['seeds']} x B={w['batch_size']} x {tuple(w['example_shape'])} photos, "
-        f"T={w['steps_per_chunk']}, load average {out['machine']['load_average_1m']:.1f}")
+        f"T={w['steps_per_chunk']}; {mach['cpu_model']}, {mach['cores']} cores, fp32 matmul "
+        f"{mach.get('fp32_matmul_gflops', float('nan')):.0f} GFLOP/s, load average "
+        f"{mach['load_average_1m']:.1f}")
   for r in out["arms"]:
     extra = ""
     if "vs_engine_device" in r:

@@ -1,6 +1,7 @@
 """One process of a host-fed training run, for tests/test_multihost.py.
 
-    python -m tests.multihost_worker --out DIR [--device] \
+    python -m tests.multihost_worker --out DIR [--device] [--num_epochs E] \
+        [--buffer_steps T --kill_at_step K] \
         [--coordinator 127.0.0.1:PORT --num_processes N --process_id I]
 
 Trains `models.PaperCNN(features=4, hidden=8, num_classes=4)`, 4 seeds (`--num_seeds`), 2 epochs,
@@ -10,18 +11,21 @@ and `train.random_labels`), with a workdir (DIR/workdir, checkpoints included). 
 DIR/params.npz (the flattened leaves of the final params, `leaf_0000`, ...) and
 DIR/train_accuracy.npy.  Every process writes DIR/feed_<process_id>.json: the seed ids and steps of
 every chunk a HostFeed loaded in it (the training batches only; the engine's train eval set comes
-from `HostFeed.head`).
+from `HostFeed.head`).  --buffer_steps sets the host feed's buffer length; --kill_at_step K
+SIGKILLs the process when its feed starts loading the buffer at step >= K (the engine is then a
+buffer or two behind, with checkpoints at every log step): a crash in the middle of a run.
 """
 import argparse
 import json
 import os
+import signal
 
 from rl_align import distributed
 
 
-def _cfg(train, num_seeds):
+def _cfg(train, num_seeds, num_epochs=2):
   c = train.default_config()
-  c.num_seeds, c.num_epochs, c.batch_size, c.log_every_steps = num_seeds, 2, 16, 3
+  c.num_seeds, c.num_epochs, c.batch_size, c.log_every_steps = num_seeds, num_epochs, 16, 3
   c.train_eval_examples, c.seed, c.checkpoint_every_secs = 32, 5, 0.0
   return c
 
@@ -31,6 +35,9 @@ def main(argv=None) -> None:
   ap.add_argument("--out", required=True)
   ap.add_argument("--device", action="store_true", help="device-resident reference run")
   ap.add_argument("--num_seeds", type=int, default=4)
+  ap.add_argument("--num_epochs", type=int, default=2)
+  ap.add_argument("--buffer_steps", type=int, default=0, help="host feed buffer length (0: auto)")
+  ap.add_argument("--kill_at_step", type=int, default=0, help="SIGKILL itself there (0: never)")
   ap.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
   ap.add_argument("--num_processes", type=int, default=None)
   ap.add_argument("--process_id", type=int, default=None)
@@ -48,11 +55,13 @@ def main(argv=None) -> None:
   load = pipeline.HostFeed.load
 
   def recording_load(self, t0, t1):
+    if args.kill_at_step and t0 >= args.kill_at_step:
+      os.kill(os.getpid(), signal.SIGKILL)
     loads.append({"seed_ids": list(self.seed_ids), "t0": int(t0), "t1": int(t1)})
     return load(self, t0, t1)
   pipeline.HostFeed.load = recording_load
 
-  cfg = _cfg(train, args.num_seeds)
+  cfg = _cfg(train, args.num_seeds, args.num_epochs)
   model = models.PaperCNN(features=4, hidden=8, num_classes=4)
   src = data.source("photos", n=96, size=8, seed=0)
   mean, std = data.channel_stats(src)
@@ -68,6 +77,8 @@ def main(argv=None) -> None:
     feed = pipeline.HostFeed(src, seed_ids=train.seed_ids(cfg), data_seed=cfg.seed,
                              batch_size=cfg.batch_size, mean=mean, std=std,
                              labels=pipeline.RandomLabels(1, 4))
+    if args.buffer_steps:   # buffers of that many steps for up to 4 local members
+      feed.chunk_bytes = args.buffer_steps * 4 * 4 * cfg.batch_size * int(np.prod(src.example_shape))
     res = train.train(model, cfg, feed, None, workdir=workdir)
 
   with open(os.path.join(args.out, f"feed_{pid}.json"), "w") as f:

@@ -150,15 +150,8 @@ def test_every_config_is_covered_here():
   assert set(DOCUMENTED) <= set(CONFIGS), set(DOCUMENTED) - set(CONFIGS)
 
 
-# imagenet.py is edited elsewhere; until its _model() declares dtype, its cases xfail (not fail).
-_DTYPE_PENDING = {"imagenet": 'add `"dtype": "float32",` to the dict in imagenet.py:_model()'}
-
-
 def _model_config(name: str, arg: str) -> ml_collections.ConfigDict:
-  c = importlib.import_module(f"experiments.configs.{name}").get_config(arg)
-  if name in _DTYPE_PENDING and "dtype" not in c.model:
-    pytest.xfail(_DTYPE_PENDING[name])
-  return c.model
+  return importlib.import_module(f"experiments.configs.{name}").get_config(arg).model
 
 
 @pytest.mark.parametrize("name, arg", list(_cases()))

@@ -150,3 +150,21 @@ def test_two_processes_host_fed_equal_one_process_device_resident(tmp_path):
     assert steps[0][0] == 0 and steps[-1][1] == 12, steps
     assert all(a[1] == b[0] for a, b in zip(steps, steps[1:])), steps
   assert served == [[0, 1], [2, 3]], served   # disjoint, together every seed id
+
+
+def test_host_fed_run_killed_with_sigkill_resumes_to_the_same_params(tmp_path):
+  """A host-fed run (4-step buffers) SIGKILLs itself while its feed loads step 24's buffer; the
+  relaunch resumes from its last checkpoint (the step is the pipeline's whole position) and ends
+  with the parameters of an uninterrupted run, bitwise."""
+  ref, fed = tmp_path / "ref", tmp_path / "fed"
+  run = ["--num_epochs=8"]   # 48 steps, a checkpoint at every log step (3)
+  _worker_run(ref, 2, "--device", *run)
+  killed = subprocess.run([*WORKER, f"--out={fed}", *run, "--buffer_steps=4", "--kill_at_step=24"],
+                          cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=TIMEOUT)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  assert not (fed / "params.npz").exists()
+  proc = _worker_run(fed, 2, *run, "--buffer_steps=4")
+  resumed = [int(w) for w in proc.stderr.replace(",", " ").split("resumed from step")[1].split()[:1]]
+  assert resumed and 0 < resumed[0] < 48, proc.stderr[-2000:]
+  for a, b in zip(_worker_params(ref), _worker_params(fed)):
+    np.testing.assert_array_equal(a, b)
