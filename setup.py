@@ -27,7 +27,7 @@ setup(
         "threadpoolctl",     # single-threaded BLAS per worker thread in patch covariance
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "nbformat", "nbclient", "ipykernel"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "nbformat", "nbclient", "ipykernel"],
         "tf": ["tensorflow-cpu"],
         "bench": ["torch==2.13.0"],
     },

@@ -64,9 +64,33 @@ def stats_examples(dcfg):
   return int(dcfg.get("stats_examples", 0) or 0) or None
 
 
+def _cut_splits(config, train, open_split):
+  """(parts, indices) of `load_splits` / `source_splits` from the train split `train` (anything
+  with len and subset) and open_split(name) -> another split."""
+  dcfg = config.data
+  if "split" not in config:
+    return {"train": train}, {}
+  sp = config.split
+  sizes = {"upstream": int(sp.upstream), "downstream": int(sp.downstream)}
+  if int(sp.get("test", 0)) > 0:
+    sizes["test"] = int(sp.test)
+  idx = data_lib.split_indices(len(train), sizes, seed=int(sp.seed))
+  parts = {k: train.subset(v) for k, v in idx.items()}
+  if "test" not in parts:
+    if dcfg.name == "digits":
+      raise errors.ConfigError(
+          "digits has no test split: config.split.test is 0. Fix: carve one out of the 1797 "
+          "examples, e.g. --config.split.test=397.")
+    test = open_split(dcfg.get("test_split", "test"))
+    cap = int(dcfg.get("test_examples", 0) or 0)
+    parts["test"] = test.subset(np.arange(min(cap, len(test)))) if cap else test
+  return parts, idx
+
+
 def load_splits(config) -> tuple[dict[str, data_lib.ArrayDataset], dict[str, np.ndarray]]:
   """config.data's train split as datasets, standardized per channel with the first one's
-  statistics when config.data.standardize (default True); returns (parts, indices).
+  statistics (its first config.data.stats_examples examples; absent or 0: all) when
+  config.data.standardize (default True); returns (parts, indices).
 
   Without config.split: {"train": the whole split}.  With config.split {upstream, downstream,
   test, seed}: one seeded permutation cuts disjoint "upstream" and "downstream" parts, and "test"
@@ -74,24 +98,7 @@ def load_splits(config) -> tuple[dict[str, data_lib.ArrayDataset], dict[str, np.
   capped at config.data.test_examples (0: all).
   """
   dcfg = config.data
-  ds = load_split(dcfg, "train")
-  if "split" not in config:
-    parts, idx = {"train": ds}, {}
-  else:
-    sp = config.split
-    sizes = {"upstream": int(sp.upstream), "downstream": int(sp.downstream)}
-    if int(sp.get("test", 0)) > 0:
-      sizes["test"] = int(sp.test)
-    idx = data_lib.split_indices(len(ds), sizes, seed=int(sp.seed))
-    parts = {k: ds.subset(v) for k, v in idx.items()}
-    if "test" not in parts:
-      if dcfg.name == "digits":
-        raise errors.ConfigError(
-            "digits has no test split: config.split.test is 0. Fix: carve one out of the 1797 "
-            "examples, e.g. --config.split.test=397.")
-      test = load_split(dcfg, dcfg.get("test_split", "test"))
-      cap = int(dcfg.get("test_examples", 0) or 0)
-      parts["test"] = test.subset(slice(0, cap)) if cap else test
+  parts, idx = _cut_splits(config, load_split(dcfg, "train"), lambda s: load_split(dcfg, s))
   if dcfg.get("standardize", True):
     xs = standardize_like(*(p.x for p in parts.values()), max_examples=stats_examples(dcfg))
     parts = {k: data_lib.ArrayDataset(x, p.y, p.num_classes, p.name)
@@ -114,22 +121,7 @@ def source_splits(config) -> tuple[dict[str, data_lib.Source], dict[str, np.ndar
   """`load_splits` without loading: the same parts (same rows, same order) as views of
   `data.Source`s; standardize them with `split_stats` and read them with `pipeline.Reader`."""
   dcfg = config.data
-  src = source_split(dcfg, "train")
-  sp = config.split
-  sizes = {"upstream": int(sp.upstream), "downstream": int(sp.downstream)}
-  if int(sp.get("test", 0)) > 0:
-    sizes["test"] = int(sp.test)
-  idx = data_lib.split_indices(len(src), sizes, seed=int(sp.seed))
-  parts = {k: src.subset(v) for k, v in idx.items()}
-  if "test" not in parts:
-    if dcfg.name == "digits":
-      raise errors.ConfigError(
-          "digits has no test split: config.split.test is 0. Fix: carve one out of the 1797 "
-          "examples, e.g. --config.split.test=397.")
-    test = source_split(dcfg, dcfg.get("test_split", "test"))
-    cap = int(dcfg.get("test_examples", 0) or 0)
-    parts["test"] = test.subset(np.arange(min(cap, len(test)))) if cap else test
-  return parts, idx
+  return _cut_splits(config, source_split(dcfg, "train"), lambda s: source_split(dcfg, s))
 
 
 def split_stats(config, folder: str, first: data_lib.Source):
