@@ -124,10 +124,11 @@ def source_splits(config) -> tuple[dict[str, data_lib.Source], dict[str, np.ndar
   return _cut_splits(config, source_split(dcfg, "train"), lambda s: source_split(dcfg, s))
 
 
-def split_stats(config, folder: str, first: data_lib.Source):
+def split_stats(config, folder: str | None, first: data_lib.Source):
   """(mean, std) per channel of `first` (its first config.data.stats_examples examples), streamed,
-  computed once and kept in folder/standardization.json (a rerun reads them back); the numbers
-  `load_splits` standardizes with, bit for bit."""
+  computed once and kept in folder/standardization.json (a rerun reads them back; folder None:
+  computed, not kept); the numbers `load_splits` standardizes with, bit for bit.  (None, None)
+  without config.data.standardize."""
   dcfg = config.data
   if not dcfg.get("standardize", True):
     return None, None
@@ -137,7 +138,7 @@ def split_stats(config, folder: str, first: data_lib.Source):
     return {"mean": mean, "std": std, "examples": min(len(first), stats_examples(dcfg) or len(first)),
             "source": first.name}
 
-  out = resume(folder, "standardization", compute)
+  out = resume(folder, "standardization", compute) if folder else jsonable(compute())
   return np.asarray(out["mean"], np.float64), np.asarray(out["std"], np.float64)
 
 

@@ -30,7 +30,6 @@ import ml_collections
 import numpy as np
 
 from rl_align import curves
-from rl_align import data as data_lib
 from rl_align import errors
 from rl_align import init as init_lib
 from rl_align import models
@@ -70,12 +69,8 @@ def load_data(config, workdir: str | None = None, placement: str | None = None) 
                                    parts["upstream"].example_shape)
   if where == "device":
     return _load_arrays(config)
-  folder = os.path.join(workdir, PHASES) if workdir else None
-  if folder is None:
-    mean, std = (data_lib.channel_stats(parts["upstream"], common.stats_examples(config.data))
-                 if config.data.get("standardize", True) else (None, None))
-  else:
-    mean, std = common.split_stats(config, folder, parts["upstream"])
+  mean, std = common.split_stats(config, os.path.join(workdir, PHASES) if workdir else None,
+                                 parts["upstream"])
   readers = {k: pipeline.Reader(v, mean, std) for k, v in parts.items()}
   n_ex = max(1, int(config.layerwise.num_examples))
   head = lambda r: r(np.arange(min(n_ex, len(r))))[0]
@@ -193,14 +188,18 @@ def f_source(config, workdir: str, model_up, up: Mapping[str, Any], x_up) -> ini
   return init_lib.measure_layer_transfer(model_up, params, x[:n], layer, num_bins=None)
 
 
+def _check_downstream_labels(config) -> None:
+  if config.downstream.labels not in ("real", "random"):
+    raise errors.ConfigError(f"config.downstream.labels={config.downstream.labels!r} is unknown. "
+                             "Fix: 'real' or 'random'.")
+
+
 def downstream_labels(config, n: int, y_real, ids) -> np.ndarray:
+  _check_downstream_labels(config)
   if config.downstream.labels == "real":
     return np.asarray(y_real, np.int32)
-  if config.downstream.labels == "random":
-    return train.random_labels(int(config.downstream.label_seed), ids, n,
-                               int(config.downstream.num_random_classes))
-  raise errors.ConfigError(f"config.downstream.labels={config.downstream.labels!r} is unknown. "
-                           "Fix: 'real' or 'random'.")
+  return train.random_labels(int(config.downstream.label_seed), ids, n,
+                             int(config.downstream.num_random_classes))
 
 
 def _downstream_input(config, data, cfg):
@@ -209,7 +208,7 @@ def _downstream_input(config, data, cfg):
   ids = train.seed_ids(cfg)
   if data["placement"] == "device":
     return data["x_down"], downstream_labels(config, len(data["x_down"]), data["y_down"], ids)
-  downstream_labels(config, 0, [], ids)  # validates config.downstream.labels
+  _check_downstream_labels(config)
   labels = (pipeline.RandomLabels(int(config.downstream.label_seed),
                                   int(config.downstream.num_random_classes))
             if config.downstream.labels == "random" else None)
