@@ -105,7 +105,7 @@ def _label_keys(root_seed: int, seed_ids: Sequence[int]):
 def random_labels_per_member(root_seed: int, seed_ids: Sequence[int], idx,
                              num_classes: int) -> np.ndarray:
   """int32 labels [S, ...]: row s = random_labels_at(root_seed, seed_ids[s], idx[s], K)."""
-  data_lib._check_num_classes(num_classes)  # pylint: disable=protected-access
+  data_lib.check_num_classes(num_classes)
   _check_prng()
   idx = np.asarray(idx)
   if idx.shape[:1] != (len(seed_ids),):
@@ -244,7 +244,7 @@ class Reader:
       if source.dtype == np.uint8:  # every uint8 value of every channel, standardized: [256, C]
         levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], shape[-1], 1)
         self._lut = np.ascontiguousarray(data_lib.standardize(
-            data_lib._to_unit_float(levels), mean, std).T)  # pylint: disable=protected-access
+            data_lib.to_unit_float(levels), mean, std).T)
 
   def __len__(self) -> int:
     return len(self.source)
@@ -262,7 +262,7 @@ class Reader:
       for c in range(x.shape[-1]):
         out[..., c] = self._lut[c][x[..., c]]
       return out, y
-    x = data_lib._to_unit_float(x)  # pylint: disable=protected-access
+    x = data_lib.to_unit_float(x)
     if self.mean is not None:
       x = data_lib.standardize(x, self.mean, self.std)
     return x, y
@@ -302,7 +302,7 @@ class HostFeed:
     self.steps_per_epoch = _check_steps(self.n, self.batch_size, 0, 0)
     self.example_shape = tuple(source.example_shape)
     if isinstance(labels, RandomLabels):
-      data_lib._check_num_classes(labels.num_classes)  # pylint: disable=protected-access
+      data_lib.check_num_classes(labels.num_classes)
       _check_prng()
     elif labels is not None:
       labels = np.asarray(labels)

@@ -70,7 +70,7 @@ def main(argv=None) -> None:
   workdir = os.path.join(args.out, "workdir")
   if args.device:
     x_u8, _ = src.take(np.arange(len(src)))
-    x = data.standardize(data._to_unit_float(x_u8), mean, std)  # pylint: disable=protected-access
+    x = data.standardize(data.to_unit_float(x_u8), mean, std)
     labels = train.random_labels(1, train.seed_ids(cfg), len(x), 4)
     res = train.train(model, cfg, x, labels, workdir=workdir)
   else:

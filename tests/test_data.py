@@ -110,7 +110,7 @@ def test_photos_shape_determinism_and_balance():
 def test_photo_crops_render_their_origins():
   origins = data.photo_crop_origins(50, size=8, seed=2)
   crops = data.render_photo_crops(origins, size=8)
-  stack, _ = data._photo_stack(256)  # pylint: disable=protected-access
+  stack, _ = data.embedded.photo_stack(256)
   assert origins[:, 3].min() == 0 and origins[:, 3].max() == 1  # both orientations occur
   for (p, top, left, flip), crop in zip(origins, crops):
     expect = stack[p, top:top + 8, left:left + 8].astype(np.float32) / 255
@@ -164,11 +164,12 @@ def test_photos_errors():
 # ---------------------------------------------------------------------------- tfds
 
 
-def test_tfds_cifar10_and_mnist_with_mock_data():
+def test_tfds_cifar10_and_mnist_with_mock_data(tmp_path):
+  (tmp_path / "mnist").mkdir()  # mnist is read through tfds where data_dir has a mnist/ folder
   with tfds.testing.mock_data(num_examples=12):
     cifar = data.load("cifar10", split="train")
-    mnist = data.load("mnist", split="test", max_examples=5)
-    small = data.load("mnist", split="train", image_size=16)
+    mnist = data.load("mnist", split="test", max_examples=5, data_dir=str(tmp_path))
+    small = data.load("mnist", split="train", image_size=16, data_dir=str(tmp_path))
   assert cifar.x.shape == (12, 32, 32, 3) and cifar.x.dtype == np.float32
   assert cifar.y.dtype == np.int32 and cifar.num_classes == 10
   assert 0 <= cifar.y.min() and cifar.y.max() < 10
@@ -210,7 +211,7 @@ def test_load_errors():
     data.load("photos", n=10, colour=True)
   with pytest.raises(errors.ConfigError, match="8, 16, 32, 64"):
     data.load("imagenet", image_size=24)
-  assert set(data.SOURCES) == set(data.EMBEDDED) | set(data.TFDS)
+  assert set(data.SOURCES) == set(data.EMBEDDED) | set(data.REAL)
   ds = data.load("gaussian", n=5, stds=[1.0, 2.0])
   assert ds.x.shape == (5, 2)
 
@@ -234,7 +235,7 @@ def test_check_finite_reports_count_and_place():
 def test_channel_stats_streams_and_standardize(monkeypatch):
   rng = np.random.default_rng(0)
   x = (1000 + rng.normal(size=(300, 5, 5, 3)) * [1.0, 2.0, 0.5]).astype(np.float32)
-  monkeypatch.setattr(data, "_CHUNK_BYTES", 8 * 75 * 7)  # 7 examples per chunk: many merges
+  monkeypatch.setattr(data.stats, "CHUNK_BYTES", 8 * 75 * 7)  # 7 examples per chunk: many merges
   mean, std = data.channel_stats(x)
   flat = x.reshape(-1, 3).astype(np.float64)
   assert mean.dtype == np.float64

@@ -21,7 +21,7 @@ def photos():
   src = data.source("photos", n=96, size=8, seed=0)
   mean, std = data.channel_stats(src)
   x_u8, _ = src.take(np.arange(len(src)))
-  x = data.standardize(data._to_unit_float(x_u8), mean, std)   # pylint: disable=protected-access
+  x = data.standardize(data.to_unit_float(x_u8), mean, std) 
   return src, mean, std, x
 
 

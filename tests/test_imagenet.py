@@ -16,7 +16,7 @@ from rl_align import data
 from rl_align import errors
 from rl_align import pipeline
 from rl_align import train
-from rl_align import transfer
+from rl_align.runners import transfer as transfer_runner
 
 N_MOCK = 64
 
@@ -35,7 +35,7 @@ def test_imagenet_resized_source_streams_the_rows_load_gives(mock):
   idx = np.array([5, 0, 63, 5, 17])
   x, y = src.take(idx)
   assert x.dtype == np.uint8 and y.dtype == np.int32
-  np.testing.assert_array_equal(data._to_unit_float(x), ds.x[idx])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(data.to_unit_float(x), ds.x[idx])
   np.testing.assert_array_equal(y, ds.y[idx])
   view = src.subset(np.array([9, 3, 40]))
   np.testing.assert_array_equal(view.take([2, 0])[0], src.take([40, 9])[0])
@@ -51,11 +51,11 @@ def test_imagenet2012_source_resizes_each_image_at_any_size(mock):
   im = np.asarray(raw[4]["image"])
   assert im.shape[0] != im.shape[1]  # mock images have random, non-square sizes
   x, _ = src.take([4])
-  np.testing.assert_array_equal(x[0], data._square_resize(im, 12))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(x[0], data.square_resize(im, 12))
   flat = np.full((6, 10, 3), 7, np.uint8)  # a constant image stays constant under an area resize
-  assert (data._square_resize(flat, 4) == 7).all()  # pylint: disable=protected-access
+  assert (data.square_resize(flat, 4) == 7).all()
   ds = data.load("imagenet2012", split="train", image_size=12, max_examples=10)
-  np.testing.assert_array_equal(ds.x, data._to_unit_float(src.take(np.arange(10))[0]))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(ds.x, data.to_unit_float(src.take(np.arange(10))[0]))
   with pytest.raises(errors.ConfigError, match="varying size"):
     data.TfdsSource("imagenet2012", "train")
   with pytest.raises(errors.ConfigError, match="8, 16, 32, 64"):
@@ -127,7 +127,7 @@ def test_config_data_path_through_the_host_pipeline(mock):
   """What the engine's host-fed path will consume equals what the device-resident runner loads:
   the same halves, standardization and batches; upstream random labels without an [S, N] table."""
   c = imagenet.get_config("resnet18,tiny,res=32")
-  want = transfer.load_data(c, placement="device")  # the device-resident path: arrays in memory
+  want = transfer_runner.load_data(c, placement="device")  # the device-resident path: arrays in memory
   src = data.source(c.data.name, split="train", **c.data.kwargs)
   idx = data.split_indices(len(src), {"upstream": c.split.upstream,
                                       "downstream": c.split.downstream}, seed=c.split.seed)
@@ -153,7 +153,7 @@ def test_config_data_path_through_the_host_pipeline(mock):
     np.testing.assert_array_equal(chunk.y[s], want["y_down"][bi])
   test = data.source(c.data.name, split=c.data.test_split, **c.data.kwargs)
   tx, ty = test.take(np.arange(c.data.test_examples))
-  np.testing.assert_array_equal(data.standardize(data._to_unit_float(tx), mean, std),  # pylint: disable=protected-access
+  np.testing.assert_array_equal(data.standardize(data.to_unit_float(tx), mean, std),
                                 want["x_test"])
   np.testing.assert_array_equal(ty, want["y_test"])
 
@@ -171,7 +171,7 @@ def test_imagenet_tiny_runs_end_to_end_through_the_host_path(mock, tmp_path, mon
 
   with monkeypatch.context() as m:
     m.setattr(data, "load", forbidden("data.load"))
-    out = transfer.run(c, str(tmp_path))
+    out = transfer_runner.run(c, str(tmp_path))
   assert out["data"] == {"name": "imagenet", "placement": "host",
                          "sizes": {"upstream": 24, "downstream": 24, "test": 16}}
   assert list(out["arms"]) == list(imagenet.ARMS)
@@ -196,7 +196,7 @@ def test_imagenet_tiny_runs_end_to_end_through_the_host_path(mock, tmp_path, mon
     m.setattr(data, "load", forbidden("data.load"))
     m.setattr(train, "train", forbidden("train.train"))
     m.setattr(data, "channel_stats", forbidden("data.channel_stats"))
-    again = transfer.run(c, str(tmp_path))
+    again = transfer_runner.run(c, str(tmp_path))
   assert {k: v for k, v in again.items() if k != "runtime_s"} == {
       k: v for k, v in out.items() if k != "runtime_s"}
 
@@ -204,11 +204,11 @@ def test_imagenet_tiny_runs_end_to_end_through_the_host_path(mock, tmp_path, mon
 def test_auto_placement_picks_by_size(mock, monkeypatch):
   c = imagenet.get_config("resnet18,tiny,res=32")
   c.data.placement = "auto"
-  d = transfer.load_data(c)   # 24 images of 32x32x3: device
+  d = transfer_runner.load_data(c)   # 24 images of 32x32x3: device
   assert d["placement"] == "device" and d["x_up"].shape == (24, 32, 32, 3)
   arrays = d["x_up"]
   monkeypatch.setattr(data, "device_memory_bytes", lambda device=None: 100_000)   # 100 kB "device"
-  d = transfer.load_data(c)
+  d = transfer_runner.load_data(c)
   assert d["placement"] == "host" and isinstance(d["upstream"], pipeline.Reader)
   assert d["x_up"].shape == (16, 32, 32, 3)       # the first layerwise.num_examples, for the arms
   np.testing.assert_array_equal(d["x_up"], arrays[:16])   # the same rows, the same floats

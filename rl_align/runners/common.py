@@ -42,14 +42,9 @@ def source_kwargs(dcfg) -> dict:
 
 
 def load_split(dcfg, split: str) -> data_lib.ArrayDataset:
-  """One split of config.data: embedded sources take split as a keyword, tfds as a split name."""
-  name = dcfg.name
-  kw = source_kwargs(dcfg)
-  if name in ("gaussian", "photos"):
-    return data_lib.load(name, split=split, **kw)
-  if name == "digits":
-    return data_lib.load(name, **kw)
-  return data_lib.load(name, split=split, data_dir=dcfg.get("data_dir") or None, **kw)
+  """One split of config.data (`data.split_kwargs` says which sources take split / data_dir)."""
+  kw = data_lib.split_kwargs(dcfg.name, split, dcfg.get("data_dir") or None)
+  return data_lib.load(dcfg.name, **kw, **source_kwargs(dcfg))
 
 
 def standardize_like(train_x: np.ndarray, *others: np.ndarray, max_examples=None):
@@ -77,10 +72,10 @@ def _cut_splits(config, train, open_split):
   idx = data_lib.split_indices(len(train), sizes, seed=int(sp.seed))
   parts = {k: train.subset(v) for k, v in idx.items()}
   if "test" not in parts:
-    if dcfg.name == "digits":
+    if "split" not in data_lib.split_kwargs(dcfg.name, "test"):
       raise errors.ConfigError(
-          "digits has no test split: config.split.test is 0. Fix: carve one out of the 1797 "
-          "examples, e.g. --config.split.test=397.")
+          f"{dcfg.name} has no test split: config.split.test is 0. Fix: carve one out of its "
+          f"{len(train)} examples, e.g. --config.split.test={len(train) // 5}.")
     test = open_split(dcfg.get("test_split", "test"))
     cap = int(dcfg.get("test_examples", 0) or 0)
     parts["test"] = test.subset(np.arange(min(cap, len(test)))) if cap else test
@@ -108,13 +103,8 @@ def load_splits(config) -> tuple[dict[str, data_lib.ArrayDataset], dict[str, np.
 
 def source_split(dcfg, split: str) -> data_lib.Source:
   """One split of config.data as a streaming `data.Source` (nothing loaded): `load_split`'s rows."""
-  name = dcfg.name
-  kw = source_kwargs(dcfg)
-  if name == "digits":
-    return data_lib.source(name, **kw)
-  if name in ("gaussian", "photos"):
-    return data_lib.source(name, split=split, **kw)
-  return data_lib.source(name, split=split, data_dir=dcfg.get("data_dir") or None, **kw)
+  kw = data_lib.split_kwargs(dcfg.name, split, dcfg.get("data_dir") or None)
+  return data_lib.source(dcfg.name, **kw, **source_kwargs(dcfg))
 
 
 def source_splits(config) -> tuple[dict[str, data_lib.Source], dict[str, np.ndarray]]:

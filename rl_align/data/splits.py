@@ -1,0 +1,50 @@
+"""Disjoint splits from one seeded permutation, and random labels.
+
+    from rl_align.data import splits
+    idx = splits.split_indices(50_000, {"upstream": 20_000, "downstream": 25_000}, seed=0)
+    y = splits.random_labels(jax.random.key(1), 20_000, num_classes=10)
+"""
+import numbers
+from typing import Mapping, Union
+
+import jax
+import numpy as np
+
+from rl_align import errors
+from rl_align.data.core import check_count, check_num_classes
+
+
+def split_indices(n: int, sizes: Mapping[str, int], seed: int) -> dict:
+  """Disjoint index sets of range(n) cut in the given order from ONE seeded permutation.
+
+  E.g. split_indices(50000, {"upstream": 20000, "downstream": 25000, "test": 5000}, seed=0).
+  Each set is in permuted (random) order; a part of the permutation may stay unused.
+  """
+  check_count("split_indices: n", n)
+  for key, size in sizes.items():
+    check_count(f"split size {key!r}", size)
+  total = sum(sizes.values())
+  if total > n:
+    raise errors.ConfigError(
+        f"split sizes {dict(sizes)} sum to {total} > {n} available examples. "
+        "Fix: shrink the splits so that they fit.")
+  perm = np.random.default_rng(seed).permutation(n)
+  out, start = {}, 0
+  for key, size in sizes.items():
+    out[key] = perm[start:start + size]
+    start += size
+  return out
+
+
+def random_labels(seed_or_key: Union[int, jax.Array], n: int, num_classes: int) -> np.ndarray:
+  """int32 [n] labels drawn i.i.d. uniform in [0, num_classes), once per example.
+
+  `seed_or_key` is an int (meaning jax.random.key(seed)) or a jax PRNG key (typed or raw).
+  """
+  check_count("random_labels: n", n)
+  check_num_classes(num_classes)
+  key = seed_or_key
+  if isinstance(key, numbers.Integral):
+    key = jax.random.key(int(key))
+  y = jax.random.randint(key, (n,), 0, num_classes, dtype=np.int32)
+  return np.asarray(y, np.int32)
