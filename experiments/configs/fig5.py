@@ -55,6 +55,7 @@ PAPER_REFERENCE = {"iterations": (1000, 2000),
                    "covariance": (0.735, 0.88), "scratch": (0.64, 0.79)}
 ARMS = ("scratch", "pretrained", "pretrained_no_rescaling", "covariance", "covariance_L2",
         "covariance_L3", "pca_whitening", "f_only")
+FMNIST_ARMS = ARMS[:6]
 
 
 def shared_fields() -> ml_collections.ConfigDict:
@@ -173,11 +174,42 @@ def tiny(c) -> ml_collections.ConfigDict:
   return c
 
 
+def fmnist(c, tiny_run: bool = False) -> ml_collections.ConfigDict:
+  """Fashion-MNIST with the paper's protocol where a 2-core CPU allows (module docstring)."""
+  if tiny_run:
+    c = tiny(c)
+    c.data = shared.fmnist_data()
+    c.data.test_examples = 64
+    c.f_only.source = "upstream"
+    c.arms = FMNIST_ARMS
+    return c
+  c.title = "Fig 5 (Fashion-MNIST: conv 64, 2k upstream, 25k downstream, 8 seeds)"
+  c.data = shared.fmnist_data()
+  c.split = ml_collections.ConfigDict({"upstream": 2000, "downstream": 25_000, "test": 0,
+                                       "seed": 0})
+  c.model.features = 64
+  t = c.train
+  t.batch_size, t.num_seeds, t.train_eval_examples = 128, 8, 1000
+  t.checkpoint_every_secs = 60.0
+  c.upstream.update({"num_steps": 1500, "eval_every_steps": 250, "train_eval_examples": 1000})
+  c.downstream.update({"num_steps": 300, "eval_every_steps": 15, "train_eval_examples": 1000})
+  c.layerwise.num_examples = 1000
+  c.arms = FMNIST_ARMS
+  c.f_only.source = "upstream"
+  c.speedup_thresholds = (0.7, 0.75, 0.8)
+  c.report_steps = (30, 75, 150, 300)
+  c.paper_reference = None
+  return c
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, scale=common.OneOf("paper", "local", "tiny"), all_layers=False,
-                       random=False)
+                       random=False, fmnist=False)
+  shared.check_fmnist_scale(a.fmnist, a.scale)
   c = shared_fields()
-  if a.scale == "local":
+  if a.fmnist:
+    c = fmnist(c, tiny_run=a.scale == "tiny")
+  elif a.scale == "local":
     c = local(c)
   elif a.scale == "tiny":
     c = tiny(c)
