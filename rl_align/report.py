@@ -275,6 +275,9 @@ def fig4_shape_row(labels: str, res: Mapping[str, Any], plot: str) -> dict[str, 
   (i) the seed-mean peak f rises at every snapshot; (ii) final peak > init level by Z SE."""
   ep = f_epochs(res)
   f0, fT, lam = ep["f"][0], ep["f"][-1], ep["lam"]
+  if not len(fT) or not len(f0):
+    return row("Fig 4", f"{labels} labels: shape of f over epochs", "", "no finished seed",
+               "", NOT_EVALUABLE, plot)
   base = float(f0.mean())
   pk = peak(fT, lam)
   rise = pk["f"]["mean"] - base
@@ -315,6 +318,9 @@ def fig4_magnitude_row(labels: str, res: Mapping[str, Any], plot: str) -> dict[s
   ref = PAPER_FIG4.get(labels)
   if ref is None:
     return row("Fig 4", f"{labels} labels: magnitude of f", "n/a", f"label kind {labels!r}", "",
+               NOT_EVALUABLE, plot)
+  if not len(ep["f"][-1]):
+    return row("Fig 4", f"{labels} labels: magnitude of f", "", "no finished seed", "",
                NOT_EVALUABLE, plot)
   pk = peak(ep["f"][-1], ep["lam"])
   ratio_f, ratio_l = pk["f"]["mean"] / ref["peak_f"], pk["lam"] / ref["peak_lambda"]

@@ -301,3 +301,17 @@ def test_binary_exit_code_and_sweep_workdir(workdirs, tmp_path):
   proc = subprocess.run([sys.executable, "-m", "experiments.report", str(tmp_path / "none")],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_fig4_rows_without_a_finished_seed_are_not_evaluable():
+  snap = lambda step: {"step": step, "epoch": step / 4, "f": [[0.1, 0.2], [0.1, 0.3]],
+                       "diverged": [True, True]}
+  res = {"eigenvalues": [2.0, 1.0], "snapshots": [snap(0), snap(4)]}
+  for labels in ("random", "real"):
+    assert report.fig4_shape_row(labels, res, None)["verdict"] == "not evaluable"
+    assert report.fig4_magnitude_row(labels, res, None)["verdict"] == "not evaluable"
+  res["snapshots"] = [dict(s, diverged=[False, False]) for s in res["snapshots"]]
+  # Both seeds peak at the smaller lambda (index 1) and f does not change between the snapshots.
+  row = report.fig4_magnitude_row("real", res, None)
+  assert "peak 0.250 ± 0.050 SE (n=2 seeds) at λ=1.000" in row["ours"]
+  assert row["verdict"] == "partly"      # f 0.25 is 10x the paper's 0.024; lambda 1.0 vs 1.1 is in
