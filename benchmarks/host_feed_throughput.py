@@ -10,7 +10,7 @@ per-member random labels.  Arms (``--arms``):
   threads), consumed as fast as they come.
 - ``stream_put``: as ``stream``, and each chunk placed on the devices sharded over members
   (`pipeline.putter`), as the engine's host-fed path consumes it.
-- ``engine_device``: the engine (`train.Engine.chunk`) training the paper CNN (``--features``
+- ``engine_device``: the engine (`engine_core.Engine.chunk`) training the paper CNN (``--features``
   filters) on the device-resident set (x replicated, per-member labels [S, N]), one call per chunk.
 - ``engine_host``: the same engine training on the ``stream_put`` chunks (`Engine.chunk_fed`),
   the pipeline running on its grain thread meanwhile: ``vs_engine_device`` is the issue's
@@ -36,8 +36,6 @@ Usage::
 Extending: register an arm class in ``ARMS`` with ``setup()``, ``run()`` (one timed round),
 ``steps()`` (engine steps per round) and ``close()``.
 """
-import rl_align  # pylint: disable=unused-import  # before jax: one XLA host device per core
-
 import json
 import os
 import platform
@@ -50,12 +48,15 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from experiments import host_devices
 from rl_align import data
 from rl_align import errors
 from rl_align import machine
 from rl_align import models
 from rl_align import pipeline
-from rl_align import train
+from rl_align import seeds as seeds_lib
+from rl_align.engine import config as engine_config
+from rl_align.engine import core as engine_core
 
 FLAGS = flags.FLAGS
 
@@ -125,24 +126,24 @@ class StreamPutArm(StreamArm):
     super().__init__(*args)
     devices = jax.local_devices()
     n = max(d for d in range(1, len(devices) + 1) if self.feed.num_members % d == 0)
-    mesh = jax.make_mesh((n,), ("seed",), devices=devices[:n])
-    self.put = pipeline.putter(NamedSharding(mesh, P("seed")))
+    mesh = jax.make_mesh((n,), ("member",), devices=devices[:n])
+    self.put = pipeline.putter(NamedSharding(mesh, P("member")))
 
 
 class _EngineArm(_FeedArm):
-  """The paper CNN in `train.Engine`, S members, trained chunk by chunk."""
+  """The paper CNN in `engine_core.Engine`, S members, trained chunk by chunk."""
   features = 256
 
   def setup(self) -> float:
     t0 = time.perf_counter()
     feed = self.feed
-    cfg = train.default_config()
+    cfg = engine_config.default_config()
     cfg.num_seeds, cfg.batch_size, cfg.seed, cfg.num_steps = (
         feed.num_members, feed.batch_size, feed.data_seed, 10 ** 6)
     model = models.PaperCNN(features=self.features, num_classes=feed.labels.num_classes)
-    eng = train.Engine(model, cfg, feed.n, (feed.n,) + feed.example_shape, feed.num_members)
-    members = train.Members.of(cfg).padded(eng.m_pad)
-    self.eng, self.members, self.layout = eng, members, eng.layout
+    eng = engine_core.Engine(model, cfg, (feed.n,) + feed.example_shape, feed.num_members)
+    members = seeds_lib.Members.of(cfg).padded(eng.m_pad)
+    self.eng, self.members, self.layout = eng, members, eng.layout.name
     self.state = eng.initial_state(members)
     self._inputs(feed, cfg)
     self.start = 0
@@ -150,7 +151,7 @@ class _EngineArm(_FeedArm):
     return time.perf_counter() - t0
 
   def params(self):
-    return train.to_host(self.state.params, self.feed.num_members)
+    return engine_core.to_host(self.state.params, self.feed.num_members)
 
   def close(self) -> None:
     self.state = self.eng = None
@@ -159,7 +160,7 @@ class _EngineArm(_FeedArm):
 class EngineDeviceArm(_EngineArm):
   def _inputs(self, feed, cfg):
     x, _ = feed.head(feed.n)   # the whole training set, standardized, on the device
-    labels = train.random_labels(feed.labels.root_seed, train.seed_ids(cfg), feed.n,
+    labels = seeds_lib.random_labels(feed.labels.root_seed, seeds_lib.seed_ids(cfg), feed.n,
                                  feed.labels.num_classes)
     self.inputs = self.eng.put_inputs(self.members, x, labels)
 
@@ -172,14 +173,14 @@ class EngineDeviceArm(_EngineArm):
 class EngineHostArm(_EngineArm):
   def _inputs(self, feed, cfg):
     del cfg
-    rows = pipeline.local_rows(self.eng.seeded, self.eng.m_pad)
+    rows = pipeline.local_rows(self.eng.member_sharding, self.eng.m_pad)
     self.local = pipeline.HostFeed(
         feed.source, seed_ids=[self.members.ids[r] for r in rows], data_seed=feed.data_seed,
         batch_size=feed.batch_size, labels=feed.labels, mean=feed.mean, std=feed.std,
         num_threads=feed.num_threads, prefetch=feed.prefetch)
-    self.hparams = self.eng.put_seeded(self.members.hparams())
-    self.sums = (self.eng.put_seeded(np.zeros(self.eng.m_pad, np.float32)),) * 2
-    self.put = pipeline.putter(self.eng.seeded)
+    self.hparams = self.eng.put_members(self.members.hparams())
+    self.sums = (self.eng.put_members(np.zeros(self.eng.m_pad, np.float32)),) * 2
+    self.put = pipeline.putter(self.eng.member_sharding)
 
   def run(self) -> None:
     for c in self.local.chunks(self._bounds(), put=self.put):
@@ -258,6 +259,7 @@ def run_benchmark(arms, seeds: int, batch_size: int, size: int, n: int, steps_pe
 
 def main(argv):
   del argv
+  host_devices.expose_host_cores()   # before any device use: one XLA host device per core
   try:
     out = run_benchmark(list(FLAGS.arms), FLAGS.seeds, FLAGS.batch_size, FLAGS.size,
                         FLAGS.num_examples, FLAGS.steps_per_chunk, FLAGS.chunks, FLAGS.repeats,

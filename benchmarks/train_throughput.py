@@ -30,7 +30,7 @@ Usage::
         --arms=engine,naive_jax,torch --json=/tmp/d.json
     # every layout at S=8 and S=16, engine only:
     python -m benchmarks.train_throughput --model=small_cnn --seeds=8,16 --steps=2 --arms=engine \\
-        --layout=vmap,unroll,map,map_im2col --json=/tmp/l.json
+        --layout=vmap,unroll,map,map:im2col --json=/tmp/l.json
 
 The JSON holds the headline (the first engine arm) as ``model_steps_per_s``, ``gflops_per_s``,
 ``peak_gflops_per_s`` and ``peak_fraction``, and one entry per arm under ``arms``, with its ratios
@@ -44,8 +44,6 @@ model-step in its layout and dtype, the floor max(FLOPs / peak, bytes / bandwidt
 matmul peak of its dtype and the copy bandwidth both measured at the start of this run (top-level
 ``roofline.limits``), which of the two binds, and ``fraction_of_floor`` = floor / measured time.
 """
-import rl_align  # pylint: disable=unused-import  # before jax: one XLA host device per core
-
 import json
 import os
 import platform
@@ -62,17 +60,22 @@ import numpy as np
 import optax
 
 from benchmarks import roofline
+from experiments import host_devices
 from rl_align import models
-from rl_align import train
+from rl_align import seeds as seeds_lib
+from rl_align.engine import config as engine_config
+from rl_align.engine import core as engine_core
+from rl_align.engine import layout as engine_layout
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "paper_cnn", ["paper_cnn", "fig20_dense", "small_cnn"], "Workload.")
 flags.DEFINE_list("seeds", ["16"], "Numbers of seeds S (comma list); one engine arm per S and layout.")
 flags.DEFINE_integer("steps", 2, "SGD steps per seed per timed round, for every arm.")
 flags.DEFINE_list("arms", ["engine", "naive_jax", "torch"], "Arms: engine, naive_jax, torch.")
-flags.DEFINE_list("layout", ["auto"], "Engine seed layouts (comma list): auto, vmap, unroll, map, "
-                  "map_im2col, map_fused, vmap_im2col; append ':im2col', ':fused' or ':lax' "
-                  "to set the conv models' conv_impl (e.g. unroll:im2col), '@D' to use only the "
+flags.DEFINE_list("layout", ["auto"], "Engine layouts (comma list): a member lift auto, vmap, "
+                  "unroll or map; append ':lax', ':im2col', ':fused' or ':pallas' to set the conv "
+                  "models' conv_impl (e.g. map:fused; without it: the model's own, auto for auto), "
+                  "'@D' to use only the "
                   "first D devices (e.g. map@1) and '/M' for gradient micro-batches of M "
                   "examples (e.g. auto/8; /B with B the batch: none).")
 flags.DEFINE_integer("repeats", 2, "Timed rounds; an arm's time is its best round.")
@@ -140,9 +143,6 @@ def matmul_peak(n: int = 4096, reps: int = 3) -> dict[str, float]:
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     out["torch"] = best(lambda: ta @ tb)
   return out
-
-
-_dot_conv_flops = roofline.dot_conv_flops   # the jaxpr dot/conv count (benchmarks/roofline.py)
 
 
 def _cost_flops(compiled) -> float:
@@ -220,7 +220,7 @@ def copy_params_to_torch(tmodel, params, input_shape) -> None:
 def _data(model_name: str, batch: int, n: int, seeds: int):
   rng = np.random.default_rng(0)
   x = rng.standard_normal((n,) + tuple(WORKLOADS[model_name]["input"]), dtype=np.float32)
-  labels = train.random_labels(0, range(seeds), n, 10)
+  labels = seeds_lib.random_labels(0, range(seeds), n, 10)
   return x, labels
 
 
@@ -230,9 +230,12 @@ class EngineArm:
 
   def __init__(self, model, x, labels, seeds: int, layout: str, batch: int, steps: int,
                devices: int = 0, microbatch: int = 0):
-    cfg = train.default_config()
+    cfg = engine_config.default_config()
     cfg.optimizer, cfg.learning_rate, cfg.momentum = "momentum", LEARNING_RATE, MOMENTUM
-    cfg.num_seeds, cfg.batch_size, cfg.seed_layout = seeds, batch, layout
+    cfg.num_seeds, cfg.batch_size = seeds, batch
+    lift, _, impl = layout.partition(":")
+    own = getattr(model, "conv_impl", None) if lift != "auto" else None
+    cfg.member_lift, cfg.conv_impl = lift, impl or own or "auto"
     cfg.num_steps, cfg.grad_microbatch = 10 ** 6, microbatch
     self.cfg, self.model, self.x, self.labels = cfg, model, x, labels
     self.seeds, self.steps, self.requested_layout = seeds, steps, layout
@@ -241,17 +244,14 @@ class EngineArm:
   def setup(self) -> float:
     t = time.perf_counter()
     cfg, x = self.cfg, self.x
-    cfg.num_devices = self.devices  # 0: the engine's choice (train.choose_devices)
-    eng = train.Engine(self.model, cfg, len(x), x.shape, self.seeds)
-    self.eng, self.layout = eng, eng.layout
-    impl = getattr(eng.model, "conv_impl", None)
-    if impl in ("im2col", "fused", "pallas") and not eng.layout.endswith(impl):
-      self.layout += f":{impl}"
+    cfg.num_devices = self.devices  # 0: the engine's choice (engine_layout.choose_devices)
+    eng = engine_core.Engine(self.model, cfg, x.shape, self.seeds)
+    self.eng, self.layout = eng, eng.layout.name
     if self.devices:
       self.layout += f"@{eng.mesh.size}"
     if eng.microbatch < cfg.batch_size:
       self.layout += f"/{eng.microbatch}"
-    members = train.Members.of(cfg).padded(eng.m_pad)
+    members = seeds_lib.Members.of(cfg).padded(eng.m_pad)
     self.state = eng.initial_state(members)
     self.inputs = eng.put_inputs(members, x, self.labels)
     self.t = 0
@@ -311,7 +311,7 @@ class NaiveJaxArm:
     self.idx = [[jax.device_put(rng.permutation(n)[:self.batch].astype(np.int32), dev)
                  for _ in range(self.steps)] for _ in range(self.seeds)]
     init = jax.jit(lambda k: self.model.init(k, jnp.zeros((1,) + self.x.shape[1:]))["params"])
-    self.params = [init(train.seed_key(0, s, 1)) for s in range(self.seeds)]
+    self.params = [init(seeds_lib.seed_key(0, s, seeds_lib.INIT_STREAM)) for s in range(self.seeds)]
     self.opt = [tx.init(p) for p in self.params]
     self.run()
     return time.perf_counter() - t
@@ -415,7 +415,7 @@ def _parse_layout(spec: str):
   rest, _, micro = spec.partition("/")
   rest, _, dev = rest.partition("@")
   lay, _, impl = rest.partition(":")
-  if lay not in train.LAYOUTS or (impl and impl not in models.CONV_IMPLS):
+  if lay not in ("auto",) + engine_layout.MEMBER_LIFTS or (impl and impl not in models.CONV_IMPLS):
     return None
   if any(v and not (v.isdigit() and int(v) >= 1) for v in (dev, micro)):
     return None
@@ -442,7 +442,9 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
     raise app.UsageError(f"--arms has unknown arms {bad}; choose from {ARMS}.")
   bad = [l for l in layouts if _parse_layout(l) is None]
   if bad:
-    raise app.UsageError(f"--layout has unknown layouts {bad}; choose from {train.LAYOUTS}.")
+    lifts = ("auto",) + engine_layout.MEMBER_LIFTS
+    raise app.UsageError(f"--layout has unknown layouts {bad}; choose from {lifts}, each with an "
+                         "optional ':conv_impl'.")
   if steps < 1 or repeats < 1:
     raise app.UsageError("--steps and --repeats must be >= 1.")
   bad = [d for d in dtypes if d not in models.DTYPES]
@@ -473,7 +475,7 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
   p0 = jax.jit(lambda k: model.init(k, jnp.zeros((1,) + x.shape[1:]))["params"])(jax.random.key(0))
   args = (p0, tx.init(p0), jnp.asarray(x), jnp.asarray(labels[0]), jnp.arange(batch, dtype=jnp.int32))
   xla_flops = _cost_flops(jax.jit(step).lower(*args).compile())
-  jaxpr_flops = _dot_conv_flops(jax.make_jaxpr(step)(*args).jaxpr)
+  jaxpr_flops = roofline.dot_conv_flops(jax.make_jaxpr(step)(*args).jaxpr)
   # XLA:GPU's cost analysis leaves out convolutions that run as cuDNN custom calls (the paper
   # CNN: 7.9 vs 29.0 GFLOP, the small CNN: 0.06 vs 14.9): take the larger of the two counts.
   flops = max(xla_flops, jaxpr_flops)
@@ -490,7 +492,8 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
         m = model.clone(dtype=dt)
         if impl and models.is_conv_model(model):
           m = m.clone(conv_impl=impl)
-        todo.append(EngineArm(m, x, labels[:s], s, lay, batch, steps, n_dev, micro))
+        todo.append(EngineArm(m, x, labels[:s], s, f"{lay}:{impl}" if impl else lay, batch, steps,
+                              n_dev, micro))
         todo[-1].requested_layout, todo[-1].dtype = req, dt
     bs = min(s, baseline_seeds) if baseline_seeds > 0 else s
     if "naive_jax" in arms:
@@ -660,6 +663,7 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def main(argv):
+  host_devices.expose_host_cores()   # before any device use: one XLA host device per core
   try:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")

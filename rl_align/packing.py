@@ -19,13 +19,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from rl_align import seeds
 from rl_align import train
 
 # Model fields that change only the init, not the program (the engine inits each call's model).
 INIT_FIELDS = ("kernel_init", "init_scale", "first_layer_init", "first_layer_scale",
                "first_layer_std", "residual_init_scale")
 # Engine-config fields that may differ between the members of one program.
-MEMBER_FIELDS = train.MEMBER_HPARAMS + ("seed", "seed_offset", "num_seeds")
+MEMBER_FIELDS = seeds.MEMBER_HPARAMS + ("seed", "seed_offset", "num_seeds")
 
 
 def program_model(model):

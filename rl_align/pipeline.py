@@ -1,6 +1,6 @@
 """Host input pipeline: the engine's batches computed on the host and streamed with grain.
 
-The multi-seed engine (`rl_align.train`) draws member s's batch at step t on the device:
+The multi-member engine (`rl_align.train`) draws member s's batch at step t on the device:
 epoch e = t // spe, i = t % spe (spe = N // B steps per epoch),
 perm = jax.random.permutation(fold_in(data_key_s, e), N), idx = perm[i*B:(i+1)*B], and takes
 x[idx] with labels[s, idx].  This module computes the same indices, and the same random labels
@@ -18,7 +18,7 @@ host-fed run can see exactly the batches of a device-resident one::
       c.t0, c.t1, c.x, c.y               # x [S, T, B, 16, 16, 3] float32, y [S, T, B] int32
 
     pipeline.batch_indices(0, 3, n=5000, batch_size=128, t0=0, t1=39)     # [T, B], seed id 3
-    pipeline.random_labels_at(1, 3, idx, 10)   # == train.random_labels(1, [3], n, 10)[0][idx]
+    seeds.random_labels(1, [3], None, 10, idx=idx[None])[0]   # == the engine's draw at idx
 
 Decoding and resizing happen in the source's `take` (`rl_align.data.Source`), the uint8 -> [0, 1]
 conversion and the per-channel standardization (given statistics; for uint8 sources a [256, C]
@@ -33,14 +33,8 @@ Several processes: each process builds the feed for the members of its addressab
 (`local_rows(sharding, num_members)` -> the rows, then their seed ids), and puts each chunk with
 `jax.make_array_from_process_local_data` (`putter(sharding)`).
 
-Random labels, exactly.  `train.random_labels` draws `jax.random.randint(key, (n,), 0, K)`.  With
-the default partitionable threefry (`jax_threefry_partitionable`, on since jax 0.5), randint splits
-its key into k1, k2 and takes 32 random bits per element, element i's bits being the threefry hash
-of the counter (0, i) under the key, XOR-ed to one word.  `fold_in(k, i)` hashes the same counter
-(0, i) under k, so its key data XOR-ed is element i's bits: bits_i(k) = xor(key_data(fold_in(k, i))).
-randint then returns ((bits_i(k1) % K) * ((2**16 % K)**2 % K) + bits_i(k2) % K) % K in uint32.
-`random_labels_at` evaluates that per index with public jax.random calls (split, fold_in,
-key_data); tests check it against `train.random_labels` for many n, K and index sets.
+Random labels: `seeds.random_labels(..., idx=...)` evaluates the engine's draw at the indices of a
+batch only (see `rl_align.seeds`), so a random-label feed holds no [S, N] table.
 """
 import collections
 import dataclasses
@@ -55,11 +49,8 @@ import numpy as np
 
 from rl_align import data as data_lib
 from rl_align import errors
-from rl_align import train
-
-
-# fold_in tags of the engine's per-seed streams: the data order and the random labels.
-DATA_STREAM, LABEL_STREAM = train.DATA_STREAM, train.LABEL_STREAM
+from rl_align import seeds
+from rl_align.engine import feed as feed_lib
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,69 +61,6 @@ def _cpu():
   return jax.local_devices(backend="cpu")[0]
 
 
-def _check_prng() -> None:
-  if not jax.config.jax_threefry_partitionable or jax.config.jax_default_prng_impl != "threefry2x32":
-    raise errors.ConfigError(
-        "per-example random labels need jax's default partitionable threefry PRNG, but "
-        f"jax_threefry_partitionable={jax.config.jax_threefry_partitionable} and "
-        f"jax_default_prng_impl={jax.config.jax_default_prng_impl!r}. Fix: leave both at their "
-        "defaults (True, 'threefry2x32').")
-
-
-def _bits_at(key, idx):
-  """uint32 bits of element idx (any shape) of random_bits(key, 32, (n,)), for any n > idx."""
-  data = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(key, i)))(idx.reshape(-1))
-  return (data[:, 0] ^ data[:, 1]).reshape(idx.shape)
-
-
-@jax.jit
-def _labels_jit(keys, idx, num_classes):
-  """randint(key_s, (n,), 0, K)[idx_s] for each row s: keys [S], idx [S, ...] uint32 -> int32."""
-  def one(key, ix):
-    k1, k2 = jax.random.split(key)
-    span = num_classes.astype(jnp.uint32)
-    mult = jnp.uint32(2 ** 16) % span
-    mult = (mult * mult) % span
-    out = ((_bits_at(k1, ix) % span) * mult + _bits_at(k2, ix) % span) % span
-    return out.astype(jnp.int32)
-  return jax.vmap(one)(keys, idx)
-
-
-def _label_keys(root_seed: int, seed_ids: Sequence[int]):
-  return jnp.stack([train.seed_key(int(root_seed), int(s), LABEL_STREAM) for s in seed_ids])
-
-
-def random_labels_per_member(root_seed: int, seed_ids: Sequence[int], idx,
-                             num_classes: int) -> np.ndarray:
-  """int32 labels [S, ...]: row s = random_labels_at(root_seed, seed_ids[s], idx[s], K)."""
-  data_lib.check_num_classes(num_classes)
-  _check_prng()
-  idx = np.asarray(idx)
-  if idx.shape[:1] != (len(seed_ids),):
-    raise errors.DataError(f"random labels: idx must be [S={len(seed_ids)}, ...], one row per "
-                           f"seed id, got shape {idx.shape}. Fix: stack one index row per member.")
-  if idx.size and (idx.min() < 0 or idx.max() >= 2 ** 32):
-    raise errors.DataError(f"random labels: indices must lie in [0, 2**32), got [{idx.min()}, "
-                           f"{idx.max()}]. Fix: pass example indices.")
-  flat = idx.reshape(len(seed_ids), -1)
-  width = max(256, 1 << (flat.shape[1] - 1).bit_length())  # few shapes: few compilations
-  padded = np.zeros((len(seed_ids), width), np.uint32)
-  padded[:, :flat.shape[1]] = flat
-  with jax.default_device(_cpu()):
-    out = _labels_jit(_label_keys(root_seed, seed_ids), padded, jnp.int32(num_classes))
-  return np.asarray(out)[:, :flat.shape[1]].reshape(idx.shape)
-
-
-def random_labels_at(root_seed: int, seed_id: int, idx, num_classes: int) -> np.ndarray:
-  """The random labels of examples `idx` (any shape) for one seed id: int32, shaped like idx.
-
-  Exactly train.random_labels(root_seed, [seed_id], n, num_classes)[0][idx] for any n > max(idx),
-  computed per index (O(|idx|) work and memory, no [N] row).
-  """
-  idx = np.asarray(idx)
-  return random_labels_per_member(root_seed, [seed_id], idx[None], num_classes)[0]
-
-
 @functools.partial(jax.jit, static_argnums=(2,))
 def _permutation_jit(key, epoch, n):
   return jax.random.permutation(jax.random.fold_in(key, epoch), n)
@@ -141,7 +69,7 @@ def _permutation_jit(key, epoch, n):
 def epoch_permutation(data_seed: int, seed_id: int, epoch: int, n: int) -> np.ndarray:
   """int32 [n]: the engine's example order in `epoch` for one seed id (its data stream)."""
   with jax.default_device(_cpu()):
-    key = train.seed_key(int(data_seed), int(seed_id), DATA_STREAM)
+    key = seeds.seed_key(int(data_seed), int(seed_id), seeds.DATA_STREAM)
     out = _permutation_jit(key, jnp.int32(epoch), int(n))
   return np.asarray(out)
 
@@ -270,12 +198,12 @@ class Reader:
 
 @dataclasses.dataclass(frozen=True)
 class RandomLabels:
-  """Per-member random labels: member s gets train.random_labels(root_seed, [s], N, K)."""
+  """Per-member random labels: member s gets seeds.random_labels(root_seed, [s], N, K)."""
   root_seed: int
   num_classes: int
 
 
-class HostFeed:
+class HostFeed(feed_lib.Feed):
   """The engine's batches for members `seed_ids` from a `data.Source`, chunk by chunk.
 
   Args:
@@ -302,8 +230,8 @@ class HostFeed:
     self.steps_per_epoch = _check_steps(self.n, self.batch_size, 0, 0)
     self.example_shape = tuple(source.example_shape)
     if isinstance(labels, RandomLabels):
-      data_lib.check_num_classes(labels.num_classes)
-      _check_prng()
+      seeds.check_num_classes(labels.num_classes)
+      seeds.check_prng()
     elif labels is not None:
       labels = np.asarray(labels)
       if (labels.ndim not in (1, 2) or labels.shape[-1] != self.n
@@ -357,8 +285,8 @@ class HostFeed:
   def labels_at(self, idx: np.ndarray, source_labels: Optional[np.ndarray] = None) -> np.ndarray:
     """int32 [S, ...] labels of member rows `idx` [S, ...]."""
     if isinstance(self.labels, RandomLabels):
-      return random_labels_per_member(self.labels.root_seed, self.seed_ids, idx,
-                                      self.labels.num_classes)
+      return seeds.random_labels(self.labels.root_seed, self.seed_ids, None,
+                                 self.labels.num_classes, idx=idx)
     if self.labels is None:
       return np.asarray(source_labels, np.int32).reshape(idx.shape)
     if self.labels.ndim == 1:
@@ -394,3 +322,18 @@ class HostFeed:
   def chunks(self, bounds: Sequence[tuple], put: Optional[Callable[[Chunk], Chunk]] = None):
     """Iterates the chunks `bounds` in order (see `dataset`)."""
     return iter(self.dataset(bounds, put))
+
+  def buffers(self, sharding, member_ids: Sequence[int], start: int, stop: int):
+    """The engine's buffers (`engine.feed.Feed.buffers`): chunks of one length T (at most
+    `chunk_bytes` of inputs), consecutive from `start` until they cover `stop`, of the members
+    this process's devices hold under `sharding` (a feed for their seed ids; prefetched on a
+    grain thread and placed on the devices there)."""
+    rows = local_rows(sharding, len(member_ids))
+    local = HostFeed(self.source, seed_ids=[member_ids[r] for r in rows],
+                     data_seed=self.data_seed, batch_size=self.batch_size, labels=self.labels,
+                     mean=self.mean, std=self.std, num_threads=self.num_threads,
+                     prefetch=self.prefetch, chunk_bytes=self.chunk_bytes)
+    length = min(stop - start, max_chunk_steps(len(rows), self.batch_size, self.example_shape,
+                                               self.chunk_bytes))
+    bounds = [(t, t + length) for t in range(start, stop, length)]  # the last may run past stop
+    return local.chunks(bounds, putter(sharding))

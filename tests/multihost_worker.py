@@ -7,7 +7,7 @@
 Trains `models.PaperCNN(features=4, hidden=8, num_classes=4)`, 4 seeds (`--num_seeds`), 2 epochs,
 batch 16, on the embedded photos (96 examples, 8x8) with random labels (root seed 1), either
 host-fed (`pipeline.HostFeed`, the default) or device-resident (`--device`: the standardized array
-and `train.random_labels`), with a workdir (DIR/workdir, checkpoints included).  Process 0 writes
+and `seeds.random_labels`), with a workdir (DIR/workdir, checkpoints included).  Process 0 writes
 DIR/params.npz (the flattened leaves of the final params, `leaf_0000`, ...) and
 DIR/train_accuracy.npy.  Every process writes DIR/feed_<process_id>.json: the seed ids and steps of
 every chunk a HostFeed loaded in it (the training batches only; the engine's train eval set comes
@@ -24,7 +24,7 @@ from rl_align import distributed
 
 
 def _cfg(train, num_seeds, num_epochs=2):
-  c = train.default_config()
+  c = engine_config.default_config()
   c.num_seeds, c.num_epochs, c.batch_size, c.log_every_steps = num_seeds, num_epochs, 16, 3
   c.train_eval_examples, c.seed, c.checkpoint_every_secs = 32, 5, 0.0
   return c
@@ -49,7 +49,8 @@ def main(argv=None) -> None:
   logging.set_verbosity(logging.INFO)   # the engine's "on N cpu device(s) in P process(es)" line
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from rl_align import data, models, pipeline, train  # pylint: disable=g-import-not-at-top
+  from rl_align import data, models, pipeline, seeds, train  # pylint: disable=g-import-not-at-top
+  from rl_align.engine import config as engine_config  # pylint: disable=g-import-not-at-top
 
   loads = []   # (seed ids, t0, t1) of every chunk a HostFeed loaded in this process
   load = pipeline.HostFeed.load
@@ -71,10 +72,10 @@ def main(argv=None) -> None:
   if args.device:
     x_u8, _ = src.take(np.arange(len(src)))
     x = data.standardize(data.to_unit_float(x_u8), mean, std)
-    labels = train.random_labels(1, train.seed_ids(cfg), len(x), 4)
+    labels = seeds.random_labels(1, seeds.seed_ids(cfg), len(x), 4)
     res = train.train(model, cfg, x, labels, workdir=workdir)
   else:
-    feed = pipeline.HostFeed(src, seed_ids=train.seed_ids(cfg), data_seed=cfg.seed,
+    feed = pipeline.HostFeed(src, seed_ids=seeds.seed_ids(cfg), data_seed=cfg.seed,
                              batch_size=cfg.batch_size, mean=mean, std=std,
                              labels=pipeline.RandomLabels(1, 4))
     if args.buffer_steps:   # buffers of that many steps for up to 4 local members

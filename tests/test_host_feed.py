@@ -3,12 +3,13 @@ import jax
 import numpy as np
 import pytest
 
-from rl_align import data, models, pipeline, train
+from rl_align import data, models, pipeline, seeds, train
+from rl_align.engine import config as engine_config
 from tests.tolerances import f32_tol
 
 
 def _cfg(**kw):
-  c = train.default_config()
+  c = engine_config.default_config()
   c.num_seeds, c.num_epochs, c.batch_size, c.log_every_steps = 3, 2, 16, 3
   c.train_eval_examples, c.seed, c.checkpoint_every_secs = 32, 5, 0.0
   for k, v in kw.items():
@@ -26,7 +27,7 @@ def photos():
 
 
 def _feed(src, mean, std, cfg, label_root=1):
-  return pipeline.HostFeed(src, seed_ids=train.seed_ids(cfg), data_seed=cfg.seed,
+  return pipeline.HostFeed(src, seed_ids=seeds.seed_ids(cfg), data_seed=cfg.seed,
                            batch_size=cfg.batch_size, mean=mean, std=std,
                            labels=pipeline.RandomLabels(label_root, 4))
 
@@ -46,7 +47,7 @@ def test_host_fed_equals_device_resident(photos, model, buffer_steps, tmp_path):
   3-step log intervals cross buffer ends: an interval's loss still sums as one loop."""
   src, mean, std, x = photos
   cfg = _cfg()
-  labels = train.random_labels(1, train.seed_ids(cfg), len(x), 4)
+  labels = seeds.random_labels(1, seeds.seed_ids(cfg), len(x), 4)
   dev = train.train(model, cfg, x, labels)
   feed = _feed(src, mean, std, cfg)
   if buffer_steps:   # a budget of buffer_steps steps for up to 4 (padded) members

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import fig2, fig20
-from rl_align import alignment, covariance, data, errors, models, train
+from rl_align import alignment, covariance, data, errors, models, seeds, train
+from rl_align.engine import config as engine_config
 from tests.tolerances import assert_close, rounding_tol
 
 DTYPES = ("float32", "bfloat16")
@@ -26,7 +27,7 @@ EPS_BF16 = float(jnp.finfo(jnp.bfloat16).eps)      # 2^-7: bfloat16 keeps 8 sign
 
 
 def _engine_config(train_cfg, seeds: int, epochs: int, n: int, **fields):
-  cfg = train.default_config()
+  cfg = engine_config.default_config()
   cfg.update(train_cfg.to_dict())
   cfg.num_seeds, cfg.num_epochs, cfg.snapshot_steps, cfg.snapshot_epochs = seeds, epochs, (), ()
   cfg.log_every_steps = epochs * (n // cfg.batch_size)     # one log / eval, at the end
@@ -42,7 +43,7 @@ def fig20_right():
   kw = panel.data.kwargs.to_dict()
   ds = data.load("gaussian", **kw)
   cfg = _engine_config(c.train, seeds=4, epochs=40, n=len(ds.x), snapshot_steps=(0,))
-  labels = train.random_labels(cfg.seed, train.seed_ids(cfg), len(ds.x), c.num_classes)
+  labels = seeds.random_labels(cfg.seed, seeds.seed_ids(cfg), len(ds.x), c.num_classes)
   cov_x = data.gaussian_covariance(stds=kw["stds"])
   f_of = lambda k: np.stack([alignment.transfer_function(cov_x, covariance.weight_covariance(ks))[1]
                              for ks in k])
@@ -82,7 +83,7 @@ def test_fig2_eigenbasis_stays_below_random_basis_in_both():
   ds = data.load("photos", split="train", **{**c.data.kwargs.to_dict(), "n": 512})
   x = data.standardize(ds.x, *data.channel_stats(ds.x))
   cfg = _engine_config(c.train, seeds=8, epochs=20, n=len(x), learning_rate=0.03)
-  labels = train.random_labels(cfg.seed, train.seed_ids(cfg), len(x), c.num_classes)
+  labels = seeds.random_labels(cfg.seed, seeds.seed_ids(cfg), len(x), c.num_classes)
   _, cov_x = covariance.patch_covariance(x, k=3)
   _, v = alignment.eigh_desc(cov_x)
   r = alignment.random_basis(0, v.shape[0])

@@ -3,11 +3,12 @@ import jax
 import numpy as np
 import pytest
 
-from rl_align import models, packing, train
+from rl_align import models, packing, seeds, train
+from rl_align.engine import config as engine_config
 
 
 def _cfg(**kw):
-  c = train.default_config()
+  c = engine_config.default_config()
   c.num_seeds, c.num_epochs, c.batch_size, c.log_every_steps = 2, 2, 16, 4
   c.train_eval_examples = 32
   for k, v in kw.items():
@@ -34,7 +35,7 @@ POINTS = [
 def _point(p, x, workdir=None):
   cfg = _cfg(**p["cfg"])
   model = models.DenseNet(widths=(8,), num_classes=3, **p["model"])
-  labels = train.random_labels(p["label_seed"], train.seed_ids(cfg), len(x), 3)
+  labels = seeds.random_labels(p["label_seed"], seeds.seed_ids(cfg), len(x), 3)
   return lambda: train.train(model, cfg, x, labels, workdir=workdir)
 
 

@@ -16,7 +16,9 @@ from rl_align import data
 from rl_align import errors
 from rl_align import models
 from rl_align import pipeline
+from rl_align import seeds
 from rl_align import train
+from rl_align.engine import config as engine_config
 
 PHOTOS = {"n": 600, "size": 8, "short_side": 64, "cell": 12, "seed": 0}
 
@@ -25,27 +27,27 @@ PHOTOS = {"n": 600, "size": 8, "short_side": 64, "cell": 12, "seed": 0}
 
 
 @pytest.mark.parametrize("n", [1, 1000, 70_001])
-def test_random_labels_at_is_the_engine_draw(n):
+def test_random_labels_at_indices_are_the_engine_draw(n):
   rng = np.random.default_rng(n)
   # K = 100_003 > 2**16 exercises randint's uint32 wrap-around in the 2**32 mod K multiplier.
   for k in (1, 2, 10, 1000, 100_003):
-    ref = train.random_labels(7, [0, 3], n, k)
+    ref = seeds.random_labels(7, [0, 3], n, k)
     for row, sid in enumerate([0, 3]):
       idx = rng.integers(0, n, size=(3, 11))
-      got = pipeline.random_labels_at(7, sid, idx, k)
+      got = seeds.random_labels(7, [sid], None, k, idx=idx[None])[0]
       assert got.dtype == np.int32 and got.shape == idx.shape
       np.testing.assert_array_equal(got, ref[row][idx])
   # every index of a small draw, and the batched form for several members at once
-  ref = train.random_labels(2, [5, 1, 4], 50, 10)
+  ref = seeds.random_labels(2, [5, 1, 4], 50, 10)
   idx = np.broadcast_to(np.arange(50), (3, 50))
-  np.testing.assert_array_equal(pipeline.random_labels_per_member(2, [5, 1, 4], idx, 10), ref)
+  np.testing.assert_array_equal(seeds.random_labels(2, [5, 1, 4], None, 10, idx=idx), ref)
 
 
-def test_random_labels_at_refuses_a_non_partitionable_prng():
+def test_random_labels_at_indices_refuse_a_non_partitionable_prng():
   jax.config.update("jax_threefry_partitionable", False)
   try:
     with pytest.raises(errors.ConfigError, match="jax_threefry_partitionable"):
-      pipeline.random_labels_at(0, 0, [1, 2], 10)
+      seeds.random_labels(0, [0], None, 10, idx=[[1, 2]])
   finally:
     jax.config.update("jax_threefry_partitionable", True)
 
@@ -56,7 +58,7 @@ def test_random_labels_at_refuses_a_non_partitionable_prng():
 def test_batch_indices_equal_the_device_formula():
   """The engine's seed_chunk formula, run on the device, against the host function."""
   n, b, spe = 53, 8, 53 // 8
-  key = train.seed_key(4, 6, pipeline.DATA_STREAM)
+  key = seeds.seed_key(4, 6, seeds.DATA_STREAM)
 
   @jax.jit
   def device(t):
@@ -75,13 +77,13 @@ def test_batch_indices_and_labels_are_what_the_engine_trains_on():
   examples, and the example's label column moves the most (the cross-entropy gradient is
   p - onehot(y)).  Snapshots at every step read each step's batch and labels off the engine."""
   n, b, steps, k = 12, 4, 7, 5   # 3 steps per epoch: steps 0..6 cross two epoch boundaries
-  cfg = train.default_config()
+  cfg = engine_config.default_config()
   cfg.optimizer, cfg.learning_rate, cfg.batch_size = "sgd", 1.0, b
   cfg.num_seeds, cfg.seed_offset, cfg.seed, cfg.num_steps = 3, 2, 9, steps
   cfg.snapshot_steps = tuple(range(steps + 1))
   cfg.train_eval_examples = 0
-  ids = train.seed_ids(cfg)
-  labels = train.random_labels(5, ids, n, k)
+  ids = seeds.seed_ids(cfg)
+  labels = seeds.random_labels(5, ids, n, k)
   x = np.eye(n, dtype=np.float32)
   res = train.train(models.DenseNet(widths=(), num_classes=k), cfg, x, labels)
   kernels = {t: s["first_kernel"] for t, s in res.snapshots.items()}  # [S, n, K] head kernel
@@ -113,7 +115,7 @@ def test_chunk_is_the_standardized_batch_with_its_labels():
   feed, mean, std = _feed(rand)
   np.testing.assert_array_equal(mean, data.channel_stats(ds.x)[0])  # streamed == in memory
   x = data.standardize(ds.x, mean, std)
-  ref = train.random_labels(2, [3, 0, 5], len(ds), 7)
+  ref = seeds.random_labels(2, [3, 0, 5], len(ds), 7)
   c = feed.load(15, 40)  # 18 steps per epoch: crosses one boundary
   assert c.x.shape == (3, 25, 32, 8, 8, 3) and c.x.dtype == np.float32
   assert c.y.shape == (3, 25, 32) and c.y.dtype == np.int32

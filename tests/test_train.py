@@ -9,7 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from rl_align import errors, models, results, train
+from rl_align import errors, models, results, seeds, train
+from rl_align.engine import config as engine_config
+from rl_align.engine import layout as engine_layout
+from rl_align.engine import optimizer as engine_optimizer
+from rl_align.engine import records as engine_records
 from tests.tolerances import assert_close, f32_run_tol, f32_tol
 
 
@@ -33,7 +37,7 @@ class TinyCNN(nn.Module):
 
 
 def _cfg(**kw):
-  cfg = train.default_config()
+  cfg = engine_config.default_config()
   cfg.num_seeds, cfg.num_epochs, cfg.batch_size, cfg.learning_rate = 3, 2, 16, 0.05
   cfg.train_eval_examples = 64
   cfg.update(kw)
@@ -44,7 +48,7 @@ def _cfg(**kw):
 def data():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(96, 6)).astype(np.float32)
-  return x, train.random_labels(0, range(3), 96, 4)
+  return x, seeds.random_labels(0, range(3), 96, 4)
 
 
 # Rounding chain of one training step (tests/tolerances.py, f32_run_tol): forward and backward
@@ -77,61 +81,63 @@ def test_two_devices_are_exposed_on_cpu():
     assert len(jax.devices()) >= 2
 
 
-@pytest.mark.parametrize("layout", ["unroll", "vmap", "map"])
-def test_seed_alone_equals_seed_in_batch(data, layout):
+@pytest.mark.parametrize("lift", ["unroll", "vmap", "map"])
+def test_seed_alone_equals_seed_in_batch(data, lift):
   x, labels = data
-  batch = train.train(TinyMLP(), _cfg(seed_layout=layout), x, labels)
-  alone = train.train(TinyMLP(), _cfg(seed_layout=layout, num_seeds=1, seed_offset=1), x, labels[1:2])
+  batch = train.train(TinyMLP(), _cfg(member_lift=lift), x, labels)
+  alone = train.train(TinyMLP(), _cfg(member_lift=lift, num_seeds=1, seed_offset=1), x, labels[1:2])
   # Not bitwise: S=1 and S=3 are different programs (vmap differs by 1 ulp on an AMD EPYC).
   tol = _assert_runs_agree(batch.params, alone.params, batch.final_step, _MLP_CHAIN, 1, 0)
   wrong = max(float(np.abs(a[0] - b[0]).max())
               for a, b in zip(jax.tree.leaves(batch.params), jax.tree.leaves(alone.params)))
   assert wrong > 100 * tol            # the tolerance still tells a wrong seed index apart
-  assert batch.layout == layout
+  assert batch.layout == lift   # a dense model: no conv implementation
 
 
 def test_layouts_agree_and_seeds_differ(data):
   x, labels = data
-  runs = [train.train(TinyMLP(), _cfg(seed_layout=l), x, labels) for l in ("unroll", "vmap", "map")]
+  runs = [train.train(TinyMLP(), _cfg(member_lift=l), x, labels) for l in ("unroll", "vmap", "map")]
   for other in runs[1:]:   # different programs: summation order only
     tol = _assert_runs_agree(runs[0].params, other.params, runs[0].final_step, _MLP_CHAIN)
   k = runs[0].params["dense_0"]["kernel"]
   assert np.abs(k[0] - k[1]).max() > 100 * tol  # seeds have their own init and data order
 
 
-def test_conv_model_map_im2col_layout_falls_back_without_conv_impl():
+def test_conv_impl_is_ignored_by_a_conv_model_without_conv_impl():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(48, 6, 6, 2)).astype(np.float32)
-  labels = train.random_labels(0, range(2), 48, 4)
-  res = train.train(TinyCNN(), _cfg(num_seeds=2, seed_layout="map_im2col"), x, labels)
+  labels = seeds.random_labels(0, range(2), 48, 4)
+  res = train.train(TinyCNN(), _cfg(num_seeds=2, member_lift="map", conv_impl="im2col"), x, labels)
   assert res.params["conv_0"]["kernel"].shape == (2, 3, 3, 2, 4)
   assert np.isfinite(res.final_metrics["train_loss"]).all()
 
 
 def test_auto_layout_follows_the_measurements():
   conv, dense, small = models.PaperCNN(features=4), models.DenseNet(), models.SmallCNN()
-  assert train.choose_layout(conv, "cpu", 1) == train.choose_layout(conv, "cpu", 64) == "map_fused"
-  assert train.choose_layout(small, "cpu", 8) == "map_fused"   # = map_im2col without a fused block
-  assert train.choose_layout(dense, "cpu", 8) == train.choose_layout(dense, "cpu", 32) == "map"
+  choose, Layout = engine_layout.choose_layout, engine_layout.Layout
+  assert choose(conv, "cpu") == Layout("map", "fused")
+  assert choose(small, "cpu") == Layout("map", "fused")   # = im2col without a fused block
+  assert choose(dense, "cpu") == Layout("map", None) and choose(dense, "cpu").name == "map"
   # GPU (H200): vmap over conv-as-matmul beats vmap over lax convs (a grouped conv) 2.5x.
-  assert train.choose_layout(conv, "gpu", 64) == train.choose_layout(small, "gpu", 1) == "vmap_im2col"
-  assert train.choose_layout(dense, "gpu", 8) == train.choose_layout(dense, "tpu", 8) == "vmap"
+  assert choose(conv, "gpu") == choose(small, "gpu") == Layout("vmap", "im2col")
+  assert choose(conv, "gpu").name == "vmap_im2col"
+  assert choose(dense, "gpu") == choose(dense, "tpu") == Layout("vmap", None)
 
 
 def test_gradient_micro_batches_follow_the_measurements():
   # CPU conv nets: the smallest divisor m of the batch with n_params / m <= 2**14.
-  assert train.choose_microbatch("cpu", 20_000, True, 128) == 2        # the small CNN
-  assert train.choose_microbatch("cpu", 300_000, True, 128) == 32     # 300_000 / 16 > 2**14
-  assert train.choose_microbatch("cpu", 14_700_000, True, 256) == 256  # the paper CNN: none
-  assert train.choose_microbatch("cpu", 20_000, True, 127) == 127      # no divisor fits: none
-  assert train.choose_microbatch("cpu", 20_000, True, 128, blocks_in_cache=True) == 128
-  assert train.choose_microbatch("cpu", 20_000, False, 128) == 128     # dense nets: none
-  assert train.choose_microbatch("gpu", 20_000, True, 128) == 128      # GPU: wide kernels
+  assert engine_layout.choose_microbatch("cpu", 20_000, True, 128) == 2        # the small CNN
+  assert engine_layout.choose_microbatch("cpu", 300_000, True, 128) == 32     # 300_000 / 16 > 2**14
+  assert engine_layout.choose_microbatch("cpu", 14_700_000, True, 256) == 256  # the paper CNN: none
+  assert engine_layout.choose_microbatch("cpu", 20_000, True, 127) == 127      # no divisor fits: none
+  assert engine_layout.choose_microbatch("cpu", 20_000, True, 128, blocks_in_cache=True) == 128
+  assert engine_layout.choose_microbatch("cpu", 20_000, False, 128) == 128     # dense nets: none
+  assert engine_layout.choose_microbatch("gpu", 20_000, True, 128) == 128      # GPU: wide kernels
 
 
 def test_micro_batched_gradient_trains_like_the_full_batch():
   x = np.random.default_rng(4).normal(size=(32, 6, 6, 2)).astype(np.float32)
-  labels = train.random_labels(0, range(2), 32, 4)
+  labels = seeds.random_labels(0, range(2), 32, 4)
   runs = [train.train(TinyCNN(), _cfg(num_seeds=2, grad_microbatch=m, snapshot_steps=(0,)), x,
                       labels, snapshot_fn=lambda p: p) for m in (2, 16)]
   # Float32 summation order only (the mean of 8 micro-batch gradients vs one batch gradient).
@@ -142,23 +148,24 @@ def test_micro_batched_gradient_trains_like_the_full_batch():
 
 
 def test_device_count():
-  assert train.choose_devices(2, 16) == 2
-  assert train.choose_devices(2, 1) == 1                 # never more devices than seeds
-  assert train.choose_devices(2, 16, requested=1) == 1
-  assert train.choose_devices(2, 16, requested=8) == 2   # never more than exist
+  assert engine_layout.choose_devices(2, 16) == 2
+  assert engine_layout.choose_devices(2, 1) == 1                 # never more devices than seeds
+  assert engine_layout.choose_devices(2, 16, requested=1) == 1
+  assert engine_layout.choose_devices(2, 16, requested=8) == 2   # never more than exist
   with pytest.raises(errors.ConfigError, match="num_devices"):
-    train.validate(_cfg(num_devices=-1), TinyMLP(), np.zeros((32, 6), np.float32),
+    engine_config.validate(_cfg(num_devices=-1), TinyMLP(), np.zeros((32, 6), np.float32),
                    np.zeros((3, 32), np.int32))
 
 
-@pytest.mark.parametrize("layout", ["map_fused", "map_im2col", "vmap_im2col"])
-def test_paper_cnn_seed_alone_equals_seed_in_batch(layout):
+@pytest.mark.parametrize("lift,impl", [("map", "fused"), ("map", "im2col"), ("vmap", "im2col")])
+def test_paper_cnn_seed_alone_equals_seed_in_batch(lift, impl):
   x = np.random.default_rng(2).normal(size=(32, 6, 6, 2)).astype(np.float32)
-  labels = train.random_labels(0, range(3), 32, 3)
+  labels = seeds.random_labels(0, range(3), 32, 3)
   model = models.PaperCNN(features=4, hidden=8, num_classes=3)
-  batch = train.train(model, _cfg(seed_layout=layout), x, labels)
-  alone = train.train(model, _cfg(seed_layout=layout, num_seeds=1, seed_offset=1), x, labels[1:2])
-  assert batch.layout == alone.layout == layout
+  kw = {"member_lift": lift, "conv_impl": impl}
+  batch = train.train(model, _cfg(**kw), x, labels)
+  alone = train.train(model, _cfg(**kw, num_seeds=1, seed_offset=1), x, labels[1:2])
+  assert batch.layout == alone.layout == f"{lift}_{impl}"
   tol = _assert_runs_agree(batch.params, alone.params, batch.final_step, _PAPER_CHAIN, 1, 0)
   wrong = max(float(np.abs(a[0] - b[0]).max())
               for a, b in zip(jax.tree.leaves(batch.params), jax.tree.leaves(alone.params)))
@@ -167,11 +174,11 @@ def test_paper_cnn_seed_alone_equals_seed_in_batch(layout):
 
 def test_fused_and_lax_paper_cnn_train_alike():
   x = np.random.default_rng(3).normal(size=(32, 6, 6, 2)).astype(np.float32)
-  labels = train.random_labels(0, range(2), 32, 3)
+  labels = seeds.random_labels(0, range(2), 32, 3)
   model = models.PaperCNN(features=4, hidden=8, num_classes=3)
-  runs = [train.train(model, _cfg(num_seeds=2, seed_layout=l), x, labels)
-          for l in ("map_fused", "unroll")]
-  assert runs[1].layout == "unroll"
+  runs = [train.train(model, _cfg(num_seeds=2, member_lift=l, conv_impl=i), x, labels)
+          for l, i in (("map", "fused"), ("unroll", "lax"))]
+  assert runs[1].layout == "unroll_lax"
   # Float32 round-off of two summation orders over 2 epochs (measured 6e-8 on an AMD EPYC CPU,
   # 1.1e-5 once on an H200 at full f32 precision); the bound here is 8e-4 on parameters ~0.65.
   _assert_runs_agree(runs[0].params, runs[1].params, runs[0].final_step, _PAPER_CHAIN)
@@ -180,12 +187,12 @@ def test_fused_and_lax_paper_cnn_train_alike():
 @_CPU_ONLY
 def test_forcing_a_lax_conv_loop_on_cpu_warns(caplog):
   x = np.random.default_rng(0).normal(size=(32, 6, 6, 2)).astype(np.float32)
-  labels = train.random_labels(0, [0, 1], 32, 3)
+  labels = seeds.random_labels(0, [0, 1], 32, 3)
   model = models.PaperCNN(features=4, hidden=8, num_classes=3)
-  for layout, warns in (("map", True), ("auto", False)):
+  for impl, warns in (("lax", True), ("auto", False)):
     caplog.clear()
-    res = train.train(model, _cfg(num_seeds=2, seed_layout=layout), x, labels)
-    assert res.layout == ("map" if warns else "map_fused")
+    res = train.train(model, _cfg(num_seeds=2, member_lift="map", conv_impl=impl), x, labels)
+    assert res.layout == ("map_lax" if warns else "map_fused")
     assert any("10x" in r.getMessage() for r in caplog.records) == warns
 
 
@@ -228,7 +235,8 @@ def _init_params(x, labels):
 
 @pytest.mark.parametrize("field,value,match", [
     ("optimizer", "rmsprop", "optimizer"), ("num_seeds", 0, "num_seeds"),
-    ("batch_size", 1000, "batch_size"), ("seed_layout", "magic", "seed_layout"),
+    ("batch_size", 1000, "batch_size"), ("member_lift", "magic", "member_lift"),
+    ("conv_impl", "fft", "conv_impl"),
     ("grad_microbatch", 5, "grad_microbatch"), ("grad_microbatch", -1, "grad_microbatch"),
     ("schedule", "exp", "schedule"), ("learning_rate", -1.0, "learning_rate")])
 def test_invalid_config_is_a_clear_error(data, field, value, match):
@@ -256,7 +264,7 @@ def test_adam_warns_about_symmetry(data, caplog):
   from absl import logging as absl_logging
   with caplog.at_level("WARNING"):
     absl_logging.get_absl_logger().propagate = True
-    train.make_optimizer(_cfg(optimizer="adam"), 10)
+    engine_optimizer.make_optimizer(_cfg(optimizer="adam"), 10)
   assert "rotation symmetry" in caplog.text
 
 
@@ -267,16 +275,17 @@ _CRASH_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, os.path.dirname({tests!r}))   # test_train imports tests.tolerances
     from absl import logging
     logging.set_verbosity("info")
-    from rl_align import train
+    from rl_align import seeds, train
+    from rl_align.engine import records as engine_records
     from test_train import TinyMLP, _cfg
     x = np.random.default_rng(0).normal(size=(96, 6)).astype(np.float32)
-    labels = train.random_labels(0, range(3), 96, 4)
+    labels = seeds.random_labels(0, range(3), 96, 4)
     calls = []
     def snap(p):
       calls.append(1)
       if sys.argv[2] == "crash" and len(calls) == 2:
         os.kill(os.getpid(), signal.SIGKILL)   # dies at step 24, before its checkpoint
-      return train.first_layer_snapshot(p)
+      return engine_records.first_layer_snapshot(p)
     cfg = _cfg(num_epochs=8, checkpoint_every_secs=0.0, snapshot_steps=(12, 24))
     res = train.train(TinyMLP(), cfg, x, labels, workdir=sys.argv[1], snapshot_fn=snap)
     np.savez(os.path.join(sys.argv[1], "final.npz"), *[np.asarray(a) for a in

@@ -1,0 +1,62 @@
+"""Checkpoint I/O: orbax checkpoints of the stacked train state, and where a run keeps them."""
+import hashlib
+import json
+import os
+
+from absl import logging
+import jax
+import numpy as np
+
+from rl_align import errors
+from rl_align.engine import core
+
+
+def state_dir(workdirs, name: str, packed_dir: str | None) -> str | None:
+  """Where the orbax state lives: WORKDIR/<name>_state for a single call (as always), a folder of
+  the packing's own directory named after the packed workdirs for several."""
+  if len(workdirs) == 1 or packed_dir is None:
+    wd = workdirs[0]
+    return os.path.abspath(os.path.join(wd, f"{name}_state")) if wd else None
+  tag = hashlib.sha1(json.dumps(list(workdirs)).encode()).hexdigest()[:12]
+  return os.path.abspath(os.path.join(packed_dir, f"{name}_{tag}"))
+
+
+def _quiet_orbax(record) -> bool:
+  """absl-logger filter: orbax logs ~40 INFO lines per save; keep its warnings only."""
+  return record.levelno >= 30 or "orbax" not in record.pathname
+
+
+class Checkpointer:
+  """Orbax checkpoints of the stacked train state under `root`/checkpoints.
+
+  Every process calls `save` and `restore` (orbax synchronizes them); the state is the host copy
+  of the global arrays, identical on every process.
+  """
+
+  def __init__(self, root: str):
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    absl_logger = logging.get_absl_logger()
+    if _quiet_orbax not in absl_logger.filters:
+      absl_logger.addFilter(_quiet_orbax)
+    self._ocp = ocp
+    self.root = root
+    opts = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+    self.mngr = ocp.CheckpointManager(os.path.join(self.root, "checkpoints"), options=opts)
+
+  def save(self, step: int, host_state) -> None:
+    self.mngr.save(step, args=self._ocp.args.StandardSave(tuple(host_state)), force=True)
+    self.mngr.wait_until_finished()
+
+  def restore(self, template):
+    """(step, host TrainState) of the latest checkpoint, or None when there is none."""
+    step = self.mngr.latest_step()
+    if step is None:
+      return None
+    try:
+      restored = self.mngr.restore(step, args=self._ocp.args.StandardRestore(tuple(template)))
+    except Exception as e:  # a checkpoint of another model / config
+      raise errors.ConfigError(
+          f"the checkpoint at step {step} in {self.root} does not match this run's model or "
+          f"config ({type(e).__name__}: {str(e)[:200]}). Fix: use a fresh --workdir, or rerun "
+          "with the config that wrote it.") from None
+    return step, core.TrainState(*jax.tree.map(np.asarray, restored))

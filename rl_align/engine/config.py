@@ -1,0 +1,142 @@
+"""The engine config: its defaults, and the checks that run before anything is compiled."""
+import flax.linen as nn
+import ml_collections
+import numpy as np
+
+from rl_align import errors
+from rl_align import seeds
+from rl_align.engine import feed as feed_lib
+from rl_align.engine import layout as layout_lib
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Engine defaults; every field can be overridden from an experiment config."""
+  c = ml_collections.ConfigDict()
+  c.optimizer = "momentum"          # sgd | momentum | adam (adam breaks the rotation symmetry)
+  c.learning_rate = 0.01
+  c.momentum = 0.9
+  c.nesterov = False
+  c.weight_decay = 0.0              # L2 decay added to the gradient (rotation-equivariant)
+  c.schedule = "constant"           # constant | cosine | warmup_cosine | step
+  c.warmup_steps = 0
+  c.step_boundaries = ()            # fractions of training where lr *= step_factor (schedule=step)
+  c.step_factor = 0.1
+  c.batch_size = 128
+  c.num_epochs = 10
+  c.num_steps = 0                   # > 0 overrides num_epochs
+  c.num_seeds = 1
+  c.seed = 0                        # root seed; seed ids are seed_offset .. seed_offset+num_seeds-1
+  c.seed_offset = 0
+  c.member_lift = "auto"            # auto | vmap | unroll | map: how members run inside a device
+  c.conv_impl = "auto"              # auto | lax | im2col | fused | pallas (conv models only)
+  c.num_devices = 0                 # devices the members are sharded over; 0: all (choose_devices)
+  c.grad_microbatch = 0             # examples per gradient micro-batch; 0: auto (choose_microbatch)
+  c.log_every_steps = 0             # 0: once per epoch
+  c.eval_every_steps = 0            # 0: at every log step
+  c.train_eval_examples = 2048      # train accuracy is measured on this many training examples
+  c.eval_batch_size = 1024
+  c.snapshot_steps = ()
+  c.snapshot_epochs = ()
+  c.checkpoint_every_secs = 60.0    # checkpoint at the first log step after this many seconds
+  c.matmul_precision = "default"    # default | high | highest
+  return c
+
+
+def total_steps(cfg, n: int) -> int:
+  return cfg.num_steps if cfg.num_steps > 0 else cfg.num_epochs * (n // cfg.batch_size)
+
+
+def validate(cfg, model, x, labels) -> None:
+  """Raises ConfigError / DataError with the fix, before anything is compiled.  `x` is an array
+  [N, ...] with `labels` [N] or [S, N], or a host feed (`feed.Feed`) with labels None."""
+  if not isinstance(model, nn.Module):
+    raise errors.ConfigError(f"model must be a flax.linen Module, got {type(model).__name__}. "
+                             "Fix: build it with rl_align.models.build(config.model).")
+  _validate_fields(cfg)
+  if isinstance(x, feed_lib.Feed):
+    _validate_feed(cfg, x, labels)
+    return
+  x = np.asarray(x) if not hasattr(x, "shape") else x
+  if x.ndim < 2:
+    raise errors.DataError(f"training inputs must be [N, ...] with N examples, got shape {x.shape}.")
+  n = x.shape[0]
+  if not 1 <= cfg.batch_size <= n:
+    _bad("batch_size", f"must be in [1, N={n}] (the training set size), got {cfg.batch_size}. "
+         f"Fix: --config.batch_size={min(n, 128)} or use more training examples.")
+  if cfg.num_steps <= 0 and cfg.num_epochs <= 0:
+    _bad("num_epochs", "num_epochs and num_steps are both <= 0: nothing to train.")
+  _validate_inputs(x)
+  _validate_labels(cfg, model, labels, n)
+
+
+def _bad(field, msg):
+  raise errors.ConfigError(f"config.{field}: {msg}")
+
+
+def _validate_fields(cfg) -> None:
+  if cfg.optimizer not in OPTIMIZERS:
+    _bad("optimizer", f"unknown value {cfg.optimizer!r}; choose one of {OPTIMIZERS}.")
+  if cfg.schedule not in SCHEDULES:
+    _bad("schedule", f"unknown value {cfg.schedule!r}; choose one of {SCHEDULES}.")
+  lifts, impls = ("auto",) + layout_lib.MEMBER_LIFTS, ("auto",) + layout_lib.CONV_IMPLS
+  if cfg.member_lift not in lifts:
+    _bad("member_lift", f"unknown value {cfg.member_lift!r}; choose one of {lifts}.")
+  if cfg.conv_impl not in impls:
+    _bad("conv_impl", f"unknown value {cfg.conv_impl!r}; choose one of {impls}.")
+  if int(cfg.get("num_devices", 0)) < 0:
+    _bad("num_devices", f"must be >= 0 (0: automatic), got {cfg.num_devices}.")
+  m = int(cfg.get("grad_microbatch", 0))
+  if m < 0 or (m and cfg.batch_size % m):
+    _bad("grad_microbatch", f"must be 0 (automatic) or a divisor of batch_size={cfg.batch_size}, "
+         f"got {m}. Fix: e.g. --config.grad_microbatch=0.")
+  if int(cfg.num_seeds) < 1:
+    _bad("num_seeds", f"must be >= 1, got {cfg.num_seeds}. Fix: e.g. --config.num_seeds=8.")
+  if not cfg.learning_rate > 0:
+    _bad("learning_rate", f"must be > 0, got {cfg.learning_rate}.")
+
+
+def _validate_feed(cfg, feed: feed_lib.Feed, labels) -> None:
+  if labels is not None:
+    raise errors.ConfigError("with a host feed the labels come from the feed: pass labels=None "
+                             "(the feed's `labels`: RandomLabels or the source's).")
+  if feed.batch_size != cfg.batch_size or feed.data_seed != cfg.seed:
+    raise errors.ConfigError(
+        f"the host feed draws batches of {feed.batch_size} in the order of root seed "
+        f"{feed.data_seed}, but the config trains batch_size={cfg.batch_size}, seed={cfg.seed}. "
+        "Fix: build the feed from the same engine config.")
+  if list(feed.seed_ids) != seeds.seed_ids(cfg):
+    raise errors.ConfigError(f"the host feed serves seed ids {list(feed.seed_ids)}, the config "
+                             f"trains {seeds.seed_ids(cfg)}. Fix: "
+                             "HostFeed(seed_ids=seeds.seed_ids(cfg)).")
+  if isinstance(feed.labels, np.ndarray) and feed.labels.ndim == 2:
+    raise errors.ConfigError("a host feed with a per-member label table cannot be re-sharded over "
+                             "devices. Fix: pass pipeline.RandomLabels(root_seed, K) (labels from "
+                             "a function of the example index) or shared labels [N].")
+  if not 1 <= cfg.batch_size <= feed.n:
+    raise errors.ConfigError(f"config.batch_size: must be in [1, N={feed.n}], got {cfg.batch_size}.")
+
+
+def _validate_inputs(x) -> None:
+  if not np.issubdtype(x.dtype, np.floating):
+    raise errors.DataError(f"training inputs must be floating point, got {x.dtype}. "
+                           "Fix: convert images to float32 (e.g. x / 255.) and standardize.")
+  if not np.all(np.isfinite(np.asarray(x))):
+    raise errors.DataError("training inputs contain NaN or inf values. Fix: clean the data "
+                           "(rl_align.data.check_finite shows where) before training.")
+
+
+def _validate_labels(cfg, model, labels, n: int) -> None:
+  lab = np.asarray(labels)
+  if lab.ndim not in (1, 2) or lab.shape[-1] != n:
+    raise errors.DataError(f"labels must be [N] or [num_seeds, N] with N={n}, got {lab.shape}.")
+  if lab.ndim == 2 and lab.shape[0] != cfg.num_seeds:
+    raise errors.DataError(f"per-seed labels have {lab.shape[0]} rows but num_seeds={cfg.num_seeds}.")
+  if not np.issubdtype(lab.dtype, np.integer) or lab.min() < 0:
+    raise errors.DataError("labels must be non-negative integers (class ids).")
+  k = getattr(model, "num_classes", None)
+  if k is not None and lab.max() >= k:
+    raise errors.DataError(f"a label is {lab.max()} but the model has num_classes={k}. "
+                           f"Fix: set the model's num_classes to at least {lab.max() + 1}.")

@@ -1,0 +1,121 @@
+"""Layout policy: how members run on the devices, chosen per backend and model from measurements.
+
+A layout is two choices (`Layout`): how the per-member function is lifted over the members of a
+device (`lift`: vmap | unroll | map) and which convolution implementation a conv model runs
+(`conv_impl`: lax | im2col | fused | pallas, `rl_align.models`; None for models without
+convolutions).  `choose_layout` makes both for `member_lift="auto"` / `conv_impl="auto"`,
+`choose_devices` the device count, `choose_microbatch` the gradient micro-batch.
+"""
+from typing import Callable, NamedTuple
+
+from absl import logging
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+from rl_align import models
+
+MEMBER_LIFTS = ("vmap", "unroll", "map")
+CONV_IMPLS = models.CONV_IMPLS
+
+
+class Layout(NamedTuple):
+  lift: str                 # vmap | unroll | map
+  conv_impl: str | None     # the conv models' implementation; None: the model has no convolutions
+
+  @property
+  def name(self) -> str:
+    """"map", "map_fused", ...: the label results and benchmarks carry."""
+    return self.lift if self.conv_impl is None else f"{self.lift}_{self.conv_impl}"
+
+
+def choose_layout(model, platform: str) -> Layout:
+  """The layout for `member_lift="auto"` and `conv_impl="auto"`, from benchmarks/train_throughput.py.
+
+  Measured on a 2-core XLA:CPU (benchmarks/README.md; model-steps/s at S=16):
+  - conv models: map over im2col 2.46 vs unroll 0.25, map over lax convs 0.26 and vmap over an
+    im2col model 0.92 (paper CNN, F=256); XLA:CPU runs a lax convolution inside a loop body ~10x
+    slower than at top level, and vmap over conv kernels is a grouped convolution.
+  - dense nets (Fig 20): member-major `map` 692 vs `vmap` 587 (S=64: 708 vs 505): each member's
+    parameters stay in cache for a whole chunk of steps.
+  - the paper CNN: map over `fused` (conv -> ReLU -> dense as one cache-blocked op,
+    `rl_align.fused`) 5.55 vs map over im2col 2.80 (S=1: 6.08 vs 2.50).  The same at every S in
+    {1, 8, 16, 64}.
+  So CPU runs every model member-major with lax.map, conv models as conv-as-matmul (`fused`: the
+  paper CNN's first block fused, every other conv model as `im2col`).
+
+  Measured on one H200 GPU (benchmarks/gpu_throughput.sh; model-steps/s at S=64):
+  - paper CNN: vmap over im2col 1346 vs vmap over lax convs (cuDNN grouped convs) 536, map 841,
+    vmap over the fused block 975, map over fused 436.
+  - small CNN: vmap over im2col 2256 / map 2355 / vmap over lax 1095 (S=16: 2558 / 2282 / 1005).
+  - dense net: vmap 95773 vs map 12045.
+  So accelerators run vmap, conv models as conv-as-matmul (`im2col`).  TPU is not measured and
+  follows the GPU choice.
+  """
+  conv = models.is_conv_model(model)
+  if platform != "cpu":
+    return Layout("vmap", "im2col" if conv else None)
+  return Layout("map", "fused" if conv else None)
+
+
+def resolve(model, cfg, platform: str):
+  """(the model the engine runs, its Layout) for the config's `member_lift` and `conv_impl`."""
+  auto = choose_layout(model, platform)
+  lift = auto.lift if cfg.member_lift == "auto" else cfg.member_lift
+  if not models.is_conv_model(model):
+    return model, Layout(lift, None)
+  impl = auto.conv_impl if cfg.conv_impl == "auto" else cfg.conv_impl
+  if platform == "cpu" and impl == "lax":
+    logging.warning("conv_impl='lax' runs lax convolutions inside a loop on XLA:CPU, measured ~10x "
+                    "slower than conv_impl='fused' (the 'auto' choice on CPU).")
+  if model.conv_impl != impl:
+    model = model.clone(conv_impl=impl)
+  return model, Layout(lift, impl)
+
+
+def lift_members(fn: Callable, lift: str) -> Callable:
+  """Lifts fn(*one_member_args) to stacked args (leading member axis): vmap, lax.map or unrolled."""
+  if lift == "vmap":
+    return jax.vmap(fn)
+  if lift == "map":
+    return lambda *args: lax.map(lambda a: fn(*a), args)
+
+  def unrolled(*args):
+    s = jax.tree.leaves(args)[0].shape[0]
+    outs = [fn(*jax.tree.map(lambda a, i=i: a[i], args)) for i in range(s)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+  return unrolled
+
+
+def choose_devices(available: int, n_members: int, requested: int = 0) -> int:
+  """How many devices the members are sharded over: `num_devices` if > 0, else every device (never
+  more than the members).  On 2 CPU cores the fused paper CNN ran at 4.93 / 5.55 / 5.62
+  model-steps/s on one device and 3.71 / 5.69 / 5.31 on two in three runs: no reliable
+  difference, so the default stays "every device" (benchmarks/README.md)."""
+  n = requested if requested > 0 else available
+  return max(1, min(n, available, n_members))
+
+
+def choose_microbatch(platform: str, n_params: int, is_conv: bool, batch_size: int,
+                      blocks_in_cache: bool = False) -> int:
+  """Examples per gradient micro-batch for `grad_microbatch=0` (the full batch: no micro-batching).
+
+  A step's gradient is the mean of its micro-batches' gradients (a `lax.scan`), the same value up
+  to float32 summation order.  It pays where a conv net's activations dwarf its parameters: each
+  micro-batch's patches and activations stay in cache, while every micro-batch adds one pass over
+  the gradient accumulator.  Measured on the 2-core CPU (benchmarks/README.md), one member's
+  gradient on one core: small CNN (20 K params, batch 128) 300 ms full batch vs 120 / 121 / 128 /
+  135 / 172 / 207 ms in micro-batches of 1 / 2 / 4 / 8 / 16 / 32; in the engine (S=16, both cores)
+  10.5 model-steps/s full batch vs 18.4 in micro-batches of 2.  The paper CNN (14.7 M params) was
+  slower in micro-batches (its fused, cache-blocked step 262 ms vs 473 in 32s), and so was the Fig 20
+  dense net (engine, S=16: 647 model-steps/s full batch vs 590 / 559 in 64s / 32s).  Each micro-batch
+  adds a pass over the gradient accumulator, so on CPU a conv net whose step is not already
+  cache-blocked (`blocks_in_cache`) uses the smallest micro-batch m dividing the batch with
+  n_params / m <= 2**14 (the accumulator's floats per example, 64 KiB; calibrated on the small CNN
+  alone: m=2).  Nets with more than 2**14 x batch_size parameters, dense nets and GPUs (where the
+  full batch keeps the kernels wide) use the full batch.
+  """
+  if platform != "cpu" or not is_conv or blocks_in_cache:
+    return batch_size
+  return min(m for m in range(1, batch_size + 1)
+             if batch_size % m == 0 and (n_params <= 2 ** 14 * m or m == batch_size))
