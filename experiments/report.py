@@ -51,8 +51,8 @@ def load_run(workdir: str, name: str) -> dict[str, Any]:
     if os.path.isdir(folder) and os.path.exists(os.path.join(folder, "results.json")):
       panels[sub] = {"results": _read(folder, "results.json"),
                      "config": _read(folder, "config.json")}
-  return {"name": name, "path": workdir, "results": results, "config": _read(workdir, "config.json"),
-          "run": _read(workdir, "run.json"), "panels": panels}
+  return {"name": name, "path": workdir, "results": results, "panels": panels,
+          "config": _read(workdir, "config.json"), "run": _read(workdir, "run.json")}
 
 
 def load_workdir(workdir: str) -> list[dict[str, Any]]:
@@ -86,7 +86,8 @@ def build(workdirs: list[str], out: str) -> str:
       fail(e)
     for r in got:
       png = os.path.join(run["path"], r["plot"]) if r.get("plot") else None
-      r["plot"] = os.path.relpath(os.path.abspath(png), base) if png and os.path.exists(png) else None
+      found = png is not None and os.path.exists(png)
+      r["plot"] = os.path.relpath(os.path.abspath(png), base) if found else None
       r["run"] = run["name"]
       rows.append(r)
   return report.render(runs, rows)

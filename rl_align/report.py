@@ -151,10 +151,10 @@ def figure_of(run: Mapping[str, Any]) -> str:
     return _CONFIG_FILES[stem]
   raise ReportError(
       f"{run.get('name', 'the workdir')} holds a run the report does not know (config figure_name="
-      f"{name!r}, config file {stem!r}, results.json keys {sorted(res)[:6]}). Fix: pass workdirs of "
-      "the paper's figures: experiments.misalignment (fig2.py), experiments.eigenvalue_map "
-      "(fig20.py, fig4_cnn.py), experiments.filters (fig3.py), experiments.transfer (fig1.py, "
-      "fig5.py) or experiments.specialization.")
+      f"{name!r}, config file {stem!r}, results.json keys {sorted(res)[:6]}). Fix: pass "
+      "workdirs of the paper's figures: experiments.misalignment (fig2.py), "
+      "experiments.eigenvalue_map (fig20.py, fig4_cnn.py), experiments.filters (fig3.py), "
+      "experiments.transfer (fig1.py, fig5.py, imagenet.py) or experiments.specialization.")
 
 
 def _need(d: Mapping[str, Any] | None, keys: Sequence[str], where: str) -> Mapping[str, Any]:
@@ -200,11 +200,12 @@ def fig2_row(panel: str, res: Mapping[str, Any], plot: str) -> dict[str, Any]:
   per_seed = ", ".join(f"{fmt(e)}/{fmt(r)}" for e, r in zip(eig[ok], rnd[ok]))
   ours = (f"final, eigenbasis/random basis per seed: {per_seed}; paired random−eigen "
           f"{pm(paired(rnd, eig, ok, ok))}; per-seed floor {fmt(floor['mean'])} ± "
-          f"{fmt(floor['std'])}; pooled {fmt(pe)} vs {fmt(pr)} (pooled floor {fmt(pfloor['mean'])} ± "
-          f"{fmt(pfloor['std'])}); pooled eigen < random at {stays}/{len(late)} late snapshots")
-  rule = (f"reproduced if all of: (i) random − eigen > {Z:g} × floor std in every seed, (ii) pooled "
-          f"random − eigen > {Z:g} × pooled floor std, (iii) pooled eigen < random at every snapshot "
-          "of the second half of training; partly if one or two; not reproduced if none")
+          f"{fmt(floor['std'])}; pooled {fmt(pe)} vs {fmt(pr)} (pooled floor "
+          f"{fmt(pfloor['mean'])} ± {fmt(pfloor['std'])}); pooled eigen < random at "
+          f"{stays}/{len(late)} late snapshots")
+  rule = (f"reproduced if all of: (i) random − eigen > {Z:g} × floor std in every seed, (ii) "
+          f"pooled random − eigen > {Z:g} × pooled floor std, (iii) pooled eigen < random at every "
+          "snapshot of the second half of training; partly if one or two; not reproduced if none")
   hits = int(seed_ok.all() and ok.any()) + int(pooled_ok) + int(stays == len(late) and late)
   return row("Fig 2", f"misalignment in the data eigenbasis stays far below the random-basis "
              f"misalignment ({panel} labels)", "eigenbasis ≪ random basis over training, real and "
@@ -302,8 +303,8 @@ def fig4_shape_row(labels: str, res: Mapping[str, Any], plot: str) -> dict[str, 
     tests = [steady, above(grown)]
     ours = (f"seed-mean peak f at epochs {', '.join(f'{e:g}' for e in ep['epochs'])}: "
             f"{', '.join(fmt(p) for p in peaks)}; final peak {pm(pk['f'])} at λ={fmt(pk['lam'])}")
-    rule = (f"reproduced if both: (i) the seed-mean peak f rises at every snapshot, (ii) final peak "
-            f"− init level > {Z:g} SE; partly if one; not reproduced if none")
+    rule = (f"reproduced if both: (i) the seed-mean peak f rises at every snapshot, (ii) final "
+            f"peak − init level > {Z:g} SE; partly if one; not reproduced if none")
     claim, paper = ("real labels: f grows steadily over training", "grows steadily; epoch 40 peak "
                     "≈0.024 at λ≈1.1")
   return row("Fig 4", claim, paper, ours, rule, count_verdict(sum(tests), len(tests),
@@ -488,8 +489,8 @@ def fig1_row(res: Mapping[str, Any], arm: str, direction: str, labels: str,
   verdict = (NOT_EVALUABLE if d["n"] < 2 or total == 0 else REPRODUCED if 2 * hits >= total
              else PARTLY if hits else NOT_REPRODUCED)
   word = "faster" if direction == "positive" else "slower"
-  ours = (f"{arm}−scratch {'>' if sign > 0 else '<'} {Z:g} SE at {hits}/{total} logged iterations;"
-          f" mean over the run (paired) {pm(run_mean)}")
+  ours = (f"{arm}−scratch {'> +' if sign > 0 else '< −'}{Z:g} SE at {hits}/{total} logged "
+          f"iterations; mean over the run (paired) {pm(run_mean)}")
   rule = (f"paired {arm}−scratch {'above +' if sign > 0 else 'below −'}{Z:g} SE at ≥ half of the "
           "logged iterations after 0: reproduced; at some: partly; at none: not reproduced")
   return row(figure, f"{direction} transfer: {arm} trains {word} than scratch ({labels} labels "
@@ -546,8 +547,9 @@ def dropped(point: Mapping[str, Any], layers: Sequence[str]) -> list[bool]:
 
 def _gain_text(p: Mapping[str, Any]) -> str:
   lo, hi = p.get("gain_ci") or [float("nan")] * 2
+  cens = p.get("censored", "none")
   return (f"gain {fmt(p.get('gain_censored'), 2)} [5–95% {fmt(lo, 2)}, {fmt(hi, 2)}] "
-          f"(n={_n(p)} seeds{', censored ' + p['censored'] if p.get('censored', 'none') != 'none' else ''})")
+          f"(n={_n(p)} seeds{'' if cens == 'none' else ', censored ' + cens})")
 
 
 def drop_row(res: Mapping[str, Any], plot: str | None) -> dict[str, Any]:
@@ -563,11 +565,11 @@ def drop_row(res: Mapping[str, Any], plot: str | None) -> dict[str, Any]:
   detail = ""
   if show in points and points[show].get("activity_drop"):
     p = points[show]
+    ad = p["activity_drop"]
     detail = f"; {show}: {_gain_text(p)}; " + ", ".join(
-        f"{l} {fmt(p['activity_drop'][l]['before'], 2)}→{fmt(p['activity_drop'][l]['after'], 2)} "
-        f"(drop {fmt(p['activity_drop'][l]['drop'], 2)} ± {fmt(p['activity_drop'][l]['drop_std'], 2)}"
-        f" std, scratch {fmt(p['activity_drop'][l]['scratch_drop'], 2)})" for l in layers
-        if l in p["activity_drop"])
+        f"{l} {fmt(ad[l]['before'], 2)}→{fmt(ad[l]['after'], 2)} (drop {fmt(ad[l]['drop'], 2)} ± "
+        f"{fmt(ad[l]['drop_std'], 2)} std, scratch {fmt(ad[l]['scratch_drop'], 2)})"
+        for l in layers if l in ad)
   ours = f"{hits}/{len(neg)} negative-transfer points drop in every later layer {layers}" + detail
   rule = (f"over points with gain 95% bound < 1: every later layer's drop − scratch drop > {Z:g} SE"
           " at all: reproduced; at some: partly; at none: not reproduced")
@@ -614,7 +616,8 @@ def widening_row(res: Mapping[str, Any], plot: str | None) -> dict[str, Any]:
 
 def _panels(run: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
   """The eigenvalue-map panels {name: {"results", "config"}} the summary results.json lists."""
-  names = [k for k, v in (run.get("results") or {}).items() if isinstance(v, dict) and "checks" in v]
+  res = run.get("results") or {}
+  names = [k for k, v in res.items() if isinstance(v, dict) and "checks" in v]
   panels = run.get("panels") or {}
   missing = [n for n in names if (panels.get(n) or {}).get("results") is None]
   if missing or not names:
@@ -694,8 +697,8 @@ def run_line(run: Mapping[str, Any]) -> str:
     title = f" ({TITLES[figure_of(run)]})"
   except ReportError:
     title = ""
-  return (f"`{run.get('name')}`{title}: `{command(rec.get('argv') or [])}`; runtime {time_text}, status "
-          f"{rec.get('status', '?')}; machine: {machine}")
+  return (f"`{run.get('name')}`{title}: `{command(rec.get('argv') or [])}`; runtime {time_text}, "
+          f"status {rec.get('status', '?')}; machine: {machine}")
 
 
 def _cell(text: Any) -> str:

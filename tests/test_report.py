@@ -300,7 +300,8 @@ def test_binary_exit_code_and_sweep_workdir(workdirs, tmp_path):
   assert f"| {sweep}/points/train.seed=0 |" in out.read_text()
   proc = subprocess.run([sys.executable, "-m", "experiments.report", str(tmp_path / "none")],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+  assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+  assert "Traceback" not in proc.stderr
 
 
 def test_fig4_rows_without_a_finished_seed_are_not_evaluable():
