@@ -3,10 +3,10 @@
 A binary is three lines::
 
     from experiments import cli
-    from rl_align import eigenmap
+    from rl_align.runners import eigenmap as eigenmap_runner
     cli.define_config_flags("experiments/configs/fig20.py:all")
     if __name__ == "__main__":
-      cli.launch(eigenmap.run_panels)
+      cli.launch(eigenmap_runner.run_panels)
 
 `launch` parses --config / --workdir (absl, ml_collections config files), then `run_main` runs
 fn(config, workdir).  Every mistake a user can make (a bad config argument such as
@@ -15,6 +15,9 @@ from the one already in the workdir) reaches them as ONE line `error: ...` on st
 without a traceback; everything already written stays in place.  `run_main` also writes
 WORKDIR/run.json: the machine (CPU, cores, JAX devices, fp32 matmul rate measured at the start,
 `rl_align.machine`), the command line, start and end time and wall seconds (process 0 only).
+Before anything uses a device, `launch` and `run_main` expose one XLA host device per core
+(`experiments.host_devices`; the user's XLA_FLAGS win): a process-wide setting the library never
+makes.
 """
 import datetime
 import os
@@ -29,6 +32,7 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from experiments import host_devices
 from experiments import scaleout
 from rl_align import errors
 from rl_align import machine
@@ -169,6 +173,7 @@ def run_main(fn: Callable[[Any, str], Any], config, workdir: str,
   """Runs fn(config, workdir) as a binary does: config.json and run.json in workdir, and every
   RLAlignError as one `error:` line with exit code 2 (no traceback).  argv: the command line to
   record in run.json (default sys.argv).  With --sweep flags, runs the sweep instead."""
+  host_devices.expose_host_cores()   # a no-op once jax's backends are up
   if not workdir:
     fail("--workdir is required. Fix: pass --workdir=/path/to/run (rerun resumes there).")
   try:
@@ -193,5 +198,6 @@ def launch(fn: Callable[[Any, str], Any], summary: Callable[[Any], str] | None =
       print(scaleout.sweep_table(out))
     elif summary is not None:
       print(summary(out))
+  host_devices.expose_host_cores()   # before any device use (config files are loaded by app.run)
   flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=parse_flags)

@@ -8,9 +8,9 @@ arrays.npz, eigenmap.png); WORKDIR gets the joint figure and a summary results.j
 same command resumes.  See the README for the results.json schema.
 """
 from experiments import cli
-from rl_align import eigenmap
+from rl_align.runners import eigenmap as eigenmap_runner
 
 cli.define_config_flags("experiments/configs/fig20.py:all")
 
 if __name__ == "__main__":
-  cli.launch(eigenmap.run_panels)
+  cli.launch(eigenmap_runner.run_panels)

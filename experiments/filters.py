@@ -6,9 +6,9 @@ Writes results.json (top-k eigenspace overlaps vs a random-subspace baseline, pr
 arrays.npz and fig3_eigenvectors.png.  Rerunning resumes.
 """
 from experiments import cli
-from rl_align import filters
+from rl_align.runners import filters as filters_runner
 
 cli.define_config_flags("experiments/configs/fig3.py:local")
 
 if __name__ == "__main__":
-  cli.launch(filters.run)
+  cli.launch(filters_runner.run)

@@ -11,8 +11,9 @@ same command resumes (finished cells are read back, the running one restarts fro
 """
 from experiments import cli
 from rl_align import specialization
+from rl_align.runners import specialization as spec_runner
 
 cli.define_config_flags("experiments/configs/specialization.py:local")
 
 if __name__ == "__main__":
-  cli.launch(specialization.run, specialization.summary_table)
+  cli.launch(spec_runner.run, specialization.summary_table)

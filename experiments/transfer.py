@@ -12,8 +12,9 @@ only re-summarized.
 """
 from experiments import cli
 from rl_align import transfer
+from rl_align.runners import transfer as transfer_runner
 
 cli.define_config_flags("experiments/configs/fig5.py:local")
 
 if __name__ == "__main__":
-  cli.launch(transfer.run, transfer.summary_table)
+  cli.launch(transfer_runner.run, transfer.summary_table)

@@ -1,7 +1,7 @@
 """The eigenvalue map f and first-layer alignment of trained networks (the paper's Figs 2, 4, 20).
 
-Pure analysis; the experiment that trains the seeds is `rl_align.runners.eigenmap` (its `run`,
-`run_panels` and `run_misalignment` stay importable from here)::
+Pure analysis (it never imports a runner); the experiment that trains the seeds is
+`rl_align.runners.eigenmap` (`run`, `run_panels`, `run_misalignment`)::
 
     from rl_align import eigenmap
     summary = eigenmap.summarize(kernels, lam, V, key=0)   # kernels [S, d, h] or [S, k, k, C, F]
@@ -17,7 +17,6 @@ misalignment_eigenbasis [S], misalignment_random_basis [S], misalignment_floor {
 num_weight_samples, num_seeds, num_diverged, train_accuracy [S], diverged [S], snapshots [{step,
 epoch, ...same keys}], early_time [{step, s0_sq, c, r2, max_rel_err}].
 """
-import importlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -160,12 +159,3 @@ def misalignment_over_training(snapshots: Sequence[Mapping[str, Any]]) -> list[d
                 "pooled_random_basis": s["misalignment_pooled_random_basis"],
                 "pooled_floor": s["misalignment_pooled_floor"]["mean"]})
   return out
-
-
-_RUNNER = ("run", "run_panels", "run_misalignment", "load_data", "data_eigenbasis", "panel_config")
-
-
-def __getattr__(name):  # the runner's names, re-exported lazily: this module never imports runners
-  if name in _RUNNER:
-    return getattr(importlib.import_module("rl_align.runners.eigenmap"), name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

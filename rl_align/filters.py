@@ -1,15 +1,15 @@
 """Fig 3: eigenvectors of the first-layer filter covariance look like the data's patch PCs.
 
-Pure analysis; the experiment is `rl_align.runners.filters` (its `run` stays importable here)::
+Pure analysis (it never imports a runner); the experiment is `rl_align.runners.filters`::
 
     from rl_align import filters
     out = filters.compare_eigenvectors(cov_x, cov_w, ks=(1, 3, 5, 10), key=0)
     out["subspace_overlap"]["5"]        # mean cos^2 of principal angles of the top-5 eigenspaces
     out["random_baseline"]["5"]         # the same for a random 5-dim subspace: (mean, std), ~ k/d
 
-    filters.run(config, workdir)        # trains the seeds (python -m experiments.filters)
+    from rl_align.runners import filters as filters_runner
+    filters_runner.run(config, workdir) # trains the seeds (python -m experiments.filters)
 """
-import importlib
 from typing import Any, Sequence
 
 from rl_align import alignment
@@ -44,9 +44,3 @@ def best_matches(v_x, v_w, n: int = 10, key=0) -> dict[str, Any]:
   rand = alignment.overlap_matrix(v_x, alignment.random_basis(key, v_x.shape[0])[:, :n])
   return {"best_match_pc": (over.argmax(0) + 1).tolist(), "best_match_cos": over.max(0),
           "best_match_cos_random": float(rand.max(0).mean())}
-
-
-def __getattr__(name):  # the runner's `run`, re-exported lazily: this module never imports runners
-  if name == "run":
-    return importlib.import_module("rl_align.runners.filters").run
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,8 @@ A downstream seed enters the statistics only when it and the upstream seed it ca
 Usage::
 
     from rl_align import specialization
-    out = specialization.run(config, workdir)     # the runner, re-exported
+    from rl_align.runners import specialization as spec_runner
+    out = spec_runner.run(config, workdir)        # the experiment (this module never imports it)
     out["points"]["w=32,lr=0.02,K=50,L=4000,arm=pretrained"]["gain"]
 
     g = specialization.gain_stats(steps, acc_scratch, acc_pretrained, threshold=0.95)
@@ -32,7 +33,6 @@ Usage::
 results.json: see `rl_align.runners.specialization.run` (documented in the README).
 """
 import copy
-import importlib
 from typing import Any, Mapping
 
 import jax
@@ -322,12 +322,3 @@ def gain_text(p) -> str:
     bound = {"upper_bound": "<", "lower_bound": ">"}[p["censored"]]
     return f"{bound}{p['gain_censored']:.2f}"
   return f"{g:.2f}"
-
-
-_RUNNER = ("run", "run_cell", "load_data")
-
-
-def __getattr__(name):  # the runner's names, re-exported lazily: this module never imports runners
-  if name in _RUNNER:
-    return getattr(importlib.import_module("rl_align.runners.specialization"), name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -41,13 +41,13 @@ engine's flags, and for the arms that carry a pretrained seed, that upstream see
 Usage::
 
     from rl_align import transfer
+    from rl_align.runners import transfer as transfer_runner
     transfer.check_arms(["covariance_L3", "pretrained"])     # ['scratch', 'pretrained', 'covariance_L3']
-    out = transfer.run(config, workdir)                       # the runner, re-exported
+    out = transfer_runner.run(config, workdir)                # the experiment; never imported here
     out["arms"]["covariance"]["train_accuracy"]               # [S][T] at out["arms"][...]["iterations"]
     transfer.summarize(out["arms"], [0.6], [100])["speedup"]  # scratch iterations / arm iterations
 """
 import dataclasses
-import importlib
 import re
 from typing import Any, Callable, Mapping
 
@@ -458,12 +458,3 @@ def summary_table(out: Mapping[str, Any]) -> str:
                  f"(ok={out['upstream']['ok']}, {int((~ok).sum())} seeds diverged)")
   lines.append(f"checks: {out['checks']}")
   return "\n".join(lines)
-
-
-_RUNNER = ("run", "load_data", "run_upstream", "run_arm", "f_source", "downstream_labels")
-
-
-def __getattr__(name):  # the runner's names, re-exported lazily: this module never imports runners
-  if name in _RUNNER:
-    return getattr(importlib.import_module("rl_align.runners.transfer"), name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,12 +1,11 @@
 """Executes every colab at tiny size (RL_ALIGN_TINY=1) with nbclient and checks what it prints."""
 import os
-import tempfile
 
 import nbclient
 import nbformat
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import JAX_CACHE_ENV, ROOT
 
 
 @pytest.mark.parametrize("name,expected,min_images", [
@@ -18,11 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_notebook_runs_at_tiny_size(monkeypatch, name, expected, min_images):
   monkeypatch.setenv("RL_ALIGN_TINY", "1")
   monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  # Same programs as the binaries' e2e tests: share JAX's on-disk compilation cache.
-  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR",
-                     os.path.join(tempfile.gettempdir(), f"rl_align_jax_cache_{os.getuid()}"))
-  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+  for k, v in JAX_CACHE_ENV.items():   # same programs as the binaries' e2e tests
+    monkeypatch.setenv(k, v)
   nb = nbformat.read(os.path.join(ROOT, "colabs", name), as_version=4)
   nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                           resources={"metadata": {"path": ROOT}}).execute()

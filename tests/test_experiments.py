@@ -1,27 +1,18 @@
 """End-to-end runs of the eigenvalue-map binaries at tiny size (subprocesses, as a user runs them)."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from rl_align import eigenmap
+from tests.helpers import run_module
 from tests.tolerances import f64_tol, sampling_tol
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(*args, timeout=600):
-  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
-                        timeout=timeout)
-
 
 @pytest.fixture(scope="module")
 def fig20_tiny(tmp_path_factory):
   wd = tmp_path_factory.mktemp("fig20")
-  proc = _run("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
+  proc = run_module("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
               f"--workdir={wd}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   return wd, proc
@@ -54,7 +45,7 @@ def test_eigenvalue_map_writes_documented_schema(fig20_tiny):
 def test_rerun_resumes_without_training(fig20_tiny):
   wd, _ = fig20_tiny
   before = json.load(open(wd / "right" / "results.json"))
-  proc = _run("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
+  proc = run_module("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
               f"--workdir={wd}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resumed from step 8" in proc.stderr
@@ -64,21 +55,21 @@ def test_rerun_resumes_without_training(fig20_tiny):
 
 def test_changed_config_on_same_workdir_is_a_clear_error(fig20_tiny):
   wd, _ = fig20_tiny
-  proc = _run("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
+  proc = run_module("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
               "--config.train.learning_rate=0.5", f"--workdir={wd}")
   assert proc.returncode == 2
   assert "different config" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bad_flag_value_is_one_clear_line(tmp_path):
-  proc = _run("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
+  proc = run_module("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
               "--config.train.optimizer=rmsprop", f"--workdir={tmp_path}")
   assert proc.returncode == 2
   assert "config.optimizer" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
-  proc = _run("experiments.eigenvalue_map", "--config=experiments/configs/fig4_cnn.py:random,tiny",
+  proc = run_module("experiments.eigenvalue_map", "--config=experiments/configs/fig4_cnn.py:random,tiny",
               "--config.data.name=cifar10", f"--config.data.data_dir={tmp_path / 'none'}",
               f"--workdir={tmp_path / 'wd'}")
   assert proc.returncode == 2, proc.stderr[-2000:]
@@ -86,7 +77,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 
 
 def test_misalignment_binary_on_photos(tmp_path):
-  proc = _run("experiments.misalignment", "--config=experiments/configs/fig2.py:random,real,tiny",
+  proc = run_module("experiments.misalignment", "--config=experiments/configs/fig2.py:random,real,tiny",
               f"--workdir={tmp_path}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.load(open(tmp_path / "results.json"))
@@ -172,7 +163,7 @@ def test_fig4_figure_draws_f_over_epochs(tmp_path):
 
 
 def test_filters_binary_tiny(tmp_path):
-  proc = _run("experiments.filters", "--config=experiments/configs/fig3.py:tiny", f"--workdir={tmp_path}")
+  proc = run_module("experiments.filters", "--config=experiments/configs/fig3.py:tiny", f"--workdir={tmp_path}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   res = json.load(open(tmp_path / "results.json"))
   assert set(res["subspace_overlap"]) == {"1", "3", "5", "10"}

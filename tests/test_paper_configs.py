@@ -16,12 +16,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import traceback
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import JAX_CACHE_ENV, ROOT
+
 MOCK_EXAMPLES = 48   # per split of the mocked dataset (train, test)
 SMALL = {"batch_size": 8, "train_eval_examples": 16, "eval_batch_size": 16,
          "checkpoint_every_secs": 1e9}
@@ -60,7 +60,7 @@ def _shrink_specialization(c):
   return c
 
 
-# name -> (config module, argument, shrink, runner the binary launches)
+# name -> (config module, argument, shrink, runner the binary launches: rl_align.runners.<runner>)
 CASES = {
     "fig1_positive": ("fig1", "positive", _shrink_transfer, "transfer.run"),
     "fig1_negative": ("fig1", "negative", _shrink_transfer, "transfer.run"),
@@ -93,7 +93,8 @@ def run_cases(workroot: str, names) -> None:
   """Runs the cases (in this process) under mock tfds data; a failure goes to WORKDIR/FAILED.txt."""
   import importlib  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
-  import rl_align  # pylint: disable=g-import-not-at-top,unused-import
+  from experiments import host_devices  # pylint: disable=g-import-not-at-top
+  host_devices.expose_host_cores()   # before jax starts: one XLA host device per core, as a binary
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from experiments import cli  # pylint: disable=g-import-not-at-top
   for name in names:
@@ -103,7 +104,7 @@ def run_cases(workroot: str, names) -> None:
     mod, fn = runner.split(".")
     t0 = time.time()
     try:
-      fn = getattr(importlib.import_module(f"rl_align.{mod}"), fn)
+      fn = getattr(importlib.import_module(f"rl_align.runners.{mod}"), fn)
       with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
         cli.run_main(fn, configs(name)[1], workdir,
                      argv=[f"experiments/configs/{module}.py:{arg}", "(shrunk, mock tfds)"])
@@ -116,11 +117,7 @@ def run_cases(workroot: str, names) -> None:
 @pytest.fixture(scope="module")
 def workroot(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("paper_configs"))
-  env = dict(os.environ,
-             JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(),
-                                                    f"rl_align_jax_cache_{os.getuid()}"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env = {**os.environ, **JAX_CACHE_ENV}
   procs = []
   for i, group in enumerate(GROUPS):
     log = open(os.path.join(root, f"group{i}.log"), "w", encoding="utf-8")

@@ -1,9 +1,6 @@
 """Tests of rl_align.specialization and the `experiments.specialization` binary (tiny, subprocess)."""
 import json
 import os
-import subprocess
-import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -12,19 +9,11 @@ import numpy as np
 import pytest
 
 from rl_align import activity, errors, models, specialization
+from tests.helpers import run_module
 from tests.tolerances import f32_tol, f64_tol
 
 # Hand-made curves: interpolated iterations, ratios and means of a few float64 values.
 _F64_FEW = float(f64_tol(1.0, 8))
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The binary runs and the notebook test compile the same tiny programs: share JAX's persistent
-# compilation cache between them (and across test sessions) so that only the first run compiles.
-JAX_CACHE_ENV = {
-    "JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), f"rl_align_jax_cache_{os.getuid()}"),
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-}
 
 
 def test_gain_is_scratch_over_arm_iterations_with_censoring():
@@ -104,10 +93,9 @@ def test_transfer_init_carries_hidden_layers_and_takes_a_fresh_head():
 
 
 def _run_binary(workdir, *extra):
-  cmd = [sys.executable, "-m", "experiments.specialization",
-         "--config=experiments/configs/specialization.py:tiny", f"--workdir={workdir}", *extra]
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                        env={**os.environ, **JAX_CACHE_ENV})
+  return run_module("experiments.specialization",
+                    "--config=experiments/configs/specialization.py:tiny", f"--workdir={workdir}",
+                    *extra, timeout=300, share_cache=True)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from rl_align import covariance, eigenmap, models, symmetry, train
+from tests.helpers import train_config
 from tests.tolerances import f32_run_tol, f64_tol, sampling_tol
 
 # Equivariance holds exactly in exact arithmetic; the two float32 runs differ by rounding only: the
@@ -18,11 +19,9 @@ _CONV_TOL = float(f32_run_tol(1.0, _CONV_STEPS, _CONV_CHAIN))       # 1.2e-3
 
 
 def _cfg(optimizer):
-  cfg = train.default_config()
-  cfg.update(num_seeds=1, num_epochs=3, batch_size=32, learning_rate=0.05, optimizer=optimizer,
-             snapshot_epochs=(1, 3), train_eval_examples=0, matmul_precision="highest",
-             seed_layout="unroll")
-  return cfg
+  return train_config(num_seeds=1, num_epochs=3, batch_size=32, learning_rate=0.05,
+                      optimizer=optimizer, snapshot_epochs=(1, 3), train_eval_examples=0,
+                      matmul_precision="highest", seed_layout="unroll")
 
 
 def _dense_problem():
@@ -79,8 +78,8 @@ def test_rotated_gaussian_weights_are_centred_and_aligned():
   ds = data.gaussian(1000, stds=stds, rotate=True, seed=4)
   lam, V = alignment.eigh_desc(data.gaussian_covariance(stds=stds, rotate=True, seed=4))
   assert np.abs(V - np.eye(6)).max() > 0.1   # really non-diagonal
-  cfg = train.default_config()
-  cfg.update(num_seeds=4, num_epochs=30, batch_size=64, learning_rate=0.05, train_eval_examples=0)
+  cfg = train_config(num_seeds=4, num_epochs=30, batch_size=64, learning_rate=0.05,
+                     train_eval_examples=0)
   labels = train.random_labels(0, range(4), 1000, 10)
   res = train.train(models.DenseNet(widths=(256, 64), first_layer_std=0.01), cfg, ds.x, labels)
   kernels = models.first_layer_kernel(res.params)

@@ -1,9 +1,6 @@
 """Tests of rl_align.transfer and the `experiments.transfer` binary (tiny, subprocess)."""
 import json
 import os
-import subprocess
-import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -13,16 +10,16 @@ import pytest
 
 from experiments.configs import fig1, fig5
 from rl_align import covariance, errors, models, transfer
+from rl_align.runners import transfer as transfer_runner
+from tests.helpers import run_module
 from tests.tolerances import f32_tol, f64_tol
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_upstream_downstream_and_test_splits_are_disjoint_and_standardized_upstream():
   c = fig5.get_config("tiny")
   c.split.test = 32                               # cut the test set from the same permutation
   c.data.kwargs.n = 288                           # room for 128 + 128 + 32
-  d = transfer.load_data(c)
+  d = transfer_runner.load_data(c)
   idx = d["indices"]
   assert len(idx["upstream"]) == 128 and len(idx["downstream"]) == 128
   for a, b in (("upstream", "downstream"), ("upstream", "test"), ("downstream", "test")):
@@ -30,7 +27,7 @@ def test_upstream_downstream_and_test_splits_are_disjoint_and_standardized_upstr
   # float32 standardization (as tests/test_data.py): the mean rounded to float32 shifts z by
   # <= u |mean| / std, z rounds once or twice; the test's statistics are float64.
   c.data.standardize = False
-  raw = transfer.load_data(c)["x_up"].reshape(-1, 3).astype(np.float64)
+  raw = transfer_runner.load_data(c)["x_up"].reshape(-1, 3).astype(np.float64)
   ratio = np.abs(raw.mean(0)) / raw.std(0)
   z = d["x_up"].reshape(-1, 3).astype(np.float64)
   mean_tol = f32_tol(ratio + np.abs(z).max(), 2)
@@ -134,17 +131,10 @@ def test_configs_build():
 
 
 def _run(workdir, *extra):
-  cmd = [sys.executable, "-m", "experiments.transfer",
-         "--config=experiments/configs/fig5.py:tiny",
-         "--config.arms=('scratch','pretrained','covariance','covariance_L2')",
-         f"--workdir={workdir}", *extra]
   # The notebook test runs the same tiny programs: share JAX's on-disk compilation cache.
-  env = dict(os.environ,
-             JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(),
-                                                    f"rl_align_jax_cache_{os.getuid()}"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  return run_module("experiments.transfer", "--config=experiments/configs/fig5.py:tiny",
+                    "--config.arms=('scratch','pretrained','covariance','covariance_L2')",
+                    f"--workdir={workdir}", *extra, share_cache=True)
 
 
 @pytest.fixture(scope="module")
