@@ -121,7 +121,7 @@ def extract_patches(images, k: int):
   return patches.reshape(n, ho * wo, k * k * c)
 
 
-def _patches_np(y: np.ndarray, k: int) -> np.ndarray:
+def patches_np(y: np.ndarray, k: int) -> np.ndarray:
   """NumPy twin of extract_patches, flattened to [n * P, k*k*C] (one copy, no stack)."""
   n, h, w, c = y.shape
   ho, wo = h - k + 1, w - k + 1
@@ -308,7 +308,7 @@ class _Threads:
 
 
 @contextlib.contextmanager
-def _blas_threads():
+def blas_threads():
   """_Threads with one thread per core, each calling single-threaded BLAS (inline on one core or
   without threadpoolctl).
 
@@ -382,7 +382,7 @@ class _PatchGram:
   def update(self, y: np.ndarray) -> None:
     step = max(1, _PATCH_BYTES // (self.per_image * y.itemsize * self.threads.workers))
     chunks = [y[start:start + step] for start in range(0, len(y), step)]
-    for g in self.threads.map(lambda part: _gram64(_patches_np(part, self.k)), chunks):
+    for g in self.threads.map(lambda part: _gram64(patches_np(part, self.k)), chunks):
       self.total += g
 
   def gram(self) -> np.ndarray:
@@ -414,7 +414,7 @@ def patch_moments(images_or_iterator, k: int, batch_size: int = 512,
   k = _check_k(k)
   batch_size = _check_batch_size(batch_size)
   stream = None
-  with _blas_threads() as threads:
+  with blas_threads() as threads:
     for x in _batches(images_or_iterator, batch_size):
       seen = stream.seen if stream else 0
       _check_images(x, f"images (batch at image #{seen})" if seen else "images", k,

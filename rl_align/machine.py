@@ -45,7 +45,8 @@ def cores() -> int:
 
 
 @jax.jit
-def _matmul_chain(a, b, reps):
+def matmul_chain(a, b, reps):
+  """a @ b @ ... @ b (reps dependent matmuls in one jitted loop): the program matmul_gflops times."""
   return jax.lax.fori_loop(0, reps, lambda _, c: c @ b, a)
 
 
@@ -63,7 +64,7 @@ def matmul_gflops(n: int | None = None, seconds: float = 0.2, repeats: int = 5) 
 
   def timed(reps: int) -> float:
     t = time.perf_counter()
-    _matmul_chain(a, b, reps).block_until_ready()
+    matmul_chain(a, b, reps).block_until_ready()
     return time.perf_counter() - t
 
   timed(1)                                    # compile and warm up

@@ -5,8 +5,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import ml_collections
@@ -17,8 +15,8 @@ from experiments import cli
 from experiments.configs import common
 from rl_align import errors
 from rl_align import machine
+from tests.helpers import ROOT, run_module
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "experiments", "configs")
 NOT_CONFIGS = ("__init__", "common", "shared")
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
@@ -208,10 +206,8 @@ def test_arguments_select_what_they_name():
 
 
 def test_binary_with_a_typo_in_the_config_argument_exits_2_with_one_error_line(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.transfer",
-       "--config=experiments/configs/fig1.py:negtive", f"--workdir={tmp_path}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = run_module("experiments.transfer", "--config=experiments/configs/fig1.py:negtive",
+                    f"--workdir={tmp_path}", timeout=300)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: fig1.py: "), proc.stderr[-2000:]
@@ -251,7 +247,7 @@ def test_matmul_chain_computes_the_product():
   b = (rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)
   import jax  # pylint: disable=g-import-not-at-top
   with jax.default_matmul_precision("highest"):   # float32, also where the default is TF32
-    got = np.asarray(machine._matmul_chain(jnp.asarray(a), jnp.asarray(b), 3))  # pylint: disable=protected-access
+    got = np.asarray(machine.matmul_chain(jnp.asarray(a), jnp.asarray(b), 3))
   want = a.astype(np.float64) @ b @ b @ b
   tol = 10 * 3 * np.finfo(np.float32).eps * np.sqrt(n) * np.abs(want).max()
   np.testing.assert_allclose(got, want, rtol=0, atol=tol)

@@ -64,7 +64,7 @@ def test_extract_patches_matches_flax_order_convolution(k, h, w):
   mag = jnp.einsum("npd,df->npf", jnp.abs(patches), jnp.abs(kernel).reshape(-1, f),
                    precision=jax.lax.Precision.HIGHEST)
   assert_close(out, conv.reshape(2, -1, f), f32_tol(mag, k * k * c), "patches @ kernel vs conv")
-  np_patches = covariance._patches_np(np.asarray(x), k)  # pylint: disable=protected-access
+  np_patches = covariance.patches_np(np.asarray(x), k)
   np.testing.assert_array_equal(np_patches, np.asarray(patches).reshape(-1, k * k * c))
 
 
@@ -171,7 +171,7 @@ def test_data_covariance_flattens_trailing_axes():
 def test_weight_order_matches_patches():
   x = _images(1, 6, 7, 3, seed=7)
   k = 3
-  patches = np.asarray(covariance._patches_np(x, k))  # pylint: disable=protected-access
+  patches = np.asarray(covariance.patches_np(x, k))
   chosen = [0, 5, 11]
   kernel = np.stack([patches[j].reshape(k, k, 3) for j in chosen], axis=-1)   # [k, k, C, F]
   samples = covariance.weight_samples(kernel)
@@ -247,7 +247,7 @@ def test_one_core_inline_path_equals_threaded_path(method, monkeypatch):
   threaded = covariance.patch_covariance(x, 3, batch_size=8, method=method)[1]
   monkeypatch.setattr(covariance.os, "sched_getaffinity", lambda _: {0}, raising=False)
   monkeypatch.setattr(covariance.os, "cpu_count", lambda: 1)
-  with covariance._blas_threads() as threads:  # pylint: disable=protected-access
+  with covariance.blas_threads() as threads:
     assert threads.workers == 1
   inline = covariance.patch_covariance(x, 3, batch_size=8, method=method)[1]
   # Other chunks per thread -> other float32 Gram blocks: each within the bound of the exact value.

@@ -20,9 +20,8 @@ def test_flops_of_a_dense_net_step_equal_the_hand_count():
   args = (params, jax.eval_shape(tx.init, params), jnp.ones((b, 30)), jnp.zeros(b, jnp.int32),
           jnp.arange(b, dtype=jnp.int32))
   jaxpr = jax.make_jaxpr(step)(*args)
+  # (train_throughput's jaxpr_dot_conv_flops_per_model_step is this counter.)
   assert roofline.dot_conv_flops(jaxpr) == 2 * b * (30 * 16 + 16 * 4) * 2 + 2 * b * 16 * 4
-  # train_throughput's jaxpr_dot_conv_flops_per_model_step is this counter.
-  assert train_throughput._dot_conv_flops is roofline.dot_conv_flops  # pylint: disable=protected-access
 
 
 def test_flops_of_a_conv_equal_the_hand_count_and_scan_bodies_count_per_step():
