@@ -186,6 +186,13 @@ def test_every_run_is_identified_by_its_figure(workdirs):
   for name, fig in want.items():
     assert report.figure_of(_run(workdirs[name])) == fig
   assert report.fig1_direction(_run(workdirs["fig1"])) == "negative"
+  imagenet = {"config": {"figure_name": "imagenet.png"}, "results": {}}   # Table 1: transfer
+  assert report.figure_of(imagenet) == "table1"
+  by_argv = {"config": {}, "results": {}, "run": {"argv": [
+      "/x/experiments/transfer.py", "--config=experiments/configs/fig1.py:positive,fmnist"]}}
+  assert report.figure_of(by_argv) == "fig1" and report.fig1_direction(by_argv) == "positive"
+  assert report.command(by_argv["run"]["argv"]) == (
+      "python -m experiments.transfer --config=experiments/configs/fig1.py:positive,fmnist")
 
 
 # ----------------------------------------------------------------------------------------------
