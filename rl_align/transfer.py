@@ -259,6 +259,23 @@ class ArmContext:
     samples = init_lib.input_samples(self.x_down[:self.n_ex], self.first_kernel_shape())
     return covariance.data_covariance(samples)[1]
 
+  def f_layer_checks(self, layer: str) -> None:
+    """Section 2.5 diagnostics of f_l, kept in transfer_functions beside it: `layer@init` is f_l of
+    the pretrained seeds at their init (the level f_l departs from), `layer@half0` / `@half1` of
+    each half of the finished seeds (their difference: how well the pooled f_l is estimated)."""
+    if f"{layer}@init" in self.transfer_functions:
+      return
+    ok = [i for i, fin in enumerate(self.upstream_finished) if fin]
+    bins = int(self.config.layerwise.num_bins) or None
+    x = self.x_up[:self.n_ex]
+    measure = lambda ps: init_lib.measure_layer_transfer(self.model_up, ps, x, layer,
+                                                         num_bins=bins)
+    self.transfer_functions[f"{layer}@init"] = measure([self.pretrained_init[i] for i in ok])
+    if len(ok) >= 2:
+      h = len(ok) // 2
+      self.transfer_functions[f"{layer}@half0"] = measure([self.pretrained[i] for i in ok[:h]])
+      self.transfer_functions[f"{layer}@half1"] = measure([self.pretrained[i] for i in ok[h:]])
+
   def f_layer(self, layer: str) -> init_lib.TransferFunction:
     """f_l of `layer`, measured on the finished pretrained seeds against their upstream inputs."""
     if layer not in self.transfer_functions:
@@ -302,13 +319,32 @@ def covariance_layers(ctx: ArmContext, n: int) -> list:
   if n > len(ctx.layers):
     raise errors.ConfigError(f"arm covariance_L{n} samples {n} layers but the model has only "
                              f"{len(ctx.layers)} ({ctx.layers}). Fix: use L <= {len(ctx.layers)}.")
-  below = ctx.build(f"covariance_L{n - 1}")
+  return _sampled_above(ctx, ctx.build(f"covariance_L{n - 1}"), n)
+
+
+def _sampled_above(ctx: ArmContext, below: list, n: int) -> list:
+  """`below` (one params tree per seed) with layer n drawn from V diag(f_n(lambda))^2 V^T: V, lambda
+  of layer n's inputs in the new network, f_n measured on the pretrained one (section 2.5)."""
   layer = ctx.layers[n - 1]
   f = ctx.f_layer(layer)
+  ctx.f_layer_checks(layer)
   x = ctx.x_down[:ctx.n_ex]
   out = [init_lib.sample_layer(ctx.model, p, x, layer, f, jax.random.fold_in(k, n - 1))[0]
          for p, k in zip(below, ctx.sample_keys)]
   return ctx.rescaled(out, layer)
+
+
+@register_arm("pretrained_f_L2", label="pretrained L1 + f-sampled L2", color="tab:cyan",
+              linestyle="--", carries_seeds=True)
+def pretrained_f_l2(ctx: ArmContext, n=None) -> list:
+  """Section 2.5 isolated: layer 1 as the pretrained arm's (rescaled), layer 2 drawn from the
+  pretrained network's f_2 in the new network's layer-2 input basis (no covariance-sampled
+  layer 1 under it)."""
+  del n
+  if len(ctx.layers) < 3:
+    raise errors.ConfigError(f"arm pretrained_f_L2 samples layer 2 below the head, but the model "
+                             f"has layers {ctx.layers}. Fix: drop the arm.")
+  return _sampled_above(ctx, ctx.build("pretrained"), 2)
 
 
 @register_arm("pca_whitening", label="PCA whitening (peer)", color="tab:green", linestyle=":",
