@@ -22,11 +22,16 @@ import ml_collections
 from experiments.configs import common
 from experiments.configs import shared
 
+# fmnist: the local model (paper CNN, 64 filters 5x5, first layer at std 0.002; a WRN-28-4 does not
+# fit the CPU) on the first `examples` Fashion-MNIST training images: 25-dimensional patches.
+FMNIST = {"examples": 4000, "epochs": 30, "seeds": 8}
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, scale=common.OneOf("paper", "local", "tiny"))
+  a = common.parse_arg(arg, scale=common.OneOf("paper", "local", "tiny"), fmnist=False)
+  shared.check_fmnist_scale(a.fmnist, a.scale)
   tiny = a.scale == "tiny"
-  local = a.scale == "local" or tiny
+  local = a.scale == "local" or tiny or a.fmnist
   c = common.base_config()
   c.labels = "random"
   c.num_classes = 10
@@ -48,4 +53,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   t.num_seeds = 2 if tiny else (8 if local else 70)
   t.train_eval_examples = 256 if tiny else 2048
   c.analysis = {"centered": False, "basis_seed": 0, "patch_size": 5}
+  if a.fmnist:
+    c.title = "Fig 3 (Fashion-MNIST: paper CNN with 5x5 filters)"
+    c.data = shared.fmnist_data(256 if tiny else FMNIST["examples"])
+    if not tiny:
+      t.num_epochs, t.num_seeds = FMNIST["epochs"], FMNIST["seeds"]
   return c

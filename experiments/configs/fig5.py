@@ -55,7 +55,7 @@ PAPER_REFERENCE = {"iterations": (1000, 2000),
                    "covariance": (0.735, 0.88), "scratch": (0.64, 0.79)}
 ARMS = ("scratch", "pretrained", "pretrained_no_rescaling", "covariance", "covariance_L2",
         "covariance_L3", "pca_whitening", "f_only")
-FMNIST_ARMS = ARMS[:6]
+FMNIST_ARMS = ARMS[:6] + ("pretrained_f_L2",)
 
 
 def shared_fields() -> ml_collections.ConfigDict:

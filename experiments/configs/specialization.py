@@ -40,6 +40,8 @@ settings; widening the later layers restores positive transfer.
 import ml_collections
 
 from experiments.configs import common
+from experiments.configs import shared
+from rl_align import errors
 
 SETTINGS = ("local", "tiny", "vgg16_cifar10", "resnet18_cifar10", "resnet18_imagenet")
 
@@ -153,12 +155,37 @@ def _paper(c, model: str, dataset: str):
   return c
 
 
+def _fmnist(c, tiny: bool):
+  """Fashion-MNIST (flattened 28x28, dense net): the local design on real images, 8 seeds."""
+  c.data = ml_collections.ConfigDict(shared.fmnist_data())
+  c.data.test_examples = 2000
+  c.split = ml_collections.ConfigDict({"upstream": 5000, "downstream": 5000, "test": 0,
+                                       "seed": 0})
+  c.downstream.train_eval_examples = 1000
+  c.train.train_eval_examples = 1000
+  if tiny:  # tiny's sweep, sizes and threshold
+    c.split.update({"upstream": 128, "downstream": 128})
+    c.data.test_examples = 64
+    c.downstream.train_eval_examples = c.train.train_eval_examples = 128
+    return c
+  c.downstream.threshold = 0.85
+  c.sweep.update({"widths": (16, 64, 256), "learning_rates": (0.01, 0.05),
+                  "num_random_classes": (10, 50), "upstream_steps": (1000, 4000)})
+  return c
+
+
 def get_config(arg: str = "local") -> ml_collections.ConfigDict:
-  setting = common.parse_arg(arg, setting=common.OneOf(*SETTINGS)).setting
+  a = common.parse_arg(arg, setting=common.OneOf(*SETTINGS), fmnist=False)
+  setting = a.setting
+  if a.fmnist and setting not in ("local", "tiny"):
+    raise errors.ConfigError(f"specialization.py: fmnist goes with local (default) or tiny, not "
+                             f"{setting!r}. Fix: specialization.py:fmnist.")
   c = _common()
   if setting == "tiny":
-    return _tiny(c)
+    c = _tiny(c)
+    return _fmnist(c, tiny=True) if a.fmnist else c
   if setting == "local":
-    return _local(c)
+    c = _local(c)
+    return _fmnist(c, tiny=False) if a.fmnist else c
   model, dataset = setting.split("_")
   return _paper(c, model, dataset)
