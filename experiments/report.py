@@ -19,6 +19,8 @@ from typing import Any
 from rl_align import report
 
 SWEEP_SPEC = "sweep_spec.json"   # rl_align.sweep.SPEC (not imported: it pulls in jax)
+# --readme: the report replaces what stands between these lines.
+BEGIN, END = "<!-- fmnist-report:begin -->", "<!-- fmnist-report:end -->"
 
 
 def fail(message: str) -> None:
@@ -102,16 +104,37 @@ def main(argv=None) -> int:
   p = _Parser(prog="python -m experiments.report", description=__doc__.split("\n\n")[0])
   p.add_argument("workdirs", nargs="+", metavar="WORKDIR")
   p.add_argument("--out", default="report.md", help="the markdown file to write")
+  p.add_argument("--readme", default="",
+                 help=f"also put the report between the lines {BEGIN} and {END} of this file")
   a = p.parse_args(argv)
-  text = build(a.workdirs, a.out)
-  folder = os.path.dirname(os.path.abspath(a.out))
+  _write(a.out, build(a.workdirs, a.out))
+  print(f"wrote {a.out}")
+  if a.readme:
+    _write(a.readme, into_markers(a.readme, build(a.workdirs, a.readme)))
+    print(f"updated {a.readme}")
+  return 0
+
+
+def into_markers(path: str, text: str) -> str:
+  """The file at `path` with `text` between its BEGIN and END marker lines."""
+  if not os.path.exists(path):
+    fail(f"--readme {path} does not exist. Fix: pass the README with the {BEGIN} / {END} lines.")
+  with open(path, encoding="utf-8") as f:
+    old = f.read()
+  if old.count(BEGIN) != 1 or old.count(END) != 1 or old.index(BEGIN) > old.index(END):
+    fail(f"{path} must hold the line {BEGIN} once, followed by {END} once. Fix: add them where the "
+         "report goes.")
+  head, rest = old.split(BEGIN)
+  return f"{head}{BEGIN}\n{text.strip()}\n{END}{rest.split(END, 1)[1]}"
+
+
+def _write(path: str, text: str) -> None:
+  folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  tmp = a.out + ".tmp"
+  tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     f.write(text)
-  os.replace(tmp, a.out)
-  print(f"wrote {a.out}")
-  return 0
+  os.replace(tmp, path)
 
 
 if __name__ == "__main__":

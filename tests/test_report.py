@@ -323,3 +323,15 @@ def test_fig4_rows_without_a_finished_seed_are_not_evaluable():
   row = report.fig4_magnitude_row("real", res, None)
   assert "peak 0.250 ± 0.050 SE (n=2 seeds) at λ=1.000" in row["ours"]
   assert row["verdict"] == "partly"      # f 0.25 is 10x the paper's 0.024; lambda 1.0 vs 1.1 is in
+
+
+def test_readme_markers_take_the_report(tmp_path, capsys):
+  readme = tmp_path / "README.md"
+  readme.write_text("# top\n<!-- fmnist-report:begin -->\nold table\n<!-- fmnist-report:end -->\ntail\n")
+  out = report_cli.into_markers(str(readme), "| new | table |\n")
+  assert out == ("# top\n<!-- fmnist-report:begin -->\n| new | table |\n"
+                 "<!-- fmnist-report:end -->\ntail\n")
+  readme.write_text("# no markers\n")
+  with pytest.raises(SystemExit) as info:
+    report_cli.into_markers(str(readme), "x")
+  assert info.value.code == 2 and "fmnist-report:begin" in capsys.readouterr().err
