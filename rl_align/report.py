@@ -461,7 +461,46 @@ def fig5_rows(res: Mapping[str, Any], config: Mapping[str, Any]) -> list[dict[st
   for arm in sorted(a for a in arms if a.startswith("covariance_L") and "covariance" in arms):
     rows.append(faster_row("§2.5", res, config, arm, "covariance", "covariance_L2/L3 speed up "
                            "further than covariance (qualitative)"))
+  if "pretrained_f_L2" in arms and "pretrained" in arms:
+    rows.append(faster_row("§2.5", res, config, "pretrained_f_L2", "pretrained",
+                           "sampling layer 2 from f_2 speeds up further (qualitative; this arm "
+                           "keeps layer 1 pretrained)"))
+  tf = res.get("transfer_functions") or {}
+  rows += [f_layer_row(res, layer) for layer in sorted(tf)
+           if "@" not in layer and f"{layer}@half1" in tf and f"{layer}@init" in tf]
   return rows
+
+
+def _on_grid(entry: Mapping[str, Any], grid: np.ndarray) -> np.ndarray:
+  lam = np.asarray(entry["lambda"], np.float64)
+  f = np.asarray(entry["f"], np.float64)
+  ok = (lam > 0) & np.isfinite(f)
+  order = np.argsort(lam[ok])
+  return np.interp(np.log(grid), np.log(lam[ok][order]), f[ok][order])
+
+
+def f_layer_row(res: Mapping[str, Any], layer: str) -> dict[str, Any]:
+  """Section 2.5 diagnostic: is the pretrained network's f_l (layer l's weights against its own
+  input covariance) resolved from its init level?  departure = RMS(f_l - f_l at init) and noise =
+  RMS(f_l of one half of the seeds - f_l of the other) / 2 (the split-half standard error of the
+  pooled f_l), both relative to the init level, on the pooled f_l's lambda knots.  Resolved if
+  departure > Z x noise."""
+  tf = res["transfer_functions"]
+  grid = np.asarray(tf[layer]["lambda"], np.float64)
+  grid = grid[grid > 0]
+  f, f0 = _on_grid(tf[layer], grid), _on_grid(tf[f"{layer}@init"], grid)
+  h0, h1 = _on_grid(tf[f"{layer}@half0"], grid), _on_grid(tf[f"{layer}@half1"], grid)
+  level = float(np.mean(np.abs(f0)))
+  dep = float(np.sqrt(np.mean((f - f0) ** 2))) / level
+  noise = float(np.sqrt(np.mean((h0 - h1) ** 2))) / 2 / level
+  ours = (f"f_{layer} departs from its init level ({fmt(level)}) by {fmt(dep)} (RMS, relative); "
+          f"split-half noise {fmt(noise)}; f range {fmt(float(f.min()))}..{fmt(float(f.max()))} "
+          f"over {len(grid)} λ knots")
+  rule = f"resolved (reproduced) if departure > {Z:g} × split-half noise, else not"
+  verdict = REPRODUCED if dep > Z * noise else NOT_REPRODUCED
+  return row("§2.5", f"the pretrained network's f_{layer} is resolved from its init level "
+             "(what sampling that layer can carry)", "f_l measured on the pretrained network",
+             ours, rule, verdict, res.get("figure"))
 
 
 def fig1_direction(run: Mapping[str, Any]) -> str:

@@ -335,3 +335,17 @@ def test_readme_markers_take_the_report(tmp_path, capsys):
   with pytest.raises(SystemExit) as info:
     report_cli.into_markers(str(readme), "x")
   assert info.value.code == 2 and "fmnist-report:begin" in capsys.readouterr().err
+
+
+def test_f_layer_row_compares_departure_with_split_half_noise():
+  lam = [0.1, 1.0, 10.0]
+  tf = lambda f: {"lambda": lam, "f": f, "rest": 0.0}
+  res = {"transfer_functions": {"dense_0": tf([0.02, 0.03, 0.04]), "dense_0@init": tf([0.01] * 3),
+                                "dense_0@half0": tf([0.021, 0.031, 0.041]),
+                                "dense_0@half1": tf([0.019, 0.029, 0.039])}, "figure": "x.png"}
+  r = report.f_layer_row(res, "dense_0")
+  # departure RMS(0.01, 0.02, 0.03) / 0.01 = sqrt(14/3); noise RMS(0.002) / 2 / 0.01 = 0.1.
+  assert f"by {report.fmt(np.sqrt(14 / 3))}" in r["ours"] and "noise 0.1" in r["ours"]
+  assert r["verdict"] == report.REPRODUCED
+  res["transfer_functions"]["dense_0"] = tf([0.0101, 0.0099, 0.01])   # at its init level
+  assert report.f_layer_row(res, "dense_0")["verdict"] == report.NOT_REPRODUCED
