@@ -23,7 +23,7 @@ import signal
 from rl_align import distributed
 
 
-def _cfg(train, num_seeds, num_epochs=2):
+def _cfg(engine_config, num_seeds, num_epochs=2):
   c = engine_config.default_config()
   c.num_seeds, c.num_epochs, c.batch_size, c.log_every_steps = num_seeds, num_epochs, 16, 3
   c.train_eval_examples, c.seed, c.checkpoint_every_secs = 32, 5, 0.0
@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     return load(self, t0, t1)
   pipeline.HostFeed.load = recording_load
 
-  cfg = _cfg(train, args.num_seeds, args.num_epochs)
+  cfg = _cfg(engine_config, args.num_seeds, args.num_epochs)
   model = models.PaperCNN(features=4, hidden=8, num_classes=4)
   src = data.source("photos", n=96, size=8, seed=0)
   mean, std = data.channel_stats(src)
