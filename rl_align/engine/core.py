@@ -9,9 +9,8 @@ permutation) and host-fed buffers.  `Engine` lifts them over the members with th
 import collections
 import json
 import threading
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
-from absl import logging
 import jax
 from jax import lax
 from jax.experimental import multihost_utils
