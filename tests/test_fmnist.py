@@ -95,3 +95,16 @@ def test_missing_fashion_mnist_is_one_error_line(tmp_path, monkeypatch, capsys):
   assert len(err) == 1
   assert "'fashion_mnist'" in err[0] and "apt-get install dataset-fashion-mnist" in err[0]
   assert "tfds build fashion_mnist" in err[0] and str(tmp_path / "nothing") in err[0]
+
+
+def test_fmnist_streams_through_the_host_pipeline(fmnist_run, tmp_path):
+  """placement=host reads Fashion-MNIST through data.source / the host pipeline: same numbers."""
+  device = _results(fmnist_run("fig5"))
+  c = tiny_config("fig5", os.path.join(os.path.dirname(fmnist_run("fig5")), "idx"))
+  c.data.placement = "host"
+  cli.run_main(transfer_runner.run, c, str(tmp_path / "host"), argv=["fig5.py:fmnist,tiny"])
+  host = _results(str(tmp_path / "host"))
+  assert host["data"]["placement"] == "host" and device["data"]["placement"] == "device"
+  for arm in c.arms:
+    assert host["arms"][arm]["train_accuracy"] == device["arms"][arm]["train_accuracy"], arm
+    assert host["arms"][arm]["test_accuracy"] == device["arms"][arm]["test_accuracy"], arm
