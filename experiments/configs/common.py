@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from rl_align import errors
-from rl_align import train
+from rl_align.engine import config as engine_config
 
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
@@ -206,5 +206,5 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_classes = 10
   c.model = ml_collections.ConfigDict({"name": "dense", "widths": (2048, 256), "num_classes": 10,
                                        "dtype": "float32"})
-  c.train = train.default_config()
+  c.train = engine_config.default_config()
   return c

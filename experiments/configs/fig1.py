@@ -36,6 +36,15 @@ ties to specialization of later layers, i.e. negative transfer.  Both are fields
 Expected result: positive: pretrained (and no-rescaling) train faster than scratch on real labels
 and on fresh random labels; negative: slower.  The local variant is far smaller than the paper's
 (1/8 of the channels, 32x32 photo crops, 2k/4k images), its outcome is not a paper number.
+
+Fashion-MNIST (`fmnist`, real data; Debian's dataset-fashion-mnist or idx files in data_dir):
+    python -m experiments.transfer --config=experiments/configs/fig1.py:positive,fmnist --workdir=workdirs/fig1_pos_fmnist
+    python -m experiments.transfer --config=experiments/configs/fig1.py:negative,fmnist --workdir=workdirs/fig1_neg_fmnist
+  VGG16 at 1/8 width (the widest whose 8 seeds fit ~30 min per column on a 2-core CPU), images
+  resized 28 -> 32 (VGG16's five pools), downstream the paper's 25k with real labels, test the
+  10k test images, 8 seeds; upstream 2000 images (1000 steps positive, 3000 negative: random labels
+  on 20k are not fitted in a CPU budget) and the local column's learning rates.  Not run yet (see
+  the README's limitations).  `tiny` is a smoke run (CI).
 """
 import ml_collections
 

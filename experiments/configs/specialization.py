@@ -36,6 +36,13 @@ Expected result of `local` (8 seeds per point, README "Specialization"):
   negative region (lr 0.05, K 50, L 4000: widths 32-128 at gain 0.34-0.51, width 256 at 1.20).
 Paper (section 3): later-layer activations drop sharply at the switch in negative-transfer
 settings; widening the later layers restores positive transfer.
+
+Fashion-MNIST (`fmnist`, real data; Debian's dataset-fashion-mnist or idx files in data_dir):
+    python -m experiments.specialization --config=experiments/configs/specialization.py:fmnist --workdir=workdirs/spec_fmnist
+  The local design (dense net 784 -> 256 -> w -> w -> 10 on flattened images) on 5000 upstream /
+  5000 downstream Fashion-MNIST images, test on 2000 test images, threshold 0.85 train accuracy,
+  sweep widths 16 / 64 / 256, lr 0.01 / 0.05, K 10 / 50, upstream 1000 / 4000 steps, 8 seeds per
+  point.  Not run yet (see the README's limitations).  `tiny,fmnist` is a smoke run (CI).
 """
 import ml_collections
 
