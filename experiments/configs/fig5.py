@@ -51,7 +51,7 @@ Fashion-MNIST (`fmnist`, real data; Debian's dataset-fashion-mnist or idx files 
   10,000 test images, SGD momentum 0.9, lr 0.01; arms scratch, pretrained, no rescaling,
   covariance, covariance_L2 / L3, and pretrained_f_L2 (section 2.5 isolated: layer 1 pretrained,
   layer 2 from f_2).  8 seeds.  Shrunk to fit ~30 min on a 2-core CPU: 64 conv filters (not 256:
-  4x the cost), batch 128, upstream 2000 images with 10 random labels for 1500 steps (on 20k
+  4x the cost), batch 128, upstream 1000 images with 10 random labels for 1500 steps (on 20k
   images a CPU budget fits random labels too little to transfer; the pretraining trap), 300
   downstream steps (train accuracy on the first 1000 downstream images every 15 steps).  The
   report compares at the same fractions of the downstream run as the paper's 1000 / 2000 of 4500.
@@ -194,9 +194,9 @@ def fmnist(c, tiny_run: bool = False) -> ml_collections.ConfigDict:
     c.f_only.source = "upstream"
     c.arms = FMNIST_ARMS
     return c
-  c.title = "Fig 5 (Fashion-MNIST: conv 64, 2k upstream, 25k downstream, 8 seeds)"
+  c.title = "Fig 5 (Fashion-MNIST: conv 64, 1k upstream, 25k downstream, 8 seeds)"
   c.data = shared.fmnist_data()
-  c.split = ml_collections.ConfigDict({"upstream": 2000, "downstream": 25_000, "test": 0,
+  c.split = ml_collections.ConfigDict({"upstream": 1000, "downstream": 25_000, "test": 0,
                                        "seed": 0})
   c.model.features = 64
   t = c.train
