@@ -13,8 +13,9 @@ import numpy as np
 from experiments import cli
 from rl_align import models
 from rl_align import results
+from rl_align import seeds
 from rl_align import symmetry
-from rl_align import train
+from rl_align.engine import config as engine_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output folder.")
@@ -34,9 +35,9 @@ def _run(config, workdir):
   }
   table = {}
   for name, (model, x, rotation) in problems.items():
-    labels = train.random_labels(0, [0], len(x), 4)
+    labels = seeds.random_labels(0, [0], len(x), 4)
     for opt in ("sgd", "momentum", "adam"):
-      cfg = train.default_config()
+      cfg = engine_config.default_config()
       cfg.update(num_seeds=1, num_epochs=config["epochs"], batch_size=32, learning_rate=0.05,
                  optimizer=opt, snapshot_epochs=tuple(range(1, config["epochs"] + 1)),
                  train_eval_examples=0, matmul_precision="highest")

@@ -251,7 +251,7 @@ class PaperCNN(_Base):
   @property
   def blocks_in_cache(self) -> bool:
     """True when the step already runs cache-blocked (the fused block): no gradient micro-batches
-    (`rl_align.train.choose_microbatch`)."""
+    (`rl_align.engine.layout.choose_microbatch`)."""
     return self.conv_impl in ("fused", "pallas")
 
   @nn.compact

@@ -124,7 +124,7 @@ def _resolve_backend(plan: Plan) -> str:
   if platform in ("gpu", "cuda", "rocm"):
     return "triton"
   raise errors.ConfigError(f"pallas fused block: no kernel for platform {platform!r}. Fix: use "
-                           "conv_impl='im2col' (seed_layout='vmap_im2col') there.")
+                           "conv_impl='im2col' there (the engine config's conv_impl='auto' picks it).")
 
 
 def _call_kwargs(plan: Plan, name: str) -> dict[str, Any]:

@@ -60,7 +60,7 @@ from rl_align import curves
 from rl_align import errors
 from rl_align import init as init_lib
 from rl_align import models
-from rl_align import train
+from rl_align import seeds
 
 # fold_in tags of the downstream seeds' extra streams.
 _FRESH, _SAMPLE = 21, 22
@@ -181,11 +181,11 @@ class ArmContext:
     self.config, self.model, self.model_up = config, model_down, model_up
     self.x_up, self.x_down, self.f_source = x_up, x_down, f_source
     root = int(config.downstream.seed)
-    ids = train.seed_ids(config.train)
+    ids = seeds.seed_ids(config.train)
     x1 = x_down[:1]
-    self.fresh = [model_down.init(jax.random.fold_in(train.seed_key(root, i, _FRESH), 0), x1)["params"]
+    self.fresh = [model_down.init(jax.random.fold_in(seeds.seed_key(root, i, _FRESH), 0), x1)["params"]
                   for i in ids]
-    self.sample_keys = [train.seed_key(root, i, _SAMPLE) for i in ids]
+    self.sample_keys = [seeds.seed_key(root, i, _SAMPLE) for i in ids]
     self.layers = models.layer_names(self.fresh[0])
     self.pretrained = init_lib.unstack(pretrained)
     self.pretrained_init = init_lib.unstack(pretrained_init)

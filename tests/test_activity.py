@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rl_align import activity, errors, train
+from rl_align import activity, errors, seeds, train
+from rl_align.engine import config as engine_config
 from tests.tolerances import f32_tol
 
 # Fractions are float32 means of booleans: an exact integer count, one rounding in the division.
@@ -91,10 +92,10 @@ def test_probe_is_jittable_and_errors_are_clear():
 def test_probe_fn_inside_the_engine_logs_every_layer_and_curves_parse():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(64, 3)).astype(np.float32)
-  cfg = train.default_config()
+  cfg = engine_config.default_config()
   cfg.num_seeds, cfg.num_steps, cfg.batch_size, cfg.eval_every_steps = 2, 6, 16, 3
   cfg.log_every_steps, cfg.train_eval_examples = 3, 32
-  labels = train.random_labels(0, range(2), 64, 2)
+  labels = seeds.random_labels(0, range(2), 64, 2)
   res = train.train(HandNet(), cfg, x, labels,
                     probe_fn=activity.make_probe_fn(x[:8], activations_fn=hand_acts))
   rows = [r for r in res.metrics if "probe/dense_0/active_fraction" in r]

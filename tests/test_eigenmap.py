@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rl_align import alignment, eigenmap, models, train
+from rl_align import alignment, eigenmap, models, seeds, train
+from rl_align.engine import config as engine_config
 from rl_align.runners import eigenmap as runner
 
 _POOLED = ("f_pooled", "misalignment_pooled_eigenbasis", "misalignment_pooled_random_basis")
@@ -66,10 +67,10 @@ def test_engine_flags_reach_the_analysis(tmp_path):
   init = jax.tree.map(np.asarray, jax.vmap(lambda k: model.init(k, jnp.zeros((1, d))))(keys)["params"])
   init = jax.tree.map(lambda a: a * np.array([1.0, 1e20], np.float32).reshape((2,) + (1,) * (a.ndim - 1)),
                       init)
-  cfg = train.default_config()
+  cfg = engine_config.default_config()
   cfg.update(num_seeds=2, num_steps=4, batch_size=16, train_eval_examples=32, snapshot_steps=(0, 4),
              log_every_steps=2)
-  res = train.train(model, cfg, x, train.random_labels(0, [0, 1], len(x), 3), init_params=init)
+  res = train.train(model, cfg, x, seeds.random_labels(0, [0, 1], len(x), 3), init_params=init)
   assert res.diverged.tolist() == [False, True]
   lam, V = alignment.eigh_desc(np.cov(x.T))
   out = runner.analyse(_analysis_config(), res, lam, V)
@@ -87,7 +88,7 @@ def test_an_all_diverged_panel_writes_the_error_in_its_checks(tmp_path):
                                               "num_classes": 4}, "data_dir": "", "standardize": False},
       "labels": "random", "num_classes": 4,
       "model": {"name": "dense", "widths": (8,), "num_classes": 4},
-      "train": train.default_config(),
+      "train": engine_config.default_config(),
       "analysis": {"centered": False, "reduce": "sum", "basis_seed": 0, "patch_size": 3,
                    "population_covariance": True},
       "figure_name": "f.png", "panels": {"right": {"title": "tiny"}}})

@@ -15,6 +15,7 @@ from experiments.configs import imagenet
 from rl_align import data
 from rl_align import errors
 from rl_align import pipeline
+from rl_align import seeds
 from rl_align import train
 from rl_align.runners import transfer as transfer_runner
 
@@ -139,7 +140,7 @@ def test_config_data_path_through_the_host_pipeline(mock):
                               labels=pipeline.RandomLabels(c.upstream.label_seed, 1000),
                               mean=mean, std=std)
   chunk = feed_up.load(0, c.upstream.num_steps)
-  labels = train.random_labels(c.upstream.label_seed, ids, len(up), 1000)
+  labels = seeds.random_labels(c.upstream.label_seed, ids, len(up), 1000)
   for s in ids:
     bi = pipeline.batch_indices(c.upstream.seed, s, len(up), b, 0, c.upstream.num_steps)
     np.testing.assert_array_equal(chunk.x[s], want["x_up"][bi])

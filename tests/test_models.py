@@ -111,7 +111,7 @@ def test_activations_dict_in_forward_order():
 
 def test_is_conv_model_matches_engine_test():
   assert not models.is_conv_model(models.DenseNet())
-  assert not hasattr(models.DenseNet(), "conv_impl")   # train.choose_layout keys on this
+  assert not hasattr(models.DenseNet(), "conv_impl")   # engine.layout.choose_layout keys on this
   for name in ("paper_cnn", "small_cnn", "vgg16", "resnet18", "wrn"):
     assert models.is_conv_model(models.build({"name": name}))
 

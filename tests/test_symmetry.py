@@ -3,7 +3,7 @@ Adam does not."""
 import numpy as np
 import pytest
 
-from rl_align import covariance, eigenmap, models, symmetry, train
+from rl_align import covariance, eigenmap, models, seeds, symmetry, train
 from tests.helpers import train_config
 from tests.tolerances import f32_run_tol, f64_tol, sampling_tol
 
@@ -21,7 +21,7 @@ _CONV_TOL = float(f32_run_tol(1.0, _CONV_STEPS, _CONV_CHAIN))       # 1.2e-3
 def _cfg(optimizer):
   return train_config(num_seeds=1, num_epochs=3, batch_size=32, learning_rate=0.05,
                       optimizer=optimizer, snapshot_epochs=(1, 3), train_eval_examples=0,
-                      matmul_precision="highest", seed_layout="unroll")
+                      matmul_precision="highest", member_lift="unroll", conv_impl="lax")
 
 
 def _dense_problem():
@@ -44,7 +44,7 @@ def test_rotation_preserves_covariance_and_is_nontrivial():
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
 def test_dense_iterates_agree_up_to_rotation(optimizer):
   x, O, _ = _dense_problem()
-  labels = train.random_labels(0, [0], 128, 4)
+  labels = seeds.random_labels(0, [0], 128, 4)
   gap = symmetry.equivariance_gap(models.DenseNet(widths=(32, 16), num_classes=4), _cfg(optimizer),
                                   x, labels, O)
   assert gap["max_rel_gap"] < _DENSE_TOL, gap
@@ -52,7 +52,7 @@ def test_dense_iterates_agree_up_to_rotation(optimizer):
 
 def test_adam_breaks_the_symmetry():
   x, O, _ = _dense_problem()
-  labels = train.random_labels(0, [0], 128, 4)
+  labels = seeds.random_labels(0, [0], 128, 4)
   gap = symmetry.equivariance_gap(models.DenseNet(widths=(32, 16), num_classes=4), _cfg("adam"),
                                   x, labels, O)
   assert gap["max_rel_gap"] > 20 * _DENSE_TOL, gap      # far beyond what rounding explains
@@ -62,7 +62,7 @@ def test_adam_breaks_the_symmetry():
 def test_conv_iterates_agree_up_to_channel_rotation(optimizer, equivariant):
   x = np.random.default_rng(1).normal(size=(64, 6, 6, 3)).astype(np.float32)
   O = symmetry.covariance_preserving_rotation(np.ones(3), key=5)  # white channels: any O preserves
-  labels = train.random_labels(0, [0], 64, 4)
+  labels = seeds.random_labels(0, [0], 64, 4)
   model = models.PaperCNN(features=8, kernel_size=3, hidden=8, num_classes=4)
   gap = symmetry.equivariance_gap(model, _cfg(optimizer), x, labels, O)["max_rel_gap"]
   assert (gap < _CONV_TOL) if equivariant else (gap > 20 * _CONV_TOL), gap
@@ -80,7 +80,7 @@ def test_rotated_gaussian_weights_are_centred_and_aligned():
   assert np.abs(V - np.eye(6)).max() > 0.1   # really non-diagonal
   cfg = train_config(num_seeds=4, num_epochs=30, batch_size=64, learning_rate=0.05,
                      train_eval_examples=0)
-  labels = train.random_labels(0, range(4), 1000, 10)
+  labels = seeds.random_labels(0, range(4), 1000, 10)
   res = train.train(models.DenseNet(widths=(256, 64), first_layer_std=0.01), cfg, ds.x, labels)
   kernels = models.first_layer_kernel(res.params)
   w = covariance.weight_samples(kernels)

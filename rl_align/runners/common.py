@@ -28,6 +28,7 @@ from rl_align import data as data_lib
 from rl_align import errors
 from rl_align import pipeline
 from rl_align import results
+from rl_align import seeds
 from rl_align import train
 
 
@@ -144,7 +145,7 @@ def resolve_placement(requested: str, num_seeds: int, n: int, example_shape) -> 
 def make_labels(config, ds: data_lib.ArrayDataset) -> np.ndarray:
   """[S, N] per-seed random labels (config.labels == 'random') or the real labels [N]."""
   if config.labels == "random":
-    return train.random_labels(config.train.seed, train.seed_ids(config.train), len(ds),
+    return seeds.random_labels(config.train.seed, seeds.seed_ids(config.train), len(ds),
                                config.num_classes)
   if config.labels == "real":
     return ds.y.astype(np.int32)

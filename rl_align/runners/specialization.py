@@ -23,6 +23,7 @@ from rl_align import curves
 from rl_align import init as init_lib
 from rl_align import models
 from rl_align import results
+from rl_align import seeds
 from rl_align import specialization as lib
 from rl_align import train
 from rl_align.plots import specialization as plots
@@ -76,8 +77,8 @@ def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str,
   ucfg = _phase_config(config, lr, lengths[-1], config.upstream.eval_every_steps, len(ks) * ns,
                        root, min(len(x_up), int(config.train.train_eval_examples)))
   ucfg.snapshot_steps = tuple([0] + lengths)
-  ids_up = train.seed_ids(ucfg)
-  labels = np.concatenate([train.random_labels(root, ids_up[g * ns:(g + 1) * ns], len(x_up), k)
+  ids_up = seeds.seed_ids(ucfg)
+  labels = np.concatenate([seeds.random_labels(root, ids_up[g * ns:(g + 1) * ns], len(x_up), k)
                            for g, k in enumerate(ks)])
   up = train.train(up_model, ucfg, x_up, labels, workdir=workdir, snapshot_fn=common.flatten,
                    probe_fn=probe, name="upstream")
@@ -91,8 +92,8 @@ def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str,
   down_lr = float(dn.learning_rate) or lr
   dcfg = _phase_config(config, down_lr, dn.num_steps, dn.eval_every_steps, len(blocks) * ns,
                        root + 1, min(len(x_down), int(dn.train_eval_examples)))
-  ids_down = train.seed_ids(dcfg)
-  keys = jnp.stack([train.seed_key(root + 1, i, _FRESH) for i in ids_down])
+  ids_down = seeds.seed_ids(dcfg)
+  keys = jnp.stack([seeds.seed_key(root + 1, i, _FRESH) for i in ids_down])
   fresh = _stack_init(down_model, x_down.shape, keys)
   init = lib.downstream_init(blocks, snaps, fresh, ns)
   # Activity at both starts in one compiled call: the upstream init (its head swapped for a
@@ -113,9 +114,9 @@ def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str,
   d_act = _with_start(activity.curves_from_metrics(down.metrics, phase="downstream", seeds=ids_down),
                       act0, d_steps)
 
-  seeds = np.arange(ns)
+  block_rows = np.arange(ns)   # a seed's row inside its block of ns
   ok0 = ~down.diverged[:ns]
-  scratch_act = {layer: lib.seed_summary(d_act[layer], seeds[ok0], d_steps)
+  scratch_act = {layer: lib.seed_summary(d_act[layer], block_rows[ok0], d_steps)
                  for layer in d_act} if ok0.any() else {}
   out = {}
   for b, (arm, length, g) in enumerate(blocks[1:], start=1):
@@ -137,7 +138,8 @@ def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str,
     if not stats.get("error"):
       mean, std = curves.seed_mean_std(d_acc[sl][ok])
       acts, drops = lib.point_activity(up_act, up_act0, d_act, d_steps, length,
-                                       g * ns + seeds[ok], b * ns + seeds[ok], seeds[ok0],
+                                       g * ns + block_rows[ok], b * ns + block_rows[ok],
+                                       block_rows[ok0],
                                        float(dn.drop_window))
       point.update(accuracy=mean, accuracy_std=std, accuracy_scratch=d_acc[:ns][ok0].mean(0),
                    activity=acts, activity_drop=drops, scratch_activity=scratch_act)

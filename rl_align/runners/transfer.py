@@ -35,6 +35,7 @@ from rl_align import init as init_lib
 from rl_align import models
 from rl_align import pipeline
 from rl_align import results
+from rl_align import seeds
 from rl_align import train
 from rl_align import transfer as lib
 from rl_align.plots import transfer as plots
@@ -96,7 +97,7 @@ def _inputs(data, part: str, cfg, labels):
     return data["x_up" if part == "upstream" else "x_down"], labels
   r, p = data[part], data["pipeline"]
   feed = pipeline.HostFeed(
-      r.source, seed_ids=train.seed_ids(cfg), data_seed=int(cfg.seed),
+      r.source, seed_ids=seeds.seed_ids(cfg), data_seed=int(cfg.seed),
       batch_size=int(cfg.batch_size), labels=labels, mean=r.mean, std=r.std,
       num_threads=int(p.get("num_threads", 1)), prefetch=int(p.get("prefetch", 1)),
       chunk_bytes=int(p.get("chunk_mb", pipeline.DEFAULT_CHUNK_BYTES >> 20)) << 20)
@@ -124,11 +125,11 @@ def run_upstream(config, workdir: str, data, name: str = "upstream") -> dict[str
     k = int(uc.num_classes)
     cfg = _phase_config(config, uc, int(uc.seed))
     cfg.snapshot_steps = (0,)
-    ids = train.seed_ids(cfg)
+    ids = seeds.seed_ids(cfg)
     if data["placement"] == "host":
       labels = pipeline.RandomLabels(int(uc.label_seed), k)
     else:
-      labels = train.random_labels(int(uc.label_seed), ids, len(data["x_up"]), k)
+      labels = seeds.random_labels(int(uc.label_seed), ids, len(data["x_up"]), k)
     x, labels = _inputs(data, "upstream", cfg, labels)
     res = train.train(_model(config, k), cfg, x, labels, workdir=workdir,
                       snapshot_fn=common.flatten, name=name)
@@ -198,14 +199,14 @@ def downstream_labels(config, n: int, y_real, ids) -> np.ndarray:
   _check_downstream_labels(config)
   if config.downstream.labels == "real":
     return np.asarray(y_real, np.int32)
-  return train.random_labels(int(config.downstream.label_seed), ids, n,
+  return seeds.random_labels(int(config.downstream.label_seed), ids, n,
                              int(config.downstream.num_random_classes))
 
 
 def _downstream_input(config, data, cfg):
   """(x, labels) of the downstream phase: arrays, or a host feed with the source's labels / a
   RandomLabels draw (the same labels as `downstream_labels`, example by example)."""
-  ids = train.seed_ids(cfg)
+  ids = seeds.seed_ids(cfg)
   if data["placement"] == "device":
     return data["x_down"], downstream_labels(config, len(data["x_down"]), data["y_down"], ids)
   _check_downstream_labels(config)
@@ -226,7 +227,7 @@ def run_arm(config, workdir: str, arm: str, ctx: lib.ArmContext, data, up) -> di
     x, y = _downstream_input(config, data, cfg)
     init = init_lib.stack(ctx.build(arm))
     res = train.train(ctx.model, cfg, x, y, workdir=workdir, init_params=init, name=name)
-    if train.is_feed(x):
+    if isinstance(x, pipeline.HostFeed):
       xe, ye = x.head(int(cfg.train_eval_examples))
       test = common.accuracy(ctx.model, res.params, data["test"], None, 1024)
     else:
