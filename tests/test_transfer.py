@@ -114,7 +114,9 @@ def test_all_scratch_seeds_diverged_is_reported_instead_of_checks():
 
 def test_every_arm_is_registered_once_with_its_style():
   assert transfer.ARMS == ("scratch", "pretrained", "pretrained_no_rescaling", "covariance",
-                           "covariance_L2", "covariance_L3", "pca_whitening", "f_only")
+                           "covariance_L2", "covariance_L3", "pretrained_f_L2", "pca_whitening",
+                           "f_only")
+  assert transfer.carries_seeds("pretrained_f_L2")
   assert transfer.style("covariance_L2")[0] != transfer.style("covariance_L3")[0]
   (l1, n1), (cov, n) = transfer.resolve("covariance_L1"), transfer.resolve("covariance")
   assert l1.build is cov.build and n1 == n == 1

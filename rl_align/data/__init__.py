@@ -31,7 +31,6 @@ statistics, standardization), `splits` (split indices, random labels), `placemen
 from rl_align.data.core import ArrayDataset
 from rl_align.data.core import ArraySource
 from rl_align.data.core import check_count
-from rl_align.data.core import check_num_classes
 from rl_align.data.core import Source
 from rl_align.data.core import SubsetSource
 from rl_align.data.core import to_unit_float

@@ -23,12 +23,6 @@ def check_count(field: str, n) -> None:
     raise errors.ConfigError(f"{field} must be an integer >= 0, got {n!r}. Fix: correct it.")
 
 
-def check_num_classes(k) -> None:
-  """Raises ConfigError unless k is an integer >= 1."""
-  if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-    raise errors.ConfigError(f"num_classes must be an integer >= 1, got {k!r}. Fix: e.g. 10.")
-
-
 def to_unit_float(images: np.ndarray) -> np.ndarray:
   """uint8 pixels mapped to float32 [0, 1] (x / 255); other dtypes cast to float32."""
   if images.dtype == np.uint8:

@@ -13,7 +13,8 @@ import functools
 import numpy as np
 
 from rl_align import errors
-from rl_align.data.core import ArrayDataset, Source, check_count, check_num_classes, to_unit_float
+from rl_align.data.core import ArrayDataset, Source, check_count, to_unit_float
+from rl_align.seeds import check_num_classes
 
 # Offline natural colour photos; the label of a `photos` crop is its index in this tuple.
 # skimage.data.cat is the same image as chelsea; colorwheel and logo are synthetic; the grayscale

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 
 from rl_align import errors
-from rl_align.data.core import check_count, check_num_classes
+from rl_align import seeds
+from rl_align.data.core import check_count
 
 
 def split_indices(n: int, sizes: Mapping[str, int], seed: int) -> dict:
@@ -42,9 +43,7 @@ def random_labels(seed_or_key: Union[int, jax.Array], n: int, num_classes: int) 
   `seed_or_key` is an int (meaning jax.random.key(seed)) or a jax PRNG key (typed or raw).
   """
   check_count("random_labels: n", n)
-  check_num_classes(num_classes)
   key = seed_or_key
   if isinstance(key, numbers.Integral):
     key = jax.random.key(int(key))
-  y = jax.random.randint(key, (n,), 0, num_classes, dtype=np.int32)
-  return np.asarray(y, np.int32)
+  return seeds.draw_labels(key[None], num_classes, n=n)[0]  # the one label draw of rl_align
