@@ -25,6 +25,7 @@ setup(
         "scikit-learn",      # embedded offline data: load_digits, load_sample_images
         "scikit-image",      # embedded offline data: more natural photos for the `photos` source
         "threadpoolctl",     # single-threaded BLAS per worker thread in patch covariance
+        "tensorboardX",      # TensorBoard event files per member (rl_align.tensorboard), no TensorFlow
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "pytest-xdist", "nbformat", "nbclient", "ipykernel"],

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from rl_align import results as results_lib
+from rl_align import tensorboard
 
 
 def first_layer_snapshot(params) -> dict[str, np.ndarray]:
@@ -51,6 +52,7 @@ class CallRecords:
     self.metrics.extend(rows)
     if self.workdir and is_main:
       results_lib.append_jsonl(self.workdir, "metrics.jsonl", rows)
+      tensorboard.write_rows(self.workdir, rows)   # one TensorBoard run per member
 
 
 def event_steps(cfg, total: int, spe: int):

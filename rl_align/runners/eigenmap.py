@@ -22,6 +22,7 @@ from rl_align import eigenmap as lib
 from rl_align import errors
 from rl_align import models
 from rl_align import results
+from rl_align import tensorboard
 from rl_align import train
 from rl_align.plots import eigenmap as plots
 from rl_align.runners import common
@@ -71,6 +72,15 @@ def analyse(config, res: train.TrainResult, lam, V) -> dict[str, Any]:
   return out
 
 
+def write_f_tensorboard(workdir: str, res: train.TrainResult, out: dict[str, Any]) -> None:
+  """f per member at every snapshot step (and the final step) into the members' TensorBoard runs:
+  scalars f/sigma_<i> and the image f_of_sigma (`rl_align.tensorboard.write_f`)."""
+  steps = {s["step"]: s["f"] for s in out["snapshots"]}
+  steps.setdefault(res.final_step, out["f"])
+  for step in sorted(steps):
+    tensorboard.write_f(workdir, "train", res.seed_ids, step, steps[step], out["sigma"])
+
+
 def run(config, workdir: str) -> dict[str, Any]:
   """Trains the seeds, analyses final weights and snapshots, writes results.json/arrays.npz/plots."""
   t0 = time.time()
@@ -79,6 +89,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   model = models.build(config.model)
   res = train.train(model, config.train, x, labels, workdir=workdir, name="train")
   out = analyse(config, res, lam, V)
+  write_f_tensorboard(workdir, res, out)
   out["num_train_examples"] = len(ds)
   out["runtime_s"] = time.time() - t0
   out["layout"] = res.layout

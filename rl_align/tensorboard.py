@@ -1,0 +1,176 @@
+"""TensorBoard event files next to metrics.jsonl: one run per member, so `tensorboard --logdir
+WORKDIR` shows every member's curves (and, for a sweep, every point's: each point has its workdir).
+
+Layout (`run_dir`)::
+
+    WORKDIR/tensorboard/<phase>/member_<seed id>/events.out.tfevents.<time>.<host>.<pid>.<n>
+
+Scalars: every numeric field of a metrics.jsonl row (loss, batch_accuracy, <eval>_loss,
+<eval>_accuracy, probe/*, epoch, alive) at the row's step (`write_rows`, called where the engine
+appends its rows, `rl_align.engine.records`).  The eigenvalue-map runner adds, per snapshot step,
+f of every eigen-direction as scalars `f/sigma_<i>` (i = 0 is the largest eigenvalue; at most 64
+log-spaced directions when d > 64) and the curve f(sigma) as an image `f_of_sigma` (`write_f`).
+
+Writing: tensorboardX's synchronous `EventsWriter` (no thread, no queue), one file per run per
+process, kept open (at most `MAX_OPEN`; the least recently used is closed) and flushed after every
+write; process 0 only (`results.writes_here`).
+Resume: the first rows a process writes to a run start with a SessionLog START at their step, so
+TensorBoard's Python loader drops the points the crashed attempt wrote after its last checkpoint
+(the Rust data server keeps both: the curve then shows those steps twice).  f is written after
+training, so a rerun of a finished run writes its f points again at the same steps.
+"""
+import collections
+import io
+import itertools
+import os
+import threading
+import time
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2
+from tensorboardX.proto import summary_pb2
+
+from rl_align import results
+
+FOLDER = "tensorboard"
+MAX_OPEN = 64          # event files kept open per process (a sweep can have many runs)
+MAX_F_SCALARS = 64     # f/sigma_<i> scalars per snapshot (log-spaced directions beyond)
+_NOT_SCALARS = ("phase", "step", "seed")
+
+_lock = threading.RLock()
+_writers: "collections.OrderedDict[str, EventsWriter]" = collections.OrderedDict()
+_started: set[str] = set()      # runs this process has written rows to
+_last_step: dict[str, int] = {}
+_counter = itertools.count()
+
+
+def run_dir(workdir: str, phase: str, member: int | None) -> str:
+  """The run folder of one member of one phase (the phase's folder when member is None)."""
+  d = os.path.join(workdir, FOLDER, str(phase))
+  return d if member is None else os.path.join(d, f"member_{int(member)}")
+
+
+def _writer(path: str) -> EventsWriter:
+  w = _writers.pop(path, None)
+  if w is None:
+    os.makedirs(path, exist_ok=True)
+    w = EventsWriter(os.path.join(path, "events"), f".{os.getpid()}.{next(_counter)}")
+  _writers[path] = w                      # most recently used last
+  while len(_writers) > MAX_OPEN:
+    _writers.popitem(last=False)[1].close()
+  return w
+
+
+def _write(path: str, events: Sequence[event_pb2.Event]) -> None:
+  with _lock:
+    w = _writer(path)
+    for e in events:
+      w.write_event(e)
+    w.flush()
+
+
+def _scalar_event(step: int, scalars: Mapping[str, float]) -> event_pb2.Event:
+  values = [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
+  return event_pb2.Event(wall_time=time.time(), step=int(step),
+                         summary=summary_pb2.Summary(value=values))
+
+
+def _as_float(v: Any) -> float | None:
+  if v is None or isinstance(v, str):
+    return None
+  a = np.asarray(v)
+  if a.size != 1 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+    return None
+  return float(a.reshape(()))
+
+
+def write_rows(workdir: str, rows: Iterable[Mapping[str, Any]]) -> None:
+  """Writes metrics rows ({"phase", "step", "seed", metric: value, ...}) as scalars, one run per
+  (phase, seed).  Non-numeric fields are skipped; non-finite values are written as they are."""
+  if not workdir or not results.writes_here():
+    return
+  runs: dict[str, list] = collections.defaultdict(list)
+  for r in rows:
+    path = run_dir(workdir, r.get("phase", "train"), r.get("seed"))
+    scalars = {k: f for k, v in r.items() if k not in _NOT_SCALARS
+               if (f := _as_float(v)) is not None}
+    runs[path].append(_scalar_event(int(r["step"]), scalars))
+  with _lock:
+    for path, events in runs.items():
+      first = min(e.step for e in events)
+      if path not in _started or first <= _last_step.get(path, -1):
+        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        events = [event_pb2.Event(wall_time=time.time(), step=first, session_log=start)] + events
+        _started.add(path)
+      _last_step[path] = max(e.step for e in events)
+      _write(path, events)
+
+
+def write_scalars(workdir: str, phase: str, member: int | None, step: int,
+                  scalars: Mapping[str, float]) -> None:
+  """Writes {tag: value} at `step` to one member's run."""
+  if workdir and results.writes_here():
+    _write(run_dir(workdir, phase, member), [_scalar_event(step, dict(scalars))])
+
+
+def f_directions(d: int) -> np.ndarray:
+  """The eigen-directions written as f/sigma_<i>: all when d <= MAX_F_SCALARS, else log-spaced."""
+  if d <= MAX_F_SCALARS:
+    return np.arange(d)
+  return np.unique(np.round(np.geomspace(1, d, MAX_F_SCALARS)).astype(int) - 1)
+
+
+def f_tag(i: int, d: int) -> str:
+  return f"f/sigma_{i:0{len(str(d - 1))}d}"
+
+
+def _f_png(sigma: np.ndarray, f: np.ndarray, title: str) -> tuple[bytes, int, int]:
+  """The curve f(sigma) as PNG bytes, height, width (no pyplot; rendered under the plots' lock:
+  matplotlib's text layout is not thread-safe and packed sweeps run runners in threads)."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from rl_align import plots  # pylint: disable=g-import-not-at-top
+  fig = plots.figure(figsize=(4, 3), dpi=80)
+  canvas = FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  ok = (sigma > 0) & np.isfinite(f)
+  ax.plot(sigma[ok], f[ok], "o-", ms=3)
+  if ok.any() and sigma[ok].max() > 10 * sigma[ok].min():
+    ax.set_xscale("log")
+  ax.set_xlabel("sigma (sqrt of the data eigenvalue)")
+  ax.set_ylabel("f(sigma)")
+  ax.set_title(title, fontsize=9)
+  buf = io.BytesIO()
+  with plots._RENDER:  # pylint: disable=protected-access
+    fig.tight_layout()
+    canvas.print_png(buf)
+  w, h = canvas.get_width_height()
+  return buf.getvalue(), h, w
+
+
+def write_f(workdir: str, phase: str, seed_ids: Sequence[int], step: int, f: np.ndarray,
+            sigma: np.ndarray, image: bool = True) -> None:
+  """f [S, d] of the members `seed_ids` at `step`: scalars f/sigma_<i> (`f_directions`) and, with
+  `image`, the curve f(sigma) as the image `f_of_sigma`, in each member's run."""
+  if not workdir or not results.writes_here():
+    return
+  f, sigma = np.asarray(f, np.float64), np.asarray(sigma, np.float64)
+  d = f.shape[1]
+  dirs = f_directions(d)
+  for sid, fs in zip(seed_ids, f):
+    values = [summary_pb2.Summary.Value(tag=f_tag(i, d), simple_value=float(fs[i])) for i in dirs]
+    if image:
+      png, h, w = _f_png(sigma, fs, f"member {sid}, step {step}")
+      img = summary_pb2.Summary.Image(height=h, width=w, colorspace=4, encoded_image_string=png)
+      values.append(summary_pb2.Summary.Value(tag="f_of_sigma", image=img))
+    _write(run_dir(workdir, phase, sid),
+           [event_pb2.Event(wall_time=time.time(), step=int(step),
+                            summary=summary_pb2.Summary(value=values))])
+
+
+def close_all() -> None:
+  """Closes every open event file (each is flushed after every write already)."""
+  with _lock:
+    while _writers:
+      _writers.popitem()[1].close()
