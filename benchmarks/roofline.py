@@ -14,10 +14,12 @@ bandwidth), with the peak and bandwidth measured on the same device in the same 
 fraction of the floor (floor time / measured time) makes "close to the limit" a number.
 
 FLOPs: 2 x multiply-adds of every dot_general and convolution in the step's jaxpr (sub-jaxprs
-included; a scan body counts `length` times).  Count them on a straight-line step (the naive
-per-seed step with lax convolutions): other loops and Pallas kernels are counted once per
-appearance, not per iteration or program.  The floor uses these nominal FLOPs, so work a layout
-adds (e.g. the fused kernels' recomputed forward) lowers its fraction instead of raising the floor.
+included; a scan body counts `length` times), counted by `rl_align.flops.dot_conv_flops` (the
+library's counter, which the binaries' run accounting uses too).  Count them on a straight-line
+step (the naive per-seed step with lax convolutions): other loops and Pallas kernels are counted
+once per appearance, not per iteration or program.  The floor uses these nominal FLOPs, so work a
+layout adds (e.g. the fused kernels' recomputed forward) lowers its fraction instead of raising
+the floor.
 
 Bytes (`step_bytes`) are an explicit estimate of the traffic a step cannot avoid, per model-step:
 - parameters (float32): read by the forward and by the backward, 2 x 4 B each (a bfloat16 cast
@@ -40,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rl_align import flops as flops_lib
 from rl_align import models
 
 ACTIVATION_PASSES = 5
@@ -51,36 +54,8 @@ PARAM_BYTES = 4
 # FLOPs.
 
 
-def dot_conv_flops(jaxpr) -> float:
-  """FLOPs (2 x multiply-adds) of the dot_general and conv ops of a (closed) jaxpr, recursively."""
-  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == "dot_general":
-      (lc, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in lc])
-    elif name == "conv_general_dilated":
-      rhs = eqn.invars[1].aval.shape
-      dn = eqn.params["dimension_numbers"]
-      out_feature = rhs[dn.rhs_spec[0]]
-      per_out = np.prod(rhs) / out_feature  # k*k*C_in/groups
-      total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * per_out
-    times = eqn.params.get("length", 1) if name == "scan" else 1
-    for sub in _sub_jaxprs(eqn.params.values()):
-      total += times * dot_conv_flops(sub)
-  return total
-
-
-def _sub_jaxprs(values):
-  for v in values:
-    if hasattr(v, "eqns"):
-      yield v
-    elif hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
-      yield v.jaxpr
-    elif isinstance(v, (tuple, list)):
-      yield from _sub_jaxprs(v)
+# The counter lives in the library (rl_align.flops): the engine's run accounting uses it too.
+dot_conv_flops = flops_lib.dot_conv_flops
 
 
 # ----------------------------------------------------------------------------------------------

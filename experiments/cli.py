@@ -14,7 +14,11 @@ fn(config, workdir).  Every mistake a user can make (a bad config argument such 
 from the one already in the workdir) reaches them as ONE line `error: ...` on stderr and exit code 2,
 without a traceback; everything already written stays in place.  `run_main` also writes
 WORKDIR/run.json: the machine (CPU, cores, JAX devices, fp32 matmul rate measured at the start,
-`rl_align.machine`), the command line, start and end time and wall seconds (process 0 only).
+`rl_align.machine`), the command line, start and end time and wall seconds (process 0 only), and
+the accounting: the training steps' matmul/conv FLOPs of every engine call the run made
+(`rl_align.flops`), the achieved rate (FLOPs / wall seconds) and its fraction of the measured peak,
+also logged as the run's last line, e.g.
+`done: 69.1 TFLOP in 755 s = 91.5 GFLOP/s, 47% of the measured peak 195 GFLOP/s (...)`.
 Before anything uses a device, `launch` and `run_main` expose one XLA host device per core
 (`experiments.host_devices`; the user's XLA_FLAGS win): a process-wide setting the library never
 makes.
@@ -35,6 +39,7 @@ from ml_collections import config_flags
 from experiments import host_devices
 from experiments import scaleout
 from rl_align import errors
+from rl_align import flops as flops_lib
 from rl_align import machine
 from rl_align import results
 from rl_align.runners import common as runner_common
@@ -120,7 +125,7 @@ def _now() -> str:
 
 
 class RunRecord:
-  """WORKDIR/run.json: machine, command line, start / end time, wall seconds, status.
+  """WORKDIR/run.json: machine, command line, start / end time, wall seconds, status, accounting.
 
   A rerun (resume) on the same workdir keeps the earlier records under `earlier_runs`.
   """
@@ -141,11 +146,36 @@ class RunRecord:
     self.rec["earlier_runs"] = earlier + ([old] if old else [])
     results.write_json(self.workdir, RUN_RECORD, self.rec)
 
-  def finish(self, status: str) -> None:
+  def finish(self, status: str, ledger: flops_lib.Ledger | None = None) -> None:
     if not self.active or "machine" not in self.rec:
       return
-    self.rec.update(end=_now(), wall_s=round(time.time() - self.t0, 2), status=status)
+    wall = time.time() - self.t0
+    self.rec.update(end=_now(), wall_s=round(wall, 2), status=status)
+    if ledger is not None:
+      self.rec["accounting"] = accounting(ledger, wall, self.rec["machine"])
+      if status == "finished":
+        logging.info("%s", flops_lib.summary_line(self.rec["accounting"]))
     results.write_json(self.workdir, RUN_RECORD, self.rec)
+
+
+def accounting(ledger: flops_lib.Ledger, wall_s: float, mach: dict) -> dict:
+  """run.json's accounting: the ledger's FLOPs (training steps' matmul/conv FLOPs of the engine
+  calls run), the rate FLOPs / wall_s and its fraction of the machine's measured fp32 matmul peak
+  (x the process count in a multi-process run: every process measured its own machine); `calls`
+  sums the ledger's records by call name."""
+  peak = mach.get("fp32_matmul_gflops")
+  if peak is not None:
+    peak *= jax.process_count()
+  out = flops_lib.accounting(ledger.total, wall_s, peak)
+  calls: dict = {}
+  for r in ledger.records:
+    c = calls.setdefault(r["name"], {"calls": 0, "flops": 0.0, "model_steps": 0})
+    c["calls"] += 1
+    c["flops"] += r["flops"]
+    c["model_steps"] += r["steps"] * r["members"]
+  out.update(counted="training steps' matmul/conv FLOPs (evaluations and probes not counted)",
+             calls=calls)
+  return out
 
 
 def run_recorded(fn: Callable[[Any, str], Any], config, workdir: str,
@@ -153,18 +183,20 @@ def run_recorded(fn: Callable[[Any, str], Any], config, workdir: str,
   """fn(config, workdir) with config.json and run.json in workdir; errors propagate (a sweep runs
   one of these per point)."""
   record = RunRecord(workdir, argv)
+  ledger = flops_lib.Ledger()   # the engine calls fn makes in this thread record their FLOPs here
   try:
     os.makedirs(workdir, exist_ok=True)
     check_workdir_config(config, workdir)
     record.start()
-    out = fn(config, workdir)
+    with ledger:
+      out = fn(config, workdir)
   except errors.RLAlignError as e:
-    record.finish(f"error: {e}")
+    record.finish(f"error: {e}", ledger)
     raise
   except BaseException as e:
-    record.finish(f"failed: {type(e).__name__}")
+    record.finish(f"failed: {type(e).__name__}", ledger)
     raise
-  record.finish("finished")
+  record.finish("finished", ledger)
   return out
 
 

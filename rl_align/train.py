@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from rl_align import flops as flops_lib
 from rl_align import progress as progress_lib
 from rl_align import seeds
 from rl_align.engine import checkpoint
@@ -73,6 +74,9 @@ class TrainCall:
   snapshot_fn: Callable[[Any], Mapping[str, np.ndarray]] = records.first_layer_snapshot
   probe_fn: Callable[[nn.Module, Any], Mapping[str, Any]] | None = None
   name: str = "train"
+  # The FLOP ledgers open in the thread that made the call (`rl_align.flops`): the call's training
+  # FLOPs are recorded there, also when a packer runs it in another thread.
+  ledgers: tuple = dataclasses.field(default_factory=flops_lib.active)
 
 
 _packer = threading.local()
@@ -250,6 +254,7 @@ class _Run:
     if 0 in self.snap_steps and any(0 not in r.snapshots for r in self.records):
       self._snapshot(0)
     self.prog = progress_lib.Progress(self.eng.total, self.step, self.name)
+    start = self.step
     self.last_ckpt = time.monotonic()
     self.sums, self.interval_start = None, self.step
     precision = None if self.cfg.matmul_precision == "default" else self.cfg.matmul_precision
@@ -260,8 +265,17 @@ class _Run:
         self.step = t1
         if ends:
           self._event(t1, means)
+    self._count_flops(self.step - start)
     if not self.final_metrics and self.ckpt is not None:  # finished run reloaded: final eval
       self.final_metrics = self._evaluate()
+
+  def _count_flops(self, steps: int) -> None:
+    """Records each call's training FLOPs (steps run here x its members x one member-step's
+    nominal FLOPs, `Engine.step_flops`) in the ledgers open where it was made (`rl_align.flops`)."""
+    if not any(c.ledgers for c in self.calls):   # nobody counts: skip tracing the step
+      return
+    for c in self.calls:
+      flops_lib.record(c.ledgers, c.name, self.eng.step_flops, steps, len(c.members))
 
   def _advance(self, t0: int, t1: int, buf, ends: bool):
     """Steps t0..t1; at an interval's end, its (mean loss [M], mean batch accuracy [M])."""

@@ -7,6 +7,7 @@ permutation) and host-fed buffers.  `Engine` lifts them over the members with th
 (`layout.lift_members`), shards them over a mesh with one member axis and compiles them.
 """
 import collections
+import functools
 import json
 import threading
 from typing import Any, NamedTuple
@@ -19,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 
+from rl_align import flops as flops_lib
 from rl_align import seeds
 from rl_align.engine import config as config_lib
 from rl_align.engine import layout as layout_lib
@@ -189,6 +191,7 @@ class Engine:
   def __init__(self, model, cfg, x_shape, n_members, probe_fn=None, with_decay=None):
     self.cfg, self.x_shape, self.n = cfg, tuple(x_shape), x_shape[0]
     self.devices = jax.devices()
+    self.given_model = model
     platform = self.devices[0].platform
     if jax.process_count() > 1:   # every process must own a shard of every array: use them all
       n_dev = len(self.devices)
@@ -239,6 +242,23 @@ class Engine:
     self.probe = None
     if probe_fn is not None:
       self.probe = self._program(lambda p: probe_fn(self.model, p), 1, (mem,), mem)
+
+  @functools.cached_property
+  def step_flops(self) -> float:
+    """Nominal matmul/conv FLOPs of ONE member's ONE training step (`rl_align.flops`): the jaxpr
+    of `Member.step` on abstract shapes (traced, never run; once per engine), for the given model
+    with lax convolutions and the whole batch in one gradient, so a layout's im2col, fused kernels
+    or micro-batching change how the work is done, not the count."""
+    model = self.given_model
+    if hasattr(model, "conv_impl") and model.conv_impl != "lax":   # a conv model (models.py)
+      model = model.clone(conv_impl="lax")
+    mb = Member(model, self.cfg, self.x_shape, self.cfg.batch_size, self.with_decay)
+    params, opt_state = jax.eval_shape(
+        lambda: mb.init(jax.random.key_data(jax.random.key(0))))
+    xb = jax.ShapeDtypeStruct((mb.batch,) + mb.example_shape, jnp.float32)
+    yb = jax.ShapeDtypeStruct((mb.batch,), jnp.int32)
+    step = lambda p, o, x, y: mb.step(mb.tx, p, o, jnp.bool_(True), x, y)
+    return flops_lib.dot_conv_flops(jax.make_jaxpr(step)(params, opt_state, xb, yb))
 
   def chunk(self, state: TrainState, inputs: EngineInputs, t0, t1):
     """Steps t0..t1 of every member on device-resident data: (state, mean loss [M], accuracy [M])."""
