@@ -125,7 +125,9 @@ def into_markers(path: str, text: str) -> str:
     fail(f"{path} must hold the line {BEGIN} once, followed by {END} once. Fix: add them where the "
          "report goes.")
   head, rest = old.split(BEGIN)
-  return f"{head}{BEGIN}\n{text.strip()}\n{END}{rest.split(END, 1)[1]}"
+  # The report's headings sit two levels below the README section that holds it.
+  text = "\n".join("##" + line if line.startswith("#") else line for line in text.strip().split("\n"))
+  return f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}"
 
 
 def _write(path: str, text: str) -> None:
