@@ -20,7 +20,6 @@ TensorBoard's Python loader drops the points the crashed attempt wrote after its
 training, so a rerun of a finished run writes its f points again at the same steps.
 """
 import collections
-import io
 import itertools
 import os
 import threading
@@ -141,12 +140,9 @@ def _f_png(sigma: np.ndarray, f: np.ndarray, title: str) -> tuple[bytes, int, in
   ax.set_xlabel("sigma (sqrt of the data eigenvalue)")
   ax.set_ylabel("f(sigma)")
   ax.set_title(title, fontsize=9)
-  buf = io.BytesIO()
-  with plots._RENDER:  # pylint: disable=protected-access
-    fig.tight_layout()
-    canvas.print_png(buf)
+  data = plots.png_bytes(fig)
   w, h = canvas.get_width_height()
-  return buf.getvalue(), h, w
+  return data, h, w
 
 
 def write_f(workdir: str, phase: str, seed_ids: Sequence[int], step: int, f: np.ndarray,

@@ -13,6 +13,7 @@ from rl_align import data
 from rl_align import errors
 from rl_align.data import idx
 from tests import fake_idx
+from tests.tolerances import f32_tol
 
 
 @pytest.fixture
@@ -89,7 +90,7 @@ def test_load_and_source_read_the_idx_files_in_data_dir(tmp_path, no_debian):
   assert len(data.source("fashion_mnist", split="train", data_dir=folder, max_examples=7)) == 7
   small = data.load("mnist", split="train", data_dir=folder, image_size=14)  # same code, any name
   np.testing.assert_allclose(small.x, ds.x.reshape(40, 14, 2, 14, 2, 1).mean(axis=(2, 4)),
-                             rtol=0, atol=4 * np.finfo(np.float32).eps)
+                             rtol=0, atol=f32_tol(1.0, 4))  # float32 means of 4 values <= 1
   # A subfolder named after the dataset, and TFDS_DATA_DIR, are searched too.
   fake_idx.write(tmp_path / "root" / "fashion_mnist", n_train=6, n_test=2)
   assert len(data.load("fashion_mnist", data_dir=str(tmp_path / "root"))) == 6

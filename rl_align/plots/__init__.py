@@ -10,6 +10,7 @@ several threads at once::
 Modules: `eigenmap` (Figs 2, 4, 20), `filters` (Fig 3), `transfer` (Figs 1, 5), `specialization`
 (section 3).  They read results dicts (as written to results.json) and import no runner.
 """
+import io
 import os
 import threading
 
@@ -25,6 +26,15 @@ _RENDER = threading.RLock()
 def figure(**kw) -> Figure:
   """A Figure not registered with pyplot (Figure(figsize=..., layout=...))."""
   return Figure(**kw)
+
+
+def png_bytes(fig: Figure) -> bytes:
+  """fig laid out (tight) and rendered as PNG bytes at its own dpi, under the render lock."""
+  buf = io.BytesIO()
+  with _RENDER:
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+  return buf.getvalue()
 
 
 def save(fig: Figure, path: str, dpi: int = 110) -> str:
