@@ -57,23 +57,19 @@ def _with_start(curves_, start, steps):
                                      for k in activity.STATS}} for layer, c in curves_.items()}
 
 
-def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str, Any]:
-  """Upstream (all K and L) + downstream (all arms) for one (width, lr); returns its points."""
-  x_up, x_down, y_down, x_test, y_test, n_real = datasets
-  sw, dn = config.sweep, config.downstream
-  ks = [int(k) for k in sw.num_random_classes]
-  lengths = sorted(int(l) for l in sw.upstream_steps)
-  ns, root = int(config.train.num_seeds), int(config.train.seed)
+def _cell_models(config, width: int, ks, n_real: int):
+  """(upstream model with a head of max K, downstream model with n_real classes) at `width`."""
+  sw = config.sweep
   mcfg = lib.with_width(config.model, sw.width_field, int(sw.width_from), width)
   mcfg.num_classes = max(ks)
   up_model = models.build(mcfg)
   mcfg.num_classes = n_real
-  down_model = models.build(mcfg)
-  probe_x = x_down[:int(config.probe_examples)]
-  layers = list(config.get("activity_layers") or []) or None
-  probe = activity.make_probe_fn(probe_x, layers=layers)
+  return up_model, models.build(mcfg)
 
-  # Upstream: K groups of ns seeds, labels of group g in [0, K_g); snapshots at 0 and every L.
+
+def _upstream(config, workdir: str, lr: float, x_up, up_model, probe, ks, lengths) -> dict:
+  """K groups of ns seeds, labels of group g in [0, K_g); snapshots at 0 and every L."""
+  ns, root = int(config.train.num_seeds), int(config.train.seed)
   ucfg = _phase_config(config, lr, lengths[-1], config.upstream.eval_every_steps, len(ks) * ns,
                        root, min(len(x_up), int(config.train.train_eval_examples)))
   ucfg.snapshot_steps = tuple([0] + lengths)
@@ -82,12 +78,29 @@ def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str,
                            for g, k in enumerate(ks)])
   up = train.train(up_model, ucfg, x_up, labels, workdir=workdir, snapshot_fn=common.flatten,
                    probe_fn=probe, name="upstream")
-  snaps = {step: common.unflatten(s) for step, s in up.snapshots.items()}
-  up_act = activity.curves_from_metrics(up.metrics, phase="upstream", seeds=ids_up)
   up_steps, c = curves.from_metrics(up.metrics, ["train_accuracy"], seeds=ids_up)
-  up_acc = c["train_accuracy"]
+  return {"res": up, "ids": ids_up, "steps": up_steps, "acc": c["train_accuracy"],
+          "snaps": {step: common.unflatten(s) for step, s in up.snapshots.items()},
+          "act": activity.curves_from_metrics(up.metrics, phase="upstream", seeds=ids_up)}
 
-  # Downstream: every arm and the scratch seeds in one run, all from init_params.
+
+def _start_activity(down_model, snaps, fresh, init, s_up: int, probe_x, layers):
+  """Activity at both starts in one compiled call: the upstream init (its head swapped for a
+  downstream-sized one, which leaves every hidden activation unchanged) and every downstream init.
+  Returns (upstream start, downstream start)."""
+  up0 = init_lib.replace_layer(snaps[0], jax.tree.map(lambda a: a[:s_up], fresh),
+                               lib.head_name(fresh))
+  both = activity.measure(down_model, jax.tree.map(lambda a, b: np.concatenate([a, b]), up0, init),
+                          probe_x, layers=layers)
+  return ({l: {k: v[:s_up] for k, v in st.items()} for l, st in both.items()},
+          {l: {k: v[s_up:] for k, v in st.items()} for l, st in both.items()})
+
+
+def _downstream(config, workdir: str, lr: float, datasets, down_model, probe, layers,
+                up: dict) -> dict:
+  """Every arm and the scratch seeds in one run, all from their downstream inits."""
+  _, x_down, y_down, x_test, y_test, _ = datasets
+  dn, ns, root = config.downstream, int(config.train.num_seeds), int(config.train.seed)
   blocks = lib.downstream_blocks(config)
   down_lr = float(dn.learning_rate) or lr
   dcfg = _phase_config(config, down_lr, dn.num_steps, dn.eval_every_steps, len(blocks) * ns,
@@ -95,55 +108,74 @@ def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str,
   ids_down = seeds.seed_ids(dcfg)
   keys = jnp.stack([seeds.seed_key(root + 1, i, _FRESH) for i in ids_down])
   fresh = _stack_init(down_model, x_down.shape, keys)
-  init = lib.downstream_init(blocks, snaps, fresh, ns)
-  # Activity at both starts in one compiled call: the upstream init (its head swapped for a
-  # downstream-sized one, which leaves every hidden activation unchanged) and every downstream init.
-  s_up = len(ids_up)
-  up0 = init_lib.replace_layer(snaps[0], jax.tree.map(lambda a: a[:s_up], fresh),
-                               lib.head_name(fresh))
-  both = activity.measure(down_model, jax.tree.map(lambda a, b: np.concatenate([a, b]), up0, init),
-                          probe_x, layers=layers)
-  up_act0 = {l: {k: v[:s_up] for k, v in st.items()} for l, st in both.items()}
-  act0 = {l: {k: v[s_up:] for k, v in st.items()} for l, st in both.items()}
+  init = lib.downstream_init(blocks, up["snaps"], fresh, ns)
+  probe_x = x_down[:int(config.probe_examples)]
+  up_act0, act0 = _start_activity(down_model, up["snaps"], fresh, init, len(up["ids"]), probe_x,
+                                  layers)
   down = train.train(down_model, dcfg, x_down, y_down, workdir=workdir, init_params=init,
                      probe_fn=probe, name="downstream")
   m = dcfg.train_eval_examples
   d_steps, d_acc = common.accuracy_curve(down_model, init, down, x_down[:m], y_down[:m],
                                          phase="downstream")
-  test_acc = common.accuracy(down_model, down.params, x_test, y_test)
   d_act = _with_start(activity.curves_from_metrics(down.metrics, phase="downstream", seeds=ids_down),
                       act0, d_steps)
+  return {"res": down, "blocks": blocks, "lr": down_lr, "steps": d_steps, "acc": d_acc,
+          "act": d_act, "up_act0": up_act0,
+          "test": common.accuracy(down_model, down.params, x_test, y_test)}
 
+
+def _point(config, width: int, lr: float, ks, b: int, block, up: dict, dw: dict,
+           scratch_act) -> dict:
+  """The summary of block b (arm, upstream length L, K group g) against the scratch seeds."""
+  arm, length, g = block
+  dn, ns = config.downstream, int(config.train.num_seeds)
+  down, d_steps, d_acc = dw["res"], dw["steps"], dw["acc"]
   block_rows = np.arange(ns)   # a seed's row inside its block of ns
   ok0 = ~down.diverged[:ns]
-  scratch_act = {layer: lib.seed_summary(d_act[layer], block_rows[ok0], d_steps)
-                 for layer in d_act} if ok0.any() else {}
+  sl, ug = slice(b * ns, (b + 1) * ns), slice(g * ns, (g + 1) * ns)
+  ok = ~down.diverged[sl] & ~up["res"].diverged[ug]
+  stats = lib.gain_stats(d_steps, d_acc[:ns], d_acc[sl], float(dn.threshold), seed=b,
+                         diverged_scratch=~ok0, diverged_arm=~ok)
+  at_l = up["steps"] == length
+  point = {
+      "width": width, "learning_rate": lr, "downstream_learning_rate": dw["lr"],
+      "num_random_classes": ks[g], "upstream_steps": length, "arm": arm, "switch_step": length,
+      **stats, "threshold": float(dn.threshold),
+      "upstream_train_accuracy": up["acc"][ug][:, at_l][:, 0] if at_l.any() else None,
+      "downstream_steps": d_steps, "final_train_accuracy": d_acc[sl][:, -1],
+      "test_accuracy": dw["test"][sl], "test_accuracy_scratch": dw["test"][:ns],
+      "diverged_upstream": int(up["res"].diverged[ug].sum()),
+      "diverged": int(down.diverged[sl].sum()), "finished": ok, "scratch_finished": ok0,
+  }
+  if not stats.get("error"):
+    mean, std = curves.seed_mean_std(d_acc[sl][ok])
+    acts, drops = lib.point_activity(up["act"], dw["up_act0"], dw["act"], d_steps, length,
+                                     g * ns + block_rows[ok], b * ns + block_rows[ok],
+                                     block_rows[ok0],
+                                     float(dn.drop_window))
+    point.update(accuracy=mean, accuracy_std=std, accuracy_scratch=d_acc[:ns][ok0].mean(0),
+                 activity=acts, activity_drop=drops, scratch_activity=scratch_act)
+  return point
+
+
+def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str, Any]:
+  """Upstream (all K and L) + downstream (all arms) for one (width, lr); returns its points."""
+  x_up, x_down, _, _, _, n_real = datasets
+  sw, ns = config.sweep, int(config.train.num_seeds)
+  ks = [int(k) for k in sw.num_random_classes]
+  lengths = sorted(int(l) for l in sw.upstream_steps)
+  up_model, down_model = _cell_models(config, width, ks, n_real)
+  layers = list(config.get("activity_layers") or []) or None
+  probe = activity.make_probe_fn(x_down[:int(config.probe_examples)], layers=layers)
+  up = _upstream(config, workdir, lr, x_up, up_model, probe, ks, lengths)
+  dw = _downstream(config, workdir, lr, datasets, down_model, probe, layers, up)
+  ok0 = ~dw["res"].diverged[:ns]
+  scratch_act = {layer: lib.seed_summary(dw["act"][layer], np.arange(ns)[ok0], dw["steps"])
+                 for layer in dw["act"]} if ok0.any() else {}
   out = {}
-  for b, (arm, length, g) in enumerate(blocks[1:], start=1):
-    sl, ug = slice(b * ns, (b + 1) * ns), slice(g * ns, (g + 1) * ns)
-    ok = ~down.diverged[sl] & ~up.diverged[ug]
-    stats = lib.gain_stats(d_steps, d_acc[:ns], d_acc[sl], float(dn.threshold), seed=b,
-                           diverged_scratch=~ok0, diverged_arm=~ok)
-    at_l = up_steps == length
-    point = {
-        "width": width, "learning_rate": lr, "downstream_learning_rate": down_lr,
-        "num_random_classes": ks[g], "upstream_steps": length, "arm": arm, "switch_step": length,
-        **stats, "threshold": float(dn.threshold),
-        "upstream_train_accuracy": up_acc[ug][:, at_l][:, 0] if at_l.any() else None,
-        "downstream_steps": d_steps, "final_train_accuracy": d_acc[sl][:, -1],
-        "test_accuracy": test_acc[sl], "test_accuracy_scratch": test_acc[:ns],
-        "diverged_upstream": int(up.diverged[ug].sum()), "diverged": int(down.diverged[sl].sum()),
-        "finished": ok, "scratch_finished": ok0,
-    }
-    if not stats.get("error"):
-      mean, std = curves.seed_mean_std(d_acc[sl][ok])
-      acts, drops = lib.point_activity(up_act, up_act0, d_act, d_steps, length,
-                                       g * ns + block_rows[ok], b * ns + block_rows[ok],
-                                       block_rows[ok0],
-                                       float(dn.drop_window))
-      point.update(accuracy=mean, accuracy_std=std, accuracy_scratch=d_acc[:ns][ok0].mean(0),
-                   activity=acts, activity_drop=drops, scratch_activity=scratch_act)
-    out[lib.point_id(width, lr, ks[g], length, arm)] = point
+  for b, (arm, length, g) in enumerate(dw["blocks"][1:], start=1):
+    out[lib.point_id(width, lr, ks[g], length, arm)] = _point(
+        config, width, lr, ks, b, (arm, length, g), up, dw, scratch_act)
   return out
 
 
