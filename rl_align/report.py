@@ -206,7 +206,7 @@ def fig2_row(panel: str, res: Mapping[str, Any], plot: str) -> dict[str, Any]:
   rule = (f"reproduced if all of: (i) random − eigen > {Z:g} × floor std in every seed, (ii) "
           f"pooled random − eigen > {Z:g} × pooled floor std, (iii) pooled eigen < random at every "
           "snapshot of the second half of training; partly if one or two; not reproduced if none")
-  hits = int(seed_ok.all() and ok.any()) + int(pooled_ok) + int(stays == len(late) and late)
+  hits = int(seed_ok.all() and ok.any()) + int(pooled_ok) + int(bool(late) and stays == len(late))
   return row("Fig 2", f"misalignment in the data eigenbasis stays far below the random-basis "
              f"misalignment ({panel} labels)", "eigenbasis ≪ random basis over training, real and "
              "random labels (qualitative)", ours, rule, count_verdict(hits, 3, ok.any()), plot)
