@@ -350,3 +350,15 @@ def test_f_layer_row_compares_departure_with_split_half_noise():
   assert r["verdict"] == report.REPRODUCED
   res["transfer_functions"]["dense_0"] = tf([0.0101, 0.0099, 0.01])   # at its init level
   assert report.f_layer_row(res, "dense_0")["verdict"] == report.NOT_REPRODUCED
+
+
+def test_fig2_rule_on_hand_made_numbers():
+  snaps = [{"step": s, "misalignment_pooled_eigenbasis": 0.1, "misalignment_pooled_random_basis": r}
+           for s, r in ((0, 0.1), (50, 0.5), (100, 1.0))]
+  res = {"misalignment_eigenbasis": [0.2, 0.3], "misalignment_random_basis": [1.0, 2.0],
+         "misalignment_floor": {"mean": 0.1, "std": 0.05}, "misalignment_pooled_eigenbasis": 0.1,
+         "misalignment_pooled_random_basis": 1.0,
+         "misalignment_pooled_floor": {"mean": 0.05, "std": 0.01}, "snapshots": snaps}
+  assert report.fig2_row("real", res, "x.png")["verdict"] == report.REPRODUCED  # all three hold
+  res["misalignment_random_basis"] = [0.21, 2.0]     # seed 0's gap 0.01 < 2 x 0.05: (i) fails
+  assert report.fig2_row("real", res, "x.png")["verdict"] == report.PARTLY
