@@ -23,6 +23,9 @@ Fashion-MNIST (`fmnist`, real data; Debian's dataset-fashion-mnist or idx files 
   is hours per seed on a 2-core CPU), random labels, 30 epochs, 8 seeds (512 filters pooled), on
   the first 4000 training images.  Patches are 5x5 grey: 25 dimensions (CIFAR10: 75), so there
   are no colour PCs and chance for the top-k overlap is k/25.
+  Measured (6.3 min, 2-core AMD EPYC, idle, 190 GFLOP/s peak in its run.json): top-5 / top-10
+  overlap 0.48 / 0.83 vs chance 0.20 / 0.40; the top four filter eigenvectors are patch PCs #5, #6,
+  #4, #3 (|cos| 0.60-0.80); the mean-brightness PC #1 is not among them (top-1 overlap ~0).
 """
 import ml_collections
 
