@@ -108,7 +108,10 @@ def gain_stats(steps, acc_scratch, acc_arm, threshold: float, *, n_boot: int = 2
   (never-reached seeds counted at the last step; then a bound, `censored` says which way),
   gain_ci [5%, 95%] (bootstrap over seeds of both arms, censored counts), gain_seed_std (std of
   scratch_mean / arm_seed), iterations and reached fractions of both arms, and auc_difference
-  (mean over the run of arm minus scratch seed-mean accuracy; > 0: the arm is ahead).  The
+  (mean over the run of arm minus scratch seed-mean accuracy; > 0: the arm is ahead),
+  accuracy_behind_fraction / accuracy_ahead_fraction (`behind_fraction`: the share of logged steps
+  after step 0 at which the arm's seed mean is below / above scratch's by more than one standard
+  error of the difference).  The
   per-seed arrays (iterations, iterations_scratch, gain_seeds) keep every seed; without a finished
   seed in either arm the statistics are nan and `error` says why.
   """
@@ -148,7 +151,25 @@ def gain_stats(steps, acc_scratch, acc_arm, threshold: float, *, n_boot: int = 2
       "gain_seed_std": float(per_seed[ok_a].std()), "gain_seeds": per_seed, **out,
       "reached": float(np.mean(~cens_a)), "reached_scratch": float(np.mean(~cens_s)),
       "auc_difference": auc,
+      "accuracy_behind_fraction": behind_fraction(steps, a_s[ok_s], a_a[ok_a]),
+      "accuracy_ahead_fraction": behind_fraction(steps, a_a[ok_a], a_s[ok_s]),
   }
+
+
+def behind_fraction(steps, acc_ref, acc_arm) -> float:
+  """Share of the logged steps after the first at which the arm's seed-mean accuracy is below the
+  reference's by more than one standard error of the difference of the two means.
+
+  The two arms' seeds are independent draws (their heads and data orders differ), so the standard
+  error is the unpaired one, sqrt(var_arm / n_arm + var_ref / n_ref) with ddof 1 (0 for one seed).
+  "Slower than scratch over most of training" (the paper's Fig 1, right) reads as a value > 0.5.
+  """
+  a_r = np.atleast_2d(np.asarray(acc_ref, np.float64))
+  a_a = np.atleast_2d(np.asarray(acc_arm, np.float64))
+  var = lambda a: a.var(0, ddof=1) / len(a) if len(a) > 1 else np.zeros(a.shape[1])
+  se = np.sqrt(var(a_r) + var(a_a))
+  behind = (a_r.mean(0) - a_a.mean(0)) > se
+  return float(behind[1:].mean()) if len(np.asarray(steps)) > 1 else 0.0
 
 
 def activity_drop(steps, after, before, window: float) -> dict[str, Any]:

@@ -50,7 +50,8 @@ from experiments.configs import common
 from experiments.configs import shared
 from rl_align import errors
 
-SETTINGS = ("local", "tiny", "vgg16_cifar10", "resnet18_cifar10", "resnet18_imagenet")
+SETTINGS = ("local", "tiny", "vgg16_cifar10", "resnet18_cifar10", "resnet18_imagenet",
+            "vgg16_fmnist", "vgg16_fmnist_tiny")
 
 
 def _common() -> ml_collections.ConfigDict:
@@ -181,6 +182,48 @@ def _fmnist(c, tiny: bool):
   return c
 
 
+def _vgg16_fmnist(c, tiny: bool):
+  """The Fig 1 negative-transfer search on Fashion-MNIST: Fig 1's fmnist column (VGG16 at 1/8
+  width, 32x32, 2000 upstream / 25k downstream images, batch 64, 8 seeds) as a section 3 sweep."""
+  c.data = ml_collections.ConfigDict(shared.fmnist_data())
+  c.data.kwargs = {"image_size": 32}
+  c.data.test_examples = 2000
+  c.split = ml_collections.ConfigDict({"upstream": 2000, "downstream": 25_000, "test": 0,
+                                       "seed": 0})
+  c.model = ml_collections.ConfigDict({"name": "vgg16", "num_classes": 10, "width": 8,
+                                       "widen_from": 0, "init_scale": 1.0,
+                                       "kernel_init": "he_normal", "dtype": "float32"})
+  c.later_layers_from = 7          # conv_7 .. conv_12: the 512-channel blocks of VGG16
+  c.arms = ("rescaled",)           # Fig 1's "pretrained" arm (each tensor at its init L2 norm)
+  c.probe_examples = 256
+  c.upstream.eval_every_steps = 100
+  c.downstream.update({"num_steps": 300, "eval_every_steps": 20, "threshold": 0.8,
+                       "drop_window": 20, "train_eval_examples": 500})
+  c.sweep.update({"width_field": "width", "width_from": 0, "widths": (8,),
+                  "learning_rates": (0.02,), "num_random_classes": (10, 100),
+                  "upstream_steps": (1000, 2000)})
+  c.highlight.negative = {"width": 8, "learning_rate": 0.02, "num_random_classes": 100,
+                          "upstream_steps": 2000, "arm": "rescaled"}
+  c.highlight.wide_width = 8
+  t = c.train
+  t.batch_size, t.num_seeds, t.train_eval_examples = 64, 8, 1000
+  t.checkpoint_every_secs = 120.0
+  if tiny:
+    c.split.update({"upstream": 64, "downstream": 128})
+    c.data.test_examples = 64
+    c.model.width = 2
+    c.probe_examples = 32
+    c.upstream.eval_every_steps = 10
+    c.downstream.update({"num_steps": 20, "eval_every_steps": 5, "drop_window": 10,
+                         "train_eval_examples": 64, "threshold": 0.3})
+    c.sweep.update({"widths": (2,), "num_random_classes": (3, 6), "upstream_steps": (10, 20)})
+    c.highlight.negative = {"width": 2, "learning_rate": 0.02, "num_random_classes": 6,
+                            "upstream_steps": 20, "arm": "rescaled"}
+    c.highlight.wide_width = 2
+    t.batch_size, t.num_seeds, t.train_eval_examples = 16, 2, 64
+  return c
+
+
 def get_config(arg: str = "local") -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, setting=common.OneOf(*SETTINGS), fmnist=False)
   setting = a.setting
@@ -194,5 +237,7 @@ def get_config(arg: str = "local") -> ml_collections.ConfigDict:
   if setting == "local":
     c = _local(c)
     return _fmnist(c, tiny=False) if a.fmnist else c
+  if setting.startswith("vgg16_fmnist"):
+    return _vgg16_fmnist(c, tiny=setting.endswith("_tiny"))
   model, dataset = setting.split("_")
   return _paper(c, model, dataset)
