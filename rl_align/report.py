@@ -46,7 +46,7 @@ _CONFIG_FILES = {"fig2": "fig2", "fig20": "fig20", "fig4_cnn": "fig4", "fig3": "
                  "specialization": "specialization"}
 TITLES = {"fig1": "Fig 1", "fig2": "Fig 2", "fig3": "Fig 3", "fig4": "Fig 4 centre/right",
           "fig5": "Fig 5 / §2.5", "fig20": "Fig 20", "table1": "Table 1",
-          "specialization": "§3"}
+          "specialization": "§3", "fig1_search": "Fig 1 negative search"}
 
 
 class ReportError(errors.RLAlignError):
@@ -145,7 +145,7 @@ def figure_of(run: Mapping[str, Any]) -> str:
   if "subspace_overlap" in res:
     return "fig3"
   if "points" in res and "highlight" in res:
-    return "specialization"
+    return "fig1_search" if (cfg.get("model") or {}).get("name") == "vgg16" else "specialization"
   stem = _config_file(run)
   if stem in _CONFIG_FILES:
     return _CONFIG_FILES[stem]
@@ -558,10 +558,12 @@ def _n(point: Mapping[str, Any]) -> int:
 
 
 def negative_points(points: Mapping[str, Mapping[str, Any]]) -> list[str]:
-  """Section 3: the sweep points that transfer negatively: the gain's bootstrap 95% bound < 1."""
-  return [pid for pid, p in points.items()
-          if not p.get("error") and p.get("gain_ci") and np.isfinite(p["gain_ci"][1])
-          and p["gain_ci"][1] < 1.0]
+  """Section 3: the sweep points that transfer negatively: the gain's bootstrap 95% bound < 1, or
+  the arm behind scratch by > 1 SE at >= half of the logged iterations (`search_row`)."""
+  def negative(p):
+    hi = (p.get("gain_ci") or [np.nan, np.nan])[1]
+    return (np.isfinite(hi) and hi < 1.0) or float(p.get("accuracy_behind_fraction", 0.0)) >= 0.5
+  return [pid for pid, p in points.items() if not p.get("error") and negative(p)]
 
 
 def dropped(point: Mapping[str, Any], layers: Sequence[str]) -> list[bool]:
@@ -591,7 +593,40 @@ def _gain_text(p: Mapping[str, Any]) -> str:
           f"(n={_n(p)} seeds{'' if cens == 'none' else ', censored ' + cens})")
 
 
-def drop_row(res: Mapping[str, Any], plot: str | None) -> dict[str, Any]:
+def search_row(res: Mapping[str, Any], plot: str | None) -> dict[str, Any]:
+  """Fig 1 (right), negative transfer, searched with a section 3 sweep of VGG16 (lr, K random
+  classes, upstream length L): is there a point where the pretrained arm trains slower than scratch
+  by more than one standard error (unpaired: the sweep's arms have independent seeds) at >= half
+  of the logged downstream iterations ("over most of downstream training")?  Reproduced if some
+  point is; partly if some point is behind at fewer iterations (e.g. only at the start); not
+  reproduced if none is ever behind."""
+  points = {pid: p for pid, p in res["points"].items() if not p.get("error")}
+  missing = [pid for pid, p in points.items() if "accuracy_behind_fraction" not in p]
+  if missing:
+    raise ReportError(f"points {missing[:2]} have no accuracy_behind_fraction (written by an older "
+                      "version). Fix: delete the cells' points.json and rerun the command (the "
+                      "trained states are reloaded, not retrained).")
+  frac = {pid: float(p["accuracy_behind_fraction"]) for pid, p in points.items()}
+  most = max(frac, key=frac.get) if frac else None
+  hits = sum(f >= 0.5 for f in frac.values())
+  verdict = (NOT_EVALUABLE if not frac else REPRODUCED if hits else
+             PARTLY if frac[most] > 0 else NOT_REPRODUCED)
+  ours = f"{hits}/{len(frac)} points (lr, K, L, arm) behind scratch by > 1 SE at ≥ half the iterations"
+  if most is not None:
+    p = points[most]
+    ours += (f"; most behind: {most}: at {frac[most]:.0%} of the logged iterations (> 2 SE: "
+             f"{float(p.get('accuracy_behind_fraction_2se', float('nan'))):.0%}; ahead > 1 SE: "
+             f"{float(p.get('accuracy_ahead_fraction', float('nan'))):.0%}), {_gain_text(p)}, "
+             f"mean accuracy − scratch over the run {fmt(p.get('auc_difference'))}")
+  rule = ("some point behind scratch by > 1 SE (unpaired) at ≥ half of the logged iterations after "
+          "0: reproduced; behind at fewer: partly; never behind: not reproduced")
+  return row(TITLES["fig1_search"], "negative transfer: pretrained (rescaled) trains slower than "
+             "scratch over most of downstream training, at some lr / K / upstream length",
+             "slower than scratch over most of training (Fig 1 right, qualitative)", ours, rule,
+             verdict, plot)
+
+
+def drop_row(res: Mapping[str, Any], plot: str | None, figure: str = "§3") -> dict[str, Any]:
   """Section 3: in negative-transfer settings the later layers' ReLU activity drops at the
   upstream -> downstream switch.  Over the points that transfer negatively (`negative_points`):
   reproduced if at every one each later layer drops beyond scratch by Z SE (`dropped`); partly if
@@ -612,7 +647,7 @@ def drop_row(res: Mapping[str, Any], plot: str | None) -> dict[str, Any]:
   ours = f"{hits}/{len(neg)} negative-transfer points drop in every later layer {layers}" + detail
   rule = (f"over points with gain 95% bound < 1: every later layer's drop − scratch drop > {Z:g} SE"
           " at all: reproduced; at some: partly; at none: not reproduced")
-  return row("§3", "later-layer ReLU activity drops at the switch in negative-transfer settings",
+  return row(figure, "later-layer ReLU activity drops at the switch in negative-transfer settings",
              "sharp drop of later-layer activity at the switch (qualitative)", ours, rule,
              count_verdict(hits, len(neg)), plot)
 
@@ -701,6 +736,10 @@ def claims(run: Mapping[str, Any]) -> list[dict[str, Any]]:
   figs = [str(f).rsplit("/", 1)[-1] for f in res.get("figures") or []]
   act = next((f for f in figs if "activity" in f), None)
   gain = next((f for f in figs if "gain" in f), None)
+  if fig == "fig1_search":
+    rows = [search_row(res, gain), drop_row(res, act, TITLES[fig])]
+    widths = {p["width"] for p in res["points"].values()}
+    return rows + ([widening_row(res, gain)] if len(widths) > 1 else [])
   return [drop_row(res, act), widening_row(res, gain)]
 
 

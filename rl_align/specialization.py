@@ -111,7 +111,7 @@ def gain_stats(steps, acc_scratch, acc_arm, threshold: float, *, n_boot: int = 2
   (mean over the run of arm minus scratch seed-mean accuracy; > 0: the arm is ahead),
   accuracy_behind_fraction / accuracy_ahead_fraction (`behind_fraction`: the share of logged steps
   after step 0 at which the arm's seed mean is below / above scratch's by more than one standard
-  error of the difference).  The
+  error of the difference; `accuracy_behind_fraction_2se`: by more than two).  The
   per-seed arrays (iterations, iterations_scratch, gain_seeds) keep every seed; without a finished
   seed in either arm the statistics are nan and `error` says why.
   """
@@ -152,13 +152,14 @@ def gain_stats(steps, acc_scratch, acc_arm, threshold: float, *, n_boot: int = 2
       "reached": float(np.mean(~cens_a)), "reached_scratch": float(np.mean(~cens_s)),
       "auc_difference": auc,
       "accuracy_behind_fraction": behind_fraction(steps, a_s[ok_s], a_a[ok_a]),
+      "accuracy_behind_fraction_2se": behind_fraction(steps, a_s[ok_s], a_a[ok_a], z=2.0),
       "accuracy_ahead_fraction": behind_fraction(steps, a_a[ok_a], a_s[ok_s]),
   }
 
 
-def behind_fraction(steps, acc_ref, acc_arm) -> float:
+def behind_fraction(steps, acc_ref, acc_arm, z: float = 1.0) -> float:
   """Share of the logged steps after the first at which the arm's seed-mean accuracy is below the
-  reference's by more than one standard error of the difference of the two means.
+  reference's by more than z standard errors of the difference of the two means.
 
   The two arms' seeds are independent draws (their heads and data orders differ), so the standard
   error is the unpaired one, sqrt(var_arm / n_arm + var_ref / n_ref) with ddof 1 (0 for one seed).
@@ -168,7 +169,7 @@ def behind_fraction(steps, acc_ref, acc_arm) -> float:
   a_a = np.atleast_2d(np.asarray(acc_arm, np.float64))
   var = lambda a: a.var(0, ddof=1) / len(a) if len(a) > 1 else np.zeros(a.shape[1])
   se = np.sqrt(var(a_r) + var(a_a))
-  behind = (a_r.mean(0) - a_a.mean(0)) > se
+  behind = (a_r.mean(0) - a_a.mean(0)) > z * se
   return float(behind[1:].mean()) if len(np.asarray(steps)) > 1 else 0.0
 
 

@@ -154,6 +154,7 @@ def _point(config, width: int, lr: float, ks, b: int, block, up: dict, dw: dict,
                                      block_rows[ok0],
                                      float(dn.drop_window))
     point.update(accuracy=mean, accuracy_std=std, accuracy_scratch=d_acc[:ns][ok0].mean(0),
+                 accuracy_seeds=d_acc[sl][ok], accuracy_scratch_seeds=d_acc[:ns][ok0],
                  activity=acts, activity_drop=drops, scratch_activity=scratch_act)
   return point
 
@@ -193,6 +194,8 @@ def run(config, workdir: str) -> dict[str, Any]:
         "auc_difference",                                    # see gain_stats
         "upstream_train_accuracy" [S],                        # random-label fit at step L
         "downstream_steps" [T], "accuracy" [T], "accuracy_std" [T], "accuracy_scratch" [T],
+        "accuracy_seeds" [S', T], "accuracy_scratch_seeds" [S'', T],  # the finished seeds
+        "accuracy_behind_fraction", "accuracy_behind_fraction_2se", "accuracy_ahead_fraction",
         "final_train_accuracy" [S], "test_accuracy" [S], "test_accuracy_scratch" [S],
         "diverged_upstream", "diverged",                     # counts of frozen seeds
         "finished" [S], "scratch_finished" [S],              # the seeds in the statistics
