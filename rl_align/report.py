@@ -46,7 +46,7 @@ _CONFIG_FILES = {"fig2": "fig2", "fig20": "fig20", "fig4_cnn": "fig4", "fig3": "
                  "specialization": "specialization"}
 TITLES = {"fig1": "Fig 1", "fig2": "Fig 2", "fig3": "Fig 3", "fig4": "Fig 4 centre/right",
           "fig5": "Fig 5 / §2.5", "fig20": "Fig 20", "table1": "Table 1",
-          "specialization": "§3", "fig1_search": "Fig 1 negative search"}
+          "specialization": "§3", "fig1_search": "Fig 1 search"}
 
 
 class ReportError(errors.RLAlignError):
@@ -593,37 +593,44 @@ def _gain_text(p: Mapping[str, Any]) -> str:
           f"(n={_n(p)} seeds{'' if cens == 'none' else ', censored ' + cens})")
 
 
-def search_row(res: Mapping[str, Any], plot: str | None) -> dict[str, Any]:
-  """Fig 1 (right), negative transfer, searched with a section 3 sweep of VGG16 (lr, K random
-  classes, upstream length L): is there a point where the pretrained arm trains slower than scratch
-  by more than one standard error (unpaired: the sweep's arms have independent seeds) at >= half
-  of the logged downstream iterations ("over most of downstream training")?  Reproduced if some
-  point is; partly if some point is behind at fewer iterations (e.g. only at the start); not
-  reproduced if none is ever behind."""
+def search_row(res: Mapping[str, Any], plot: str | None, direction: str = "negative"
+               ) -> dict[str, Any]:
+  """Fig 1 (left: positive, right: negative transfer), searched with a section 3 sweep of VGG16
+  (lr, K random classes, upstream length L): is there a point where the pretrained arm trains
+  slower (negative) / faster (positive) than scratch by more than one standard error (unpaired:
+  the sweep's arms have independent seeds) at >= half of the logged downstream iterations ("over
+  most of downstream training")?  Reproduced if some point is; partly if some point is at fewer
+  iterations (e.g. only at the start); not reproduced if none ever is."""
+  key = "accuracy_behind_fraction" if direction == "negative" else "accuracy_ahead_fraction"
+  other = "accuracy_ahead_fraction" if direction == "negative" else "accuracy_behind_fraction"
   points = {pid: p for pid, p in res["points"].items() if not p.get("error")}
-  missing = [pid for pid, p in points.items() if "accuracy_behind_fraction" not in p]
+  missing = [pid for pid, p in points.items() if key not in p]
   if missing:
-    raise ReportError(f"points {missing[:2]} have no accuracy_behind_fraction (written by an older "
-                      "version). Fix: delete the cells' points.json and rerun the command (the "
-                      "trained states are reloaded, not retrained).")
-  frac = {pid: float(p["accuracy_behind_fraction"]) for pid, p in points.items()}
+    raise ReportError(f"points {missing[:2]} have no {key} (written by an older version). Fix: "
+                      "delete the cells' points.json and rerun the command (the trained states "
+                      "are reloaded, not retrained).")
+  frac = {pid: float(p[key]) for pid, p in points.items()}
   most = max(frac, key=frac.get) if frac else None
   hits = sum(f >= 0.5 for f in frac.values())
   verdict = (NOT_EVALUABLE if not frac else REPRODUCED if hits else
              PARTLY if frac[most] > 0 else NOT_REPRODUCED)
-  ours = f"{hits}/{len(frac)} points (lr, K, L, arm) behind scratch by > 1 SE at ≥ half the iterations"
+  word = "behind" if direction == "negative" else "ahead of"
+  ours = f"{hits}/{len(frac)} points (lr, K, L, arm) {word} scratch by > 1 SE at ≥ half the iterations"
   if most is not None:
     p = points[most]
-    ours += (f"; most behind: {most}: at {frac[most]:.0%} of the logged iterations (> 2 SE: "
-             f"{float(p.get('accuracy_behind_fraction_2se', float('nan'))):.0%}; ahead > 1 SE: "
-             f"{float(p.get('accuracy_ahead_fraction', float('nan'))):.0%}), {_gain_text(p)}, "
+    two = float(p.get(key.replace("fraction", "fraction_2se"), float("nan")))
+    ours += (f"; most: {most}: at {frac[most]:.0%} of the logged iterations"
+             + (f" (> 2 SE: {two:.0%})" if np.isfinite(two) else "")
+             + f", the other way at {float(p.get(other, float('nan'))):.0%}; {_gain_text(p)}; "
              f"mean accuracy − scratch over the run {fmt(p.get('auc_difference'))}")
-  rule = ("some point behind scratch by > 1 SE (unpaired) at ≥ half of the logged iterations after "
-          "0: reproduced; behind at fewer: partly; never behind: not reproduced")
-  return row(TITLES["fig1_search"], "negative transfer: pretrained (rescaled) trains slower than "
-             "scratch over most of downstream training, at some lr / K / upstream length",
-             "slower than scratch over most of training (Fig 1 right, qualitative)", ours, rule,
-             verdict, plot)
+  rule = (f"some point {word} scratch by > 1 SE (unpaired) at ≥ half of the logged iterations "
+          "after 0: reproduced; at fewer: partly; never: not reproduced")
+  claim = ("slower than scratch over most of downstream training" if direction == "negative"
+           else "faster than scratch over most of downstream training")
+  return row(TITLES["fig1_search"], f"{direction} transfer: pretrained (rescaled) trains {claim},"
+             " at some lr / K / upstream length", f"{claim.split(' over')[0]} over most of "
+             f"training (Fig 1 {'right' if direction == 'negative' else 'left'}, qualitative)",
+             ours, rule, verdict, plot)
 
 
 def drop_row(res: Mapping[str, Any], plot: str | None, figure: str = "§3") -> dict[str, Any]:
@@ -645,7 +652,8 @@ def drop_row(res: Mapping[str, Any], plot: str | None, figure: str = "§3") -> d
         f"{fmt(ad[l]['drop_std'], 2)} std, scratch {fmt(ad[l]['scratch_drop'], 2)})"
         for l in layers if l in ad)
   ours = f"{hits}/{len(neg)} negative-transfer points drop in every later layer {layers}" + detail
-  rule = (f"over points with gain 95% bound < 1: every later layer's drop − scratch drop > {Z:g} SE"
+  rule = (f"over negative points (gain 95% bound < 1, or behind scratch by > 1 SE at ≥ half the "
+          f"iterations): every later layer's drop − scratch drop > {Z:g} SE"
           " at all: reproduced; at some: partly; at none: not reproduced")
   return row(figure, "later-layer ReLU activity drops at the switch in negative-transfer settings",
              "sharp drop of later-layer activity at the switch (qualitative)", ours, rule,
@@ -737,7 +745,8 @@ def claims(run: Mapping[str, Any]) -> list[dict[str, Any]]:
   act = next((f for f in figs if "activity" in f), None)
   gain = next((f for f in figs if "gain" in f), None)
   if fig == "fig1_search":
-    rows = [search_row(res, gain), drop_row(res, act, TITLES[fig])]
+    rows = [search_row(res, gain, "positive"), search_row(res, gain, "negative"),
+            drop_row(res, act, TITLES[fig])]
     widths = {p["width"] for p in res["points"].values()}
     return rows + ([widening_row(res, gain)] if len(widths) > 1 else [])
   return [drop_row(res, act), widening_row(res, gain)]

@@ -67,6 +67,13 @@ def test_search_row_verdicts(fractions, verdict):
   assert f"{sum(f >= 0.5 for f in fractions)}/2 points" in r["ours"]
 
 
+def test_search_row_positive_direction_reads_the_ahead_fraction():
+  res = {"points": {"a": _point(0.01, 0.0, ahead=0.9), "b": _point(0.01, 0.6, ahead=0.0)}}
+  pos, neg = report.search_row(res, None, "positive"), report.search_row(res, None, "negative")
+  assert pos["verdict"] == neg["verdict"] == report.REPRODUCED
+  assert "most: a:" in pos["ours"] and "most: b:" in neg["ours"]
+
+
 def test_search_row_refuses_points_without_the_fraction():
   p = _point(0.01, 0.3)
   del p["accuracy_behind_fraction"]
@@ -101,5 +108,5 @@ def test_tiny_search_end_to_end(tmp_path):
   run = {"name": workdir, "path": workdir, "results": res, "panels": {},
          "config": c.to_dict(), "run": None}
   rows = report.claims(run)
-  assert [r["figure"] for r in rows] == ["Fig 1 negative search"] * 2
+  assert [r["figure"] for r in rows] == ["Fig 1 search"] * 3
   assert rows[0]["verdict"] in report.VERDICTS
