@@ -7,16 +7,13 @@ built from those workdirs and its verdicts are recomputed here from results.json
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from experiments import report as report_cli
 from rl_align import report
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import run_module
 
 
 def _fewer_arms(c):   # the Fig 5 and section 2.5 arms; pca_whitening / f_only test no claim here
@@ -82,7 +79,7 @@ def _rows(wd):
   return [r for run in report_cli.load_workdir(wd) for r in report.claims(run)]
 
 
-def _run(wd):
+def _loaded(wd):
   return report_cli.load_workdir(wd)[0]
 
 
@@ -185,8 +182,8 @@ def test_every_run_is_identified_by_its_figure(workdirs):
   want = {"fig2": "fig2", "fig20": "fig20", "fig4": "fig4", "fig3": "fig3", "fig5": "fig5",
           "fig1": "fig1", "spec": "specialization"}
   for name, fig in want.items():
-    assert report.figure_of(_run(workdirs[name])) == fig
-  assert report.fig1_direction(_run(workdirs["fig1"])) == "negative"
+    assert report.figure_of(_loaded(workdirs[name])) == fig
+  assert report.fig1_direction(_loaded(workdirs["fig1"])) == "negative"
   imagenet = {"config": {"figure_name": "imagenet.png"}, "results": {}}   # Table 1: transfer
   assert report.figure_of(imagenet) == "table1"
   by_argv = {"config": {}, "results": {}, "run": {"argv": [
@@ -301,13 +298,11 @@ def test_binary_exit_code_and_sweep_workdir(workdirs, tmp_path):
   (sweep / "points" / "train.seed=1").mkdir()                   # unfinished point
   (sweep / "sweep_spec.json").write_text("{}")
   out = tmp_path / "r.md"
-  proc = subprocess.run([sys.executable, "-m", "experiments.report", str(sweep), f"--out={out}"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = run_module("experiments.report", str(sweep), f"--out={out}", timeout=300)
   assert proc.returncode == 0, proc.stderr
   assert "1 of 2 sweep points are not finished" in proc.stderr
   assert f"| {sweep}/points/train.seed=0 |" in out.read_text()
-  proc = subprocess.run([sys.executable, "-m", "experiments.report", str(tmp_path / "none")],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = run_module("experiments.report", str(tmp_path / "none"), timeout=300)
   assert proc.returncode == 2 and proc.stderr.startswith("error: ")
   assert "Traceback" not in proc.stderr
 

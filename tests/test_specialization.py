@@ -95,7 +95,7 @@ def test_transfer_init_carries_hidden_layers_and_takes_a_fresh_head():
 def _run_binary(workdir, *extra):
   return run_module("experiments.specialization",
                     "--config=experiments/configs/specialization.py:tiny", f"--workdir={workdir}",
-                    *extra, timeout=300, share_cache=True)
+                    *extra, timeout=300)
 
 
 @pytest.fixture(scope="module")

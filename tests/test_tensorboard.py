@@ -6,8 +6,6 @@ import glob
 import json
 import os
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,8 +16,7 @@ from experiments.configs import fig20
 from rl_align import results
 from rl_align import tensorboard
 from rl_align.runners import eigenmap as eigenmap_runner
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import run_module
 
 
 def read_events(run: str) -> list[event_pb2.Event]:
@@ -116,11 +113,9 @@ def test_f_directions_are_capped_and_log_spaced():
 
 
 def test_each_sweep_point_is_its_own_run(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.eigenvalue_map",
-       "--config=experiments/configs/fig20.py:right,tiny", f"--workdir={tmp_path}",
-       "--config.train.num_epochs=1", "--sweep=train.learning_rate=0.01,0.05"],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  proc = run_module("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
+                    f"--workdir={tmp_path}", "--config.train.num_epochs=1",
+                    "--sweep=train.learning_rate=0.01,0.05")
   assert proc.returncode == 0, proc.stderr[-3000:]
   runs = {os.path.relpath(os.path.dirname(p), tmp_path)
           for p in glob.glob(str(tmp_path / "**" / "events.out.tfevents.*"), recursive=True)}

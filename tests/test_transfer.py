@@ -133,10 +133,9 @@ def test_configs_build():
 
 
 def _run(workdir, *extra):
-  # The notebook test runs the same tiny programs: share JAX's on-disk compilation cache.
   return run_module("experiments.transfer", "--config=experiments/configs/fig5.py:tiny",
                     "--config.arms=('scratch','pretrained','covariance','covariance_L2')",
-                    f"--workdir={workdir}", *extra, share_cache=True)
+                    f"--workdir={workdir}", *extra)
 
 
 @pytest.fixture(scope="module")
