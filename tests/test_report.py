@@ -3,14 +3,20 @@
 The tiny configs run once per module, in this process, through the binaries' entry
 `experiments.cli.run_main` (config.json, results.json, run.json as a user gets them); the report is
 built from those workdirs and its verdicts are recomputed here from results.json by the rules.
+The same workdirs hold what the misalignment and filters binaries write (the eigenvalue-map,
+transfer and specialization binaries run as subprocesses in their own test files), and each
+binary's `__main__` is checked to launch the runner run here.
 """
+import importlib
 import json
 import os
+import runpy
 import shutil
 
 import numpy as np
 import pytest
 
+from experiments import cli
 from experiments import report as report_cli
 from rl_align import report
 from tests.helpers import run_module
@@ -56,8 +62,6 @@ def _fig1_from_fig5(fig5_dir: str, wd: str) -> None:
 
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory):
-  import importlib  # pylint: disable=g-import-not-at-top
-  from experiments import cli  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("report")
   out = {}
   for name, (module, arg, runner, binary, shrink) in RUNS.items():
@@ -191,6 +195,34 @@ def test_every_run_is_identified_by_its_figure(workdirs):
   assert report.figure_of(by_argv) == "fig1" and report.fig1_direction(by_argv) == "positive"
   assert report.command(by_argv["run"]["argv"]) == (
       "python -m experiments.transfer --config=experiments/configs/fig1.py:positive,fmnist")
+
+
+def test_misalignment_binary_writes_curves_and_figure(workdirs):
+  summary = json.load(open(os.path.join(workdirs["fig2"], "results.json")))
+  for panel in ("random", "real"):
+    curve = summary[panel]["misalignment_over_training"]
+    assert len(curve) >= 3 and curve[0]["step"] == 0
+  assert os.path.exists(os.path.join(workdirs["fig2"], "fig2_misalignment.png"))
+
+
+def test_filters_binary_writes_overlaps_and_figure(workdirs):
+  res = json.load(open(os.path.join(workdirs["fig3"], "results.json")))
+  assert set(res["subspace_overlap"]) == {"1", "3", "5", "10"}
+  assert res["num_filters_pooled"] == 2 * 16
+  assert len(res["best_match_pc"]) == len(res["best_match_cos"]) == 10
+  assert os.path.exists(os.path.join(workdirs["fig3"], "fig3_eigenvectors.png"))
+
+
+@pytest.mark.parametrize("binary, runner", sorted({(r[3], r[2]) for r in RUNS.values()}))
+def test_each_binary_launches_the_runner_run_here(binary, runner, monkeypatch):
+  """The binaries' `__main__` (flag definitions skipped: absl's flags are process-wide) hands
+  `cli.launch` the runner these tests run through `run_main`."""
+  launched = []
+  monkeypatch.setattr(cli, "define_config_flags", lambda example: None)
+  monkeypatch.setattr(cli, "launch", lambda fn, *args, **kw: launched.append(fn))
+  runpy.run_module(f"experiments.{binary}", run_name="__main__")
+  mod, fn = runner.split(".")
+  assert launched == [getattr(importlib.import_module(f"rl_align.runners.{mod}"), fn)]
 
 
 # ----------------------------------------------------------------------------------------------
