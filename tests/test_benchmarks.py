@@ -19,6 +19,7 @@ def _torch_installed():
   return tt._torch() is not None  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 def test_cli_writes_json_with_headline_and_arms(tmp_path):
   out = tmp_path / "bench.json"
   arms = "engine,naive_jax,torch" if _torch_installed() else "engine,naive_jax"
@@ -47,6 +48,7 @@ _HIDE_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv[0] = 't
                "runpy.run_module('benchmarks.train_throughput', run_name='__main__')")
 
 
+@pytest.mark.slow
 def test_torch_arm_without_torch_names_the_fix():
   # torch hidden (import fails) whether or not it is installed: the flag check runs before any
   # compile, and says what is missing and how to fix it in one `error:` line with exit code 2, as

@@ -14,6 +14,7 @@ from tests.helpers import ROOT
                                     "relative error of the sample covariance"), 1),
     ("specialization.ipynb", ("gain", "narrow"), 3),   # activity, firing-rate histograms, gain
 ])
+@pytest.mark.slow
 def test_notebook_runs_at_tiny_size(monkeypatch, name, expected, min_images):
   monkeypatch.setenv("RL_ALIGN_TINY", "1")
   monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -41,6 +41,7 @@ def _error_line(capsys, config, workdir) -> str:
   return stderr
 
 
+@pytest.mark.slow
 def test_eigenvalue_map_writes_documented_schema(fig20_tiny):
   wd, _ = fig20_tiny
   res = json.load(open(wd / "right" / "results.json"))
@@ -65,6 +66,7 @@ def test_eigenvalue_map_writes_documented_schema(fig20_tiny):
     assert (wd / name).exists(), name
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_training(fig20_tiny, monkeypatch):
   wd, _ = fig20_tiny
   before = json.load(open(wd / "right" / "results.json"))
@@ -76,6 +78,7 @@ def test_rerun_resumes_without_training(fig20_tiny, monkeypatch):
   np.testing.assert_array_equal(before["f"], after["f"])
 
 
+@pytest.mark.slow
 def test_changed_config_on_same_workdir_is_a_clear_error(fig20_tiny, capsys):
   wd, _ = fig20_tiny
   config = fig20.get_config("right,tiny")

@@ -61,6 +61,7 @@ def _results(workdir: str) -> dict:
     return json.load(f)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_fmnist_config_runs_on_idx_files(name, fmnist_run):
   c = tiny_config(name, "")
@@ -97,6 +98,7 @@ def test_missing_fashion_mnist_is_one_error_line(tmp_path, monkeypatch, capsys):
   assert "tfds build fashion_mnist" in err[0] and str(tmp_path / "nothing") in err[0]
 
 
+@pytest.mark.slow
 def test_fmnist_streams_through_the_host_pipeline(fmnist_run, tmp_path):
   """placement=host reads Fashion-MNIST through data.source / the host pipeline: same numbers."""
   device = _results(fmnist_run("fig5"))

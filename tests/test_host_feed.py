@@ -13,7 +13,7 @@ def _cfg(**kw):
                          "train_eval_examples": 32, "seed": 5, "checkpoint_every_secs": 0.0, **kw})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture   # cheap, so per test: xdist may spread this file (tests/conftest.py)
 def photos():
   src = data.source("photos", n=96, size=8, seed=0)
   mean, std = data.channel_stats(src)

@@ -18,6 +18,7 @@ from tests.helpers import ROOT, child_env, run_python
 ARGS = ["-m", "experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
         "--config.train.checkpoint_every_secs=0"]
 TIMEOUT = 300
+pytestmark = pytest.mark.slow   # every test starts several processes
 
 
 def _port() -> int:

@@ -106,6 +106,7 @@ EXPECTED = {   # figure -> claim fragments, one row each
 }
 
 
+@pytest.mark.slow
 def test_report_has_a_row_per_expected_claim_and_a_line_per_run(workdirs, tmp_path, capsys):
   out = tmp_path / "sub" / "report.md"
   names = list(EXPECTED)
@@ -131,6 +132,7 @@ def test_report_has_a_row_per_expected_claim_and_a_line_per_run(workdirs, tmp_pa
   assert "wrote" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_fig5_verdicts_follow_the_rule_on_results_json(workdirs):
   res = json.load(open(os.path.join(workdirs["fig5"], "results.json")))
   cfg = json.load(open(os.path.join(workdirs["fig5"], "config.json")))
@@ -153,6 +155,7 @@ def test_fig5_verdicts_follow_the_rule_on_results_json(workdirs):
     assert rows[f"{arm} trains faster than scratch"]["verdict"] == want
 
 
+@pytest.mark.slow
 def test_fig2_verdict_follows_the_rule_on_results_json(workdirs):
   rows = {r["claim"]: r for r in _rows(workdirs["fig2"])}
   for panel in ("random", "real"):
@@ -171,6 +174,7 @@ def test_fig2_verdict_follows_the_rule_on_results_json(workdirs):
     assert f"{res['misalignment_pooled_eigenbasis']:.3f} vs" in row["ours"]   # pooled, reported
 
 
+@pytest.mark.slow
 def test_fig20_rmse_is_the_runners_own(workdirs):
   (row,) = _rows(workdirs["fig20"])
   rmse = json.load(open(os.path.join(workdirs["fig20"], "results.json")))["right"]["checks"][
@@ -182,6 +186,7 @@ def test_fig20_rmse_is_the_runners_own(workdirs):
                             else "not reproduced")
 
 
+@pytest.mark.slow
 def test_every_run_is_identified_by_its_figure(workdirs):
   want = {"fig2": "fig2", "fig20": "fig20", "fig4": "fig4", "fig3": "fig3", "fig5": "fig5",
           "fig1": "fig1", "spec": "specialization"}
@@ -197,6 +202,7 @@ def test_every_run_is_identified_by_its_figure(workdirs):
       "python -m experiments.transfer --config=experiments/configs/fig1.py:positive,fmnist")
 
 
+@pytest.mark.slow
 def test_misalignment_binary_writes_curves_and_figure(workdirs):
   summary = json.load(open(os.path.join(workdirs["fig2"], "results.json")))
   for panel in ("random", "real"):
@@ -205,6 +211,7 @@ def test_misalignment_binary_writes_curves_and_figure(workdirs):
   assert os.path.exists(os.path.join(workdirs["fig2"], "fig2_misalignment.png"))
 
 
+@pytest.mark.slow
 def test_filters_binary_writes_overlaps_and_figure(workdirs):
   res = json.load(open(os.path.join(workdirs["fig3"], "results.json")))
   assert set(res["subspace_overlap"]) == {"1", "3", "5", "10"}
@@ -324,6 +331,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
   assert "Fix: python -m experiments.report" in _one_error_line(capsys, ["--out=x.md"])
 
 
+@pytest.mark.slow
 def test_binary_exit_code_and_sweep_workdir(workdirs, tmp_path):
   sweep = tmp_path / "sweep"
   shutil.copytree(workdirs["fig3"], sweep / "points" / "train.seed=0")

@@ -54,6 +54,7 @@ def fig20_run(tmp_path_factory):
   return os.path.join(wd, "right")
 
 
+@pytest.mark.slow
 def test_one_run_per_member_with_the_metrics_jsonl_curves(fig20_run):
   rows = results.read_jsonl(fig20_run, "metrics.jsonl")
   seeds = sorted({r["seed"] for r in rows})
@@ -70,6 +71,7 @@ def test_one_run_per_member_with_the_metrics_jsonl_curves(fig20_run):
                                  [want[t] for t in sorted(want)], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_f_snapshots_are_the_runner_results(fig20_run):
   out = results.read_json(fig20_run, "results.json")
   arrays = results.read_npz(fig20_run, "arrays.npz")
@@ -112,6 +114,7 @@ def test_f_directions_are_capped_and_log_spaced():
   assert big[0] == 0 and big[-1] == 3071 and len(big) <= tensorboard.MAX_F_SCALARS
 
 
+@pytest.mark.slow
 def test_each_sweep_point_is_its_own_run(tmp_path):
   proc = run_module("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
                     f"--workdir={tmp_path}", "--config.train.num_epochs=1",

@@ -40,7 +40,7 @@ def _cfg(**kw):
                          "train_eval_examples": 64, **kw})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture   # cheap, so per test: xdist may spread this file (tests/conftest.py)
 def data():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(96, 6)).astype(np.float32)
@@ -289,6 +289,7 @@ _CRASH_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
   script = tmp_path / "run.py"
   script.write_text(_CRASH_SCRIPT.format(tests=os.path.dirname(__file__)))
