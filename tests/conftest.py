@@ -34,6 +34,7 @@ def _module_fixtures(item) -> list[str]:
                 and defs[name][-1].baseid == item.nodeid.split("::")[0])
 
 
+@pytest.hookimpl(tryfirst=True)   # before pytest-xdist's worker reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
   """For pytest-xdist's `--dist loadgroup` (pytest.ini): the tests that share a module fixture
   (mostly one end-to-end run) form one group, so that it runs once, on one worker; every other
