@@ -1,7 +1,7 @@
 """Helpers shared by the test files (process-wide test setup is tests/conftest.py)::
 
     from tests.helpers import ROOT, run_module, train_config
-    proc = run_module("experiments.transfer", "--config=...", f"--workdir={wd}", share_cache=True)
+    proc = run_module("experiments.transfer", "--config=...", f"--workdir={wd}")
     cfg = train_config(num_seeds=2, num_epochs=1, batch_size=16)
 """
 import os
@@ -11,8 +11,9 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository root
 
-# The binaries' end-to-end tests and the notebook test compile the same tiny programs: they share
-# JAX's persistent compilation cache (also across sessions), so that only the first run compiles.
+# Every test process and the binaries, notebooks and workers they start share JAX's persistent
+# compilation cache (also across sessions; tests/conftest.py sets it for the whole session): the
+# suite compiles the same tiny programs many times, and only the first compile of each is paid.
 JAX_CACHE_ENV = {
     "JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(),
                                               f"rl_align_jax_cache_{os.getuid()}"),
@@ -21,15 +22,21 @@ JAX_CACHE_ENV = {
 }
 
 
-def run_module(module: str, *args: str, timeout: float = 600, env=None,
-               share_cache: bool = False) -> subprocess.CompletedProcess:
-  """`python -m module *args` in ROOT, as a user runs it; stdout / stderr captured as text.
+def child_env(env=None) -> dict:
+  """This process's environment with `env` over it (a value None removes that variable)."""
+  full = {**os.environ, **(env or {})}
+  return {k: v for k, v in full.items() if v is not None}
 
-  env: variables over this process's environment; share_cache: also JAX_CACHE_ENV.
-  """
-  full = {**os.environ, **(JAX_CACHE_ENV if share_cache else {}), **(env or {})}
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout, env=full)
+
+def run_python(*args: str, timeout: float = 600, env=None) -> subprocess.CompletedProcess:
+  """`python *args` in ROOT; stdout / stderr captured as text; env: see child_env."""
+  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout, env=child_env(env))
+
+
+def run_module(module: str, *args: str, timeout: float = 600, env=None) -> subprocess.CompletedProcess:
+  """`python -m module *args` in ROOT, as a user runs it (see run_python)."""
+  return run_python("-m", module, *args, timeout=timeout, env=env)
 
 
 def train_config(**fields):

@@ -23,11 +23,10 @@ import signal
 from rl_align import distributed
 
 
-def _cfg(engine_config, num_seeds, num_epochs=2):
-  c = engine_config.default_config()
-  c.num_seeds, c.num_epochs, c.batch_size, c.log_every_steps = num_seeds, num_epochs, 16, 3
-  c.train_eval_examples, c.seed, c.checkpoint_every_secs = 32, 5, 0.0
-  return c
+def _cfg(num_seeds, num_epochs=2):
+  from tests.helpers import train_config  # pylint: disable=g-import-not-at-top
+  return train_config(num_seeds=num_seeds, num_epochs=num_epochs, batch_size=16, log_every_steps=3,
+                      train_eval_examples=32, seed=5, checkpoint_every_secs=0.0)
 
 
 def main(argv=None) -> None:
@@ -50,7 +49,6 @@ def main(argv=None) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from rl_align import data, models, pipeline, seeds, train  # pylint: disable=g-import-not-at-top
-  from rl_align.engine import config as engine_config  # pylint: disable=g-import-not-at-top
 
   loads = []   # (seed ids, t0, t1) of every chunk a HostFeed loaded in this process
   load = pipeline.HostFeed.load
@@ -62,7 +60,7 @@ def main(argv=None) -> None:
     return load(self, t0, t1)
   pipeline.HostFeed.load = recording_load
 
-  cfg = _cfg(engine_config, args.num_seeds, args.num_epochs)
+  cfg = _cfg(args.num_seeds, args.num_epochs)
   model = models.PaperCNN(features=4, hidden=8, num_classes=4)
   src = data.source("photos", n=96, size=8, seed=0)
   mean, std = data.channel_stats(src)

@@ -66,6 +66,7 @@ def test_ledger_counts_calls_made_in_its_thread_only():
   assert inner.total == 60 and outer.total == 61
 
 
+@pytest.mark.slow
 def test_a_tiny_binary_run_records_its_flops_rate_and_fraction_of_peak(tmp_path, monkeypatch):
   lines = []
   log = lambda fmt, *a, **k: lines.append(str(fmt) % a if a else str(fmt))

@@ -5,31 +5,27 @@ only `.[test]`) every test runs except the one that compares against PyTorch its
 torch and missing CUDA errors are tested with torch hidden or replaced.
 """
 import json
-import os
-import subprocess
-import sys
 import types
 
 import numpy as np
 import pytest
 
 from benchmarks import train_throughput as tt
+from tests.helpers import run_module, run_python
 from tests.tolerances import assert_close, f64_tol
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _torch_installed():
   return tt._torch() is not None  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 def test_cli_writes_json_with_headline_and_arms(tmp_path):
   out = tmp_path / "bench.json"
   arms = "engine,naive_jax,torch" if _torch_installed() else "engine,naive_jax"
-  cmd = [sys.executable, "-m", "benchmarks.train_throughput", "--model=fig20_dense",
-         "--seeds=2", "--steps=1", "--repeats=1", "--batch_size=8", "--num_examples=32",
-         "--peak_size=128", f"--arms={arms}", "--layout=auto,map", f"--json={out}"]
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = run_module("benchmarks.train_throughput", "--model=fig20_dense", "--seeds=2", "--steps=1",
+                    "--repeats=1", "--batch_size=8", "--num_examples=32", "--peak_size=128",
+                    f"--arms={arms}", "--layout=auto,map", f"--json={out}", timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   res = json.loads(out.read_text())
   for key in ("model_steps_per_s", "gflops_per_s", "peak_gflops_per_s", "peak_fraction",
@@ -52,13 +48,14 @@ _HIDE_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv[0] = 't
                "runpy.run_module('benchmarks.train_throughput', run_name='__main__')")
 
 
+@pytest.mark.slow
 def test_torch_arm_without_torch_names_the_fix():
   # torch hidden (import fails) whether or not it is installed: the flag check runs before any
   # compile, and says what is missing and how to fix it in one `error:` line with exit code 2, as
   # the experiment binaries do (no traceback, no usage text).
-  cmd = [sys.executable, "-c", _HIDE_TORCH, "--model=fig20_dense", "--seeds=2", "--steps=1",
-         "--repeats=1", "--batch_size=8", "--num_examples=32", "--arms=engine,torch"]
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = run_python("-c", _HIDE_TORCH, "--model=fig20_dense", "--seeds=2", "--steps=1",
+                    "--repeats=1", "--batch_size=8", "--num_examples=32", "--arms=engine,torch",
+                    timeout=300)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]

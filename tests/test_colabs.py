@@ -5,7 +5,7 @@ import nbclient
 import nbformat
 import pytest
 
-from tests.helpers import JAX_CACHE_ENV, ROOT
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("name,expected,min_images", [
@@ -14,11 +14,10 @@ from tests.helpers import JAX_CACHE_ENV, ROOT
                                     "relative error of the sample covariance"), 1),
     ("specialization.ipynb", ("gain", "narrow"), 3),   # activity, firing-rate histograms, gain
 ])
+@pytest.mark.slow
 def test_notebook_runs_at_tiny_size(monkeypatch, name, expected, min_images):
   monkeypatch.setenv("RL_ALIGN_TINY", "1")
   monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  for k, v in JAX_CACHE_ENV.items():   # same programs as the binaries' e2e tests
-    monkeypatch.setenv(k, v)
   nb = nbformat.read(os.path.join(ROOT, "colabs", name), as_version=4)
   nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                           resources={"metadata": {"path": ROOT}}).execute()

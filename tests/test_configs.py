@@ -205,6 +205,7 @@ def test_arguments_select_what_they_name():
 # The binaries: one error line, exit 2; the run record.
 
 
+@pytest.mark.slow
 def test_binary_with_a_typo_in_the_config_argument_exits_2_with_one_error_line(tmp_path):
   proc = run_module("experiments.transfer", "--config=experiments/configs/fig1.py:negtive",
                     f"--workdir={tmp_path}", timeout=300)

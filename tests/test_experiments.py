@@ -1,13 +1,19 @@
-"""End-to-end runs of the eigenvalue-map binaries at tiny size (subprocesses, as a user runs them)."""
+"""The eigenvalue-map binary at tiny size: one run as a user runs it (a subprocess), its rerun and
+its errors through the binaries' entry `experiments.cli.run_main` (in this process); the analysis."""
 import json
 import os
 
+from absl import logging
 import numpy as np
 import pytest
 
+from experiments import cli
+from experiments.configs import fig4_cnn, fig20
 from rl_align import eigenmap
+from rl_align.runners import eigenmap as eigenmap_runner
 from tests.helpers import run_module
 from tests.tolerances import f64_tol, sampling_tol
+
 
 @pytest.fixture(scope="module")
 def fig20_tiny(tmp_path_factory):
@@ -18,6 +24,24 @@ def fig20_tiny(tmp_path_factory):
   return wd, proc
 
 
+def _run_main(config, workdir):
+  """What `python -m experiments.eigenvalue_map --config=... --workdir=workdir` runs."""
+  return cli.run_main(eigenmap_runner.run_panels, config, str(workdir),
+                      argv=["experiments/eigenvalue_map.py", f"--workdir={workdir}"])
+
+
+def _error_line(capsys, config, workdir) -> str:
+  """stderr of `_run_main`, which must exit with code 2 and end on one `error:` line (tests/
+  test_configs.py checks, in a subprocess, that the binary prints nothing else)."""
+  with pytest.raises(SystemExit) as e:
+    _run_main(config, workdir)
+  assert e.value.code == 2
+  stderr = capsys.readouterr().err
+  assert stderr.strip().splitlines()[-1].startswith("error: "), stderr[-2000:]
+  return stderr
+
+
+@pytest.mark.slow
 def test_eigenvalue_map_writes_documented_schema(fig20_tiny):
   wd, _ = fig20_tiny
   res = json.load(open(wd / "right" / "results.json"))
@@ -42,49 +66,40 @@ def test_eigenvalue_map_writes_documented_schema(fig20_tiny):
     assert (wd / name).exists(), name
 
 
-def test_rerun_resumes_without_training(fig20_tiny):
+@pytest.mark.slow
+def test_rerun_resumes_without_training(fig20_tiny, monkeypatch):
   wd, _ = fig20_tiny
   before = json.load(open(wd / "right" / "results.json"))
-  proc = run_module("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
-              f"--workdir={wd}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "resumed from step 8" in proc.stderr
+  lines = []
+  monkeypatch.setattr(logging, "info", lambda fmt, *a, **k: lines.append(str(fmt) % a))
+  _run_main(fig20.get_config("right,tiny"), wd)
+  assert any("resumed from step 8" in l for l in lines), lines
   after = json.load(open(wd / "right" / "results.json"))
   np.testing.assert_array_equal(before["f"], after["f"])
 
 
-def test_changed_config_on_same_workdir_is_a_clear_error(fig20_tiny):
+@pytest.mark.slow
+def test_changed_config_on_same_workdir_is_a_clear_error(fig20_tiny, capsys):
   wd, _ = fig20_tiny
-  proc = run_module("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
-              "--config.train.learning_rate=0.5", f"--workdir={wd}")
-  assert proc.returncode == 2
-  assert "different config" in proc.stderr and "Traceback" not in proc.stderr
+  config = fig20.get_config("right,tiny")
+  config.train.learning_rate = 0.5                  # --config.train.learning_rate=0.5
+  stderr = _error_line(capsys, config, wd)
+  assert "different config" in stderr and "Traceback" not in stderr
 
 
-def test_bad_flag_value_is_one_clear_line(tmp_path):
-  proc = run_module("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
-              "--config.train.optimizer=rmsprop", f"--workdir={tmp_path}")
-  assert proc.returncode == 2
-  assert "config.optimizer" in proc.stderr and "Traceback" not in proc.stderr
+def test_bad_flag_value_is_one_clear_line(tmp_path, capsys):
+  config = fig20.get_config("right,tiny")
+  config.train.optimizer = "rmsprop"                # --config.train.optimizer=rmsprop
+  stderr = _error_line(capsys, config, tmp_path)
+  assert "config.optimizer" in stderr and "Traceback" not in stderr
 
 
-def test_missing_dataset_is_a_clear_error(tmp_path):
-  proc = run_module("experiments.eigenvalue_map", "--config=experiments/configs/fig4_cnn.py:random,tiny",
-              "--config.data.name=cifar10", f"--config.data.data_dir={tmp_path / 'none'}",
-              f"--workdir={tmp_path / 'wd'}")
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  assert "cifar10" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_misalignment_binary_on_photos(tmp_path):
-  proc = run_module("experiments.misalignment", "--config=experiments/configs/fig2.py:random,real,tiny",
-              f"--workdir={tmp_path}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  summary = json.load(open(tmp_path / "results.json"))
-  for panel in ("random", "real"):
-    curve = summary[panel]["misalignment_over_training"]
-    assert len(curve) >= 3 and curve[0]["step"] == 0
-  assert (tmp_path / "fig2_misalignment.png").exists()
+def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+  config = fig4_cnn.get_config("random,tiny")
+  config.data.name = "cifar10"                      # --config.data.name=cifar10
+  config.data.data_dir = str(tmp_path / "none")
+  stderr = _error_line(capsys, config, tmp_path / "wd")
+  assert "cifar10" in stderr and "Traceback" not in stderr
 
 
 def test_early_time_fit_recovers_linear_law():
@@ -160,13 +175,3 @@ def test_fig4_figure_draws_f_over_epochs(tmp_path):
   res = {"sigma": np.linspace(0.1, 2, 5), "snapshots": snaps}
   path = eigenmap_plots.plot_f_over_epochs([res, res], ["random", "real"], str(tmp_path / "f.png"))
   assert os.path.getsize(path) > 1000
-
-
-def test_filters_binary_tiny(tmp_path):
-  proc = run_module("experiments.filters", "--config=experiments/configs/fig3.py:tiny", f"--workdir={tmp_path}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  res = json.load(open(tmp_path / "results.json"))
-  assert set(res["subspace_overlap"]) == {"1", "3", "5", "10"}
-  assert res["num_filters_pooled"] == 2 * 16
-  assert len(res["best_match_pc"]) == len(res["best_match_cos"]) == 10
-  assert (tmp_path / "fig3_eigenvectors.png").exists()

@@ -37,10 +37,12 @@ def tiny_config(name: str, data_dir: str):
   return c
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fmnist_run(tmp_path_factory):
-  """fmnist_run(name) -> the workdir of case `name`'s tiny run (run once, on first request), on one
-  folder of generated idx files."""
+  """fmnist_run(name) -> the workdir of case `name`'s tiny run (run once per process, on first
+  request), on one folder of generated idx files.  Session-scoped, so that pytest-xdist spreads the
+  cases over its workers (tests/conftest.py groups module fixtures only); the two tests of the fig5
+  run share an xdist group."""
   root = tmp_path_factory.mktemp("fmnist")
   folder = fake_idx.write(root / "idx", n_train=300, n_test=80)
   done = {}
@@ -61,7 +63,12 @@ def _results(workdir: str) -> dict:
     return json.load(f)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+FIG5_RUN = pytest.mark.xdist_group("fmnist_fig5")   # the tests that read the fig5 run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [pytest.param(n, marks=FIG5_RUN) if n == "fig5" else n
+                                  for n in CASES])
 def test_fmnist_config_runs_on_idx_files(name, fmnist_run):
   c = tiny_config(name, "")
   assert c.data.name == "fashion_mnist"
@@ -97,6 +104,8 @@ def test_missing_fashion_mnist_is_one_error_line(tmp_path, monkeypatch, capsys):
   assert "tfds build fashion_mnist" in err[0] and str(tmp_path / "nothing") in err[0]
 
 
+@pytest.mark.slow
+@FIG5_RUN
 def test_fmnist_streams_through_the_host_pipeline(fmnist_run, tmp_path):
   """placement=host reads Fashion-MNIST through data.source / the host pipeline: same numbers."""
   device = _results(fmnist_run("fig5"))

@@ -4,20 +4,16 @@ import numpy as np
 import pytest
 
 from rl_align import data, models, pipeline, seeds, train
-from rl_align.engine import config as engine_config
+from tests.helpers import train_config
 from tests.tolerances import f32_tol
 
 
 def _cfg(**kw):
-  c = engine_config.default_config()
-  c.num_seeds, c.num_epochs, c.batch_size, c.log_every_steps = 3, 2, 16, 3
-  c.train_eval_examples, c.seed, c.checkpoint_every_secs = 32, 5, 0.0
-  for k, v in kw.items():
-    c[k] = v
-  return c
+  return train_config(**{"num_seeds": 3, "num_epochs": 2, "batch_size": 16, "log_every_steps": 3,
+                         "train_eval_examples": 32, "seed": 5, "checkpoint_every_secs": 0.0, **kw})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture   # cheap, so per test: xdist may spread this file (tests/conftest.py)
 def photos():
   src = data.source("photos", n=96, size=8, seed=0)
   mean, std = data.channel_stats(src)

@@ -13,10 +13,12 @@ import time
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, child_env, run_python
+
 ARGS = ["-m", "experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
         "--config.train.checkpoint_every_secs=0"]
 TIMEOUT = 300
+pytestmark = pytest.mark.slow   # every test starts several processes
 
 
 def _port() -> int:
@@ -26,16 +28,22 @@ def _port() -> int:
 
 
 def _env(devices: int) -> dict:
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_"))}
+  """Over this process's environment (tests.helpers.child_env): no JAX_ / SLURM_ / OMPI_ variables,
+  `devices` XLA host devices."""
+  env = {k: None for k in os.environ if k.startswith(("JAX_", "SLURM_", "OMPI_"))}
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return env
 
 
+def _spawn(*args: str) -> subprocess.Popen:
+  """`python *args` in ROOT, started (not waited for), one XLA host device."""
+  return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=child_env(_env(1)), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 def _start(workdir, n: int, port: int, extra=()):
-  return [subprocess.Popen([sys.executable, *ARGS, f"--workdir={workdir}", *extra,
-                            f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={n}",
-                            f"--process_id={i}"], cwd=ROOT, env=_env(1), text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(n)]
+  return [_spawn(*ARGS, f"--workdir={workdir}", *extra, f"--coordinator_address=127.0.0.1:{port}",
+                 f"--num_processes={n}", f"--process_id={i}") for i in range(n)]
 
 
 def _wait(procs):
@@ -56,8 +64,7 @@ def _kernel(wd):
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
   wd = tmp_path_factory.mktemp("one")
-  proc = subprocess.run([sys.executable, *ARGS, f"--workdir={wd}"], cwd=ROOT, env=_env(2),
-                        capture_output=True, text=True, timeout=TIMEOUT)
+  proc = run_python(*ARGS, f"--workdir={wd}", env=_env(2), timeout=TIMEOUT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "on 2 cpu device(s) in 1 process(es)" in proc.stderr
   return wd
@@ -90,20 +97,18 @@ def test_sigkill_of_one_process_then_relaunch_resumes(one_process, tmp_path):
   assert "resumed from step" in outs[0][1]
   # The uninterrupted reference: one process, 2 devices, same config.
   ref = tmp_path / "ref"
-  proc = subprocess.run([sys.executable, *ARGS, f"--workdir={ref}", *longer], cwd=ROOT,
-                        env=_env(2), capture_output=True, text=True, timeout=TIMEOUT)
+  proc = run_python(*ARGS, f"--workdir={ref}", *longer, env=_env(2), timeout=TIMEOUT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   np.testing.assert_array_equal(_kernel(ref), _kernel(tmp_path))
 
 
 # Host-fed training over several processes: each process's HostFeed serves only the members of its
 # own devices (`pipeline.local_rows`, placed with `jax.make_array_from_process_local_data`).
-WORKER = [sys.executable, "-m", "tests.multihost_worker"]
+WORKER = ["-m", "tests.multihost_worker"]
 
 
 def _worker_run(out, devices: int, *extra):
-  proc = subprocess.run([*WORKER, f"--out={out}", *extra], cwd=ROOT, env=_env(devices),
-                        capture_output=True, text=True, timeout=TIMEOUT)
+  proc = run_python(*WORKER, f"--out={out}", *extra, env=_env(devices), timeout=TIMEOUT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 
@@ -124,10 +129,8 @@ def test_two_processes_host_fed_equal_one_process_device_resident(tmp_path):
   assert "on 2 cpu device(s) in 1 process(es)" in proc.stderr
   assert _feed_log(ref, 0)["loads"] == []   # device-resident: no host feed loaded anything
   port = _port()
-  outs = _wait([subprocess.Popen([*WORKER, f"--out={fed}", f"--coordinator=127.0.0.1:{port}",
-                                  "--num_processes=2", f"--process_id={i}"], cwd=ROOT,
-                                 env=_env(1), text=True, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE) for i in range(2)])
+  outs = _wait([_spawn(*WORKER, f"--out={fed}", f"--coordinator=127.0.0.1:{port}",
+                       "--num_processes=2", f"--process_id={i}") for i in range(2)])
   assert "on 2 cpu device(s) in 2 process(es)" in outs[0][1]
   want, got = _worker_params(ref), _worker_params(fed)
   assert len(want) == len(got) == 6
@@ -159,8 +162,8 @@ def test_host_fed_run_killed_with_sigkill_resumes_to_the_same_params(tmp_path):
   ref, fed = tmp_path / "ref", tmp_path / "fed"
   run = ["--num_epochs=8"]   # 48 steps, a checkpoint at every log step (3)
   _worker_run(ref, 2, "--device", *run)
-  killed = subprocess.run([*WORKER, f"--out={fed}", *run, "--buffer_steps=4", "--kill_at_step=24"],
-                          cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=TIMEOUT)
+  killed = run_python(*WORKER, f"--out={fed}", *run, "--buffer_steps=4", "--kill_at_step=24",
+                      env=_env(2), timeout=TIMEOUT)
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   assert not (fed / "params.npz").exists()
   proc = _worker_run(fed, 2, *run, "--buffer_steps=4")

@@ -1,26 +1,31 @@
-"""Every paper-scale config that reads tfds runs end to end under `tfds.testing.mock_data`.
+"""Every paper-scale config that reads tfds: its models fit its data, and each runner runs end to end.
 
 A GPU user's first paper-scale run must not fail on a config bug.  Each case takes the config
-exactly as a user gets it (`get_config(arg)`), shrinks only sizes (examples of the mocked dataset
-and of the splits, steps, seeds, batch and eval sizes, the sweep grid), never the model or the code
-path, and runs it through the binaries' entry `experiments.cli.run_main` with the runner its binary
-launches: real `tfds.data_source` reads of the mocked dataset, the engine, the analysis, the plots,
-config.json, results.json and run.json.
-
-The cases run in two subprocesses at once (XLA compiles on one core; the models are the paper's, so
-compiling dominates), sharing JAX's on-disk compilation cache with the other end-to-end tests; a
-case that fails leaves its traceback in WORKDIR/FAILED.txt for its test to show.  By hand:
-    python -m tests.test_paper_configs /tmp/paper fig5 fig3
+exactly as a user gets it (`get_config(arg)`).  For every case, the networks its runner trains are
+built from the config and evaluated abstractly (`jax.eval_shape`: nothing compiled) on an example
+of the shape the config's dataset yields (opened under `tfds.testing.mock_data`): logits of the
+right number of classes.  One case per runner (`E2E`) then runs end to end, with only sizes shrunk
+(examples of the mocked dataset and of the splits, steps, seeds, batch and eval sizes, the sweep
+grid), never the model or the code path, through the binaries' entry `experiments.cli.run_main`:
+real `tfds.data_source` reads of the mocked dataset, the engine, the analysis, the plots,
+config.json, results.json and run.json.  The other cases run the same way by hand:
+    python -m tests.test_paper_configs /tmp/paper fig1_negative specialization_vgg16_cifar10
 """
+import importlib
 import json
 import os
-import subprocess
 import sys
-import traceback
 
+import jax
+import jax.numpy as jnp
 import pytest
+import tensorflow_datasets as tfds
 
-from tests.helpers import JAX_CACHE_ENV, ROOT
+from experiments import cli
+from rl_align import models
+from rl_align import specialization
+from rl_align.runners import common
+from rl_align.runners import eigenmap
 
 MOCK_EXAMPLES = 48   # per split of the mocked dataset (train, test)
 SMALL = {"batch_size": 8, "train_eval_examples": 16, "eval_batch_size": 16,
@@ -75,62 +80,67 @@ CASES = {
     "specialization_resnet18_imagenet": ("specialization", "resnet18_imagenet",
                                          _shrink_specialization, "specialization.run"),
 }
-# Two groups of about equal cost, one per subprocess.
-GROUPS = (["fig1_positive", "fig5", "fig2", "specialization_resnet18_cifar10", "fig4_cnn"],
-          ["fig1_negative", "fig3", "specialization_vgg16_cifar10",
-           "specialization_resnet18_imagenet"])
+# The case that runs end to end for each runner (the cheapest model of those that use it).
+E2E = {"transfer.run": "fig5", "eigenmap.run_misalignment": "fig2", "filters.run": "fig3",
+       "eigenmap.run_panels": "fig4_cnn", "specialization.run": "specialization_resnet18_imagenet"}
 
 
 def configs(name):
   """(the config as a user gets it, the shrunk config the case runs)."""
-  import importlib  # pylint: disable=g-import-not-at-top
   module, arg, shrink, _ = CASES[name]
   get = importlib.import_module(f"experiments.configs.{module}").get_config
   return get(arg), shrink(get(arg))
 
 
-def run_cases(workroot: str, names) -> None:
-  """Runs the cases (in this process) under mock tfds data; a failure goes to WORKDIR/FAILED.txt."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  from experiments import host_devices  # pylint: disable=g-import-not-at-top
-  host_devices.expose_host_cores()   # before jax starts: one XLA host device per core, as a binary
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from experiments import cli  # pylint: disable=g-import-not-at-top
-  for name in names:
-    module, arg, _, runner = CASES[name]
-    workdir = os.path.join(workroot, name)
-    os.makedirs(workdir, exist_ok=True)
-    mod, fn = runner.split(".")
-    t0 = time.time()
-    try:
-      fn = getattr(importlib.import_module(f"rl_align.runners.{mod}"), fn)
-      with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-        cli.run_main(fn, configs(name)[1], workdir,
-                     argv=[f"experiments/configs/{module}.py:{arg}", "(shrunk, mock tfds)"])
-    except BaseException:  # pylint: disable=broad-except  (also run_main's exit 2)
-      with open(os.path.join(workdir, "FAILED.txt"), "w", encoding="utf-8") as f:
-        f.write(traceback.format_exc())
-    print(f"{name}: {time.time() - t0:.1f} s", flush=True)
+def run_case(name: str, workdir: str) -> None:
+  """Runs the shrunk case through `experiments.cli.run_main` (in this process) under mock tfds."""
+  module, arg, _, runner = CASES[name]
+  mod, fn = runner.split(".")
+  fn = getattr(importlib.import_module(f"rl_align.runners.{mod}"), fn)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    cli.run_main(fn, configs(name)[1], workdir,
+                 argv=[f"experiments/configs/{module}.py:{arg}", "(shrunk, mock tfds)"])
 
 
-@pytest.fixture(scope="module")
-def workroot(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("paper_configs"))
-  env = {**os.environ, **JAX_CACHE_ENV}
-  procs = []
-  for i, group in enumerate(GROUPS):
-    log = open(os.path.join(root, f"group{i}.log"), "w", encoding="utf-8")
-    procs.append((subprocess.Popen([sys.executable, "-m", "tests.test_paper_configs", root, *group],
-                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-  for proc, log in procs:
-    proc.wait(timeout=1800)
-    log.close()
-  return root
+def test_every_runner_has_one_end_to_end_case():
+  assert set(E2E) == {case[3] for case in CASES.values()}
+  assert all(CASES[name][3] == runner for runner, name in E2E.items())
 
 
-def test_groups_hold_every_case_once():
-  assert sorted(sum(GROUPS, [])) == sorted(CASES)
+def _networks(runner: str, c, num_real: int) -> list:
+  """(model config, number of classes) of every network the runner trains for config c, whose
+  dataset has num_real classes (rl_align.runners: transfer's upstream and downstream heads,
+  specialization's max-K and real heads at the narrowest and widest widths, one net per panel)."""
+  if runner == "transfer.run":
+    down = num_real if c.downstream.labels == "real" else c.downstream.num_random_classes
+    return [(c.model, c.upstream.num_classes), (c.model, down)]
+  if runner == "specialization.run":
+    sw = c.sweep
+    return [(specialization.with_width(c.model, sw.width_field, sw.width_from, w), k)
+            for w in (min(sw.widths), max(sw.widths))
+            for k in (max(sw.num_random_classes), num_real)]
+  if "panels" in c:
+    return [(eigenmap.panel_config(c, p).model, None) for p in c.panels]
+  return [(c.model, None)]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_paper_models_fit_their_data_without_compiling(name):
+  """The user's config: its dataset's example shape (mock tfds), and on it the abstract init and
+  forward pass of every network the runner trains (logits [batch, classes])."""
+  user, _ = configs(name)
+  assert user.data.name in ("cifar10", "imagenet"), "not a tfds config: drop it from CASES"
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    src = common.source_split(user.data, "train")
+  nets = _networks(CASES[name][3], user, src.num_classes)
+  x = jax.ShapeDtypeStruct((2,) + tuple(src.example_shape), jnp.float32)
+  for model_cfg, classes in nets:
+    model_cfg = model_cfg.to_dict()
+    classes = model_cfg["num_classes"] if classes is None else int(classes)
+    model = models.build({**model_cfg, "num_classes": classes})
+    params = jax.eval_shape(model.init, jax.random.key(0), x)
+    logits = jax.eval_shape(model.apply, params, x)
+    assert logits.shape == (2, classes), (model_cfg, logits.shape)
 
 
 def _load(workdir, *path):
@@ -160,17 +170,13 @@ def _check_results(runner: str, workdir: str, c) -> None:
     assert res["highlight"]["negative"] in res["points"]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_paper_config_runs_under_mock_tfds(name, workroot):
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(E2E.values()))
+def test_paper_config_runs_under_mock_tfds(name, tmp_path):
   user, shrunk = configs(name)
-  assert user.data.name in ("cifar10", "imagenet"), "not a tfds config: drop it from CASES"
   assert shrunk.model.to_dict() == user.model.to_dict()     # the paper's model, unchanged
-  workdir = os.path.join(workroot, name)
-  failed = os.path.join(workdir, "FAILED.txt")
-  if os.path.exists(failed):
-    status = _load(workdir, "run.json")["status"] if os.path.exists(
-        os.path.join(workdir, "run.json")) else "no run.json"
-    pytest.fail(f"{name} failed ({status}):\n{open(failed, encoding='utf-8').read()[-6000:]}")
+  workdir = str(tmp_path)
+  run_case(name, workdir)
   _check_results(CASES[name][3], workdir, shrunk)
   run = _load(workdir, "run.json")
   assert run["status"] == "finished" and run["machine"]["fp32_matmul_gflops"] > 0
@@ -179,4 +185,5 @@ def test_paper_config_runs_under_mock_tfds(name, workroot):
 
 
 if __name__ == "__main__":
-  run_cases(sys.argv[1], sys.argv[2:])
+  for case in sys.argv[2:]:
+    run_case(case, os.path.join(sys.argv[1], case))

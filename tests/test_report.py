@@ -3,20 +3,23 @@
 The tiny configs run once per module, in this process, through the binaries' entry
 `experiments.cli.run_main` (config.json, results.json, run.json as a user gets them); the report is
 built from those workdirs and its verdicts are recomputed here from results.json by the rules.
+The same workdirs hold what the misalignment and filters binaries write (the eigenvalue-map,
+transfer and specialization binaries run as subprocesses in their own test files), and each
+binary's `__main__` is checked to launch the runner run here.
 """
+import importlib
 import json
 import os
+import runpy
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from experiments import cli
 from experiments import report as report_cli
 from rl_align import report
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import run_module
 
 
 def _fewer_arms(c):   # the Fig 5 and section 2.5 arms; pca_whitening / f_only test no claim here
@@ -59,8 +62,6 @@ def _fig1_from_fig5(fig5_dir: str, wd: str) -> None:
 
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory):
-  import importlib  # pylint: disable=g-import-not-at-top
-  from experiments import cli  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("report")
   out = {}
   for name, (module, arg, runner, binary, shrink) in RUNS.items():
@@ -82,7 +83,7 @@ def _rows(wd):
   return [r for run in report_cli.load_workdir(wd) for r in report.claims(run)]
 
 
-def _run(wd):
+def _loaded(wd):
   return report_cli.load_workdir(wd)[0]
 
 
@@ -105,6 +106,7 @@ EXPECTED = {   # figure -> claim fragments, one row each
 }
 
 
+@pytest.mark.slow
 def test_report_has_a_row_per_expected_claim_and_a_line_per_run(workdirs, tmp_path, capsys):
   out = tmp_path / "sub" / "report.md"
   names = list(EXPECTED)
@@ -130,6 +132,7 @@ def test_report_has_a_row_per_expected_claim_and_a_line_per_run(workdirs, tmp_pa
   assert "wrote" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_fig5_verdicts_follow_the_rule_on_results_json(workdirs):
   res = json.load(open(os.path.join(workdirs["fig5"], "results.json")))
   cfg = json.load(open(os.path.join(workdirs["fig5"], "config.json")))
@@ -152,6 +155,7 @@ def test_fig5_verdicts_follow_the_rule_on_results_json(workdirs):
     assert rows[f"{arm} trains faster than scratch"]["verdict"] == want
 
 
+@pytest.mark.slow
 def test_fig2_verdict_follows_the_rule_on_results_json(workdirs):
   rows = {r["claim"]: r for r in _rows(workdirs["fig2"])}
   for panel in ("random", "real"):
@@ -170,6 +174,7 @@ def test_fig2_verdict_follows_the_rule_on_results_json(workdirs):
     assert f"{res['misalignment_pooled_eigenbasis']:.3f} vs" in row["ours"]   # pooled, reported
 
 
+@pytest.mark.slow
 def test_fig20_rmse_is_the_runners_own(workdirs):
   (row,) = _rows(workdirs["fig20"])
   rmse = json.load(open(os.path.join(workdirs["fig20"], "results.json")))["right"]["checks"][
@@ -181,12 +186,13 @@ def test_fig20_rmse_is_the_runners_own(workdirs):
                             else "not reproduced")
 
 
+@pytest.mark.slow
 def test_every_run_is_identified_by_its_figure(workdirs):
   want = {"fig2": "fig2", "fig20": "fig20", "fig4": "fig4", "fig3": "fig3", "fig5": "fig5",
           "fig1": "fig1", "spec": "specialization"}
   for name, fig in want.items():
-    assert report.figure_of(_run(workdirs[name])) == fig
-  assert report.fig1_direction(_run(workdirs["fig1"])) == "negative"
+    assert report.figure_of(_loaded(workdirs[name])) == fig
+  assert report.fig1_direction(_loaded(workdirs["fig1"])) == "negative"
   imagenet = {"config": {"figure_name": "imagenet.png"}, "results": {}}   # Table 1: transfer
   assert report.figure_of(imagenet) == "table1"
   by_argv = {"config": {}, "results": {}, "run": {"argv": [
@@ -194,6 +200,36 @@ def test_every_run_is_identified_by_its_figure(workdirs):
   assert report.figure_of(by_argv) == "fig1" and report.fig1_direction(by_argv) == "positive"
   assert report.command(by_argv["run"]["argv"]) == (
       "python -m experiments.transfer --config=experiments/configs/fig1.py:positive,fmnist")
+
+
+@pytest.mark.slow
+def test_misalignment_binary_writes_curves_and_figure(workdirs):
+  summary = json.load(open(os.path.join(workdirs["fig2"], "results.json")))
+  for panel in ("random", "real"):
+    curve = summary[panel]["misalignment_over_training"]
+    assert len(curve) >= 3 and curve[0]["step"] == 0
+  assert os.path.exists(os.path.join(workdirs["fig2"], "fig2_misalignment.png"))
+
+
+@pytest.mark.slow
+def test_filters_binary_writes_overlaps_and_figure(workdirs):
+  res = json.load(open(os.path.join(workdirs["fig3"], "results.json")))
+  assert set(res["subspace_overlap"]) == {"1", "3", "5", "10"}
+  assert res["num_filters_pooled"] == 2 * 16
+  assert len(res["best_match_pc"]) == len(res["best_match_cos"]) == 10
+  assert os.path.exists(os.path.join(workdirs["fig3"], "fig3_eigenvectors.png"))
+
+
+@pytest.mark.parametrize("binary, runner", sorted({(r[3], r[2]) for r in RUNS.values()}))
+def test_each_binary_launches_the_runner_run_here(binary, runner, monkeypatch):
+  """The binaries' `__main__` (flag definitions skipped: absl's flags are process-wide) hands
+  `cli.launch` the runner these tests run through `run_main`."""
+  launched = []
+  monkeypatch.setattr(cli, "define_config_flags", lambda example: None)
+  monkeypatch.setattr(cli, "launch", lambda fn, *args, **kw: launched.append(fn))
+  runpy.run_module(f"experiments.{binary}", run_name="__main__")
+  mod, fn = runner.split(".")
+  assert launched == [getattr(importlib.import_module(f"rl_align.runners.{mod}"), fn)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,19 +331,18 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
   assert "Fix: python -m experiments.report" in _one_error_line(capsys, ["--out=x.md"])
 
 
+@pytest.mark.slow
 def test_binary_exit_code_and_sweep_workdir(workdirs, tmp_path):
   sweep = tmp_path / "sweep"
   shutil.copytree(workdirs["fig3"], sweep / "points" / "train.seed=0")
   (sweep / "points" / "train.seed=1").mkdir()                   # unfinished point
   (sweep / "sweep_spec.json").write_text("{}")
   out = tmp_path / "r.md"
-  proc = subprocess.run([sys.executable, "-m", "experiments.report", str(sweep), f"--out={out}"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = run_module("experiments.report", str(sweep), f"--out={out}", timeout=300)
   assert proc.returncode == 0, proc.stderr
   assert "1 of 2 sweep points are not finished" in proc.stderr
   assert f"| {sweep}/points/train.seed=0 |" in out.read_text()
-  proc = subprocess.run([sys.executable, "-m", "experiments.report", str(tmp_path / "none")],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  proc = run_module("experiments.report", str(tmp_path / "none"), timeout=300)
   assert proc.returncode == 2 and proc.stderr.startswith("error: ")
   assert "Traceback" not in proc.stderr
 

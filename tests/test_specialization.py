@@ -95,7 +95,7 @@ def test_transfer_init_carries_hidden_layers_and_takes_a_fresh_head():
 def _run_binary(workdir, *extra):
   return run_module("experiments.specialization",
                     "--config=experiments/configs/specialization.py:tiny", f"--workdir={workdir}",
-                    *extra, timeout=300, share_cache=True)
+                    *extra, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,7 @@ def tiny_run(tmp_path_factory):
     return wd, json.load(f), proc.stdout
 
 
+@pytest.mark.slow
 def test_binary_writes_the_documented_schema(tiny_run):
   wd, res, stdout = tiny_run
   assert "gain" in stdout
@@ -133,6 +134,7 @@ def test_binary_writes_the_documented_schema(tiny_run):
     assert os.path.getsize(os.path.join(wd, f)) > 1000
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_reproduces(tiny_run):
   wd, res, _ = tiny_run
   cell = os.path.join(wd, "w=32_lr=0.05")

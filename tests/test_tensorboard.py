@@ -6,8 +6,6 @@ import glob
 import json
 import os
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,8 +16,7 @@ from experiments.configs import fig20
 from rl_align import results
 from rl_align import tensorboard
 from rl_align.runners import eigenmap as eigenmap_runner
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import run_module
 
 
 def read_events(run: str) -> list[event_pb2.Event]:
@@ -57,6 +54,7 @@ def fig20_run(tmp_path_factory):
   return os.path.join(wd, "right")
 
 
+@pytest.mark.slow
 def test_one_run_per_member_with_the_metrics_jsonl_curves(fig20_run):
   rows = results.read_jsonl(fig20_run, "metrics.jsonl")
   seeds = sorted({r["seed"] for r in rows})
@@ -73,6 +71,7 @@ def test_one_run_per_member_with_the_metrics_jsonl_curves(fig20_run):
                                  [want[t] for t in sorted(want)], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_f_snapshots_are_the_runner_results(fig20_run):
   out = results.read_json(fig20_run, "results.json")
   arrays = results.read_npz(fig20_run, "arrays.npz")
@@ -115,12 +114,11 @@ def test_f_directions_are_capped_and_log_spaced():
   assert big[0] == 0 and big[-1] == 3071 and len(big) <= tensorboard.MAX_F_SCALARS
 
 
+@pytest.mark.slow
 def test_each_sweep_point_is_its_own_run(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.eigenvalue_map",
-       "--config=experiments/configs/fig20.py:right,tiny", f"--workdir={tmp_path}",
-       "--config.train.num_epochs=1", "--sweep=train.learning_rate=0.01,0.05"],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  proc = run_module("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
+                    f"--workdir={tmp_path}", "--config.train.num_epochs=1",
+                    "--sweep=train.learning_rate=0.01,0.05")
   assert proc.returncode == 0, proc.stderr[-3000:]
   runs = {os.path.relpath(os.path.dirname(p), tmp_path)
           for p in glob.glob(str(tmp_path / "**" / "events.out.tfevents.*"), recursive=True)}

@@ -1,7 +1,5 @@
 """Tests of the multi-seed engine (rl_align.train)."""
 import os
-import subprocess
-import sys
 import textwrap
 
 import flax.linen as nn
@@ -14,6 +12,7 @@ from rl_align.engine import config as engine_config
 from rl_align.engine import layout as engine_layout
 from rl_align.engine import optimizer as engine_optimizer
 from rl_align.engine import records as engine_records
+from tests.helpers import run_python, train_config
 from tests.tolerances import assert_close, f32_run_tol, f32_tol
 
 
@@ -37,14 +36,11 @@ class TinyCNN(nn.Module):
 
 
 def _cfg(**kw):
-  cfg = engine_config.default_config()
-  cfg.num_seeds, cfg.num_epochs, cfg.batch_size, cfg.learning_rate = 3, 2, 16, 0.05
-  cfg.train_eval_examples = 64
-  cfg.update(kw)
-  return cfg
+  return train_config(**{"num_seeds": 3, "num_epochs": 2, "batch_size": 16, "learning_rate": 0.05,
+                         "train_eval_examples": 64, **kw})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture   # cheap, so per test: xdist may spread this file (tests/conftest.py)
 def data():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(96, 6)).astype(np.float32)
@@ -293,11 +289,11 @@ _CRASH_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
   script = tmp_path / "run.py"
   script.write_text(_CRASH_SCRIPT.format(tests=os.path.dirname(__file__)))
-  run = lambda wd, mode: subprocess.run([sys.executable, str(script), str(wd), mode],
-                                        capture_output=True, text=True, timeout=300)
+  run = lambda wd, mode: run_python(str(script), str(wd), mode, timeout=300)
   ref, crashed = tmp_path / "ref", tmp_path / "crashed"
   assert run(ref, "normal").returncode == 0
   first = run(crashed, "crash")

@@ -133,10 +133,9 @@ def test_configs_build():
 
 
 def _run(workdir, *extra):
-  # The notebook test runs the same tiny programs: share JAX's on-disk compilation cache.
   return run_module("experiments.transfer", "--config=experiments/configs/fig5.py:tiny",
                     "--config.arms=('scratch','pretrained','covariance','covariance_L2')",
-                    f"--workdir={workdir}", *extra, share_cache=True)
+                    f"--workdir={workdir}", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +162,7 @@ def _without_runtimes(obj):
   return obj
 
 
+@pytest.mark.slow
 def test_host_placement_gives_the_device_results(device_run, tmp_path):
   """placement=host streams every phase through the host pipeline (nothing loaded as arrays): the
   same batches, labels and standardized floats, so every number of results.json is identical."""
@@ -176,6 +176,7 @@ def test_host_placement_gives_the_device_results(device_run, tmp_path):
   assert stats["examples"] == 128 and len(stats["mean"]) == 3
 
 
+@pytest.mark.slow
 def test_binary_writes_schema_and_resumes(device_run):
   workdir = device_run
   res = _results(workdir)
