@@ -192,3 +192,18 @@ def test_two_processes_equal_one(lift, impl, tmp_path):
                        np.load(tmp_path / "one" / "train_accuracy.npy"), 32, "2 processes",
                        bitwise=True)
   assert not np.array_equal(one[0][0], one[0][1])   # the members did train differently
+
+
+def test_same_run_helpers_catch_what_they_must():
+  """The helpers above: bitwise where asked, the float32 run bound elsewhere, one example of
+  accuracy; each fails on a difference just past its bound."""
+  a = np.ones((3, 4), np.float32)
+  tol = assert_same_run(a + 1e-5, a, 8, 624, "x", bitwise=False)   # 2 eps x 1 x 4992 = 1.2e-3
+  assert 1e-3 < tol < 1.3e-3
+  with pytest.raises(AssertionError, match="rounding bound"):
+    assert_same_run(a + 2 * tol, a, 8, 624, "x", bitwise=False)
+  with pytest.raises(AssertionError, match="bitwise"):
+    assert_same_run(a + 1e-7 * a, a, 8, 624, "x", bitwise=True)
+  assert_same_accuracy([0.5, 0.25], [0.5 + 1 / 32, 0.25], 32, bitwise=False)
+  with pytest.raises(AssertionError):
+    assert_same_accuracy([0.5], [0.5 + 2 / 32], 32, bitwise=False)
