@@ -17,7 +17,7 @@
 # pytest-xdist, matplotlib) lacks ml_collections (the engine's configs), grain (the host input
 # pipeline) with array_record and portpicker, and tensorboardX (the engine's event files).
 # --fetch-wheels downloads them (the versions installed here, for Python 3.12) and matplotlib's
-# stack into build/wheels/ (git ignores build/): 5 MB; carry that folder to the device (the device
+# stack into build/wheels/ (git ignores build/; about 30 MB); carry that folder to the device (the device
 # tool's `carry: ["build/wheels"]`).  On the device the script imports each module and installs
 # only the missing ones from there (--no-deps: each dependency is in the list), with no network.
 #
@@ -84,13 +84,12 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 # --- Environment: install what is missing from the carried wheels, record the machine. ---------
-missing=""
-for pair in ml_collections:ml_collections grain:grain array_record:array_record \
-    portpicker:portpicker tensorboardX:tensorboardX matplotlib:matplotlib contourpy:contourpy \
-    cycler:cycler fontTools:fonttools kiwisolver:kiwisolver pyparsing:pyparsing \
-    dateutil:python-dateutil PIL:pillow; do
-  python3 -c "import ${pair%%:*}" 2>/dev/null || missing="$missing ${pair##*:}"
-done
+# module:wheel pairs; one Python process finds the missing modules without importing them.
+missing=$(python3 -c "import importlib.util, sys
+print(' '.join(p.split(':')[1] for p in sys.argv[1:] if importlib.util.find_spec(p.split(':')[0]) is None))" \
+    ml_collections:ml_collections grain:grain array_record:array_record portpicker:portpicker \
+    tensorboardX:tensorboardX matplotlib:matplotlib contourpy:contourpy cycler:cycler \
+    fontTools:fonttools kiwisolver:kiwisolver pyparsing:pyparsing dateutil:python-dateutil PIL:pillow)
 if [ -n "$missing" ]; then
   echo "installing from $WHEELS:$missing"
   pip_in() { python3 -m pip install -q --no-index --no-deps --find-links "$WHEELS" "$@" $missing; }
