@@ -42,7 +42,7 @@ def _point(p, x, workdir=None):
 def _assert_same(a, b):
   # Same program per member: bitwise on CPU (member-major `map`); with vmap (accelerators) 6
   # members vs 2 sum in another order: the bound over the run's steps, one SGD step of
-  # DenseNet((8,)) on 6 inputs chaining 6 + 8 + 3 + 8 + 16 + 16 + 8 roundings (tests/test_layouts.py).
+  # DenseNet((8,)) on 6 inputs chaining 6 + 8 + 3 + 8 + 16 + 16 + 8 roundings (as test_layouts.py).
   assert_same_run(a.params, b.params, a.final_step, 6 + 8 + 3 + 8 + 16 + 16 + 8, "params")
   assert_same_accuracy(a.final_metrics["train_accuracy"], b.final_metrics["train_accuracy"], 32)
   assert a.seed_ids == b.seed_ids
