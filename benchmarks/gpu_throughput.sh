@@ -1,23 +1,35 @@
 #!/bin/bash
-# The accelerator benchmark of issue 15, as one self-contained script for a lent GPU machine
-# (meant to take about 5 minutes on one H200, not yet timed there; every run has its own time
-# limit, 530 s in all, under a 10-minute per-call device limit; or run it as two calls, e.g.
-# `kernel paper_cnn` then `small_cnn fig20_dense sweep`).
+# The accelerator benchmark of issue 15 and the GPU-relevant tests (issue 21), as one
+# self-contained script for a lent GPU machine.  Not yet timed there.  Every run has its own time
+# limit and the whole script a budget (BUDGET_S, default 470 s: under 8 minutes with the start):
+# a run that the budget no longer fits is cut to what is left or skipped, and says so in
+# logs.txt.  The runs go in order of importance: tests, kernel, paper_cnn, small_cnn,
+# fig20_dense, sweep.  The device tool brings back 8 files: run it as two calls for every file,
+# e.g. `tests kernel paper_cnn` then `small_cnn fig20_dense sweep`.
 #
 #   bash benchmarks/gpu_throughput.sh --fetch-wheels      # once, on a machine with PyPI access
 #   OUT=/tmp/gpu_bench bash benchmarks/gpu_throughput.sh [RUN ...]   # on the GPU machine
 #   DRY_RUN=1 OUT=/tmp/dry bash benchmarks/gpu_throughput.sh        # CPU, tiny sizes: the plumbing
 #
-# RUN names a subset of: kernel paper_cnn small_cnn fig20_dense sweep (default: all).
+# RUN names a subset of: tests kernel paper_cnn small_cnn fig20_dense sweep (default: all).
 #
-# Wheels: a bare CUDA + JAX image (jax, flax, optax, torch) lacks ml_collections (the engine's
-# configs) and matplotlib (the sweep benchmark's plots).  --fetch-wheels downloads them and their
-# pure-Python / manylinux dependencies (not numpy, which JAX brings) into build/wheels/ (git
-# ignores build/); carry that folder to the device (the device tool's `carry: ["build/wheels"]`).
-# On the device the script imports each module and installs only the missing ones from there,
-# with no network.
+# Wheels: the lent H200's image (Python 3.12, jax, flax, optax, chex, absl, orbax, torch, pytest,
+# pytest-xdist, matplotlib) lacks ml_collections (the engine's configs), grain (the host input
+# pipeline) with array_record and portpicker, and tensorboardX (the engine's event files).
+# --fetch-wheels downloads them (the versions installed here, for Python 3.12) and matplotlib's
+# stack into build/wheels/ (git ignores build/; about 30 MB); carry that folder to the device (the device
+# tool's `carry: ["build/wheels"]`).  On the device the script imports each module and installs
+# only the missing ones from there (--no-deps: each dependency is in the list), with no network.
 #
-# Runs (each writes $OUT/<run>.json and appends its log to $OUT/logs.txt):
+# Runs (each appends its log to $OUT/logs.txt):
+# - tests: the GPU-relevant part of the test suite on this backend (GPU_TESTS below, chosen by
+#   their CPU durations, benchmarks/README.md): the accelerator layouts' equality guarantees
+#   (tests/test_layouts.py; conv_impl="pallas" there is the real Triton lowering on a GPU), the
+#   engine, packing, host feed, Pallas and mixed-precision tests.  JAX_DEFAULT_MATMUL_PRECISION=
+#   highest: the engine's "default" precision follows it and the tests' float32 bounds need it
+#   (XLA's default on a GPU is TF32: tests/tolerances.py, matmul_eps).  Writes $OUT/tests.xml
+#   (JUnit: every test's outcome and time) and $OUT/tests.log (the pytest output and summary).
+# Each benchmark run writes $OUT/<run>.json:
 # - kernel: the Pallas conv -> ReLU -> dense block (rl_align/pallas_fused.py, Triton backend)
 #   against the unfused XLA block at the paper CNN's shapes, vmapped over S=64 seeds: max relative
 #   error of the value and of every parameter gradient (reference at HIGHEST precision), and
@@ -36,14 +48,26 @@
 set -u
 cd "$(dirname "$0")/.."
 WHEELS=${WHEELS:-build/wheels}
+START=$(date +%s)
+# The tests that run on the GPU (the measured CPU durations and the choice: benchmarks/README.md).
+GPU_TESTS=(${GPU_TESTS:-tests/test_layouts.py tests/test_pallas_fused.py tests/test_mixed_precision.py
+  tests/test_packing.py tests/test_host_feed.py tests/test_train.py})
+# Left out: the multi-process and kill -9 tests (CPU subprocesses by design) and the two
+# science checks of test_mixed_precision (minutes of training each).
+GPU_TESTS_K=${GPU_TESTS_K:-"not two_processes and not kill_9 and not fig2_eigen and not fig20_right"}
 
 if [ "${1:-}" = "--fetch-wheels" ]; then
   # Pure-Python or manylinux wheels for the device's Python (3.12 on the lent H200 images).
   PY=${PY_VERSION:-3.12}
   mkdir -p "$WHEELS"
-  pip download --no-deps --only-binary=:all: --python-version "$PY" \
-      --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any \
-      -d "$WHEELS" ml_collections matplotlib contourpy cycler fonttools kiwisolver pyparsing \
+  pinned=$(python3 -c "import importlib.metadata as m, sys
+for d in sys.argv[1:]:
+  try: print(f'{d}=={m.version(d)}')
+  except m.PackageNotFoundError: print(d)" ml_collections grain array_record portpicker tensorboardX)
+  pip download --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
+      --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux_2_24_x86_64 --platform manylinux_2_28_x86_64 --platform any \
+      -d "$WHEELS" $pinned matplotlib contourpy cycler fonttools kiwisolver pyparsing \
       python-dateutil six pillow packaging
   du -sh "$WHEELS"; ls "$WHEELS"
   exit
@@ -51,6 +75,7 @@ fi
 
 OUT=${OUT:-/tmp/gpu_bench}
 DRY=${DRY_RUN:-0}
+BUDGET=${BUDGET_S:-$([ "$DRY" = 1 ] && echo 7200 || echo 470)}
 ONLY="$*"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -59,14 +84,17 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 # --- Environment: install what is missing from the carried wheels, record the machine. ---------
-missing=""
-for pair in ml_collections:ml_collections matplotlib:matplotlib; do
-  python3 -c "import ${pair%%:*}" 2>/dev/null || missing="$missing ${pair##*:}"
-done
+# module:wheel pairs; one Python process finds the missing modules without importing them.
+missing=$(python3 -c "import importlib.util, sys
+print(' '.join(p.split(':')[1] for p in sys.argv[1:] if importlib.util.find_spec(p.split(':')[0]) is None))" \
+    ml_collections:ml_collections grain:grain array_record:array_record portpicker:portpicker \
+    tensorboardX:tensorboardX matplotlib:matplotlib contourpy:contourpy cycler:cycler \
+    fontTools:fonttools kiwisolver:kiwisolver pyparsing:pyparsing dateutil:python-dateutil PIL:pillow)
 if [ -n "$missing" ]; then
   echo "installing from $WHEELS:$missing"
-  pip install -q --no-index --find-links "$WHEELS" $missing 2>&1 | tail -n 3 ||
-    pip install -q --no-index --find-links "$WHEELS" --break-system-packages $missing 2>&1 | tail -n 3
+  pip_in() { python3 -m pip install -q --no-index --no-deps --find-links "$WHEELS" "$@" $missing; }
+  pip_in > /tmp/pip_install.log 2>&1 || pip_in --break-system-packages > /tmp/pip_install.log 2>&1
+  tail -n 3 /tmp/pip_install.log
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || true
   python3 - <<'EOF'
@@ -81,14 +109,29 @@ print(f"default f32 matmul rel. error vs float64: {err:.1e} (~1e-3: TF32, ~1e-7:
 EOF
 } 2>&1 | tee "$OUT/env.txt"
 
-log_run() {  # name, limit_s, command...: run with a time limit, keep the log, show its tail
+log_run() {  # name, limit_s, command...: run within its limit and the budget, keep the log
   local name=$1 limit=$2; shift 2
+  local left=$((BUDGET - $(date +%s) + START))
+  if [ "$left" -lt 30 ]; then
+    echo "=== $name: skipped, ${left}s left of the script's ${BUDGET}s budget" | tee -a "$OUT/logs.txt"
+    return
+  fi
+  [ "$limit" -gt "$left" ] && echo "(limit ${limit}s cut to the budget's ${left}s)" && limit=$left
   echo "=== $name ($(date +%T), limit ${limit}s)"
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  timeout -k 10 "$limit" "$@" > "$OUT/$name.log" 2>&1
   echo "rc=$?"
   { echo "=== $name"; cat "$OUT/$name.log"; } >> "$OUT/logs.txt"
   grep -v "^I[0-9]\|^W[0-9]" "$OUT/$name.log" | tail -n 16
 }
+
+# --- The GPU-relevant tests, first: correctness before speed. --------------------------------
+if want tests; then
+  # xdist workers: 2 on the dry run's 2-core CPU, 4 on the GPU machine's 16 cores (compiles).
+  log_run tests $([ "$DRY" = 1 ] && echo 3600 || echo 200) env JAX_DEFAULT_MATMUL_PRECISION=highest \
+      python3 -m pytest -q -p no:cacheprovider -n $([ "$DRY" = 1 ] && echo 2 || echo 4) \
+      --dist loadfile --durations=15 -rfE --junitxml="$OUT/tests.xml" "${GPU_TESTS[@]}" \
+      -k "$GPU_TESTS_K"
+fi
 
 # --- The Pallas kernels alone. ---------------------------------------------------------------
 if want kernel; then

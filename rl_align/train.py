@@ -257,7 +257,9 @@ class _Run:
     start = self.step
     self.last_ckpt = time.monotonic()
     self.sums, self.interval_start = None, self.step
-    precision = None if self.cfg.matmul_precision == "default" else self.cfg.matmul_precision
+    precision = self.cfg.matmul_precision   # "default": JAX_DEFAULT_MATMUL_PRECISION, if set
+    if precision == "default":
+      precision = jax.config.jax_default_matmul_precision
     with jax.default_matmul_precision(precision):
       for t0, t1, buf, ends in feed_lib.segments(self.feed, self.eng.member_sharding,
                                                  self.members.ids, self.events, self.step):

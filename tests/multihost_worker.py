@@ -1,7 +1,7 @@
 """One process of a host-fed training run, for tests/test_multihost.py.
 
     python -m tests.multihost_worker --out DIR [--device] [--num_epochs E] \
-        [--buffer_steps T --kill_at_step K] \
+        [--buffer_steps T --kill_at_step K] [--layout NAME] \
         [--coordinator 127.0.0.1:PORT --num_processes N --process_id I]
 
 Trains `models.PaperCNN(features=4, hidden=8, num_classes=4)`, 4 seeds (`--num_seeds`), 2 epochs,
@@ -14,6 +14,10 @@ every chunk a HostFeed loaded in it (the training batches only; the engine's tra
 from `HostFeed.head`).  --buffer_steps sets the host feed's buffer length; --kill_at_step K
 SIGKILLs the process when its feed starts loading the buffer at step >= K (the engine is then a
 buffer or two behind, with checkpoints at every log step): a crash in the middle of a run.
+--layout forces the engine's layout by its name (`engine.layout.Layout.name`): "vmap" or another
+member lift alone trains `models.DenseNet(widths=(8,), num_classes=4)` (a dense net has no conv
+implementation), "LIFT_IMPL" (e.g. "vmap_im2col", "vmap_pallas") the PaperCNN; "auto" (default):
+the PaperCNN in the engine's choice.  Every feed_<process_id>.json also records the layout run.
 """
 import argparse
 import json
@@ -37,6 +41,7 @@ def main(argv=None) -> None:
   ap.add_argument("--num_epochs", type=int, default=2)
   ap.add_argument("--buffer_steps", type=int, default=0, help="host feed buffer length (0: auto)")
   ap.add_argument("--kill_at_step", type=int, default=0, help="SIGKILL itself there (0: never)")
+  ap.add_argument("--layout", default="auto", help="engine layout name, e.g. vmap_im2col")
   ap.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
   ap.add_argument("--num_processes", type=int, default=None)
   ap.add_argument("--process_id", type=int, default=None)
@@ -62,6 +67,10 @@ def main(argv=None) -> None:
 
   cfg = _cfg(args.num_seeds, args.num_epochs)
   model = models.PaperCNN(features=4, hidden=8, num_classes=4)
+  if args.layout != "auto":
+    cfg.member_lift, _, impl = args.layout.partition("_")
+    cfg.conv_impl = impl or "auto"
+    model = model.clone(conv_impl=impl) if impl else models.DenseNet(widths=(8,), num_classes=4)
   src = data.source("photos", n=96, size=8, seed=0)
   mean, std = data.channel_stats(src)
   os.makedirs(args.out, exist_ok=True)
@@ -83,7 +92,7 @@ def main(argv=None) -> None:
   with open(os.path.join(args.out, f"feed_{pid}.json"), "w") as f:
     json.dump({"process_index": pid, "process_count": jax.process_count(),
                "devices": len(jax.devices()), "local_devices": len(jax.local_devices()),
-               "loads": loads}, f)
+               "loads": loads, "layout": res.layout}, f)
   if pid == 0:   # res.params are host (numpy) arrays, gathered from every process by `train`
     leaves = jax.tree.leaves(res.params)
     np.savez(os.path.join(args.out, "params.npz"),

@@ -13,7 +13,7 @@ from rl_align.engine import layout as engine_layout
 from rl_align.engine import optimizer as engine_optimizer
 from rl_align.engine import records as engine_records
 from tests.helpers import run_python, train_config
-from tests.tolerances import assert_close, f32_run_tol, f32_tol
+from tests.tolerances import assert_close, assert_same_run, f32_run_tol, f32_tol
 
 
 class TinyMLP(nn.Module):
@@ -304,8 +304,8 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
   assert "resumed from step 18" in second.stderr   # checkpoints at log steps 6, 12, 18
   assert "Saving checkpoint" not in second.stderr    # orbax's INFO chatter is filtered
   with np.load(ref / "final.npz") as a, np.load(crashed / "final.npz") as b:
-    for k in a.files:
-      np.testing.assert_array_equal(a[k], b[k])
+    for k in a.files:   # bitwise on CPU; off CPU the bound over 48 steps (another process)
+      assert_same_run(b[k], a[k], 48, _MLP_CHAIN, k)
   rows = results.read_jsonl(str(crashed), "metrics.jsonl")
   steps = [r["step"] for r in rows if r["seed"] == 0]
   assert steps == sorted(set(steps)), "resume must not duplicate metric rows"

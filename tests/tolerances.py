@@ -36,11 +36,23 @@ Sampling.  A statistical check on an average of n independent samples of standar
 uses `sampling_tol(sigma, n, z)` = z * sigma / sqrt(n): at z = 5 a correct implementation fails it
 with probability < 1e-6 for any seed (Gaussian tail; Chebyshev still gives < 4% for any
 distribution), while a bug that shifts the mean by more than the tolerance is caught.
+
+Same training, another program.  The engine's guarantees (a packed member equals its point alone,
+host-fed equals device-resident, 2 processes equal 1, a resumed run equals an uninterrupted one)
+are bitwise where both runs execute the same compiled per-member arithmetic: on XLA:CPU, whose
+layouts (`map`, `map_fused`) run each member as its own loop body.  Accelerators pick `vmap`
+layouts, the Pallas kernels and autotuned library kernels, whose summation order may change with
+the member count or the process; there `assert_same_run` / `assert_same_accuracy` use the rounding
+bound of the default matmul (`matmul_eps`: TF32 on NVIDIA GPUs unless
+JAX_DEFAULT_MATMUL_PRECISION=highest) over the run's steps (`f32_run_tol`).
 """
+import jax
 import numpy as np
 
 EPS32 = float(np.finfo(np.float32).eps)   # 1.19e-7 = 2u
 EPS64 = float(np.finfo(np.float64).eps)   # 2.22e-16
+TF32_EPS = 2.0 ** -10                      # TF32: float32 with 10 explicit mantissa bits
+BF16_EPS = 2.0 ** -7                       # bfloat16: 7 explicit mantissa bits
 
 
 def rounding_tol(eps: float, magnitude, reduction_len: int, safety: float = 2.0):
@@ -92,3 +104,52 @@ def assert_close(got, want, atol, err_msg=""):
   assert np.all(np.abs(got - want) <= atol), (
       f"{err_msg}: |got - want| exceeds the rounding bound, worst ratio {worst:.3g} at "
       f"{np.unravel_index(int(ratio.argmax()), ratio.shape)}")
+
+
+def matmul_eps() -> float:
+  """The eps of a float32 matmul at this process's default precision: float32 on CPU and wherever
+  jax_default_matmul_precision is "highest" / "float32"; else TF32 on GPUs (XLA's default float32
+  dot rounds its inputs to TF32 on NVIDIA Ampere and later; an older GPU's full float32 is within
+  it) and bfloat16 on TPUs (one bfloat16 pass).  The engine's matmul_precision="default" follows
+  JAX_DEFAULT_MATMUL_PRECISION, so the GPU test run (benchmarks/gpu_throughput.sh) gets EPS32."""
+  backend = jax.default_backend()
+  if backend == "cpu" or jax.config.jax_default_matmul_precision in ("highest", "float32"):
+    return EPS32
+  return BF16_EPS if backend == "tpu" else TF32_EPS
+
+
+def bitwise_backend() -> bool:
+  """True where two runs of the same training program are bitwise equal with the auto layouts:
+  XLA:CPU (member-major `map` / `map_fused`, no autotuning).  Elsewhere: `matmul_eps` bounds."""
+  return jax.default_backend() == "cpu"
+
+
+def assert_same_run(got, want, steps: int, chain_per_step: int, err_msg: str = "",
+                    bitwise: bool | None = None) -> float:
+  """The params (pytrees or arrays) of two runs of the same training: bitwise if `bitwise` (None:
+  `bitwise_backend()`), else within rounding_tol(matmul_eps(), max |want|, steps * chain_per_step)
+  (`f32_run_tol`'s derivation with the default matmul's eps).  Returns the tolerance
+  (0: bitwise)."""
+  pairs = list(zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True))
+  exact = bitwise_backend() if bitwise is None else bitwise
+  scale = max(float(np.abs(np.asarray(w)).max()) for _, w in pairs)
+  tol = 0.0 if exact else float(rounding_tol(matmul_eps(), scale, steps * chain_per_step))
+  for i, (g, w) in enumerate(pairs):
+    if exact:
+      np.testing.assert_array_equal(g, w, err_msg=f"{err_msg} leaf {i} (bitwise on this backend)")
+    else:
+      assert_close(g, w, tol, f"{err_msg} leaf {i}")
+  return tol
+
+
+def assert_same_accuracy(got, want, n_examples: int, err_msg: str = "",
+                         bitwise: bool | None = None) -> None:
+  """Accuracies of two runs of the same training: equal if `bitwise` (None: `bitwise_backend()`),
+  else within one example of n_examples per entry (a rounding-level change of the logits moves an
+  argmax only at a near-tie; more than one per evaluation set would be a real difference)."""
+  exact = bitwise_backend() if bitwise is None else bitwise
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  if exact:
+    np.testing.assert_array_equal(got, want, err_msg=f"{err_msg} (bitwise on this backend)")
+  else:
+    assert_close(got, want, 1.0 / n_examples + EPS32, err_msg)
