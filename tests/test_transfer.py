@@ -41,7 +41,7 @@ def test_arm_names_are_checked_and_scratch_comes_first():
   assert transfer.check_arms(["covariance", "scratch", "covariance_L5"]) == [
       "scratch", "covariance", "covariance_L5"]
   assert transfer.check_arms(["pretrained"])[0] == "scratch"
-  assert transfer.depth_of("covariance") == 1 and transfer.depth_of("covariance_L3") == 3
+  assert transfer.resolve("covariance")[1] == 1 and transfer.resolve("covariance_L3")[1] == 3
   with pytest.raises(errors.ConfigError, match="unknown arms"):
     transfer.check_arms(["scratch", "pretrained_fast"])
 
