@@ -402,8 +402,6 @@ MODELS: dict[str, type[nn.Module]] = {
     "dense": DenseNet, "paper_cnn": PaperCNN, "small_cnn": SmallCNN, "vgg16": VGG16,
     "resnet18": ResNet18, "wrn": WRN,
 }
-FIRST_LAYER = {"dense": "dense_0", "paper_cnn": "conv_0", "small_cnn": "conv_0", "vgg16": "conv_0",
-               "resnet18": "conv_0", "wrn": "conv_0"}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -198,9 +198,29 @@ class Reader:
 
 @dataclasses.dataclass(frozen=True)
 class RandomLabels:
-  """Per-member random labels: member s gets seeds.random_labels(root_seed, [s], N, K)."""
+  """Per-member random labels: member s gets seeds.random_labels(root_seed, [s], N, K), K the
+  member's entry of classes_by_seed ((seed id, K) pairs) or else num_classes: members that draw
+  from different K share one feed (the specialization sweep's K groups)."""
   root_seed: int
   num_classes: int
+  classes_by_seed: tuple = ()
+
+  def check(self) -> None:
+    """Raises ConfigError unless every K is an integer >= 1 (and the PRNG draws at indices)."""
+    for k in [self.num_classes] + [k for _, k in self.classes_by_seed]:
+      seeds.check_num_classes(k)
+    seeds.check_prng()
+
+  def at(self, seed_ids: Sequence[int], idx: np.ndarray) -> np.ndarray:
+    """int32 [S, ...]: the labels of seed_ids[s] at the indices idx[s], one draw per K."""
+    ks = dict(self.classes_by_seed)
+    per_row = [ks.get(s, self.num_classes) for s in seed_ids]
+    out = np.empty(idx.shape, np.int32)
+    for k in sorted(set(per_row)):
+      rows = [r for r, kr in enumerate(per_row) if kr == k]
+      out[rows] = seeds.random_labels(self.root_seed, [seed_ids[r] for r in rows], None, k,
+                                      idx=idx[rows])
+    return out
 
 
 class HostFeed(feed_lib.Feed):
@@ -230,8 +250,7 @@ class HostFeed(feed_lib.Feed):
     self.steps_per_epoch = _check_steps(self.n, self.batch_size, 0, 0)
     self.example_shape = tuple(source.example_shape)
     if isinstance(labels, RandomLabels):
-      seeds.check_num_classes(labels.num_classes)
-      seeds.check_prng()
+      labels.check()
     elif labels is not None:
       labels = np.asarray(labels)
       if (labels.ndim not in (1, 2) or labels.shape[-1] != self.n
@@ -285,8 +304,7 @@ class HostFeed(feed_lib.Feed):
   def labels_at(self, idx: np.ndarray, source_labels: Optional[np.ndarray] = None) -> np.ndarray:
     """int32 [S, ...] labels of member rows `idx` [S, ...]."""
     if isinstance(self.labels, RandomLabels):
-      return seeds.random_labels(self.labels.root_seed, self.seed_ids, None,
-                                 self.labels.num_classes, idx=idx)
+      return self.labels.at(self.seed_ids, idx)
     if self.labels is None:
       return np.asarray(source_labels, np.int32).reshape(idx.shape)
     if self.labels.ndim == 1:

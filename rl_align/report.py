@@ -710,7 +710,7 @@ def _panels(run: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 
 
 def _eigenmap_rows(fig: str, run: Mapping[str, Any]) -> list[dict[str, Any]]:
-  cfg, res = run.get("config") or {}, run["results"]
+  cfg = run.get("config") or {}
   out = []
   for name, p in _panels(run).items():
     pres, pcfg = p["results"], p.get("config") or {}

@@ -107,13 +107,6 @@ def write_rows(workdir: str, rows: Iterable[Mapping[str, Any]]) -> None:
       _write(path, events)
 
 
-def write_scalars(workdir: str, phase: str, member: int | None, step: int,
-                  scalars: Mapping[str, float]) -> None:
-  """Writes {tag: value} at `step` to one member's run."""
-  if workdir and results.writes_here():
-    _write(run_dir(workdir, phase, member), [_scalar_event(step, dict(scalars))])
-
-
 def f_directions(d: int) -> np.ndarray:
   """The eigen-directions written as f/sigma_<i>: all when d <= MAX_F_SCALARS, else log-spaced."""
   if d <= MAX_F_SCALARS:
@@ -163,10 +156,3 @@ def write_f(workdir: str, phase: str, seed_ids: Sequence[int], step: int, f: np.
     _write(run_dir(workdir, phase, sid),
            [event_pb2.Event(wall_time=time.time(), step=int(step),
                             summary=summary_pb2.Summary(value=values))])
-
-
-def close_all() -> None:
-  """Closes every open event file (each is flushed after every write already)."""
-  with _lock:
-    while _writers:
-      _writers.popitem()[1].close()

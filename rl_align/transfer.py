@@ -142,12 +142,6 @@ def check_arms(arms) -> list[str]:
   return ["scratch"] + [a for a in arms if a != "scratch"]
 
 
-def depth_of(arm: str) -> int:
-  """Layers sampled by a covariance arm: covariance -> 1, covariance_L3 -> 3, others 0."""
-  spec, n = resolve(arm)
-  return n if spec.build is covariance_layers else 0
-
-
 def uses_upstream(arm: str, config) -> bool:
   """Whether the arm needs the upstream (random-label) run of config."""
   return resolve(arm)[0].uses_upstream(config)

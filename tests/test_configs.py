@@ -85,6 +85,7 @@ def test_base_config_has_the_fields_every_runner_reads():
   c = common.base_config()
   assert set(c) == {"data", "labels", "num_classes", "model", "train"}
   assert c.train.optimizer == "momentum" and c.data.name == "gaussian"
+  assert c.data.placement == "device"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,6 +163,30 @@ def test_every_model_config_declares_float32_and_builds_in_bfloat16(name, arg):
   assert models.build(model_cfg).compute_dtype is None        # float32: the inputs' dtype
   bf16 = models.build({**model_cfg.to_dict(), "dtype": "bfloat16"})
   assert bf16.dtype == "bfloat16" and bf16.compute_dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("name, arg", list(_cases()))
+def test_every_config_declares_its_data_placement(name, arg):
+  # Every runner reads config.data.placement (rl_align.runners.common.load_data); declared, it can
+  # be overridden with --config.data.placement=host.  Recorded results ran on the device.
+  c = importlib.import_module(f"experiments.configs.{name}").get_config(arg)
+  want = "host" if name == "imagenet" else "device"   # imagenet streams: 31 GB as float32 at 64x64
+  assert c.data.placement == want
+  if "f_only" in c and "data" in c.f_only:
+    assert c.f_only.data.placement == "device"
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_placement_override_on_the_command_line(name):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  arg = _representative(name)
+  spec = os.path.join(CONFIG_DIR, f"{name}.py") + (f":{arg}" if arg else "")
+  argv = ["prog", f"--config={spec}", "--config.data.placement=host"]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+  fv(argv)
+  assert fv.config.data.placement == "host"
 
 
 def _representative(name: str) -> str:

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import pytest
 
 from rl_align import alignment, eigenmap, models, seeds, train
 from rl_align.engine import config as engine_config

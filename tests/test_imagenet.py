@@ -151,12 +151,12 @@ def test_config_data_path_through_the_host_pipeline(mock):
   for s in ids:
     bi = pipeline.batch_indices(c.downstream.seed, s, len(down), b, 1, c.downstream.num_steps)
     np.testing.assert_array_equal(chunk.x[s], want["x_down"][bi])
-    np.testing.assert_array_equal(chunk.y[s], want["y_down"][bi])
+    np.testing.assert_array_equal(chunk.y[s], want["data"].parts["downstream"].y[bi])
   test = data.source(c.data.name, split=c.data.test_split, **c.data.kwargs)
   tx, ty = test.take(np.arange(c.data.test_examples))
   np.testing.assert_array_equal(data.standardize(data.to_unit_float(tx), mean, std),
-                                want["x_test"])
-  np.testing.assert_array_equal(ty, want["y_test"])
+                                want["data"].parts["test"].x)
+  np.testing.assert_array_equal(ty, want["data"].parts["test"].y)
 
 
 def test_imagenet_tiny_runs_end_to_end_through_the_host_path(mock, tmp_path, monkeypatch):
@@ -210,6 +210,6 @@ def test_auto_placement_picks_by_size(mock, monkeypatch):
   arrays = d["x_up"]
   monkeypatch.setattr(data, "device_memory_bytes", lambda device=None: 100_000)   # 100 kB "device"
   d = transfer_runner.load_data(c)
-  assert d["placement"] == "host" and isinstance(d["upstream"], pipeline.Reader)
+  assert d["placement"] == "host" and isinstance(d["data"].parts["upstream"], pipeline.Reader)
   assert d["x_up"].shape == (16, 32, 32, 3)       # the first layerwise.num_examples, for the arms
   np.testing.assert_array_equal(d["x_up"], arrays[:16])   # the same rows, the same floats

@@ -66,15 +66,15 @@ def test_logit_shapes_and_layer_names(tiny):
   assert logits.shape == (x.shape[0], 7)
   assert np.isfinite(np.asarray(logits)).all()
   assert models.layer_names(params) == TINY[name][2]
-  assert models.first_layer_name(params) == models.FIRST_LAYER[name] == TINY[name][2][0]
+  assert models.first_layer_name(params) == TINY[name][2][0]
   # The engine's default snapshot takes the first params entry: it must be the first layer.
-  assert next(iter(params)) == models.FIRST_LAYER[name]
+  assert next(iter(params)) == TINY[name][2][0]
 
 
 def test_activations_cover_every_layer_in_forward_order(tiny):
   name, model, params, x, acts = tiny
   assert models.sort_layers(acts) == models.layer_names(params)
-  first_inputs = acts[models.FIRST_LAYER[name]]["inputs"]
+  first_inputs = acts[TINY[name][2][0]]["inputs"]
   np.testing.assert_array_equal(first_inputs, x.reshape(first_inputs.shape))  # dense: flattened
   assert "relu" not in acts["head"]
   assert acts["head"]["inputs"].shape == (x.shape[0], params["head"]["kernel"].shape[0])
@@ -92,7 +92,7 @@ def test_activations_cover_every_layer_in_forward_order(tiny):
 def test_first_layer_kernel_with_and_without_seed_axis(tiny):
   name, _, params, _, _ = tiny
   k = models.first_layer_kernel(params)
-  assert k is params[models.FIRST_LAYER[name]]["kernel"]
+  assert k is params[TINY[name][2][0]]["kernel"]
   stacked = jax.tree.map(lambda a: np.stack([a, 2 * a]), params)   # re-sorts dict keys
   np.testing.assert_array_equal(models.first_layer_kernel(stacked)[1], 2 * k)
   assert models.layer_names(stacked) == TINY[name][2]

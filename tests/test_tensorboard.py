@@ -49,8 +49,7 @@ def scalars(run: str) -> dict[str, dict[int, float]]:
 def fig20_run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("tb") / "fig20")
   cli.run_main(eigenmap_runner.run_panels, fig20.get_config("right,tiny"), wd,
-               argv=["experiments/configs/fig20.py:right,tiny"])
-  tensorboard.close_all()
+               argv=["experiments/configs/fig20.py:right,tiny"])   # every write is flushed
   return os.path.join(wd, "right")
 
 

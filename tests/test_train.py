@@ -11,7 +11,6 @@ from rl_align import errors, models, results, seeds, train
 from rl_align.engine import config as engine_config
 from rl_align.engine import layout as engine_layout
 from rl_align.engine import optimizer as engine_optimizer
-from rl_align.engine import records as engine_records
 from tests.helpers import run_python, train_config
 from tests.tolerances import assert_close, assert_same_run, f32_run_tol, f32_tol
 

@@ -41,7 +41,7 @@ def test_arm_names_are_checked_and_scratch_comes_first():
   assert transfer.check_arms(["covariance", "scratch", "covariance_L5"]) == [
       "scratch", "covariance", "covariance_L5"]
   assert transfer.check_arms(["pretrained"])[0] == "scratch"
-  assert transfer.depth_of("covariance") == 1 and transfer.depth_of("covariance_L3") == 3
+  assert transfer.resolve("covariance")[1] == 1 and transfer.resolve("covariance_L3")[1] == 3
   with pytest.raises(errors.ConfigError, match="unknown arms"):
     transfer.check_arms(["scratch", "pretrained_fast"])
 
@@ -199,20 +199,3 @@ def test_binary_writes_schema_and_resumes(device_run):
     assert len(f.readlines()) == n_rows
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f) == res
-
-
-def test_a_workdir_written_before_a_field_existed_still_resumes(tmp_path):
-  """model.dtype and data.placement were added later: a config.json without them (their defaults)
-  resumes; one that differs elsewhere is still refused."""
-  from rl_align.runners import common  # pylint: disable=g-import-not-at-top
-  c = fig5.get_config("tiny")
-  common.check_workdir_config(c, str(tmp_path))
-  old = json.load(open(tmp_path / "config.json"))
-  del old["model"]["dtype"], old["data"]["placement"]
-  json.dump(old, open(tmp_path / "config.json", "w"))
-  common.check_workdir_config(c, str(tmp_path))          # resumes, rewrites the full config
-  assert json.load(open(tmp_path / "config.json"))["data"]["placement"] == "device"
-  c.data.placement = "host"     # not the value the old runs had: refused
-  json.dump(old, open(tmp_path / "config.json", "w"))
-  with pytest.raises(errors.ConfigError, match="different config"):
-    common.check_workdir_config(c, str(tmp_path))

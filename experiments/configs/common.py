@@ -200,8 +200,11 @@ def _unknown(where: str, part: str, name: str, candidates: list, spec: Mapping[s
 def base_config() -> ml_collections.ConfigDict:
   """Fields every experiment config has (data, labels, model, the engine's train config)."""
   c = ml_collections.ConfigDict()
+  # data.placement: "device" (the training set loaded as arrays), "host" (nothing loaded: the
+  # engine's batches stream from data.source through rl_align.pipeline, the same numbers) or
+  # "auto" (by size); read by every runner (rl_align.runners.common.load_data).
   c.data = ml_collections.ConfigDict({"name": "gaussian", "kwargs": {}, "data_dir": "",
-                                      "standardize": False})
+                                      "standardize": False, "placement": "device"})
   c.labels = "random"
   c.num_classes = 10
   c.model = ml_collections.ConfigDict({"name": "dense", "widths": (2048, 256), "num_classes": 10,

@@ -123,7 +123,7 @@ def shared_fields() -> ml_collections.ConfigDict:
   c.f_only = ml_collections.ConfigDict({
       "source": "data",
       "data": {"name": "cifar10", "kwargs": {"image_size": 16}, "data_dir": "", "standardize": True,
-               "test_split": "test", "test_examples": 0},
+               "test_split": "test", "test_examples": 0, "placement": "device"},
       "split": {"upstream": 20_000, "downstream": 0, "test": 0, "seed": 1},
       "upstream": {"num_steps": 4700},
   })
@@ -151,8 +151,8 @@ def local(c) -> ml_collections.ConfigDict:
   # f from photos at another resolution (short side 256: a 16x16 crop spans half the field of view).
   c.f_only.source = "data"
   far = dict(shared.local_photos(1000), short_side=256, cell=48)
-  c.f_only.data = {"name": "photos", "kwargs": far,
-                   "data_dir": "", "standardize": True, "test_split": "test", "test_examples": 0}
+  c.f_only.data = {"name": "photos", "kwargs": far, "data_dir": "", "standardize": True,
+                   "test_split": "test", "test_examples": 0, "placement": "device"}
   c.f_only.split = {"upstream": 1000, "downstream": 0, "test": 0, "seed": 1}
   c.f_only.upstream = {"num_steps": 1500, "num_seeds": 4}
   c.speedup_thresholds = (0.8, 0.9, 0.95)
@@ -177,7 +177,8 @@ def tiny(c) -> ml_collections.ConfigDict:
   c.layerwise.num_bins = 8
   c.f_only.data = {"name": "photos", "kwargs": {"size": 8, "short_side": 96, "cell": 24, "seed": 0,
                                                 "n": 64},
-                   "data_dir": "", "standardize": True, "test_split": "test", "test_examples": 0}
+                   "data_dir": "", "standardize": True, "test_split": "test", "test_examples": 0,
+                   "placement": "device"}
   c.f_only.split = {"upstream": 64, "downstream": 0, "test": 0, "seed": 1}
   c.f_only.upstream = {"num_steps": 10, "num_seeds": 2}
   c.speedup_thresholds = (0.2, 0.3)

@@ -109,7 +109,7 @@ def _common() -> ml_collections.ConfigDict:
 
 def _local(c):
   c.data = ml_collections.ConfigDict({"name": "digits", "kwargs": {}, "data_dir": "",
-                                      "standardize": True})
+                                      "standardize": True, "placement": "device"})
   c.model = ml_collections.ConfigDict({"name": "dense", "widths": (256, 32, 32), "num_classes": 10,
                                        "kernel_init": "he_normal", "dtype": "float32"})
   return c
@@ -138,10 +138,11 @@ def _paper(c, model: str, dataset: str):
   """The paper's Fig 1 protocol: 20k upstream, 25k downstream (disjoint), per-channel standardization."""
   if dataset == "cifar10":
     c.data = ml_collections.ConfigDict({"name": "cifar10", "kwargs": {}, "data_dir": "",
-                                        "standardize": True})
+                                        "standardize": True, "placement": "device"})
   else:
     c.data = ml_collections.ConfigDict({"name": "imagenet", "kwargs": {"image_size": 32},
-                                        "data_dir": "", "standardize": True})
+                                        "data_dir": "", "standardize": True,
+                                        "placement": "device"})
   c.split = ml_collections.ConfigDict({"upstream": 20_000, "downstream": 25_000, "test": 0,
                                        "seed": 0})
   c.probe_examples = 512

@@ -43,6 +43,7 @@ from rl_align.data.embedded import PHOTO_NAMES
 from rl_align.data.embedded import PhotoSource
 from rl_align.data.embedded import photos
 from rl_align.data.embedded import render_photo_crops
+from rl_align.data.placement import check_placement
 from rl_align.data.placement import choose_placement
 from rl_align.data.placement import device_memory_bytes
 from rl_align.data.placement import PLACEMENTS

@@ -20,6 +20,13 @@ PLACEMENTS = ("auto", "device", "host")
 DEVICE_FRACTION = 0.25
 
 
+def check_placement(requested) -> None:
+  """Raises ConfigError naming the allowed values unless `requested` is one of PLACEMENTS."""
+  if requested not in PLACEMENTS:
+    raise errors.ConfigError(f"config.data.placement={requested!r} is unknown. Fix: use one of "
+                             f"{PLACEMENTS}, e.g. --config.data.placement=host.")
+
+
 def choose_placement(n: int, example_shape, num_seeds: int, device_bytes: int,
                      requested: str = "auto") -> tuple:
   """(placement, log line): where the engine keeps a training set of n examples.
@@ -30,9 +37,7 @@ def choose_placement(n: int, example_shape, num_seeds: int, device_bytes: int,
   DEVICE_FRACTION of `device_bytes` (one device's memory), else host.  A forced `device` that does
   not fit at all is a ConfigError with the fix.
   """
-  if requested not in PLACEMENTS:
-    raise errors.ConfigError(f"config.data.placement={requested!r} is unknown. Fix: use one of "
-                             f"{PLACEMENTS}.")
+  check_placement(requested)
   check_count("choose_placement: n", n)
   check_count("choose_placement: num_seeds", num_seeds)
   if not device_bytes or device_bytes <= 0:

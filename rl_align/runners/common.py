@@ -1,9 +1,14 @@
-"""Pieces every experiment runner shares: data splits, labels, engine configs, params <-> npz,
-accuracy curves, resuming a finished phase, the workdir's config check.
+"""Pieces every experiment runner shares: the one data path (config.data.placement), labels,
+engine configs, params <-> npz, accuracy curves, resuming a finished phase, the workdir's config
+check.
 
     from rl_align.runners import common
-    parts, idx = common.load_splits(config)          # {"upstream", "downstream", "test"} or {"train"}
-    labels = common.make_labels(config, parts["train"])   # [S, N] random labels or [N] real ones
+    data = common.load_data(config, workdir)         # where config.data.placement says
+    data.parts                                       # {"upstream", "downstream", "test"} or {"train"}
+    labels = common.make_labels(config, data)        # [S, N] / [N] arrays, or their host form
+    x, labels = common.train_inputs(data, "train", config.train, labels)   # arrays or a HostFeed
+    res = train.train(model, config.train, x, labels)
+    x0, y0 = common.head(data.parts["train"], 256)   # the first 256 examples, either placement
     cfg = common.engine_config(config, seed=3, num_steps=300, eval_every_steps=15)
     steps, acc = common.accuracy_curve(model, init, res, x, y, phase="downstream")
     out = common.resume(folder, "downstream_scratch", lambda: {...})   # computed once, then read back
@@ -11,6 +16,7 @@ accuracy curves, resuming a finished phase, the workdir's config check.
 Nothing here holds state between calls (runners may run in several threads at once).
 """
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -142,14 +148,139 @@ def resolve_placement(requested: str, num_seeds: int, n: int, example_shape) -> 
   return where
 
 
-def make_labels(config, ds: data_lib.ArrayDataset) -> np.ndarray:
-  """[S, N] per-seed random labels (config.labels == 'random') or the real labels [N]."""
+# ----------------------------------------------------------------------------------------------
+# One data path for every runner: config.data.placement.
+
+
+@dataclasses.dataclass
+class Data:
+  """A runner's splits where config.data.placement put them (`load_data`).
+
+  placement: "device" or "host" (what "auto" resolved to).
+  parts: split name ("train", or "upstream", "downstream", "test") -> an `data.ArrayDataset`
+    (device: loaded and standardized) or a `pipeline.Reader` (host: a view of the source,
+    standardized batch by batch to the same floats).  Read them with `head` and `batches`.
+  num_classes: the source's classes.  indices: `data.split_indices`' rows ({} without config.split).
+  pipeline: config.data.pipeline (the host feed's num_threads, prefetch, chunk_mb; may be empty).
+  """
+  placement: str
+  parts: dict
+  num_classes: int
+  indices: dict
+  pipeline: dict
+
+  @property
+  def sizes(self) -> dict:
+    """Examples per split."""
+    return {k: len(v) for k, v in self.parts.items()}
+
+
+def load_data(config, folder: str | None = None, placement: str | None = None) -> Data:
+  """config.data's splits (`load_splits`' parts) where config.data.placement (absent: "device";
+  `placement` overrides) says: "device" loads them as arrays; "host" loads nothing (Readers over
+  `source_splits`, standardized with `split_stats` kept in folder); "auto" picks by the size of
+  the largest training split (`resolve_placement`, logged either way)."""
+  requested = placement or config.data.get("placement", "device")
+  data_lib.check_placement(requested)
+  num_seeds = int(config.train.num_seeds)
+  if requested == "device":  # nothing to decide: load, then check the size and log it
+    out = _device_data(config)
+    resolve_placement("device", num_seeds, _train_size(out.parts), example_shape(_first(out.parts)))
+    return out
+  parts, idx = source_splits(config)
+  first = _first(parts)
+  if resolve_placement(requested, num_seeds, _train_size(parts), first.example_shape) == "device":
+    return _device_data(config)
+  mean, std = split_stats(config, folder, first)
+  return Data("host", {k: pipeline.Reader(v, mean, std) for k, v in parts.items()},
+              first.num_classes, idx, dict(config.data.get("pipeline", {}) or {}))
+
+
+def _device_data(config) -> Data:
+  parts, idx = load_splits(config)
+  return Data("device", parts, _first(parts).num_classes, idx,
+              dict(config.data.get("pipeline", {}) or {}))
+
+
+def _first(parts: dict):
+  """The split the statistics come from: upstream, or the only one (train)."""
+  return parts["upstream" if "upstream" in parts else "train"]
+
+
+def _train_size(parts) -> int:
+  return max(len(v) for k, v in parts.items() if k != "test")
+
+
+def example_shape(part) -> tuple:
+  """The shape of one example of a split (`Data.parts`' value)."""
+  if isinstance(part, pipeline.Reader):
+    return tuple(part.source.example_shape)
+  return tuple(part.x.shape[1:])
+
+
+def head(part, m: int) -> tuple[np.ndarray, np.ndarray]:
+  """(x [m, ...] float32, y [m] int32): the first m examples of a split (all when it has fewer),
+  as the engine trains on them."""
+  m = min(int(m), len(part))
+  if isinstance(part, pipeline.Reader):
+    return part(np.arange(m))
+  return part.x[:m], part.y[:m]
+
+
+def batches(part, batch_size: int):
+  """The inputs of a split in order, batch_size examples at a time (the last may be shorter):
+  slices of the array, or read from the source."""
+  for j in range(0, len(part), batch_size):
+    if isinstance(part, pipeline.Reader):
+      yield part(np.arange(j, min(len(part), j + batch_size)))[0]
+    else:
+      yield part.x[j:j + batch_size]
+
+
+def random_labels(data: Data, part: str, root_seed: int, seed_ids, num_classes):
+  """The engine's per-seed random labels of split `part`, K = num_classes classes (an int, or one
+  K per seed id): an int [S, N] table (device), or `pipeline.RandomLabels` (host: the same draws,
+  computed batch by batch)."""
+  ids = [int(s) for s in seed_ids]
+  ks = [int(k) for k in np.broadcast_to(num_classes, (len(ids),))]
+  if data.placement == "host":
+    return pipeline.RandomLabels(int(root_seed), ks[0], tuple(zip(ids, ks)))
+  out = np.empty((len(ids), len(data.parts[part])), np.int32)
+  for k in sorted(set(ks)):   # one draw per K; each seed id's row is its own draw
+    rows = [r for r, kr in enumerate(ks) if kr == k]
+    out[rows] = seeds.random_labels(int(root_seed), [ids[r] for r in rows], out.shape[1], k)
+  return out
+
+
+def real_labels(data: Data, part: str):
+  """The real labels of split `part`: int [N] (device), or None (host: the source's own)."""
+  return None if data.placement == "host" else data.parts[part].y.astype(np.int32)
+
+
+def make_labels(config, data: Data, part: str = "train"):
+  """The labels config.labels asks for ('random': `random_labels` of config.train's seeds,
+  config.num_classes classes; 'real': `real_labels`) of split `part`."""
   if config.labels == "random":
-    return seeds.random_labels(config.train.seed, seeds.seed_ids(config.train), len(ds),
-                               config.num_classes)
+    return random_labels(data, part, config.train.seed, seeds.seed_ids(config.train),
+                         config.num_classes)
   if config.labels == "real":
-    return ds.y.astype(np.int32)
+    return real_labels(data, part)
   raise errors.ConfigError(f"config.labels must be 'random' or 'real', got {config.labels!r}.")
+
+
+def train_inputs(data: Data, part: str, cfg, labels) -> tuple:
+  """(x, labels) of `train.train` for engine config cfg on split `part` with labels from
+  `random_labels` / `real_labels` (or any int [N] / [S, N] array): the arrays, or on the host a
+  `pipeline.HostFeed` (labels None) that streams the very batches the engine would draw."""
+  if data.placement == "device":
+    return data.parts[part].x, labels
+  r, p = data.parts[part], data.pipeline
+  feed = pipeline.HostFeed(
+      r.source, seed_ids=seeds.seed_ids(cfg), data_seed=int(cfg.seed),
+      batch_size=int(cfg.batch_size), labels=labels, mean=r.mean, std=r.std,
+      num_threads=int(p.get("num_threads", 1)), prefetch=int(p.get("prefetch", 1)),
+      chunk_bytes=int(p.get("chunk_mb", pipeline.DEFAULT_CHUNK_BYTES >> 20)) << 20)
+  return feed, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,6 +353,13 @@ def accuracy(model, stacked_params, x, y, batch_size: int = 512) -> np.ndarray:
   return correct / n if n else np.zeros(s)
 
 
+def split_accuracy(model, stacked_params, part, batch_size: int = 512) -> np.ndarray:
+  """[S] accuracy of each seed's params on a split (`Data.parts`' value) with its own labels."""
+  if isinstance(part, pipeline.Reader):
+    return accuracy(model, stacked_params, part, None, batch_size)
+  return accuracy(model, stacked_params, part.x, part.y, batch_size)
+
+
 def accuracy_curve(model, init, res: train.TrainResult, x, y, *, phase: str,
                    batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
   """(steps [T + 1], train accuracy [S, T + 1]) of an engine phase started from `init`: step 0 is
@@ -261,26 +399,10 @@ def resume(folder: str, name: str, compute: Callable[[], Any], *, with_arrays: b
   return (done, arrays) if with_arrays else done
 
 
-# Config fields added after runs were written, with the value that reproduces those runs: a workdir
-# whose config.json lacks one still resumes when the new config holds that value.
-ADDED_FIELDS = {("model", "dtype"): "float32", ("data", "placement"): "device"}
-
-
-def _with_added_fields(old: dict, new: dict) -> dict:
-  old = copy.deepcopy(old)
-  for (section, field), default in ADDED_FIELDS.items():
-    o, n = old.get(section), new.get(section)
-    if isinstance(o, dict) and isinstance(n, dict) and field not in o and n.get(field) == default:
-      o[field] = default
-  return old
-
-
 def check_workdir_config(config, workdir: str) -> None:
   """Writes config.json; refuses to resume a workdir that holds a different config."""
   new = jsonable(config)
   old = results.read_json(workdir, "config.json")
-  if old is not None:
-    old = _with_added_fields(old, new)
   if old is not None and old != new:
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     raise errors.ConfigError(

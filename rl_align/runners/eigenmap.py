@@ -28,25 +28,24 @@ from rl_align.plots import eigenmap as plots
 from rl_align.runners import common
 
 
-def data_eigenbasis(config, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(lambda desc, V) of the input covariance: of x itself (vectors) or of its k x k patches."""
-  if x.ndim == 4:
+# Images per batch of the input covariance (`covariance.patch_covariance`'s default) and vectors
+# per batch (`covariance.data_covariance`'s): streamed either way, so both placements give its bits.
+PATCH_BATCH, VECTOR_BATCH = 512, 8192
+
+
+def data_eigenbasis(config, part) -> tuple[np.ndarray, np.ndarray]:
+  """(lambda desc, V) of the input covariance of a split (`common.Data.parts`' value): of its
+  examples themselves (vectors) or of their k x k patches, streamed in batches."""
+  if len(common.example_shape(part)) == 3:
     k = int(config.analysis.patch_size)
-    _, cov = covariance.patch_covariance(x, k)
+    _, cov = covariance.patch_covariance(common.batches(part, PATCH_BATCH), k, PATCH_BATCH)
   elif config.data.name == "gaussian" and config.analysis.get("population_covariance", True):
     kw = common.source_kwargs(config.data)
     cov = data_lib.gaussian_covariance(stds=kw.get("stds"), variances=kw.get("variances"),
                                        rotate=kw.get("rotate", False), seed=kw.get("seed", 0))
   else:
-    _, cov = covariance.data_covariance(x)
+    _, cov = covariance.data_covariance(common.batches(part, VECTOR_BATCH), VECTOR_BATCH)
   return alignment.eigh_desc(cov)
-
-
-def load_data(config):
-  """(dataset, training inputs (standardized if config.data.standardize), labels [S, N] or [N])."""
-  parts, _ = common.load_splits(config)
-  ds = parts["train"]
-  return ds, ds.x, common.make_labels(config, ds)
 
 
 def analyse(config, res: train.TrainResult, lam, V) -> dict[str, Any]:
@@ -84,13 +83,14 @@ def write_f_tensorboard(workdir: str, res: train.TrainResult, out: dict[str, Any
 def run(config, workdir: str) -> dict[str, Any]:
   """Trains the seeds, analyses final weights and snapshots, writes results.json/arrays.npz/plots."""
   t0 = time.time()
-  ds, x, labels = load_data(config)
-  lam, V = data_eigenbasis(config, x)
+  data = common.load_data(config, workdir)
+  lam, V = data_eigenbasis(config, data.parts["train"])
+  x, labels = common.train_inputs(data, "train", config.train, common.make_labels(config, data))
   model = models.build(config.model)
   res = train.train(model, config.train, x, labels, workdir=workdir, name="train")
   out = analyse(config, res, lam, V)
   write_f_tensorboard(workdir, res, out)
-  out["num_train_examples"] = len(ds)
+  out["num_train_examples"] = data.sizes["train"]
   out["runtime_s"] = time.time() - t0
   out["layout"] = res.layout
   results.write_json(workdir, "results.json", out)

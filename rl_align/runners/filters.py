@@ -11,7 +11,6 @@ import os
 import time
 from typing import Any
 
-
 from rl_align import covariance
 from rl_align import curves
 from rl_align import errors
@@ -20,6 +19,7 @@ from rl_align import models
 from rl_align import results
 from rl_align import train
 from rl_align.plots import filters as plots
+from rl_align.runners import common
 from rl_align.runners import eigenmap
 
 _KEYS = ("subspace_overlap", "random_baseline", "principal_cosines_top10", "overlap_matrix_top10",
@@ -30,9 +30,12 @@ _KEYS = ("subspace_overlap", "random_baseline", "principal_cosines_top10", "over
 def run(config, workdir: str) -> dict[str, Any]:
   """Trains config.train.num_seeds seeds, pools first-layer filters, compares eigenvectors."""
   t0 = time.time()
-  ds, x, labels = eigenmap.load_data(config)
+  data = common.load_data(config, workdir)
   k = int(config.analysis.patch_size)
-  _, cov_x = covariance.patch_covariance(x, k)
+  part = data.parts["train"]
+  _, cov_x = covariance.patch_covariance(common.batches(part, eigenmap.PATCH_BATCH), k,
+                                         eigenmap.PATCH_BATCH)
+  x, labels = common.train_inputs(data, "train", config.train, common.make_labels(config, data))
   res = train.train(models.build(config.model), config.train, x, labels, workdir=workdir)
   kernels = models.first_layer_kernel(res.params)
   if kernels.shape[1:3] != (k, k):
@@ -42,7 +45,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   ok = curves.finished_seeds(res.diverged, len(kernels))
   out = {"train_accuracy": res.final_metrics.get("train_accuracy"), "diverged": res.diverged,
          "num_diverged": int((~ok).sum()), "num_filters_pooled": int(ok.sum()) * kernels.shape[-1],
-         "num_train_examples": len(ds)}
+         "num_train_examples": len(part)}
   if not ok.any():
     out.update(error=curves.all_diverged(len(ok)), runtime_s=time.time() - t0)
     results.write_json(workdir, "results.json", out)
@@ -54,6 +57,6 @@ def run(config, workdir: str) -> dict[str, Any]:
   results.write_npz(workdir, "arrays.npz", {"eigenvectors_x": cmp["eigenvectors_x"],
                                             "eigenvectors_w": cmp["eigenvectors_w"],
                                             "cov_x": cov_x, "cov_w": cov_w})
-  plots.plot_eigenvectors(cmp["eigenvectors_x"], cmp["eigenvectors_w"], (k, k, x.shape[-1]),
-                          os.path.join(workdir, "fig3_eigenvectors.png"), matches=cmp)
+  plots.plot_eigenvectors(cmp["eigenvectors_x"], cmp["eigenvectors_w"],
+                          (k, k, common.example_shape(part)[-1]), os.path.join(workdir, "fig3_eigenvectors.png"), matches=cmp)
   return out

@@ -32,15 +32,8 @@ from rl_align.runners import common
 _FRESH = 17  # fold_in tag of the fresh (scratch / new head) init keys of the downstream seeds
 
 
-def load_data(config):
-  """(x_up, x_down, y_down, x_test, y_test, num_real_classes), standardized with upstream stats."""
-  parts, _ = common.load_splits(config)
-  up, down, test = parts["upstream"], parts["downstream"], parts["test"]
-  return up.x, down.x, down.y, test.x, test.y, up.num_classes
-
-
-def _stack_init(model, x_shape, keys):
-  init = jax.jit(jax.vmap(lambda k: model.init(k, jnp.zeros((1,) + tuple(x_shape[1:])))["params"]))
+def _stack_init(model, example_shape, keys):
+  init = jax.jit(jax.vmap(lambda k: model.init(k, jnp.zeros((1,) + tuple(example_shape)))["params"]))
   return jax.tree.map(np.asarray, init(keys))
 
 
@@ -67,15 +60,15 @@ def _cell_models(config, width: int, ks, n_real: int):
   return up_model, models.build(mcfg)
 
 
-def _upstream(config, workdir: str, lr: float, x_up, up_model, probe, ks, lengths) -> dict:
+def _upstream(config, workdir: str, lr: float, data, up_model, probe, ks, lengths) -> dict:
   """K groups of ns seeds, labels of group g in [0, K_g); snapshots at 0 and every L."""
-  ns, root = int(config.train.num_seeds), int(config.train.seed)
+  ns, root, n = int(config.train.num_seeds), int(config.train.seed), data.sizes["upstream"]
   ucfg = _phase_config(config, lr, lengths[-1], config.upstream.eval_every_steps, len(ks) * ns,
-                       root, min(len(x_up), int(config.train.train_eval_examples)))
+                       root, min(n, int(config.train.train_eval_examples)))
   ucfg.snapshot_steps = tuple([0] + lengths)
   ids_up = seeds.seed_ids(ucfg)
-  labels = np.concatenate([seeds.random_labels(root, ids_up[g * ns:(g + 1) * ns], len(x_up), k)
-                           for g, k in enumerate(ks)])
+  labels = common.random_labels(data, "upstream", root, ids_up, np.repeat(ks, ns))
+  x_up, labels = common.train_inputs(data, "upstream", ucfg, labels)
   up = train.train(up_model, ucfg, x_up, labels, workdir=workdir, snapshot_fn=common.flatten,
                    probe_fn=probe, name="upstream")
   up_steps, c = curves.from_metrics(up.metrics, ["train_accuracy"], seeds=ids_up)
@@ -96,32 +89,34 @@ def _start_activity(down_model, snaps, fresh, init, s_up: int, probe_x, layers):
           {l: {k: v[s_up:] for k, v in st.items()} for l, st in both.items()})
 
 
-def _downstream(config, workdir: str, lr: float, datasets, down_model, probe, layers,
+def _downstream(config, workdir: str, lr: float, data, down_model, probe, layers,
                 up: dict) -> dict:
   """Every arm and the scratch seeds in one run, all from their downstream inits."""
-  _, x_down, y_down, x_test, y_test, _ = datasets
   dn, ns, root = config.downstream, int(config.train.num_seeds), int(config.train.seed)
+  part = data.parts["downstream"]
   blocks = lib.downstream_blocks(config)
   down_lr = float(dn.learning_rate) or lr
   dcfg = _phase_config(config, down_lr, dn.num_steps, dn.eval_every_steps, len(blocks) * ns,
-                       root + 1, min(len(x_down), int(dn.train_eval_examples)))
+                       root + 1, min(len(part), int(dn.train_eval_examples)))
   ids_down = seeds.seed_ids(dcfg)
   keys = jnp.stack([seeds.seed_key(root + 1, i, _FRESH) for i in ids_down])
-  fresh = _stack_init(down_model, x_down.shape, keys)
+  fresh = _stack_init(down_model, common.example_shape(part), keys)
   init = lib.downstream_init(blocks, up["snaps"], fresh, ns)
-  probe_x = x_down[:int(config.probe_examples)]
+  probe_x = common.head(part, int(config.probe_examples))[0]
+  x_down, y_down = common.train_inputs(data, "downstream", dcfg,
+                                       common.real_labels(data, "downstream"))
   up_act0, act0 = _start_activity(down_model, up["snaps"], fresh, init, len(up["ids"]), probe_x,
                                   layers)
   down = train.train(down_model, dcfg, x_down, y_down, workdir=workdir, init_params=init,
                      probe_fn=probe, name="downstream")
-  m = dcfg.train_eval_examples
-  d_steps, d_acc = common.accuracy_curve(down_model, init, down, x_down[:m], y_down[:m],
+  d_steps, d_acc = common.accuracy_curve(down_model, init, down,
+                                         *common.head(part, dcfg.train_eval_examples),
                                          phase="downstream")
   d_act = _with_start(activity.curves_from_metrics(down.metrics, phase="downstream", seeds=ids_down),
                       act0, d_steps)
   return {"res": down, "blocks": blocks, "lr": down_lr, "steps": d_steps, "acc": d_acc,
           "act": d_act, "up_act0": up_act0,
-          "test": common.accuracy(down_model, down.params, x_test, y_test)}
+          "test": common.split_accuracy(down_model, down.params, data.parts["test"])}
 
 
 def _point(config, width: int, lr: float, ks, b: int, block, up: dict, dw: dict,
@@ -159,17 +154,18 @@ def _point(config, width: int, lr: float, ks, b: int, block, up: dict, dw: dict,
   return point
 
 
-def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str, Any]:
-  """Upstream (all K and L) + downstream (all arms) for one (width, lr); returns its points."""
-  x_up, x_down, _, _, _, n_real = datasets
+def run_cell(config, workdir: str, width: int, lr: float, data) -> dict[str, Any]:
+  """Upstream (all K and L) + downstream (all arms) for one (width, lr) on `common.Data` data;
+  returns its points."""
   sw, ns = config.sweep, int(config.train.num_seeds)
   ks = [int(k) for k in sw.num_random_classes]
   lengths = sorted(int(l) for l in sw.upstream_steps)
-  up_model, down_model = _cell_models(config, width, ks, n_real)
+  up_model, down_model = _cell_models(config, width, ks, data.num_classes)
   layers = list(config.get("activity_layers") or []) or None
-  probe = activity.make_probe_fn(x_down[:int(config.probe_examples)], layers=layers)
-  up = _upstream(config, workdir, lr, x_up, up_model, probe, ks, lengths)
-  dw = _downstream(config, workdir, lr, datasets, down_model, probe, layers, up)
+  probe_x = common.head(data.parts["downstream"], int(config.probe_examples))[0]
+  probe = activity.make_probe_fn(probe_x, layers=layers)
+  up = _upstream(config, workdir, lr, data, up_model, probe, ks, lengths)
+  dw = _downstream(config, workdir, lr, data, down_model, probe, layers, up)
   ok0 = ~dw["res"].diverged[:ns]
   scratch_act = {layer: lib.seed_summary(dw["act"][layer], np.arange(ns)[ok0], dw["steps"])
                  for layer in dw["act"]} if ok0.any() else {}
@@ -212,7 +208,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   """
   lib.validate(config)
   t0 = time.time()
-  datasets = load_data(config)
+  data = common.load_data(config, workdir)
   sw = config.sweep
   points = {}
   for width, lr in itertools.product(sw.widths, sw.learning_rates):
@@ -222,7 +218,7 @@ def run(config, workdir: str) -> dict[str, Any]:
       os.makedirs(cell, exist_ok=True)
       logging.info("specialization: cell width=%s lr=%g", width, lr)
       tc = time.time()
-      done = run_cell(config, cell, int(width), float(lr), datasets)
+      done = run_cell(config, cell, int(width), float(lr), data)
       for p in done.values():
         p["cell_runtime_s"] = time.time() - tc
       return done

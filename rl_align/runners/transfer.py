@@ -13,11 +13,10 @@ diverged [S], num_diverged, ok, min_train_accuracy, num_steps}, speedup {arm: {t
 iterations_to_reach {arm: {threshold: mean}}, table {arm: {step: [mean, std]}}, checks (Fig 5
 targets), transfer_functions {layer: {lambda, f}}, data {sizes, name, placement}, runtime_s, figure.
 
-config.data.placement (absent: "device"): "device" loads the splits as arrays and the engine keeps
-them on the devices; "host" loads nothing: every phase streams its batches through
+config.data.placement: the data path every runner shares (`common.load_data`): "device" loads the
+splits as arrays; "host" loads nothing: every phase streams its batches through
 `rl_align.pipeline.HostFeed` (the same batches, labels and floats, so the same results), test
-accuracy is streamed too; "auto" picks one by size and logs it (`data.choose_placement`).  Each phase has
-its own engine `name` (upstream, f_source, downstream_<arm>) and its own summary file under
+accuracy is streamed too; "auto" picks one by size and logs it.  Each phase has its own engine `name` (upstream, f_source, downstream_<arm>) and its own summary file under
 workdir/phases/, so rerunning resumes and a finished run is only re-summarized.
 """
 import copy
@@ -49,59 +48,20 @@ PHASE_FIELDS = ("num_steps", "num_epochs", "learning_rate", "batch_size", "eval_
 
 def load_data(config, workdir: str | None = None, placement: str | None = None) -> dict[str, Any]:
   """Disjoint upstream / downstream (/ test) splits of config.data, standardized with upstream
-  statistics, where config.data.placement says (`common.resolve_placement`; `placement` overrides).
+  statistics, where config.data.placement says (`common.load_data`; `placement` overrides; host:
+  the statistics kept in workdir/phases/standardization.json).
 
-  device: arrays (`common.load_splits`): {placement, x_up, x_down, y_down, x_test, y_test,
-  num_classes, indices, sizes}.  host: nothing is loaded; {placement, up, down, test} are
-  `pipeline.Reader`s over views of the source (the same rows, standardized to the same floats),
-  x_up / x_down their first config.layerwise.num_examples inputs (what the arms and f measure on),
-  the statistics kept in workdir/phases/standardization.json; plus pipeline, num_classes, indices,
-  sizes."""
-  requested = placement or config.data.get("placement", "device")
-  if requested == "device":  # nothing to decide: load, then check the size and log it
-    out = _load_arrays(config)
-    common.resolve_placement("device", int(config.train.num_seeds),
-                             max(len(out["x_up"]), len(out["x_down"])), out["x_up"].shape[1:])
-    return out
-  parts, idx = common.source_splits(config)
-  sizes = {k: len(v) for k, v in idx.items()} | {"test": len(parts["test"])}
-  where = common.resolve_placement(requested, int(config.train.num_seeds),
-                                   max(sizes["upstream"], sizes["downstream"]),
-                                   parts["upstream"].example_shape)
-  if where == "device":
-    return _load_arrays(config)
-  mean, std = common.split_stats(config, os.path.join(workdir, PHASES) if workdir else None,
-                                 parts["upstream"])
-  readers = {k: pipeline.Reader(v, mean, std) for k, v in parts.items()}
-  n_ex = max(1, int(config.layerwise.num_examples))
-  head = lambda r: r(np.arange(min(n_ex, len(r))))[0]
-  pcfg = config.data.get("pipeline", {}) or {}
-  return {"placement": "host", **{k: readers[k] for k in ("upstream", "downstream", "test")},
-          "x_up": head(readers["upstream"]), "x_down": head(readers["downstream"]),
-          "mean": mean, "std": std, "pipeline": dict(pcfg),
-          "num_classes": parts["upstream"].num_classes, "indices": idx, "sizes": sizes}
-
-
-def _load_arrays(config) -> dict[str, Any]:
-  parts, idx = common.load_splits(config)
-  up, down, test = parts["upstream"], parts["downstream"], parts["test"]
-  return {"placement": "device", "x_up": up.x, "x_down": down.x, "y_down": down.y,
-          "x_test": test.x, "y_test": test.y, "num_classes": up.num_classes, "indices": idx,
-          "sizes": {k: len(v) for k, v in idx.items()} | {"test": len(test.x)}}
-
-
-def _inputs(data, part: str, cfg, labels):
-  """(x, labels) of train.train for one phase on split `part`.  labels: int array [N] / [S, N]
-  (device), or for the host feed None (the source's) / pipeline.RandomLabels."""
-  if data["placement"] == "device":
-    return data["x_up" if part == "upstream" else "x_down"], labels
-  r, p = data[part], data["pipeline"]
-  feed = pipeline.HostFeed(
-      r.source, seed_ids=seeds.seed_ids(cfg), data_seed=int(cfg.seed),
-      batch_size=int(cfg.batch_size), labels=labels, mean=r.mean, std=r.std,
-      num_threads=int(p.get("num_threads", 1)), prefetch=int(p.get("prefetch", 1)),
-      chunk_bytes=int(p.get("chunk_mb", pipeline.DEFAULT_CHUNK_BYTES >> 20)) << 20)
-  return feed, None
+  {placement, data (the `common.Data`), x_up, x_down, num_classes, indices, sizes}: x_up / x_down
+  the whole upstream / downstream inputs (device) or their first config.layerwise.num_examples
+  (host: what the arms and f measure on, read from the source)."""
+  d = common.load_data(config, os.path.join(workdir, PHASES) if workdir else None, placement)
+  if d.placement == "device":
+    x_up, x_down = d.parts["upstream"].x, d.parts["downstream"].x
+  else:
+    n_ex = max(1, int(config.layerwise.num_examples))
+    x_up, x_down = (common.head(d.parts[k], n_ex)[0] for k in ("upstream", "downstream"))
+  return {"placement": d.placement, "data": d, "x_up": x_up, "x_down": x_down,
+          "num_classes": d.num_classes, "indices": d.indices, "sizes": d.sizes}
 
 
 def _model(config, num_classes: int):
@@ -126,11 +86,8 @@ def run_upstream(config, workdir: str, data, name: str = "upstream") -> dict[str
     cfg = _phase_config(config, uc, int(uc.seed))
     cfg.snapshot_steps = (0,)
     ids = seeds.seed_ids(cfg)
-    if data["placement"] == "host":
-      labels = pipeline.RandomLabels(int(uc.label_seed), k)
-    else:
-      labels = seeds.random_labels(int(uc.label_seed), ids, len(data["x_up"]), k)
-    x, labels = _inputs(data, "upstream", cfg, labels)
+    labels = common.random_labels(data["data"], "upstream", int(uc.label_seed), ids, k)
+    x, labels = common.train_inputs(data["data"], "upstream", cfg, labels)
     res = train.train(_model(config, k), cfg, x, labels, workdir=workdir,
                       snapshot_fn=common.flatten, name=name)
     steps, c = curves.from_metrics(res.metrics, ["train_accuracy"], seeds=ids, phase=name)
@@ -189,31 +146,19 @@ def f_source(config, workdir: str, model_up, up: Mapping[str, Any], x_up) -> ini
   return init_lib.measure_layer_transfer(model_up, params, x[:n], layer, num_bins=None)
 
 
-def _check_downstream_labels(config) -> None:
-  if config.downstream.labels not in ("real", "random"):
-    raise errors.ConfigError(f"config.downstream.labels={config.downstream.labels!r} is unknown. "
-                             "Fix: 'real' or 'random'.")
-
-
-def downstream_labels(config, n: int, y_real, ids) -> np.ndarray:
-  _check_downstream_labels(config)
-  if config.downstream.labels == "real":
-    return np.asarray(y_real, np.int32)
-  return seeds.random_labels(int(config.downstream.label_seed), ids, n,
-                             int(config.downstream.num_random_classes))
-
-
 def _downstream_input(config, data, cfg):
-  """(x, labels) of the downstream phase: arrays, or a host feed with the source's labels / a
-  RandomLabels draw (the same labels as `downstream_labels`, example by example)."""
-  ids = seeds.seed_ids(cfg)
-  if data["placement"] == "device":
-    return data["x_down"], downstream_labels(config, len(data["x_down"]), data["y_down"], ids)
-  _check_downstream_labels(config)
-  labels = (pipeline.RandomLabels(int(config.downstream.label_seed),
-                                  int(config.downstream.num_random_classes))
-            if config.downstream.labels == "random" else None)
-  return _inputs(data, "downstream", cfg, labels)
+  """(x, labels) of the downstream phase (`common.train_inputs`): the real labels, or
+  config.downstream's random ones."""
+  d, dc = data["data"], config.downstream
+  if dc.labels == "real":
+    labels = common.real_labels(d, "downstream")
+  elif dc.labels == "random":
+    labels = common.random_labels(d, "downstream", int(dc.label_seed), seeds.seed_ids(cfg),
+                                  int(dc.num_random_classes))
+  else:
+    raise errors.ConfigError(f"config.downstream.labels={dc.labels!r} is unknown. "
+                             "Fix: 'real' or 'random'.")
+  return common.train_inputs(d, "downstream", cfg, labels)
 
 
 def run_arm(config, workdir: str, arm: str, ctx: lib.ArmContext, data, up) -> dict[str, Any]:
@@ -229,11 +174,10 @@ def run_arm(config, workdir: str, arm: str, ctx: lib.ArmContext, data, up) -> di
     res = train.train(ctx.model, cfg, x, y, workdir=workdir, init_params=init, name=name)
     if isinstance(x, pipeline.HostFeed):
       xe, ye = x.head(int(cfg.train_eval_examples))
-      test = common.accuracy(ctx.model, res.params, data["test"], None, 1024)
     else:
       m = min(len(x), int(cfg.train_eval_examples))
       xe, ye = x[:m], np.asarray(y)[..., :m]
-      test = common.accuracy(ctx.model, res.params, data["x_test"], data["y_test"], 1024)
+    test = common.split_accuracy(ctx.model, res.params, data["data"].parts["test"], 1024)
     steps, acc = common.accuracy_curve(ctx.model, init, res, xe, ye, phase=name, batch_size=1024)
     carried = up is not None and lib.carries_seeds(arm)
     out = lib.arm_summary(acc, test, res.diverged, up["diverged"] if carried else None)
