@@ -9,7 +9,7 @@ The analysis is `rl_align.filters.compare_eigenvectors`.
 """
 import os
 import time
-from typing import Any
+from typing import Generator
 
 
 from rl_align import covariance
@@ -27,13 +27,15 @@ _KEYS = ("subspace_overlap", "random_baseline", "principal_cosines_top10", "over
          "eigenvalues_w")
 
 
-def run(config, workdir: str) -> dict[str, Any]:
-  """Trains config.train.num_seeds seeds, pools first-layer filters, compares eigenvectors."""
+@train.driven
+def run(config, workdir: str) -> Generator:
+  """Trains config.train.num_seeds seeds, pools first-layer filters, compares eigenvectors;
+  returns the results dict (`run.steps`: the generator of its train call, `train.driven`)."""
   t0 = time.time()
   ds, x, labels = eigenmap.load_data(config)
   k = int(config.analysis.patch_size)
   _, cov_x = covariance.patch_covariance(x, k)
-  res = train.train(models.build(config.model), config.train, x, labels, workdir=workdir)
+  res = yield train.call(models.build(config.model), config.train, x, labels, workdir=workdir)
   kernels = models.first_layer_kernel(res.params)
   if kernels.shape[1:3] != (k, k):
     raise errors.ConfigError(

@@ -11,7 +11,7 @@ workdir/w=<width>_lr=<lr>/points.json, an unfinished one resumes from its engine
 import itertools
 import os
 import time
-from typing import Any
+from typing import Generator
 
 from absl import logging
 import jax
@@ -67,7 +67,7 @@ def _cell_models(config, width: int, ks, n_real: int):
   return up_model, models.build(mcfg)
 
 
-def _upstream(config, workdir: str, lr: float, x_up, up_model, probe, ks, lengths) -> dict:
+def _upstream(config, workdir: str, lr: float, x_up, up_model, probe, ks, lengths) -> Generator:
   """K groups of ns seeds, labels of group g in [0, K_g); snapshots at 0 and every L."""
   ns, root = int(config.train.num_seeds), int(config.train.seed)
   ucfg = _phase_config(config, lr, lengths[-1], config.upstream.eval_every_steps, len(ks) * ns,
@@ -76,8 +76,8 @@ def _upstream(config, workdir: str, lr: float, x_up, up_model, probe, ks, length
   ids_up = seeds.seed_ids(ucfg)
   labels = np.concatenate([seeds.random_labels(root, ids_up[g * ns:(g + 1) * ns], len(x_up), k)
                            for g, k in enumerate(ks)])
-  up = train.train(up_model, ucfg, x_up, labels, workdir=workdir, snapshot_fn=common.flatten,
-                   probe_fn=probe, name="upstream")
+  up = yield train.call(up_model, ucfg, x_up, labels, workdir=workdir, snapshot_fn=common.flatten,
+                        probe_fn=probe, name="upstream")
   up_steps, c = curves.from_metrics(up.metrics, ["train_accuracy"], seeds=ids_up)
   return {"res": up, "ids": ids_up, "steps": up_steps, "acc": c["train_accuracy"],
           "snaps": {step: common.unflatten(s) for step, s in up.snapshots.items()},
@@ -97,7 +97,7 @@ def _start_activity(down_model, snaps, fresh, init, s_up: int, probe_x, layers):
 
 
 def _downstream(config, workdir: str, lr: float, datasets, down_model, probe, layers,
-                up: dict) -> dict:
+                up: dict) -> Generator:
   """Every arm and the scratch seeds in one run, all from their downstream inits."""
   _, x_down, y_down, x_test, y_test, _ = datasets
   dn, ns, root = config.downstream, int(config.train.num_seeds), int(config.train.seed)
@@ -112,8 +112,8 @@ def _downstream(config, workdir: str, lr: float, datasets, down_model, probe, la
   probe_x = x_down[:int(config.probe_examples)]
   up_act0, act0 = _start_activity(down_model, up["snaps"], fresh, init, len(up["ids"]), probe_x,
                                   layers)
-  down = train.train(down_model, dcfg, x_down, y_down, workdir=workdir, init_params=init,
-                     probe_fn=probe, name="downstream")
+  down = yield train.call(down_model, dcfg, x_down, y_down, workdir=workdir, init_params=init,
+                          probe_fn=probe, name="downstream")
   m = dcfg.train_eval_examples
   d_steps, d_acc = common.accuracy_curve(down_model, init, down, x_down[:m], y_down[:m],
                                          phase="downstream")
@@ -158,7 +158,8 @@ def _point(config, width: int, lr: float, ks, b: int, block, up: dict, dw: dict,
   return point
 
 
-def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str, Any]:
+@train.driven
+def run_cell(config, workdir: str, width: int, lr: float, datasets) -> Generator:
   """Upstream (all K and L) + downstream (all arms) for one (width, lr); returns its points."""
   x_up, x_down, _, _, _, n_real = datasets
   sw, ns = config.sweep, int(config.train.num_seeds)
@@ -167,8 +168,8 @@ def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str,
   up_model, down_model = _cell_models(config, width, ks, n_real)
   layers = list(config.get("activity_layers") or []) or None
   probe = activity.make_probe_fn(x_down[:int(config.probe_examples)], layers=layers)
-  up = _upstream(config, workdir, lr, x_up, up_model, probe, ks, lengths)
-  dw = _downstream(config, workdir, lr, datasets, down_model, probe, layers, up)
+  up = yield from _upstream(config, workdir, lr, x_up, up_model, probe, ks, lengths)
+  dw = yield from _downstream(config, workdir, lr, datasets, down_model, probe, layers, up)
   ok0 = ~dw["res"].diverged[:ns]
   scratch_act = {layer: lib.seed_summary(dw["act"][layer], np.arange(ns)[ok0], dw["steps"])
                  for layer in dw["act"]} if ok0.any() else {}
@@ -179,8 +180,10 @@ def run_cell(config, workdir: str, width: int, lr: float, datasets) -> dict[str,
   return out
 
 
-def run(config, workdir: str) -> dict[str, Any]:
-  """Runs every (width, lr) cell (resuming finished ones from workdir), writes results.json + plots.
+@train.driven
+def run(config, workdir: str) -> Generator:
+  """Runs every (width, lr) cell (resuming finished ones from workdir), writes results.json + plots;
+  returns the results dict (`run.steps`: the generator of its train calls, `train.driven`).
 
   results.json (seed-mean curves over the finished seeds; "steps" of `activity` are global:
   upstream 0..L, then L + the downstream steps, so the switch is at `switch_step` = L)::
@@ -219,11 +222,11 @@ def run(config, workdir: str) -> dict[str, Any]:
       os.makedirs(cell, exist_ok=True)
       logging.info("specialization: cell width=%s lr=%g", width, lr)
       tc = time.time()
-      done = run_cell(config, cell, int(width), float(lr), datasets)
+      done = yield from run_cell.steps(config, cell, int(width), float(lr), datasets)
       for p in done.values():
         p["cell_runtime_s"] = time.time() - tc
       return done
-    points.update(common.resume(cell, "points", compute))
+    points.update((yield from common.resume_steps(cell, "points", compute)))
   layers = models.sort_layers({l for p in points.values() for l in p.get("activity", {})})
   later_from = int(config.get("later_layers_from", -1))
   later_from = int(sw.width_from) if later_from < 0 else later_from
