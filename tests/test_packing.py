@@ -1,5 +1,6 @@
 """Packed sweeps without threads: runners are generators of train calls, advanced in lockstep; a
 member of a packed program equals its point run alone (bitwise on CPU)."""
+import logging
 import os
 
 import jax
@@ -135,7 +136,7 @@ def test_a_failed_program_raises_inside_its_runner_and_the_others_go_on(data):
   _assert_same(out[2][0][1], _runner(POINTS[2], data)[1])
 
 
-def test_host_fed_calls_run_apart_each_with_its_own_data_order(tmp_path):
+def test_host_fed_calls_run_apart_each_with_its_own_data_order(caplog):
   src = data_lib.source("photos", n=64, size=8, seed=0)
   mean, std = data_lib.channel_stats(src)
 
@@ -147,8 +148,11 @@ def test_host_fed_calls_run_apart_each_with_its_own_data_order(tmp_path):
     return (yield train.call(models.DenseNet(widths=(8,), num_classes=4), cfg, feed, None))
 
   programs = []
-  out = packing.run_lockstep([fed.steps(1), fed.steps(2)], None, programs)
+  with caplog.at_level(logging.INFO):
+    out = packing.run_lockstep([fed.steps(1), fed.steps(2)], None, programs)
   assert programs == [2, 2]
+  said = [r.getMessage() for r in caplog.records if "host-fed" in r.getMessage()]
+  assert len(said) == 1 and "2 host-fed call(s) of 2 run apart" in said[0], said
   for seed, (res, err) in zip((1, 2), out):
     assert err is None
     for pa, pb in zip(jax.tree.leaves(res.params), jax.tree.leaves(fed(seed).params)):
