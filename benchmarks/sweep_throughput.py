@@ -2,13 +2,15 @@ r"""A packed sweep versus one run per point, side by side in one process tree.
 
 Fig 20 right (d=30, 256-256, n=2000), 8 learning rates x 8 seeds, through the real binary:
 
-- ``packed``: ``--sweep=train.learning_rate=...`` with ``--sweep_packing=on``: the 8 points' engine
-  calls run as ONE program of 64 members (`rl_align.packing`);
+- ``packed``: ``--sweep=train.learning_rate=...`` with ``--sweep_packing=on``: the 8 points'
+  runners advance in lockstep (no threads) and their engine calls run as ONE program of 64 members
+  (`rl_align.packing.run_lockstep`);
 - ``per_point``: the same sweep with ``--sweep_packing=off``: 8 programs of 8 seeds, one after another.
 
 Wall time includes start-up and compilation (each arm is a fresh process), as a user sees it.
 Model-steps = members x steps.  The arms alternate over ``--repeats`` rounds; each arm's best round
-counts.  The machine record (CPU, cores, measured fp32 matmul rate) is taken in the same run.
+counts.  The machine record (CPU, cores, measured fp32 matmul rate) is taken in the same run, and
+the 1-minute load average before and after every arm (other jobs on a shared machine).
 
     python -m benchmarks.sweep_throughput --epochs=20 --json=/tmp/sweep_bench.json
 """
@@ -36,19 +38,20 @@ flags.DEFINE_string("json", None, "Where to write the results.")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _arm(packing: str, workdir: str) -> float:
+def _arm(packing: str, workdir: str) -> tuple[float, list[float]]:
+  """(wall seconds, [1-min load average before, after]) of one arm in a fresh process."""
   cmd = [sys.executable, "-m", "experiments.eigenvalue_map",
          f"--config=experiments/configs/fig20.py:{FLAGS.panel}", f"--workdir={workdir}",
          f"--config.train.num_epochs={FLAGS.epochs}", f"--config.train.num_seeds={FLAGS.seeds}",
          f"--config.train.snapshot_epochs=(0, {FLAGS.epochs})",
          f"--sweep=train.learning_rate={','.join(FLAGS.learning_rates)}",
          f"--sweep_packing={packing}"]
-  t = time.perf_counter()
+  load, t = [os.getloadavg()[0]], time.perf_counter()
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
   wall = time.perf_counter() - t
   if proc.returncode != 0:
     raise SystemExit(f"error: the {packing} arm failed: {proc.stderr[-2000:]}")
-  return wall
+  return wall, load + [os.getloadavg()[0]]
 
 
 def main(argv):
@@ -58,16 +61,20 @@ def main(argv):
   model_steps = len(FLAGS.learning_rates) * FLAGS.seeds * steps
   mach = machine.describe()
   best = {"packed": float("inf"), "per_point": float("inf")}
+  rounds = []
   for r in range(FLAGS.repeats):
     order = ("packed", "per_point") if r % 2 == 0 else ("per_point", "packed")
     for arm in order:
       with tempfile.TemporaryDirectory() as wd:
-        best[arm] = min(best[arm], _arm("on" if arm == "packed" else "off", wd))
+        wall, load = _arm("on" if arm == "packed" else "off", wd)
+      best[arm] = min(best[arm], wall)
+      rounds.append({"round": r, "arm": arm, "wall_s": round(wall, 2),
+                     "load_average_1min": [round(l, 2) for l in load]})
   out = {"machine": mach, "panel": FLAGS.panel, "epochs": FLAGS.epochs, "points": len(FLAGS.learning_rates),
          "seeds": FLAGS.seeds, "steps_per_member": steps, "model_steps": model_steps,
          "arms": {a: {"wall_s": round(w, 2), "model_steps_per_s": round(model_steps / w, 1)}
                   for a, w in best.items()},
-         "packed_over_per_point": round(best["per_point"] / best["packed"], 3)}
+         "packed_over_per_point": round(best["per_point"] / best["packed"], 3), "rounds": rounds}
   print(json.dumps(out, indent=1))
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:

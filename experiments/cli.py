@@ -27,7 +27,7 @@ import datetime
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 from absl import app
 from absl import flags
@@ -42,6 +42,7 @@ from rl_align import errors
 from rl_align import flops as flops_lib
 from rl_align import machine
 from rl_align import results
+from rl_align import train
 from rl_align.runners import common as runner_common
 
 FLAGS = flags.FLAGS
@@ -180,16 +181,34 @@ def accounting(ledger: flops_lib.Ledger, wall_s: float, mach: dict) -> dict:
 
 def run_recorded(fn: Callable[[Any, str], Any], config, workdir: str,
                  argv: Sequence[str] | None = None) -> Any:
-  """fn(config, workdir) with config.json and run.json in workdir; errors propagate (a sweep runs
-  one of these per point)."""
+  """fn(config, workdir) with config.json and run.json in workdir; errors propagate."""
+  return train.drive(recorded_steps(fn, config, workdir, argv))
+
+
+def _steps(fn: Callable[[Any, str], Any]) -> Callable[[Any, str], Generator]:
+  """fn's generator function (a `train.driven` runner), or one that runs a plain fn (whose train
+  calls then run alone, also in a sweep)."""
+  if hasattr(fn, "steps"):
+    return fn.steps
+
+  def plain(config, workdir):
+    yield from ()   # a generator that yields no call
+    return fn(config, workdir)
+  return plain
+
+
+def recorded_steps(fn: Callable[[Any, str], Any], config, workdir: str,
+                   argv: Sequence[str] | None = None) -> Generator:
+  """`run_recorded` as a generator of fn's train calls (`train.driven`): a sweep runs one per
+  point and packs their calls (`rl_align.packing`).  The FLOPs of the calls fn makes, and only
+  those, are recorded in run.json (`train.within`)."""
   record = RunRecord(workdir, argv)
-  ledger = flops_lib.Ledger()   # the engine calls fn makes in this thread record their FLOPs here
+  ledger = flops_lib.Ledger()
   try:
     os.makedirs(workdir, exist_ok=True)
     check_workdir_config(config, workdir)
     record.start()
-    with ledger:
-      out = fn(config, workdir)
+    out = yield from train.within(ledger, _steps(fn)(config, workdir))
   except errors.RLAlignError as e:
     record.finish(f"error: {e}", ledger)
     raise
@@ -211,7 +230,7 @@ def run_main(fn: Callable[[Any, str], Any], config, workdir: str,
   try:
     scaleout.init_processes()
     if scaleout.is_sweep():
-      return scaleout.run_sweep(lambda c, d: run_recorded(fn, c, d, argv), config, workdir)
+      return scaleout.run_sweep(lambda c, d: recorded_steps(fn, c, d, argv), config, workdir)
     return run_recorded(fn, config, workdir, argv)
   except errors.RLAlignError as e:
     fail(e)

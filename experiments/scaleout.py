@@ -83,7 +83,9 @@ def _binary() -> str:
 def run_sweep(run_point: Callable[[Any, str], Any], config, workdir: str) -> dict[str, Any]:
   """Validates the whole sweep (before anything compiles), runs this task's share, summarizes.
 
-  run_point(config, point_workdir) runs one point as the binary would (config.json, run.json).
+  run_point(config, point_workdir) is one point's run as the binary would make it (config.json,
+  run.json), as a generator of its train calls (`cli.recorded_steps`): a group's points advance in
+  lockstep and their calls are packed (`rl_align.packing`).
   """
   axes = sweep_lib.parse_axes(FLAGS.sweep, FLAGS.sweep_zip)
   points = sweep_lib.expand(config, axes)

@@ -2,7 +2,7 @@
 
     from rl_align import flops
     n = flops.dot_conv_flops(jax.make_jaxpr(step)(*args))     # 2 x multiply-adds of every dot/conv
-    with flops.Ledger() as ledger:          # every engine call this thread submits is recorded
+    with flops.Ledger() as ledger:          # every engine call made inside is recorded
       runner(config, workdir)
     ledger.total                            # FLOPs of the training steps run inside the block
     ledger.records                          # one dict per engine call: name, step_flops, steps, ...
@@ -18,8 +18,9 @@ nominal FLOPs of ONE member's ONE training step (forward, backward and update of
 traced once per compiled program on abstract shapes, `Engine.step_flops`) x the steps run in this
 process (a resumed run counts only the steps after its checkpoint) x the call's members (padding
 members the engine adds to fill the devices are not counted: their work is waste).  Evaluations,
-probes and snapshots are not counted.  A call is recorded in the ledgers open in the thread that
-submitted it (`TrainCall.ledgers`), so a packed sweep's points each count their own calls.
+probes and snapshots are not counted.  A call is recorded in the ledgers open (in this thread)
+where it was made (`TrainCall.ledgers`); a sweep advances each point's runner inside the point's
+own ledger (`train.within`), so the points of a packed program each count their own calls.
 """
 import threading
 from typing import Any
@@ -75,7 +76,6 @@ class Ledger:
 
   def __init__(self):
     self.records: list[dict[str, Any]] = []
-    self._lock = threading.Lock()
 
   def __enter__(self) -> "Ledger":
     _open.stack = active() + (self,)
@@ -85,13 +85,11 @@ class Ledger:
     _open.stack = tuple(l for l in active() if l is not self)
 
   def add(self, record: dict[str, Any]) -> None:
-    with self._lock:
-      self.records.append(dict(record))
+    self.records.append(dict(record))
 
   @property
   def total(self) -> float:
-    with self._lock:
-      return float(sum(r["flops"] for r in self.records))
+    return float(sum(r["flops"] for r in self.records))
 
 
 def record(ledgers, name: str, step_flops: float, steps: int, members: int) -> dict[str, Any]:

@@ -35,7 +35,6 @@ import datetime
 import functools
 import os
 import platform
-import threading
 import time
 
 import jax
@@ -181,18 +180,9 @@ def matmul_peak(sizes=None, repeats: int = 3, budget_s: float = 3.0) -> dict:
           "seconds": round(time.perf_counter() - t0, 2)}
 
 
-_MEASURE_LOCK = threading.Lock()
-
-
-def _measured_once() -> tuple:
-  """(when, matmul_peak()) of the process's first call; the lock makes the points of a packed
-  sweep (threads that start together) wait for one measurement instead of timing at once."""
-  with _MEASURE_LOCK:
-    return _measure()
-
-
 @functools.lru_cache(maxsize=1)
-def _measure() -> tuple:
+def _measured_once() -> tuple:
+  """(when, matmul_peak()) of the process's first call."""
   at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
   return at, matmul_peak()
 

@@ -1,37 +1,35 @@
-"""Packing: the engine calls of several sweep points run as ONE engine program.
+"""Packing: the engine calls of several sweep points run as ONE engine program, without threads.
 
-A packed sweep runs each point's ordinary runner (eigenmap, transfer, ...) in its own thread.  Every
-`train.train` call of those threads is handed to a `Rendezvous` instead of running.  When every
-live thread waits there, the waiting calls are grouped by `compatible` (same program: the model up
-to its init-only fields, the engine config up to the per-member hyper-parameters and seeds, the
-same x and eval inputs, the same phase) and each group runs as one `train.run_calls`: its members
-are points x seeds, each with its own learning rate, momentum, weight decay, root seed, labels and
-init.  Member (point p, seed s) equals point p run alone for seed s, so grouping affects speed only.
+A runner is a generator (`train.driven`): it yields its `train.TrainCall`s and receives their
+`TrainResult`s.  `run_lockstep` advances the runners of a sweep's points in lockstep: it collects
+each live runner's pending call, groups the calls by `compatible` (same program: the model and the
+engine config up to the packable fields `sweep.PACKABLE`, the same x and eval inputs, the same
+phase), runs each group as one `train.run_calls`, and sends each runner its result.  A group's
+members are points x seeds, each with its own learning rate, momentum, weight decay, root seed,
+labels and init; member (point p, seed s) equals point p run alone for seed s, so grouping
+affects speed only.
 
-    rv = packing.Rendezvous(packed_dir="WORKDIR/packed")
-    results = rv.run([lambda: eigenmap.run(cfg_a, wd_a), lambda: eigenmap.run(cfg_b, wd_b)])
+    gens = [eigenmap.run.steps(cfg_a, wd_a), eigenmap.run.steps(cfg_b, wd_b)]
+    outs = packing.run_lockstep(gens, packed_dir="WORKDIR/packed/<group>")  # [(value, error)]
 
-Grouping is deterministic (thread order), so every process of a multi-host run issues the same
-engine programs in the same order.
+Everything runs in the calling thread, in a fixed order (points by index, groups by first
+appearance), so every process of a multi-host run issues the same engine programs in the same
+order.  Host-fed calls (`engine.feed.Feed`: each streams its own data order) are never packed:
+they run as programs of their own, which is logged once per round.
 """
-import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Generator, Sequence
 
+from absl import logging
 import numpy as np
 
-from rl_align import seeds
+from rl_align import sweep
 from rl_align import train
-
-# Model fields that change only the init, not the program (the engine inits each call's model).
-INIT_FIELDS = ("kernel_init", "init_scale", "first_layer_init", "first_layer_scale",
-               "first_layer_std", "residual_init_scale")
-# Engine-config fields that may differ between the members of one program.
-MEMBER_FIELDS = seeds.MEMBER_HPARAMS + ("seed", "seed_offset", "num_seeds")
+from rl_align.engine import feed as feed_lib
 
 
 def program_model(model):
-  """The model with its init-only fields blanked: two calls share a program iff these are equal."""
-  return model.clone(**{f: "<init>" for f in INIT_FIELDS if hasattr(model, f)})
+  """The model with its packable (init-only) fields blanked: calls share a program iff equal."""
+  return model.clone(**{f: "<init>" for f in sweep.PACKABLE if hasattr(model, f)})
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -56,12 +54,16 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _engine_fields(cfg) -> dict:
-  return {k: v for k, v in cfg.to_dict().items() if k not in MEMBER_FIELDS}
+  return {k: v for k, v in cfg.to_dict().items() if k not in sweep.PACKABLE}
+
+
+def host_fed(c: train.TrainCall) -> bool:
+  return isinstance(c.x, feed_lib.Feed)
 
 
 def compatible(a: train.TrainCall, b: train.TrainCall) -> bool:
   """True when calls a and b can run as members of one engine program."""
-  if a.name != b.name or type(a.model) is not type(b.model):
+  if host_fed(a) or host_fed(b) or a.name != b.name or type(a.model) is not type(b.model):
     return False
   if program_model(a.model) != program_model(b.model):
     return False
@@ -92,86 +94,45 @@ def group(calls: Sequence[train.TrainCall]) -> list[list[int]]:
   return groups
 
 
-class _Slot:
-  def __init__(self, order: int, call: train.TrainCall):
-    self.order, self.call = order, call
-    self.result, self.error, self.done = None, None, False
-
-
-class Rendezvous:
-  """Collects the `train.train` calls of several threads and runs them packed (module docstring).
+def run_lockstep(runners: Sequence[Generator], packed_dir: str | None = None,
+                 programs: list[int] | None = None) -> list[tuple[Any, Exception | None]]:
+  """Runs the runners (generators of TrainCalls, `train.driven`) in lockstep, their compatible
+  calls packed (module docstring).  Returns (value, error) per runner: a runner that raises
+  (also where a failed program's error is raised into it) is reported, the others go on.
 
   Args:
-    packed_dir: where a packed group keeps its orbax state (a single call keeps it in its own
-      workdir, as an unpacked run does, so packed and unpacked runs resume each other).
+    runners: one started-or-not generator per point, in the order that fixes the programs' order.
+    packed_dir: the folder of the packed programs' orbax state (`train.run_calls`).
+    programs: if given, the member count of every engine program run is appended (for reports).
   """
+  out: list[tuple[Any, Exception | None]] = [(None, None)] * len(runners)
+  pending: dict[int, train.TrainCall] = {}
 
-  def __init__(self, packed_dir: str | None = None):
-    self.packed_dir = packed_dir
-    self._cv = threading.Condition()
-    self._live = 0
-    self._waiting: list[_Slot] = []
-    self._order = threading.local()
-    self.programs: list[int] = []   # members per engine program run, in order (for reports)
+  def advance(i, step, value):
+    try:
+      pending[i] = step(value)
+    except StopIteration as stop:
+      out[i] = (stop.value, None)
+    except Exception as e:  # pylint: disable=broad-except  # reported per runner
+      out[i] = (None, e)
 
-  def submit(self, call: train.TrainCall) -> train.TrainResult:
-    """Called by `train.train` inside a thread of `run`: blocks until the call has run."""
-    slot = _Slot(self._order.value, call)
-    with self._cv:
-      self._waiting.append(slot)
-      self._dispatch_if_all_wait()
-      while not slot.done:
-        self._cv.wait()
-    if slot.error is not None:
-      raise slot.error
-    return slot.result
-
-  def _dispatch_if_all_wait(self) -> None:
-    """With the lock held: when every live thread waits, run the waiting calls, grouped."""
-    while self._waiting and len(self._waiting) == self._live:
-      slots = sorted(self._waiting, key=lambda s: s.order)
-      self._waiting = []
-      self._cv.release()
+  for i, r in enumerate(runners):
+    advance(i, r.send, None)
+  while pending:
+    order = sorted(pending)
+    calls = [pending.pop(i) for i in order]
+    fed = sum(host_fed(c) for c in calls)
+    if fed and len(calls) > 1:
+      logging.info("packing: %d host-fed call(s) of %d run apart, one program each (a host feed "
+                   "streams its own data order).", fed, len(calls))
+    for idx in group(calls):
       try:
-        for idx in group([s.call for s in slots]):
-          batch = [slots[i] for i in idx]
-          try:
-            results = train.run_calls([s.call for s in batch], self.packed_dir)
-            self.programs.append(sum(len(s.call.members) for s in batch))
-            for s, r in zip(batch, results):
-              s.result = r
-          except Exception as e:  # pylint: disable=broad-except  # re-raised in each caller
-            for s in batch:
-              s.error = e
-      finally:
-        self._cv.acquire()
-      for s in slots:
-        s.done = True
-      self._cv.notify_all()
-
-  def run(self, fns: Sequence[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]]:
-    """Runs every fn in its own thread with its train calls packed; (result, error) per fn."""
-    out: list[Any] = [(None, None)] * len(fns)
-
-    def worker(i, fn):
-      self._order.value = i
-      try:
-        with train.submit_to(self):
-          out[i] = (fn(), None)
-      except BaseException as e:  # pylint: disable=broad-except  # reported per point
-        out[i] = (None, e)
-      finally:
-        with self._cv:
-          self._live -= 1
-          self._dispatch_if_all_wait()
-          self._cv.notify_all()
-
-    with self._cv:
-      self._live = len(fns)
-    threads = [threading.Thread(target=worker, args=(i, fn), name=f"point-{i}", daemon=True)
-               for i, fn in enumerate(fns)]
-    for t in threads:
-      t.start()
-    for t in threads:
-      t.join()
-    return out
+        results = train.run_calls([calls[k] for k in idx], packed_dir)
+        replies = [(runners[order[k]].send, r) for k, r in zip(idx, results)]
+      except Exception as e:  # pylint: disable=broad-except  # raised inside each member's runner
+        replies = [(runners[order[k]].throw, e) for k in idx]
+      if programs is not None:
+        programs.append(sum(len(calls[k].members) for k in idx))
+      for k, (step, value) in zip(idx, replies):
+        advance(order[k], step, value)
+  return out

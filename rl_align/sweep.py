@@ -8,11 +8,12 @@ Every experiment binary takes ``--sweep=FIELD=V1,V2,...`` (repeatable: the produ
 
 Layout of WORKDIR: ``sweep_spec.json`` (what is swept; a second, different sweep is refused),
 ``points/<slug>/`` (each point's full run with the binary's usual outputs, plus ``point.json`` once
-it finished), ``packed/`` (orbax state of packed programs), ``sweep.json``, ``sweep.csv`` and one
-``sweep_<field>.png`` per swept field (every headline scalar against it).
+it finished), ``packed/<group slug>/`` (orbax state of each group's packed programs),
+``sweep.json``, ``sweep.csv`` and one ``sweep_<field>.png`` per swept field (every headline scalar
+against it).
 
 Points that differ only in `PACKABLE` fields (learning rate, momentum, weight decay, init scales,
-root and label seeds) form one *group*: their runners run side by side in threads and their
+root and label seeds, seed counts) form one *group*: their runners advance in lockstep and their
 engine calls are packed into one program (`rl_align.packing`).  Groups are the unit of
 ``--task_index/--num_tasks`` splitting (SLURM job arrays: ``SLURM_ARRAY_TASK_ID`` /
 ``SLURM_ARRAY_TASK_COUNT``).  Whichever task finishes the last point writes the summary; so does
@@ -32,7 +33,7 @@ import itertools
 import json
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Generator, Mapping, Sequence
 
 from absl import logging
 import ml_collections
@@ -41,9 +42,13 @@ import numpy as np
 from rl_align import errors
 from rl_align import results
 
-# Config fields (last component of the dotted path) that change neither shapes nor the program.
-PACKABLE = ("learning_rate", "momentum", "weight_decay", "init_scale", "first_layer_scale",
-            "first_layer_std", "residual_init_scale", "seed", "label_seed")
+# THE packable fields (last component of a dotted config path): points, and engine calls
+# (`rl_align.packing.compatible`), that differ only in these share one engine program.  They change
+# neither shapes nor the program: per-member optimizer scalars (`seeds.MEMBER_HPARAMS`), who the
+# members are (root seed, seed ids, label draw) and the model's init-only fields.
+PACKABLE = ("learning_rate", "momentum", "weight_decay", "seed", "seed_offset", "num_seeds",
+            "label_seed", "kernel_init", "init_scale", "first_layer_init", "first_layer_scale",
+            "first_layer_std", "residual_init_scale")
 SPEC, SUMMARY, CSV, POINT_DONE, LOCK = ("sweep_spec.json", "sweep.json", "sweep.csv", "point.json",
                                         "sweep_summary.lock")
 # Headline scalars: results.json keys containing one of these, per seed (mean and std) or scalar.
@@ -222,14 +227,21 @@ def mark_done(workdir: str, p: Point, wall_s: float) -> None:
                      {"fields": p.fields, "status": "done", "wall_s": round(wall_s, 2)})
 
 
-def run_groups(run_point: Callable[[Point, str], Any], points: Sequence[Point],
-               groups: Sequence[Sequence[int]], workdir: str, is_main: bool = True) -> list[str]:
-  """Runs the given groups' unfinished points (packed when a group has several); returns errors.
+def group_slug(points: Sequence[Point], g: Sequence[int]) -> str:
+  """The folder name of a group: the swept fields its points share that do not pack ("all")."""
+  return slug({f: v for f, v in points[g[0]].fields.items() if not packable(f)}) or "all"
 
-  run_point(point, point_workdir) runs the binary's runner on one point.  A point that raises an
-  RLAlignError is reported (and left unfinished, so a rerun retries it); the others go on.
+
+def run_groups(run_point: Callable[[Point, str], Generator], points: Sequence[Point],
+               groups: Sequence[Sequence[int]], workdir: str, is_main: bool = True) -> list[str]:
+  """Runs the given groups' unfinished points, each group's in lockstep with its engine calls
+  packed (`packing.run_lockstep`, state in WORKDIR/packed/<group slug>); returns the errors.
+
+  run_point(point, point_workdir) is the binary's runner on one point, as a generator of train
+  calls (`train.driven`).  A point that raises an RLAlignError is reported (and left unfinished,
+  so a rerun retries it); the others go on.
   """
-  from rl_align import packing  # pylint: disable=g-import-not-at-top
+  from rl_align import packing  # pylint: disable=g-import-not-at-top  # (jax; this module is light)
   failures = []
   for gi, g in enumerate(groups):
     todo = [points[i] for i in g if not is_done(workdir, points[i])]
@@ -238,14 +250,8 @@ def run_groups(run_point: Callable[[Point, str], Any], points: Sequence[Point],
     logging.info("sweep: group %d/%d, %d point(s): %s", gi + 1, len(groups), len(todo),
                  [p.slug for p in todo])
     t0 = time.time()
-    fns = [lambda p=p: run_point(p, point_dir(workdir, p)) for p in todo]
-    if len(fns) == 1:
-      try:
-        outs = [(fns[0](), None)]
-      except errors.RLAlignError as e:
-        outs = [(None, e)]
-    else:
-      outs = packing.Rendezvous(os.path.join(workdir, "packed")).run(fns)
+    outs = packing.run_lockstep([run_point(p, point_dir(workdir, p)) for p in todo],
+                                os.path.join(workdir, "packed", group_slug(points, g)))
     for p, (_, err) in zip(todo, outs):
       if err is None:
         if is_main:

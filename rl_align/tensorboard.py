@@ -22,7 +22,6 @@ training, so a rerun of a finished run writes its f points again at the same ste
 import collections
 import itertools
 import os
-import threading
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -38,7 +37,6 @@ MAX_OPEN = 64          # event files kept open per process (a sweep can have man
 MAX_F_SCALARS = 64     # f/sigma_<i> scalars per snapshot (log-spaced directions beyond)
 _NOT_SCALARS = ("phase", "step", "seed")
 
-_lock = threading.RLock()
 _writers: "collections.OrderedDict[str, EventsWriter]" = collections.OrderedDict()
 _started: set[str] = set()      # runs this process has written rows to
 _last_step: dict[str, int] = {}
@@ -63,11 +61,10 @@ def _writer(path: str) -> EventsWriter:
 
 
 def _write(path: str, events: Sequence[event_pb2.Event]) -> None:
-  with _lock:
-    w = _writer(path)
-    for e in events:
-      w.write_event(e)
-    w.flush()
+  w = _writer(path)
+  for e in events:
+    w.write_event(e)
+  w.flush()
 
 
 def _scalar_event(step: int, scalars: Mapping[str, float]) -> event_pb2.Event:
@@ -96,15 +93,14 @@ def write_rows(workdir: str, rows: Iterable[Mapping[str, Any]]) -> None:
     scalars = {k: f for k, v in r.items() if k not in _NOT_SCALARS
                if (f := _as_float(v)) is not None}
     runs[path].append(_scalar_event(int(r["step"]), scalars))
-  with _lock:
-    for path, events in runs.items():
-      first = min(e.step for e in events)
-      if path not in _started or first <= _last_step.get(path, -1):
-        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
-        events = [event_pb2.Event(wall_time=time.time(), step=first, session_log=start)] + events
-        _started.add(path)
-      _last_step[path] = max(e.step for e in events)
-      _write(path, events)
+  for path, events in runs.items():
+    first = min(e.step for e in events)
+    if path not in _started or first <= _last_step.get(path, -1):
+      start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+      events = [event_pb2.Event(wall_time=time.time(), step=first, session_log=start)] + events
+      _started.add(path)
+    _last_step[path] = max(e.step for e in events)
+    _write(path, events)
 
 
 def f_directions(d: int) -> np.ndarray:
@@ -119,8 +115,7 @@ def f_tag(i: int, d: int) -> str:
 
 
 def _f_png(sigma: np.ndarray, f: np.ndarray, title: str) -> tuple[bytes, int, int]:
-  """The curve f(sigma) as PNG bytes, height, width (no pyplot; rendered under the plots' lock:
-  matplotlib's text layout is not thread-safe and packed sweeps run runners in threads)."""
+  """The curve f(sigma) as PNG bytes, height, width (no pyplot: `rl_align.plots.png_bytes`)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from rl_align import plots  # pylint: disable=g-import-not-at-top
   fig = plots.figure(figsize=(4, 3), dpi=80)

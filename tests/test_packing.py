@@ -1,8 +1,13 @@
-"""Packed sweeps: members of one engine program equal their points run alone (bitwise on CPU)."""
+"""Packed sweeps without threads: runners are generators of train calls, advanced in lockstep; a
+member of a packed program equals its point run alone (bitwise on CPU)."""
+import logging
+import os
+
+import jax
 import numpy as np
 import pytest
 
-from rl_align import models, packing, seeds, train
+from rl_align import data as data_lib, errors, flops, models, packing, pipeline, seeds, sweep, train
 from rl_align.engine import config as engine_config
 from tests.tolerances import assert_same_accuracy, assert_same_run
 
@@ -32,11 +37,16 @@ POINTS = [
 ]
 
 
-def _point(p, x, workdir=None):
-  cfg = _cfg(**p["cfg"])
+@train.driven
+def _runner(p, x, workdir=None, **cfg_kw):
+  """A two-phase runner: train, then a second phase from the first one's params."""
+  cfg = _cfg(**p["cfg"], **cfg_kw)
   model = models.DenseNet(widths=(8,), num_classes=3, **p["model"])
   labels = seeds.random_labels(p["label_seed"], seeds.seed_ids(cfg), len(x), 3)
-  return lambda: train.train(model, cfg, x, labels, workdir=workdir)
+  first = yield train.call(model, cfg, x, labels, workdir=workdir)
+  second = yield train.call(model, cfg, x, labels, workdir=workdir, init_params=first.params,
+                            name="second")
+  return first, second
 
 
 def _assert_same(a, b):
@@ -46,42 +56,130 @@ def _assert_same(a, b):
   assert_same_run(a.params, b.params, a.final_step, 6 + 8 + 3 + 8 + 16 + 16 + 8, "params")
   assert_same_accuracy(a.final_metrics["train_accuracy"], b.final_metrics["train_accuracy"], 32)
   assert a.seed_ids == b.seed_ids
+  rows = lambda r: [(m["phase"], m["step"], m["seed"], float(m["loss"])) for m in r.metrics]
+  assert rows(a) == rows(b)
 
 
 def test_packed_members_equal_their_points_alone(data, tmp_path):
-  alone = [_point(p, data)() for p in POINTS]
-  rv = packing.Rendezvous(str(tmp_path / "packed"))
-  packed = rv.run([_point(p, data, str(tmp_path / f"p{i}")) for i, p in enumerate(POINTS)])
+  alone = [_runner(p, data) for p in POINTS]
+  programs = []
+  packed = packing.run_lockstep(
+      [_runner.steps(p, data, str(tmp_path / f"p{i}")) for i, p in enumerate(POINTS)],
+      str(tmp_path / "packed"), programs)
   assert all(err is None for _, err in packed), [err for _, err in packed]
-  assert rv.programs == [6], "the three points x 2 seeds must run as ONE program"
+  assert programs == [6, 6], "each phase of the three points x 2 seeds must run as ONE program"
   for a, (b, _) in zip(alone, packed):
-    _assert_same(a, b)
+    _assert_same(a[0], b[0])
+    _assert_same(a[1], b[1])
   # Each point's metrics went to its own workdir; the points differ (their lrs differ).
-  assert not np.array_equal(packed[0][0].params["head"]["kernel"], packed[1][0].params["head"]["kernel"])
+  assert not np.array_equal(packed[0][0][1].params["head"]["kernel"],
+                            packed[1][0][1].params["head"]["kernel"])
   rows = [r for r in open(tmp_path / "p1" / "metrics.jsonl")]
-  assert len(rows) == 2 * 2   # 2 seeds x 2 log steps (8 steps: 64/16 x 2 epochs, logged every 4)
+  assert len(rows) == 2 * 2 * 2   # 2 phases x 2 seeds x 2 log steps (8 steps, logged every 4)
+  # The packed state is in folders of its own, one per phase, never in a point's workdir.
+  assert sorted(n.split("_")[0] for n in os.listdir(tmp_path / "packed")) == ["second", "train"]
+  assert not any(n.endswith("_state") for i in range(3) for n in os.listdir(tmp_path / f"p{i}"))
 
 
 def test_incompatible_points_run_as_separate_programs(data):
   other = dict(cfg=dict(batch_size=32), model=dict(init_scale=1.0), label_seed=0)
-  rv = packing.Rendezvous(None)
-  out = rv.run([_point(POINTS[0], data), _point(other, data)])
+  programs = []
+  out = packing.run_lockstep([_runner.steps(POINTS[0], data), _runner.steps(other, data)],
+                             None, programs)
   assert [err for _, err in out] == [None, None]
-  assert rv.programs == [2, 2]
-  _assert_same(out[1][0], _point(other, data)())
+  assert programs == [2, 2, 2, 2]
+  _assert_same(out[1][0][1], _runner(other, data)[1])
 
 
-def test_packed_run_resumes_from_its_checkpoint(data, tmp_path):
-  fns = lambda: [_point(p, data, str(tmp_path / f"p{i}")) for i, p in enumerate(POINTS)]
-  first = packing.Rendezvous(str(tmp_path / "packed")).run(fns())
-  rv = packing.Rendezvous(str(tmp_path / "packed"))
-  again = rv.run(fns())
-  for (a, _), (b, _) in zip(first, again):
-    _assert_same(a, b)
-    assert len(b.metrics) == len(a.metrics)
+def test_packed_run_resumes_after_a_crash(data, tmp_path):
+  """A packed group stopped after its first phase (its state checkpointed at step 4 of 8) and
+  rerun resumes from that checkpoint and ends where the uninterrupted packed run ends."""
+  wds = [str(tmp_path / f"p{i}") for i in range(len(POINTS))]
+
+  @train.driven
+  def crashing(p, wd):
+    cfg = _cfg(**p["cfg"], num_epochs=1)
+    model = models.DenseNet(widths=(8,), num_classes=3, **p["model"])
+    yield train.call(model, cfg, data, seeds.random_labels(p["label_seed"], seeds.seed_ids(cfg),
+                                                           len(data), 3), workdir=wd)
+    raise errors.NumericalError("crash")
+
+  first = packing.run_lockstep([crashing.steps(p, wd) for p, wd in zip(POINTS, wds)],
+                               str(tmp_path / "packed"))
+  assert all(isinstance(err, errors.NumericalError) for _, err in first)
+  with flops.Ledger() as ledger:
+    again = packing.run_lockstep([_runner.steps(p, data, wd) for p, wd in zip(POINTS, wds)],
+                                 str(tmp_path / "packed"))
+  # The first phase resumed at step 4 of 8 in every point (one record per point's call).
+  assert [(r["name"], r["steps"]) for r in ledger.records] == [("train", 4)] * 3 + [("second", 8)] * 3
+  whole = packing.run_lockstep([_runner.steps(p, data, str(tmp_path / f"w{i}"))
+                                for i, p in enumerate(POINTS)], str(tmp_path / "packed_w"))
+  for (a, err), (b, _) in zip(again, whole):
+    assert err is None
+    _assert_same(a[0], b[0])
+    _assert_same(a[1], b[1])
 
 
-def test_compatible_checks_program_fields():
+def test_a_failed_program_raises_inside_its_runner_and_the_others_go_on(data):
+  @train.driven
+  def bad_init(p):
+    cfg = _cfg(**p["cfg"])
+    wrong = {"dense_0": {"kernel": np.zeros((2, 99, 8), np.float32)}}   # not the model's shapes
+    try:
+      yield train.call(models.DenseNet(widths=(8,), num_classes=3), cfg, data,
+                       np.zeros(len(data), np.int32), init_params=wrong)
+    except Exception as e:  # pylint: disable=broad-except
+      return f"caught {type(e).__name__}"
+
+  out = packing.run_lockstep([_runner.steps(POINTS[0], data), bad_init.steps(POINTS[1]),
+                              _runner.steps(POINTS[2], data)])
+  value, err = out[1]
+  assert err is None and value.startswith("caught "), out[1]
+  assert out[0][1] is None and out[2][1] is None
+  _assert_same(out[2][0][1], _runner(POINTS[2], data)[1])
+
+
+def test_host_fed_calls_run_apart_each_with_its_own_data_order(caplog):
+  src = data_lib.source("photos", n=64, size=8, seed=0)
+  mean, std = data_lib.channel_stats(src)
+
+  @train.driven
+  def fed(seed):
+    cfg = _cfg(seed=seed)
+    feed = pipeline.HostFeed(src, seed_ids=seeds.seed_ids(cfg), data_seed=seed, batch_size=16,
+                             mean=mean, std=std, labels=pipeline.RandomLabels(1, 4))
+    return (yield train.call(models.DenseNet(widths=(8,), num_classes=4), cfg, feed, None))
+
+  programs = []
+  with caplog.at_level(logging.INFO):
+    out = packing.run_lockstep([fed.steps(1), fed.steps(2)], None, programs)
+  assert programs == [2, 2]
+  said = [r.getMessage() for r in caplog.records if "host-fed" in r.getMessage()]
+  assert len(said) == 1 and "2 host-fed call(s) of 2 run apart" in said[0], said
+  for seed, (res, err) in zip((1, 2), out):
+    assert err is None
+    for pa, pb in zip(jax.tree.leaves(res.params), jax.tree.leaves(fed(seed).params)):
+      np.testing.assert_array_equal(pa, pb)
+  calls = [fed.steps(s).send(None) for s in (1, 2)]
+  with pytest.raises(ValueError, match="host-fed calls cannot be packed"):
+    train.run_calls(calls)
+
+
+def test_several_calls_with_workdirs_need_a_packed_dir(data, tmp_path):
+  calls = [_runner.steps(p, data, str(tmp_path / f"p{i}")).send(None)
+           for i, p in enumerate(POINTS[:2])]
+  with pytest.raises(ValueError, match="need a packed_dir"):
+    train.run_calls(calls)
+  assert not os.path.exists(tmp_path / "p0" / "train_state")
+
+
+def test_one_list_of_packable_fields_matches_the_engine_and_the_models():
+  """sweep.PACKABLE is the one list; the engine-config fields in it are the per-member ones."""
+  per_member = set(seeds.MEMBER_HPARAMS) | {"seed", "seed_offset", "num_seeds"}
+  engine_fields = set(engine_config.default_config().keys())
+  assert set(sweep.PACKABLE) & engine_fields == per_member
   m = models.DenseNet(widths=(8,), num_classes=3)
   assert packing.program_model(m) == packing.program_model(m.clone(init_scale=0.3))
   assert packing.program_model(m) != packing.program_model(m.clone(widths=(9,)))
+  assert sweep.packable("model.init_scale") and not sweep.packable("model.widths")
+  assert not sweep.packable("data.kwargs.seed")   # the data's seed changes x

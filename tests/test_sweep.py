@@ -43,6 +43,13 @@ def test_packed_sweep_runs_one_program_and_writes_the_documented_files(packed):
     acc = p["summary"]["right/train_accuracy"]
     assert 0 <= acc["mean"] <= 1 and acc["std"] is not None
   assert (wd / "sweep.csv").read_text().count("\n") == 5
+  # The group's packed state has a folder of its own (all swept fields pack: one group, "all").
+  assert os.listdir(wd / "packed") == ["all"] and len(os.listdir(wd / "packed" / "all")) == 1
+  for p in out["points"]:
+    assert not os.path.exists(wd / p["workdir"] / "right" / "train_state")
+    # Each point's run.json counts its own calls' steps only: 8 steps x 2 seeds.
+    calls = json.load(open(wd / p["workdir"] / "run.json"))["accounting"]["calls"]
+    assert calls == {"train": {"calls": 1, "flops": calls["train"]["flops"], "model_steps": 16}}
   for f in ("sweep_train.learning_rate.png", "sweep_train.seed.png"):
     assert (wd / f).stat().st_size > 1000
 

@@ -12,11 +12,16 @@ from rl_align.engine import core
 
 
 def state_dir(workdirs, name: str, packed_dir: str | None) -> str | None:
-  """Where the orbax state lives: WORKDIR/<name>_state for a single call (as always), a folder of
-  the packing's own directory named after the packed workdirs for several."""
-  if len(workdirs) == 1 or packed_dir is None:
-    wd = workdirs[0]
-    return os.path.abspath(os.path.join(wd, f"{name}_state")) if wd else None
+  """Where the orbax state lives: WORKDIR/<name>_state for a single call (as always); for a
+  packed program of several calls, a folder of its own in `packed_dir`, named after the phase and
+  the calls' workdirs (so a rerun of the same group finds it).  None without workdirs."""
+  if not any(workdirs):
+    return None
+  if len(workdirs) == 1:
+    return os.path.abspath(os.path.join(workdirs[0], f"{name}_state"))
+  if packed_dir is None:
+    raise ValueError(f"{name}: {len(workdirs)} packed calls with workdirs need a packed_dir for "
+                     "their state. Fix: pass packed_dir (a sweep passes WORKDIR/packed).")
   tag = hashlib.sha1(json.dumps(list(workdirs)).encode()).hexdigest()[:12]
   return os.path.abspath(os.path.join(packed_dir, f"{name}_{tag}"))
 

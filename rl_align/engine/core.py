@@ -9,7 +9,6 @@ permutation) and host-fed buffers.  `Engine` lifts them over the members with th
 import collections
 import functools
 import json
-import threading
 from typing import Any, NamedTuple
 
 import jax
@@ -301,7 +300,6 @@ class Engine:
 
 
 _ENGINES: "collections.OrderedDict[tuple, Engine]" = collections.OrderedDict()
-_ENGINES_LOCK = threading.Lock()
 ENGINE_CACHE_SIZE = 4
 
 
@@ -317,14 +315,11 @@ def cached_engine(model, cfg, x_shape, n_members, probe_fn=None, with_decay=None
     hash(key)
   except TypeError:   # an unhashable model or probe: no reuse
     return Engine(model, cfg, x_shape, n_members, probe_fn, with_decay)
-  with _ENGINES_LOCK:
-    eng = _ENGINES.get(key)
-    if eng is not None:
-      _ENGINES.move_to_end(key)
-      return eng
-  eng = Engine(model, cfg, x_shape, n_members, probe_fn, with_decay)
-  with _ENGINES_LOCK:
-    _ENGINES[key] = eng
-    while len(_ENGINES) > ENGINE_CACHE_SIZE:
-      _ENGINES.popitem(last=False)
+  eng = _ENGINES.get(key)
+  if eng is not None:
+    _ENGINES.move_to_end(key)
+    return eng
+  eng = _ENGINES[key] = Engine(model, cfg, x_shape, n_members, probe_fn, with_decay)
+  while len(_ENGINES) > ENGINE_CACHE_SIZE:
+    _ENGINES.popitem(last=False)
   return eng

@@ -1,8 +1,7 @@
 """Figures of the experiments, with one convention.
 
 Every plot function draws on its own `matplotlib.figure.Figure` (never pyplot, no global backend
-switch, nothing to close), writes it to `path` and returns the path, so runners may draw from
-several threads at once::
+switch, nothing to close), writes it to `path` and returns the path::
 
     from rl_align.plots import eigenmap as eigenmap_plots
     eigenmap_plots.plot_panels([res], ["right"], [None], "/tmp/f.png")
@@ -12,15 +11,10 @@ Modules: `eigenmap` (Figs 2, 4, 20), `filters` (Fig 3), `transfer` (Figs 1, 5), 
 """
 import io
 import os
-import threading
 
 from matplotlib.figure import Figure
 
 from rl_align import results
-
-# matplotlib's text layout (mathtext's parser, the font cache) is not thread-safe: every figure is
-# laid out and rendered under this lock, so runners may still draw from several threads.
-_RENDER = threading.RLock()
 
 
 def figure(**kw) -> Figure:
@@ -29,22 +23,20 @@ def figure(**kw) -> Figure:
 
 
 def png_bytes(fig: Figure) -> bytes:
-  """fig laid out (tight) and rendered as PNG bytes at its own dpi, under the render lock."""
+  """fig laid out (tight) and rendered as PNG bytes at its own dpi."""
   buf = io.BytesIO()
-  with _RENDER:
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=fig.dpi)
+  fig.tight_layout()
+  fig.savefig(buf, format="png", dpi=fig.dpi)
   return buf.getvalue()
 
 
 def save(fig: Figure, path: str, dpi: int = 110) -> str:
   """Lays fig out (tight, unless it has a layout engine), writes it to path (creating its folder);
-  returns path.  Layout and rendering hold a process-wide lock (thread safety)."""
+  returns path."""
   if not results.writes_here():   # process 0 alone draws (multi-process runs)
     return path
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with _RENDER:
-    if fig.get_layout_engine() is None:
-      fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+  if fig.get_layout_engine() is None:
+    fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
   return path

@@ -6,4 +6,8 @@ pieces they share.  The pure analysis they call lives in the library modules of 
 
     from rl_align.runners import transfer
     out = transfer.run(config, workdir)
+
+A runner is a generator of its engine calls (`res = yield train.call(...)`, decorated with
+`train.driven`): `transfer.run(...)` runs it alone, `transfer.run.steps(...)` is the generator a
+sweep advances in lockstep with its other points to pack their calls (`rl_align.packing`).
 """

@@ -13,14 +13,14 @@ check.
     steps, acc = common.accuracy_curve(model, init, res, x, y, phase="downstream")
     out = common.resume(folder, "downstream_scratch", lambda: {...})   # computed once, then read back
 
-Nothing here holds state between calls (runners may run in several threads at once).
+Nothing here holds state between calls.
 """
 import copy
 import dataclasses
 import functools
 import json
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Generator, Mapping
 
 from absl import logging
 import flax
@@ -388,14 +388,34 @@ def resume(folder: str, name: str, compute: Callable[[], Any], *, with_arrays: b
   With with_arrays, compute returns (summary, {key: array}); the arrays go to folder/<name>.npz and
   the call returns (summary, arrays).
   """
+  done = _finished(folder, name, with_arrays)
+  return done if done is not None else _store(folder, name, compute(), with_arrays)
+
+
+def resume_steps(folder: str, name: str, compute: Callable[[], Generator], *,
+                 with_arrays: bool = False) -> Generator:
+  """`resume` of a phase whose compute is a generator function of train calls (`train.driven`):
+  ``out = yield from common.resume_steps(folder, name, compute)``."""
+  done = _finished(folder, name, with_arrays)
+  return done if done is not None else _store(folder, name, (yield from compute()), with_arrays)
+
+
+def _finished(folder: str, name: str, with_arrays: bool):
+  """What `resume` returns for a finished phase; None when it has not finished."""
   done = results.read_json(folder, f"{name}.json")
-  arrays = results.read_npz(folder, f"{name}.npz") if with_arrays else None
-  if done is None or (with_arrays and arrays is None):
-    summary, arrays = compute() if with_arrays else (compute(), None)
-    if with_arrays:
-      results.write_npz(folder, f"{name}.npz", arrays)
-    done = jsonable(summary)
-    results.write_json(folder, f"{name}.json", done)
+  if not with_arrays:
+    return done
+  arrays = results.read_npz(folder, f"{name}.npz")
+  return None if done is None or arrays is None else (done, arrays)
+
+
+def _store(folder: str, name: str, value, with_arrays: bool):
+  """Writes a phase's computed value (arrays first, the summary last) and returns it as read back."""
+  summary, arrays = value if with_arrays else (value, None)
+  if with_arrays:
+    results.write_npz(folder, f"{name}.npz", arrays)
+  done = jsonable(summary)
+  results.write_json(folder, f"{name}.json", done)
   return (done, arrays) if with_arrays else done
 
 

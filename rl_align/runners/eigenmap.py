@@ -10,7 +10,7 @@ The analysis is `rl_align.eigenmap` (summarize, early_time_fit, shape_checks).
 import copy
 import os
 import time
-from typing import Any
+from typing import Any, Generator
 
 import ml_collections
 import numpy as np
@@ -80,14 +80,16 @@ def write_f_tensorboard(workdir: str, res: train.TrainResult, out: dict[str, Any
     tensorboard.write_f(workdir, "train", res.seed_ids, step, steps[step], out["sigma"])
 
 
-def run(config, workdir: str) -> dict[str, Any]:
-  """Trains the seeds, analyses final weights and snapshots, writes results.json/arrays.npz/plots."""
+@train.driven
+def run(config, workdir: str) -> Generator:
+  """Trains the seeds, analyses final weights and snapshots, writes results.json/arrays.npz/plots;
+  returns the results dict (`run.steps`: the generator of its train call, `train.driven`)."""
   t0 = time.time()
   data = common.load_data(config, workdir)
   lam, V = data_eigenbasis(config, data.parts["train"])
   x, labels = common.train_inputs(data, "train", config.train, common.make_labels(config, data))
   model = models.build(config.model)
-  res = train.train(model, config.train, x, labels, workdir=workdir, name="train")
+  res = yield train.call(model, config.train, x, labels, workdir=workdir, name="train")
   out = analyse(config, res, lam, V)
   write_f_tensorboard(workdir, res, out)
   out["num_train_examples"] = data.sizes["train"]
@@ -118,13 +120,15 @@ def panel_config(config, name: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(base)
 
 
-def run_panels(config, workdir: str, f_figure: str | None = None) -> dict[str, Any]:
+@train.driven
+def run_panels(config, workdir: str, f_figure: str | None = None) -> Generator:
   """Runs every panel of config.panels in workdir/<panel>/ and draws their f curves in one figure
-  (workdir/<f_figure or config.figure_name>)."""
-  return _run_panels(config, workdir, f_figure)[0]
+  (workdir/<f_figure or config.figure_name>); returns the summary dict."""
+  return (yield from _run_panels(config, workdir, f_figure))[0]
 
 
-def _run_panels(config, workdir: str, f_figure: str | None) -> tuple[dict[str, Any], list]:
+def _run_panels(config, workdir: str, f_figure: str | None) -> Generator:
+  """(summary, each panel's results) of `run_panels`, as a generator of train calls."""
   if not config.get("panels"):
     raise errors.ConfigError(
         "config.panels is empty: nothing to run. Fix: pick a panel, e.g. fig20.py:right or :all.")
@@ -132,7 +136,7 @@ def _run_panels(config, workdir: str, f_figure: str | None) -> tuple[dict[str, A
   for name in config.panels:
     pcfg = panel_config(config, name)
     pdir = common.subdir(workdir, name, pcfg)
-    out = run(pcfg, pdir)
+    out = yield from run.steps(pcfg, pdir)
     d = len(out["eigenvalues"])
     summary[name] = {"checks": lib.shape_checks(out, d, pcfg.get("paper_reference")),
                      "train_accuracy": out["train_accuracy"], "num_seeds": out["num_seeds"],
@@ -150,9 +154,10 @@ def _run_panels(config, workdir: str, f_figure: str | None) -> tuple[dict[str, A
   return summary, outs
 
 
-def run_misalignment(config, workdir: str) -> dict[str, Any]:
+@train.driven
+def run_misalignment(config, workdir: str) -> Generator:
   """Fig 2: run the panels, then draw misalignment over training for all of them in one figure."""
-  summary, outs = _run_panels(config, workdir, f_figure="f_panels.png")
+  summary, outs = yield from _run_panels(config, workdir, f_figure="f_panels.png")
   runs = {name: common.jsonable(out["snapshots"]) for name, out in zip(config.panels, outs)}
   summary["misalignment_figure"] = plots.plot_misalignment(
       runs, os.path.join(workdir, config.get("figure_name", "misalignment.png")))

@@ -9,7 +9,7 @@ The analysis is `rl_align.filters.compare_eigenvectors`.
 """
 import os
 import time
-from typing import Any
+from typing import Generator
 
 from rl_align import covariance
 from rl_align import curves
@@ -27,8 +27,10 @@ _KEYS = ("subspace_overlap", "random_baseline", "principal_cosines_top10", "over
          "eigenvalues_w")
 
 
-def run(config, workdir: str) -> dict[str, Any]:
-  """Trains config.train.num_seeds seeds, pools first-layer filters, compares eigenvectors."""
+@train.driven
+def run(config, workdir: str) -> Generator:
+  """Trains config.train.num_seeds seeds, pools first-layer filters, compares eigenvectors;
+  returns the results dict (`run.steps`: the generator of its train call, `train.driven`)."""
   t0 = time.time()
   data = common.load_data(config, workdir)
   k = int(config.analysis.patch_size)
@@ -36,7 +38,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   _, cov_x = covariance.patch_covariance(common.batches(part, eigenmap.PATCH_BATCH), k,
                                          eigenmap.PATCH_BATCH)
   x, labels = common.train_inputs(data, "train", config.train, common.make_labels(config, data))
-  res = train.train(models.build(config.model), config.train, x, labels, workdir=workdir)
+  res = yield train.call(models.build(config.model), config.train, x, labels, workdir=workdir)
   kernels = models.first_layer_kernel(res.params)
   if kernels.shape[1:3] != (k, k):
     raise errors.ConfigError(

@@ -11,7 +11,7 @@ workdir/w=<width>_lr=<lr>/points.json, an unfinished one resumes from its engine
 import itertools
 import os
 import time
-from typing import Any
+from typing import Generator
 
 from absl import logging
 import jax
@@ -60,7 +60,7 @@ def _cell_models(config, width: int, ks, n_real: int):
   return up_model, models.build(mcfg)
 
 
-def _upstream(config, workdir: str, lr: float, data, up_model, probe, ks, lengths) -> dict:
+def _upstream(config, workdir: str, lr: float, data, up_model, probe, ks, lengths) -> Generator:
   """K groups of ns seeds, labels of group g in [0, K_g); snapshots at 0 and every L."""
   ns, root, n = int(config.train.num_seeds), int(config.train.seed), data.sizes["upstream"]
   ucfg = _phase_config(config, lr, lengths[-1], config.upstream.eval_every_steps, len(ks) * ns,
@@ -69,8 +69,8 @@ def _upstream(config, workdir: str, lr: float, data, up_model, probe, ks, length
   ids_up = seeds.seed_ids(ucfg)
   labels = common.random_labels(data, "upstream", root, ids_up, np.repeat(ks, ns))
   x_up, labels = common.train_inputs(data, "upstream", ucfg, labels)
-  up = train.train(up_model, ucfg, x_up, labels, workdir=workdir, snapshot_fn=common.flatten,
-                   probe_fn=probe, name="upstream")
+  up = yield train.call(up_model, ucfg, x_up, labels, workdir=workdir, snapshot_fn=common.flatten,
+                        probe_fn=probe, name="upstream")
   up_steps, c = curves.from_metrics(up.metrics, ["train_accuracy"], seeds=ids_up)
   return {"res": up, "ids": ids_up, "steps": up_steps, "acc": c["train_accuracy"],
           "snaps": {step: common.unflatten(s) for step, s in up.snapshots.items()},
@@ -90,7 +90,7 @@ def _start_activity(down_model, snaps, fresh, init, s_up: int, probe_x, layers):
 
 
 def _downstream(config, workdir: str, lr: float, data, down_model, probe, layers,
-                up: dict) -> dict:
+                up: dict) -> Generator:
   """Every arm and the scratch seeds in one run, all from their downstream inits."""
   dn, ns, root = config.downstream, int(config.train.num_seeds), int(config.train.seed)
   part = data.parts["downstream"]
@@ -107,8 +107,8 @@ def _downstream(config, workdir: str, lr: float, data, down_model, probe, layers
                                        common.real_labels(data, "downstream"))
   up_act0, act0 = _start_activity(down_model, up["snaps"], fresh, init, len(up["ids"]), probe_x,
                                   layers)
-  down = train.train(down_model, dcfg, x_down, y_down, workdir=workdir, init_params=init,
-                     probe_fn=probe, name="downstream")
+  down = yield train.call(down_model, dcfg, x_down, y_down, workdir=workdir, init_params=init,
+                          probe_fn=probe, name="downstream")
   d_steps, d_acc = common.accuracy_curve(down_model, init, down,
                                          *common.head(part, dcfg.train_eval_examples),
                                          phase="downstream")
@@ -154,7 +154,8 @@ def _point(config, width: int, lr: float, ks, b: int, block, up: dict, dw: dict,
   return point
 
 
-def run_cell(config, workdir: str, width: int, lr: float, data) -> dict[str, Any]:
+@train.driven
+def run_cell(config, workdir: str, width: int, lr: float, data) -> Generator:
   """Upstream (all K and L) + downstream (all arms) for one (width, lr) on `common.Data` data;
   returns its points."""
   sw, ns = config.sweep, int(config.train.num_seeds)
@@ -164,8 +165,8 @@ def run_cell(config, workdir: str, width: int, lr: float, data) -> dict[str, Any
   layers = list(config.get("activity_layers") or []) or None
   probe_x = common.head(data.parts["downstream"], int(config.probe_examples))[0]
   probe = activity.make_probe_fn(probe_x, layers=layers)
-  up = _upstream(config, workdir, lr, data, up_model, probe, ks, lengths)
-  dw = _downstream(config, workdir, lr, data, down_model, probe, layers, up)
+  up = yield from _upstream(config, workdir, lr, data, up_model, probe, ks, lengths)
+  dw = yield from _downstream(config, workdir, lr, data, down_model, probe, layers, up)
   ok0 = ~dw["res"].diverged[:ns]
   scratch_act = {layer: lib.seed_summary(dw["act"][layer], np.arange(ns)[ok0], dw["steps"])
                  for layer in dw["act"]} if ok0.any() else {}
@@ -176,8 +177,10 @@ def run_cell(config, workdir: str, width: int, lr: float, data) -> dict[str, Any
   return out
 
 
-def run(config, workdir: str) -> dict[str, Any]:
-  """Runs every (width, lr) cell (resuming finished ones from workdir), writes results.json + plots.
+@train.driven
+def run(config, workdir: str) -> Generator:
+  """Runs every (width, lr) cell (resuming finished ones from workdir), writes results.json + plots;
+  returns the results dict (`run.steps`: the generator of its train calls, `train.driven`).
 
   results.json (seed-mean curves over the finished seeds; "steps" of `activity` are global:
   upstream 0..L, then L + the downstream steps, so the switch is at `switch_step` = L)::
@@ -218,11 +221,11 @@ def run(config, workdir: str) -> dict[str, Any]:
       os.makedirs(cell, exist_ok=True)
       logging.info("specialization: cell width=%s lr=%g", width, lr)
       tc = time.time()
-      done = run_cell(config, cell, int(width), float(lr), data)
+      done = yield from run_cell.steps(config, cell, int(width), float(lr), data)
       for p in done.values():
         p["cell_runtime_s"] = time.time() - tc
       return done
-    points.update(common.resume(cell, "points", compute))
+    points.update((yield from common.resume_steps(cell, "points", compute)))
   layers = models.sort_layers({l for p in points.values() for l in p.get("activity", {})})
   later_from = int(config.get("later_layers_from", -1))
   later_from = int(sw.width_from) if later_from < 0 else later_from

@@ -22,7 +22,7 @@ workdir/phases/, so rerunning resumes and a finished run is only re-summarized.
 import copy
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Generator, Mapping
 
 from absl import logging
 import ml_collections
@@ -74,9 +74,12 @@ def _phase_config(config, phase, seed: int):
   return common.engine_config(config, seed, **{k: phase.get(k) for k in PHASE_FIELDS})
 
 
-def run_upstream(config, workdir: str, data, name: str = "upstream") -> dict[str, Any]:
-  """Trains the upstream seeds on K random labels (data: `load_data`'s); returns {init, params (flat, [S, ...]),
-  train_accuracy [S], diverged [S], steps, curve [S, T], ...}; a finished phase is read back."""
+@train.driven
+def run_upstream(config, workdir: str, data, name: str = "upstream") -> Generator:
+  """Trains the upstream seeds on K random labels (data: `load_data`'s); returns {init, params
+  (flat, [S, ...]), train_accuracy [S], diverged [S], steps, curve [S, T], ...}; a finished phase
+  is read back.
+  `run_upstream.steps`: the generator of its train call (`train.driven`)."""
   folder = os.path.join(workdir, PHASES)
 
   def compute():
@@ -88,8 +91,8 @@ def run_upstream(config, workdir: str, data, name: str = "upstream") -> dict[str
     ids = seeds.seed_ids(cfg)
     labels = common.random_labels(data["data"], "upstream", int(uc.label_seed), ids, k)
     x, labels = common.train_inputs(data["data"], "upstream", cfg, labels)
-    res = train.train(_model(config, k), cfg, x, labels, workdir=workdir,
-                      snapshot_fn=common.flatten, name=name)
+    res = yield train.call(_model(config, k), cfg, x, labels, workdir=workdir,
+                           snapshot_fn=common.flatten, name=name)
     steps, c = curves.from_metrics(res.metrics, ["train_accuracy"], seeds=ids, phase=name)
     acc = c["train_accuracy"]
     final = np.asarray(res.final_metrics.get("train_accuracy", acc[:, -1] if acc.size else np.nan))
@@ -111,7 +114,7 @@ def run_upstream(config, workdir: str, data, name: str = "upstream") -> dict[str
               **{f"final/{k}": v for k, v in common.flatten(res.params).items()}}
     return out, arrays
 
-  out, arrays = common.resume(folder, name, compute, with_arrays=True)
+  out, arrays = yield from common.resume_steps(folder, name, compute, with_arrays=True)
   out["init"] = {k[5:]: v for k, v in arrays.items() if k.startswith("init/")}
   out["params"] = {k[6:]: v for k, v in arrays.items() if k.startswith("final/")}
   return out
@@ -161,7 +164,8 @@ def _downstream_input(config, data, cfg):
   return common.train_inputs(d, "downstream", cfg, labels)
 
 
-def run_arm(config, workdir: str, arm: str, ctx: lib.ArmContext, data, up) -> dict[str, Any]:
+@train.driven
+def run_arm(config, workdir: str, arm: str, ctx: lib.ArmContext, data, up) -> Generator:
   """One downstream arm: num_seeds seeds through the engine; returns its results entry."""
   name = f"downstream_{arm}"
 
@@ -171,7 +175,7 @@ def run_arm(config, workdir: str, arm: str, ctx: lib.ArmContext, data, up) -> di
     cfg = _phase_config(config, dc, int(dc.seed))
     x, y = _downstream_input(config, data, cfg)
     init = init_lib.stack(ctx.build(arm))
-    res = train.train(ctx.model, cfg, x, y, workdir=workdir, init_params=init, name=name)
+    res = yield train.call(ctx.model, cfg, x, y, workdir=workdir, init_params=init, name=name)
     if isinstance(x, pipeline.HostFeed):
       xe, ye = x.head(int(cfg.train_eval_examples))
     else:
@@ -183,11 +187,14 @@ def run_arm(config, workdir: str, arm: str, ctx: lib.ArmContext, data, up) -> di
     out = lib.arm_summary(acc, test, res.diverged, up["diverged"] if carried else None)
     return {"iterations": steps, **out, "runtime_s": time.time() - t0}
 
-  return common.resume(os.path.join(workdir, PHASES), name, compute)
+  return (yield from common.resume_steps(os.path.join(workdir, PHASES), name, compute))
 
 
-def run(config, workdir: str) -> dict[str, Any]:
-  """Upstream, every arm downstream, summary; writes results.json, arrays.npz and the figure."""
+@train.driven
+def run(config, workdir: str) -> Generator:
+  """Upstream, every arm downstream, summary; writes results.json, arrays.npz and the figure.
+  `run.steps`: the generator of its train calls (`train.driven`).  The f_only arm's separate
+  upstream run (config.f_only.source="data") is made inside the arm's init and runs alone."""
   t0 = time.time()
   arms_list = lib.check_arms(config.arms)
   data = load_data(config, workdir)
@@ -196,7 +203,7 @@ def run(config, workdir: str) -> dict[str, Any]:
       config.downstream.num_random_classes)
   model_down = _model(config, dn)
   needs_upstream = any(lib.uses_upstream(a, config) for a in arms_list)
-  up = run_upstream(config, workdir, data) if needs_upstream else None
+  up = (yield from run_upstream.steps(config, workdir, data)) if needs_upstream else None
   pre = common.unflatten(up["params"]) if up else {}
   pre_init = common.unflatten(up["init"]) if up else {}
   ctx = lib.ArmContext(config, model_down, model_up, pre, pre_init, data["x_up"], data["x_down"],
@@ -205,7 +212,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   arms = {}
   for arm in arms_list:
     logging.info("transfer: arm %s", arm)
-    arms[arm] = run_arm(config, workdir, arm, ctx, data, up)
+    arms[arm] = yield from run_arm.steps(config, workdir, arm, ctx, data, up)
   thresholds = [float(t) for t in config.speedup_thresholds]
   out = {"arms": arms,
          "upstream": None if up is None else {
