@@ -123,3 +123,14 @@ def test_expand_and_group_are_pure_and_typed():
   assert sorted(len(g) for g in groups) == [2, 2, 2, 2]
   assert sweep.group_points(points, packing=False) == [[i] for i in range(8)]
   assert sweep.task_share(5, 1, 2) == [1, 3]
+
+
+def test_plot_field_places_tuple_values_by_their_repr(tmp_path):
+  """A swept tuple field (e.g. sweep.learning_rates=(0.01,),(0.02,)) comes back from JSON as lists:
+  the figure is still drawn, one x position per value."""
+  from rl_align.plots import sweep as sweep_plots  # pylint: disable=g-import-not-at-top
+  rows = [{"fields": {"sweep.learning_rates": [lr]}, "summary": {"gain": {"mean": g, "std": 0.1}}}
+          for lr, g in ((0.01, 1.5), (0.02, 1.2))]
+  path = sweep_plots.plot_field(rows, "sweep.learning_rates", str(tmp_path / "lr.png"))
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"

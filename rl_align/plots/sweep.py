@@ -24,7 +24,8 @@ def plot_field(rows: Sequence[Mapping[str, Any]], field: str, path: str) -> str:
   fig = plots.figure(figsize=(3.4 * cols, 2.6 * nrows), layout="constrained")
   axes = fig.subplots(nrows, cols, squeeze=False).ravel()
   numeric = all(_num(r["fields"][field]) is not None for r in rows)
-  xs_all = sorted({r["fields"][field] for r in rows}, key=repr) if not numeric else None
+  # Non-numeric values (strings, tuples; JSON gives lists) are placed by their repr.
+  xs_all = sorted({repr(r["fields"][field]) for r in rows}) if not numeric else None
   lines: dict[str, list[Mapping[str, Any]]] = {}
   for r in rows:
     rest = ", ".join(f"{k}={v}" for k, v in r["fields"].items() if k != field)
@@ -35,7 +36,7 @@ def plot_field(rows: Sequence[Mapping[str, Any]], field: str, path: str) -> str:
       pts = [(r["fields"][field], r["summary"].get(name)) for r in rs if r["summary"].get(name)]
       if not pts:
         continue
-      x = [p[0] if numeric else xs_all.index(p[0]) for p in pts]
+      x = [p[0] if numeric else xs_all.index(repr(p[0])) for p in pts]
       y = [p[1]["mean"] for p in pts]
       err = [p[1]["std"] or 0.0 for p in pts]
       ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, label=label or None)
@@ -46,7 +47,7 @@ def plot_field(rows: Sequence[Mapping[str, Any]], field: str, path: str) -> str:
       if max(vals) / min(vals) >= 20:
         ax.set_xscale("log")
     if not numeric:
-      ax.set_xticks(range(len(xs_all)), [str(v) for v in xs_all], fontsize=7)
+      ax.set_xticks(range(len(xs_all)), xs_all, fontsize=7)
     ax.tick_params(labelsize=7)
   for ax in axes[len(names):]:
     ax.set_visible(False)
