@@ -9,7 +9,8 @@ Scalars: every numeric field of a metrics.jsonl row (loss, batch_accuracy, <eval
 <eval>_accuracy, probe/*, epoch, alive) at the row's step (`write_rows`, called where the engine
 appends its rows, `rl_align.engine.records`).  The eigenvalue-map runner adds, per snapshot step,
 f of every eigen-direction as scalars `f/sigma_<i>` (i = 0 is the largest eigenvalue; at most 64
-log-spaced directions when d > 64) and the curve f(sigma) as an image `f_of_sigma` (`write_f`).
+log-spaced directions when d > 64) and, at up to 5 of the snapshot steps (`image_steps`), the curve
+f(sigma) as an image `f_of_sigma` (`write_f`).
 
 Writing: tensorboardX's synchronous `EventsWriter` (no thread, no queue), one file per run per
 process, kept open (at most `MAX_OPEN`; the least recently used is closed) and flushed after every
@@ -35,6 +36,7 @@ from rl_align import results
 FOLDER = "tensorboard"
 MAX_OPEN = 64          # event files kept open per process (a sweep can have many runs)
 MAX_F_SCALARS = 64     # f/sigma_<i> scalars per snapshot (log-spaced directions beyond)
+MAX_F_IMAGES = 5       # f(sigma) images per member (`image_steps`): each is a matplotlib render
 _NOT_SCALARS = ("phase", "step", "seed")
 
 _writers: "collections.OrderedDict[str, EventsWriter]" = collections.OrderedDict()
@@ -108,6 +110,16 @@ def f_directions(d: int) -> np.ndarray:
   if d <= MAX_F_SCALARS:
     return np.arange(d)
   return np.unique(np.round(np.geomspace(1, d, MAX_F_SCALARS)).astype(int) - 1)
+
+
+def image_steps(steps: Sequence[int], n: int = MAX_F_IMAGES) -> list[int]:
+  """The snapshot steps that also get the image f_of_sigma: the first, the last and evenly spaced
+  ones between, at most n.  Rendering a PNG per member per snapshot took most of a tiny Fig 20
+  run's time (cProfile: 62%); the scalars f/sigma_<i> keep every snapshot."""
+  steps = sorted(steps)
+  if len(steps) <= n:
+    return steps
+  return [steps[int(round(i))] for i in np.linspace(0, len(steps) - 1, n)]
 
 
 def f_tag(i: int, d: int) -> str:

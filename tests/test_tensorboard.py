@@ -87,7 +87,8 @@ def test_f_snapshots_are_the_runner_results(fig20_run):
                                  rtol=1e-6)
     images = {e.step: v.image for e in read_events(run) for v in e.summary.value
               if v.tag == "f_of_sigma"}
-    assert sorted(images) == sorted(steps)
+    assert sorted(images) == tensorboard.image_steps(steps)
+    assert min(steps) in images and max(steps) in images
     assert all(im.encoded_image_string.startswith(b"\x89PNG") for im in images.values())
 
 
@@ -126,3 +127,9 @@ def test_each_sweep_point_is_its_own_run(tmp_path):
           for p in points for r in results.read_jsonl(str(tmp_path / p["workdir"] / "right"),
                                                       "metrics.jsonl")}
   assert len(points) == 2 and len(want) == 4 and runs == want
+
+
+def test_image_steps_keep_the_ends_and_at_most_n():
+  assert tensorboard.image_steps([5, 1, 3]) == [1, 3, 5]
+  got = tensorboard.image_steps(list(range(0, 1000, 10)), n=5)
+  assert len(got) == 5 and got[0] == 0 and got[-1] == 990 and got == sorted(set(got))

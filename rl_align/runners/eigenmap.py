@@ -73,11 +73,14 @@ def analyse(config, res: train.TrainResult, lam, V) -> dict[str, Any]:
 
 def write_f_tensorboard(workdir: str, res: train.TrainResult, out: dict[str, Any]) -> None:
   """f per member at every snapshot step (and the final step) into the members' TensorBoard runs:
-  scalars f/sigma_<i> and the image f_of_sigma (`rl_align.tensorboard.write_f`)."""
+  scalars f/sigma_<i>, and the image f_of_sigma at `tensorboard.image_steps` of them
+  (`rl_align.tensorboard.write_f`)."""
   steps = {s["step"]: s["f"] for s in out["snapshots"]}
   steps.setdefault(res.final_step, out["f"])
+  with_image = set(tensorboard.image_steps(list(steps)))
   for step in sorted(steps):
-    tensorboard.write_f(workdir, "train", res.seed_ids, step, steps[step], out["sigma"])
+    tensorboard.write_f(workdir, "train", res.seed_ids, step, steps[step], out["sigma"],
+                        image=step in with_image)
 
 
 @train.driven
