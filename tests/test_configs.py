@@ -178,37 +178,36 @@ def test_every_config_declares_its_data_placement(name, arg):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_placement_override_on_the_command_line(name):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  arg = _representative(name)
-  spec = os.path.join(CONFIG_DIR, f"{name}.py") + (f":{arg}" if arg else "")
-  argv = ["prog", f"--config={spec}", "--config.data.placement=host"]
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
-  fv(argv)
-  assert fv.config.data.placement == "host"
+  assert _parsed(name, "--config.data.placement=host").data.placement == "host"
 
 
 def _representative(name: str) -> str:
   return DOCUMENTED.get(name, [""])[0]
 
 
+def _parsed(name: str, override: str):
+  """The binaries' path: config `name` (its representative argument) through ml_collections'
+  config flag with one --config.x=... override (an undeclared field fails there)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  arg = _representative(name)
+  spec = os.path.join(CONFIG_DIR, f"{name}.py") + (f":{arg}" if arg else "")
+  argv = ["prog", f"--config={spec}", override]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+  fv(argv)
+  return fv.config
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_dtype_override_on_the_command_line(name):
   # The binaries' path: ml_collections' config flag with --config.model.dtype (an undeclared field
   # fails there with an AttributeError).
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from rl_align import models  # pylint: disable=g-import-not-at-top
-  arg = _representative(name)
-  _model_config(name, arg)
-  spec = os.path.join(CONFIG_DIR, f"{name}.py") + (f":{arg}" if arg else "")
-  argv = ["prog", f"--config={spec}", "--config.model.dtype=bfloat16"]
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
-  fv(argv)
-  assert fv.config.model.dtype == "bfloat16"
-  assert models.build(fv.config.model).compute_dtype == jnp.bfloat16
+  _model_config(name, _representative(name))
+  config = _parsed(name, "--config.model.dtype=bfloat16")
+  assert config.model.dtype == "bfloat16"
+  assert models.build(config.model).compute_dtype == jnp.bfloat16
 
 
 def test_arguments_select_what_they_name():
