@@ -94,16 +94,18 @@ def test_packed_member_equals_its_point_alone(photos, lift, impl, tmp_path):
   x = photos[3]
   points = [dict(learning_rate=0.05, label_root=1), dict(learning_rate=0.2, label_root=2)]
 
+  @train.driven
   def point(p, workdir=None):
     cfg = _cfg(lift, impl, learning_rate=p["learning_rate"])
-    return lambda: train.train(_model(impl), cfg, x, _labels(cfg, p["label_root"]),
-                               workdir=workdir)
+    return (yield train.call(_model(impl), cfg, x, _labels(cfg, p["label_root"]),
+                             workdir=workdir))
 
-  alone = [point(p)() for p in points]
-  rv = packing.Rendezvous(str(tmp_path / "packed"))
-  packed = rv.run([point(p, str(tmp_path / f"p{i}")) for i, p in enumerate(points)])
+  alone = [point(p) for p in points]
+  programs = []
+  packed = packing.run_lockstep([point.steps(p, str(tmp_path / f"p{i}"))
+                                 for i, p in enumerate(points)], str(tmp_path / "packed"), programs)
   assert all(err is None for _, err in packed), [err for _, err in packed]
-  assert rv.programs == [4], "2 points x 2 seeds must run as ONE program"
+  assert programs == [4], "2 points x 2 seeds must run as ONE program"
   for i, (a, (b, _)) in enumerate(zip(alone, packed)):
     assert a.layout == b.layout == _layout_name(lift, impl)
     # 4 members vs 2 in one vmap: another program, so not bitwise even on CPU.

@@ -127,14 +127,16 @@ def _finished_params(up: Mapping[str, Any]) -> list:
 
 def f_source(config, workdir: str, model_up, up: Mapping[str, Any], x_up) -> init_lib.TransferFunction:
   """f of the f_only arm: from the main upstream run, or from a separate upstream run on
-  config.f_only.data (trained with the upstream settings, config.f_only overriding them); the
-  upstream seeds that finished only."""
+  config.f_only.data (trained with the upstream settings, config.f_only overriding them; placed
+  as config.data.placement says); the upstream seeds that finished only."""
   fo = config.f_only
   if fo.source == "upstream":
     params, x = _finished_params(up), x_up
   elif fo.source == "data":
     src = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
-    src.data = fo.data
+    # The f_only data streams like the main data (config.data.placement).
+    src.data = ml_collections.ConfigDict(dict(fo.data.to_dict(),
+                                              placement=config.data.get("placement", "device")))
     src.split = fo.split
     src.upstream.update({k: v for k, v in fo.get("upstream", {}).items()})
     src_data = load_data(src, os.path.join(workdir, "f_source"))
