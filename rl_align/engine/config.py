@@ -41,7 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.snapshot_steps = ()
   c.snapshot_epochs = ()
   c.checkpoint_every_secs = 60.0    # checkpoint at the first log step after this many seconds
-  c.matmul_precision = "default"    # default | high | highest
+  c.matmul_precision = "default"    # default (JAX_DEFAULT_MATMUL_PRECISION, else XLA's) | high | highest
   return c
 
 
