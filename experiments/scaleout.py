@@ -19,6 +19,7 @@ import jax
 
 from rl_align import distributed
 from rl_align import errors
+from rl_align import packing
 from rl_align import sweep as sweep_lib
 
 FLAGS = flags.FLAGS
@@ -101,7 +102,7 @@ def run_sweep(run_point: Callable[[Any, str], Any], config, workdir: str) -> dic
                len(points), len(groups), FLAGS.sweep_packing, FLAGS.task_index, FLAGS.num_tasks,
                len(mine), sum(len(g) for g in mine))
   t0 = time.time()
-  failures = sweep_lib.run_groups(lambda p, d: run_point(p.config, d), points, mine, workdir, is_main)
+  failures = packing.run_groups(lambda p, d: run_point(p.config, d), points, mine, workdir, is_main)
   out = {"points": len(points), "groups": len(groups), "task_groups": len(mine),
          "wall_s": time.time() - t0, "failures": failures, "summary": None}
   if failures:

@@ -17,11 +17,14 @@ appearance), so every process of a multi-host run issues the same engine program
 order.  Host-fed calls (`engine.feed.Feed`: each streams its own data order) are never packed:
 they run as programs of their own, which is logged once per round.
 """
-from typing import Any, Generator, Sequence
+import os
+import time
+from typing import Any, Callable, Generator, Sequence
 
 from absl import logging
 import numpy as np
 
+from rl_align import errors
 from rl_align import sweep
 from rl_align import train
 from rl_align.engine import feed as feed_lib
@@ -136,3 +139,33 @@ def run_lockstep(runners: Sequence[Generator], packed_dir: str | None = None,
       for k, (step, value) in zip(idx, replies):
         advance(order[k], step, value)
   return out
+
+
+def run_groups(run_point: Callable[[sweep.Point, str], Generator], points: Sequence[sweep.Point],
+               groups: Sequence[Sequence[int]], workdir: str, is_main: bool = True) -> list[str]:
+  """Runs the given groups' unfinished points, each group's in lockstep with its engine calls
+  packed (`run_lockstep`, state in WORKDIR/packed/<group slug>); returns the errors.
+
+  run_point(point, point_workdir) is the binary's runner on one point, as a generator of train
+  calls (`train.driven`).  A point that raises an RLAlignError is reported (and left unfinished,
+  so a rerun retries it); the others go on.
+  """
+  failures = []
+  for gi, g in enumerate(groups):
+    todo = [points[i] for i in g if not sweep.is_done(workdir, points[i])]
+    if not todo:
+      continue
+    logging.info("sweep: group %d/%d, %d point(s): %s", gi + 1, len(groups), len(todo),
+                 [p.slug for p in todo])
+    t0 = time.time()
+    outs = run_lockstep([run_point(p, sweep.point_dir(workdir, p)) for p in todo],
+                        os.path.join(workdir, "packed", sweep.group_slug(points, g)))
+    for p, (_, err) in zip(todo, outs):
+      if err is None:
+        if is_main:
+          sweep.mark_done(workdir, p, time.time() - t0)
+      elif isinstance(err, errors.RLAlignError):
+        failures.append(f"{p.slug}: {err}")
+      else:
+        raise err
+  return failures

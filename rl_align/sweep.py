@@ -14,7 +14,8 @@ against it).
 
 Points that differ only in `PACKABLE` fields (learning rate, momentum, weight decay, init scales,
 root and label seeds, seed counts) form one *group*: their runners advance in lockstep and their
-engine calls are packed into one program (`rl_align.packing`).  Groups are the unit of
+engine calls are packed into one program (`rl_align.packing.run_groups`, which imports this
+module; this one does not import packing).  Groups are the unit of
 ``--task_index/--num_tasks`` splitting (SLURM job arrays: ``SLURM_ARRAY_TASK_ID`` /
 ``SLURM_ARRAY_TASK_COUNT``).  Whichever task finishes the last point writes the summary; so does
 ``python -m experiments.sweep_summary WORKDIR``.
@@ -33,7 +34,7 @@ import itertools
 import json
 import os
 import time
-from typing import Any, Callable, Generator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 import ml_collections
@@ -230,37 +231,6 @@ def mark_done(workdir: str, p: Point, wall_s: float) -> None:
 def group_slug(points: Sequence[Point], g: Sequence[int]) -> str:
   """The folder name of a group: the swept fields its points share that do not pack ("all")."""
   return slug({f: v for f, v in points[g[0]].fields.items() if not packable(f)}) or "all"
-
-
-def run_groups(run_point: Callable[[Point, str], Generator], points: Sequence[Point],
-               groups: Sequence[Sequence[int]], workdir: str, is_main: bool = True) -> list[str]:
-  """Runs the given groups' unfinished points, each group's in lockstep with its engine calls
-  packed (`packing.run_lockstep`, state in WORKDIR/packed/<group slug>); returns the errors.
-
-  run_point(point, point_workdir) is the binary's runner on one point, as a generator of train
-  calls (`train.driven`).  A point that raises an RLAlignError is reported (and left unfinished,
-  so a rerun retries it); the others go on.
-  """
-  from rl_align import packing  # pylint: disable=g-import-not-at-top  # (jax; this module is light)
-  failures = []
-  for gi, g in enumerate(groups):
-    todo = [points[i] for i in g if not is_done(workdir, points[i])]
-    if not todo:
-      continue
-    logging.info("sweep: group %d/%d, %d point(s): %s", gi + 1, len(groups), len(todo),
-                 [p.slug for p in todo])
-    t0 = time.time()
-    outs = packing.run_lockstep([run_point(p, point_dir(workdir, p)) for p in todo],
-                                os.path.join(workdir, "packed", group_slug(points, g)))
-    for p, (_, err) in zip(todo, outs):
-      if err is None:
-        if is_main:
-          mark_done(workdir, p, time.time() - t0)
-      elif isinstance(err, errors.RLAlignError):
-        failures.append(f"{p.slug}: {err}")
-      else:
-        raise err
-  return failures
 
 
 # ----------------------------------------------------------------------------------------------
