@@ -167,13 +167,15 @@ def accounting(ledger: flops_lib.Ledger, wall_s: float, mach: dict) -> dict:
   peak = mach.get("fp32_matmul_gflops")
   if peak is not None:
     peak *= jax.process_count()
-  out = flops_lib.accounting(ledger.total, wall_s, peak)
+  out = flops_lib.accounting(ledger.total, wall_s, peak, ledger.seconds)
   calls: dict = {}
   for r in ledger.records:
-    c = calls.setdefault(r["name"], {"calls": 0, "flops": 0.0, "model_steps": 0})
+    c = calls.setdefault(r["name"], {"calls": 0, "flops": 0.0, "model_steps": 0, "seconds": {}})
     c["calls"] += 1
     c["flops"] += r["flops"]
     c["model_steps"] += r["steps"] * r["members"]
+    for k, v in r.get("seconds", {}).items():
+      c["seconds"][k] = c["seconds"].get(k, 0.0) + v
   out.update(counted="training steps' matmul/conv FLOPs (evaluations and probes not counted)",
              calls=calls)
   return out

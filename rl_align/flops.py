@@ -91,22 +91,50 @@ class Ledger:
   def total(self) -> float:
     return float(sum(r["flops"] for r in self.records))
 
+  @property
+  def seconds(self) -> dict[str, float]:
+    """Wall time per phase, summed over the records."""
+    out: dict[str, float] = {}
+    for r in self.records:
+      for k, v in r.get("seconds", {}).items():
+        out[k] = out.get(k, 0.0) + v
+    return out
 
-def record(ledgers, name: str, step_flops: float, steps: int, members: int) -> dict[str, Any]:
-  """Adds one engine call's record {name, step_flops, steps, members, flops} to each ledger."""
+
+def record(ledgers, name: str, step_flops: float, steps: int, members: int,
+           seconds: dict[str, float] | None = None) -> dict[str, Any]:
+  """Adds one engine call's record {name, step_flops, steps, members, flops, seconds} to each
+  ledger; seconds: its wall time per phase (`rl_align.progress.Phases`: train, compile, eval,
+  snapshot, checkpoint, log), a packed call's share of its program's."""
   rec = {"name": name, "step_flops": float(step_flops), "steps": int(steps),
-         "members": int(members), "flops": float(step_flops) * int(steps) * int(members)}
+         "members": int(members), "flops": float(step_flops) * int(steps) * int(members),
+         "seconds": dict(seconds or {})}
   for ledger in ledgers:
     ledger.add(rec)
   return rec
 
 
-def accounting(total_flops: float, wall_s: float, peak_gflops: float | None) -> dict[str, Any]:
-  """{flops, wall_s, gflops_per_s, peak_gflops, fraction_of_peak} of a job (None where unknown)."""
+def accounting(total_flops: float, wall_s: float, peak_gflops: float | None,
+               seconds: dict[str, float] | None = None) -> dict[str, Any]:
+  """{flops, wall_s, gflops_per_s, peak_gflops, fraction_of_peak} of a job (None where unknown).
+
+  With `seconds` (wall time per phase, `Ledger.seconds`) also `phases`: those seconds plus
+  "other" (the wall time outside the engine's phases: start-up, data, analysis, plots), and the
+  rate and fraction of peak over the training steps' time alone (`train_gflops_per_s`,
+  `train_fraction_of_peak`): how fast the steps ran, apart from what surrounds them."""
   rate = total_flops / wall_s / 1e9 if wall_s > 0 else None
   frac = rate / peak_gflops if rate is not None and peak_gflops else None
-  return {"flops": float(total_flops), "wall_s": float(wall_s), "gflops_per_s": rate,
-          "peak_gflops": peak_gflops, "fraction_of_peak": frac}
+  out = {"flops": float(total_flops), "wall_s": float(wall_s), "gflops_per_s": rate,
+         "peak_gflops": peak_gflops, "fraction_of_peak": frac}
+  if seconds is not None:
+    phases = dict(sorted(seconds.items()))
+    phases["other"] = max(wall_s - sum(seconds.values()), 0.0)
+    train_s = seconds.get("train", 0.0)
+    train_rate = total_flops / train_s / 1e9 if train_s > 0 else None
+    out.update(phases=phases, train_gflops_per_s=train_rate,
+               train_fraction_of_peak=(train_rate / peak_gflops if train_rate is not None
+                                       and peak_gflops else None))
+  return out
 
 
 def _human(flops: float) -> str:
@@ -129,4 +157,13 @@ def summary_line(acc: dict[str, Any]) -> str:
   if acc["fraction_of_peak"] is not None:
     line += (f", {_number(100 * acc['fraction_of_peak'], 0)}% of the measured peak "
              f"{acc['peak_gflops']:.0f} GFLOP/s")
-  return line + " (training steps' matmul/conv FLOPs)"
+  line += " (training steps' matmul/conv FLOPs)"
+  phases = acc.get("phases")
+  if phases:
+    line += "; where the time went: " + ", ".join(
+        f"{k} {v:.0f} s" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]) if v >= 0.5)
+    if acc.get("train_gflops_per_s") is not None:
+      line += f"; the training steps alone {_number(acc['train_gflops_per_s'], 1)} GFLOP/s"
+      if acc.get("train_fraction_of_peak") is not None:
+        line += f" ({_number(100 * acc['train_fraction_of_peak'], 0)}% of peak)"
+  return line

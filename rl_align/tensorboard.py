@@ -140,7 +140,8 @@ def _f_png(sigma: np.ndarray, f: np.ndarray, title: str) -> tuple[bytes, int, in
   ax.set_xlabel("sigma (sqrt of the data eigenvalue)")
   ax.set_ylabel("f(sigma)")
   ax.set_title(title, fontsize=9)
-  data = plots.png_bytes(fig)
+  fig.subplots_adjust(left=0.18, right=0.96, bottom=0.16, top=0.9)   # fixed: no tight layout pass
+  data = plots.png_bytes(fig, tight=False)
   w, h = canvas.get_width_height()
   return data, h, w
 

@@ -244,6 +244,7 @@ class _Run:
     root = checkpoint.state_dir([c.workdir for c in calls], self.name, packed_dir)
     self.ckpt = checkpoint.Checkpointer(root) if root else None
     self.step, self.final_metrics = 0, {}
+    self.phases = progress_lib.Phases()
 
   def _eval_data(self) -> dict:
     """name -> (xs, ys, mask) on the devices: the eval sets, and the "train" set unless given."""
@@ -288,9 +289,12 @@ class _Run:
                  eng.microbatch, self.cfg.batch_size)
 
   def train(self) -> None:
-    """Runs the remaining steps piece by piece (`feed.segments`), acting at every event step."""
+    """Runs the remaining steps piece by piece (`feed.segments`), acting at every event step.
+    Times each phase (`self.phases`): training steps (waited for at each event), evaluation,
+    snapshots, checkpoints and XLA compilation."""
     if 0 in self.snap_steps and any(0 not in r.snapshots for r in self.records):
-      self._snapshot(0)
+      with self.phases("snapshot"):
+        self._snapshot(0)
     self.prog = progress_lib.Progress(self.eng.total, self.step, self.name)
     start = self.step
     self.last_ckpt = time.monotonic()
@@ -301,21 +305,28 @@ class _Run:
     with jax.default_matmul_precision(precision):
       for t0, t1, buf, ends in feed_lib.segments(self.feed, self.eng.member_sharding,
                                                  self.members.ids, self.events, self.step):
-        means = self._advance(t0, t1, buf, ends)
+        with self.phases("train"):
+          means = self._advance(t0, t1, buf, ends)
+          if ends:
+            jax.block_until_ready((self.state, means))
         self.step = t1
         if ends:
           self._event(t1, means)
-    self._count_flops(self.step - start)
     if not self.final_metrics and self.ckpt is not None:  # finished run reloaded: final eval
-      self.final_metrics = self._evaluate()
+      with self.phases("eval"):
+        self.final_metrics = self._evaluate()
+    self._count_flops(self.step - start)
 
   def _count_flops(self, steps: int) -> None:
     """Records each call's training FLOPs (steps run here x its members x one member-step's
-    nominal FLOPs, `Engine.step_flops`) in the ledgers open where it was made (`rl_align.flops`)."""
+    nominal FLOPs, `Engine.step_flops`) and its phase times in the ledgers open where it was made
+    (`rl_align.flops`)."""
     if not any(c.ledgers for c in self.calls):   # nobody counts: skip tracing the step
       return
-    for c in self.calls:
-      flops_lib.record(c.ledgers, c.name, self.eng.step_flops, steps, len(c.members))
+    for c in self.calls:   # a packed call's share of the program's time: its share of members
+      share = len(c.members) / self.n_members
+      flops_lib.record(c.ledgers, c.name, self.eng.step_flops, steps, len(c.members),
+                       seconds={k: v * share for k, v in self.phases.seconds.items()})
 
   def _advance(self, t0: int, t1: int, buf, ends: bool):
     """Steps t0..t1; at an interval's end, its (mean loss [M], mean batch accuracy [M])."""
@@ -339,10 +350,12 @@ class _Run:
     if step in self.log_steps or step in self.eval_steps:
       self._log(step, means)
     if step in self.snap_steps:
-      self._snapshot(step)
+      with self.phases("snapshot"):
+        self._snapshot(step)
     if self.ckpt and (step == self.eng.total
                       or time.monotonic() - self.last_ckpt > self.cfg.checkpoint_every_secs):
-      self.ckpt.save(step, core.to_host(self.state))
+      with self.phases("checkpoint"):
+        self.ckpt.save(step, core.to_host(self.state))
       self.last_ckpt = time.monotonic()
 
   def _log(self, step: int, means) -> None:
@@ -350,14 +363,16 @@ class _Run:
     host = {"loss": core.to_host(means[0], n), "batch_accuracy": core.to_host(means[1], n),
             "alive": core.to_host(self.state.alive, n)}
     if step in self.eval_steps:
-      self.final_metrics = self._evaluate()
-      host.update(self.final_metrics)
-      if eng.probe is not None:
-        for k, v in core.to_host(eng.probe(self.state.params), n).items():
-          host[f"probe/{k}"] = v
-    for rec in self.records:
-      rec.log(step, eng.steps_per_epoch, host, self.is_main)
-    self.prog.report(step, {k: records.mean_finite(v) for k, v in host.items() if k != "alive"})
+      with self.phases("eval"):
+        self.final_metrics = self._evaluate()
+        host.update(self.final_metrics)
+        if eng.probe is not None:
+          for k, v in core.to_host(eng.probe(self.state.params), n).items():
+            host[f"probe/{k}"] = v
+    with self.phases("log"):
+      for rec in self.records:
+        rec.log(step, eng.steps_per_epoch, host, self.is_main)
+      self.prog.report(step, {k: records.mean_finite(v) for k, v in host.items() if k != "alive"})
 
   def _snapshot(self, step: int) -> None:
     host_params = core.to_host(self.state.params, self.n_members)

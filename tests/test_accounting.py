@@ -14,6 +14,7 @@ from rl_align import machine
 from rl_align.engine import config as engine_config
 from rl_align.engine import core
 from rl_align import models
+from rl_align import progress
 from rl_align.runners import eigenmap as eigenmap_runner
 
 
@@ -66,6 +67,34 @@ def test_ledger_counts_calls_made_in_its_thread_only():
   assert inner.total == 60 and outer.total == 61
 
 
+def test_phases_bill_compilation_apart_and_sum_the_wall_time():
+  ticks = iter([0.0, 2.0, 10.0, 13.0])   # two phases: 2 s and 3 s of wall time
+  ph = progress.Phases(clock=lambda: next(ticks))
+  fresh = jax.jit(lambda a: a * 3.0 + 1.0)      # a new program: compiled inside the first phase
+  with ph("train"):
+    fresh(jax.numpy.ones(7)).block_until_ready()
+  compiled = ph.seconds.get("compile", 0.0)
+  assert 0 < compiled < 2.0
+  assert ph.seconds["train"] == pytest.approx(2.0 - compiled)
+  with ph("train"):
+    fresh(jax.numpy.ones(7)).block_until_ready()   # cached: nothing compiled
+  assert ph.seconds["compile"] == compiled and ph.seconds["train"] == pytest.approx(5.0 - compiled)
+
+
+def test_accounting_adds_other_time_and_the_training_steps_rate():
+  acc = flops.accounting(6e11, 10.0, 100.0, {"train": 4.0, "compile": 1.0, "eval": 2.0})
+  assert acc["phases"] == {"compile": 1.0, "eval": 2.0, "train": 4.0, "other": 3.0}
+  assert acc["gflops_per_s"] == pytest.approx(60.0) and acc["fraction_of_peak"] == pytest.approx(0.6)
+  assert acc["train_gflops_per_s"] == pytest.approx(150.0)
+  assert acc["train_fraction_of_peak"] == pytest.approx(1.5)
+  line = flops.summary_line(acc)
+  assert "train 4 s, other 3 s, eval 2 s, compile 1 s" in line and "alone 150.0 GFLOP/s (150% of peak)" in line
+  with flops.Ledger() as ledger:
+    flops.record(flops.active(), "a", 1.0, 1, 1, seconds={"train": 1.5})
+    flops.record(flops.active(), "b", 1.0, 1, 1, seconds={"train": 0.5, "eval": 1.0})
+  assert ledger.seconds == {"train": 2.0, "eval": 1.0}
+
+
 @pytest.mark.slow
 def test_a_tiny_binary_run_records_its_flops_rate_and_fraction_of_peak(tmp_path, monkeypatch):
   lines = []
@@ -81,7 +110,15 @@ def test_a_tiny_binary_run_records_its_flops_rate_and_fraction_of_peak(tmp_path,
   steps = (512 // t.batch_size) * t.num_epochs
   want = _dense_step_flops(30, (64, 32), 10, t.batch_size) * steps * t.num_seeds
   assert acc["flops"] == want
-  assert acc["calls"] == {"train": {"calls": 1, "flops": want, "model_steps": steps * t.num_seeds}}
+  got_calls = {k: {f: v for f, v in c.items() if f != "seconds"} for k, c in acc["calls"].items()}
+  assert got_calls == {"train": {"calls": 1, "flops": want, "model_steps": steps * t.num_seeds}}
+  # Where the time went: the engine's phases, and the rest of the wall time as "other".
+  phases = acc["phases"]
+  assert {"train", "eval", "log", "snapshot", "checkpoint", "other"} <= set(phases), phases
+  assert all(v >= 0 for v in phases.values()) and phases["train"] > 0
+  assert sum(phases.values()) == pytest.approx(acc["wall_s"], abs=0.01)
+  assert acc["calls"]["train"]["seconds"]["train"] == pytest.approx(phases["train"], abs=1e-3)
+  assert acc["train_gflops_per_s"] == pytest.approx(want / phases["train"] / 1e9, rel=1e-3)
   peak = rec["machine"]["fp32_matmul_gflops"]
   assert peak == max(r for d in rec["machine"]["fp32_matmul_detail"].values() for r in d.values())
   assert acc["peak_gflops"] == peak * jax.process_count()

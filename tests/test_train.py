@@ -147,6 +147,12 @@ def test_device_count():
   assert engine_layout.choose_devices(2, 1) == 1                 # never more devices than seeds
   assert engine_layout.choose_devices(2, 16, requested=1) == 1
   assert engine_layout.choose_devices(2, 16, requested=8) == 2   # never more than exist
+  # Padding (members added so that every device holds as many) at most 1/8 of the padded members:
+  assert engine_layout.choose_devices(2, 5) == 1                 # 5 on 2 devices would run as 6
+  assert engine_layout.choose_devices(2, 9) == 2                 # 10 padded: 1/10 is waste
+  assert engine_layout.choose_devices(16, 5) == 5
+  assert engine_layout.choose_devices(4, 7) == 4                 # 8 padded: exactly 1/8
+  assert engine_layout.choose_devices(2, 5, requested=2) == 2    # asked for: padded to 6
   with pytest.raises(errors.ConfigError, match="num_devices"):
     engine_config.validate(_cfg(num_devices=-1), TinyMLP(), np.zeros((32, 6), np.float32),
                    np.zeros((3, 32), np.int32))

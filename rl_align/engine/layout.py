@@ -87,13 +87,26 @@ def lift_members(fn: Callable, lift: str) -> Callable:
   return unrolled
 
 
+# The most padding `choose_devices` accepts, as a share of the padded members.
+MAX_PADDING = 1 / 8
+
+
 def choose_devices(available: int, n_members: int, requested: int = 0) -> int:
-  """How many devices the members are sharded over: `num_devices` if > 0, else every device (never
-  more than the members).  On 2 CPU cores the fused paper CNN ran at 4.93 / 5.55 / 5.62
-  model-steps/s on one device and 3.71 / 5.69 / 5.31 on two in three runs: no reliable
-  difference, so the default stays "every device" (benchmarks/README.md)."""
-  n = requested if requested > 0 else available
-  return max(1, min(n, available, n_members))
+  """How many devices the members are sharded over: `num_devices` if > 0 (never more than exist
+  or than the members); else the most devices whose padding is at most MAX_PADDING of the padded
+  members.  Every device holds as many members, so 5 members on 2 devices run as 6, and the sixth
+  is wasted work; one device needs no padding (its matmuls still use every core).  Measured on 2
+  CPU cores (benchmarks/main_job.py, Fig 20 left, engine steps alone, model-steps/s of the 5 real
+  members): one device 271 / 272 vs two devices padded to 6: 257 / 250 (the fused paper CNN
+  earlier: one device 4.93 / 5.55 / 5.62 vs two 3.71 / 5.69 / 5.31 with an even member count, no
+  reliable difference; benchmarks/README.md)."""
+  if requested > 0:
+    return max(1, min(requested, available, n_members))
+  for d in range(max(1, min(available, n_members)), 0, -1):
+    padded = -(-n_members // d) * d
+    if padded - n_members <= MAX_PADDING * padded:
+      return d
+  return 1
 
 
 def choose_microbatch(platform: str, n_params: int, is_conv: bool, batch_size: int,
