@@ -40,6 +40,18 @@ def worker_launch(tmp_path_factory):
   return multihost.launch(str(tmp_path_factory.mktemp("worker_launch")))
 
 
+@pytest.fixture(scope="session")
+def sweep_one_task(tmp_path_factory):
+  """(workdir, CompletedProcess) of one sweep through the eigenvalue-map binary, one task
+  (`helpers.SPLIT_SWEEP`): tests/test_sweep.py's reference for a 2-task split and
+  tests/test_tensorboard.py's sweep; its tests form one xdist group."""
+  wd = tmp_path_factory.mktemp("sweep_one_task")
+  proc = helpers.run_module("experiments.eigenvalue_map", helpers.SWEEP_CONFIG, f"--workdir={wd}",
+                            *helpers.SPLIT_SWEEP)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return wd, proc
+
+
 def _module_fixtures(item) -> list[tuple[str, str]]:
   """(file, name) of the module-scoped fixtures defined in item's own file that item uses, and
   ("conftest", name) of the session-scoped ones of this file (shared by several files)."""
@@ -78,14 +90,23 @@ def pytest_collection_modifyitems(config, items):
   """For pytest-xdist's `--dist loadgroup` (pytest.ini): the tests that share a module fixture
   (mostly one end-to-end run) or a session fixture of this file form one group, so that it runs
   once, on one worker (a file with two independent fixtures: two groups); every other test is
-  scheduled alone.  Files go in the order of how many slow tests they hold, most first (each
-  file's own order kept; pytest.ini turns off xdist's reordering), so that the longest work starts
-  early and quick tests fill the gaps at the end."""
+  scheduled alone.  The work units (a group, or a test alone) go out heaviest first, by a rough
+  cost: 10 per slow test (an end-to-end run) and 1 per test, ties in the order of how many slow
+  tests their file holds, then the files' own order (pytest.ini turns off xdist's reordering), so
+  that the longest work starts early and quick tests fill the gaps at the end."""
   del config
   slow = collections.Counter()
+  cost = collections.Counter()
   groups = _fixture_groups(items)
+  unit = {}
   for item in items:
     if groups[item]:
       item.add_marker(pytest.mark.xdist_group(groups[item]))
-    slow[item.path] += item.get_closest_marker("slow") is not None
-  items.sort(key=lambda item: -slow[item.path])
+    unit[item] = groups[item] or item.nodeid
+    is_slow = item.get_closest_marker("slow") is not None
+    slow[item.path] += is_slow
+    cost[unit[item]] += 1 + 10 * is_slow
+  first = {}
+  for i, item in enumerate(items):
+    first.setdefault(unit[item], i)
+  items.sort(key=lambda item: (-cost[unit[item]], -slow[item.path], first[unit[item]]))

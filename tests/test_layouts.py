@@ -141,6 +141,7 @@ def test_resumed_run_equals_uninterrupted(photos, lift, impl, tmp_path):
   assert_same_run(resumed.params, full.params, STEPS, _chain(impl), "resumed")
 
 
+@pytest.mark.slow   # several processes
 @pytest.mark.parametrize("lift,impl", LAYOUTS)
 def test_two_processes_equal_one(lift, impl, worker_launch):
   """1 process x 2 devices vs 2 processes x 1 device (jax.distributed, gloo on CPU), device-
