@@ -25,7 +25,9 @@ it (the binaries' final `done:` line, `rl_align.flops`) is not flattered by a lo
 Each at n = 1024, 2048, 4096 on CPU (4096 and 8192 on accelerators), best of 3 timings of about
 0.05 s or one matmul, within a budget of about 3 s for the whole measurement (sizes ascending,
 at each size the method fastest at the previous size first; a size whose timing would pass the
-budget is skipped).  `fp32_matmul_detail` holds every method's rate per size (GFLOP/s),
+budget is skipped).  The environment variable RL_ALIGN_MATMUL_PEAK_BUDGET_S sets another default
+budget (the test suite sets 0: every method timed once at the first size, about 0.3 s on CPU,
+in every binary it starts).  `fp32_matmul_detail` holds every method's rate per size (GFLOP/s),
 `fp32_matmul_gflops` their max, `fp32_matmul_method` and `fp32_matmul_n` where it was reached.
 Measured once per process.  Other jobs on the machine lower it (`load_average_1min`).  JAX runs at
 XLA's default float32 precision, the engine's default (`train.matmul_precision = "default"`),
@@ -73,6 +75,8 @@ CPU_SIZES = (1024, 2048, 4096)
 ACCELERATOR_SIZES = (4096, 8192)
 TARGET_S = 0.05     # a timing runs about this long (or one matmul, if longer)
 MAX_REPS = 10_000
+DEFAULT_BUDGET_S = 3.0
+BUDGET_ENV = "RL_ALIGN_MATMUL_PEAK_BUDGET_S"   # another default budget (seconds), e.g. in tests
 
 
 def _operands(n: int):
@@ -154,9 +158,12 @@ def _rate(build, a, b, repeats: int, deadline: float) -> float:
   return flops / min(times) / 1e9
 
 
-def matmul_peak(sizes=None, repeats: int = 3, budget_s: float = 3.0) -> dict:
+def matmul_peak(sizes=None, repeats: int = 3, budget_s: float | None = None) -> dict:
   """The honest fp32 matmul peak (module docstring): {gflops, method, n, detail, seconds}, with
-  detail = {method: {str(n): GFLOP/s}} for every (method, size) timed within the budget."""
+  detail = {method: {str(n): GFLOP/s}} for every (method, size) timed within the budget (default
+  3 s, or RL_ALIGN_MATMUL_PEAK_BUDGET_S)."""
+  if budget_s is None:
+    budget_s = float(os.environ.get(BUDGET_ENV) or DEFAULT_BUDGET_S)
   if sizes is None:
     sizes = CPU_SIZES if jax.default_backend() == "cpu" else ACCELERATOR_SIZES
   t0 = time.perf_counter()

@@ -22,6 +22,13 @@ JAX_CACHE_ENV = {
 }
 
 
+# The sweep of tests/conftest.py's `sweep_one_task` (fig20 right tiny, 2 batch sizes: 2 groups of
+# 2 packed points), which tests/test_sweep.py also splits over two tasks.
+SWEEP_CONFIG = "--config=experiments/configs/fig20.py:right,tiny"
+SPLIT_SWEEP = ["--sweep=train.batch_size=64,128", "--sweep=train.learning_rate=0.01,0.02",
+               "--config.train.num_epochs=1"]
+
+
 def child_env(env=None) -> dict:
   """This process's environment with `env` over it (a value None removes that variable)."""
   full = {**os.environ, **(env or {})}

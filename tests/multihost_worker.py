@@ -3,6 +3,7 @@
     python -m tests.multihost_worker --out DIR [--device] [--num_epochs E] \
         [--buffer_steps T --kill_at_step K] [--layout NAME] \
         [--coordinator 127.0.0.1:PORT --num_processes N --process_id I]
+    python -m tests.multihost_worker --out DIR --jobs JSON [--coordinator ...]
 
 Trains `models.PaperCNN(features=4, hidden=8, num_classes=4)`, 4 seeds (`--num_seeds`), 2 epochs,
 batch 16, on the embedded photos (96 examples, 8x8) with random labels (root seed 1), either
@@ -18,6 +19,11 @@ buffer or two behind, with checkpoints at every log step): a crash in the middle
 member lift alone trains `models.DenseNet(widths=(8,), num_classes=4)` (a dense net has no conv
 implementation), "LIFT_IMPL" (e.g. "vmap_im2col", "vmap_pallas") the PaperCNN; "auto" (default):
 the PaperCNN in the engine's choice.  Every feed_<process_id>.json also records the layout run.
+
+--jobs runs several such trainings one after the other in the same process(es) (one process
+start-up and one jax.distributed initialization for all): a JSON list of objects, each with a
+"name" (its output folder DIR/<name>, as DIR above) and any of the flags above as fields
+("device", "num_epochs", "buffer_steps", "layout", "num_seeds"); the other flags are the defaults.
 """
 import argparse
 import json
@@ -45,15 +51,27 @@ def main(argv=None) -> None:
   ap.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
   ap.add_argument("--num_processes", type=int, default=None)
   ap.add_argument("--process_id", type=int, default=None)
+  ap.add_argument("--jobs", default=None, help="JSON list of trainings, one after the other")
   args = ap.parse_args(argv)
   if args.coordinator:   # before anything touches a device
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, timeout_s=120)
+  if args.jobs is None:
+    _train(args)
+    return
+  for job in json.loads(args.jobs):
+    one = argparse.Namespace(**vars(args))
+    one.out = os.path.join(args.out, job.pop("name"))
+    for k, v in job.items():
+      assert hasattr(one, k), k
+      setattr(one, k, v)
+    _train(one)
 
+
+def _train(args) -> None:
+  """One training run (the module docstring), outputs in args.out."""
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)   # the engine's "on N cpu device(s) in P process(es)" line
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from rl_align import data, models, pipeline, seeds, train  # pylint: disable=g-import-not-at-top
+  from rl_align import pipeline  # pylint: disable=g-import-not-at-top
 
   loads = []   # (seed ids, t0, t1) of every chunk a HostFeed loaded in this process
   load = pipeline.HostFeed.load
@@ -64,6 +82,16 @@ def main(argv=None) -> None:
     loads.append({"seed_ids": list(self.seed_ids), "t0": int(t0), "t1": int(t1)})
     return load(self, t0, t1)
   pipeline.HostFeed.load = recording_load
+  try:
+    _run(args, loads)
+  finally:
+    pipeline.HostFeed.load = load
+
+
+def _run(args, loads) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from rl_align import data, models, pipeline, seeds, train  # pylint: disable=g-import-not-at-top
 
   cfg = _cfg(args.num_seeds, args.num_epochs)
   model = models.PaperCNN(features=4, hidden=8, num_classes=4)

@@ -12,7 +12,8 @@ each of those layouts, forced through the engine config:
   per-member program on the same batches, so bitwise on CPU (measured) and within the bound
   elsewhere (autotuned kernels may sum in another order): `tolerances.assert_same_run`;
 - 2 processes equal 1: jax.distributed with gloo collectives, a CPU test by design on every
-  machine (the workers run with JAX_PLATFORMS=cpu), so bitwise.
+  machine (the workers run with JAX_PLATFORMS=cpu), so bitwise; the trainings run in the session's
+  one multi-process launch (tests/multihost.py, shared with tests/test_multihost.py).
 
 Bound (tests/tolerances.py, f32_run_tol): eps of the default matmul x max |param| x steps x chain,
 with `chain` the reductions and elementwise ops of one SGD step (_CHAIN).  The runs are 4 steps
@@ -20,11 +21,7 @@ with `chain` the reductions and elementwise ops of one SGD step (_CHAIN).  The r
 bound is ~1e-3 of the largest parameter, while members with another seed, point or data order
 differ by O(param): checked > 100x the bound wherever the test has such a pair.
 """
-import json
 import os
-import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -32,7 +29,7 @@ import pytest
 
 from rl_align import data, models, packing, pipeline, seeds, train
 from rl_align.engine import config as engine_config
-from tests import helpers
+from tests import multihost
 from tests.tolerances import assert_same_accuracy, assert_same_run
 
 # (member_lift, conv_impl) of each accelerator layout; conv_impl None: the dense net.
@@ -144,54 +141,26 @@ def test_resumed_run_equals_uninterrupted(photos, lift, impl, tmp_path):
   assert_same_run(resumed.params, full.params, STEPS, _chain(impl), "resumed")
 
 
-def _worker(out, devices, *extra):
-  """tests/multihost_worker.py on CPU, device-resident, 1 epoch (6 steps), `devices` XLA host
-  devices per process."""
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_"))}
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["JAX_PLATFORMS"] = "cpu"
-  return subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", f"--out={out}",
-                           "--device", "--num_epochs=1", *extra], cwd=helpers.ROOT, env=env,
-                          text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _params(out):
-  with np.load(os.path.join(out, "params.npz")) as z:
-    return [z[k] for k in sorted(z.files)]
-
-
+@pytest.mark.slow   # several processes
 @pytest.mark.parametrize("lift,impl", LAYOUTS)
-def test_two_processes_equal_one(lift, impl, tmp_path):
-  """1 process x 2 devices vs 2 processes x 1 device (jax.distributed, gloo on CPU): each device
-  runs the same 2 of the 4 members with the same program, so bitwise (measured with 12 steps for
-  vmap and vmap_im2col; 6 steps keep the Pallas interpret run short)."""
+def test_two_processes_equal_one(lift, impl, worker_launch):
+  """1 process x 2 devices vs 2 processes x 1 device (jax.distributed, gloo on CPU), device-
+  resident, 1 epoch (6 steps): each device runs the same 2 of the 4 members with the same program,
+  so bitwise (measured with 12 steps for vmap and vmap_im2col; 6 steps keep the Pallas interpret
+  run short).  Both sides are the session's one launch of tests/multihost_worker.py
+  (tests/multihost.py, job `name`, after the same other jobs in the same processes)."""
   name = _layout_name(lift, impl)
-  port = _port()
-  procs = [_worker(tmp_path / "one", 2, f"--layout={name}")]
-  procs += [_worker(tmp_path / "two", 1, f"--layout={name}", f"--coordinator=127.0.0.1:{port}",
-                    "--num_processes=2", f"--process_id={i}") for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=600) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o in outs]
-  assert "in 1 process(es)" in outs[0][1] and "in 2 process(es)" in outs[1][1]
-  for out in ("one", "two"):
-    with open(tmp_path / out / "feed_0.json") as f:
-      assert json.load(f)["layout"] == name
-  one, two = _params(tmp_path / "one"), _params(tmp_path / "two")
+  one_dir, two_dir = (os.path.join(worker_launch["root"], side, name) for side in ("one", "two"))
+  assert "in 1 process(es)" in worker_launch["one"][1]
+  assert "in 2 process(es)" in worker_launch["two"][0][1]
+  for out, count in ((one_dir, 1), (two_dir, 2)):
+    log = multihost.feed_log(out, 0)
+    assert log["layout"] == name
+    assert (log["process_count"], log["devices"]) == (count, 2)
+  one, two = multihost.params(one_dir), multihost.params(two_dir)
   assert_same_run(two, one, 6, _chain(impl), "2 processes", bitwise=True)
-  assert_same_accuracy(np.load(tmp_path / "two" / "train_accuracy.npy"),
-                       np.load(tmp_path / "one" / "train_accuracy.npy"), 32, "2 processes",
+  assert_same_accuracy(np.load(os.path.join(two_dir, "train_accuracy.npy")),
+                       np.load(os.path.join(one_dir, "train_accuracy.npy")), 32, "2 processes",
                        bitwise=True)
   assert not np.array_equal(one[0][0], one[0][1])   # the members did train differently
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rl_align import sweep
+from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "--config=experiments/configs/fig20.py:right,tiny"
@@ -31,6 +32,7 @@ def packed(tmp_path_factory):
   return wd, proc
 
 
+@pytest.mark.slow   # the binary, end to end
 def test_packed_sweep_runs_one_program_and_writes_the_documented_files(packed):
   wd, proc = packed
   assert "4 members of 4 packed calls" not in proc.stderr   # 4 points x 2 seeds = 8 members
@@ -54,6 +56,7 @@ def test_packed_sweep_runs_one_program_and_writes_the_documented_files(packed):
     assert (wd / f).stat().st_size > 1000
 
 
+@pytest.mark.slow   # the binary, end to end
 def test_packed_member_equals_its_point_run_alone(packed, tmp_path):
   wd, _ = packed
   proc = _run(f"--workdir={tmp_path}", "--config.train.learning_rate=0.05", "--config.train.seed=3")
@@ -62,11 +65,10 @@ def test_packed_member_equals_its_point_run_alone(packed, tmp_path):
       _kernel(wd / "points" / "train.learning_rate=0.05,train.seed=3"), _kernel(tmp_path))
 
 
-def test_two_task_split_gives_the_same_sweep_json_as_one_task(tmp_path):
-  args = ["--sweep=train.batch_size=64,128", "--sweep=train.learning_rate=0.01,0.02",
-          "--config.train.num_epochs=1"]
-  one = _run(f"--workdir={tmp_path / 'one'}", *args)
-  assert one.returncode == 0, one.stderr[-3000:]
+@pytest.mark.slow   # the binary, end to end
+def test_two_task_split_gives_the_same_sweep_json_as_one_task(sweep_one_task, tmp_path):
+  args = helpers.SPLIT_SWEEP
+  one_dir, _ = sweep_one_task   # the same sweep in one task (tests/conftest.py)
   # Two tasks at the same time, as a SLURM job array (ids 1..2) would start them.
   env = lambda i: {"SLURM_ARRAY_TASK_ID": str(i), "SLURM_ARRAY_TASK_MIN": "1",
                    "SLURM_ARRAY_TASK_COUNT": "2"}
@@ -77,7 +79,7 @@ def test_two_task_split_gives_the_same_sweep_json_as_one_task(tmp_path):
   outs = [p.communicate(timeout=600) for p in procs]
   assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
   assert sum("runs 1 group(s), 2 point(s)" in o[1] for o in outs) == 2
-  a = json.load(open(tmp_path / "one" / "sweep.json"))
+  a = json.load(open(one_dir / "sweep.json"))
   b = json.load(open(tmp_path / "two" / "sweep.json"))
   assert a == b
   # The summary command rewrites the same file.
@@ -103,6 +105,7 @@ def test_bad_sweep_input_is_one_line_before_compiling(tmp_path, args, words):
   assert not os.path.exists(tmp_path / "points")
 
 
+@pytest.mark.slow   # the binary, end to end
 def test_a_workdir_with_another_sweep_is_refused(packed):
   wd, _ = packed
   proc = _run(f"--workdir={wd}", "--sweep=train.learning_rate=0.3", timeout=120)

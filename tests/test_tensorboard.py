@@ -16,7 +16,6 @@ from experiments.configs import fig20
 from rl_align import results
 from rl_align import tensorboard
 from rl_align.runners import eigenmap as eigenmap_runner
-from tests.helpers import run_module
 
 
 def read_events(run: str) -> list[event_pb2.Event]:
@@ -115,18 +114,17 @@ def test_f_directions_are_capped_and_log_spaced():
 
 
 @pytest.mark.slow
-def test_each_sweep_point_is_its_own_run(tmp_path):
-  proc = run_module("experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
-                    f"--workdir={tmp_path}", "--config.train.num_epochs=1",
-                    "--sweep=train.learning_rate=0.01,0.05")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  runs = {os.path.relpath(os.path.dirname(p), tmp_path)
-          for p in glob.glob(str(tmp_path / "**" / "events.out.tfevents.*"), recursive=True)}
-  points = json.load(open(tmp_path / "sweep.json"))["points"]
+def test_each_sweep_point_is_its_own_run(sweep_one_task):
+  """A sweep through the binary (tests/conftest.py's `sweep_one_task`: 2 batch sizes x 2 learning
+  rates, 1 epoch; 2 groups of 2 packed points) writes one run per point and member."""
+  wd, _ = sweep_one_task
+  runs = {os.path.relpath(os.path.dirname(p), wd)
+          for p in glob.glob(str(wd / "**" / "events.out.tfevents.*"), recursive=True)}
+  points = json.load(open(wd / "sweep.json"))["points"]
   want = {os.path.join(p["workdir"], "right", "tensorboard", "train", f"member_{r['seed']}")
-          for p in points for r in results.read_jsonl(str(tmp_path / p["workdir"] / "right"),
+          for p in points for r in results.read_jsonl(str(wd / p["workdir"] / "right"),
                                                       "metrics.jsonl")}
-  assert len(points) == 2 and len(want) == 4 and runs == want
+  assert len(points) == 4 and len(want) == 8 and runs == want
 
 
 def test_image_steps_keep_the_ends_and_at_most_n():
