@@ -51,7 +51,9 @@ def test_packed_sweep_runs_one_program_and_writes_the_documented_files(packed):
     assert not os.path.exists(wd / p["workdir"] / "right" / "train_state")
     # Each point's run.json counts its own calls' steps only: 8 steps x 2 seeds.
     calls = json.load(open(wd / p["workdir"] / "run.json"))["accounting"]["calls"]
-    assert calls == {"train": {"calls": 1, "flops": calls["train"]["flops"], "model_steps": 16}}
+    assert calls == {"train": {"calls": 1, "flops": calls["train"]["flops"], "model_steps": 16,
+                               "seconds": calls["train"]["seconds"]}}
+    assert calls["train"]["seconds"]["train"] > 0
   for f in ("sweep_train.learning_rate.png", "sweep_train.seed.png"):
     assert (wd / f).stat().st_size > 1000
 
