@@ -128,6 +128,7 @@ def f_tag(i: int, d: int) -> str:
 
 def _f_png(sigma: np.ndarray, f: np.ndarray, title: str) -> tuple[bytes, int, int]:
   """The curve f(sigma) as PNG bytes, height, width (no pyplot: `rl_align.plots.png_bytes`)."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from rl_align import plots  # pylint: disable=g-import-not-at-top
   fig = plots.figure(figsize=(4, 3), dpi=80)
@@ -137,6 +138,10 @@ def _f_png(sigma: np.ndarray, f: np.ndarray, title: str) -> tuple[bytes, int, in
   ax.plot(sigma[ok], f[ok], "o-", ms=3)
   if ok.any() and sigma[ok].max() > 10 * sigma[ok].min():
     ax.set_xscale("log")
+    # Major ticks only, labelled plainly: the log axis's minor ticks and mathtext labels would
+    # double the cost of an image that every snapshot of every member draws.
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
   ax.set_xlabel("sigma (sqrt of the data eigenvalue)")
   ax.set_ylabel("f(sigma)")
   ax.set_title(title, fontsize=9)

@@ -8,6 +8,8 @@ inherit it.  An XLA_FLAGS that already sets the device count wins.
 JAX's persistent compilation cache (`tests.helpers.JAX_CACHE_ENV`) for this process and, through
 the environment, every binary, worker and notebook kernel the tests start: the same tiny programs
 compile once per machine, not once per test.  A JAX_COMPILATION_CACHE_DIR already set wins.
+Likewise the resized embedded photos (`rl_align.data.cache`, about 3 s a process) are kept in
+`tests.helpers.DATA_CACHE_DIR` (not the user's ~/.cache); an RL_ALIGN_CACHE_DIR already set wins.
 
 Every binary a test starts measures the machine's fp32 matmul peak for run.json
 (`rl_align.machine`, about 3 s of every core by default): here it is timed once per method at the
@@ -30,6 +32,7 @@ host_devices.expose_host_cores()
 for _name, _value in helpers.JAX_CACHE_ENV.items():
   os.environ.setdefault(_name, _value)
 os.environ.setdefault("RL_ALIGN_MATMUL_PEAK_BUDGET_S", "0")
+os.environ.setdefault("RL_ALIGN_CACHE_DIR", helpers.DATA_CACHE_DIR)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,9 @@ JAX_CACHE_ENV = {
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
 }
 
+# The disk cache of the resized embedded photos (rl_align/data/cache.py) for the suite's processes.
+DATA_CACHE_DIR = os.path.join(tempfile.gettempdir(), f"rl_align_data_cache_{os.getuid()}")
+
 
 # The sweep of tests/conftest.py's `sweep_one_task` (fig20 right tiny, 2 batch sizes: 2 groups of
 # 2 packed points), which tests/test_sweep.py also splits over two tasks.

@@ -299,3 +299,30 @@ def test_random_labels_uniform_deterministic_independent():
   assert raw.dtype == np.int32 and raw.max() < 3
   with pytest.raises(errors.ConfigError, match="num_classes"):
     data.random_labels(0, 10, 0)
+
+
+def test_photo_stack_is_kept_on_disk_and_read_back_bitwise(tmp_path, monkeypatch):
+  """The disk cache (rl_align/data/cache.py) returns exactly what decoding and resizing give; a
+  damaged entry is derived again; RL_ALIGN_CACHE_DIR="" turns it off."""
+  from rl_align.data import cache, embedded  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv(cache.ENV, str(tmp_path))
+  embedded.photo_stack.cache_clear()
+  derived = embedded._resized_photos(64)   # pylint: disable=protected-access
+  stack, shapes = embedded.photo_stack(64)   # derived, then written
+  files = list(tmp_path.glob("photos_*.npz"))
+  assert len(files) == 1
+  np.testing.assert_array_equal(stack, derived["stack"])
+  assert shapes == tuple(map(tuple, derived["shapes"].tolist())) and min(shapes[0]) == 64
+  calls = []
+  monkeypatch.setattr(embedded, "_resized_photos", lambda s: calls.append(s) or derived)
+  embedded.photo_stack.cache_clear()
+  again, _ = embedded.photo_stack(64)   # read back: nothing derived
+  assert calls == [] and again.dtype == np.uint8 and not again.flags.writeable
+  np.testing.assert_array_equal(again, derived["stack"])
+  files[0].write_bytes(b"cut short")   # e.g. a crash while another process wrote it
+  embedded.photo_stack.cache_clear()
+  np.testing.assert_array_equal(embedded.photo_stack(64)[0], derived["stack"])
+  assert calls == [64] and len(np.load(files[0]).files) == 2   # rewritten whole
+  monkeypatch.setenv(cache.ENV, "")
+  assert cache.path("photos", {}) is None
+  embedded.photo_stack.cache_clear()

@@ -7,17 +7,16 @@ import sys
 import numpy as np
 import pytest
 
+from experiments import sweep_summary
 from rl_align import sweep
 from tests import helpers
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "--config=experiments/configs/fig20.py:right,tiny"
 
 
 def _run(*args, timeout=600, env=None):
-  return subprocess.run([sys.executable, "-m", "experiments.eigenvalue_map", CONFIG, *args],
-                        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                        env=dict(os.environ, **(env or {})))
+  return helpers.run_module("experiments.eigenvalue_map", CONFIG, *args, timeout=timeout, env=env)
 
 
 def _kernel(wd):
@@ -84,10 +83,8 @@ def test_two_task_split_gives_the_same_sweep_json_as_one_task(sweep_one_task, tm
   a = json.load(open(one_dir / "sweep.json"))
   b = json.load(open(tmp_path / "two" / "sweep.json"))
   assert a == b
-  # The summary command rewrites the same file.
-  cmd = subprocess.run([sys.executable, "-m", "experiments.sweep_summary", str(tmp_path / "two")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert cmd.returncode == 0, cmd.stderr
+  # The summary command (its main, in this process) rewrites the same file.
+  assert sweep_summary.main(["sweep_summary", str(tmp_path / "two")]) == 0
   assert json.load(open(tmp_path / "two" / "sweep.json")) == a
 
 

@@ -24,9 +24,10 @@ REAL (read from disk, never downloaded: the idx files of Fashion-MNIST / MNIST, 
     mean, std = data.channel_stats(up)   # streamed over chunks, same numbers as on the array
     data.choose_placement(len(up), up.example_shape, num_seeds=8, device_bytes=80 << 30)
 
-Modules: `core` (containers), `embedded` (gaussian, digits, photos), `idx` (Fashion-MNIST / MNIST
-idx files), `tfds_source`, `resize`, `registry` (load / source), `stats` (finite checks, channel
-statistics, standardization), `splits` (split indices, random labels), `placement`.
+Modules: `core` (containers), `embedded` (gaussian, digits, photos), `cache` (the disk cache of
+the resized photos), `idx` (Fashion-MNIST / MNIST idx files), `tfds_source`, `resize`, `registry`
+(load / source), `stats` (finite checks, channel statistics, standardization), `splits` (split
+indices, random labels), `placement`.
 """
 from rl_align.data.core import ArrayDataset
 from rl_align.data.core import ArraySource

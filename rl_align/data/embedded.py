@@ -13,6 +13,7 @@ import functools
 import numpy as np
 
 from rl_align import errors
+from rl_align.data import cache
 from rl_align.data.core import ArrayDataset, Source, check_count, to_unit_float
 from rl_align.seeds import check_num_classes
 
@@ -116,12 +117,14 @@ def _raw_photos() -> list:
   return [loaders[k]() if k in loaders else getattr(skimage.data, k)() for k in PHOTO_NAMES]
 
 
-@functools.lru_cache(maxsize=4)
-def photo_stack(short_side: int) -> tuple:
-  """Photos resized (anti-aliased) to short side `short_side`, zero-padded into one array.
+def _library_versions() -> dict:
+  """Versions of the packages that decode and resize the photos (part of the cache key)."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  return {p: metadata.version(p) for p in ("scikit-image", "scikit-learn", "scipy", "numpy")}
 
-  Returns (stack uint8 [P, H_max, W_max, 3] read-only, ((H, W) of each photo, ...)); cached.
-  """
+
+def _resized_photos(short_side: int) -> dict:
+  """{"stack": uint8 [P, H_max, W_max, 3], "shapes": int64 [P, 2]} (see photo_stack)."""
   import skimage.transform  # pylint: disable=g-import-not-at-top
   resized = []
   for im in _raw_photos():
@@ -134,8 +137,22 @@ def photo_stack(short_side: int) -> tuple:
   stack = np.zeros((len(resized), hmax, wmax, 3), np.uint8)
   for i, r in enumerate(resized):
     stack[i, :r.shape[0], :r.shape[1]] = r
+  return {"stack": stack, "shapes": np.array([r.shape[:2] for r in resized], np.int64)}
+
+
+@functools.lru_cache(maxsize=4)
+def photo_stack(short_side: int) -> tuple:
+  """Photos resized (anti-aliased) to short side `short_side`, zero-padded into one array.
+
+  Returns (stack uint8 [P, H_max, W_max, 3] read-only, ((H, W) of each photo, ...)); cached in
+  this process and on disk (`rl_align.data.cache`: decoding and resizing take about 3 s).
+  """
+  key = {"short_side": int(short_side), "photos": PHOTO_NAMES, "versions": _library_versions(),
+         "format": 1}
+  arrays = cache.cached_arrays("photos", key, lambda: _resized_photos(short_side))
+  stack = arrays["stack"]
   stack.setflags(write=False)
-  return stack, tuple(r.shape[:2] for r in resized)
+  return stack, tuple((int(h), int(w)) for h, w in arrays["shapes"])
 
 
 def photo_cell_split(i, j) -> np.ndarray:
