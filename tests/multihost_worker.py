@@ -14,7 +14,8 @@ DIR/train_accuracy.npy.  Every process writes DIR/feed_<process_id>.json: the se
 every chunk a HostFeed loaded in it (the training batches only; the engine's train eval set comes
 from `HostFeed.head`).  --buffer_steps sets the host feed's buffer length; --kill_at_step K
 SIGKILLs the process when its feed starts loading the buffer at step >= K (the engine is then a
-buffer or two behind, with checkpoints at every log step): a crash in the middle of a run.
+buffer or two behind, with checkpoints at every log step, which only such a run writes): a crash
+in the middle of a run.
 --layout forces the engine's layout by its name (`engine.layout.Layout.name`): "vmap" or another
 member lift alone trains `models.DenseNet(widths=(8,), num_classes=4)` (a dense net has no conv
 implementation), "LIFT_IMPL" (e.g. "vmap_im2col", "vmap_pallas") the PaperCNN; "auto" (default):
@@ -33,10 +34,13 @@ import signal
 from rl_align import distributed
 
 
-def _cfg(num_seeds, num_epochs=2):
+def _cfg(num_seeds, num_epochs=2, every_log_step=False):
+  """The trainings' config; checkpoints at every log step only for a run that is killed (each save
+  of 2 processes synchronizes them, ~0.5 s on CPU), else at the end alone."""
   from tests.helpers import train_config  # pylint: disable=g-import-not-at-top
   return train_config(num_seeds=num_seeds, num_epochs=num_epochs, batch_size=16, log_every_steps=3,
-                      train_eval_examples=32, seed=5, checkpoint_every_secs=0.0)
+                      train_eval_examples=32, seed=5,
+                      checkpoint_every_secs=0.0 if every_log_step else 1e9)
 
 
 def main(argv=None) -> None:
@@ -93,7 +97,7 @@ def _run(args, loads) -> None:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from rl_align import data, models, pipeline, seeds, train  # pylint: disable=g-import-not-at-top
 
-  cfg = _cfg(args.num_seeds, args.num_epochs)
+  cfg = _cfg(args.num_seeds, args.num_epochs, every_log_step=bool(args.kill_at_step))
   model = models.PaperCNN(features=4, hidden=8, num_classes=4)
   if args.layout != "auto":
     cfg.member_lift, _, impl = args.layout.partition("_")

@@ -121,7 +121,7 @@ def test_host_fed_run_killed_with_sigkill_resumes_to_the_same_params(worker_laun
   relaunch resumes from its last checkpoint (the step is the pipeline's whole position) and ends
   with the parameters of an uninterrupted run, bitwise."""
   fed = tmp_path / "fed"
-  run = ["--num_epochs=8"]   # 48 steps, a checkpoint at every log step (3)
+  run = ["--num_epochs=8"]   # 48 steps; the killed run checkpoints at every log step (3)
   # The uninterrupted reference: the launch's "kill_ref" (1 process x 2 devices, device-resident).
   ref = os.path.join(worker_launch["root"], "one", "kill_ref")
   log = multihost.feed_log(ref, 0)
