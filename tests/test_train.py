@@ -334,3 +334,31 @@ def test_probe_fn_is_logged_per_seed(data):
     norm = float((k.astype(np.float64) ** 2).sum())
     assert_close(r["probe/kernel_norm"], norm, f32_tol(norm, k.size + 1), "kernel_norm")
     assert 0.0 <= r["probe/active_fraction"] <= 1.0
+
+
+def test_checkpoints_round_trip_bitwise_and_read_the_standard_format(tmp_path):
+  """`engine.checkpoint.Checkpointer` writes numpy leaves without orbax's defensive copy and reads
+  back every leaf bitwise (dtype and shape included); a checkpoint written by orbax's
+  StandardSave (what earlier versions wrote) restores the same way."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from rl_align.engine import checkpoint, core  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  state = core.TrainState(
+      params={"dense": {"kernel": rng.standard_normal((2, 5, 3)).astype(np.float32)}},
+      opt_state=({"mu": rng.standard_normal((2, 5, 3)).astype(np.float32)},
+                 np.array([7, 7], np.int32)),
+      alive=np.array([True, False]), div_step=np.array([-1, 4], np.int32))
+  template = jax.tree.map(np.zeros_like, state)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "new"))
+  assert ckpt.restore(template) is None
+  ckpt.save(3, state)
+  opts = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
+  old = ocp.CheckpointManager(str(tmp_path / "old" / "checkpoints"), options=opts)
+  old.save(3, args=ocp.args.StandardSave(tuple(state)), force=True)
+  old.wait_until_finished()
+  for root in ("new", "old"):
+    step, got = checkpoint.Checkpointer(str(tmp_path / root)).restore(template)
+    assert step == 3 and jax.tree.structure(got) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(state)):
+      assert type(a) is np.ndarray and a.dtype == b.dtype
+      np.testing.assert_array_equal(a, b)

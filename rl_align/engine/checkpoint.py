@@ -31,6 +31,18 @@ def _quiet_orbax(record) -> bool:
   return record.levelno >= 30 or "orbax" not in record.pathname
 
 
+def _host_registry(ocp):
+  """Orbax's handlers for the leaves of a host state (numpy arrays and scalars), without orbax's
+  default copy of every numpy array before it is written: `Checkpointer.save` writes synchronously a
+  state that nothing modifies meanwhile (`core.to_host`'s copy), so the copy only cost time and
+  memory (about half of a checkpoint's time for a 100 MB state on a 2-core CPU)."""
+  th = ocp.type_handlers
+  scalar = th.ScalarHandler()
+  return th.create_type_handler_registry(
+      (int, scalar), (float, scalar), (bytes, scalar), (np.number, scalar),
+      (np.ndarray, th.NumpyHandler(deepcopy_host_arrays=False)))
+
+
 class Checkpointer:
   """Orbax checkpoints of the stacked train state under `root`/checkpoints.
 
@@ -46,10 +58,12 @@ class Checkpointer:
     self._ocp = ocp
     self.root = root
     opts = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
-    self.mngr = ocp.CheckpointManager(os.path.join(self.root, "checkpoints"), options=opts)
+    self.mngr = ocp.CheckpointManager(os.path.join(self.root, "checkpoints"), options=opts,
+                                      item_handlers=ocp.PyTreeCheckpointHandler(
+                                          type_handler_registry=_host_registry(ocp)))
 
   def save(self, step: int, host_state) -> None:
-    self.mngr.save(step, args=self._ocp.args.StandardSave(tuple(host_state)), force=True)
+    self.mngr.save(step, args=self._ocp.args.PyTreeSave(tuple(host_state)), force=True)
     self.mngr.wait_until_finished()
 
   def restore(self, template):
@@ -58,7 +72,10 @@ class Checkpointer:
     if step is None:
       return None
     try:
-      restored = self.mngr.restore(step, args=self._ocp.args.StandardRestore(tuple(template)))
+      item = tuple(template)
+      restore_args = self._ocp.checkpoint_utils.construct_restore_args(item)
+      restored = self.mngr.restore(step, args=self._ocp.args.PyTreeRestore(
+          item, restore_args=restore_args))
     except Exception as e:  # a checkpoint of another model / config
       raise errors.ConfigError(
           f"the checkpoint at step {step} in {self.root} does not match this run's model or "
