@@ -88,19 +88,44 @@ def test_two_task_split_gives_the_same_sweep_json_as_one_task(sweep_one_task, tm
   assert json.load(open(tmp_path / "two" / "sweep.json")) == a
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--sweep=train.learnig_rate=0.1,0.2"], "no field 'train.learnig_rate'"),
-    (["--sweep=train.batch_size=0.5,1.5"], "is a float but the config's field is a int"),
-    (["--sweep=train.learning_rate="], "empty"),
-    (["--sweep=train.learning_rate=0.1", "--num_tasks=2", "--task_index=2"], "--task_index=2"),
-    (["--sweep_zip=train.learning_rate=0.1,0.2;train.momentum=0.9"], "same number of values"),
-])
-def test_bad_sweep_input_is_one_line_before_compiling(tmp_path, args, words):
-  proc = _run(f"--workdir={tmp_path}", *args, timeout=120)
+def test_bad_sweep_input_is_one_line_from_the_binary(tmp_path):
+  """The contract as a user meets it (one subprocess): exit code 2, one `error:` line, no traceback,
+  nothing run.  The other bad inputs go through the same entry in-process (below)."""
+  proc = _run(f"--workdir={tmp_path}", "--sweep=train.learnig_rate=0.1,0.2", timeout=120)
   assert proc.returncode == 2
   err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-  assert len(err) == 1 and words in err[0], proc.stderr[-2000:]
+  assert len(err) == 1 and "no field 'train.learnig_rate'" in err[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
+  assert not os.path.exists(tmp_path / "points")
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"sweep": ["train.batch_size=0.5,1.5"]}, "is a float but the config's field is a int"),
+    ({"sweep": ["train.learning_rate="]}, "empty"),
+    ({"sweep": ["train.learning_rate=0.1"], "num_tasks": 2, "task_index": 2}, "--task_index=2"),
+    ({"sweep_zip": ["train.learning_rate=0.1,0.2;train.momentum=0.9"]}, "same number of values"),
+])
+def test_bad_sweep_input_is_one_line_before_compiling(tmp_path, capsys, values, words):
+  """The binary's entry (`cli.run_main`) with the scale-out flags set as the command line sets
+  them: exit code 2 on one `error:` line, before any point runs."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+  from experiments import cli, scaleout  # pylint: disable=g-import-not-at-top
+  from experiments.configs import fig20  # pylint: disable=g-import-not-at-top
+  from rl_align.runners import eigenmap  # pylint: disable=g-import-not-at-top
+  scaleout.define_flags()
+  was_parsed = flags.FLAGS.is_parsed()
+  flags.FLAGS.mark_as_parsed()
+  try:
+    with flagsaver.flagsaver(**values), pytest.raises(SystemExit) as e:
+      cli.run_main(eigenmap.run_panels, fig20.get_config("right,tiny"), str(tmp_path),
+                   argv=["experiments/eigenvalue_map.py", f"--workdir={tmp_path}"])
+  finally:
+    if not was_parsed:
+      flags.FLAGS.unparse_flags()
+  assert e.value.code == 2
+  err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and words in err[0], err
   assert not os.path.exists(tmp_path / "points")
 
 
