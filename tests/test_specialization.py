@@ -150,8 +150,22 @@ def test_rerun_resumes_and_reproduces(tiny_run):
     np.testing.assert_array_equal(again["points"][pid]["gain_censored"], p["gain_censored"])
     np.testing.assert_array_equal(again["points"][pid]["activity"]["dense_1"]["active_fraction"],
                                   p["activity"]["dense_1"]["active_fraction"])
-  bad = _run_binary(wd, "--config.train.num_seeds=3")
-  assert bad.returncode == 2 and "different config" in bad.stderr
+
+
+@pytest.mark.slow   # reads the binary's tiny run
+def test_rerun_with_another_config_is_refused(tiny_run, capsys):
+  """In-process through the binary's entry (`cli.run_main`): exit code 2, one error line."""
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  from experiments.configs import specialization as configs  # pylint: disable=g-import-not-at-top
+  from rl_align.runners import specialization as runner  # pylint: disable=g-import-not-at-top
+  wd, _, _ = tiny_run
+  config = configs.get_config("tiny")
+  config.train.num_seeds = 3
+  with pytest.raises(SystemExit) as e:
+    cli.run_main(runner.run, config, wd, argv=["experiments/specialization.py", f"--workdir={wd}"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith("error: ") and "different config" in err[-1], err[-5:]
 
 
 @pytest.mark.parametrize("name", ["local", "vgg16_cifar10", "resnet18_cifar10", "resnet18_imagenet"])
