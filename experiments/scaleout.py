@@ -88,18 +88,21 @@ def run_sweep(run_point: Callable[[Any, str], Any], config, workdir: str) -> dic
   run.json), as a generator of its train calls (`cli.recorded_steps`): a group's points advance in
   lockstep and their calls are packed (`rl_align.packing`).
   """
-  axes = sweep_lib.parse_axes(FLAGS.sweep, FLAGS.sweep_zip)
+  sweeps, zips = list(_flag("sweep", [])), list(_flag("sweep_zip", []))
+  task_index, num_tasks = _flag("task_index", 0), _flag("num_tasks", 1)
+  packing_on = _flag("sweep_packing", "on") == "on"
+  axes = sweep_lib.parse_axes(sweeps, zips)
   points = sweep_lib.expand(config, axes)
-  groups = sweep_lib.group_points(points, packing=FLAGS.sweep_packing == "on")
-  share = sweep_lib.task_share(len(groups), FLAGS.task_index, FLAGS.num_tasks)
-  spec = {"binary": _binary(), "base_config": config, "sweep": list(FLAGS.sweep),
-          "sweep_zip": list(FLAGS.sweep_zip), "fields": [f for ax in axes for f, _ in ax],
+  groups = sweep_lib.group_points(points, packing=packing_on)
+  share = sweep_lib.task_share(len(groups), task_index, num_tasks)
+  spec = {"binary": _binary(), "base_config": config, "sweep": sweeps,
+          "sweep_zip": zips, "fields": [f for ax in axes for f, _ in ax],
           "points": [{"slug": p.slug, "fields": p.fields} for p in points]}
   is_main = jax.process_index() == 0
   sweep_lib.write_spec(workdir, spec, is_main)
   mine = [groups[g] for g in share]
   logging.info("sweep: %d points in %d groups (packing %s); task %d/%d runs %d group(s), %d point(s)",
-               len(points), len(groups), FLAGS.sweep_packing, FLAGS.task_index, FLAGS.num_tasks,
+               len(points), len(groups), "on" if packing_on else "off", task_index, num_tasks,
                len(mine), sum(len(g) for g in mine))
   t0 = time.time()
   failures = packing.run_groups(lambda p, d: run_point(p.config, d), points, mine, workdir, is_main)

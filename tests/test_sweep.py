@@ -108,21 +108,14 @@ def test_bad_sweep_input_is_one_line_from_the_binary(tmp_path):
 def test_bad_sweep_input_is_one_line_before_compiling(tmp_path, capsys, values, words):
   """The binary's entry (`cli.run_main`) with the scale-out flags set as the command line sets
   them: exit code 2 on one `error:` line, before any point runs."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
   from experiments import cli, scaleout  # pylint: disable=g-import-not-at-top
   from experiments.configs import fig20  # pylint: disable=g-import-not-at-top
   from rl_align.runners import eigenmap  # pylint: disable=g-import-not-at-top
-  scaleout.define_flags()
-  was_parsed = flags.FLAGS.is_parsed()
-  flags.FLAGS.mark_as_parsed()
-  try:
-    with flagsaver.flagsaver(**values), pytest.raises(SystemExit) as e:
-      cli.run_main(eigenmap.run_panels, fig20.get_config("right,tiny"), str(tmp_path),
-                   argv=["experiments/eigenvalue_map.py", f"--workdir={tmp_path}"])
-  finally:
-    if not was_parsed:
-      flags.FLAGS.unparse_flags()
+  scaleout.define_flags()   # values set as parsing would set them, without parsing the flags
+  with flagsaver.flagsaver(**values), pytest.raises(SystemExit) as e:
+    cli.run_main(eigenmap.run_panels, fig20.get_config("right,tiny"), str(tmp_path),
+                 argv=["experiments/eigenvalue_map.py", f"--workdir={tmp_path}"])
   assert e.value.code == 2
   err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
   assert len(err) == 1 and words in err[0], err
