@@ -46,8 +46,8 @@ def worker_launch(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sweep_one_task(tmp_path_factory):
   """(workdir, CompletedProcess) of one sweep through the eigenvalue-map binary, one task
-  (`helpers.SPLIT_SWEEP`): tests/test_sweep.py's reference for a 2-task split and
-  tests/test_tensorboard.py's sweep; its tests form one xdist group."""
+  (`helpers.SPLIT_SWEEP`): tests/test_sweep.py's packed sweep and reference for a 2-task split,
+  and tests/test_tensorboard.py's sweep; its tests form one xdist group."""
   wd = tmp_path_factory.mktemp("sweep_one_task")
   proc = helpers.run_module("experiments.eigenvalue_map", helpers.SWEEP_CONFIG, f"--workdir={wd}",
                             *helpers.SPLIT_SWEEP)

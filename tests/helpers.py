@@ -25,10 +25,12 @@ JAX_CACHE_ENV = {
 DATA_CACHE_DIR = os.path.join(tempfile.gettempdir(), f"rl_align_data_cache_{os.getuid()}")
 
 
-# The sweep of tests/conftest.py's `sweep_one_task` (fig20 right tiny, 2 batch sizes: 2 groups of
-# 2 packed points), which tests/test_sweep.py also splits over two tasks.
+# The sweep of tests/conftest.py's `sweep_one_task` (fig20 right tiny, 1 epoch, 2 batch sizes x
+# (learning rate, root seed) zipped: 2 groups of 2 packed points, 2 members each), which
+# tests/test_sweep.py checks (packing, files) and splits over two tasks.
 SWEEP_CONFIG = "--config=experiments/configs/fig20.py:right,tiny"
-SPLIT_SWEEP = ["--sweep=train.batch_size=64,128", "--sweep=train.learning_rate=0.01,0.02",
+SPLIT_SWEEP = ["--sweep=train.batch_size=64,128",
+               "--sweep_zip=train.learning_rate=0.01,0.05;train.seed=0,3",
                "--config.train.num_epochs=1"]
 
 

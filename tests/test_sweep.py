@@ -23,47 +23,50 @@ def _kernel(wd):
   return np.load(os.path.join(wd, "right", "arrays.npz"))["first_kernel"]
 
 
-@pytest.fixture(scope="module")
-def packed(tmp_path_factory):
-  wd = tmp_path_factory.mktemp("packed")
-  proc = _run(f"--workdir={wd}", "--sweep=train.learning_rate=0.01,0.05", "--sweep=train.seed=0,3")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return wd, proc
-
-
 @pytest.mark.slow   # the binary, end to end
-def test_packed_sweep_runs_one_program_and_writes_the_documented_files(packed):
-  wd, proc = packed
-  assert "4 members of 4 packed calls" not in proc.stderr   # 4 points x 2 seeds = 8 members
-  assert "8 members of 4 packed calls" in proc.stderr
+def test_packed_sweep_runs_one_program_per_group_and_writes_the_documented_files(sweep_one_task):
+  """The session's sweep (tests/conftest.py, `helpers.SPLIT_SWEEP`): 2 batch sizes x (learning rate,
+  root seed) zipped; the points of one batch size pack into one program (2 points x 2 members)."""
+  wd, proc = sweep_one_task
+  assert proc.stderr.count("4 members of 2 packed calls") == 2   # one program per batch size
   out = json.load(open(wd / "sweep.json"))
   assert [p["fields"] for p in out["points"]] == [
-      {"train.learning_rate": lr, "train.seed": s} for lr in (0.01, 0.05) for s in (0, 3)]
+      {"train.batch_size": b, "train.learning_rate": lr, "train.seed": s}
+      for b in (64, 128) for lr, s in ((0.01, 0), (0.05, 3))]
   for p in out["points"]:
     assert os.path.isfile(wd / p["workdir"] / "right" / "results.json")
     acc = p["summary"]["right/train_accuracy"]
     assert 0 <= acc["mean"] <= 1 and acc["std"] is not None
   assert (wd / "sweep.csv").read_text().count("\n") == 5
-  # The group's packed state has a folder of its own (all swept fields pack: one group, "all").
-  assert os.listdir(wd / "packed") == ["all"] and len(os.listdir(wd / "packed" / "all")) == 1
+  # Each group's packed state has a folder of its own, named after what it does not pack.
+  assert sorted(os.listdir(wd / "packed")) == ["train.batch_size=128", "train.batch_size=64"]
+  assert all(len(os.listdir(wd / "packed" / g)) == 1 for g in os.listdir(wd / "packed"))
+  steps = {}
   for p in out["points"]:
     assert not os.path.exists(wd / p["workdir"] / "right" / "train_state")
-    # Each point's run.json counts its own calls' steps only: 8 steps x 2 seeds.
+    # Each point's run.json counts its own calls' steps only: 1 epoch x 2 members.
     calls = json.load(open(wd / p["workdir"] / "run.json"))["accounting"]["calls"]
-    assert calls == {"train": {"calls": 1, "flops": calls["train"]["flops"], "model_steps": 16,
+    assert calls == {"train": {"calls": 1, "flops": calls["train"]["flops"],
+                               "model_steps": calls["train"]["model_steps"],
                                "seconds": calls["train"]["seconds"]}}
     assert calls["train"]["seconds"]["train"] > 0
-  for f in ("sweep_train.learning_rate.png", "sweep_train.seed.png"):
+    steps.setdefault(p["fields"]["train.batch_size"], set()).add(calls["train"]["model_steps"])
+  # Half the batch, twice the steps.
+  assert steps[64] == {2 * min(steps[128])} and len(steps[128]) == 1
+  for f in ("sweep_train.batch_size.png", "sweep_train.learning_rate.png", "sweep_train.seed.png"):
     assert (wd / f).stat().st_size > 1000
 
 
 @pytest.mark.slow   # the binary, end to end
-def test_packed_member_equals_its_point_run_alone(packed, tmp_path):
-  wd, _ = packed
-  proc = _run(f"--workdir={tmp_path}", "--config.train.learning_rate=0.05", "--config.train.seed=3")
+def test_packed_member_equals_its_point_run_alone(sweep_one_task, tmp_path):
+  wd, _ = sweep_one_task
+  proc = _run(f"--workdir={tmp_path}", "--config.train.num_epochs=1",
+              "--config.train.batch_size=128", "--config.train.learning_rate=0.05",
+              "--config.train.seed=3")
   assert proc.returncode == 0, proc.stderr[-3000:]
   np.testing.assert_array_equal(   # the same per-member program on one machine: bitwise
-      _kernel(wd / "points" / "train.learning_rate=0.05,train.seed=3"), _kernel(tmp_path))
+      _kernel(wd / "points" / "train.batch_size=128,train.learning_rate=0.05,train.seed=3"),
+      _kernel(tmp_path))
 
 
 @pytest.mark.slow   # the binary, end to end
@@ -123,8 +126,8 @@ def test_bad_sweep_input_is_one_line_before_compiling(tmp_path, capsys, values, 
 
 
 @pytest.mark.slow   # the binary, end to end
-def test_a_workdir_with_another_sweep_is_refused(packed):
-  wd, _ = packed
+def test_a_workdir_with_another_sweep_is_refused(sweep_one_task):
+  wd, _ = sweep_one_task
   proc = _run(f"--workdir={wd}", "--sweep=train.learning_rate=0.3", timeout=120)
   assert proc.returncode == 2 and "holds another sweep" in proc.stderr
 

@@ -115,8 +115,8 @@ def test_f_directions_are_capped_and_log_spaced():
 
 @pytest.mark.slow
 def test_each_sweep_point_is_its_own_run(sweep_one_task):
-  """A sweep through the binary (tests/conftest.py's `sweep_one_task`: 2 batch sizes x 2 learning
-  rates, 1 epoch; 2 groups of 2 packed points) writes one run per point and member."""
+  """A sweep through the binary (tests/conftest.py's `sweep_one_task`: 2 batch sizes x 2 (learning
+  rate, seed) pairs, 1 epoch; 2 groups of 2 packed points) writes one run per point and member."""
   wd, _ = sweep_one_task
   runs = {os.path.relpath(os.path.dirname(p), wd)
           for p in glob.glob(str(wd / "**" / "events.out.tfevents.*"), recursive=True)}
