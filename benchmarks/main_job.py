@@ -10,6 +10,8 @@ matmul peak of `rl_align.machine`):
 2. **The engine's steps alone**, for the member layouts the main job can use: `--devices` (the
    XLA host devices the 5 members are sharded over; 5 members on 2 devices are padded to 6) in
    alternating rounds, each arm's best.  `Engine.chunk` on device-resident data, compile excluded.
+   With `--unguarded`, one more 1-device arm whose step has no divergence guard (no gradient norm,
+   no select of the old values): what the guard costs.
 3. **One panel end to end** through the binary (`--panel`, `--epochs`), a fresh process per arm:
    the wall time and run.json's `accounting.phases` (training steps, compile, eval, snapshots,
    checkpoints, log, other), per `--config.train.num_devices` arm.
@@ -32,6 +34,8 @@ flags.DEFINE_integer("epochs", 20, "Epochs of the end-to-end arms (the main job 
 flags.DEFINE_integer("chunk_steps", 390, "Steps per timed engine chunk (section 2).")
 flags.DEFINE_integer("repeats", 2, "Alternating rounds of every arm.")
 flags.DEFINE_list("devices", ["2", "1"], "Device counts compared (sections 2 and 3).")
+flags.DEFINE_bool("unguarded", True, "Section 2 also times a 1-device arm whose step has no "
+                  "divergence guard (what the guard costs; not a layout the engine offers).")
 flags.DEFINE_bool("end_to_end", True, "Run section 3 (a fresh binary per arm).")
 flags.DEFINE_string("json", None, "Where to write the results.")
 
@@ -56,10 +60,11 @@ def _setup(n_devices: int):
 
 
 def matmul_ceiling() -> dict:
-  """Section 1: every dot_general of one member's step, timed alone (best of 3 x 50 calls)."""
+  """Section 1: every dot_general of one member's step, timed alone (best of 5 x 50 calls)."""
   import jax   # pylint: disable=import-outside-toplevel
   from jax import lax   # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp   # pylint: disable=import-outside-toplevel
+  import numpy as np   # pylint: disable=import-outside-toplevel
   from rl_align.engine import core   # pylint: disable=import-outside-toplevel
   cfg, model, x, _ = _setup(1)
   eng = core.Engine(model, cfg, x.shape, 1)
@@ -73,36 +78,53 @@ def matmul_ceiling() -> dict:
   def walk(jx):
     for eqn in jx.eqns:
       if eqn.primitive.name == "dot_general":
+        out = eqn.outvars[0]
+        users = [e for e in jx.eqns if out in e.invars]
+        # XLA folds a transpose of a dot's output into the dot (it swaps the operands): the
+        # weight gradients are dot -> transpose in the jaxpr and one dot in the compiled step.
+        perm = (users[0].params["permutation"] if len(users) == 1
+                and users[0].primitive.name == "transpose" else None)
         dots.append((eqn.invars[0].aval.shape, eqn.invars[1].aval.shape,
-                     eqn.params["dimension_numbers"], eqn.outvars[0].aval.shape))
+                     eqn.params["dimension_numbers"], out.aval.shape, perm))
       for v in eqn.params.values():
         sub = getattr(v, "jaxpr", v)
         if hasattr(sub, "eqns"):
           walk(sub)
   walk(jaxpr.jaxpr)
-  rows, total_flops, total_s = [], 0.0, 0.0
-  rng = jax.random.key(1)
-  for lhs, rhs, dn, out in dots:
+  rng, timed = jax.random.key(1), []
+  for lhs, rhs, dn, out, perm in dots:
     a = jax.random.normal(rng, lhs, jnp.float32)
     b = jax.random.normal(rng, rhs, jnp.float32)
-    f = jax.jit(lambda a, b, dn=dn: lax.dot_general(a, b, dn))
+    f = jax.jit(lambda a, b, dn=dn, perm=perm: (lambda r: r if perm is None else r.transpose(perm))(
+        lax.dot_general(a, b, dn)))
     f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(3):
+    timed.append((f, a, b, [float("inf")]))
+  for _ in range(5):   # round-robin, so that a slow moment of a shared machine hits every dot
+    for f, a, b, best in timed:
       t = time.perf_counter()
       for _ in range(50):
         r = f(a, b)
       r.block_until_ready()
-      best = min(best, (time.perf_counter() - t) / 50)
+      best[0] = min(best[0], (time.perf_counter() - t) / 50)
+  rows, total_flops, total_s = [], 0.0, 0.0
+  for (lhs, rhs, dn, out, perm), (_, _, _, (best,)) in zip(dots, timed):
     (lc, _), _ = dn
-    flops = 2.0 * float(jnp.prod(jnp.array(out))) * float(jnp.prod(jnp.array([lhs[i] for i in lc])))
+    flops = 2.0 * float(np.prod(out)) * float(np.prod([lhs[i] for i in lc]))
     rows.append({"lhs": list(lhs), "rhs": list(rhs), "contracting": [list(c) for c in dn[0]],
-                 "flops": flops, "ms": round(best * 1e3, 4),
+                 "then_transpose": perm is not None, "flops": flops, "ms": round(best * 1e3, 4),
                  "gflops_per_s": round(flops / best / 1e9, 1)})
     total_flops += flops
     total_s += best
   return {"dots": rows, "step_flops": eng.step_flops, "dot_flops": total_flops,
           "dots_ms": round(total_s * 1e3, 3), "gflops_per_s": round(total_flops / total_s / 1e9, 1)}
+
+
+def _unguarded_step(self, tx, params, opt_state, alive, xb, yb):
+  """`Member.step` without the divergence guard (no gradient norm, no select of old values)."""
+  import optax   # pylint: disable=import-outside-toplevel
+  (loss, acc), grads = self.batch_grads(params, xb, yb)
+  updates, new_opt = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), new_opt, alive, loss, acc
 
 
 def engine_rates() -> dict:
@@ -111,18 +133,24 @@ def engine_rates() -> dict:
   import numpy as np   # pylint: disable=import-outside-toplevel
   from rl_align import seeds   # pylint: disable=import-outside-toplevel
   from rl_align.engine import core   # pylint: disable=import-outside-toplevel
-  arms = {}
-  for nd in FLAGS.devices:
-    cfg, model, x, labels = _setup(int(nd))
-    eng = core.Engine(model, cfg, x.shape, 5)
-    members = seeds.Members.of(cfg).padded(eng.m_pad)
-    state, inputs = eng.initial_state(members), eng.put_inputs(members, x, labels)
-    state, loss, _ = eng.chunk(state, inputs, np.int32(0), np.int32(8))   # compile
-    jax.block_until_ready(loss)
-    arms[nd] = {"eng": eng, "state": state, "inputs": inputs, "best": float("inf"), "t": 8}
+  arms, names = {}, list(FLAGS.devices) + (["1/unguarded"] if FLAGS.unguarded else [])
+  for name in names:
+    cfg, model, x, labels = _setup(int(name.split("/")[0]))
+    guarded = core.Member.step
+    if name.endswith("/unguarded"):
+      core.Member.step = _unguarded_step   # traced by the compile below, then restored
+    try:
+      eng = core.Engine(model, cfg, x.shape, 5)
+      members = seeds.Members.of(cfg).padded(eng.m_pad)
+      state, inputs = eng.initial_state(members), eng.put_inputs(members, x, labels)
+      state, loss, _ = eng.chunk(state, inputs, np.int32(0), np.int32(8))   # compile
+      jax.block_until_ready(loss)
+    finally:
+      core.Member.step = guarded
+    arms[name] = {"eng": eng, "state": state, "inputs": inputs, "best": float("inf"), "t": 8}
   rounds = []
   for r in range(FLAGS.repeats):
-    for nd in (FLAGS.devices if r % 2 == 0 else FLAGS.devices[::-1]):
+    for nd in (names if r % 2 == 0 else names[::-1]):
       a, t0 = arms[nd], arms[nd]["t"]
       t = time.perf_counter()
       a["state"], loss, _ = a["eng"].chunk(a["state"], a["inputs"], np.int32(t0),

@@ -106,13 +106,21 @@ class Member:
     return jax.tree.map(lambda t: t / k, tot)
 
   def step(self, tx, params, opt_state, alive, xb, yb):
-    """One SGD-family step; a non-finite loss or gradient keeps the old values and kills it."""
+    """One SGD-family step; a non-finite loss or gradient keeps the old values and kills it.
+
+    The update runs under `lax.cond`: a select of new and old values (`jnp.where`) made XLA
+    keep the old optimizer state in a copy and read it twice, about 10% of a Fig 20 step on CPU
+    (`benchmarks/main_job.py`, section 2).  The results are bitwise the same.  Under `vmap`
+    the cond becomes that select again."""
     (loss, acc), grads = self.batch_grads(params, xb, yb)
-    updates, new_opt = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
     ok = alive & jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-    keep = lambda new, old: jnp.where(ok, new, old)
-    return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt_state), ok, loss, acc
+
+    def update(params, opt_state, grads):
+      updates, new_opt = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), new_opt
+
+    params, opt_state = lax.cond(ok, update, lambda p, o, g: (p, o), params, opt_state, grads)
+    return params, opt_state, ok, loss, acc
 
   def loop(self, hparams, state: TrainState, aux, sums, lo, hi, batch_at, step_at):
     """THE step loop: iterations lo..hi-1; batch_at(j, aux) -> (xb, yb, aux) is iteration j's
