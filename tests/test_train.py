@@ -339,7 +339,8 @@ def test_probe_fn_is_logged_per_seed(data):
 def test_checkpoints_round_trip_bitwise_and_read_the_standard_format(tmp_path):
   """`engine.checkpoint.Checkpointer` writes numpy leaves without orbax's defensive copy and reads
   back every leaf bitwise (dtype and shape included); a checkpoint written by orbax's
-  StandardSave (what earlier versions wrote) restores the same way."""
+  StandardSave (what earlier versions wrote) restores the same way; a template of another shape is
+  refused."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from rl_align.engine import checkpoint, core  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
@@ -362,3 +363,7 @@ def test_checkpoints_round_trip_bitwise_and_read_the_standard_format(tmp_path):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(state)):
       assert type(a) is np.ndarray and a.dtype == b.dtype
       np.testing.assert_array_equal(a, b)
+  # A template of another shape (another width, same tree) is refused with the leaf's name.
+  wider = template._replace(params={"dense": {"kernel": np.zeros((2, 5, 4), np.float32)}})
+  with pytest.raises(errors.ConfigError, match=r"\['dense'\]\['kernel'\] has shape \(2, 5, 3\)"):
+    ckpt.restore(wider)

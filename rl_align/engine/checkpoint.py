@@ -77,8 +77,17 @@ class Checkpointer:
       restored = self.mngr.restore(step, args=self._ocp.args.PyTreeRestore(
           item, restore_args=restore_args))
     except Exception as e:  # a checkpoint of another model / config
-      raise errors.ConfigError(
-          f"the checkpoint at step {step} in {self.root} does not match this run's model or "
-          f"config ({type(e).__name__}: {str(e)[:200]}). Fix: use a fresh --workdir, or rerun "
-          "with the config that wrote it.") from None
-    return step, core.TrainState(*jax.tree.map(np.asarray, restored))
+      raise self._mismatch(step, f"{type(e).__name__}: {str(e)[:200]}") from None
+    restored = core.TrainState(*jax.tree.map(np.asarray, restored))
+    # Orbax gives a leaf the checkpoint's shape whatever the template's: check it here.
+    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(template),
+                                 jax.tree.leaves(restored)):
+      if np.shape(want) != got.shape:
+        raise self._mismatch(step, f"{jax.tree_util.keystr(path)} has shape {got.shape} in the "
+                             f"checkpoint, {np.shape(want)} in this run")
+    return step, restored
+
+  def _mismatch(self, step, why: str) -> errors.ConfigError:
+    return errors.ConfigError(
+        f"the checkpoint at step {step} in {self.root} does not match this run's model or "
+        f"config ({why}). Fix: use a fresh --workdir, or rerun with the config that wrote it.")
