@@ -36,7 +36,6 @@ Usage::
 Extending: register an arm class in ``ARMS`` with ``setup()``, ``run()`` (one timed round),
 ``steps()`` (engine steps per round) and ``close()``.
 """
-import json
 import os
 import platform
 import sys
@@ -48,6 +47,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from benchmarks import output
 from experiments import host_devices
 from rl_align import data
 from rl_align import errors
@@ -281,9 +281,7 @@ def main(argv):
     print(f"  {r['arm']:<13} {r['steps_per_s']:8.2f} steps/s  {r['batches_per_s']:8.1f} "
           f"batches/s  {r['mb_per_s']:8.1f} MB/s  {r['cpu_s_per_step'] * 1e3:7.1f} ms CPU/step"
           + extra)
-  if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump(out, f, indent=1)
+  output.emit(out, FLAGS.json, echo=False)
 
 
 if __name__ == "__main__":

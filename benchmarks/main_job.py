@@ -28,6 +28,8 @@ import time
 from absl import app
 from absl import flags
 
+from benchmarks import output
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("panel", "left", "Fig 20 panel (left / middle: d=10 / 30, 2048-256; right: 256-256).")
 flags.DEFINE_integer("epochs", 20, "Epochs of the end-to-end arms (the main job runs 200).")
@@ -215,10 +217,7 @@ def main(argv):
     arm["fraction_of_peak"] = round(arm["gflops_per_s"] / peak, 3)
   if FLAGS.end_to_end:
     out["end_to_end"] = end_to_end()
-  print(json.dumps(out, indent=1))
-  if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump(out, f, indent=1)
+  output.emit(out, FLAGS.json)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+from benchmarks import output
+
 H = W = 32
 C = 3
 _NAIVE_BYTES_PER_COORD = 16     # measured 12-15.5: float32 patches + np.cov's float64 copy
@@ -239,10 +241,7 @@ def main(argv=None) -> dict:
          "max_rel_diff_vs_naive_300_images": checks, "rows": rows}
   print(table(rows, peak))
   print("ours vs naive on 300 images, max |diff| / max |cov|:", checks)
-  if args.json:
-    with open(args.json + ".tmp", "w") as f:
-      json.dump(out, f, indent=1)
-    os.replace(args.json + ".tmp", args.json)
+  output.emit(out, args.json, echo=False)
   return out
 
 

@@ -14,7 +14,6 @@ the 1-minute load average before and after every arm (other jobs on a shared mac
 
     python -m benchmarks.sweep_throughput --epochs=20 --json=/tmp/sweep_bench.json
 """
-import json
 import os
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import time
 
 from absl import app
 from absl import flags
+
+from benchmarks import output
 
 from rl_align import machine
 
@@ -75,10 +76,7 @@ def main(argv):
          "arms": {a: {"wall_s": round(w, 2), "model_steps_per_s": round(model_steps / w, 1)}
                   for a, w in best.items()},
          "packed_over_per_point": round(best["per_point"] / best["packed"], 3), "rounds": rounds}
-  print(json.dumps(out, indent=1))
-  if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump(out, f, indent=1)
+  output.emit(out, FLAGS.json)
 
 
 if __name__ == "__main__":

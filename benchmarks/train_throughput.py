@@ -44,7 +44,6 @@ model-step in its layout and dtype, the floor max(FLOPs / peak, bytes / bandwidt
 matmul peak of its dtype and the copy bandwidth both measured at the start of this run (top-level
 ``roofline.limits``), which of the two binds, and ``fraction_of_floor`` = floor / measured time.
 """
-import json
 import os
 import platform
 import statistics
@@ -59,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import output
 from benchmarks import roofline
 from experiments import host_devices
 from rl_align import models
@@ -678,12 +678,7 @@ def main(argv):
     sys.exit(2)
   print(format_table(res), flush=True)
   if FLAGS.json:
-    d = os.path.dirname(os.path.abspath(FLAGS.json))
-    os.makedirs(d, exist_ok=True)
-    tmp = FLAGS.json + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(res, f, indent=1, default=float)
-    os.replace(tmp, FLAGS.json)
+    output.emit(res, FLAGS.json, echo=False)
     print(f"wrote {FLAGS.json}")
 
 

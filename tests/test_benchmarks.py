@@ -5,6 +5,7 @@ only `.[test]`) every test runs except the one that compares against PyTorch its
 torch and missing CUDA errors are tested with torch hidden or replaced.
 """
 import json
+import os
 import types
 
 import numpy as np
@@ -112,3 +113,18 @@ def test_torch_on_cuda_without_cuda_names_the_flag(monkeypatch):
   with pytest.raises(app.UsageError, match="--torch_device=cpu"):
     arm.setup()
 
+
+
+def test_emit_prints_and_writes_numpy_results_atomically(tmp_path, capsys):
+  """Every benchmark's --json goes through `benchmarks.output.emit`: numpy values become JSON,
+  a missing folder is created, and no temporary file is left beside the result."""
+  from benchmarks import output  # pylint: disable=g-import-not-at-top
+  out = {"rate": np.float32(1.5), "rows": np.arange(3), "nan": float("nan")}
+  path = tmp_path / "new_dir" / "bench.json"
+  output.emit(out, str(path))
+  want = {"rate": 1.5, "rows": [0, 1, 2], "nan": None}
+  assert json.loads(capsys.readouterr().out) == want
+  assert json.loads(path.read_text()) == want
+  assert os.listdir(path.parent) == ["bench.json"]
+  output.emit({"a": 1}, None, echo=False)   # neither printed nor written
+  assert capsys.readouterr().out == ""
