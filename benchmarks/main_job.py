@@ -11,7 +11,7 @@ matmul peak of `rl_align.machine`):
    XLA host devices the 5 members are sharded over; 5 members on 2 devices are padded to 6) in
    alternating rounds, each arm's best.  `Engine.chunk` on device-resident data, compile excluded.
    With `--unguarded`, one more 1-device arm whose step has no divergence guard (no gradient norm,
-   no select of the old values): what the guard costs.
+   no cond on it): what the guard costs.
 3. **One panel end to end** through the binary (`--panel`, `--epochs`), a fresh process per arm:
    the wall time and run.json's `accounting.phases` (training steps, compile, eval, snapshots,
    checkpoints, log, other), per `--config.train.num_devices` arm.
@@ -122,11 +122,9 @@ def matmul_ceiling() -> dict:
 
 
 def _unguarded_step(self, tx, params, opt_state, alive, xb, yb):
-  """`Member.step` without the divergence guard (no gradient norm, no select of old values)."""
-  import optax   # pylint: disable=import-outside-toplevel
+  """`Member.step` without the divergence guard (no gradient norm, no cond on it)."""
   (loss, acc), grads = self.batch_grads(params, xb, yb)
-  updates, new_opt = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), new_opt, alive, loss, acc
+  return (*self.update(tx, params, opt_state, grads), alive, loss, acc)
 
 
 def engine_rates() -> dict:

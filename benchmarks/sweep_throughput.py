@@ -24,7 +24,6 @@ from absl import app
 from absl import flags
 
 from benchmarks import output
-
 from rl_align import machine
 
 FLAGS = flags.FLAGS

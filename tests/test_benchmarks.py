@@ -114,7 +114,6 @@ def test_torch_on_cuda_without_cuda_names_the_flag(monkeypatch):
     arm.setup()
 
 
-
 def test_emit_prints_and_writes_numpy_results_atomically(tmp_path, capsys):
   """Every benchmark's --json goes through `benchmarks.output.emit`: numpy values become JSON,
   a missing folder is created, and no temporary file is left beside the result."""

@@ -114,13 +114,15 @@ class Member:
     the cond becomes that select again."""
     (loss, acc), grads = self.batch_grads(params, xb, yb)
     ok = alive & jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-
-    def update(params, opt_state, grads):
-      updates, new_opt = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), new_opt
-
-    params, opt_state = lax.cond(ok, update, lambda p, o, g: (p, o), params, opt_state, grads)
+    params, opt_state = lax.cond(ok, functools.partial(self.update, tx), lambda p, o, g: (p, o),
+                                 params, opt_state, grads)
     return params, opt_state, ok, loss, acc
+
+  @staticmethod
+  def update(tx, params, opt_state, grads):
+    """(new params, new optimizer state) of one optimizer update, unguarded."""
+    updates, new_opt = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_opt
 
   def loop(self, hparams, state: TrainState, aux, sums, lo, hi, batch_at, step_at):
     """THE step loop: iterations lo..hi-1; batch_at(j, aux) -> (xb, yb, aux) is iteration j's
