@@ -309,6 +309,39 @@ class Engine:
                         self.put_replicated(np.asarray(x, np.float32)))
 
 
+def abstract_programs(eng: Engine, fed_steps: int = 2, eval_batches: int = 1) -> dict:
+  """{name: (jitted program, abstract arguments)} of the engine's programs "init", "chunk",
+  "chunk_fed" and "evaluate", the arguments as `jax.ShapeDtypeStruct`s with the engine's
+  shardings (the state's from `jax.eval_shape` of its init): nothing is allocated or compiled.
+  For lowering a program for a platform this host does not have (tests/test_lowering.py)::
+
+      fn, args = core.abstract_programs(eng)["chunk"]
+      exported = jax.export.export(fn, platforms=["tpu"])(*args)
+
+  "chunk_fed" reads host-fed buffers of `fed_steps` steps, "evaluate" `eval_batches` batches of
+  cfg.eval_batch_size examples."""
+  mem, rep, m = eng.member_sharding, eng.replicated, eng.m_pad
+  f32, i32 = jnp.float32, jnp.int32
+  sds = lambda shape, dtype, sharding=mem: jax.ShapeDtypeStruct(tuple(shape), dtype,
+                                                                 sharding=sharding)
+  example, batch, eb = eng.x_shape[1:], eng.cfg.batch_size, eng.cfg.eval_batch_size
+  keys, step = sds((m, 2), jnp.uint32), sds((), i32, rep)
+  params, opt_state = jax.eval_shape(eng.init, keys)
+  state = TrainState(params, opt_state, sds((m,), jnp.bool_), sds((m,), i32))
+  hparams = {k: sds((m,), f32) for k in seeds.MEMBER_HPARAMS}
+  return {
+      "init": (eng.init, (keys,)),
+      "chunk": (eng._chunk, (state, keys, hparams, sds((m, eng.n), i32),
+                             sds(eng.x_shape, f32, rep), step, step)),
+      "chunk_fed": (eng.chunk_fed, (state, hparams, (sds((m,), f32),) * 2,
+                                    sds((m, fed_steps, batch) + example, f32),
+                                    sds((m, fed_steps, batch), i32), step, step, step)),
+      "evaluate": (eng._evaluate, (params, sds((m, eval_batches, eb), i32),
+                                   sds((eval_batches, eb) + example, f32, rep),
+                                   sds((eval_batches, eb), f32, rep))),
+  }
+
+
 _ENGINES: "collections.OrderedDict[tuple, Engine]" = collections.OrderedDict()
 ENGINE_CACHE_SIZE = 4
 

@@ -4,7 +4,9 @@ A layout is two choices (`Layout`): how the per-member function is lifted over t
 device (`lift`: vmap | unroll | map) and which convolution implementation a conv model runs
 (`conv_impl`: lax | im2col | fused | pallas, `rl_align.models`; None for models without
 convolutions).  `choose_layout` makes both for `member_lift="auto"` / `conv_impl="auto"`,
-`choose_devices` the device count, `choose_microbatch` the gradient micro-batch.
+`choose_devices` the device count, `choose_microbatch` the gradient micro-batch.  `resolve` refuses
+a layout a platform cannot run (`UNSUPPORTED`); `pinned_config` fixes a config to what a platform
+would run, so that this host can build (and lower for that platform) the same program.
 """
 from typing import Callable, NamedTuple
 
@@ -13,10 +15,26 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from rl_align import errors
 from rl_align import models
 
 MEMBER_LIFTS = ("vmap", "unroll", "map")
 CONV_IMPLS = models.CONV_IMPLS
+
+
+# (platform, conv_impl) -> why that platform cannot run it.  `choose_layout` never picks these and
+# `resolve` refuses them; tests/test_lowering.py lowers every other layout for "cuda" and "tpu".
+UNSUPPORTED = {
+    ("tpu", "pallas"): "the Pallas block (rl_align.pallas_fused) has Triton kernels for GPUs only; "
+                       "no Mosaic TPU kernels are written, and its Triton compiler parameters do "
+                       "not lower for TPU",
+}
+
+
+def device_platform(platform: str) -> str:
+  """A device's platform as `jax.Device.platform` names it: "cpu", "gpu" or "tpu" (the lowering
+  platforms "cuda" and "rocm" are "gpu")."""
+  return "gpu" if platform in ("cuda", "rocm") else platform
 
 
 class Layout(NamedTuple):
@@ -50,27 +68,68 @@ def choose_layout(model, platform: str) -> Layout:
   - small CNN: vmap over im2col 2256 / map 2355 / vmap over lax 1095 (S=16: 2558 / 2282 / 1005).
   - dense net: vmap 95773 vs map 12045.
   So accelerators run vmap, conv models as conv-as-matmul (`im2col`).  TPU is not measured and
-  follows the GPU choice.
+  follows the GPU choice.  Never a layout of `UNSUPPORTED` (every choice here lowers for "cuda" and
+  "tpu": tests/test_lowering.py).
   """
   conv = models.is_conv_model(model)
-  if platform != "cpu":
+  if device_platform(platform) != "cpu":
     return Layout("vmap", "im2col" if conv else None)
   return Layout("map", "fused" if conv else None)
 
 
 def resolve(model, cfg, platform: str):
-  """(the model the engine runs, its Layout) for the config's `member_lift` and `conv_impl`."""
+  """(the model the engine runs, its Layout) for the config's `member_lift` and `conv_impl`.
+
+  A conv_impl the platform cannot run (`UNSUPPORTED`) is a ConfigError naming the platform and the
+  fix, raised before anything is traced::
+
+      resolve(models.PaperCNN(), cfg, "tpu")   # cfg.conv_impl="pallas": ConfigError
+  """
   auto = choose_layout(model, platform)
   lift = auto.lift if cfg.member_lift == "auto" else cfg.member_lift
   if not models.is_conv_model(model):
     return model, Layout(lift, None)
   impl = auto.conv_impl if cfg.conv_impl == "auto" else cfg.conv_impl
+  why = UNSUPPORTED.get((device_platform(platform), impl))
+  if why is not None:
+    raise errors.ConfigError(
+        f"conv_impl={impl!r} cannot run on {device_platform(platform)}: {why}. Fix: the engine "
+        f"config's conv_impl='auto' (--config.train.conv_impl=auto; it picks {auto.conv_impl!r} "
+        f"there) or another of "
+        f"{tuple(i for i in CONV_IMPLS if (device_platform(platform), i) not in UNSUPPORTED)}.")
   if platform == "cpu" and impl == "lax":
     logging.warning("conv_impl='lax' runs lax convolutions inside a loop on XLA:CPU, measured ~10x "
                     "slower than conv_impl='fused' (the 'auto' choice on CPU).")
   if model.conv_impl != impl:
     model = model.clone(conv_impl=impl)
   return model, Layout(lift, impl)
+
+
+def pinned_config(model, cfg, platform: str, example_shape):
+  """A copy of the engine config `cfg` with `member_lift`, `conv_impl` and `grad_microbatch` set
+  to what the engine resolves for `model` on `platform` ("cpu", "gpu", "tpu"; or "cuda" / "rocm"),
+  so that an Engine built on THIS host runs the program that platform would run: what
+  tests/test_lowering.py lowers for a platform this host does not have::
+
+      cfg_tpu = layout.pinned_config(model, cfg, "tpu", x.shape[1:])
+      eng = core.Engine(model, cfg_tpu, x.shape, n_members)      # the TPU program, on the CPU
+
+  Raises `resolve`'s ConfigError for a conv_impl the platform cannot run.  (On a CPU host an
+  Engine pinned to `lax` convolutions logs `resolve`'s CPU warning: it is not for running here.)
+  """
+  platform = device_platform(platform)
+  run_model, lay = resolve(model, cfg, platform)
+  shapes = jax.eval_shape(run_model.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1,) + tuple(example_shape), jnp.float32))
+  n_params = sum(int(a.size) for a in jax.tree.leaves(shapes))
+  micro = int(cfg.get("grad_microbatch", 0)) or choose_microbatch(
+      platform, n_params, models.is_conv_model(run_model), cfg.batch_size,
+      getattr(run_model, "blocks_in_cache", False))
+  out = cfg.copy_and_resolve_references()
+  out.member_lift, out.grad_microbatch = lay.lift, micro
+  if lay.conv_impl is not None:
+    out.conv_impl = lay.conv_impl
+  return out
 
 
 def lift_members(fn: Callable, lift: str) -> Callable:
