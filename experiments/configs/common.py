@@ -22,8 +22,12 @@ forms, separated by commas:
 Anything else (an unknown or misspelt word, an unknown key, a value of the wrong type, two
 alternatives of one `OneOf`) raises `rl_align.errors.ConfigError` with one line that names the
 argument, the closest accepted one and every accepted form.  The binaries print that line and exit 2.
+
+Every config file decorates its `get_config` with `with_download`: each data block gets the field
+`download` (default False; `--config.data.download=True` downloads a missing real dataset).
 """
 import difflib
+import functools
 import os
 import sys
 from typing import Any, Mapping
@@ -195,6 +199,40 @@ def _unknown(where: str, part: str, name: str, candidates: list, spec: Mapping[s
   hint = f" (did you mean {close[0].rstrip('=')!r}?)" if close else ""
   raise errors.ConfigError(f"{where}: unknown config argument {part!r}{hint}. Accepted: "
                            f"{_accepted(spec)}. Fix: use one of them, comma separated.")
+
+
+def with_download(get_config):
+  """Decorator of a config file's `get_config`: every data block of the config it returns (each
+  ConfigDict with `name`, `kwargs` and `placement`: config.data, config.f_only.data, ...) gets the
+  field `download` (default False), one switch for the whole run::
+
+      @common.with_download
+      def get_config(arg: str = "") -> ml_collections.ConfigDict: ...
+
+      --config.data.download=True     # a missing real dataset is downloaded into data_dir (tfds)
+
+  The runners pass `data.kwargs` to `rl_align.data.load` / `source`, which every source accepts
+  `download` in (embedded sources ignore it), so the blocks' kwargs hold the same reference:
+  whatever path sets it (the flag above, or --config.f_only.data.download=...), every block reads
+  it."""
+  @functools.wraps(get_config)
+  def wrapped(*args, **kwargs):
+    c = get_config(*args, **kwargs)
+    ref = ml_collections.FieldReference(bool(c.data.get("download", False)))
+    for block in _data_blocks(c):
+      block.download = ref
+      block.kwargs.download = ref
+    return c
+  return wrapped
+
+
+def _data_blocks(node):
+  """Every ConfigDict under `node` (itself included) that is a data block."""
+  if not isinstance(node, ml_collections.ConfigDict):
+    return []
+  if all(k in node for k in ("name", "kwargs", "placement")):
+    return [node]
+  return [b for k in node.keys() for b in _data_blocks(node[k])]
 
 
 def base_config() -> ml_collections.ConfigDict:

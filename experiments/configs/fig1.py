@@ -92,6 +92,7 @@ def tiny(c) -> None:
   c.report_steps = (10, 20)
 
 
+@common.with_download
 def get_config(arg: str = "positive") -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, transfer=common.OneOf("positive", "negative"),
                        scale=common.OneOf("paper", "local", "tiny"), random=False, fmnist=False)

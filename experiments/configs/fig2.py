@@ -35,6 +35,7 @@ from experiments.configs import fig4_cnn
 FMNIST = {"examples": fig4_cnn.FMNIST["examples"], "epochs": 40, "seeds": 2}
 
 
+@common.with_download
 def get_config(arg: str = "random,real") -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, labels=common.AnyOf(*fig4_cnn.LABELS),
                        scale=common.OneOf(*fig4_cnn.SCALES), fmnist=False)

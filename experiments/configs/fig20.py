@@ -54,6 +54,7 @@ def panel(name: str, reading: str, tiny: bool) -> ml_collections.ConfigDict:
   return p
 
 
+@common.with_download
 def get_config(arg: str = "all") -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, panels=common.AnyOf(*_PANELS, aliases={"all": tuple(_PANELS)}),
                        reading=common.OneOf("std", "variance"), tiny=False)

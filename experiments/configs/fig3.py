@@ -37,6 +37,7 @@ from experiments.configs import shared
 FMNIST = {"examples": 4000, "epochs": 30, "seeds": 8}
 
 
+@common.with_download
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, scale=common.OneOf("paper", "local", "tiny"), fmnist=False)
   shared.check_fmnist_scale(a.fmnist, a.scale)

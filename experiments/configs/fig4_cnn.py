@@ -46,6 +46,7 @@ SCALES = ("paper", "local", "tiny")
 FMNIST = {"examples": 4000, "epochs": 40, "snapshot_epochs": (0, 5, 10, 20, 40), "seeds": 2}
 
 
+@common.with_download
 def get_config(arg: str = "random") -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, labels=common.AnyOf(*LABELS, default=("random",)),
                        scale=common.OneOf(*SCALES), fmnist=False)

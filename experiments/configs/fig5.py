@@ -214,6 +214,7 @@ def fmnist(c, tiny_run: bool = False) -> ml_collections.ConfigDict:
   return c
 
 
+@common.with_download
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, scale=common.OneOf("paper", "local", "tiny"), all_layers=False,
                        random=False, fmnist=False)

@@ -186,6 +186,7 @@ def estimate_hours(c, tflops: float = ASSUMED_TFLOPS) -> float:
   return steps * c.train.batch_size * flops / (tflops * 1e12) / 3600
 
 
+@common.with_download
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, model=common.OneOf("vgg16", "resnet18"),
                        dataset=common.OneOf("imagenet_resized", "imagenet2012"), res=64,

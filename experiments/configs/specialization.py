@@ -241,6 +241,7 @@ def _vgg16_fmnist(c, tiny: bool):
   return c
 
 
+@common.with_download
 def get_config(arg: str = "local") -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, setting=common.OneOf(*SETTINGS), fmnist=False)
   setting = a.setting

@@ -4,11 +4,12 @@
     ds = data.load("fashion_mnist", split="train")         # ArrayDataset, x float32 in [0, 1]
     src = data.source("fashion_mnist", split="train")      # the same rows, taken on demand
     data.split_kwargs("digits", "test", data_dir=None)     # {} : digits takes neither argument
+    ds = data.load("cifar10", download=True)    # missing from data_dir: tfds downloads it first
 
 Each entry names a loader (keyword arguments -> ArrayDataset), a streaming constructor with the
 same keyword arguments (-> Source whose take(i) is the loader's row i), and where the data come
 from (`embedded`: offline, synthesized or shipped with a package; `real`: a real dataset read from
-disk, never downloaded).
+disk, downloaded only with `download=True`, which every source accepts: config.data.download).
 """
 import dataclasses
 import inspect
@@ -57,38 +58,48 @@ def _materialize(src: Source) -> ArrayDataset:
 
 
 def _tfds_entry(tfds_name: str) -> Entry:
-  def load_fn(split: str = "train", data_dir=None, image_size=None, max_examples=None):
+  def load_fn(split: str = "train", data_dir=None, image_size=None, max_examples=None,
+              download=False):
     return tfds_source.tfds_dataset(tfds_name, split, data_dir=data_dir, image_size=image_size,
-                                    max_examples=max_examples)
+                                    max_examples=max_examples, download=download)
 
-  def source_fn(split: str = "train", data_dir=None, image_size=None, max_examples=None):
-    src = tfds_source.TfdsSource(tfds_name, split, data_dir=data_dir, image_size=image_size)
+  def source_fn(split: str = "train", data_dir=None, image_size=None, max_examples=None,
+                download=False):
+    src = tfds_source.TfdsSource(tfds_name, split, data_dir=data_dir, image_size=image_size,
+                                 download=download)
     return _subset_first(src, tfds_name, max_examples)
   return Entry(load_fn, source_fn, "real")
 
 
 def _imagenet_entry() -> Entry:
   """tfds imagenet_resized/{s}x{s} (image_size in IMAGENET_SIZES)."""
-  def load_fn(split: str = "train", image_size: int = 32, data_dir=None, max_examples=None):
+  def load_fn(split: str = "train", image_size: int = 32, data_dir=None, max_examples=None,
+              download=False):
     return tfds_source.tfds_dataset(tfds_source.imagenet_name(image_size), split,
-                                    data_dir=data_dir, max_examples=max_examples)
+                                    data_dir=data_dir, max_examples=max_examples, download=download)
 
-  def source_fn(split: str = "train", image_size: int = 32, data_dir=None, max_examples=None):
-    src = tfds_source.TfdsSource(tfds_source.imagenet_name(image_size), split, data_dir=data_dir)
+  def source_fn(split: str = "train", image_size: int = 32, data_dir=None, max_examples=None,
+                download=False):
+    src = tfds_source.TfdsSource(tfds_source.imagenet_name(image_size), split, data_dir=data_dir,
+                                 download=download)
     return _subset_first(src, "imagenet", max_examples)
   return Entry(load_fn, source_fn, "real")
 
 
 def _imagenet2012_entry() -> Entry:
   """Full ILSVRC-2012: each image's central square, area-resized to image_size."""
-  def load_fn(split: str = "train", image_size: int = 64, data_dir=None, max_examples=None):
+  def load_fn(split: str = "train", image_size: int = 64, data_dir=None, max_examples=None,
+              download=False):
     tfds_source.check_image_size("imagenet2012", image_size)
     return tfds_source.tfds_dataset("imagenet2012", split, data_dir=data_dir,
-                                    image_size=image_size, max_examples=max_examples)
+                                    image_size=image_size, max_examples=max_examples,
+                                    download=download)
 
-  def source_fn(split: str = "train", image_size: int = 64, data_dir=None, max_examples=None):
+  def source_fn(split: str = "train", image_size: int = 64, data_dir=None, max_examples=None,
+                download=False):
     tfds_source.check_image_size("imagenet2012", image_size)
-    src = tfds_source.TfdsSource("imagenet2012", split, data_dir=data_dir, image_size=image_size)
+    src = tfds_source.TfdsSource("imagenet2012", split, data_dir=data_dir, image_size=image_size,
+                                 download=download)
     return _subset_first(src, "imagenet2012", max_examples)
   return Entry(load_fn, source_fn, "real")
 
@@ -105,8 +116,9 @@ def _idx_source(name: str, folder: str, split: str, image_size) -> Source:
   return ArraySource(x, y, idx.DATASETS[name], f"{name}:{split}")
 
 
-def resolve_idx(name: str, split: str, data_dir, image_size) -> Source:
-  """`name`'s split from the first place that has it (see `rl_align.data.idx`), as a Source."""
+def resolve_idx(name: str, split: str, data_dir, image_size, download: bool = False) -> Source:
+  """`name`'s split from the first place that has it (see `rl_align.data.idx`), as a Source;
+  found nowhere and `download`: tfds downloads and prepares `name` in data_dir first."""
   data_dir = tfds_source.resolve_data_dir(data_dir)
   folder = idx.find_folder(data_dir, name)
   if folder is not None:
@@ -119,18 +131,26 @@ def resolve_idx(name: str, split: str, data_dir, image_size) -> Source:
   deb = idx.debian_folder(name)
   if deb is not None:
     return _idx_source(name, deb, split, image_size)
+  if download:
+    return tfds_source.TfdsSource(name, split, data_dir=data_dir, image_size=image_size,
+                                  download=True)
   looked = [f"{data_dir} (idx files or a prepared tfds {name})"]
   if name in idx.DEBIAN:
     looked.append(f"{idx.DEBIAN[name][1]} (Debian package {idx.DEBIAN[name][0]})")
-  raise errors.DatasetNotFoundError(idx.how_to_get(name, looked))
+  raise errors.DatasetNotFoundError(
+      f"{idx.how_to_get(name, looked)[:-1]}; or rerun with {tfds_source.DOWNLOAD_FLAG} where "
+      "there is a network (tfds downloads and prepares it in data_dir).")
 
 
 def _idx_entry(name: str) -> Entry:
-  def source_fn(split: str = "train", data_dir=None, image_size=None, max_examples=None):
-    return _subset_first(resolve_idx(name, split, data_dir, image_size), name, max_examples)
+  def source_fn(split: str = "train", data_dir=None, image_size=None, max_examples=None,
+                download=False):
+    return _subset_first(resolve_idx(name, split, data_dir, image_size, download), name,
+                         max_examples)
 
-  def load_fn(split: str = "train", data_dir=None, image_size=None, max_examples=None):
-    return _materialize(source_fn(split, data_dir, image_size, max_examples))
+  def load_fn(split: str = "train", data_dir=None, image_size=None, max_examples=None,
+              download=False):
+    return _materialize(source_fn(split, data_dir, image_size, max_examples, download))
   return Entry(load_fn, source_fn, "real")
 
 
@@ -162,6 +182,19 @@ def _entry(name: str) -> Entry:
   return REGISTRY[name]
 
 
+def _without_download(name: str, entry: Entry, kwargs) -> dict:
+  """kwargs with `download` checked (a bool) and dropped for an embedded source (nothing to
+  download): every source accepts it, so one config field serves every config."""
+  kwargs = dict(kwargs)
+  if "download" in kwargs:
+    if not isinstance(kwargs["download"], (bool, np.bool_)):
+      raise errors.ConfigError(f"data source {name!r}: download must be True or False, got "
+                               f"{kwargs['download']!r}. Fix: --config.data.download=True.")
+    if entry.origin == "embedded":
+      kwargs.pop("download")
+  return kwargs
+
+
 def _bind(name: str, fn, kwargs) -> None:
   try:
     inspect.signature(fn).bind(**kwargs)
@@ -180,9 +213,13 @@ def load(name: str, **kwargs) -> ArrayDataset:
   `rl_align.data.idx`; cifar10 / cifar100 / svhn_cropped(split, data_dir, image_size,
   max_examples); imagenet(split, image_size in IMAGENET_SIZES (tfds imagenet_resized), data_dir,
   max_examples); imagenet2012(split, image_size (central square, area-resized), data_dir,
-  max_examples).  `source` streams the same rows without loading them.
+  max_examples).  Every source also takes `download` (default False): a real dataset missing
+  from data_dir is then downloaded and prepared there by tfds (`tfds_source.download_and_prepare`;
+  Fashion-MNIST / MNIST only when no idx files, tfds folder or Debian copy is found); embedded
+  sources ignore it.  `source` streams the same rows without loading them.
   """
   entry = _entry(name)
+  kwargs = _without_download(name, entry, kwargs)
   _bind(name, entry.load, kwargs)
   return entry.load(**kwargs)
 
@@ -194,6 +231,7 @@ def source(name: str, **kwargs) -> Source:
   idx datasets are small and live in memory.
   """
   entry = _entry(name)
+  kwargs = _without_download(name, entry, kwargs)
   _bind(name, entry.load, kwargs)
   return entry.source(**kwargs)
 
