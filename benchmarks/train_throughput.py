@@ -13,11 +13,20 @@ Three workloads (``--model``): ``fig20_dense`` (Fig 20: 30 -> 2048 -> 256 -> 10,
 - ``torch``: the same loop in PyTorch (``torch.optim.SGD`` momentum, ``--torch_threads`` threads),
   with the same architecture; at set-up the JAX init is copied into it and the logits are compared.
   ``--torch_device=cuda`` runs it on the GPU (TF32 allowed, as in JAX's default f32 precision).
+- ``torch_func``: the S seeds as ONE PyTorch ensemble, as PyTorch's documentation ensembles models:
+  ``torch.func.stack_module_state`` stacks the S nets' parameters, ``functional_call`` runs the net
+  on one seed's slice and ``vmap(grad_and_value(loss))`` takes every seed's gradient at once (each
+  seed its own batch and labels); SGD with momentum (torch.optim.SGD's update) is applied to the
+  stacked parameters in place.  One arm per S, like the engine.
+- ``torch_compile``: that same step (gradients and update) under ``torch.compile`` (inductor);
+  compiled at set-up, which is not timed.
 
 Every arm is compiled/warmed first; then ``--repeats`` rounds run every arm once each, in an order
 that rotates from round to round (the machine is shared: compare arms of one run, as ratios).  An
 arm's time is its best round; ``cpu_s_per_model_step`` is the process CPU time per model-step of
-its cheapest round (a contention-robust measure of work).  FLOP counts are per model-step (one
+its cheapest round (a contention-robust measure of work).  ``vs_best_torch`` is a row's rate over
+the best PyTorch arm's at its S (the loop's rate stands for every S); the top-level ``best_torch``
+has, per S, that arm and the first engine arm's ratio to it.  FLOP counts are per model-step (one
 seed, one SGD step): the larger of XLA's cost analysis of the naive step and a count of the
 dot/conv FLOPs in its jaxpr (``flops_source`` says which; XLA:GPU's analysis leaves out cuDNN
 convolutions).  The fp32 matmul peak (a ``--peak_size``^2 matmul in jitted JAX, NumPy and torch;
@@ -28,6 +37,9 @@ Usage::
     python -m benchmarks.train_throughput --model=paper_cnn --seeds=16 --steps=2 --json=/tmp/p.json
     python -m benchmarks.train_throughput --model=fig20_dense --seeds=1,8,16,64 --steps=40 \\
         --arms=engine,naive_jax,torch --json=/tmp/d.json
+    # the engine against every PyTorch peer (the loop, the torch.func ensemble, compiled):
+    python -m benchmarks.train_throughput --model=paper_cnn --seeds=8,16 --steps=2 \\
+        --arms=engine,torch,torch_func,torch_compile --baseline_seeds=4 --json=/tmp/pt.json
     # every layout at S=8 and S=16, engine only:
     python -m benchmarks.train_throughput --model=small_cnn --seeds=8,16 --steps=2 --arms=engine \\
         --layout=vmap,unroll,map,map:im2col --json=/tmp/l.json
@@ -44,6 +56,7 @@ model-step in its layout and dtype, the floor max(FLOPs / peak, bytes / bandwidt
 matmul peak of its dtype and the copy bandwidth both measured at the start of this run (top-level
 ``roofline.limits``), which of the two binds, and ``fraction_of_floor`` = floor / measured time.
 """
+import copy
 import os
 import platform
 import statistics
@@ -71,7 +84,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "paper_cnn", ["paper_cnn", "fig20_dense", "small_cnn"], "Workload.")
 flags.DEFINE_list("seeds", ["16"], "Numbers of seeds S (comma list); one engine arm per S and layout.")
 flags.DEFINE_integer("steps", 2, "SGD steps per seed per timed round, for every arm.")
-flags.DEFINE_list("arms", ["engine", "naive_jax", "torch"], "Arms: engine, naive_jax, torch.")
+flags.DEFINE_list("arms", ["engine", "naive_jax", "torch"], "Arms: engine, naive_jax, torch, "
+                  "torch_func, torch_compile (the module docstring).")
 flags.DEFINE_list("layout", ["auto"], "Engine layouts (comma list): a member lift auto, vmap, "
                   "unroll or map; append ':lax', ':im2col', ':fused' or ':pallas' to set the conv "
                   "models' conv_impl (e.g. map:fused; without it: the model's own, auto for auto), "
@@ -93,7 +107,8 @@ flags.DEFINE_integer("bandwidth_mb", 0, "Size of the copy that measures the memo
                      "for the roofline (0: 256 MB on CPU, 2048 MB on accelerators).")
 flags.DEFINE_string("json", None, "Write the results here (JSON).")
 
-ARMS = ("engine", "naive_jax", "torch")
+ARMS = ("engine", "naive_jax", "torch", "torch_func", "torch_compile")
+TORCH_ARMS = ("torch", "torch_func", "torch_compile")
 
 # name -> (model constructor kwargs, input shape without batch, batch size, classes).
 WORKLOADS: dict[str, dict[str, Any]] = {
@@ -333,6 +348,20 @@ class NaiveJaxArm:
     self.params = self.opt = None
 
 
+def _torch_on(device: str, threads: int):
+  """torch, with `threads` CPU threads; on "cuda" checked and with TF32 allowed (as JAX's default
+  float32 precision on a GPU)."""
+  torch = _torch()
+  torch.set_num_threads(threads)
+  if device == "cuda":
+    if not torch.cuda.is_available():
+      raise app.UsageError("--torch_device=cuda but torch sees no CUDA device. Fix: use "
+                           "--torch_device=cpu, or a CUDA build of torch on a GPU machine.")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+  return torch
+
+
 class TorchArm:
   """for seed: for step: zero_grad, forward, cross_entropy, backward, SGD(momentum).step()."""
   arm, layout, requested_layout = "torch", "", ""
@@ -345,14 +374,7 @@ class TorchArm:
     self.max_logit_diff = float("nan")
 
   def setup(self) -> float:
-    torch = _torch()
-    torch.set_num_threads(self.threads)
-    if self.device == "cuda":
-      if not torch.cuda.is_available():
-        raise app.UsageError("--torch_device=cuda but torch sees no CUDA device. Fix: use "
-                             "--torch_device=cpu, or a CUDA build of torch on a GPU machine.")
-      torch.backends.cuda.matmul.allow_tf32 = True   # JAX's default f32 precision on GPU
-      torch.backends.cudnn.allow_tf32 = True
+    torch = _torch_on(self.device, self.threads)
     t = time.perf_counter()
     x = self.x if self.x.ndim == 2 else self.x.transpose(0, 3, 1, 2)
     dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
@@ -405,6 +427,82 @@ class TorchArm:
     self.nets = self.opts = None
 
 
+class TorchFuncArm:
+  """The S seeds as one torch.func ensemble (`stack_module_state`, `functional_call`,
+  `vmap(grad_and_value(loss))`), SGD momentum on the stacked parameters; `compiled`: that step
+  under torch.compile.  Seed s starts from torch's init under `manual_seed(s)` (as the loop's)
+  and draws its own batches; every step of a round is one call of the (compiled) step."""
+  layout, requested_layout = "", ""
+
+  def __init__(self, model_name, kw, x, labels, seeds: int, batch: int, steps: int,
+               threads: int, device: str = "cpu", compiled: bool = False):
+    self.arm = "torch_compile" if compiled else "torch_func"
+    self.model_name, self.kw, self.x, self.labels = model_name, kw, x, labels
+    self.seeds, self.batch, self.steps, self.threads = seeds, batch, steps, threads
+    self.device, self.compiled = device, compiled
+
+  def setup(self) -> float:
+    torch = _torch_on(self.device, self.threads)
+    t = time.perf_counter()
+    x = self.x if self.x.ndim == 2 else self.x.transpose(0, 3, 1, 2)
+    dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+    self.x_t = dev(x)
+    self.y_t = dev(self.labels[:self.seeds].astype(np.int64))              # [S, N]
+    rng = np.random.default_rng(1)
+    n = len(self.x)
+    self.idx = [dev(np.stack([rng.permutation(n)[:self.batch] for _ in range(self.seeds)]))
+                for _ in range(self.steps)]                                 # [S, B] per step
+    nets = []
+    for s in range(self.seeds):
+      torch.manual_seed(s)
+      nets.append(torch_model(self.model_name, self.kw).to(self.device))
+    self.step = ensemble_step(nets, compiled=self.compiled)
+    params, buffers = torch.func.stack_module_state(nets)
+    self.params = {k: v.detach() for k, v in params.items()}
+    self.buffers = buffers
+    self.momenta = {k: torch.zeros_like(v) for k, v in self.params.items()}
+    self.run()   # compiles (torch_compile) and warms up
+    return time.perf_counter() - t
+
+  def run(self) -> None:
+    torch = _torch()
+    for t in range(self.steps):
+      idx = self.idx[t]
+      loss = self.step(self.params, self.buffers, self.momenta, self.x_t[idx],
+                       torch.take_along_dim(self.y_t, idx, dim=1))
+    self.last_loss = float(loss.mean())
+
+  def model_steps(self) -> int:
+    return self.seeds * self.steps
+
+  def close(self) -> None:
+    self.params = self.buffers = self.momenta = self.step = None
+
+
+def ensemble_step(nets, compiled: bool = False,
+                  learning_rate: float = LEARNING_RATE, momentum: float = MOMENTUM):
+  """step(params, buffers, momenta, xb [S, B, ...], yb [S, B]) -> losses [S]: one SGD-momentum
+  step of the S nets (torch.optim.SGD's update: m = momentum m + g, p -= lr m, in place) on the
+  parameters stacked by `torch.func.stack_module_state(nets)`, gradients by
+  `vmap(grad_and_value(loss))` over `functional_call` of a stateless copy of nets[0]."""
+  torch = _torch()
+  func, f = torch.func, torch.nn.functional
+  base = copy.deepcopy(nets[0]).to("meta")
+
+  def loss(params, buffers, xb, yb):
+    return f.cross_entropy(func.functional_call(base, (params, buffers), (xb,)), yb)
+  grads_and_losses = func.vmap(func.grad_and_value(loss))
+
+  def step(params, buffers, momenta, xb, yb):
+    grads, losses = grads_and_losses(params, buffers, xb, yb)
+    with torch.no_grad():
+      for k, p in params.items():
+        momenta[k].mul_(momentum).add_(grads[k])
+        p.add_(momenta[k], alpha=-learning_rate)
+    return losses
+  return torch.compile(step) if compiled else step
+
+
 # ----------------------------------------------------------------------------------------------
 # The benchmark.
 
@@ -450,9 +548,10 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
   bad = [d for d in dtypes if d not in models.DTYPES]
   if bad or not dtypes:
     raise app.UsageError(f"--dtypes has unknown dtypes {bad}; choose from {models.DTYPES}.")
-  if "torch" in arms and _torch() is None:
-    raise app.UsageError("--arms has torch but PyTorch is not installed. Fix: pip install -e "
-                         '".[bench]" (torch==2.13.0), or drop torch from --arms.')
+  torch_arms = [a for a in arms if a in TORCH_ARMS]
+  if torch_arms and _torch() is None:
+    raise app.UsageError(f"--arms has {','.join(torch_arms)} but PyTorch is not installed. Fix: "
+                         'pip install -e ".[bench]" (torch==2.13.0), or drop them from --arms.')
   spec = WORKLOADS[model_name]
   kw = dict(spec["model"])
   batch = batch_size or spec["batch"]
@@ -503,6 +602,10 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
       todo.append(TorchArm(model_name, kw, model, x, labels, bs, batch, steps, threads,
                            torch_device))
       todo[-1].requested_seeds = s
+    for arm in ("torch_func", "torch_compile"):
+      if arm in arms and dt == dtypes[0]:   # an ensemble: its rate depends on S (as the engine)
+        todo.append(TorchFuncArm(model_name, kw, x, labels, s, batch, steps, threads, torch_device,
+                                 compiled=arm == "torch_compile"))
   # A per-seed loop with the same number of seeds is set up once and shared by every S.
   arms_list, shared = [], {}
   for a in todo:
@@ -547,10 +650,11 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
            "gflops_per_s": msps * flops / 1e9, "peak_fraction": msps * flops / 1e9 / peak,
            "last_loss": a.last_loss}
     row.update(roofline_fields(a, msps, model, x.shape[1:], batch, n_params, flops, limits))
-    if a.arm == "torch":
-      row["max_logit_diff_vs_jax"] = a.max_logit_diff
+    if a.arm in TORCH_ARMS:
       row["torch_threads"] = a.threads
       row["torch_device"] = a.device
+    if a.arm == "torch":
+      row["max_logit_diff_vs_jax"] = a.max_logit_diff
     rows.append(row)
     a.close()
 
@@ -560,12 +664,30 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
     same = [r for r in cands if s in r["for_seeds"]]
     return (same or cands or [None])[0]
 
+  def best_torch(s):
+    """The fastest PyTorch row at S = s (the loop's rate stands for every S)."""
+    cands = [r for r in rows if r["arm"] in TORCH_ARMS and s in r["for_seeds"]]
+    return max(cands, key=lambda r: r["model_steps_per_s"], default=None)
+
   for row in rows:
     for arm in ("torch", "naive_jax"):
       b = baseline(arm, row["seeds"], row["dtype"])
       row[f"vs_{arm}"] = row["model_steps_per_s"] / b["model_steps_per_s"] if b else None
+    b = best_torch(row["seeds"])
+    row["vs_best_torch"] = row["model_steps_per_s"] / b["model_steps_per_s"] if b else None
 
   engine_rows = [r for r in rows if r["arm"] == "engine"]
+  best = {}
+  for s in seeds:
+    b = best_torch(s)
+    e = next((r for r in engine_rows if r["seeds"] == s), None)
+    if b is not None:
+      best[str(s)] = {"arm": b["arm"], "seeds": b["seeds"],
+                      "model_steps_per_s": b["model_steps_per_s"],
+                      "engine_layout": e["layout"] if e else None,
+                      "engine_model_steps_per_s": e["model_steps_per_s"] if e else None,
+                      "engine_vs_best_torch": (e["model_steps_per_s"] / b["model_steps_per_s"]
+                                               if e else None)}
   head = (engine_rows or rows)[0]
   return {
       "model": model_name,
@@ -587,6 +709,7 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
                    "activation_passes": roofline.ACTIVATION_PASSES,
                    "patch_passes": roofline.PATCH_PASSES},
       "arms": rows,
+      "best_torch": best,
       "env": {"jax": jax.__version__, "torch": getattr(_torch(), "__version__", None),
               "devices": [str(d) for d in jax.devices()], "cpu": platform.processor() or
               platform.machine(), "usable_cores": threads,
@@ -628,7 +751,7 @@ def roofline_fields(arm, model_steps_per_s: float, model, input_shape, batch: in
   dtype = getattr(arm, "dtype", "float32")
   eng = getattr(arm, "eng", None)
   impl = getattr(eng.model if eng is not None else model, "conv_impl", None)
-  if arm.arm == "torch":
+  if arm.arm in TORCH_ARMS:
     impl = "lax" if impl else None
   acts = roofline.activation_elements(model, input_shape)
   if impl in ("fused", "pallas") and isinstance(model, models.PaperCNN):
@@ -647,18 +770,23 @@ def roofline_fields(arm, model_steps_per_s: float, model, input_shape, batch: in
 def format_table(res: dict[str, Any]) -> str:
   lines = [f"{res['model']}: {res['flops_per_model_step'] / 1e9:.3f} GFLOP/model-step "
            f"({res['flops_source']}), peak {res['peak_gflops_per_s']:.0f} GFLOP/s",
-           f"{'arm':10s} {'S':>4s} {'layout':11s} {'dtype':8s} {'model-steps/s':>13s} "
+           f"{'arm':13s} {'S':>4s} {'layout':11s} {'dtype':8s} {'model-steps/s':>13s} "
            f"{'s/model-step':>12s} {'GFLOP/s':>8s} {'%peak':>6s} {'%floor':>6s} {'bound':6s} "
-           f"{'vs torch':>8s} {'vs naive':>8s} {'setup s':>8s} {'cpu s/ms':>8s}"]
+           f"{'vs torch':>8s} {'vs best':>8s} {'vs naive':>8s} {'setup s':>8s} {'cpu s/ms':>8s}"]
   fmt = lambda v: f"{v:8.2f}" if v is not None else f"{'-':>8s}"
   for r in res["arms"]:
     roof = r["roofline"]
-    lines.append(f"{r['arm']:10s} {r['seeds']:4d} {r['layout'] or '-':11s} {r['dtype']:8s} "
+    lines.append(f"{r['arm']:13s} {r['seeds']:4d} {r['layout'] or '-':11s} {r['dtype']:8s} "
                  f"{r['model_steps_per_s']:13.3f} {r['s_per_model_step']:12.4f} "
                  f"{r['gflops_per_s']:8.1f} {100 * r['peak_fraction']:6.1f} "
                  f"{100 * roof['fraction_of_floor']:6.1f} {roof['bound']:6s} "
-                 f"{fmt(r['vs_torch'])} {fmt(r['vs_naive_jax'])} {r['setup_s']:8.1f} "
-                 f"{r['cpu_s_per_model_step']:8.4f}")
+                 f"{fmt(r['vs_torch'])} {fmt(r['vs_best_torch'])} {fmt(r['vs_naive_jax'])} "
+                 f"{r['setup_s']:8.1f} {r['cpu_s_per_model_step']:8.4f}")
+  for s, b in res.get("best_torch", {}).items():
+    if b["engine_vs_best_torch"] is not None:
+      lines.append(f"S={s}: engine ({b['engine_layout']}) {b['engine_model_steps_per_s']:.3f} vs "
+                   f"the best PyTorch arm ({b['arm']}) {b['model_steps_per_s']:.3f} model-steps/s: "
+                   f"{b['engine_vs_best_torch']:.2f}x")
   return "\n".join(lines)
 
 

@@ -1,8 +1,10 @@
 """Smoke tests of benchmarks/train_throughput.py: the CLI runs and writes sane JSON.
 
 No timing thresholds: the numbers only have to be positive and finite.  Without torch (CI installs
-only `.[test]`) every test runs except the one that compares against PyTorch itself; the missing
-torch and missing CUDA errors are tested with torch hidden or replaced.
+only `.[test]`) every test runs except those that compare against PyTorch itself (the twin's
+logits, the torch.func ensemble's step against the per-seed SGD loop); the missing torch and
+missing CUDA errors are tested with torch hidden or replaced.  With torch the CLI test runs every
+PyTorch arm (the loop, torch_func and torch_compile) at tiny size.
 """
 import json
 import os
@@ -23,7 +25,8 @@ def _torch_installed():
 @pytest.mark.slow
 def test_cli_writes_json_with_headline_and_arms(tmp_path):
   out = tmp_path / "bench.json"
-  arms = "engine,naive_jax,torch" if _torch_installed() else "engine,naive_jax"
+  torch_arms = ("torch", "torch_func", "torch_compile") if _torch_installed() else ()
+  arms = ",".join(("engine", "naive_jax") + torch_arms)
   proc = run_module("benchmarks.train_throughput", "--model=fig20_dense", "--seeds=2", "--steps=1",
                     "--repeats=1", "--batch_size=8", "--num_examples=32", "--peak_size=128",
                     f"--arms={arms}", "--layout=auto,map", f"--json={out}", timeout=300)
@@ -42,6 +45,18 @@ def test_cli_writes_json_with_headline_and_arms(tmp_path):
   if _torch_installed():   # the agreement itself is test_torch_twin_matches_flax_model's
     torch_row = next(r for r in res["arms"] if r["arm"] == "torch")
     assert np.isfinite(torch_row["max_logit_diff_vs_jax"])
+    rows = {r["arm"]: r for r in res["arms"]}
+    assert set(torch_arms) <= set(rows)
+    for arm in torch_arms:
+      assert np.isfinite(rows[arm]["last_loss"]) and rows[arm]["torch_threads"] >= 1, arm
+    fastest = max(torch_arms, key=lambda a: rows[a]["model_steps_per_s"])
+    best = res["best_torch"]["2"]
+    assert best["arm"] == fastest
+    assert best["model_steps_per_s"] == rows[fastest]["model_steps_per_s"]
+    engine = next(r for r in res["arms"] if r["arm"] == "engine")     # the first: the headline
+    assert best["engine_vs_best_torch"] == engine["model_steps_per_s"] / best["model_steps_per_s"]
+    assert engine["vs_best_torch"] == best["engine_vs_best_torch"]
+    assert f"vs the best PyTorch arm ({fastest})" in proc.stdout
   assert "engine" in proc.stdout and "vs torch" in proc.stdout
 
 
@@ -55,12 +70,13 @@ def test_torch_arm_without_torch_names_the_fix():
   # compile, and says what is missing and how to fix it in one `error:` line with exit code 2, as
   # the experiment binaries do (no traceback, no usage text).
   proc = run_python("-c", _HIDE_TORCH, "--model=fig20_dense", "--seeds=2", "--steps=1",
-                    "--repeats=1", "--batch_size=8", "--num_examples=32", "--arms=engine,torch",
-                    timeout=300)
+                    "--repeats=1", "--batch_size=8", "--num_examples=32",
+                    "--arms=engine,torch_func,torch_compile", timeout=300)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
   assert "PyTorch is not installed" in lines[0] and 'pip install -e ".[bench]"' in lines[0]
+  assert "--arms has torch_func,torch_compile" in lines[0]
   assert not proc.stdout.strip(), proc.stdout[-2000:]          # nothing was timed
 
 
@@ -98,6 +114,51 @@ def test_torch_twin_matches_flax_model(name):
   chain = sum(int(np.prod(k[:-1])) for k in kernels) + 2 * len(kernels)
   chain += 32 * 32 if name == "small_cnn" else 0
   assert_close(got, want, f64_tol(mag, chain), name)
+
+
+@pytest.mark.skipif(not _torch_installed(),
+                    reason="compares against PyTorch itself: needs the [bench] extra (torch)")
+@pytest.mark.parametrize("compiled", [False, True], ids=["torch_func", "torch_compile"])
+def test_torch_ensemble_step_equals_the_per_seed_sgd_loop(compiled):
+  # The torch_func / torch_compile arms' step (stacked params, vmap(grad_and_value), SGD momentum
+  # on the stack) against torch.optim.SGD on each seed's own net, 3 seeds x 3 steps, each seed its
+  # own batches.  float64: the two differ only in summation order, < 1e-13 relative; a seed mixed
+  # up, a missing momentum term or the wrong learning rate differs by ~1e-3 and more.
+  import copy  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  kw, seeds, batch, steps = {"widths": (5, 4), "num_classes": 3}, 3, 4, 3
+  nets = []
+  for s in range(seeds):
+    torch.manual_seed(s)
+    nets.append(tt.torch_model("fig20_dense", kw).double())
+  rng = np.random.default_rng(0)
+  xs = torch.from_numpy(rng.standard_normal((steps, seeds, batch, 30)))
+  ys = torch.from_numpy(rng.integers(0, 3, (steps, seeds, batch)))
+  want_params, want_losses = [], np.zeros((steps, seeds))
+  for s in range(seeds):
+    net = copy.deepcopy(nets[s])
+    opt = torch.optim.SGD(net.parameters(), lr=tt.LEARNING_RATE, momentum=tt.MOMENTUM)
+    for t in range(steps):
+      opt.zero_grad(set_to_none=True)
+      loss = torch.nn.functional.cross_entropy(net(xs[t, s]), ys[t, s])
+      loss.backward()
+      opt.step()
+      want_losses[t, s] = float(loss)
+    want_params.append(dict(net.named_parameters()))
+  step = tt.ensemble_step(nets, compiled=compiled)
+  params, buffers = torch.func.stack_module_state(nets)
+  params = {k: v.detach() for k, v in params.items()}
+  momenta = {k: torch.zeros_like(v) for k, v in params.items()}
+  got_losses = np.stack([step(params, buffers, momenta, xs[t], ys[t]).detach().numpy()
+                         for t in range(steps)])
+  assert got_losses.dtype == np.float64
+  # Chain of one step: forward 30 + 5 + 4, backward 3 + 4 + 5, the batch mean 4, ~10 elementwise.
+  chain = steps * (30 + 5 + 4 + 3 + 4 + 5 + batch + 10)
+  assert_close(got_losses, want_losses, f64_tol(np.abs(want_losses).max(), chain), "losses")
+  for k, p in params.items():
+    want = np.stack([want_params[s][k].detach().numpy() for s in range(seeds)])
+    assert_close(p.numpy(), want, f64_tol(np.abs(want).max(), chain), k)
+    assert not np.array_equal(want[0], want[1])           # the seeds differ: a mix-up would show
 
 
 def test_torch_on_cuda_without_cuda_names_the_flag(monkeypatch):
