@@ -18,6 +18,7 @@ setup(
         "absl-py",
         "ml_collections",
         "numpy",
+        "scipy",             # Student-t and chi-square laws of the claims' intervals and floors
         "tensorflow-datasets>=4.9",
         "array_record",
         "grain",             # host input pipeline (rl_align.pipeline): threads, prefetch, order

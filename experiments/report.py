@@ -4,9 +4,11 @@ r"""The claims table of the README, built from run workdirs (never typed by hand
 
 Reads each WORKDIR's results.json, config.json and run.json (and WORKDIR/<panel>/ of the
 eigenvalue-map binaries), and writes --out: one row per claim of the paper the run's figure tests
-(claim, the paper's value, ours with its seed uncertainty, the verdict rule, the verdict, a link to
-the figure PNG), then one line per run with its command, runtime and machine.  The rules are
-`rl_align.report`.  A sweep workdir (sweep_spec.json, points/<slug>/) gives one set of rows per
+(claim, the paper's value, ours with its seed interval, n, the regime gate, the verdict rule, the
+verdict, a link to the figure PNG), then one line per run with its command, runtime and machine.
+The figure a run serves is the key its runner wrote (results.json `claims.figure`); the rules are
+`rl_align.claims`.  A verdict that differs from the one the runner stored (an older rule) is
+warned about on stderr.  A sweep workdir (sweep_spec.json, points/<slug>/) gives one set of rows per
 finished point.  Bad input (a missing workdir, no results.json, a figure the report does not know)
 is one `error: ... Fix: ...` line on stderr and exit code 2.
 """
@@ -16,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from rl_align import report
+from rl_align import claims
 
 SWEEP_SPEC = "sweep_spec.json"   # rl_align.sweep.SPEC (not imported: it pulls in jax)
 # --readme: the report replaces what stands between these lines.
@@ -42,7 +44,7 @@ def _read(folder: str, name: str) -> Any:
 
 
 def load_run(workdir: str, name: str) -> dict[str, Any]:
-  """One run dict (`rl_align.report`): results, config, run record and panel subfolders."""
+  """One run dict (`rl_align.claims`): results, config, run record and panel subfolders."""
   results = _read(workdir, "results.json")
   if results is None:
     fail(f"{workdir} has no results.json (unfinished run, or not a workdir of an experiment "
@@ -83,16 +85,21 @@ def build(workdirs: list[str], out: str) -> str:
   base = os.path.dirname(os.path.abspath(out))
   for run in runs:
     try:
-      got = report.claims(run)
-    except report.ReportError as e:
+      got = claims.rows(run)
+    except claims.ReportError as e:
       fail(e)
+    stored = ((run["results"].get("claims") or {}).get("verdicts") or {})
     for r in got:
-      png = os.path.join(run["path"], r["plot"]) if r.get("plot") else None
+      png = os.path.join(run["path"], r.plot) if r.plot else None
       found = png is not None and os.path.exists(png)
-      r["plot"] = os.path.relpath(os.path.abspath(png), base) if found else None
-      r["run"] = run["name"]
+      r.plot = os.path.relpath(os.path.abspath(png), base) if found else None
+      r.run = run["name"]
+      if r.id in stored and stored[r.id] != r.verdict:
+        print(f"warning: {run['name']}: {r.id}: the run stored the verdict {stored[r.id]!r}, the "
+              f"rules now give {r.verdict!r} (results.json was judged by an older rule)",
+              file=sys.stderr)
       rows.append(r)
-  return report.render(runs, rows)
+  return claims.render(runs, rows)
 
 
 class _Parser(argparse.ArgumentParser):

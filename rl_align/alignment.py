@@ -294,7 +294,7 @@ def random_subspace_baseline(d: int, k: int, key_or_seed=0, trials: int = 100) -
   return float(np.mean(vals)), float(np.std(vals))
 
 
-def finite_sample_floor(basis, variances, n_samples: int, key_or_seed=0, trials: int = 5,
+def finite_sample_floor(basis, variances, n_samples: int, key_or_seed=0, trials: int = 500,
                         reduce: str = "sum", ridge: float = 1e-9,
                         centered: bool = False) -> tuple:
   """(mean, std) over trials of the misalignment, in `basis`, of a PERFECTLY aligned Sigma_w.
@@ -303,27 +303,38 @@ def finite_sample_floor(basis, variances, n_samples: int, key_or_seed=0, trials:
   covariance.weight_covariance does (second moment, or ddof=1 covariance when centered), then
   scored with misalignment(., V).  Any measured misalignment at or below this floor is
   indistinguishable from perfect alignment with that many samples.  The default ridge (1e-9)
-  matches eigenmap.summarize and keeps n_samples < d finite (but huge).
+  matches eigenmap.summarize and keeps n_samples < d finite (but huge).  With at least d degrees
+  of freedom the estimate is drawn directly from its Wishart law (Bartlett's decomposition: O(d^3)
+  a trial, whatever n_samples), so hundreds of trials are cheap.
   """
   v = _matrix(basis, "basis")
   if v.shape[0] != v.shape[1]:
     raise errors.DataError(f"basis must be a full square basis [d, d], got shape {v.shape}. "
                            "Fix: pass all eigenvectors (e.g. the V of eigh_desc).")
   v = _basis(v, v.shape[0])
+  d = v.shape[0]
   var = np.asarray(variances, np.float64)
-  if var.shape != (v.shape[0],) or not np.all(np.isfinite(var)) or np.any(var < 0):
+  if var.shape != (d,) or not np.all(np.isfinite(var)) or np.any(var < 0):
     raise errors.DataError(
-        f"variances must be {v.shape[0]} finite numbers >= 0, got shape {var.shape}. Fix: pass "
+        f"variances must be {d} finite numbers >= 0, got shape {var.shape}. Fix: pass "
         "e.g. alignment.variances_in_basis(cov_w, V).")
   n = _check_int(n_samples, "n_samples", 2 if centered else 1)
   trials = _check_int(trials, "trials", 1)
   _check_reduce(reduce)
   rng = _rng(key_or_seed)
+  dof = n - 1 if centered else n
+  scale = np.sqrt(var)
   vals = []
   for _ in range(trials):
-    w = (rng.standard_normal((n, v.shape[0])) * np.sqrt(var)) @ v.T
-    if centered:
-      w = w - w.mean(axis=0)
-    cov = (w.T @ w) / (n - 1 if centered else n)
+    if dof >= d:   # Bartlett: V^T S V = L T T^T L / dof, L = diag(scale)
+      t = np.tril(rng.standard_normal((d, d)), -1)
+      t[np.diag_indices(d)] = np.sqrt(rng.chisquare(dof - np.arange(d)))
+      m = scale[:, None] * t
+      cov = v @ ((m @ m.T) / dof) @ v.T
+    else:
+      w = (rng.standard_normal((n, d)) * scale) @ v.T
+      if centered:
+        w = w - w.mean(axis=0)
+      cov = (w.T @ w) / dof
     vals.append(misalignment(cov, v, reduce=reduce, ridge=ridge))
   return float(np.mean(vals)), float(np.std(vals))

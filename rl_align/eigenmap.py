@@ -42,7 +42,7 @@ def _per_seed(fn, items, ok) -> np.ndarray:
 
 
 def summarize(kernels: np.ndarray, lam: np.ndarray, V: np.ndarray, *, key=0, centered=False,
-              reduce="sum", floor_trials=5, diverged=None) -> dict[str, Any]:
+              reduce="sum", floor_trials=500, diverged=None) -> dict[str, Any]:
   """f, misalignment (data eigenbasis vs Haar-random basis) per seed and pooled over the seeds
   that finished.
 

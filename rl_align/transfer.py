@@ -18,7 +18,13 @@ over (0 = all but the head).
   init; every other layer, the head included, fresh.
 - pretrained_no_rescaling: the carried layers as trained; the rest fresh.
 - covariance: the first layer re-drawn i.i.d. from N(0, Sigma_w), Sigma_w = E[w w^T] of the pretrained
-  first-layer filters (as trained) pooled over all upstream seeds that finished; the rest fresh.
+  first-layer filters (as trained) pooled over the upstream seeds that fitted their random labels
+  (train accuracy >= 2x chance, `claims.core.fit_gate`; every finished seed when none did, which
+  `sigma_w_record` says); the rest fresh.
+- covariance_rotated (control, beyond the paper): covariance's first layer, each seed's kernel
+  rotated by its own Haar-random orthogonal Q (w -> Q w in the flattened (kh, kw, C) space): a draw
+  from N(0, Q Sigma_w Q^T) with the same sample spectrum and norm as covariance's, and no
+  alignment with the data.  covariance - covariance_rotated isolates the alignment's share.
 - covariance_L<n>: as covariance, then layers 2..n re-drawn one by one (paper section 2.5) from
   V diag(f_l(lambda))^2 V^T, (lambda, V) of layer l's input covariance in the NEW network on the
   downstream data, f_l measured on the pretrained seeds against their own layer-l inputs (upstream
@@ -36,7 +42,7 @@ gets, so that these arms are compared with `pretrained` on structure alone.
 
 Seeds that diverged never enter a statistic: an arm's entry carries `finished` [S] (its own
 engine's flags, and for the arms that carry a pretrained seed, that upstream seed's), and
-`summarize` / `fig5_checks` use the finished seeds only.
+`summarize` uses the finished seeds only.
 
 Usage::
 
@@ -55,15 +61,17 @@ import flax
 import jax
 import numpy as np
 
+from rl_align import alignment
 from rl_align import covariance
 from rl_align import curves
 from rl_align import errors
 from rl_align import init as init_lib
 from rl_align import models
 from rl_align import seeds
+from rl_align.claims import core as claims_core
 
 # fold_in tags of the downstream seeds' extra streams.
-_FRESH, _SAMPLE = 21, 22
+_FRESH, _SAMPLE, _ROTATE = 21, 22, 23
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,12 +174,15 @@ class ArmContext:
     pretrained, pretrained_init: stacked upstream params [S, ...] at the end / at init ({} if no
       arm needs them).
     upstream_diverged: [S] bool, the upstream seeds that diverged (None: none).
+    upstream_fit: [S] random-label train accuracy of the upstream seeds, with upstream_classes K
+      (None: every finished seed counts as fitted).
     x_up, x_down: the standardized upstream / downstream inputs.
     f_source: () -> init.TransferFunction, the f of the f_only arm (given by the runner).
   """
 
   def __init__(self, config, model_down, model_up, pretrained, pretrained_init, x_up, x_down, *,
-               upstream_diverged=None, f_source: Callable[[], Any] | None = None):
+               upstream_diverged=None, upstream_fit=None, upstream_classes: int = 10,
+               f_source: Callable[[], Any] | None = None):
     self.config, self.model, self.model_up = config, model_down, model_up
     self.x_up, self.x_down, self.f_source = x_up, x_down, f_source
     root = int(config.downstream.seed)
@@ -184,6 +195,7 @@ class ArmContext:
     self.pretrained = init_lib.unstack(pretrained)
     self.pretrained_init = init_lib.unstack(pretrained_init)
     self.upstream_finished = curves.finished_seeds(upstream_diverged, len(self.pretrained))
+    self.upstream_fit, self.upstream_classes = upstream_fit, int(upstream_classes)
     n_t = int(config.transfer_layers)
     self.carried = self.layers[:-1] if n_t <= 0 else self.layers[:min(n_t, len(self.layers) - 1)]
     self.n_ex = int(config.layerwise.num_examples)
@@ -216,10 +228,34 @@ class ArmContext:
       out.append(p)
     return out
 
+  def _fit_gate(self):
+    return claims_core.fit_gate(self.upstream_fit, self.upstream_classes,
+                                np.asarray(self.upstream_finished, bool))
+
+  def sigma_w_seeds(self) -> np.ndarray:
+    """[S] bool: the upstream seeds Sigma_w pools: those that fitted their random labels, or every
+    finished one when none did (or no fit was given)."""
+    fin = np.asarray(self.upstream_finished, bool)
+    if self.upstream_fit is None:
+      return fin
+    gate = self._fit_gate()
+    return gate.ok if gate.reached else fin
+
+  def sigma_w_record(self) -> dict[str, Any]:
+    """Which upstream seeds Sigma_w pools (results.json `sigma_w`)."""
+    fitted = 0 if self.upstream_fit is None else int(self._fit_gate().ok.sum())
+    use = self.sigma_w_seeds()
+    return {"seeds": "fitted" if fitted else "finished (none fitted)",
+            "num_seeds": int(use.sum()), "num_fitted": fitted, "pooled": use}
+
   def sigma_w(self) -> np.ndarray:
-    """E[w w^T] of the pretrained first-layer filters (as trained) pooled over the finished seeds."""
+    """E[w w^T] of the pretrained first-layer filters (as trained) pooled over `sigma_w_seeds`."""
     if self._sigma_w is None:
-      kernels = np.stack([np.asarray(p[self.layers[0]]["kernel"]) for p in self.finished_pretrained()])
+      use = self.sigma_w_seeds()
+      if not use.any():
+        raise errors.NumericalError(curves.all_diverged(len(self.pretrained), "upstream seeds"))
+      kernels = np.stack([np.asarray(p[self.layers[0]]["kernel"])
+                          for p, u in zip(self.pretrained, use) if u])
       self._sigma_w = covariance.weight_covariance(kernels)
     return self._sigma_w
 
@@ -328,6 +364,21 @@ def _sampled_above(ctx: ArmContext, below: list, n: int) -> list:
   return ctx.rescaled(out, layer)
 
 
+@register_arm("covariance_rotated", label="covariance, rotated (control)", color="tab:olive",
+              linestyle="--")
+def covariance_rotated(ctx: ArmContext, n=None) -> list:
+  """covariance's first layer with each seed's kernel rotated by a Haar-random Q of its own."""
+  del n
+  shape = ctx.first_kernel_shape()
+  d = int(np.prod(shape[:-1]))
+  kernels = []
+  for p, key in zip(ctx.build("covariance"), ctx.sample_keys):
+    q = alignment.random_basis(jax.random.fold_in(key, _ROTATE), d)
+    w = np.asarray(p[ctx.layers[0]]["kernel"], np.float64).reshape(d, shape[-1])
+    kernels.append((q @ w).reshape(shape).astype(np.float32))
+  return ctx.with_first(kernels)
+
+
 @register_arm("pretrained_f_L2", label="pretrained L1 + f-sampled L2", color="tab:cyan",
               linestyle="--", carries_seeds=True)
 def pretrained_f_l2(ctx: ArmContext, n=None) -> list:
@@ -426,41 +477,6 @@ def summarize(arms: Mapping[str, Mapping[str, Any]], thresholds, report_steps) -
   return {"speedup": speed, "iterations_to_reach": reach, "table": table}
 
 
-def fig5_checks(arms: Mapping[str, Mapping[str, Any]], tol: float = 0.02) -> dict[str, Any]:
-  """The Fig 5 targets on the seed means of the finished seeds (present arms only).
-
-  covariance_vs_pretrained_max_gap: max over logged steps of |mean cov - mean pretrained| (<= tol);
-  <arm>_margin_first_half: min over logged steps in (0, T/2] of (mean arm - mean scratch) minus
-  the larger of the two seed stds (> 0: clearly above scratch); no_rescaling_minus_pretrained_auc:
-  mean over steps of (no-rescaling - pretrained) (>= 0: at least as fast).  An arm none of whose
-  seeds finished is left out and named in `error` (scratch: `error` alone).
-  """
-  acc = {a: finished_accuracy(r) for a, r in arms.items()}
-  dead = [a for a, v in acc.items() if not len(v)]
-  if "scratch" in dead:
-    return {"error": "scratch: " + curves.all_diverged(len(finished(arms["scratch"])))}
-  out = {}
-  if dead:
-    out["error"] = f"arms {dead}: " + curves.all_diverged(len(finished(arms[dead[0]])))
-  mean = {a: v.mean(0) for a, v in acc.items() if len(v)}
-  std = {a: v.std(0) for a, v in acc.items() if len(v)}
-  steps = np.asarray(arms["scratch"]["iterations"], np.float64)
-  half = (steps > 0) & (steps <= steps[-1] / 2)
-  if "covariance" in mean and "pretrained" in mean:
-    gap = float(np.max(np.abs(mean["covariance"] - mean["pretrained"])))
-    out["covariance_vs_pretrained_max_gap"] = gap
-    out["covariance_within_tol_of_pretrained"] = gap <= tol
-  for arm in mean:
-    if arm == "scratch" or not half.any():
-      continue
-    margin = (mean[arm] - mean["scratch"] - np.maximum(std[arm], std["scratch"]))[half]
-    out[f"{arm}_margin_first_half"] = float(margin.min())
-  if "pretrained_no_rescaling" in mean and "pretrained" in mean:
-    out["no_rescaling_minus_pretrained_auc"] = float(
-        np.mean(mean["pretrained_no_rescaling"] - mean["pretrained"]))
-  return out
-
-
 def _cell(m, s) -> str:
   return "nan" if m is None or s is None else f"{m:.3f}±{s:.3f}"
 
@@ -486,5 +502,6 @@ def summary_table(out: Mapping[str, Any]) -> str:
     m, s = curves.seed_mean_std(ua[ok])
     lines.append(f"upstream random-label train accuracy: {_cell(m, s)} "
                  f"(ok={out['upstream']['ok']}, {int((~ok).sum())} seeds diverged)")
-  lines.append(f"checks: {out['checks']}")
+  verdicts = (out.get("claims") or {}).get("verdicts", {})
+  lines += [f"claim {k}: {v}" for k, v in verdicts.items()]
   return "\n".join(lines)

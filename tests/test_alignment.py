@@ -202,3 +202,40 @@ def test_bad_arguments_raise_clear_errors():
     alignment.finite_sample_floor(v, [1.0, 2.0], 10)
   with pytest.raises(errors.ConfigError, match="key_or_seed"):
     alignment.random_basis("zero", 3)
+
+
+def test_rotating_an_aligned_sigma_w_keeps_its_spectrum_and_loses_the_alignment():
+  """The control of the transfer experiment (arm covariance_rotated) as a property, on Fig 20's
+  Gaussian data (right panel: sigma = 0.1..3.0, rotated): Sigma_w = g(Sigma_x) is aligned
+  (misalignment 0 in the data eigenbasis); Q Sigma_w Q^T for a Haar-random Q has the same
+  eigenvalues and scores in the data eigenbasis like Sigma_w itself scores in random bases."""
+  from rl_align import data   # pylint: disable=g-import-not-at-top
+  cov_x = data.gaussian_covariance(stds=np.round(np.arange(1, 31) * 0.1, 1), rotate=True, seed=0)
+  lam, v = alignment.eigh_desc(cov_x)
+  f = 0.18 + 0.02 * np.sqrt(lam)                      # a Fig 20-like rising transfer function
+  cov_w = (v * f ** 2) @ v.T
+  q = alignment.random_basis(1, 30)
+  rot = q @ cov_w @ q.T
+  np.testing.assert_allclose(np.linalg.eigvalsh(rot), np.linalg.eigvalsh(cov_w), rtol=0,
+                             atol=f64_tol(f.max() ** 2, 30 * 30))
+  assert alignment.misalignment(cov_w, v) < f64_tol(30.0, 30 * 30)
+  random_bases = [alignment.misalignment(cov_w, alignment.random_basis(s, 30)) for s in range(2, 202)]
+  m, s = np.mean(random_bases), np.std(random_bases)
+  assert abs(alignment.misalignment(rot, v) - m) < 4 * s
+  assert m > 10 * s      # and that level is far from 0: the rotation destroyed the alignment
+
+
+def test_finite_sample_floor_draws_the_law_of_the_sample_second_moment():
+  """Bartlett's draw of the Wishart matrix (n >= d) and direct sampling (n < d path, and an
+  explicit reference here) give the same floor, to Monte-Carlo error."""
+  v = alignment.random_basis(0, 6)
+  var = np.array([3.0, 2.0, 1.0, 0.5, 0.2, 0.1])
+  got = alignment.finite_sample_floor(v, var, 40, 0, trials=2000)
+  rng = np.random.default_rng(5)
+  ref = []
+  for _ in range(2000):
+    w = (rng.standard_normal((40, 6)) * np.sqrt(var)) @ v.T
+    ref.append(alignment.misalignment(w.T @ w / 40, v, ridge=1e-9))
+  # two independent 2000-trial means: their difference has std ~ sqrt(2) * std / sqrt(2000)
+  assert abs(got[0] - np.mean(ref)) < 5 * np.sqrt(2 / 2000) * np.std(ref)
+  assert got[1] == pytest.approx(np.std(ref), rel=0.15)

@@ -83,9 +83,25 @@ def test_parse_arg_catches_its_own_misuse():
 
 def test_base_config_has_the_fields_every_runner_reads():
   c = common.base_config()
-  assert set(c) == {"data", "labels", "num_classes", "model", "train"}
+  assert set(c) == {"data", "labels", "num_classes", "model", "train", "claims"}
+  assert c.claims.figure == ""      # no figure: the runner records no claims
   assert c.train.optimizer == "momentum" and c.data.name == "gaussian"
   assert c.data.placement == "device"
+
+
+def test_every_figure_config_names_registered_claims():
+  """Each paper figure's config says which claims its run serves (results.json claims.figure),
+  and the claims registry knows that figure."""
+  from rl_align import claims   # pylint: disable=g-import-not-at-top
+  from experiments.configs import fig1, fig2, fig3, fig4_cnn, fig5, fig20, imagenet, specialization
+  want = {(fig1, "negative"): "fig1", (fig2, ""): "fig2", (fig3, ""): "fig3",
+          (fig4_cnn, ""): "fig4", (fig5, ""): "fig5", (fig20, "all"): "fig20",
+          (imagenet, ""): "table1", (specialization, "local"): "specialization",
+          (specialization, "vgg16_fmnist"): "fig1_search"}
+  for (module, arg), key in want.items():
+    assert module.get_config(arg).claims.figure == key, module.__name__
+    assert key in claims.figures()
+  assert fig1.get_config("negative").claims.direction == "negative"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -248,4 +248,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({"name": "dense", "widths": (2048, 256), "num_classes": 10,
                                        "dtype": "float32"})
   c.train = engine_config.default_config()
+  # The figure whose claims the run tests (rl_align.claims: fig2, fig3, fig4, fig5, fig1, ...;
+  # "" for none): the runner writes it, with every claim's verdict, into results.json.
+  c.claims = ml_collections.ConfigDict({"figure": ""})
   return c

@@ -101,6 +101,7 @@ def get_config(arg: str = "positive") -> ml_collections.ConfigDict:
   c = fig5.shared_fields()
   c.title = f"Fig 1 ({'negative' if negative else 'positive'} transfer), VGG16"
   c.figure_name = "fig1.png"
+  c.claims = ml_collections.ConfigDict({"figure": "fig1", "direction": a.transfer})
   c.paper_reference = None
   c.model = ml_collections.ConfigDict({"name": "vgg16", "num_classes": 10, "width": 64,
                                        "init_scale": 1.0, "kernel_init": "he_normal",

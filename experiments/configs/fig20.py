@@ -20,18 +20,14 @@ Data: embedded synthetic x ~ N(0, diag(sigma^2)), random labels (K=10), one draw
 import ml_collections
 
 from experiments.configs import common
+from rl_align.claims import paper
 
 _SIGMA_WIDE = tuple(round(0.1 * i, 1) for i in range(1, 31))
 _SIGMA_LEFT = tuple(round(1.0 + 0.1 * i, 1) for i in range(10))
 
-# Values read off the paper's Fig 20 (appendix, fully connected nets on Gaussian data), marked on our plots.
-PAPER_REFERENCE = {
-    "left": {"sigma": (1.0, 1.2, 1.4, 1.6, 1.8, 1.9), "f": (0.381, 0.364, 0.349, 0.334, 0.322, 0.316)},
-    "middle": {"sigma": (0.1, 0.5, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0),
-               "f": (0.184, 0.197, 0.207, 0.206, 0.203, 0.193, 0.178, 0.163)},
-    "right": {"sigma": (0.1, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
-              "f": (0.184, 0.202, 0.225, 0.238, 0.247, 0.251, 0.252)},
-}
+# Values read off the paper's Fig 20 (appendix, fully connected nets on Gaussian data), marked on
+# our plots (rl_align.claims.paper holds the paper's numbers).
+PAPER_REFERENCE = paper.FIG20
 _PANELS = {  # d, widths, n, sigmas (paper's Fig 20 settings table)
     "left": (10, (2048, 256), 10_000, _SIGMA_LEFT),
     "middle": (30, (2048, 256), 10_000, _SIGMA_WIDE),
@@ -61,6 +57,7 @@ def get_config(arg: str = "all") -> ml_collections.ConfigDict:
   reading, tiny, names = a.reading, a.tiny, a.panels
   c = common.base_config()
   c.figure_name = "fig20.png"
+  c.claims.figure = "fig20"
   c.labels = "random"
   c.num_classes = 10
   c.data.name = "gaussian"

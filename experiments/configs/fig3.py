@@ -20,8 +20,9 @@ colour, gradients, ...), up to mixing inside near-degenerate eigenspaces.
 Fashion-MNIST (`fmnist`, real data; Debian's dataset-fashion-mnist or idx files in data_dir):
     python -m experiments.filters --config=experiments/configs/fig3.py:fmnist --workdir=workdirs/fig3_fmnist
   The local model (paper CNN, 64 filters 5x5, first layer at std 0.002; a WRN-28-4 with 70 seeds
-  is hours per seed on a 2-core CPU), random labels, 30 epochs, 8 seeds (512 filters pooled), on
-  the first 4000 training images.  Patches are 5x5 grey: 25 dimensions (CIFAR10: 75), so there
+  is hours per seed on a 2-core CPU), random labels, 30 epochs, 10 seeds (the claims table needs
+  >= 8 that fitted their random labels; their 640 filters are pooled), on the first 4000 training
+  images.  Patches are 5x5 grey: 25 dimensions (CIFAR10: 75), so there
   are no colour PCs and chance for the top-k overlap is k/25.
   Measured (6.3 min, 2-core AMD EPYC, idle, 190 GFLOP/s peak in its run.json): top-5 / top-10
   overlap 0.48 / 0.83 vs chance 0.20 / 0.40; the top four filter eigenvectors are patch PCs #5, #6,
@@ -34,7 +35,7 @@ from experiments.configs import shared
 
 # fmnist: the local model (paper CNN, 64 filters 5x5, first layer at std 0.002; a WRN-28-4 does not
 # fit the CPU) on the first `examples` Fashion-MNIST training images: 25-dimensional patches.
-FMNIST = {"examples": 4000, "epochs": 30, "seeds": 8}
+FMNIST = {"examples": 4000, "epochs": 30, "seeds": 10}
 
 
 @common.with_download
@@ -44,6 +45,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   tiny = a.scale == "tiny"
   local = a.scale == "local" or tiny or a.fmnist
   c = common.base_config()
+  c.claims.figure = "fig3"
   c.labels = "random"
   c.num_classes = 10
   c.data.standardize = True
@@ -63,7 +65,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   t.num_epochs = 2 if tiny else (30 if local else 100)
   t.num_seeds = 2 if tiny else (8 if local else 70)
   t.train_eval_examples = 256 if tiny else 2048
-  c.analysis = {"centered": False, "basis_seed": 0, "patch_size": 5}
+  # degenerate_rtol: patch eigenvalues within this relative gap form one group whose PCs may mix
+  # (the paper: "up to mixing in near-degenerate eigenspaces"), used by Fig 3's order-free test.
+  c.analysis = {"centered": False, "basis_seed": 0, "patch_size": 5, "degenerate_rtol": 0.1}
   if a.fmnist:
     c.title = "Fig 3 (Fashion-MNIST: paper CNN with 5x5 filters)"
     c.data = shared.fmnist_data(256 if tiny else FMNIST["examples"])

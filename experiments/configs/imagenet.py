@@ -106,6 +106,7 @@ def paper(model: str, dataset: str, res: int) -> ml_collections.ConfigDict:
   name = "imagenet" if dataset == "imagenet_resized" else "imagenet2012"
   c.title = f"ImageNet ({dataset} {res}x{res}): {model} pretrained on random labels"
   c.figure_name = "imagenet.png"
+  c.claims.figure = "table1"
   c.paper_reference = None
   c.data = ml_collections.ConfigDict({
       "name": name, "kwargs": {"image_size": res}, "data_dir": "", "standardize": True,

@@ -69,6 +69,7 @@ SETTINGS = ("local", "tiny", "vgg16_cifar10", "resnet18_cifar10", "resnet18_imag
 
 def _common() -> ml_collections.ConfigDict:
   c = common.base_config()
+  c.claims.figure = "specialization"
   c.labels = "random"            # upstream labels; downstream always uses the real labels
   c.split = ml_collections.ConfigDict({"upstream": 700, "downstream": 700, "test": 397, "seed": 0})
   c.probe_examples = 256         # first downstream inputs: the fixed probe batch of the activity
@@ -256,6 +257,7 @@ def get_config(arg: str = "local") -> ml_collections.ConfigDict:
     c = _local(c)
     return _fmnist(c, tiny=False) if a.fmnist else c
   if setting.startswith("vgg16_fmnist"):
+    c.claims.figure = "fig1_search"
     return _vgg16_fmnist(c, tiny=setting.endswith("_tiny"))
   model, dataset = setting.split("_")
   return _paper(c, model, dataset)

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from rl_align import alignment
+from rl_align import claims
 from rl_align import covariance
 from rl_align import data as data_lib
 from rl_align import eigenmap as lib
@@ -135,7 +136,7 @@ def _run_panels(config, workdir: str, f_figure: str | None) -> Generator:
   if not config.get("panels"):
     raise errors.ConfigError(
         "config.panels is empty: nothing to run. Fix: pick a panel, e.g. fig20.py:right or :all.")
-  summary, outs, refs = {}, [], []
+  summary, outs, refs, judged = {}, [], [], {}
   for name in config.panels:
     pcfg = panel_config(config, name)
     pdir = common.subdir(workdir, name, pcfg)
@@ -147,12 +148,14 @@ def _run_panels(config, workdir: str, f_figure: str | None) -> Generator:
                      "workdir": pdir}
     outs.append(out)
     refs.append(pcfg.get("paper_reference"))
+    judged[name] = {"results": common.jsonable(out), "config": pcfg.to_dict()}
   path = os.path.join(workdir, f_figure or config.get("figure_name", "panels.png"))
   if config.get("figure_style") == "epochs":
     fig = plots.plot_f_over_epochs(outs, list(config.panels), path)
   else:
     fig = plots.plot_panels(outs, list(config.panels), refs, path)
   summary["figure"] = fig
+  summary["claims"] = claims.stamp(config, summary, judged)
   results.write_json(workdir, "results.json", summary)
   return summary, outs
 

@@ -5,12 +5,16 @@ compare the eigenvectors of their covariance with the data's patch PCs, write, p
     out = filters.run(config, workdir)     # experiments/configs/fig3.py
     out["subspace_overlap"]["10"], out["random_baseline"]["10"]
 
-The analysis is `rl_align.filters.compare_eigenvectors`.
+The analysis is `rl_align.filters` (`compare_eigenvectors`, rank order, descriptive;
+`alignment_tests`, order-free, Fig 3's claim).  Sigma_w pools the filters of the seeds that fitted
+their random labels (`rl_align.claims.filters.pooled_seeds`: the claim's regime), or of every
+finished seed when none did.
 """
 import os
 import time
 from typing import Generator
 
+from rl_align import claims
 from rl_align import covariance
 from rl_align import curves
 from rl_align import errors
@@ -50,11 +54,22 @@ def run(config, workdir: str) -> Generator:
          "num_train_examples": len(part)}
   if not ok.any():
     out.update(error=curves.all_diverged(len(ok)), runtime_s=time.time() - t0)
+    out = common.jsonable(out)
+    out["claims"] = claims.stamp(config, out)
     results.write_json(workdir, "results.json", out)
     return out
-  cov_w = covariance.weight_covariance(kernels[ok], centered=config.analysis.centered)
-  cmp = lib.compare_eigenvectors(cov_x, cov_w, key=int(config.analysis.basis_seed))
-  out = {**{key: cmp[key] for key in _KEYS}, **out, "runtime_s": time.time() - t0}
+  pool = claims.filters.pooled_seeds(out["train_accuracy"], int(config.num_classes), ~ok)
+  cov_w = covariance.weight_covariance(kernels[pool], centered=config.analysis.centered)
+  key = int(config.analysis.basis_seed)
+  cmp = lib.compare_eigenvectors(cov_x, cov_w, key=key)
+  n_filters = int(pool.sum()) * kernels.shape[-1]
+  tests = lib.alignment_tests(cov_x, cov_w, n_filters, key,
+                              rtol=float(config.analysis.get("degenerate_rtol", 0.1)))
+  out = {**{k: cmp[k] for k in _KEYS}, **out, "alignment_tests": tests,
+         "num_seeds_pooled": int(pool.sum()), "pooled": pool, "num_filters_pooled": n_filters,
+         "figure": "fig3_eigenvectors.png", "runtime_s": time.time() - t0}
+  out = common.jsonable(out)
+  out["claims"] = claims.stamp(config, out)
   results.write_json(workdir, "results.json", out)
   results.write_npz(workdir, "arrays.npz", {"eigenvectors_x": cmp["eigenvectors_x"],
                                             "eigenvectors_w": cmp["eigenvectors_w"],

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rl_align import activity
+from rl_align import claims
 from rl_align import curves
 from rl_align import init as init_lib
 from rl_align import models
@@ -236,5 +237,7 @@ def run(config, workdir: str) -> Generator:
   out["runtime_s"] = time.time() - t0      # this invocation (finished cells are read back)
   cells = {(p["width"], p["learning_rate"]): p.get("cell_runtime_s", 0.0) for p in points.values()}
   out["cells_runtime_s"] = float(sum(cells.values()))   # training + analysis of every cell
+  out = common.jsonable(out)
+  out["claims"] = claims.stamp(config, out)
   results.write_json(workdir, "results.json", out)
   return out

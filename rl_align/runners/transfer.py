@@ -9,9 +9,12 @@ The arms and the statistics are `rl_align.transfer`; this module loads the split
 phases, resumes and writes.  results.json (README "Transfer"): arms {arm: {iterations [T],
 train_accuracy [S][T], test_accuracy [S], train_accuracy_mean/std [T] (finished seeds),
 diverged [S], upstream_diverged [S], finished [S], num_diverged}}, upstream {train_accuracy [S],
-diverged [S], num_diverged, ok, min_train_accuracy, num_steps}, speedup {arm: {threshold: ratio}},
-iterations_to_reach {arm: {threshold: mean}}, table {arm: {step: [mean, std]}}, checks (Fig 5
-targets), transfer_functions {layer: {lambda, f}}, data {sizes, name, placement}, runtime_s, figure.
+diverged [S], num_diverged, ok, min_train_accuracy, num_steps, dead_fraction {layer: [S]} (ReLU
+units never active on a probe batch at the end of upstream)}, sigma_w {seeds, num_seeds,
+num_fitted, pooled [S]} (the upstream seeds the covariance arms' Sigma_w pools), speedup {arm:
+{threshold: ratio}}, iterations_to_reach {arm: {threshold: mean}}, table {arm: {step: [mean,
+std]}}, claims {figure, ..., verdicts} (`rl_align.claims.stamp`), transfer_functions {layer:
+{lambda, f}}, data {sizes, name, placement}, runtime_s, figure.
 
 config.data.placement: the data path every runner shares (`common.load_data`): "device" loads the
 splits as arrays; "host" loads nothing: every phase streams its batches through
@@ -28,6 +31,8 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from rl_align import activity
+from rl_align import claims
 from rl_align import curves
 from rl_align import errors
 from rl_align import init as init_lib
@@ -41,6 +46,7 @@ from rl_align.plots import transfer as plots
 from rl_align.runners import common
 
 PHASES = "phases"
+PROBE_EXAMPLES = 256   # upstream examples the end-of-upstream ReLU activity is measured on
 # The engine fields a phase (config.upstream, config.downstream, config.f_only.upstream) may set.
 PHASE_FIELDS = ("num_steps", "num_epochs", "learning_rate", "batch_size", "eval_every_steps",
                 "log_every_steps", "train_eval_examples", "num_seeds")
@@ -110,6 +116,9 @@ def run_upstream(config, workdir: str, data, name: str = "upstream") -> Generato
           "network has barely fitted its random labels, so little transfer is expected. Fix: "
           "train longer (upstream.num_steps), use fewer upstream examples or a wider model.",
           name, fit, float(uc.min_train_accuracy))
+    probe = common.head(data["data"].parts["upstream"], PROBE_EXAMPLES)[0]
+    out["dead_fraction"] = {layer: st["dead_fraction"] for layer, st in activity.measure(
+        _model(config, k), res.params, probe).items()}
     arrays = {**{f"init/{k}": v for k, v in res.snapshots[0].items()},
               **{f"final/{k}": v for k, v in common.flatten(res.params).items()}}
     return out, arrays
@@ -210,6 +219,8 @@ def run(config, workdir: str) -> Generator:
   pre_init = common.unflatten(up["init"]) if up else {}
   ctx = lib.ArmContext(config, model_down, model_up, pre, pre_init, data["x_up"], data["x_down"],
                        upstream_diverged=None if up is None else up["diverged"],
+                       upstream_fit=None if up is None else up["train_accuracy"],
+                       upstream_classes=int(config.upstream.num_classes),
                        f_source=lambda: f_source(config, workdir, model_up, up, data["x_up"]))
   arms = {}
   for arm in arms_list:
@@ -219,9 +230,11 @@ def run(config, workdir: str) -> Generator:
   out = {"arms": arms,
          "upstream": None if up is None else {
              k: up.get(k) for k in ("train_accuracy", "diverged", "num_diverged", "ok",
-                                "min_train_accuracy", "num_steps", "num_classes", "steps", "curve")},
+                                "min_train_accuracy", "num_steps", "num_classes", "steps", "curve",
+                                "dead_fraction")},
+         "sigma_w": ctx.sigma_w_record() if up else None,
          **lib.summarize(arms, thresholds, list(config.report_steps)),
-         "thresholds": thresholds, "checks": lib.fig5_checks(arms)}
+         "thresholds": thresholds}
   tf = {name: {"lambda": f.knots, "f": f.values, "rest": f.rest}
         for name, f in ctx.transfer_functions.items()}
   folder = os.path.join(workdir, PHASES)
@@ -236,6 +249,8 @@ def run(config, workdir: str) -> Generator:
                             title=config.get("title", ""),
                             reference=config.get("paper_reference", None))
   out["figure"] = os.path.basename(fig)
+  out = common.jsonable(out)
+  out["claims"] = claims.stamp(config, out)
   results.write_json(workdir, "results.json", out)
   logging.info("transfer: done in %.0f s (this invocation)", time.time() - t0)
-  return common.jsonable(out)
+  return out
