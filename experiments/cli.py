@@ -11,22 +11,30 @@ A binary is three lines::
 `launch` parses --config / --workdir (absl, ml_collections config files), then `run_main` runs
 fn(config, workdir).  Every mistake a user can make (a bad config argument such as
 `fig1.py:negtive`, a bad flag value, a missing --workdir, a missing dataset, a config that differs
-from the one already in the workdir) reaches them as ONE line `error: ...` on stderr and exit code 2,
-without a traceback; everything already written stays in place.  `run_main` also writes
-WORKDIR/run.json: the machine (CPU, cores, JAX devices, fp32 matmul rate measured at the start,
-`rl_align.machine`), the command line, start and end time and wall seconds (process 0 only), and
-the accounting: the training steps' matmul/conv FLOPs of every engine call the run made
-(`rl_align.flops`), the achieved rate (FLOPs / wall seconds) and its fraction of the measured peak,
-also logged as the run's last line, e.g.
+from the one already in the workdir, a workdir another run holds) reaches them as ONE line
+`error: ...` on stderr and exit code 2, without a traceback; everything already written stays in
+place.  The config is validated before anything is written to the workdir (`validate`).
+
+Where the run records itself is `rl_align.workdir`: `run_main` holds the workdir's lock for the
+run (a second run on it exits 2 naming the holder), writes config.json and WORKDIR/run.json: the
+machine (CPU, cores, JAX devices, fp32 matmul rate measured at the start, `rl_align.machine`), the
+command line, start and end time and wall seconds (process 0 only), the status, and the accounting:
+the training steps' matmul/conv FLOPs of every engine call the run made (`rl_align.flops`), the
+achieved rate (FLOPs / wall seconds) and its fraction of the measured peak, also logged as the
+run's last line, e.g.
 `done: 69.1 TFLOP in 755 s = 91.5 GFLOP/s, 47% of the measured peak 195 GFLOP/s (...)`.
+Every engine call gets the workdir's metric writers (metrics.jsonl, TensorBoard) and the run's FLOP
+ledger explicitly (`train.recorded`).
+
+SIGINT (Ctrl-C) and SIGTERM (a cluster's stop) are handled (`rl_align.interrupts`): the engine
+stops at its next event step after a checkpoint, run.json says `interrupted at step N of PHASE`,
+and the process exits with 130 / 143; a second signal exits at once.  Rerunning resumes.
 Before anything uses a device, `launch` and `run_main` expose one XLA host device per core
 (`experiments.host_devices`; the user's XLA_FLAGS win): a process-wide setting the library never
 makes.
 """
-import datetime
-import os
+import importlib
 import sys
-import time
 from typing import Any, Callable, Generator, Sequence
 
 from absl import app
@@ -40,17 +48,14 @@ from experiments import host_devices
 from experiments import scaleout
 from rl_align import errors
 from rl_align import flops as flops_lib
+from rl_align import interrupts
 from rl_align import machine
-from rl_align import results
 from rl_align import train
-from rl_align.runners import common as runner_common
+from rl_align import workdir as workdir_lib
+from rl_align.data import registry as data_registry
+from rl_align.engine import config as engine_config
 
 FLAGS = flags.FLAGS
-RUN_RECORD = "run.json"
-
-# Writes WORKDIR/config.json; refuses a workdir that holds another config.  The runners call it per
-# panel too, so it lives in the library; the CLI re-exports it.
-check_workdir_config = runner_common.check_workdir_config
 
 
 def define_config_flags(example: str) -> None:
@@ -121,64 +126,15 @@ def loaded_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _now() -> str:
-  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-class RunRecord:
-  """WORKDIR/run.json: machine, command line, start / end time, wall seconds, status, accounting.
-
-  A rerun (resume) on the same workdir keeps the earlier records under `earlier_runs`.
-  """
-
-  def __init__(self, workdir: str, argv: Sequence[str] | None = None):
-    self.workdir = workdir
-    self.active = jax.process_index() == 0
-    self.t0 = time.time()
-    self.rec = {"argv": list(sys.argv if argv is None else argv), "cwd": os.getcwd(),
-                "start": _now(), "end": None, "wall_s": None, "status": "running"}
-
-  def start(self) -> None:
-    if not self.active:
-      return
-    old = results.read_json(self.workdir, RUN_RECORD) or {}
-    earlier = old.pop("earlier_runs", [])
-    self.rec["machine"] = machine.describe()
-    self.rec["earlier_runs"] = earlier + ([old] if old else [])
-    results.write_json(self.workdir, RUN_RECORD, self.rec)
-
-  def finish(self, status: str, ledger: flops_lib.Ledger | None = None) -> None:
-    if not self.active or "machine" not in self.rec:
-      return
-    wall = time.time() - self.t0
-    self.rec.update(end=_now(), wall_s=round(wall, 2), status=status)
-    if ledger is not None:
-      self.rec["accounting"] = accounting(ledger, wall, self.rec["machine"])
-      if status == "finished":
-        logging.info("%s", flops_lib.summary_line(self.rec["accounting"]))
-    results.write_json(self.workdir, RUN_RECORD, self.rec)
-
-
-def accounting(ledger: flops_lib.Ledger, wall_s: float, mach: dict) -> dict:
-  """run.json's accounting: the ledger's FLOPs (training steps' matmul/conv FLOPs of the engine
-  calls run), the rate FLOPs / wall_s and its fraction of the machine's measured fp32 matmul peak
-  (x the process count in a multi-process run: every process measured its own machine); `calls`
-  sums the ledger's records by call name."""
-  peak = mach.get("fp32_matmul_gflops")
-  if peak is not None:
-    peak *= jax.process_count()
-  out = flops_lib.accounting(ledger.total, wall_s, peak, ledger.seconds)
-  calls: dict = {}
-  for r in ledger.records:
-    c = calls.setdefault(r["name"], {"calls": 0, "flops": 0.0, "model_steps": 0, "seconds": {}})
-    c["calls"] += 1
-    c["flops"] += r["flops"]
-    c["model_steps"] += r["steps"] * r["members"]
-    for k, v in r.get("seconds", {}).items():
-      c["seconds"][k] = c["seconds"].get(k, 0.0) + v
-  out.update(counted="training steps' matmul/conv FLOPs (evaluations and probes not counted)",
-             calls=calls)
-  return out
+def validate(fn: Callable[[Any, str], Any], config) -> None:
+  """Every check of the config that needs no data, before anything is written: the engine fields
+  of config.train, then the runner module's own `validate(config)` if it has one."""
+  if "train" in config:
+    engine_config.validate_fields(config.train, "train")
+  module = importlib.import_module(getattr(fn, "__module__", "") or __name__)
+  check = getattr(module, "validate", None)
+  if callable(check):
+    check(config)
 
 
 def run_recorded(fn: Callable[[Any, str], Any], config, workdir: str,
@@ -202,22 +158,41 @@ def _steps(fn: Callable[[Any, str], Any]) -> Callable[[Any, str], Generator]:
 def recorded_steps(fn: Callable[[Any, str], Any], config, workdir: str,
                    argv: Sequence[str] | None = None) -> Generator:
   """`run_recorded` as a generator of fn's train calls (`train.driven`): a sweep runs one per
-  point and packs their calls (`rl_align.packing`).  The FLOPs of the calls fn makes, and only
-  those, are recorded in run.json (`train.within`)."""
-  record = RunRecord(workdir, argv)
+  point and packs their calls (`rl_align.packing`).  The config is validated, the workdir's lock
+  taken for the run's life, then config.json and run.json are written; every call fn makes
+  carries the run's FLOP ledger and the workdir's metric writers (`train.recorded`), and only
+  those calls' FLOPs are in run.json."""
+  validate(fn, config)
+  with workdir_lib.Lock(workdir_lib.ensure(workdir), argv=argv):
+    return (yield from _recorded(fn, config, workdir, argv))
+
+
+def _recorded(fn, config, workdir: str, argv) -> Generator:
+  record = workdir_lib.RunRecord(workdir, argv)
   ledger = flops_lib.Ledger()
+  read_from = len(data_registry.READ)
+  status = "finished"
   try:
-    os.makedirs(workdir, exist_ok=True)
-    check_workdir_config(config, workdir)
-    record.start()
-    out = yield from train.within(ledger, _steps(fn)(config, workdir))
+    workdir_lib.check_config(config, workdir)
+    record.start(machine.describe())
+    out = yield from train.recorded(_steps(fn)(config, workdir), ledger, workdir_lib.writer)
+  except errors.Interrupted as e:
+    status = "interrupted" + (f" at step {e.step} of {e.phase}" if e.step is not None else "")
+    raise
   except errors.RLAlignError as e:
-    record.finish(f"error: {e}", ledger)
+    status = f"error: {e}"
+    raise
+  except GeneratorExit:
+    status = "stopped (its sweep ended early)"
     raise
   except BaseException as e:
-    record.finish(f"failed: {type(e).__name__}", ledger)
+    status = f"failed: {type(e).__name__}"
     raise
-  record.finish("finished", ledger)
+  finally:   # what the run read (and why, where a fallback was taken), then its status
+    record.rec["data_read"] = data_registry.READ[read_from:]
+    record.finish(status, ledger)
+  if record.active:
+    logging.info("%s", flops_lib.summary_line(record.rec["accounting"]))
   return out
 
 
@@ -230,12 +205,19 @@ def run_main(fn: Callable[[Any, str], Any], config, workdir: str,
   if not workdir:
     fail("--workdir is required. Fix: pass --workdir=/path/to/run (rerun resumes there).")
   try:
-    scaleout.init_processes()
-    if scaleout.is_sweep():
-      return scaleout.run_sweep(lambda c, d: recorded_steps(fn, c, d, argv), config, workdir)
-    return run_recorded(fn, config, workdir, argv)
+    with interrupts.handled():
+      scaleout.init_processes()
+      if scaleout.is_sweep():   # each point's run holds its own workdir (tasks share the root)
+        return scaleout.run_sweep(lambda c, d: recorded_steps(fn, c, d, argv), config, workdir)
+      return run_recorded(fn, config, workdir, argv)
   except errors.RLAlignError as e:
     fail(e)
+  except errors.Interrupted as e:
+    logging.flush()
+    where = f" at step {e.step} of {e.phase}" if e.step is not None else ""
+    print(f"interrupted (signal {e.signum}){where}: rerun the same command to resume from "
+          f"{workdir}.", file=sys.stderr)
+    sys.exit(128 + e.signum)
 
 
 def launch(fn: Callable[[Any, str], Any], summary: Callable[[Any], str] | None = None) -> None:

@@ -71,7 +71,15 @@ def init_processes() -> None:
 
 
 def is_sweep() -> bool:
-  return bool(_flag("sweep") or _flag("sweep_zip"))
+  """Whether the flags ask for a sweep; --task_index / --num_tasks given without one is an error
+  (they split a sweep's points: alone they would silently run everything)."""
+  sweep = bool(_flag("sweep") or _flag("sweep_zip"))
+  given = [n for n in ("task_index", "num_tasks") if n in FLAGS and FLAGS[n].present]
+  if given and not sweep:
+    raise errors.ConfigError(
+        f"--{given[0]} splits a sweep's points over tasks, but no --sweep / --sweep_zip is given. "
+        f"Fix: add the sweep (e.g. --sweep=train.learning_rate=0.01,0.02), or drop --{given[0]}.")
+  return sweep
 
 
 def _binary() -> str:

@@ -27,3 +27,19 @@ class DatasetNotFoundError(DataError):
 
 class NumericalError(RLAlignError):
   """A matrix is singular / not PSD, or training diverged."""
+
+
+class WorkdirError(RLAlignError):
+  """The workdir cannot be used as it is: another run holds it, a file in it is damaged, it is
+  not writable, or it is not a folder."""
+
+
+class Interrupted(BaseException):
+  """A run stopped on SIGINT / SIGTERM at a clean point (`rl_align.interrupts`); rerunning the same
+  command resumes it.  Not an RLAlignError: nothing is wrong with the input, and code that catches
+  `Exception` must not swallow it."""
+
+  def __init__(self, signum: int, step: int | None = None, phase: str | None = None):
+    self.signum, self.step, self.phase = int(signum), step, phase
+    where = f" at step {step} of {phase}" if step is not None else ""
+    super().__init__(f"interrupted by signal {self.signum}{where}")

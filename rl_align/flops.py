@@ -2,9 +2,9 @@
 
     from rl_align import flops
     n = flops.dot_conv_flops(jax.make_jaxpr(step)(*args))     # 2 x multiply-adds of every dot/conv
-    with flops.Ledger() as ledger:          # every engine call made inside is recorded
-      runner(config, workdir)
-    ledger.total                            # FLOPs of the training steps run inside the block
+    ledger = flops.Ledger()
+    train.drive(train.recorded(runner.steps(config, workdir), ledger))   # its calls record here
+    ledger.total                            # FLOPs of the training steps that ran
     ledger.records                          # one dict per engine call: name, step_flops, steps, ...
 
 `dot_conv_flops` counts 2 x multiply-adds of every dot_general and convolution in a jaxpr
@@ -18,11 +18,11 @@ nominal FLOPs of ONE member's ONE training step (forward, backward and update of
 traced once per compiled program on abstract shapes, `Engine.step_flops`) x the steps run in this
 process (a resumed run counts only the steps after its checkpoint) x the call's members (padding
 members the engine adds to fill the devices are not counted: their work is waste).  Evaluations,
-probes and snapshots are not counted.  A call is recorded in the ledgers open (in this thread)
-where it was made (`TrainCall.ledgers`); a sweep advances each point's runner inside the point's
-own ledger (`train.within`), so the points of a packed program each count their own calls.
+probes and snapshots are not counted.  A call is recorded in the ledger it carries
+(`TrainCall.ledger`), handed to it explicitly where the run records itself (`train.recorded`); a
+sweep gives each point's runner the point's own ledger, so the points of a packed program each
+count their own calls.
 """
-import threading
 from typing import Any
 
 import numpy as np
@@ -63,29 +63,22 @@ def _sub_jaxprs(values):
 # ----------------------------------------------------------------------------------------------
 # The ledger.
 
-_open = threading.local()
-
-
-def active() -> tuple:
-  """The ledgers open in this thread (innermost last)."""
-  return tuple(getattr(_open, "stack", ()))
-
-
 class Ledger:
-  """The training FLOPs of the engine calls submitted inside `with Ledger():` (module docstring)."""
+  """The training FLOPs of the engine calls that carried it (module docstring)."""
 
   def __init__(self):
     self.records: list[dict[str, Any]] = []
 
-  def __enter__(self) -> "Ledger":
-    _open.stack = active() + (self,)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    _open.stack = tuple(l for l in active() if l is not self)
-
-  def add(self, record: dict[str, Any]) -> None:
-    self.records.append(dict(record))
+  def record(self, name: str, step_flops: float, steps: int, members: int,
+             seconds: dict[str, float] | None = None) -> dict[str, Any]:
+    """Adds one engine call's record {name, step_flops, steps, members, flops, seconds};
+    seconds: its wall time per phase (`rl_align.progress.Phases`: train, compile, eval, snapshot,
+    checkpoint, log), a packed call's share of its program's."""
+    rec = {"name": name, "step_flops": float(step_flops), "steps": int(steps),
+           "members": int(members), "flops": float(step_flops) * int(steps) * int(members),
+           "seconds": dict(seconds or {})}
+    self.records.append(rec)
+    return rec
 
   @property
   def total(self) -> float:
@@ -99,19 +92,6 @@ class Ledger:
       for k, v in r.get("seconds", {}).items():
         out[k] = out.get(k, 0.0) + v
     return out
-
-
-def record(ledgers, name: str, step_flops: float, steps: int, members: int,
-           seconds: dict[str, float] | None = None) -> dict[str, Any]:
-  """Adds one engine call's record {name, step_flops, steps, members, flops, seconds} to each
-  ledger; seconds: its wall time per phase (`rl_align.progress.Phases`: train, compile, eval,
-  snapshot, checkpoint, log), a packed call's share of its program's."""
-  rec = {"name": name, "step_flops": float(step_flops), "steps": int(steps),
-         "members": int(members), "flops": float(step_flops) * int(steps) * int(members),
-         "seconds": dict(seconds or {})}
-  for ledger in ledgers:
-    ledger.add(rec)
-  return rec
 
 
 def accounting(total_flops: float, wall_s: float, peak_gflops: float | None,

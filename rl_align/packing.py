@@ -101,7 +101,9 @@ def run_lockstep(runners: Sequence[Generator], packed_dir: str | None = None,
                  programs: list[int] | None = None) -> list[tuple[Any, Exception | None]]:
   """Runs the runners (generators of TrainCalls, `train.driven`) in lockstep, their compatible
   calls packed (module docstring).  Returns (value, error) per runner: a runner that raises
-  (also where a failed program's error is raised into it) is reported, the others go on.
+  (also where a failed program's error is raised into it) is reported, the others go on.  An
+  interrupt (`errors.Interrupted`) is raised into the runners of the program it stopped, every
+  other runner is closed, and it propagates.
 
   Args:
     runners: one started-or-not generator per point, in the order that fixes the programs' order.
@@ -134,11 +136,26 @@ def run_lockstep(runners: Sequence[Generator], packed_dir: str | None = None,
         replies = [(runners[order[k]].send, r) for k, r in zip(idx, results)]
       except Exception as e:  # pylint: disable=broad-except  # raised inside each member's runner
         replies = [(runners[order[k]].throw, e) for k in idx]
+      except errors.Interrupted as e:
+        _stop_all(runners, [order[k] for k in idx], e)
+        raise
       if programs is not None:
         programs.append(sum(len(calls[k].members) for k in idx))
       for k, (step, value) in zip(idx, replies):
         advance(order[k], step, value)
   return out
+
+
+def _stop_all(runners: Sequence[Generator], stopped: Sequence[int], e: BaseException) -> None:
+  """Raises the interrupt `e` inside the runners of the stopped program (they record it) and
+  closes every runner."""
+  for i in stopped:
+    try:
+      runners[i].throw(e)
+    except BaseException:  # pylint: disable=broad-except  # each re-raises it: expected
+      pass
+  for r in runners:
+    r.close()
 
 
 def run_groups(run_point: Callable[[sweep.Point, str], Generator], points: Sequence[sweep.Point],

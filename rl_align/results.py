@@ -1,21 +1,34 @@
 """Workdir I/O: atomic JSON / NPZ writes, metrics as JSON lines, config snapshots.
 
 Every write goes to a temporary file in the same folder and is renamed into place, so a crash never
-leaves a half-written result and never destroys one written before::
+leaves a half-written result and never destroys one written before; files are readable by the
+group and others as any file the user creates (0644 under the usual umask 022).  A JSON file that
+does not parse is one `errors.WorkdirError` naming it and the fix::
 
     from rl_align import results
     results.write_json(workdir, "results.json", {"f": [[0.18, 0.2]]})
-    results.append_jsonl(workdir, "metrics.jsonl", [{"step": 10, "seed": 0, "loss": 2.3}])
-    rows = results.read_jsonl(workdir, "metrics.jsonl")
+    results.read_json(workdir, "results.json")
+
+Metrics rows (metrics.jsonl) are written by `rl_align.metric_writers`.
 """
 import json
 import math
 import os
 import tempfile
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
+from rl_align import errors
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()   # what open() would give a new file
 
 def to_jsonable(obj: Any) -> Any:
   """numpy / jax scalars and arrays -> plain Python; non-finite floats -> None (valid JSON)."""
@@ -49,6 +62,7 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
   try:
+    os.fchmod(fd, _FILE_MODE)    # mkstemp makes 0600
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
@@ -75,11 +89,18 @@ def write_text(workdir: str, name: str, text: str) -> str:
 
 
 def read_json(workdir: str, name: str, default: Any = None) -> Any:
+  """workdir/name parsed, `default` when it does not exist; a file that is not JSON (e.g. cut
+  short by a full disk) is a WorkdirError naming it."""
   path = os.path.join(workdir, name)
   if not os.path.exists(path):
     return default
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise errors.WorkdirError(
+        f"{path} is damaged (not valid JSON: {e}). Fix: delete it and rerun (a run rewrites its "
+        "own JSON files; config.json is rewritten from --config), or pass a new --workdir.") from None
 
 
 def write_npz(workdir: str, name: str, arrays: Mapping[str, Any]) -> str:
@@ -98,38 +119,3 @@ def read_npz(workdir: str, name: str) -> dict[str, np.ndarray] | None:
     return None
   with np.load(path) as z:
     return {k: z[k] for k in z.files}
-
-
-def append_jsonl(workdir: str, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
-  """Appends one JSON object per line (flushed and fsynced); process 0 only."""
-  if not writes_here():
-    return
-  os.makedirs(workdir, exist_ok=True)
-  text = "".join(json.dumps(to_jsonable(r)) + "\n" for r in rows)
-  with open(os.path.join(workdir, name), "a") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def read_jsonl(workdir: str, name: str) -> list[dict]:
-  """Reads JSON lines, skipping a torn last line left by a crash."""
-  path = os.path.join(workdir, name)
-  if not os.path.exists(path):
-    return []
-  rows = []
-  with open(path) as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        break
-  return rows
-
-
-def truncate_jsonl(workdir: str, name: str, max_step: int) -> None:
-  """Keeps only rows with row['step'] <= max_step (used when resuming from a checkpoint)."""
-  rows = [r for r in read_jsonl(workdir, name) if r.get("step", -1) <= max_step]
-  path = os.path.join(workdir, name)
-  if os.path.exists(path):
-    _atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())

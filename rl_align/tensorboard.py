@@ -5,16 +5,17 @@ Layout (`run_dir`)::
 
     WORKDIR/tensorboard/<phase>/member_<seed id>/events.out.tfevents.<time>.<host>.<pid>.<n>
 
-Scalars: every numeric field of a metrics.jsonl row (loss, batch_accuracy, <eval>_loss,
-<eval>_accuracy, probe/*, epoch, alive) at the row's step (`write_rows`, called where the engine
-appends its rows, `rl_align.engine.records`).  The eigenvalue-map runner adds, per snapshot step,
-f of every eigen-direction as scalars `f/sigma_<i>` (i = 0 is the largest eigenvalue; at most 64
-log-spaced directions when d > 64) and, at up to 5 of the snapshot steps (`image_steps`), the curve
-f(sigma) as an image `f_of_sigma` (`write_f`).
+`TensorBoardWriter` is a `rl_align.metric_writers.MetricWriter`: the engine reports its rows to it
+(given by the run's workdir, `rl_align.workdir.writer`).  Scalars: every numeric field of a
+metrics row (loss, batch_accuracy, <eval>_loss, <eval>_accuracy, probe/*, epoch, alive) at the
+row's step.  The eigenvalue-map runner adds, per snapshot step, f of every eigen-direction as
+scalars `f/sigma_<i>` (i = 0 is the largest eigenvalue; at most 64 log-spaced directions when
+d > 64) and, at up to 5 of the snapshot steps (`image_steps`), the curve f(sigma) as an image
+`f_of_sigma` (`write_f`, through the writer).
 
 Writing: tensorboardX's synchronous `EventsWriter` (no thread, no queue), one file per run per
 process, kept open (at most `MAX_OPEN`; the least recently used is closed) and flushed after every
-write; process 0 only (`results.writes_here`).
+write; process 0 only (`rl_align.workdir.writer` gives the other processes none).
 Resume: the first rows a process writes to a run start with a SessionLog START at their step, so
 TensorBoard's Python loader drops the points the crashed attempt wrote after its last checkpoint
 (the Rust data server keeps both: the curve then shows those steps twice).  f is written after
@@ -31,7 +32,7 @@ from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto import event_pb2
 from tensorboardX.proto import summary_pb2
 
-from rl_align import results
+from rl_align import metric_writers
 
 FOLDER = "tensorboard"
 MAX_OPEN = 64          # event files kept open per process (a sweep can have many runs)
@@ -84,11 +85,45 @@ def _as_float(v: Any) -> float | None:
   return float(a.reshape(()))
 
 
+class TensorBoardWriter(metric_writers.MetricWriter):
+  """One TensorBoard run per (phase, member) under WORKDIR/tensorboard (module docstring)."""
+
+  wants_images = True
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+
+  def write_rows(self, rows):
+    write_rows(self.workdir, rows)
+
+  def write_scalars(self, phase, step, scalars):
+    for sid, values in scalars.items():
+      v = [summary_pb2.Summary.Value(tag=k, simple_value=float(x)) for k, x in values.items()]
+      _write(run_dir(self.workdir, phase, sid), [_event(step, v)])
+
+  def write_images(self, phase, step, images):
+    for sid, tags in images.items():
+      v = [summary_pb2.Summary.Value(tag=k, image=summary_pb2.Summary.Image(
+          height=h, width=w, colorspace=4, encoded_image_string=png))
+           for k, (png, h, w) in tags.items()]
+      _write(run_dir(self.workdir, phase, sid), [_event(step, v)])
+
+  def flush(self):
+    for w in _writers.values():
+      w.flush()
+
+  def close(self):
+    self.flush()
+
+
+def _event(step: int, values) -> event_pb2.Event:
+  return event_pb2.Event(wall_time=time.time(), step=int(step),
+                         summary=summary_pb2.Summary(value=values))
+
+
 def write_rows(workdir: str, rows: Iterable[Mapping[str, Any]]) -> None:
   """Writes metrics rows ({"phase", "step", "seed", metric: value, ...}) as scalars, one run per
   (phase, seed).  Non-numeric fields are skipped; non-finite values are written as they are."""
-  if not workdir or not results.writes_here():
-    return
   runs: dict[str, list] = collections.defaultdict(list)
   for r in rows:
     path = run_dir(workdir, r.get("phase", "train"), r.get("seed"))
@@ -151,21 +186,16 @@ def _f_png(sigma: np.ndarray, f: np.ndarray, title: str) -> tuple[bytes, int, in
   return data, h, w
 
 
-def write_f(workdir: str, phase: str, seed_ids: Sequence[int], step: int, f: np.ndarray,
-            sigma: np.ndarray, image: bool = True) -> None:
-  """f [S, d] of the members `seed_ids` at `step`: scalars f/sigma_<i> (`f_directions`) and, with
-  `image`, the curve f(sigma) as the image `f_of_sigma`, in each member's run."""
-  if not workdir or not results.writes_here():
-    return
+def write_f(writer: metric_writers.MetricWriter, phase: str, seed_ids: Sequence[int], step: int,
+            f: np.ndarray, sigma: np.ndarray, image: bool = True) -> None:
+  """f [S, d] of the members `seed_ids` at `step`, to `writer`: scalars f/sigma_<i>
+  (`f_directions`) and, with `image`, the curve f(sigma) as the image `f_of_sigma`."""
   f, sigma = np.asarray(f, np.float64), np.asarray(sigma, np.float64)
   d = f.shape[1]
   dirs = f_directions(d)
-  for sid, fs in zip(seed_ids, f):
-    values = [summary_pb2.Summary.Value(tag=f_tag(i, d), simple_value=float(fs[i])) for i in dirs]
-    if image:
-      png, h, w = _f_png(sigma, fs, f"member {sid}, step {step}")
-      img = summary_pb2.Summary.Image(height=h, width=w, colorspace=4, encoded_image_string=png)
-      values.append(summary_pb2.Summary.Value(tag="f_of_sigma", image=img))
-    _write(run_dir(workdir, phase, sid),
-           [event_pb2.Event(wall_time=time.time(), step=int(step),
-                            summary=summary_pb2.Summary(value=values))])
+  writer.write_scalars(phase, step, {sid: {f_tag(i, d): float(fs[i]) for i in dirs}
+                                     for sid, fs in zip(seed_ids, f)})
+  if image and writer.wants_images:
+    writer.write_images(phase, step, {sid: {"f_of_sigma": _f_png(sigma, fs, f"member {sid}, step "
+                                                                           f"{step}")}
+                                      for sid, fs in zip(seed_ids, f)})

@@ -20,12 +20,16 @@ Usage::
     res.snapshots[step]   # {"first_kernel": [S, ...]} at cfg.snapshot_steps / snapshot_epochs
     res.metrics           # rows {"phase", "step", "epoch", "seed", "loss", "batch_accuracy", ...}
 
-Every logged step appends one row per member to ``workdir/metrics.jsonl`` and logs steps/s and
+Every logged step reports one row per member to the call's metric writer (`writer=`, a
+`rl_align.metric_writers.MetricWriter`; by default workdir/metrics.jsonl) and logs steps/s and
 ETA.  A member whose loss or gradient turns non-finite is frozen at its last finite parameters and
-flagged in ``res.diverged`` / ``res.diverged_step``; the others finish.
+flagged in ``res.diverged`` / ``res.diverged_step``; the others finish.  A SIGINT / SIGTERM (with
+the handlers of `rl_align.interrupts` installed, as the binaries do) stops the loop at its next
+event step after a checkpoint: `errors.Interrupted` carries the step, and a rerun resumes there.
 """
 import dataclasses
 import functools
+import os
 import time
 from typing import Any, Callable, Generator, Mapping, Sequence
 
@@ -34,7 +38,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from rl_align import errors
 from rl_align import flops as flops_lib
+from rl_align import interrupts
+from rl_align import metric_writers
 from rl_align import progress as progress_lib
 from rl_align import seeds
 from rl_align.engine import checkpoint
@@ -73,15 +80,17 @@ class TrainCall:
   snapshot_fn: Callable[[Any], Mapping[str, np.ndarray]] = records.first_layer_snapshot
   probe_fn: Callable[[nn.Module, Any], Mapping[str, Any]] | None = None
   name: str = "train"
-  # The FLOP ledgers open where the call was made (`rl_align.flops`): its training FLOPs go there.
-  ledgers: tuple = dataclasses.field(default_factory=flops_lib.active)
+  # Where its metrics rows go (None: workdir/metrics.jsonl, or nowhere without a workdir).
+  writer: metric_writers.MetricWriter | None = None
+  # The ledger its training FLOPs are recorded in (`rl_align.flops`; None: not counted).
+  ledger: flops_lib.Ledger | None = None
 
 
 def call(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
          eval_sets: Mapping[str, tuple[Any, Any]] | None = None, init_params=None,
          snapshot_fn: Callable[[Any], Mapping[str, np.ndarray]] = records.first_layer_snapshot,
          probe_fn: Callable[[nn.Module, Any], Mapping[str, Any]] | None = None,
-         name: str = "train") -> TrainCall:
+         name: str = "train", writer: metric_writers.MetricWriter | None = None) -> TrainCall:
   """The checked TrainCall of `train`'s arguments, not run: a runner yields it (`driven`)."""
   config_lib.validate(cfg, model, x, labels)
   s = int(cfg.num_seeds)
@@ -92,7 +101,7 @@ def call(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
     labels = np.broadcast_to(np.asarray(labels, np.int32), (s, x.shape[0]))
   return TrainCall(model=model, cfg=cfg, x=x, members=seeds.Members.of(cfg), labels=labels,
                    workdir=workdir, eval_sets=eval_sets, init_params=init_params,
-                   snapshot_fn=snapshot_fn, probe_fn=probe_fn, name=name)
+                   snapshot_fn=snapshot_fn, probe_fn=probe_fn, name=name, writer=writer)
 
 
 def train(model: nn.Module, cfg, x, labels, **kwargs) -> TrainResult:
@@ -115,6 +124,7 @@ def train(model: nn.Module, cfg, x, labels, **kwargs) -> TrainResult:
         eval steps and logged as `probe/<key>` (e.g. ReLU activity on a fixed probe batch, see
         rl_align.activity).  It receives the model the engine runs (possibly an im2col clone).
       name: the phase name (separates checkpoints and metrics of several phases in one workdir).
+      writer: where the metrics rows go (`rl_align.metric_writers`; default: workdir/metrics.jsonl).
   """
   return run_calls([call(model, cfg, x, labels, **kwargs)])[0]
 
@@ -128,17 +138,21 @@ def train(model: nn.Module, cfg, x, labels, **kwargs) -> TrainResult:
 
 def drive(calls: Generator[TrainCall, TrainResult, Any]) -> Any:
   """Runs a runner's generator alone: each TrainCall it yields runs as its own program and its
-  TrainResult is sent back (a failed call raises inside the runner); returns the runner's value."""
+  TrainResult is sent back (a failed or interrupted call raises inside the runner); returns the
+  runner's value.  The generator is closed here whatever happens, never at interpreter exit."""
   step, value = calls.send, None
-  while True:
-    try:
-      pending = step(value)
-    except StopIteration as stop:
-      return stop.value
-    try:
-      value, step = run_calls([pending])[0], calls.send
-    except Exception as e:  # pylint: disable=broad-except  # raised where the runner made the call
-      value, step = e, calls.throw
+  try:
+    while True:
+      try:
+        pending = step(value)
+      except StopIteration as stop:
+        return stop.value
+      try:
+        value, step = run_calls([pending])[0], calls.send
+      except (Exception, errors.Interrupted) as e:  # pylint: disable=broad-except
+        value, step = e, calls.throw               # raised where the runner made the call
+  finally:
+    calls.close()
 
 
 def driven(steps_fn: Callable[..., Generator]) -> Callable[..., Any]:
@@ -152,21 +166,25 @@ def driven(steps_fn: Callable[..., Generator]) -> Callable[..., Any]:
   return alone
 
 
-def within(ctx, calls: Generator[TrainCall, TrainResult, Any]):
-  """The generator `calls`, advanced with the re-enterable context manager `ctx` entered (e.g. a
-  `flops.Ledger`): the calls it makes are made inside ctx even when a sweep interleaves it with
-  other runners, whose calls are not."""
+def recorded(calls: Generator[TrainCall, TrainResult, Any], ledger: flops_lib.Ledger | None,
+             writer_for: Callable[[str | None], metric_writers.MetricWriter] | None = None):
+  """The generator `calls`, each of whose TrainCalls passing through is given `ledger` (its
+  training FLOPs are recorded there) and, when it has none, the writer `writer_for(workdir)`:
+  where a run records itself hands these to the engine explicitly, also when a sweep interleaves
+  its runner with others'."""
   step, value = calls.send, None
   while True:
-    with ctx:
-      try:
-        pending = step(value)
-      except StopIteration as stop:
-        return stop.value
+    try:
+      pending = step(value)
+    except StopIteration as stop:
+      return stop.value
+    pending.ledger = ledger
+    if pending.writer is None and writer_for is not None:
+      pending.writer = writer_for(pending.workdir)
     try:
       value, step = (yield pending), calls.send
-    except Exception as e:  # pylint: disable=broad-except  # raised where the runner made the call
-      value, step = e, calls.throw
+    except (Exception, errors.Interrupted) as e:  # pylint: disable=broad-except
+      value, step = e, calls.throw               # raised where the runner made the call
 
 
 def run_calls(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list[TrainResult]:
@@ -185,12 +203,23 @@ def run_calls(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list
   return run.results()
 
 
+def _writer(c: TrainCall) -> metric_writers.MetricWriter:
+  """The call's writer, or its workdir's metrics.jsonl (written by process 0), or none."""
+  if c.writer is not None:
+    return c.writer
+  if c.workdir is None:
+    return metric_writers.NoopWriter()
+  return metric_writers.JsonlWriter(os.path.join(c.workdir, "metrics.jsonl"),
+                                    writes=jax.process_index() == 0)
+
+
 def _call_records(calls: Sequence[TrainCall]) -> list[records.CallRecords]:
   """Each call's records, over its slice of the concatenated member axis."""
   out, offset = [], 0
   for c in calls:
     sl = slice(offset, offset + len(c.members))
-    out.append(records.CallRecords(c.name, c.workdir, c.members.ids, sl, c.snapshot_fn))
+    out.append(records.CallRecords(c.name, c.workdir, c.members.ids, sl, c.snapshot_fn,
+                                   _writer(c)))
     offset = sl.stop
   return out
 
@@ -277,7 +306,7 @@ class _Run:
     self.step, host_state = restored
     self.state = core.TrainState(*self.eng.put_members(tuple(host_state)))
     for rec in self.records:
-      rec.resume(self.step, self.is_main)
+      rec.resume(self.step)
     logging.info("%s: resumed from step %d in %s", self.name, self.step, self.ckpt.root)
 
   def log_start(self) -> None:
@@ -302,7 +331,7 @@ class _Run:
     precision = self.cfg.matmul_precision   # "default": JAX_DEFAULT_MATMUL_PRECISION, if set
     if precision == "default":
       precision = jax.config.jax_default_matmul_precision
-    with jax.default_matmul_precision(precision):
+    with jax.default_matmul_precision(precision), interrupts.deferred():
       for t0, t1, buf, ends in feed_lib.segments(self.feed, self.eng.member_sharding,
                                                  self.members.ids, self.events, self.step):
         with self.phases("train"):
@@ -312,21 +341,37 @@ class _Run:
         self.step = t1
         if ends:
           self._event(t1, means)
+          self._stop_if_asked(t1, start)
     if not self.final_metrics and self.ckpt is not None:  # finished run reloaded: final eval
       with self.phases("eval"):
         self.final_metrics = self._evaluate()
     self._count_flops(self.step - start)
 
+  def _stop_if_asked(self, step: int, start: int) -> None:
+    """After an event step: on a signal (any process's, `interrupts.agreed`), checkpoint (unless
+    this step's was just written), record the FLOPs so far and raise `errors.Interrupted`."""
+    if not interrupts.agreed():
+      return
+    if self.ckpt is not None and self.ckpt.latest_step() != step:
+      with self.phases("checkpoint"):
+        self.ckpt.save(step, core.to_host(self.state))
+    self._count_flops(step - start)
+    logging.warning("%s: stopping at step %d on signal %s; rerun the same command to resume.",
+                    self.name, step, interrupts.signal_number())
+    raise errors.Interrupted(interrupts.signal_number() or 2, step, self.name)
+
   def _count_flops(self, steps: int) -> None:
     """Records each call's training FLOPs (steps run here x its members x one member-step's
-    nominal FLOPs, `Engine.step_flops`) and its phase times in the ledgers open where it was made
+    nominal FLOPs, `Engine.step_flops`) and its phase times in the call's ledger
     (`rl_align.flops`)."""
-    if not any(c.ledgers for c in self.calls):   # nobody counts: skip tracing the step
+    if not any(c.ledger is not None for c in self.calls):   # nobody counts: skip the trace
       return
     for c in self.calls:   # a packed call's share of the program's time: its share of members
+      if c.ledger is None:
+        continue
       share = len(c.members) / self.n_members
-      flops_lib.record(c.ledgers, c.name, self.eng.step_flops, steps, len(c.members),
-                       seconds={k: v * share for k, v in self.phases.seconds.items()})
+      c.ledger.record(c.name, self.eng.step_flops, steps, len(c.members),
+                      seconds={k: v * share for k, v in self.phases.seconds.items()})
 
   def _advance(self, t0: int, t1: int, buf, ends: bool):
     """Steps t0..t1; at an interval's end, its (mean loss [M], mean batch accuracy [M])."""
@@ -371,7 +416,7 @@ class _Run:
             host[f"probe/{k}"] = v
     with self.phases("log"):
       for rec in self.records:
-        rec.log(step, eng.steps_per_epoch, host, self.is_main)
+        rec.log(step, eng.steps_per_epoch, host)
       self.prog.report(step, {k: records.mean_finite(v) for k, v in host.items() if k != "alive"})
 
   def _snapshot(self, step: int) -> None:

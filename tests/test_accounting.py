@@ -5,6 +5,7 @@ import math
 
 from absl import logging
 import jax
+import numpy as np
 import pytest
 
 from experiments import cli
@@ -57,14 +58,25 @@ def test_engine_step_flops_equal_the_hand_count_of_a_dense_net():
   assert eng.step_flops == _dense_step_flops(7, (12, 8), 5, 16)
 
 
-def test_ledger_counts_calls_made_in_its_thread_only():
-  with flops.Ledger() as outer:
-    with flops.Ledger() as inner:
-      assert flops.active() == (outer, inner)
-      flops.record(flops.active(), "a", 10.0, 3, 2)
-    flops.record(flops.active(), "b", 1.0, 1, 1)
-  assert flops.active() == ()
-  assert inner.total == 60 and outer.total == 61
+def test_ledger_counts_the_calls_that_carry_it():
+  """train.recorded hands its ledger to every call of its runner, explicitly: calls of another
+  runner (or none) are not counted."""
+  from rl_align import train   # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).normal(size=(32, 3)).astype(np.float32)
+  cfg = engine_config.default_config()
+  cfg.update(num_seeds=2, batch_size=8, num_epochs=1)
+  model = models.DenseNet(widths=(4,), num_classes=2)
+  labels = np.zeros(32, np.int32)
+
+  def runner():
+    res = yield train.call(model, cfg, x, labels, name="a")
+    yield train.call(model, cfg, x, labels, name="b")
+    return res
+
+  mine, other = flops.Ledger(), flops.Ledger()
+  train.drive(train.recorded(runner(), mine))
+  assert [r["name"] for r in mine.records] == ["a", "b"] and not other.records
+  assert mine.total == 2 * mine.records[0]["step_flops"] * 4 * 2   # 2 calls x 4 steps x 2 seeds
 
 
 def test_phases_bill_compilation_apart_and_sum_the_wall_time():
@@ -89,9 +101,9 @@ def test_accounting_adds_other_time_and_the_training_steps_rate():
   assert acc["train_fraction_of_peak"] == pytest.approx(1.5)
   line = flops.summary_line(acc)
   assert "train 4 s, other 3 s, eval 2 s, compile 1 s" in line and "alone 150.0 GFLOP/s (150% of peak)" in line
-  with flops.Ledger() as ledger:
-    flops.record(flops.active(), "a", 1.0, 1, 1, seconds={"train": 1.5})
-    flops.record(flops.active(), "b", 1.0, 1, 1, seconds={"train": 0.5, "eval": 1.0})
+  ledger = flops.Ledger()
+  ledger.record("a", 1.0, 1, 1, seconds={"train": 1.5})
+  ledger.record("b", 1.0, 1, 1, seconds={"train": 0.5, "eval": 1.0})
   assert ledger.seconds == {"train": 2.0, "eval": 1.0}
 
 

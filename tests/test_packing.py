@@ -107,9 +107,9 @@ def test_packed_run_resumes_after_a_crash(data, tmp_path):
   first = packing.run_lockstep([crashing.steps(p, wd) for p, wd in zip(POINTS, wds)],
                                str(tmp_path / "packed"))
   assert all(isinstance(err, errors.NumericalError) for _, err in first)
-  with flops.Ledger() as ledger:
-    again = packing.run_lockstep([_runner.steps(p, data, wd) for p, wd in zip(POINTS, wds)],
-                                 str(tmp_path / "packed"))
+  ledger = flops.Ledger()
+  again = packing.run_lockstep([train.recorded(_runner.steps(p, data, wd), ledger)
+                                for p, wd in zip(POINTS, wds)], str(tmp_path / "packed"))
   # The first phase resumed at step 4 of 8 in every point (one record per point's call).
   assert [(r["name"], r["steps"]) for r in ledger.records] == [("train", 4)] * 3 + [("second", 8)] * 3
   whole = packing.run_lockstep([_runner.steps(p, data, str(tmp_path / f"w{i}"))

@@ -165,7 +165,7 @@ def test_rerun_with_another_config_is_refused(tiny_run, capsys):
     cli.run_main(runner.run, config, wd, argv=["experiments/specialization.py", f"--workdir={wd}"])
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert err[-1].startswith("error: ") and "different config" in err[-1], err[-5:]
+  assert err[-1].startswith("error: ") and "another config" in err[-1], err[-5:]
 
 
 @pytest.mark.parametrize("name", ["local", "vgg16_cifar10", "resnet18_cifar10", "resnet18_imagenet"])

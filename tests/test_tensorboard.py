@@ -13,8 +13,10 @@ from tensorboardX.proto import event_pb2
 
 from experiments import cli
 from experiments.configs import fig20
+from rl_align import metric_writers
 from rl_align import results
 from rl_align import tensorboard
+from rl_align import workdir
 from rl_align.runners import eigenmap as eigenmap_runner
 
 
@@ -54,7 +56,7 @@ def fig20_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_one_run_per_member_with_the_metrics_jsonl_curves(fig20_run):
-  rows = results.read_jsonl(fig20_run, "metrics.jsonl")
+  rows = _rows(fig20_run)
   seeds = sorted({r["seed"] for r in rows})
   assert len(seeds) == 2
   root = os.path.join(fig20_run, "tensorboard", "train")
@@ -76,7 +78,7 @@ def test_f_snapshots_are_the_runner_results(fig20_run):
   steps = [s["step"] for s in out["snapshots"]]
   assert len(steps) == 3 and out["step"] in steps
   d = arrays["f"].shape[1]
-  for i, s in enumerate(sorted({r["seed"] for r in results.read_jsonl(fig20_run, "metrics.jsonl")})):
+  for i, s in enumerate(sorted({r["seed"] for r in _rows(fig20_run)})):
     run = tensorboard.run_dir(fig20_run, "train", s)
     got = scalars(run)
     assert sorted(t for t in got if t.startswith("f/")) == [tensorboard.f_tag(j, d) for j in range(d)]
@@ -91,6 +93,10 @@ def test_f_snapshots_are_the_runner_results(fig20_run):
     assert all(im.encoded_image_string.startswith(b"\x89PNG") for im in images.values())
 
 
+def _rows(wd):
+  return metric_writers.parse_jsonl(os.path.join(wd, "metrics.jsonl"))[0]
+
+
 def test_resume_starts_a_session_and_other_processes_write_nothing(tmp_path, monkeypatch):
   wd = str(tmp_path)
   rows = lambda steps: [{"phase": "train", "step": t, "seed": 3, "loss": float(t), "epoch": t / 2,
@@ -102,8 +108,10 @@ def test_resume_starts_a_session_and_other_processes_write_nothing(tmp_path, mon
             and e.session_log.status == event_pb2.SessionLog.START]
   assert starts == [2, 4]
   assert set(scalars(tensorboard.run_dir(wd, "train", 3))) == {"loss", "epoch"}
-  monkeypatch.setattr(results, "writes_here", lambda: False)
-  tensorboard.write_rows(str(tmp_path / "other"), rows([2]))
+  monkeypatch.setattr(workdir, "_process_index", lambda: 1)   # the workdir's writers elsewhere
+  w = workdir.writer(str(tmp_path / "other"))
+  assert isinstance(w, metric_writers.JsonlWriter) and not w.writes
+  w.write_rows(rows([2]))
   assert not os.path.exists(tmp_path / "other")
 
 
@@ -122,8 +130,7 @@ def test_each_sweep_point_is_its_own_run(sweep_one_task):
           for p in glob.glob(str(wd / "**" / "events.out.tfevents.*"), recursive=True)}
   points = json.load(open(wd / "sweep.json"))["points"]
   want = {os.path.join(p["workdir"], "right", "tensorboard", "train", f"member_{r['seed']}")
-          for p in points for r in results.read_jsonl(str(wd / p["workdir"] / "right"),
-                                                      "metrics.jsonl")}
+          for p in points for r in _rows(str(wd / p["workdir"] / "right"))}
   assert len(points) == 4 and len(want) == 8 and runs == want
 
 

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from rl_align import errors, models, results, seeds, train
+from rl_align import errors, metric_writers, models, results, seeds, train
 from rl_align.engine import config as engine_config
 from rl_align.engine import layout as engine_layout
 from rl_align.engine import optimizer as engine_optimizer
@@ -202,8 +202,8 @@ def test_random_labels_learnable_and_metrics_logged(data, tmp_path):
   res = train.train(TinyMLP(), _cfg(num_epochs=60, learning_rate=0.1), x, labels, workdir=str(tmp_path))
   # 96 points, 4 random classes, 16 hidden units: memorization lifts train accuracy well above 1/4.
   assert res.final_metrics["train_accuracy"].mean() > 0.5
-  rows = results.read_jsonl(str(tmp_path), "metrics.jsonl")
-  assert {r["seed"] for r in rows} == {0, 1, 2}
+  rows, bad = metric_writers.parse_jsonl(str(tmp_path / "metrics.jsonl"))
+  assert {r["seed"] for r in rows} == {0, 1, 2} and not bad
   assert rows[-1]["step"] == res.final_step == 60 * (96 // 16)
   assert {"loss", "batch_accuracy", "train_accuracy", "alive"} <= set(rows[-1])
 
@@ -317,7 +317,7 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
   with np.load(ref / "final.npz") as a, np.load(crashed / "final.npz") as b:
     for k in a.files:   # bitwise on CPU; off CPU the bound over 48 steps (another process)
       assert_same_run(b[k], a[k], 48, _MLP_CHAIN, k)
-  rows = results.read_jsonl(str(crashed), "metrics.jsonl")
+  rows, _ = metric_writers.parse_jsonl(str(crashed / "metrics.jsonl"))
   steps = [r["step"] for r in rows if r["seed"] == 0]
   assert steps == sorted(set(steps)), "resume must not duplicate metric rows"
   assert sorted(os.listdir(crashed / "train_snapshots")) == ["step_00000012.npz", "step_00000024.npz"]

@@ -16,6 +16,7 @@ import inspect
 import os
 from typing import Callable
 
+from absl import logging
 import numpy as np
 
 from rl_align import errors
@@ -116,20 +117,46 @@ def _idx_source(name: str, folder: str, split: str, image_size) -> Source:
   return ArraySource(x, y, idx.DATASETS[name], f"{name}:{split}")
 
 
+# What this process read: one entry per (dataset, split, place), in order; the binaries copy the
+# entries of a run into its run.json (`data_read`).
+READ: list[dict] = []
+
+
+def note_read(name: str, split: str, where: str, why: str = "", loud: bool = False) -> None:
+  """Records (and logs) that `name`'s `split` was read from `where`; `why`: a fallback's reason,
+  logged as a warning when `loud` (the user named another place)."""
+  entry = {"dataset": name, "split": split, "from": where}
+  if why:
+    entry["why"] = why
+  if entry not in READ:
+    READ.append(entry)
+    log = logging.warning if loud else logging.info
+    log("%s:%s read from %s%s", name, split, where, f" ({why})" if why else "")
+
+
 def resolve_idx(name: str, split: str, data_dir, image_size, download: bool = False) -> Source:
   """`name`'s split from the first place that has it (see `rl_align.data.idx`), as a Source;
-  found nowhere and `download`: tfds downloads and prepares `name` in data_dir first."""
+  found nowhere and `download`: tfds downloads and prepares `name` in data_dir first.  Where it was
+  read from (and why, when not from data_dir) is logged and kept in `READ`."""
+  given = data_dir
   data_dir = tfds_source.resolve_data_dir(data_dir)
   folder = idx.find_folder(data_dir, name)
   if folder is not None:
+    note_read(name, split, folder)
     return _idx_source(name, folder, split, image_size)
   if os.path.isdir(os.path.join(data_dir, name)):  # a prepared tfds folder, or a failed build
     try:
-      return tfds_source.TfdsSource(name, split, data_dir=data_dir, image_size=image_size)
+      src = tfds_source.TfdsSource(name, split, data_dir=data_dir, image_size=image_size)
+      note_read(name, split, os.path.join(data_dir, name))
+      return src
     except errors.DatasetNotFoundError:
       pass  # not prepared there: look further
   deb = idx.debian_folder(name)
   if deb is not None:
+    state = "has no idx files or prepared tfds folder" if os.path.isdir(data_dir) else \
+        "does not exist"
+    note_read(name, split, deb, f"data_dir {data_dir} {state}: the Debian package's copy was "
+              "read instead", loud=bool(given))
     return _idx_source(name, deb, split, image_size)
   if download:
     return tfds_source.TfdsSource(name, split, data_dir=data_dir, image_size=image_size,

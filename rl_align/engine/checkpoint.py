@@ -10,6 +10,8 @@ import numpy as np
 from rl_align import errors
 from rl_align.engine import core
 
+KEEP = 2     # checkpoints kept: the newest may be damaged by a crash while it is written
+
 
 def state_dir(workdirs, name: str, packed_dir: str | None) -> str | None:
   """Where the orbax state lives: WORKDIR/<name>_state for a single call (as always); for a
@@ -44,10 +46,11 @@ def _host_registry(ocp):
 
 
 class Checkpointer:
-  """Orbax checkpoints of the stacked train state under `root`/checkpoints.
+  """Orbax checkpoints of the stacked train state under `root`/checkpoints (the last KEEP).
 
   Every process calls `save` and `restore` (orbax synchronizes them); the state is the host copy
-  of the global arrays, identical on every process.
+  of the global arrays, identical on every process.  A checkpoint that cannot be read (a crash or
+  a full disk cut it short) is reported as damaged and the newest intact one is restored instead.
   """
 
   def __init__(self, root: str):
@@ -57,7 +60,7 @@ class Checkpointer:
       absl_logger.addFilter(_quiet_orbax)
     self._ocp = ocp
     self.root = root
-    opts = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+    opts = ocp.CheckpointManagerOptions(max_to_keep=KEEP, enable_async_checkpointing=False)
     self.mngr = ocp.CheckpointManager(os.path.join(self.root, "checkpoints"), options=opts,
                                       item_handlers=ocp.PyTreeCheckpointHandler(
                                           type_handler_registry=_host_registry(ocp)))
@@ -66,18 +69,42 @@ class Checkpointer:
     self.mngr.save(step, args=self._ocp.args.PyTreeSave(tuple(host_state)), force=True)
     self.mngr.wait_until_finished()
 
+  def latest_step(self) -> int | None:
+    return self.mngr.latest_step()
+
   def restore(self, template):
-    """(step, host TrainState) of the latest checkpoint, or None when there is none."""
-    step = self.mngr.latest_step()
-    if step is None:
+    """(step, host TrainState) of the newest checkpoint that can be read, or None when there is
+    none.  Newer ones that cannot be read are reported as damaged and skipped; when none can be
+    read, a WorkdirError says so with each one's error."""
+    steps = sorted(self.mngr.all_steps(), reverse=True)
+    if not steps:
       return None
-    try:
-      item = tuple(template)
-      restore_args = self._ocp.checkpoint_utils.construct_restore_args(item)
-      restored = self.mngr.restore(step, args=self._ocp.args.PyTreeRestore(
-          item, restore_args=restore_args))
-    except Exception as e:  # a checkpoint of another model / config
-      raise self._mismatch(step, f"{type(e).__name__}: {str(e)[:200]}") from None
+    failures, damaged = [], []
+    for step in steps:
+      try:
+        restored = self._read(step, template)
+      except Exception as e:  # pylint: disable=broad-except  # damaged, or another model's
+        failures.append(f"step {step}: {type(e).__name__}: {' '.join(str(e).split())[:160]}")
+        damaged.append(step)
+        continue
+      if failures:
+        logging.warning("%s: checkpoint(s) %s are damaged and skipped; resuming from the intact "
+                        "checkpoint at step %d.", self.root, failures, step)
+        for bad in damaged:     # so that training past them can checkpoint those steps again
+          self.mngr.delete(bad)
+      return step, self._checked(step, template, restored)
+    raise errors.WorkdirError(
+        f"no checkpoint in {self.root}/checkpoints can be read ({'; '.join(failures)}): they are "
+        "damaged, or were written by another model or config. Fix: delete that folder to train "
+        "this phase again from its start, or rerun with the config that wrote them.")
+
+  def _read(self, step: int, template):
+    item = tuple(template)
+    restore_args = self._ocp.checkpoint_utils.construct_restore_args(item)
+    return self.mngr.restore(step, args=self._ocp.args.PyTreeRestore(
+        item, restore_args=restore_args))
+
+  def _checked(self, step: int, template, restored):
     restored = core.TrainState(*jax.tree.map(np.asarray, restored))
     # Orbax gives a leaf the checkpoint's shape whatever the template's: check it here.
     for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(template),
@@ -85,7 +112,7 @@ class Checkpointer:
       if np.shape(want) != got.shape:
         raise self._mismatch(step, f"{jax.tree_util.keystr(path)} has shape {got.shape} in the "
                              f"checkpoint, {np.shape(want)} in this run")
-    return step, restored
+    return restored
 
   def _mismatch(self, step, why: str) -> errors.ConfigError:
     return errors.ConfigError(

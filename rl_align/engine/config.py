@@ -1,4 +1,11 @@
-"""The engine config: its defaults, and the checks that run before anything is compiled."""
+"""The engine config: its defaults, and the checks that run before anything is compiled.
+
+`validate_fields(cfg, where)` checks every field that needs no data (the binaries call it on
+config.train before writing anything to the workdir); `validate` adds the checks against the model
+and the data.  Every message names the flag that fixes it, `--config.<where>.<field>=`.
+"""
+import math
+
 import flax.linen as nn
 import ml_collections
 import numpy as np
@@ -49,13 +56,14 @@ def total_steps(cfg, n: int) -> int:
   return cfg.num_steps if cfg.num_steps > 0 else cfg.num_epochs * (n // cfg.batch_size)
 
 
-def validate(cfg, model, x, labels) -> None:
+def validate(cfg, model, x, labels, where: str = "train") -> None:
   """Raises ConfigError / DataError with the fix, before anything is compiled.  `x` is an array
-  [N, ...] with `labels` [N] or [S, N], or a host feed (`feed.Feed`) with labels None."""
+  [N, ...] with `labels` [N] or [S, N], or a host feed (`feed.Feed`) with labels None; `where`:
+  the experiment config's field that holds cfg (for the messages' flags)."""
   if not isinstance(model, nn.Module):
     raise errors.ConfigError(f"model must be a flax.linen Module, got {type(model).__name__}. "
                              "Fix: build it with rl_align.models.build(config.model).")
-  _validate_fields(cfg)
+  validate_fields(cfg, where)
   if isinstance(x, feed_lib.Feed):
     _validate_feed(cfg, x, labels)
     return
@@ -64,38 +72,62 @@ def validate(cfg, model, x, labels) -> None:
     raise errors.DataError(f"training inputs must be [N, ...] with N examples, got shape {x.shape}.")
   n = x.shape[0]
   if not 1 <= cfg.batch_size <= n:
-    _bad("batch_size", f"must be in [1, N={n}] (the training set size), got {cfg.batch_size}. "
-         f"Fix: --config.batch_size={min(n, 128)} or use more training examples.")
-  if cfg.num_steps <= 0 and cfg.num_epochs <= 0:
-    _bad("num_epochs", "num_epochs and num_steps are both <= 0: nothing to train.")
+    _bad(where, "batch_size", f"must be in [1, N={n}] (the training set size), got "
+         f"{cfg.batch_size}", min(n, 128), "or use more training examples")
   _validate_inputs(x)
   _validate_labels(cfg, model, labels, n)
 
 
-def _bad(field, msg):
-  raise errors.ConfigError(f"config.{field}: {msg}")
+def _bad(where: str, field: str, msg: str, example, more: str = "") -> None:
+  """A ConfigError `config.<where>.<field>: <msg>. Fix: --config.<where>.<field>=<example>`."""
+  flag = f"--config.{where}.{field}" if where else f"--config.{field}"
+  raise errors.ConfigError(f"config.{flag[len('--config.'):]}: {msg}. Fix: {flag}={example}"
+                           + (f" {more}" if more else "") + ".")
 
 
-def _validate_fields(cfg) -> None:
-  if cfg.optimizer not in OPTIMIZERS:
-    _bad("optimizer", f"unknown value {cfg.optimizer!r}; choose one of {OPTIMIZERS}.")
-  if cfg.schedule not in SCHEDULES:
-    _bad("schedule", f"unknown value {cfg.schedule!r}; choose one of {SCHEDULES}.")
-  lifts, impls = ("auto",) + layout_lib.MEMBER_LIFTS, ("auto",) + layout_lib.CONV_IMPLS
-  if cfg.member_lift not in lifts:
-    _bad("member_lift", f"unknown value {cfg.member_lift!r}; choose one of {lifts}.")
-  if cfg.conv_impl not in impls:
-    _bad("conv_impl", f"unknown value {cfg.conv_impl!r}; choose one of {impls}.")
-  if int(cfg.get("num_devices", 0)) < 0:
-    _bad("num_devices", f"must be >= 0 (0: automatic), got {cfg.num_devices}.")
+def _finite_number(cfg, field: str) -> float | None:
+  try:
+    v = float(cfg[field])
+  except (TypeError, ValueError):
+    return None
+  return v if math.isfinite(v) else None
+
+
+def validate_fields(cfg, where: str = "train") -> None:
+  """The checks that need no data: known choices, counts >= 1, finite hyper-parameters.  `where`:
+  the experiment config's field that holds cfg ("" for a bare engine config)."""
+  choices = (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+             ("member_lift", ("auto",) + layout_lib.MEMBER_LIFTS),
+             ("conv_impl", ("auto",) + layout_lib.CONV_IMPLS))
+  for field, allowed in choices:
+    if cfg[field] not in allowed:
+      _bad(where, field, f"unknown value {cfg[field]!r}; choose one of {allowed}", allowed[0])
+  lr = _finite_number(cfg, "learning_rate")
+  if lr is None or lr <= 0:
+    _bad(where, "learning_rate", f"must be a finite number > 0, got {cfg.learning_rate}", 0.01)
+  for field, low in (("momentum", 0.0), ("weight_decay", 0.0), ("step_factor", 0.0)):
+    v = _finite_number(cfg, field)
+    if v is None or v < low:
+      _bad(where, field, f"must be a finite number >= {low:g}, got {cfg[field]}",
+           default_config()[field])
+  for field, low in (("batch_size", 1), ("num_seeds", 1), ("eval_batch_size", 1),
+                     ("train_eval_examples", 0), ("num_devices", 0), ("grad_microbatch", 0),
+                     ("log_every_steps", 0), ("eval_every_steps", 0), ("warmup_steps", 0),
+                     ("seed", 0), ("seed_offset", 0)):
+    v = cfg.get(field, low)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+      _bad(where, field, f"must be an integer >= {low}, got {v!r}",
+           max(low, default_config()[field]))
   m = int(cfg.get("grad_microbatch", 0))
-  if m < 0 or (m and cfg.batch_size % m):
-    _bad("grad_microbatch", f"must be 0 (automatic) or a divisor of batch_size={cfg.batch_size}, "
-         f"got {m}. Fix: e.g. --config.grad_microbatch=0.")
-  if int(cfg.num_seeds) < 1:
-    _bad("num_seeds", f"must be >= 1, got {cfg.num_seeds}. Fix: e.g. --config.num_seeds=8.")
-  if not cfg.learning_rate > 0:
-    _bad("learning_rate", f"must be > 0, got {cfg.learning_rate}.")
+  if m and cfg.batch_size % m:
+    _bad(where, "grad_microbatch", f"must be 0 (automatic) or a divisor of batch_size="
+         f"{cfg.batch_size}, got {m}", 0)
+  if cfg.num_steps <= 0 and cfg.num_epochs <= 0:
+    _bad(where, "num_epochs", "num_epochs and num_steps are both <= 0: nothing to train", 10)
+  secs = _finite_number(cfg, "checkpoint_every_secs")
+  if secs is None or secs < 0:
+    _bad(where, "checkpoint_every_secs", f"must be a finite number >= 0, got "
+         f"{cfg.checkpoint_every_secs}", 60.0)
 
 
 def _validate_feed(cfg, feed: feed_lib.Feed, labels) -> None:
@@ -116,7 +148,8 @@ def _validate_feed(cfg, feed: feed_lib.Feed, labels) -> None:
                              "devices. Fix: pass pipeline.RandomLabels(root_seed, K) (labels from "
                              "a function of the example index) or shared labels [N].")
   if not 1 <= cfg.batch_size <= feed.n:
-    raise errors.ConfigError(f"config.batch_size: must be in [1, N={feed.n}], got {cfg.batch_size}.")
+    _bad("train", "batch_size", f"must be in [1, N={feed.n}], got {cfg.batch_size}",
+         min(feed.n, 128))
 
 
 def _validate_inputs(x) -> None:

@@ -1,13 +1,14 @@
-"""What a run records: each call's metrics rows and snapshots (in memory and in its workdir), the
-steps they happen at, and the eval sets as whole batches."""
+"""What a run records: each call's metrics rows (in memory, and to the metric writer it was given:
+`rl_align.metric_writers`) and snapshots (in memory and in its workdir, for resume), the steps
+they happen at, and the eval sets as whole batches."""
 import os
 from typing import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 
+from rl_align import metric_writers
 from rl_align import results as results_lib
-from rl_align import tensorboard
 
 
 def first_layer_snapshot(params) -> dict[str, np.ndarray]:
@@ -18,24 +19,22 @@ def first_layer_snapshot(params) -> dict[str, np.ndarray]:
 
 class CallRecords:
   """One call's share of a (possibly packed) run: its members `sl` of the member axis (seed ids
-  `ids`), its metrics rows and snapshots, written to its workdir by the main process."""
+  `ids`), its metrics rows (reported to `writer`) and snapshots (written to its workdir by the
+  main process)."""
 
   def __init__(self, name: str, workdir: str | None, ids: Sequence[int], sl: slice,
-               snapshot_fn: Callable[[object], Mapping[str, np.ndarray]]):
+               snapshot_fn: Callable[[object], Mapping[str, np.ndarray]],
+               writer: metric_writers.MetricWriter):
     self.name, self.workdir, self.ids, self.sl = name, workdir, list(ids), sl
-    self.snapshot_fn = snapshot_fn
+    self.snapshot_fn, self.writer = snapshot_fn, writer
     self.snapshots: dict[int, dict[str, np.ndarray]] = {}
     self.metrics: list[dict] = []
     self.snap_dir = os.path.join(workdir, f"{name}_snapshots") if workdir else None
 
-  def resume(self, step: int, is_main: bool) -> None:
-    """Reloads the rows and snapshots up to `step` (the main process drops later rows)."""
-    if self.workdir is None:
-      return
-    if is_main:
-      results_lib.truncate_jsonl(self.workdir, "metrics.jsonl", step)
-    self.metrics = [r for r in results_lib.read_jsonl(self.workdir, "metrics.jsonl")
-                    if r.get("phase") == self.name]
+  def resume(self, step: int) -> None:
+    """Reloads the rows (the writer drops this phase's rows after `step`) and snapshots up to
+    `step`."""
+    self.metrics = self.writer.read_rows(self.name, step)
     if self.snap_dir and os.path.isdir(self.snap_dir):
       for f in sorted(os.listdir(self.snap_dir)):
         if f.startswith("step_") and f.endswith(".npz") and int(f[5:-4]) <= step:
@@ -46,13 +45,11 @@ class CallRecords:
     if self.snap_dir and is_main:
       results_lib.write_npz(self.snap_dir, f"step_{step:08d}.npz", self.snapshots[step])
 
-  def log(self, step: int, spe: int, host: Mapping[str, np.ndarray], is_main: bool) -> None:
+  def log(self, step: int, spe: int, host: Mapping[str, np.ndarray]) -> None:
     rows = [{"phase": self.name, "step": step, "epoch": step / spe, "seed": sid,
              **{k: v[self.sl][i] for k, v in host.items()}} for i, sid in enumerate(self.ids)]
     self.metrics.extend(rows)
-    if self.workdir and is_main:
-      results_lib.append_jsonl(self.workdir, "metrics.jsonl", rows)
-      tensorboard.write_rows(self.workdir, rows)   # one TensorBoard run per member
+    self.writer.write_rows(rows)
 
 
 def event_steps(cfg, total: int, spe: int):

@@ -36,6 +36,7 @@ from rl_align import pipeline
 from rl_align import results
 from rl_align import seeds
 from rl_align import train
+from rl_align import workdir as workdir_lib
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,21 +420,8 @@ def _store(folder: str, name: str, value, with_arrays: bool):
   return (done, arrays) if with_arrays else done
 
 
-def check_workdir_config(config, workdir: str) -> None:
-  """Writes config.json; refuses to resume a workdir that holds a different config."""
-  new = jsonable(config)
-  old = results.read_json(workdir, "config.json")
-  if old is not None and old != new:
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    raise errors.ConfigError(
-        f"{workdir} already holds a run with a different config (fields {diff} differ). "
-        "Fix: pass a new --workdir, or rerun with the same config to resume.")
-  results.write_json(workdir, "config.json", new)
-
-
 def subdir(workdir: str, name: str, config) -> str:
   """workdir/name, created, holding `config` (checked like the workdir's own config)."""
-  path = os.path.join(workdir, name)
-  os.makedirs(path, exist_ok=True)
-  check_workdir_config(config, path)
+  path = workdir_lib.ensure(os.path.join(workdir, name))
+  workdir_lib.check_config(config, path)
   return path

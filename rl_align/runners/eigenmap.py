@@ -25,6 +25,7 @@ from rl_align import models
 from rl_align import results
 from rl_align import tensorboard
 from rl_align import train
+from rl_align import workdir as workdir_lib
 from rl_align.plots import eigenmap as plots
 from rl_align.runners import common
 
@@ -73,14 +74,15 @@ def analyse(config, res: train.TrainResult, lam, V) -> dict[str, Any]:
 
 
 def write_f_tensorboard(workdir: str, res: train.TrainResult, out: dict[str, Any]) -> None:
-  """f per member at every snapshot step (and the final step) into the members' TensorBoard runs:
-  scalars f/sigma_<i>, and the image f_of_sigma at `tensorboard.image_steps` of them
-  (`rl_align.tensorboard.write_f`)."""
+  """f per member at every snapshot step (and the final step) to the workdir's metric writers
+  (the members' TensorBoard runs): scalars f/sigma_<i>, and the image f_of_sigma at
+  `tensorboard.image_steps` of them (`rl_align.tensorboard.write_f`)."""
   steps = {s["step"]: s["f"] for s in out["snapshots"]}
   steps.setdefault(res.final_step, out["f"])
   with_image = set(tensorboard.image_steps(list(steps)))
+  writer = workdir_lib.writer(workdir)
   for step in sorted(steps):
-    tensorboard.write_f(workdir, "train", res.seed_ids, step, steps[step], out["sigma"],
+    tensorboard.write_f(writer, "train", res.seed_ids, step, steps[step], out["sigma"],
                         image=step in with_image)
 
 
