@@ -25,8 +25,9 @@ Every arm is compiled/warmed first; then ``--repeats`` rounds run every arm once
 that rotates from round to round (the machine is shared: compare arms of one run, as ratios).  An
 arm's time is its best round; ``cpu_s_per_model_step`` is the process CPU time per model-step of
 its cheapest round (a contention-robust measure of work).  ``vs_best_torch`` is a row's rate over
-the best PyTorch arm's at its S (the loop's rate stands for every S); the top-level ``best_torch``
-has, per S, that arm and the first engine arm's ratio to it.  FLOP counts are per model-step (one
+the best PyTorch arm's at its S (the loop's rate stands for every S, as does an ensemble's of
+``--ensemble_seeds`` seeds); the top-level ``best_torch`` has, per S, that arm and the first engine
+arm's ratio to it.  FLOP counts are per model-step (one
 seed, one SGD step): the larger of XLA's cost analysis of the naive step and a count of the
 dot/conv FLOPs in its jaxpr (``flops_source`` says which; XLA:GPU's analysis leaves out cuDNN
 convolutions).  The fp32 matmul peak (a ``--peak_size``^2 matmul in jitted JAX, NumPy and torch;
@@ -38,8 +39,9 @@ Usage::
     python -m benchmarks.train_throughput --model=fig20_dense --seeds=1,8,16,64 --steps=40 \\
         --arms=engine,naive_jax,torch --json=/tmp/d.json
     # the engine against every PyTorch peer (the loop, the torch.func ensemble, compiled):
-    python -m benchmarks.train_throughput --model=paper_cnn --seeds=8,16 --steps=2 \\
-        --arms=engine,torch,torch_func,torch_compile --baseline_seeds=4 --json=/tmp/pt.json
+    python -m benchmarks.train_throughput --model=paper_cnn --seeds=8,16 --steps=1 \\
+        --arms=engine,torch,torch_func,torch_compile --baseline_seeds=4 --ensemble_seeds=8 \\
+        --json=/tmp/pt.json
     # every layout at S=8 and S=16, engine only:
     python -m benchmarks.train_throughput --model=small_cnn --seeds=8,16 --steps=2 --arms=engine \\
         --layout=vmap,unroll,map,map:im2col --json=/tmp/l.json
@@ -74,6 +76,7 @@ import optax
 from benchmarks import output
 from benchmarks import roofline
 from experiments import host_devices
+from rl_align import machine
 from rl_align import models
 from rl_align import seeds as seeds_lib
 from rl_align.engine import config as engine_config
@@ -95,6 +98,10 @@ flags.DEFINE_list("layout", ["auto"], "Engine layouts (comma list): a member lif
 flags.DEFINE_integer("repeats", 2, "Timed rounds; an arm's time is its best round.")
 flags.DEFINE_integer("baseline_seeds", 16, "The per-seed loops (naive_jax, torch) run min(S, this) "
                      "seeds: their model-steps/s does not depend on S.")
+flags.DEFINE_integer("ensemble_seeds", 0, "The PyTorch ensembles (torch_func, torch_compile) run "
+                     "min(S, this) seeds (0: S). Their vmapped activations take memory per seed "
+                     "(the paper CNN: ~1 GB per seed at batch 256), while their model-steps/s "
+                     "changes little with S once each seed's work is large.")
 flags.DEFINE_integer("batch_size", 0, "Override the workload's batch size (0: the paper's).")
 flags.DEFINE_integer("num_examples", 0, "Training set size (0: 8 batches).")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: the number of usable cores).")
@@ -417,7 +424,7 @@ class TorchArm:
         loss = f.cross_entropy(net(self.x_t[idx]), self.y_t[s][idx])
         loss.backward()
         opt.step()
-      losses.append(float(loss))
+      losses.append(float(loss.detach()))
     self.last_loss = float(np.mean(losses))
 
   def model_steps(self) -> int:
@@ -532,7 +539,7 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
                   batch_size: int = 0, num_examples: int = 0, torch_threads: int = 0,
                   peak_size: int = 4096, torch_device: str = "cpu",
                   log: Callable[[str], None] = print, dtypes=("float32",),
-                  bandwidth_mb: int = 0) -> dict[str, Any]:
+                  bandwidth_mb: int = 0, ensemble_seeds: int = 0) -> dict[str, Any]:
   """Sets up every arm, times `repeats` interleaved rounds and returns the results dict."""
   t_start, load_start = time.perf_counter(), os.getloadavg()[0]
   bad = [a for a in arms if a not in ARMS]
@@ -602,10 +609,12 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
       todo.append(TorchArm(model_name, kw, model, x, labels, bs, batch, steps, threads,
                            torch_device))
       todo[-1].requested_seeds = s
+    es = min(s, ensemble_seeds) if ensemble_seeds > 0 else s
     for arm in ("torch_func", "torch_compile"):
       if arm in arms and dt == dtypes[0]:   # an ensemble: its rate depends on S (as the engine)
-        todo.append(TorchFuncArm(model_name, kw, x, labels, s, batch, steps, threads, torch_device,
+        todo.append(TorchFuncArm(model_name, kw, x, labels, es, batch, steps, threads, torch_device,
                                  compiled=arm == "torch_compile"))
+        todo[-1].requested_seeds = s
   # A per-seed loop with the same number of seeds is set up once and shared by every S.
   arms_list, shared = [], {}
   for a in todo:
@@ -673,7 +682,7 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
     for arm in ("torch", "naive_jax"):
       b = baseline(arm, row["seeds"], row["dtype"])
       row[f"vs_{arm}"] = row["model_steps_per_s"] / b["model_steps_per_s"] if b else None
-    b = best_torch(row["seeds"])
+    b = best_torch(row["for_seeds"][0])     # a shared loop or ensemble: at the first S it serves
     row["vs_best_torch"] = row["model_steps_per_s"] / b["model_steps_per_s"] if b else None
 
   engine_rows = [r for r in rows if r["arm"] == "engine"]
@@ -712,7 +721,7 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
       "best_torch": best,
       "env": {"jax": jax.__version__, "torch": getattr(_torch(), "__version__", None),
               "devices": [str(d) for d in jax.devices()], "cpu": platform.processor() or
-              platform.machine(), "usable_cores": threads,
+              platform.machine(), "cpu_model": machine.cpu_model(), "usable_cores": threads,
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "python": sys.version.split()[0],
               "loadavg_1min_start_end": [load_start, os.getloadavg()[0]]},
       "wall_s": time.perf_counter() - t_start,
@@ -800,7 +809,7 @@ def main(argv):
                         FLAGS.num_examples, FLAGS.torch_threads, FLAGS.peak_size,
                         FLAGS.torch_device,
                         log=lambda s: print(s, flush=True), dtypes=FLAGS.dtypes,
-                        bandwidth_mb=FLAGS.bandwidth_mb)
+                        bandwidth_mb=FLAGS.bandwidth_mb, ensemble_seeds=FLAGS.ensemble_seeds)
   except app.UsageError as e:   # a bad flag value or a missing extra: one line, exit 2 (no usage)
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
     sys.exit(2)
