@@ -63,12 +63,11 @@ def _not_found(name: str, data_dir: str) -> errors.DatasetNotFoundError:
   if name.split("/")[0] in MANUAL:
     how = _manual_how(data_dir)
   else:
-    how = (f"where there is a network, rerun with {DOWNLOAD_FLAG} and a new --workdir (a "
-           f"workdir keeps the config it started with), or call data.load(..., download=True): "
-           f"tfds downloads and prepares it in data_dir; or on a machine with internet run `tfds "
-           f"build {name} --data_dir={data_dir} --file_format=array_record` (plain `tfds build` "
-           f"writes tfrecord, which needs `pip install -e .[tf]` to read) and copy that folder "
-           "here")
+    how = (f"where there is a network, rerun with {DOWNLOAD_FLAG} (or call data.load(..., "
+           f"download=True)): tfds downloads and prepares it in data_dir; or on a machine with "
+           f"internet run `tfds build {name} --data_dir={data_dir} --file_format=array_record` "
+           f"(plain `tfds build` writes tfrecord, which needs `pip install -e .[tf]` to read) and "
+           "copy that folder here")
   return errors.DatasetNotFoundError(
       f"tfds dataset {name!r} is not prepared in data_dir={data_dir!r} (nothing is downloaded "
       f"unless asked). Fix: {how}, or pass data_dir= / set TFDS_DATA_DIR to where it already is, "
