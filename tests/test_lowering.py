@@ -24,7 +24,6 @@ platform and the fix, and its lowering fails (both asserted below).
 import importlib
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 from rl_align import errors
