@@ -40,7 +40,6 @@ from typing import Any, Callable, Generator, Sequence
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 import ml_collections
 from ml_collections import config_flags
 

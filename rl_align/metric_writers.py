@@ -2,7 +2,7 @@
 engine is given and reports to (it never opens a file of its own, nor imports TensorBoard).
 
 A metrics row is one member's values at one step: ``{"phase", "step", "epoch", "seed", <metric>:
-value, ...}``.  Writers:
+value, ...}`` (and "part" when several calls yielded together share a phase).  Writers:
 
 - `JsonlWriter`: WORKDIR/metrics.jsonl, one row per line, appended and fsynced; it is also the store
   a resumed run reads its rows back from (`read_rows`), and it survives damage: a torn or garbled
@@ -45,10 +45,11 @@ class MetricWriter:
                     ) -> None:
     """Per member (seed id): {tag: value} at `step`, outside the metrics rows (e.g. f/sigma_i)."""
 
-  def read_rows(self, phase: str, max_step: int) -> list[dict]:
-    """The rows of `phase` up to `max_step` that a resumed run keeps ([] if nothing is stored);
-    rows of that phase beyond it are dropped from the store."""
-    del phase, max_step
+  def read_rows(self, phase: str, max_step: int, part: str = "") -> list[dict]:
+    """The rows of `phase` (of its `part`: rows carry "part" when several calls share a phase)
+    up to `max_step` that a resumed run keeps ([] if nothing is stored); its rows beyond it are
+    dropped from the store."""
+    del phase, max_step, part
     return []
 
   def flush(self) -> None:
@@ -81,10 +82,10 @@ class MultiWriter(MetricWriter):
     for w in self.writers:
       w.write_scalars(phase, step, scalars)
 
-  def read_rows(self, phase, max_step):
+  def read_rows(self, phase, max_step, part=""):
     for w in self.writers:
       if isinstance(w, JsonlWriter):
-        return w.read_rows(phase, max_step)
+        return w.read_rows(phase, max_step, part)
     return []
 
   def flush(self):
@@ -138,18 +139,19 @@ class JsonlWriter(MetricWriter):
       f.flush()
       os.fsync(f.fileno())
 
-  def read_rows(self, phase, max_step):
+  def read_rows(self, phase, max_step, part=""):
     rows, bad = parse_jsonl(self.path)
     if bad:
       logging.warning("%s: %d damaged line(s) (not one JSON object each: line(s) %s) are skipped; "
                       "the %d valid rows are kept.", self.path, len(bad), bad[:10], len(rows))
-    drop = [r for r in rows if r.get("phase") == phase and r.get("step", -1) > max_step]
+    mine = lambda r: r.get("phase") == phase and r.get("part", "") == part
+    drop = [r for r in rows if mine(r) and r.get("step", -1) > max_step]
     if self.writes and (drop or bad):
-      keep = [r for r in rows if not (r.get("phase") == phase and r.get("step", -1) > max_step)]
+      keep = [r for r in rows if not (mine(r) and r.get("step", -1) > max_step)]
       results.write_text(os.path.dirname(self.path) or ".", os.path.basename(self.path),
                          "".join(json.dumps(r) + "\n" for r in keep))
       if drop:
         logging.info("%s: %d row(s) of phase %s after step %d (written after the checkpoint the "
                      "run resumes from) are dropped.", self.path, len(drop), phase, max_step)
-    return [r for r in rows if r.get("phase") == phase and r.get("step", -1) <= max_step]
+    return [r for r in rows if mine(r) and r.get("step", -1) <= max_step]
 

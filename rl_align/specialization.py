@@ -35,7 +35,6 @@ results.json: see `rl_align.runners.specialization.run` (documented in the READM
 import copy
 from typing import Any, Mapping
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -231,52 +230,55 @@ def downstream_blocks(config) -> list[tuple[str, int | None, int | None]]:
   return [(SCRATCH, None, None)] + [(a, l, g) for a in config.arms for l in lengths for g in ks]
 
 
-def downstream_init(blocks, snaps, fresh, ns: int):
-  """Stacked downstream starting params: block b's ns seeds start from `fresh` (scratch) or from
-  the upstream snapshot of its length and K group (`transfer_init`, with fresh heads)."""
-  parts = []
-  for b, (arm, length, g) in enumerate(blocks):
-    f = jax.tree.map(lambda a, b=b: a[b * ns:(b + 1) * ns], fresh)
-    if arm == SCRATCH:
-      parts.append(f)
-      continue
-    group = lambda tree, g=g: jax.tree.map(lambda a: a[g * ns:(g + 1) * ns], tree)
-    parts.append(transfer_init(group(snaps[length]), f,
-                               group(snaps[0]) if arm == "rescaled" else None))
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+def block_init(block, snaps, init_snap, fresh):
+  """Starting params of one downstream block (its seeds stacked): `fresh` (scratch), or the
+  upstream snapshot of its length and K group `snaps` with fresh heads (`transfer_init`; the
+  rescaled arm first rescales every tensor to its norm at the upstream init `init_snap`)."""
+  arm = block[0]
+  if arm == SCRATCH:
+    return fresh
+  return transfer_init(snaps, fresh, init_snap if arm == "rescaled" else None)
 
 
-def point_activity(up_act, up_act0, d_act, d_steps, length: int, ug, sl, sl0, window: float):
+def point_activity(up_act, up_act0, d_act, d_scratch, d_steps, length: int, window: float):
   """One point's activity curves (global steps, seed means/stds) and its drops at the switch.
 
-  up_act / d_act: upstream / downstream curves {layer: {"steps", stat: [S, T]}} (d_act starts at
-  downstream step 0); up_act0: upstream step-0 values; ug / sl: index arrays of the point's
-  finished seeds in the upstream / downstream run (seed j of one is seed j of the other); sl0: the
-  finished scratch seeds.  Every index array must be non-empty.
+  up_act / d_act: upstream / downstream curves {layer: {"steps", stat: [S, T]}} of the point's
+  seeds that entered the statistics (row j of one is the same seed as row j of the other; d_act
+  starts at downstream step 0); up_act0: their upstream step-0 values {layer: {stat: [S]}};
+  d_scratch: the downstream curves of the scratch seeds that finished.  Every one non-empty.
   """
   acts, drops = {}, {}
   for layer in d_act:
     keep = up_act[layer]["steps"] <= length
     curve = {"steps": np.concatenate([[0], up_act[layer]["steps"][keep], length + d_steps[1:]])}
     for stat in activity.STATS:
-      full = np.concatenate([up_act0[layer][stat][ug, None], up_act[layer][stat][ug][:, keep],
-                             d_act[layer][stat][sl, 1:]], axis=1)
+      full = np.concatenate([up_act0[layer][stat][:, None], up_act[layer][stat][:, keep],
+                             d_act[layer][stat][:, 1:]], axis=1)
       curve[stat], curve[stat + "_std"] = full.mean(0), full.std(0)
     acts[layer] = curve
     act, dead = d_act[layer]["active_fraction"], d_act[layer]["dead_fraction"]
-    d = activity_drop(d_steps, act[sl], act[sl, 0], window)
+    d = activity_drop(d_steps, act, act[:, 0], window)
     in_win = (d_steps > 0) & (d_steps <= window)
-    d["dead_before"] = float(dead[sl, 0].mean())
-    d["dead_after"] = float(np.nanmax(dead[sl][:, in_win], axis=1).mean())
+    d["dead_before"] = float(dead[:, 0].mean())
+    d["dead_after"] = float(np.nanmax(dead[:, in_win], axis=1).mean())
     # Baselines: the same window for the scratch seeds, and the change over the last upstream
     # eval interval before the switch (a sharp drop starts from a flat upstream curve).
-    base = activity_drop(d_steps, act[sl0], act[sl0, 0], window)
+    sact = d_scratch[layer]["active_fraction"]
+    base = activity_drop(d_steps, sact, sact[:, 0], window)
     d["scratch_before"], d["scratch_drop"] = base["before"], base["drop"]
     d["scratch_relative_drop"] = base["relative_drop"]
-    ua = up_act[layer]["active_fraction"][ug][:, keep]
+    ua = up_act[layer]["active_fraction"][:, keep]
     d["pre_switch_change"] = float((ua[:, -1] - ua[:, -2]).mean()) if ua.shape[1] > 1 else None
     drops[layer] = d
   return acts, drops
+
+
+def rows(curves_: Mapping[str, Mapping[str, Any]], keep) -> dict[str, dict[str, Any]]:
+  """Activity curves {layer: {"steps", stat: [S, T]}} (or start values {layer: {stat: [S]}})
+  restricted to the seeds `keep` (a bool mask or index array)."""
+  return {layer: {k: (v if k == "steps" else np.asarray(v)[keep]) for k, v in c.items()}
+          for layer, c in curves_.items()}
 
 
 def seed_summary(curve: Mapping[str, np.ndarray], seeds, steps) -> dict[str, Any]:

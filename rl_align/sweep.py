@@ -42,14 +42,13 @@ import numpy as np
 
 from rl_align import errors
 from rl_align import results
+from rl_align.engine import grouping
 
 # THE packable fields (last component of a dotted config path): points, and engine calls
-# (`rl_align.packing.compatible`), that differ only in these share one engine program.  They change
+# (`rl_align.engine.grouping.compatible`), that differ only in these share one engine program.  They change
 # neither shapes nor the program: per-member optimizer scalars (`seeds.MEMBER_HPARAMS`), who the
 # members are (root seed, seed ids, label draw) and the model's init-only fields.
-PACKABLE = ("learning_rate", "momentum", "weight_decay", "seed", "seed_offset", "num_seeds",
-            "label_seed", "kernel_init", "init_scale", "first_layer_init", "first_layer_scale",
-            "first_layer_std", "residual_init_scale")
+PACKABLE = grouping.PACKABLE
 SPEC, SUMMARY, CSV, POINT_DONE, LOCK = ("sweep_spec.json", "sweep.json", "sweep.csv", "point.json",
                                         "sweep_summary.lock")
 # Headline scalars: results.json keys containing one of these, per seed (mean and std) or scalar.

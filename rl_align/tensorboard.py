@@ -38,7 +38,7 @@ FOLDER = "tensorboard"
 MAX_OPEN = 64          # event files kept open per process (a sweep can have many runs)
 MAX_F_SCALARS = 64     # f/sigma_<i> scalars per snapshot (log-spaced directions beyond)
 MAX_F_IMAGES = 5       # f(sigma) images per member (`image_steps`): each is a matplotlib render
-_NOT_SCALARS = ("phase", "step", "seed")
+_NOT_SCALARS = ("phase", "part", "step", "seed")
 
 _writers: "collections.OrderedDict[str, EventsWriter]" = collections.OrderedDict()
 _started: set[str] = set()      # runs this process has written rows to
@@ -126,7 +126,8 @@ def write_rows(workdir: str, rows: Iterable[Mapping[str, Any]]) -> None:
   (phase, seed).  Non-numeric fields are skipped; non-finite values are written as they are."""
   runs: dict[str, list] = collections.defaultdict(list)
   for r in rows:
-    path = run_dir(workdir, r.get("phase", "train"), r.get("seed"))
+    phase = r.get("phase", "train")
+    path = run_dir(workdir, f"{phase}/{r['part']}" if r.get("part") else phase, r.get("seed"))
     scalars = {k: f for k, v in r.items() if k not in _NOT_SCALARS
                if (f := _as_float(v)) is not None}
     runs[path].append(_scalar_event(int(r["step"]), scalars))

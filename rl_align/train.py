@@ -48,6 +48,7 @@ from rl_align.engine import checkpoint
 from rl_align.engine import config as config_lib
 from rl_align.engine import core
 from rl_align.engine import feed as feed_lib
+from rl_align.engine import grouping
 from rl_align.engine import records
 
 
@@ -71,9 +72,10 @@ class TrainCall:
   """The arguments of one `train` call (a sweep point's phase); `run_calls` packs several."""
   model: nn.Module
   cfg: Any
-  x: Any                           # [N, ...] float32, or a host feed (`engine.feed.Feed`)
+  x: Any                           # [N, ...] float32 (None when fed from the host: `feed`)
   labels: np.ndarray               # [S, N]
   members: seeds.Members
+  feed: feed_lib.Feed | None = None   # the host feed the batches stream from (None: x, labels)
   workdir: str | None = None
   eval_sets: Mapping[str, tuple[Any, Any]] | None = None
   init_params: Any = None
@@ -84,6 +86,9 @@ class TrainCall:
   writer: metric_writers.MetricWriter | None = None
   # The ledger its training FLOPs are recorded in (`rl_align.flops`; None: not counted).
   ledger: flops_lib.Ledger | None = None
+  # Set by `mark_parts` when calls yielded together share its workdir and phase: "part<j>" keeps
+  # its checkpoints and snapshots apart ("": the call has its phase's folders to itself).
+  part: str = ""
 
 
 def call(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
@@ -91,16 +96,19 @@ def call(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
          snapshot_fn: Callable[[Any], Mapping[str, np.ndarray]] = records.first_layer_snapshot,
          probe_fn: Callable[[nn.Module, Any], Mapping[str, Any]] | None = None,
          name: str = "train", writer: metric_writers.MetricWriter | None = None) -> TrainCall:
-  """The checked TrainCall of `train`'s arguments, not run: a runner yields it (`driven`)."""
-  config_lib.validate(cfg, model, x, labels)
+  """The checked TrainCall of `train`'s arguments, not run: a runner yields it (`driven`).  The
+  engine's one decision on where the batches come from is made here: from the arrays (x,
+  labels), or from a host feed passed as x (`engine.feed.Feed`, labels None)."""
+  feed = x if isinstance(x, feed_lib.Feed) else None
+  config_lib.validate(cfg, model, x, labels, feed=feed)
   s = int(cfg.num_seeds)
-  if isinstance(x, feed_lib.Feed):   # host-fed: batches stream from the pipeline
-    labels = np.zeros((s, 0), np.int32)
+  if feed is not None:
+    x, labels = None, np.zeros((s, 0), np.int32)
   else:
     x = np.asarray(x, np.float32)
     labels = np.broadcast_to(np.asarray(labels, np.int32), (s, x.shape[0]))
   return TrainCall(model=model, cfg=cfg, x=x, members=seeds.Members.of(cfg), labels=labels,
-                   workdir=workdir, eval_sets=eval_sets, init_params=init_params,
+                   feed=feed, workdir=workdir, eval_sets=eval_sets, init_params=init_params,
                    snapshot_fn=snapshot_fn, probe_fn=probe_fn, name=name, writer=writer)
 
 
@@ -130,16 +138,57 @@ def train(model: nn.Module, cfg, x, labels, **kwargs) -> TrainResult:
 
 
 # ----------------------------------------------------------------------------------------------
-# Runners as generators: a runner yields its TrainCalls and receives their TrainResults
-# (`res = yield train.call(...)`, helpers via `yield from`), so that a sweep can advance several
-# runners in lockstep and pack their calls (`rl_align.packing.run_lockstep`).  `drive` runs one
-# runner alone, each call as its own program, as `train` does.
+# Runners as generators: a runner yields its TrainCalls, one at a time or several independent ones
+# in a list, and receives their TrainResults (`res = yield train.call(...)`, `a, b = yield [ca,
+# cb]`, helpers via `yield from`).  The calls of a list, and in a sweep the calls of several
+# runners advanced in lockstep (`rl_align.packing.run_lockstep`), run as one program wherever they
+# are compatible (`engine.grouping`).  `drive` runs one runner alone, as `train` does.
+
+
+def mark_parts(calls: Sequence[TrainCall]) -> None:
+  """Gives each call that shares its workdir and phase with another of `calls` (yielded together)
+  its part "part<j>", j its rank among them, so that their checkpoints and snapshots stay apart."""
+  seen: dict = {}
+  for c in calls:
+    key = (c.workdir, c.name)
+    seen[key] = seen.get(key, 0) + 1
+  rank: dict = {}
+  for c in calls:
+    key = (c.workdir, c.name)
+    if seen[key] > 1:
+      c.part = f"part{rank.get(key, 0)}"
+      rank[key] = rank.get(key, 0) + 1
+
+
+def run_packed(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list:
+  """Runs `calls`, each group of compatible ones as one program (`engine.grouping.group`); per
+  call, its TrainResult or the exception its program raised (an interrupt propagates)."""
+  mark_parts(calls)
+  out: list = [None] * len(calls)
+  for idx in grouping.group(calls):
+    try:
+      got = run_calls([calls[k] for k in idx], packed_dir)
+    except Exception as e:  # pylint: disable=broad-except  # raised where the runner made the call
+      got = [e] * len(idx)
+    for k, r in zip(idx, got):
+      out[k] = r
+  return out
+
+
+def reply(pending, results: Sequence) -> tuple[Any, bool]:
+  """(what to send back to a runner that yielded `pending`, whether it is an exception to throw):
+  its result (a list for a list), or the first exception among its calls'."""
+  failed = [r for r in results if isinstance(r, BaseException)]
+  if failed:
+    return failed[0], True
+  return (list(results) if isinstance(pending, list) else results[0]), False
 
 
 def drive(calls: Generator[TrainCall, TrainResult, Any]) -> Any:
-  """Runs a runner's generator alone: each TrainCall it yields runs as its own program and its
-  TrainResult is sent back (a failed or interrupted call raises inside the runner); returns the
-  runner's value.  The generator is closed here whatever happens, never at interpreter exit."""
+  """Runs a runner's generator alone: each TrainCall it yields (or list of them, packed where
+  compatible) runs and its TrainResult is sent back (a failed or interrupted call raises inside
+  the runner); returns the runner's value.  The generator is closed here whatever happens, never
+  at interpreter exit."""
   step, value = calls.send, None
   try:
     while True:
@@ -148,9 +197,11 @@ def drive(calls: Generator[TrainCall, TrainResult, Any]) -> Any:
       except StopIteration as stop:
         return stop.value
       try:
-        value, step = run_calls([pending])[0], calls.send
-      except (Exception, errors.Interrupted) as e:  # pylint: disable=broad-except
-        value, step = e, calls.throw               # raised where the runner made the call
+        value, thrown = reply(pending, run_packed(pending if isinstance(pending, list)
+                                                  else [pending]))
+      except errors.Interrupted as e:
+        value, thrown = e, True
+      step = calls.throw if thrown else calls.send
   finally:
     calls.close()
 
@@ -178,9 +229,10 @@ def recorded(calls: Generator[TrainCall, TrainResult, Any], ledger: flops_lib.Le
       pending = step(value)
     except StopIteration as stop:
       return stop.value
-    pending.ledger = ledger
-    if pending.writer is None and writer_for is not None:
-      pending.writer = writer_for(pending.workdir)
+    for c in pending if isinstance(pending, list) else [pending]:
+      c.ledger = ledger
+      if c.writer is None and writer_for is not None:
+        c.writer = writer_for(c.workdir)
     try:
       value, step = (yield pending), calls.send
     except (Exception, errors.Interrupted) as e:  # pylint: disable=broad-except
@@ -190,10 +242,11 @@ def recorded(calls: Generator[TrainCall, TrainResult, Any], ledger: flops_lib.Le
 def run_calls(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list[TrainResult]:
   """Runs one engine program over the members of every call (they share the model's program,
   the engine config up to `seeds.MEMBER_HPARAMS` and the root seed, x and the eval inputs:
-  `rl_align.packing.compatible`).  Returns one TrainResult per call, each equal to the call run
-  alone.  Several calls keep their orbax state in a folder of `packed_dir` (required when they
-  have workdirs); host-fed calls run alone (each feed has its own data order)."""
-  if len(calls) > 1 and any(isinstance(c.x, feed_lib.Feed) for c in calls):
+  `engine.grouping.compatible`).  Returns one TrainResult per call, each equal to the call run
+  alone.  Several calls keep their orbax state in a folder of their workdir (all in one) or of
+  `packed_dir`; host-fed calls run alone (each feed has its own data order).  A call marked as a
+  part of its phase (`mark_parts`) keeps its state and snapshots in folders of its part."""
+  if len(calls) > 1 and any(c.feed is not None for c in calls):
     raise ValueError("run_calls: host-fed calls cannot be packed (each feed streams its own data "
                      "order). Fix: run each host-fed call alone.")
   run = _Run(calls, packed_dir)
@@ -214,12 +267,13 @@ def _writer(c: TrainCall) -> metric_writers.MetricWriter:
 
 
 def _call_records(calls: Sequence[TrainCall]) -> list[records.CallRecords]:
-  """Each call's records, over its slice of the concatenated member axis."""
+  """Each call's records, over its slice of the concatenated member axis (a call that is a part of
+  its phase keeps its snapshots in its part's folder)."""
   out, offset = [], 0
   for c in calls:
     sl = slice(offset, offset + len(c.members))
     out.append(records.CallRecords(c.name, c.workdir, c.members.ids, sl, c.snapshot_fn,
-                                   _writer(c)))
+                                   _writer(c), c.part))
     offset = sl.stop
   return out
 
@@ -251,7 +305,7 @@ class _Run:
   def __init__(self, calls: Sequence[TrainCall], packed_dir: str | None):
     c0 = self.c0 = calls[0]
     self.calls, self.cfg, self.name = calls, c0.cfg, c0.name
-    self.feed = c0.x if isinstance(c0.x, feed_lib.Feed) else None
+    self.feed = c0.feed
     members = seeds.Members.concat([c.members for c in calls])
     self.n_members = len(members)   # the engine pads the member axis to eng.m_pad
     x_shape = ((self.feed.n,) + tuple(self.feed.example_shape) if self.feed is not None
@@ -270,7 +324,8 @@ class _Run:
       self.hparams = self.eng.put_members(self.members.hparams())
     self.state = _initial_state(self.eng, calls, self.members)
     self.is_main = jax.process_index() == 0
-    root = checkpoint.state_dir([c.workdir for c in calls], self.name, packed_dir)
+    names = [f"{c.name}_{c.part}" if c.part else c.name for c in calls]
+    root = checkpoint.state_dir([c.workdir for c in calls], names, packed_dir)
     self.ckpt = checkpoint.Checkpointer(root) if root else None
     self.step, self.final_metrics = 0, {}
     self.phases = progress_lib.Phases()

@@ -11,7 +11,6 @@ from rl_align import claims
 from rl_align.claims import core
 from rl_align.claims import eigenmaps
 from rl_align.claims import specialization as spec
-from rl_align.claims import transfer
 
 R, P, N = core.REPRODUCED, core.PARTLY, core.NOT_REPRODUCED
 U, G, E = core.UNDERPOWERED, core.REGIME_NOT_REACHED, core.NOT_EVALUABLE

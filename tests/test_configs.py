@@ -183,7 +183,7 @@ def test_every_model_config_declares_float32_and_builds_in_bfloat16(name, arg):
 
 @pytest.mark.parametrize("name, arg", list(_cases()))
 def test_every_config_declares_its_data_placement(name, arg):
-  # Every runner reads config.data.placement (rl_align.runners.common.load_data); declared, it can
+  # Every runner reads config.data.placement (rl_align.inputs.load); declared, it can
   # be overridden with --config.data.placement=host.  Recorded results ran on the device.
   c = importlib.import_module(f"experiments.configs.{name}").get_config(arg)
   want = "host" if name == "imagenet" else "device"   # imagenet streams: 31 GB as float32 at 64x64

@@ -142,7 +142,7 @@ def test_a_paper_config_downloads_through_the_runners_loader(tmp_path, builders)
   # by the runners' loader (config.data.kwargs -> data.load -> download), sizes shrunk.
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from rl_align.runners import common  # pylint: disable=g-import-not-at-top
+  from rl_align import inputs  # pylint: disable=g-import-not-at-top
   calls = builders(stand_in("cifar10"))
   argv = ["prog", "--config=experiments/configs/fig5.py", "--config.data.download=True",
           f"--config.data.data_dir={tmp_path}", "--config.split.upstream=5",
@@ -150,7 +150,7 @@ def test_a_paper_config_downloads_through_the_runners_loader(tmp_path, builders)
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
   fv(argv)
-  parts, _ = common.load_splits(fv.config)
+  parts, _ = inputs.load_splits(fv.config)
   assert len(calls) == 1
   assert [len(parts[k].y) for k in ("upstream", "downstream", "test")] == [5, 7, SIZES["test"]]
   up_down = set(parts["upstream"].y.tolist() + parts["downstream"].y.tolist())
@@ -308,16 +308,16 @@ def test_every_config_has_data_download_and_the_flag_reaches_every_loader(name, 
   import importlib  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from rl_align.runners import common  # pylint: disable=g-import-not-at-top
+  from rl_align import inputs  # pylint: disable=g-import-not-at-top
   c = importlib.import_module(f"experiments.configs.{name}").get_config(arg)
   for block in _blocks(c):
-    assert block.download is False and common.source_kwargs(block)["download"] is False
+    assert block.download is False and inputs.source_kwargs(block)["download"] is False
   spec = f"experiments/configs/{name}.py" + (f":{arg}" if arg else "")
   argv = ["prog", f"--config={spec}", "--config.data.download=True"]
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
   fv(argv)
   for block in _blocks(fv.config):   # what the runners pass to data.load / data.source
-    assert block.download is True and common.source_kwargs(block)["download"] is True
+    assert block.download is True and inputs.source_kwargs(block)["download"] is True
   resolved = ml_collections.ConfigDict(fv.config.to_dict())   # as sweeps and panels copy it
-  assert all(common.source_kwargs(b)["download"] is True for b in _blocks(resolved))
+  assert all(inputs.source_kwargs(b)["download"] is True for b in _blocks(resolved))

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from experiments.configs import imagenet
 from rl_align import data
 from rl_align import errors
+from rl_align import inputs
 from rl_align import pipeline
 from rl_align import seeds
 from rl_align import train
@@ -143,20 +144,20 @@ def test_config_data_path_through_the_host_pipeline(mock):
   labels = seeds.random_labels(c.upstream.label_seed, ids, len(up), 1000)
   for s in ids:
     bi = pipeline.batch_indices(c.upstream.seed, s, len(up), b, 0, c.upstream.num_steps)
-    np.testing.assert_array_equal(chunk.x[s], want["x_up"][bi])
+    np.testing.assert_array_equal(chunk.x[s], want.data.parts["upstream"].x[bi])
     np.testing.assert_array_equal(chunk.y[s], labels[s][bi])
   feed_down = pipeline.HostFeed(down, seed_ids=ids, data_seed=c.downstream.seed, batch_size=b,
                                 mean=mean, std=std)
   chunk = feed_down.load(1, c.downstream.num_steps)
   for s in ids:
     bi = pipeline.batch_indices(c.downstream.seed, s, len(down), b, 1, c.downstream.num_steps)
-    np.testing.assert_array_equal(chunk.x[s], want["x_down"][bi])
-    np.testing.assert_array_equal(chunk.y[s], want["data"].parts["downstream"].y[bi])
+    np.testing.assert_array_equal(chunk.x[s], want.data.parts["downstream"].x[bi])
+    np.testing.assert_array_equal(chunk.y[s], want.data.parts["downstream"].y[bi])
   test = data.source(c.data.name, split=c.data.test_split, **c.data.kwargs)
   tx, ty = test.take(np.arange(c.data.test_examples))
   np.testing.assert_array_equal(data.standardize(data.to_unit_float(tx), mean, std),
-                                want["data"].parts["test"].x)
-  np.testing.assert_array_equal(ty, want["data"].parts["test"].y)
+                                want.data.parts["test"].x)
+  np.testing.assert_array_equal(ty, want.data.parts["test"].y)
 
 
 def test_imagenet_tiny_runs_end_to_end_through_the_host_path(mock, tmp_path, monkeypatch):
@@ -206,10 +207,10 @@ def test_auto_placement_picks_by_size(mock, monkeypatch):
   c = imagenet.get_config("resnet18,tiny,res=32")
   c.data.placement = "auto"
   d = transfer_runner.load_data(c)   # 24 images of 32x32x3: device
-  assert d["placement"] == "device" and d["x_up"].shape == (24, 32, 32, 3)
-  arrays = d["x_up"]
+  assert d.data.placement == "device" and d.data.parts["upstream"].x.shape == (24, 32, 32, 3)
+  arrays = d.data.parts["upstream"].x
   monkeypatch.setattr(data, "device_memory_bytes", lambda device=None: 100_000)   # 100 kB "device"
   d = transfer_runner.load_data(c)
-  assert d["placement"] == "host" and isinstance(d["data"].parts["upstream"], pipeline.Reader)
-  assert d["x_up"].shape == (16, 32, 32, 3)       # the first layerwise.num_examples, for the arms
-  np.testing.assert_array_equal(d["x_up"], arrays[:16])   # the same rows, the same floats
+  assert d.data.placement == "host" and isinstance(d.data.parts["upstream"], inputs.StreamSplit)
+  assert d.x_up.shape == (16, 32, 32, 3)       # the first layerwise.num_examples, for the arms
+  np.testing.assert_array_equal(d.x_up, arrays[:16])   # the same rows, the same floats

@@ -9,6 +9,7 @@ import pytest
 
 from rl_align import data as data_lib, errors, flops, models, packing, pipeline, seeds, sweep, train
 from rl_align.engine import config as engine_config
+from rl_align.engine import grouping
 from tests.tolerances import assert_same_accuracy, assert_same_run
 
 
@@ -179,7 +180,39 @@ def test_one_list_of_packable_fields_matches_the_engine_and_the_models():
   engine_fields = set(engine_config.default_config().keys())
   assert set(sweep.PACKABLE) & engine_fields == per_member
   m = models.DenseNet(widths=(8,), num_classes=3)
-  assert packing.program_model(m) == packing.program_model(m.clone(init_scale=0.3))
-  assert packing.program_model(m) != packing.program_model(m.clone(widths=(9,)))
+  assert grouping.program_model(m) == grouping.program_model(m.clone(init_scale=0.3))
+  assert grouping.program_model(m) != grouping.program_model(m.clone(widths=(9,)))
   assert sweep.packable("model.init_scale") and not sweep.packable("model.widths")
   assert not sweep.packable("data.kwargs.seed")   # the data's seed changes x
+
+
+def test_a_runner_yielding_a_list_packs_its_compatible_calls(data, tmp_path, caplog):
+  """A runner's list of calls (the transfer arms, the specialization blocks): the compatible ones
+  run as ONE program, the other alone; each result equals its call run alone; calls of one phase
+  in one workdir keep their checkpoints and snapshots apart, and a rerun reads each one's back."""
+  model = models.DenseNet(widths=(8,), num_classes=3)
+  wide = models.DenseNet(widths=(9,), num_classes=3)
+  cfgs = [_cfg(learning_rate=0.05), _cfg(learning_rate=0.2, seed_offset=2), _cfg()]
+  cfgs = [c.copy_and_resolve_references() for c in cfgs]
+  for c in cfgs:
+    c.snapshot_steps = (4,)
+  labels = [seeds.random_labels(0, seeds.seed_ids(c), len(data), 3) for c in cfgs]
+  models_ = [model, model, wide]
+
+  @train.driven
+  def runner(wd):
+    return (yield [train.call(m, c, data, y, workdir=wd, name="phase")
+                   for m, c, y in zip(models_, cfgs, labels)])
+
+  alone = [train.train(m, c, data, y, name="phase") for m, c, y in zip(models_, cfgs, labels)]
+  with caplog.at_level(logging.INFO):
+    got = runner(str(tmp_path))
+  assert any("4 members of 2 packed calls" in r.getMessage() for r in caplog.records)
+  for a, b in zip(alone, got):
+    _assert_same(a, b)
+  assert sorted(os.listdir(tmp_path / "phase_snapshots")) == ["part0", "part1", "part2"]
+  again = runner(str(tmp_path))          # every call resumes from its own finished state
+  for a, b in zip(got, again):
+    _assert_same(a, b)
+    for k in a.snapshots:
+      np.testing.assert_array_equal(a.snapshots[k]["first_kernel"], b.snapshots[k]["first_kernel"])

@@ -24,7 +24,7 @@ import tensorflow_datasets as tfds
 from experiments import cli
 from rl_align import models
 from rl_align import specialization
-from rl_align.runners import common
+from rl_align import inputs
 from rl_align.runners import eigenmap
 
 MOCK_EXAMPLES = 48   # per split of the mocked dataset (train, test)
@@ -131,7 +131,7 @@ def test_paper_models_fit_their_data_without_compiling(name):
   user, _ = configs(name)
   assert user.data.name in ("cifar10", "imagenet"), "not a tfds config: drop it from CASES"
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    src = common.source_split(user.data, "train")
+    src = inputs.source_split(user.data, "train")
   nets = _networks(CASES[name][3], user, src.num_classes)
   x = jax.ShapeDtypeStruct((2,) + tuple(src.example_shape), jnp.float32)
   for model_cfg, classes in nets:

@@ -18,7 +18,7 @@ import pytest
 from experiments.configs import fig2, fig3, fig4_cnn, fig5, fig20, specialization
 from rl_align import data as data_lib
 from rl_align import errors
-from rl_align.runners import common
+from rl_align import inputs
 from rl_align.runners import eigenmap as eigenmap_runner
 from rl_align.runners import filters as filters_runner
 from rl_align.runners import specialization as spec_runner
@@ -124,7 +124,7 @@ def test_a_wrong_placement_is_one_error_naming_the_allowed_values(bad):
   c = eigenmap_runner.panel_config(_fig20(), "right")
   c.data.placement = bad
   with pytest.raises(errors.ConfigError) as e:
-    common.load_data(c)
+    inputs.load(c)
   msg = str(e.value)
   assert "\n" not in msg and repr(bad) in msg and "config.data.placement" in msg
   for allowed in data_lib.PLACEMENTS:

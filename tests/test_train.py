@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from rl_align import errors, metric_writers, models, results, seeds, train
+from rl_align import errors, metric_writers, models, seeds, train
 from rl_align.engine import config as engine_config
 from rl_align.engine import layout as engine_layout
 from rl_align.engine import optimizer as engine_optimizer

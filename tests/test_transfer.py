@@ -20,20 +20,20 @@ def test_upstream_downstream_and_test_splits_are_disjoint_and_standardized_upstr
   c.split.test = 32                               # cut the test set from the same permutation
   c.data.kwargs.n = 288                           # room for 128 + 128 + 32
   d = transfer_runner.load_data(c)
-  idx = d["indices"]
+  idx = d.data.indices
   assert len(idx["upstream"]) == 128 and len(idx["downstream"]) == 128
   for a, b in (("upstream", "downstream"), ("upstream", "test"), ("downstream", "test")):
     assert not set(idx[a].tolist()) & set(idx[b].tolist())
   # float32 standardization (as tests/test_data.py): the mean rounded to float32 shifts z by
   # <= u |mean| / std, z rounds once or twice; the test's statistics are float64.
   c.data.standardize = False
-  raw = transfer_runner.load_data(c)["x_up"].reshape(-1, 3).astype(np.float64)
+  raw = transfer_runner.load_data(c).data.parts["upstream"].x.reshape(-1, 3).astype(np.float64)
   ratio = np.abs(raw.mean(0)) / raw.std(0)
-  z = d["x_up"].reshape(-1, 3).astype(np.float64)
+  z = d.data.parts["upstream"].x.reshape(-1, 3).astype(np.float64)
   mean_tol = f32_tol(ratio + np.abs(z).max(), 2)
   assert np.all(np.abs(z.mean(0)) <= mean_tol), (z.mean(0), mean_tol)
   np.testing.assert_allclose(z.std(0), 1.0, rtol=0, atol=f32_tol(1.0, 3))
-  down = np.abs(d["x_down"].reshape(-1, 3).astype(np.float64).mean(0))
+  down = np.abs(d.data.parts["downstream"].x.reshape(-1, 3).astype(np.float64).mean(0))
   assert down.max() > 100 * mean_tol.max()    # not re-standardized: off by sampling, not rounding
 
 

@@ -13,19 +13,22 @@ from rl_align.engine import core
 KEEP = 2     # checkpoints kept: the newest may be damaged by a crash while it is written
 
 
-def state_dir(workdirs, name: str, packed_dir: str | None) -> str | None:
+def state_dir(workdirs, names, packed_dir: str | None) -> str | None:
   """Where the orbax state lives: WORKDIR/<name>_state for a single call (as always); for a
-  packed program of several calls, a folder of its own in `packed_dir`, named after the phase and
-  the calls' workdirs (so a rerun of the same group finds it).  None without workdirs."""
+  packed program of several calls, a folder of its own named after the calls' phases and
+  workdirs (so a rerun of the same group finds it): in WORKDIR/packed when they share one
+  workdir (a runner's list of calls), else in `packed_dir` (a sweep's).  None without workdirs."""
   if not any(workdirs):
     return None
   if len(workdirs) == 1:
-    return os.path.abspath(os.path.join(workdirs[0], f"{name}_state"))
+    return os.path.abspath(os.path.join(workdirs[0], f"{names[0]}_state"))
+  tag = hashlib.sha1(json.dumps([list(workdirs), list(names)]).encode()).hexdigest()[:12]
+  if len(set(workdirs)) == 1:
+    return os.path.abspath(os.path.join(workdirs[0], "packed", f"{names[0]}_{tag}"))
   if packed_dir is None:
-    raise ValueError(f"{name}: {len(workdirs)} packed calls with workdirs need a packed_dir for "
-                     "their state. Fix: pass packed_dir (a sweep passes WORKDIR/packed).")
-  tag = hashlib.sha1(json.dumps(list(workdirs)).encode()).hexdigest()[:12]
-  return os.path.abspath(os.path.join(packed_dir, f"{name}_{tag}"))
+    raise ValueError(f"{names[0]}: {len(workdirs)} packed calls with workdirs need a packed_dir "
+                     "for their state. Fix: pass packed_dir (a sweep passes WORKDIR/packed).")
+  return os.path.abspath(os.path.join(packed_dir, f"{names[0]}_{tag}"))
 
 
 def _quiet_orbax(record) -> bool:

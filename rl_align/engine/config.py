@@ -56,16 +56,18 @@ def total_steps(cfg, n: int) -> int:
   return cfg.num_steps if cfg.num_steps > 0 else cfg.num_epochs * (n // cfg.batch_size)
 
 
-def validate(cfg, model, x, labels, where: str = "train") -> None:
+def validate(cfg, model, x, labels, where: str = "train", feed: feed_lib.Feed | None = None
+             ) -> None:
   """Raises ConfigError / DataError with the fix, before anything is compiled.  `x` is an array
-  [N, ...] with `labels` [N] or [S, N], or a host feed (`feed.Feed`) with labels None; `where`:
-  the experiment config's field that holds cfg (for the messages' flags)."""
+  [N, ...] with `labels` [N] or [S, N]; or `feed` is the host feed the batches come from (x is
+  that feed, labels None); `where`: the experiment config's field that holds cfg (for the
+  messages' flags)."""
   if not isinstance(model, nn.Module):
     raise errors.ConfigError(f"model must be a flax.linen Module, got {type(model).__name__}. "
                              "Fix: build it with rl_align.models.build(config.model).")
   validate_fields(cfg, where)
-  if isinstance(x, feed_lib.Feed):
-    _validate_feed(cfg, x, labels)
+  if feed is not None:
+    _validate_feed(cfg, feed, labels)
     return
   x = np.asarray(x) if not hasattr(x, "shape") else x
   if x.ndim < 2:

@@ -24,17 +24,19 @@ class CallRecords:
 
   def __init__(self, name: str, workdir: str | None, ids: Sequence[int], sl: slice,
                snapshot_fn: Callable[[object], Mapping[str, np.ndarray]],
-               writer: metric_writers.MetricWriter):
+               writer: metric_writers.MetricWriter, tag: str = ""):
     self.name, self.workdir, self.ids, self.sl = name, workdir, list(ids), sl
-    self.snapshot_fn, self.writer = snapshot_fn, writer
+    self.snapshot_fn, self.writer, self.part = snapshot_fn, writer, tag
     self.snapshots: dict[int, dict[str, np.ndarray]] = {}
     self.metrics: list[dict] = []
-    self.snap_dir = os.path.join(workdir, f"{name}_snapshots") if workdir else None
+    # WORKDIR/<name>_snapshots, or its subfolder `tag` when other calls of the run share the phase
+    self.snap_dir = (os.path.join(workdir, f"{name}_snapshots", tag) if tag else
+                     os.path.join(workdir, f"{name}_snapshots")) if workdir else None
 
   def resume(self, step: int) -> None:
     """Reloads the rows (the writer drops this phase's rows after `step`) and snapshots up to
     `step`."""
-    self.metrics = self.writer.read_rows(self.name, step)
+    self.metrics = self.writer.read_rows(self.name, step, self.part)
     if self.snap_dir and os.path.isdir(self.snap_dir):
       for f in sorted(os.listdir(self.snap_dir)):
         if f.startswith("step_") and f.endswith(".npz") and int(f[5:-4]) <= step:
@@ -46,7 +48,8 @@ class CallRecords:
       results_lib.write_npz(self.snap_dir, f"step_{step:08d}.npz", self.snapshots[step])
 
   def log(self, step: int, spe: int, host: Mapping[str, np.ndarray]) -> None:
-    rows = [{"phase": self.name, "step": step, "epoch": step / spe, "seed": sid,
+    part = {"part": self.part} if self.part else {}
+    rows = [{"phase": self.name, **part, "step": step, "epoch": step / spe, "seed": sid,
              **{k: v[self.sl][i] for k, v in host.items()}} for i, sid in enumerate(self.ids)]
     self.metrics.extend(rows)
     self.writer.write_rows(rows)

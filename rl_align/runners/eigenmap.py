@@ -21,13 +21,15 @@ from rl_align import covariance
 from rl_align import data as data_lib
 from rl_align import eigenmap as lib
 from rl_align import errors
+from rl_align import inputs
 from rl_align import models
 from rl_align import results
 from rl_align import tensorboard
 from rl_align import train
 from rl_align import workdir as workdir_lib
+from rl_align.engine import config as engine_config
 from rl_align.plots import eigenmap as plots
-from rl_align.runners import common
+from rl_align.runners import phases
 
 
 # Images per batch of the input covariance (`covariance.patch_covariance`'s default) and vectors
@@ -35,18 +37,18 @@ from rl_align.runners import common
 PATCH_BATCH, VECTOR_BATCH = 512, 8192
 
 
-def data_eigenbasis(config, part) -> tuple[np.ndarray, np.ndarray]:
-  """(lambda desc, V) of the input covariance of a split (`common.Data.parts`' value): of its
-  examples themselves (vectors) or of their k x k patches, streamed in batches."""
-  if len(common.example_shape(part)) == 3:
+def data_eigenbasis(config, part: inputs.Split) -> tuple[np.ndarray, np.ndarray]:
+  """(lambda desc, V) of the input covariance of a split: of its examples themselves (vectors) or
+  of their k x k patches, streamed in batches."""
+  if len(part.example_shape) == 3:
     k = int(config.analysis.patch_size)
-    _, cov = covariance.patch_covariance(common.batches(part, PATCH_BATCH), k, PATCH_BATCH)
+    _, cov = covariance.patch_covariance(part.batches(PATCH_BATCH), k, PATCH_BATCH)
   elif config.data.name == "gaussian" and config.analysis.get("population_covariance", True):
-    kw = common.source_kwargs(config.data)
+    kw = inputs.source_kwargs(config.data)
     cov = data_lib.gaussian_covariance(stds=kw.get("stds"), variances=kw.get("variances"),
                                        rotate=kw.get("rotate", False), seed=kw.get("seed", 0))
   else:
-    _, cov = covariance.data_covariance(common.batches(part, VECTOR_BATCH), VECTOR_BATCH)
+    _, cov = covariance.data_covariance(part.batches(VECTOR_BATCH), VECTOR_BATCH)
   return alignment.eigh_desc(cov)
 
 
@@ -91,9 +93,9 @@ def run(config, workdir: str) -> Generator:
   """Trains the seeds, analyses final weights and snapshots, writes results.json/arrays.npz/plots;
   returns the results dict (`run.steps`: the generator of its train call, `train.driven`)."""
   t0 = time.time()
-  data = common.load_data(config, workdir)
+  data = inputs.load(config, workdir)
   lam, V = data_eigenbasis(config, data.parts["train"])
-  x, labels = common.train_inputs(data, "train", config.train, common.make_labels(config, data))
+  x, labels = data.engine_input("train", config.train, inputs.config_labels(config))
   model = models.build(config.model)
   res = yield train.call(model, config.train, x, labels, workdir=workdir, name="train")
   out = analyse(config, res, lam, V)
@@ -109,6 +111,20 @@ def run(config, workdir: str) -> Generator:
   plots.plot_eigenmap(out, workdir, title=config.get("title", ""),
                       reference=config.get("paper_reference", None))
   return out
+
+
+def validate(config) -> None:
+  """What `run_panels` / `run_misalignment` / `run` check before any data is read: the panels
+  exist, and each panel's engine fields and labels are valid (the binaries call it before
+  writing anything)."""
+  names = list(config.get("panels") or {}) if "panels" in config else [None]
+  if "panels" in config and not names:
+    raise errors.ConfigError(
+        "config.panels is empty: nothing to run. Fix: pick a panel, e.g. fig20.py:right or :all.")
+  for name in names:
+    pcfg = config if name is None else panel_config(config, name)
+    engine_config.validate_fields(pcfg.train, "train")
+    inputs.config_labels(pcfg)
 
 
 def panel_config(config, name: str) -> ml_collections.ConfigDict:
@@ -141,7 +157,7 @@ def _run_panels(config, workdir: str, f_figure: str | None) -> Generator:
   summary, outs, refs, judged = {}, [], [], {}
   for name in config.panels:
     pcfg = panel_config(config, name)
-    pdir = common.subdir(workdir, name, pcfg)
+    pdir = phases.subdir(workdir, name, pcfg)
     out = yield from run.steps(pcfg, pdir)
     d = len(out["eigenvalues"])
     summary[name] = {"checks": lib.shape_checks(out, d, pcfg.get("paper_reference")),
@@ -150,7 +166,7 @@ def _run_panels(config, workdir: str, f_figure: str | None) -> Generator:
                      "workdir": pdir}
     outs.append(out)
     refs.append(pcfg.get("paper_reference"))
-    judged[name] = {"results": common.jsonable(out), "config": pcfg.to_dict()}
+    judged[name] = {"results": phases.jsonable(out), "config": pcfg.to_dict()}
   path = os.path.join(workdir, f_figure or config.get("figure_name", "panels.png"))
   if config.get("figure_style") == "epochs":
     fig = plots.plot_f_over_epochs(outs, list(config.panels), path)
@@ -166,7 +182,7 @@ def _run_panels(config, workdir: str, f_figure: str | None) -> Generator:
 def run_misalignment(config, workdir: str) -> Generator:
   """Fig 2: run the panels, then draw misalignment over training for all of them in one figure."""
   summary, outs = yield from _run_panels(config, workdir, f_figure="f_panels.png")
-  runs = {name: common.jsonable(out["snapshots"]) for name, out in zip(config.panels, outs)}
+  runs = {name: phases.jsonable(out["snapshots"]) for name, out in zip(config.panels, outs)}
   summary["misalignment_figure"] = plots.plot_misalignment(
       runs, os.path.join(workdir, config.get("figure_name", "misalignment.png")))
   for name, snaps in runs.items():

@@ -19,12 +19,13 @@ from rl_align import covariance
 from rl_align import curves
 from rl_align import errors
 from rl_align import filters as lib
+from rl_align import inputs
 from rl_align import models
 from rl_align import results
 from rl_align import train
 from rl_align.plots import filters as plots
-from rl_align.runners import common
 from rl_align.runners import eigenmap
+from rl_align.runners import phases
 
 _KEYS = ("subspace_overlap", "random_baseline", "principal_cosines_top10", "overlap_matrix_top10",
          "best_match_pc", "best_match_cos", "best_match_cos_random", "eigenvalues_x",
@@ -36,12 +37,12 @@ def run(config, workdir: str) -> Generator:
   """Trains config.train.num_seeds seeds, pools first-layer filters, compares eigenvectors;
   returns the results dict (`run.steps`: the generator of its train call, `train.driven`)."""
   t0 = time.time()
-  data = common.load_data(config, workdir)
+  data = inputs.load(config, workdir)
   k = int(config.analysis.patch_size)
   part = data.parts["train"]
-  _, cov_x = covariance.patch_covariance(common.batches(part, eigenmap.PATCH_BATCH), k,
+  _, cov_x = covariance.patch_covariance(part.batches(eigenmap.PATCH_BATCH), k,
                                          eigenmap.PATCH_BATCH)
-  x, labels = common.train_inputs(data, "train", config.train, common.make_labels(config, data))
+  x, labels = data.engine_input("train", config.train, inputs.config_labels(config))
   res = yield train.call(models.build(config.model), config.train, x, labels, workdir=workdir)
   kernels = models.first_layer_kernel(res.params)
   if kernels.shape[1:3] != (k, k):
@@ -54,7 +55,7 @@ def run(config, workdir: str) -> Generator:
          "num_train_examples": len(part)}
   if not ok.any():
     out.update(error=curves.all_diverged(len(ok)), runtime_s=time.time() - t0)
-    out = common.jsonable(out)
+    out = phases.jsonable(out)
     out["claims"] = claims.stamp(config, out)
     results.write_json(workdir, "results.json", out)
     return out
@@ -68,12 +69,12 @@ def run(config, workdir: str) -> Generator:
   out = {**{k: cmp[k] for k in _KEYS}, **out, "alignment_tests": tests,
          "num_seeds_pooled": int(pool.sum()), "pooled": pool, "num_filters_pooled": n_filters,
          "figure": "fig3_eigenvectors.png", "runtime_s": time.time() - t0}
-  out = common.jsonable(out)
+  out = phases.jsonable(out)
   out["claims"] = claims.stamp(config, out)
   results.write_json(workdir, "results.json", out)
   results.write_npz(workdir, "arrays.npz", {"eigenvectors_x": cmp["eigenvectors_x"],
                                             "eigenvectors_w": cmp["eigenvectors_w"],
                                             "cov_x": cov_x, "cov_w": cov_w})
   plots.plot_eigenvectors(cmp["eigenvectors_x"], cmp["eigenvectors_w"],
-                          (k, k, common.example_shape(part)[-1]), os.path.join(workdir, "fig3_eigenvectors.png"), matches=cmp)
+                          (k, k, part.example_shape[-1]), os.path.join(workdir, "fig3_eigenvectors.png"), matches=cmp)
   return out

@@ -8,6 +8,7 @@ and one downstream engine run, every point's gain and activity, the figures.
 The pieces and statistics are `rl_align.specialization`; finished cells are read back from
 workdir/w=<width>_lr=<lr>/points.json, an unfinished one resumes from its engine checkpoints.
 """
+import dataclasses
 import itertools
 import os
 import time
@@ -22,15 +23,22 @@ from rl_align import activity
 from rl_align import claims
 from rl_align import curves
 from rl_align import init as init_lib
+from rl_align import inputs
 from rl_align import models
 from rl_align import results
 from rl_align import seeds
 from rl_align import specialization as lib
 from rl_align import train
 from rl_align.plots import specialization as plots
-from rl_align.runners import common
+from rl_align.runners import evaluation
+from rl_align.runners import phases
 
 _FRESH = 17  # fold_in tag of the fresh (scratch / new head) init keys of the downstream seeds
+
+
+def validate(config) -> None:
+  """The sweep config's checks that need no data (`specialization.validate`)."""
+  lib.validate(config)
 
 
 def _stack_init(model, example_shape, keys):
@@ -38,11 +46,14 @@ def _stack_init(model, example_shape, keys):
   return jax.tree.map(np.asarray, init(keys))
 
 
-def _phase_config(config, lr, num_steps, eval_every, num_seeds, seed, train_eval_examples):
-  return common.engine_config(
+def _phase_config(config, lr, num_steps, eval_every, num_seeds, seed, train_eval_examples,
+                  seed_offset: int):
+  cfg = phases.engine_config(
       config, seed, learning_rate=float(lr), num_steps=int(num_steps),
       eval_every_steps=int(eval_every), log_every_steps=int(eval_every), num_seeds=int(num_seeds),
       train_eval_examples=int(train_eval_examples))
+  cfg.seed_offset = int(config.train.seed_offset) + int(seed_offset)
+  return cfg
 
 
 def _with_start(curves_, start, steps):
@@ -61,120 +72,145 @@ def _cell_models(config, width: int, ks, n_real: int):
   return up_model, models.build(mcfg)
 
 
-def _upstream(config, workdir: str, lr: float, data, up_model, probe, ks, lengths) -> Generator:
-  """K groups of ns seeds, labels of group g in [0, K_g); snapshots at 0 and every L."""
-  ns, root, n = int(config.train.num_seeds), int(config.train.seed), data.sizes["upstream"]
-  ucfg = _phase_config(config, lr, lengths[-1], config.upstream.eval_every_steps, len(ks) * ns,
-                       root, min(n, int(config.train.train_eval_examples)))
-  ucfg.snapshot_steps = tuple([0] + lengths)
-  ids_up = seeds.seed_ids(ucfg)
-  labels = common.random_labels(data, "upstream", root, ids_up, np.repeat(ks, ns))
-  x_up, labels = common.train_inputs(data, "upstream", ucfg, labels)
-  up = yield train.call(up_model, ucfg, x_up, labels, workdir=workdir, snapshot_fn=common.flatten,
-                        probe_fn=probe, name="upstream")
-  up_steps, c = curves.from_metrics(up.metrics, ["train_accuracy"], seeds=ids_up)
-  return {"res": up, "ids": ids_up, "steps": up_steps, "acc": c["train_accuracy"],
-          "snaps": {step: common.unflatten(s) for step, s in up.snapshots.items()},
-          "act": activity.curves_from_metrics(up.metrics, phase="upstream", seeds=ids_up)}
+@dataclasses.dataclass
+class Group:
+  """One K group of the upstream run: its seeds' result, train accuracy curve and activity."""
+  res: train.TrainResult
+  steps: np.ndarray
+  acc: np.ndarray                 # [S, T]
+  snaps: dict                     # step -> stacked params
+  act: dict                       # activity curves {layer: {"steps", stat: [S, T]}}
 
 
-def _start_activity(down_model, snaps, fresh, init, s_up: int, probe_x, layers):
-  """Activity at both starts in one compiled call: the upstream init (its head swapped for a
-  downstream-sized one, which leaves every hidden activation unchanged) and every downstream init.
-  Returns (upstream start, downstream start)."""
-  up0 = init_lib.replace_layer(snaps[0], jax.tree.map(lambda a: a[:s_up], fresh),
-                               lib.head_name(fresh))
-  both = activity.measure(down_model, jax.tree.map(lambda a, b: np.concatenate([a, b]), up0, init),
-                          probe_x, layers=layers)
-  return ({l: {k: v[:s_up] for k, v in st.items()} for l, st in both.items()},
-          {l: {k: v[s_up:] for k, v in st.items()} for l, st in both.items()})
+@dataclasses.dataclass
+class Block:
+  """One block of the downstream run (scratch, or an arm at one upstream length and K group)."""
+  res: train.TrainResult
+  init: dict
+  steps: np.ndarray
+  acc: np.ndarray                 # [S, T + 1] train accuracy from step 0
+  act: dict                       # activity curves from step 0
+  test: np.ndarray                # [S]
 
 
-def _downstream(config, workdir: str, lr: float, data, down_model, probe, layers,
-                up: dict) -> Generator:
-  """Every arm and the scratch seeds in one run, all from their downstream inits."""
+def _upstream(config, workdir: str, lr: float, data: inputs.Data, up_model, probe, ks,
+              lengths) -> Generator:
+  """One call per K group (num_seeds seeds, labels in [0, K), consecutive seed ids), yielded as a
+  list (one program); snapshots at 0 and every L.  Returns the groups."""
+  ns, root = int(config.train.num_seeds), int(config.train.seed)
+  n = data.sizes["upstream"]
+  calls = []
+  for g, k in enumerate(ks):
+    ucfg = _phase_config(config, lr, lengths[-1], config.upstream.eval_every_steps, ns, root,
+                         min(n, int(config.train.train_eval_examples)), g * ns)
+    ucfg.snapshot_steps = tuple([0] + lengths)
+    x, labels = data.engine_input("upstream", ucfg,
+                                  inputs.random_labels(root, seeds.seed_ids(ucfg), k))
+    calls.append(train.call(up_model, ucfg, x, labels, workdir=workdir,
+                            snapshot_fn=phases.flatten, probe_fn=probe, name="upstream"))
+  got = yield calls
+  out = []
+  for c, res in zip(calls, got):
+    ids = seeds.seed_ids(c.cfg)
+    steps, cv = curves.from_metrics(res.metrics, ["train_accuracy"], seeds=ids)
+    out.append(Group(res, steps, cv["train_accuracy"],
+                     {step: phases.unflatten(s) for step, s in res.snapshots.items()},
+                     activity.curves_from_metrics(res.metrics, phase="upstream", seeds=ids)))
+  return out
+
+
+def _downstream(config, workdir: str, lr: float, data: inputs.Data, down_model, probe, layers,
+                groups) -> Generator:
+  """Every arm block and the scratch block as one list of calls (one program), each from its
+  downstream init.  Returns (blocks, each group's activity at its upstream start)."""
   dn, ns, root = config.downstream, int(config.train.num_seeds), int(config.train.seed)
   part = data.parts["downstream"]
-  blocks = lib.downstream_blocks(config)
   down_lr = float(dn.learning_rate) or lr
-  dcfg = _phase_config(config, down_lr, dn.num_steps, dn.eval_every_steps, len(blocks) * ns,
-                       root + 1, min(len(part), int(dn.train_eval_examples)))
-  ids_down = seeds.seed_ids(dcfg)
-  keys = jnp.stack([seeds.seed_key(root + 1, i, _FRESH) for i in ids_down])
-  fresh = _stack_init(down_model, common.example_shape(part), keys)
-  init = lib.downstream_init(blocks, up["snaps"], fresh, ns)
-  probe_x = common.head(part, int(config.probe_examples))[0]
-  x_down, y_down = common.train_inputs(data, "downstream", dcfg,
-                                       common.real_labels(data, "downstream"))
-  up_act0, act0 = _start_activity(down_model, up["snaps"], fresh, init, len(up["ids"]), probe_x,
-                                  layers)
-  down = yield train.call(down_model, dcfg, x_down, y_down, workdir=workdir, init_params=init,
-                          probe_fn=probe, name="downstream")
-  d_steps, d_acc = common.accuracy_curve(down_model, init, down,
-                                         *common.head(part, dcfg.train_eval_examples),
-                                         phase="downstream")
-  d_act = _with_start(activity.curves_from_metrics(down.metrics, phase="downstream", seeds=ids_down),
-                      act0, d_steps)
-  return {"res": down, "blocks": blocks, "lr": down_lr, "steps": d_steps, "acc": d_acc,
-          "act": d_act, "up_act0": up_act0,
-          "test": common.split_accuracy(down_model, down.params, data.parts["test"])}
+  probe_x = part.head(int(config.probe_examples))[0]
+  cfgs, inits = [], []
+  for b, block in enumerate(lib.downstream_blocks(config)):
+    dcfg = _phase_config(config, down_lr, dn.num_steps, dn.eval_every_steps, ns, root + 1,
+                         min(len(part), int(dn.train_eval_examples)), b * ns)
+    keys = jnp.stack([seeds.seed_key(root + 1, i, _FRESH) for i in seeds.seed_ids(dcfg)])
+    fresh = _stack_init(down_model, part.example_shape, keys)
+    _, length, g = block
+    snaps = groups[g].snaps if g is not None else {}
+    inits.append(lib.block_init(block, snaps.get(length), snaps.get(0), fresh))
+    cfgs.append(dcfg)
+  got = yield [train.call(down_model, cfg, *data.engine_input("downstream", cfg, inputs.REAL),
+                          workdir=workdir, init_params=init, probe_fn=probe, name="downstream")
+               for cfg, init in zip(cfgs, inits)]
+  xe, ye = part.head(int(cfgs[0].train_eval_examples))
+  # Activity at the upstream start (its head swapped for a downstream-sized one, which leaves
+  # every hidden activation unchanged) and at every block's start.
+  head = lib.head_name(inits[0])
+  up0 = [activity.measure(down_model, init_lib.replace_layer(gr.snaps[0], inits[0], head),
+                          probe_x, layers=layers) for gr in groups]
+  blocks = []
+  for cfg, init, res in zip(cfgs, inits, got):
+    steps, acc = evaluation.accuracy_curve(down_model, init, res, xe, ye, phase="downstream")
+    start = activity.measure(down_model, init, probe_x, layers=layers)
+    act = _with_start(activity.curves_from_metrics(res.metrics, phase="downstream",
+                                                   seeds=seeds.seed_ids(cfg)), start, steps)
+    blocks.append(Block(res, init, steps, acc, act,
+                        evaluation.split_accuracy(down_model, res.params, data.parts["test"])))
+  return blocks, up0, down_lr
 
 
-def _point(config, width: int, lr: float, ks, b: int, block, up: dict, dw: dict,
-           scratch_act) -> dict:
-  """The summary of block b (arm, upstream length L, K group g) against the scratch seeds."""
+def _point(config, width: int, lr: float, ks, block, group: Group, up0, arm_b: Block,
+           scratch: Block, down_lr: float, scratch_act) -> dict:
+  """The summary of one arm block (arm, upstream length L, K group) against the scratch block."""
   arm, length, g = block
-  dn, ns = config.downstream, int(config.train.num_seeds)
-  down, d_steps, d_acc = dw["res"], dw["steps"], dw["acc"]
-  block_rows = np.arange(ns)   # a seed's row inside its block of ns
-  ok0 = ~down.diverged[:ns]
-  sl, ug = slice(b * ns, (b + 1) * ns), slice(g * ns, (g + 1) * ns)
-  ok = ~down.diverged[sl] & ~up["res"].diverged[ug]
-  stats = lib.gain_stats(d_steps, d_acc[:ns], d_acc[sl], float(dn.threshold), seed=b,
+  dn = config.downstream
+  ok0 = ~scratch.res.diverged
+  ok = ~arm_b.res.diverged & ~group.res.diverged
+  stats = lib.gain_stats(arm_b.steps, scratch.acc, arm_b.acc, float(dn.threshold),
+                         seed=lib.downstream_blocks(config).index(block),
                          diverged_scratch=~ok0, diverged_arm=~ok)
-  at_l = up["steps"] == length
+  at_l = group.steps == length
   point = {
-      "width": width, "learning_rate": lr, "downstream_learning_rate": dw["lr"],
+      "width": width, "learning_rate": lr, "downstream_learning_rate": down_lr,
       "num_random_classes": ks[g], "upstream_steps": length, "arm": arm, "switch_step": length,
       **stats, "threshold": float(dn.threshold),
-      "upstream_train_accuracy": up["acc"][ug][:, at_l][:, 0] if at_l.any() else None,
-      "downstream_steps": d_steps, "final_train_accuracy": d_acc[sl][:, -1],
-      "test_accuracy": dw["test"][sl], "test_accuracy_scratch": dw["test"][:ns],
-      "diverged_upstream": int(up["res"].diverged[ug].sum()),
-      "diverged": int(down.diverged[sl].sum()), "finished": ok, "scratch_finished": ok0,
+      "upstream_train_accuracy": group.acc[:, at_l][:, 0] if at_l.any() else None,
+      "downstream_steps": arm_b.steps, "final_train_accuracy": arm_b.acc[:, -1],
+      "test_accuracy": arm_b.test, "test_accuracy_scratch": scratch.test,
+      "diverged_upstream": int(group.res.diverged.sum()),
+      "diverged": int(arm_b.res.diverged.sum()), "finished": ok, "scratch_finished": ok0,
   }
   if not stats.get("error"):
-    mean, std = curves.seed_mean_std(d_acc[sl][ok])
-    acts, drops = lib.point_activity(up["act"], dw["up_act0"], dw["act"], d_steps, length,
-                                     g * ns + block_rows[ok], b * ns + block_rows[ok],
-                                     block_rows[ok0],
-                                     float(dn.drop_window))
-    point.update(accuracy=mean, accuracy_std=std, accuracy_scratch=d_acc[:ns][ok0].mean(0),
-                 accuracy_seeds=d_acc[sl][ok], accuracy_scratch_seeds=d_acc[:ns][ok0],
+    mean, std = curves.seed_mean_std(arm_b.acc[ok])
+    acts, drops = lib.point_activity(lib.rows(group.act, ok), lib.rows(up0, ok),
+                                     lib.rows(arm_b.act, ok), lib.rows(scratch.act, ok0),
+                                     arm_b.steps, length, float(dn.drop_window))
+    point.update(accuracy=mean, accuracy_std=std, accuracy_scratch=scratch.acc[ok0].mean(0),
+                 accuracy_seeds=arm_b.acc[ok], accuracy_scratch_seeds=scratch.acc[ok0],
                  activity=acts, activity_drop=drops, scratch_activity=scratch_act)
   return point
 
 
 @train.driven
-def run_cell(config, workdir: str, width: int, lr: float, data) -> Generator:
-  """Upstream (all K and L) + downstream (all arms) for one (width, lr) on `common.Data` data;
-  returns its points."""
-  sw, ns = config.sweep, int(config.train.num_seeds)
+def run_cell(config, workdir: str, width: int, lr: float, data: inputs.Data) -> Generator:
+  """Upstream (all K and L) + downstream (all arms) for one (width, lr); returns its points."""
+  sw = config.sweep
   ks = [int(k) for k in sw.num_random_classes]
   lengths = sorted(int(l) for l in sw.upstream_steps)
   up_model, down_model = _cell_models(config, width, ks, data.num_classes)
   layers = list(config.get("activity_layers") or []) or None
-  probe_x = common.head(data.parts["downstream"], int(config.probe_examples))[0]
+  probe_x = data.parts["downstream"].head(int(config.probe_examples))[0]
   probe = activity.make_probe_fn(probe_x, layers=layers)
-  up = yield from _upstream(config, workdir, lr, data, up_model, probe, ks, lengths)
-  dw = yield from _downstream(config, workdir, lr, data, down_model, probe, layers, up)
-  ok0 = ~dw["res"].diverged[:ns]
-  scratch_act = {layer: lib.seed_summary(dw["act"][layer], np.arange(ns)[ok0], dw["steps"])
-                 for layer in dw["act"]} if ok0.any() else {}
+  groups = yield from _upstream(config, workdir, lr, data, up_model, probe, ks, lengths)
+  blocks, up0, down_lr = yield from _downstream(config, workdir, lr, data, down_model, probe,
+                                                layers, groups)
+  scratch = blocks[0]
+  ok0 = ~scratch.res.diverged
+  scratch_act = {layer: lib.seed_summary(scratch.act[layer], np.flatnonzero(ok0), scratch.steps)
+                 for layer in scratch.act} if ok0.any() else {}
   out = {}
-  for b, (arm, length, g) in enumerate(dw["blocks"][1:], start=1):
+  for block, arm_b in zip(lib.downstream_blocks(config)[1:], blocks[1:]):
+    arm, length, g = block
     out[lib.point_id(width, lr, ks[g], length, arm)] = _point(
-        config, width, lr, ks, b, (arm, length, g), up, dw, scratch_act)
+        config, width, lr, ks, block, groups[g], up0[g], arm_b, scratch, down_lr, scratch_act)
   return out
 
 
@@ -212,7 +248,7 @@ def run(config, workdir: str) -> Generator:
   """
   lib.validate(config)
   t0 = time.time()
-  data = common.load_data(config, workdir)
+  data = inputs.load(config, workdir)
   sw = config.sweep
   points = {}
   for width, lr in itertools.product(sw.widths, sw.learning_rates):
@@ -226,7 +262,7 @@ def run(config, workdir: str) -> Generator:
       for p in done.values():
         p["cell_runtime_s"] = time.time() - tc
       return done
-    points.update((yield from common.resume_steps(cell, "points", compute)))
+    points.update((yield from phases.resume_steps(cell, "points", compute)))
   layers = models.sort_layers({l for p in points.values() for l in p.get("activity", {})})
   later_from = int(config.get("later_layers_from", -1))
   later_from = int(sw.width_from) if later_from < 0 else later_from
@@ -237,7 +273,7 @@ def run(config, workdir: str) -> Generator:
   out["runtime_s"] = time.time() - t0      # this invocation (finished cells are read back)
   cells = {(p["width"], p["learning_rate"]): p.get("cell_runtime_s", 0.0) for p in points.values()}
   out["cells_runtime_s"] = float(sum(cells.values()))   # training + analysis of every cell
-  out = common.jsonable(out)
+  out = phases.jsonable(out)
   out["claims"] = claims.stamp(config, out)
   results.write_json(workdir, "results.json", out)
   return out
