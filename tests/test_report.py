@@ -271,3 +271,17 @@ def test_readme_markers_take_the_report(tmp_path, capsys):
   with pytest.raises(SystemExit) as info:
     report_cli.into_markers(str(readme), "x")
   assert info.value.code == 2 and "fmnist-report:begin" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_kept_run_gives_the_same_rows_and_its_command_names_workdirs(workdirs, tmp_path):
+  """experiments.keep copies the small files only; the report reads the kept copy as the run."""
+  from experiments import keep   # pylint: disable=g-import-not-at-top
+  dest = tmp_path / "kept" / "fig5_tiny"
+  copied = keep.keep(workdirs["fig5"], str(dest))
+  assert "results.json" in copied and not any(c.endswith(".npz") or "_state" in c for c in copied)
+  rec = json.loads((dest / "run.json").read_text())
+  assert "--workdir=workdirs/fig5_tiny" in rec["argv"] and "cwd" not in rec
+  a = [(r.id, r.verdict, r.ours) for r in _rows(workdirs["fig5"])]
+  b = [(r.id, r.verdict, r.ours) for r in _rows(str(dest))]
+  assert a == b
