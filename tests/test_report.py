@@ -177,7 +177,8 @@ def test_fig20_rmse_is_the_runners_own(workdirs):
   rmse = json.load(open(os.path.join(workdirs["fig20"], "results.json")))["right"]["checks"][
       "rmse_vs_paper"]
   assert f"RMSE of the seed-mean f {rmse:.3f}" in row.ours
-  assert row.n == 2 and row.verdict in (claims.core.UNDERPOWERED, claims.core.REGIME_NOT_REACHED)
+  # 2 seeds: underpowered, or (the tiny run barely fits its random labels) outside the regime
+  assert (row.verdict, row.n) in ((claims.core.UNDERPOWERED, 2), (claims.core.REGIME_NOT_REACHED, 0))
 
 
 @pytest.mark.slow
