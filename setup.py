@@ -29,7 +29,8 @@ setup(
         "tensorboardX",      # TensorBoard event files per member (rl_align.tensorboard), no TensorFlow
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "pytest-xdist", "nbformat", "nbclient", "ipykernel"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "nbformat", "nbclient", "ipykernel",
+                 "ruff"],
         "tf": ["tensorflow-cpu"],
         "bench": ["torch==2.13.0"],
     },
