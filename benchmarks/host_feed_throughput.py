@@ -36,6 +36,7 @@ Usage::
 Extending: register an arm class in ``ARMS`` with ``setup()``, ``run()`` (one timed round),
 ``steps()`` (engine steps per round) and ``close()``.
 """
+
 import os
 import platform
 import sys
@@ -76,8 +77,11 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_threads", 1, "grain threads preparing chunks (stream arms).")
   flags.DEFINE_integer("prefetch", 2, "Chunks prepared ahead (stream arms).")
   flags.DEFINE_integer("features", 256, "Conv filters of the paper CNN (engine arms).")
-  flags.DEFINE_list("arms", ["load", "stream", "stream_put"], "Arms: load, stream, stream_put, "
-                    "engine_device, engine_host.")
+  flags.DEFINE_list(
+    "arms",
+    ["load", "stream", "stream_put"],
+    "Arms: load, stream, stream_put, engine_device, engine_host.",
+  )
   flags.DEFINE_string("json", None, "Write the results here (JSON).")
 
 
@@ -96,7 +100,7 @@ class _FeedArm:
   def setup(self) -> float:
     t0 = time.perf_counter()
     self.start = 0
-    self.run()   # warm-up: compiles the permutation and label functions for these shapes
+    self.run()  # warm-up: compiles the permutation and label functions for these shapes
     return time.perf_counter() - t0
 
   def steps(self) -> int:
@@ -132,6 +136,7 @@ class StreamPutArm(StreamArm):
 
 class _EngineArm(_FeedArm):
   """The paper CNN in `engine_core.Engine`, S members, trained chunk by chunk."""
+
   features = 256
 
   def setup(self) -> float:
@@ -139,7 +144,11 @@ class _EngineArm(_FeedArm):
     feed = self.feed
     cfg = engine_config.default_config()
     cfg.num_seeds, cfg.batch_size, cfg.seed, cfg.num_steps = (
-        feed.num_members, feed.batch_size, feed.data_seed, 10 ** 6)
+      feed.num_members,
+      feed.batch_size,
+      feed.data_seed,
+      10**6,
+    )
     model = models.PaperCNN(features=self.features, num_classes=feed.labels.num_classes)
     eng = engine_core.Engine(model, cfg, (feed.n,) + feed.example_shape, feed.num_members)
     members = seeds_lib.Members.of(cfg).padded(eng.m_pad)
@@ -147,7 +156,7 @@ class _EngineArm(_FeedArm):
     self.state = eng.initial_state(members)
     self._inputs(feed, cfg)
     self.start = 0
-    self.run()   # warm-up: compiles the chunk
+    self.run()  # warm-up: compiles the chunk
     return time.perf_counter() - t0
 
   def params(self):
@@ -159,9 +168,10 @@ class _EngineArm(_FeedArm):
 
 class EngineDeviceArm(_EngineArm):
   def _inputs(self, feed, cfg):
-    x, _ = feed.head(feed.n)   # the whole training set, standardized, on the device
-    labels = seeds_lib.random_labels(feed.labels.root_seed, seeds_lib.seed_ids(cfg), feed.n,
-                                 feed.labels.num_classes)
+    x, _ = feed.head(feed.n)  # the whole training set, standardized, on the device
+    labels = seeds_lib.random_labels(
+      feed.labels.root_seed, seeds_lib.seed_ids(cfg), feed.n, feed.labels.num_classes
+    )
     self.inputs = self.eng.put_inputs(self.members, x, labels)
 
   def run(self) -> None:
@@ -175,41 +185,90 @@ class EngineHostArm(_EngineArm):
     del cfg
     rows = pipeline.local_rows(self.eng.member_sharding, self.eng.m_pad)
     self.local = pipeline.HostFeed(
-        feed.source, seed_ids=[self.members.ids[r] for r in rows], data_seed=feed.data_seed,
-        batch_size=feed.batch_size, labels=feed.labels, mean=feed.mean, std=feed.std,
-        num_threads=feed.num_threads, prefetch=feed.prefetch)
+      feed.source,
+      seed_ids=[self.members.ids[r] for r in rows],
+      data_seed=feed.data_seed,
+      batch_size=feed.batch_size,
+      labels=feed.labels,
+      mean=feed.mean,
+      std=feed.std,
+      num_threads=feed.num_threads,
+      prefetch=feed.prefetch,
+    )
     self.hparams = self.eng.put_members(self.members.hparams())
     self.sums = (self.eng.put_members(np.zeros(self.eng.m_pad, np.float32)),) * 2
     self.put = pipeline.putter(self.eng.member_sharding)
 
   def run(self) -> None:
     for c in self.local.chunks(self._bounds(), put=self.put):
-      self.state, *_ = self.eng.chunk_fed(self.state, self.hparams, self.sums, c.x, c.y,
-                                          np.int32(c.t0), np.int32(0), np.int32(c.t1 - c.t0))
+      self.state, *_ = self.eng.chunk_fed(
+        self.state,
+        self.hparams,
+        self.sums,
+        c.x,
+        c.y,
+        np.int32(c.t0),
+        np.int32(0),
+        np.int32(c.t1 - c.t0),
+      )
     jax.block_until_ready(self.state)
 
 
-ARMS = {"load": LoadArm, "stream": StreamArm, "stream_put": StreamPutArm,
-        "engine_device": EngineDeviceArm, "engine_host": EngineHostArm}
+ARMS = {
+  "load": LoadArm,
+  "stream": StreamArm,
+  "stream_put": StreamPutArm,
+  "engine_device": EngineDeviceArm,
+  "engine_host": EngineHostArm,
+}
 
 
-def make_feed(seeds: int, batch_size: int, size: int, n: int, num_threads: int, prefetch: int,
-              short_side: int = 256, cell: int = 48) -> pipeline.HostFeed:
+def make_feed(
+  seeds: int,
+  batch_size: int,
+  size: int,
+  n: int,
+  num_threads: int,
+  prefetch: int,
+  short_side: int = 256,
+  cell: int = 48,
+) -> pipeline.HostFeed:
   src = data.source("photos", n=n, size=size, short_side=short_side, cell=cell, seed=0)
   mean, std = data.channel_stats(src)
-  return pipeline.HostFeed(src, seed_ids=range(seeds), data_seed=0, batch_size=batch_size,
-                           labels=pipeline.RandomLabels(1, 10), mean=mean, std=std,
-                           num_threads=num_threads, prefetch=prefetch)
+  return pipeline.HostFeed(
+    src,
+    seed_ids=range(seeds),
+    data_seed=0,
+    batch_size=batch_size,
+    labels=pipeline.RandomLabels(1, 10),
+    mean=mean,
+    std=std,
+    num_threads=num_threads,
+    prefetch=prefetch,
+  )
 
 
-def run_benchmark(arms, seeds: int, batch_size: int, size: int, n: int, steps_per_chunk: int,
-                  chunks: int, repeats: int, num_threads: int, prefetch: int,
-                  short_side: int = 256, cell: int = 48, features: int = 256) -> dict:
+def run_benchmark(
+  arms,
+  seeds: int,
+  batch_size: int,
+  size: int,
+  n: int,
+  steps_per_chunk: int,
+  chunks: int,
+  repeats: int,
+  num_threads: int,
+  prefetch: int,
+  short_side: int = 256,
+  cell: int = 48,
+  features: int = 256,
+) -> dict:
   unknown = [a for a in arms if a not in ARMS]
   if unknown:
-    raise errors.ConfigError(f"--arms has unknown arms {unknown}. Fix: use names from "
-                             f"{sorted(ARMS)}.")
-  host = machine.describe()   # CPU model, cores and the fp32 matmul rate, measured before the arms
+    raise errors.ConfigError(
+      f"--arms has unknown arms {unknown}. Fix: use names from {sorted(ARMS)}."
+    )
+  host = machine.describe()  # CPU model, cores and the fp32 matmul rate, measured before the arms
   feed = make_feed(seeds, batch_size, size, n, num_threads, prefetch, short_side, cell)
   objs = {a: ARMS[a](feed, chunks, steps_per_chunk) for a in arms}
   for o in objs.values():
@@ -218,7 +277,7 @@ def run_benchmark(arms, seeds: int, batch_size: int, size: int, n: int, steps_pe
   rounds = {a: [] for a in arms}
   cpu = {a: [] for a in arms}
   for r in range(repeats):
-    order = arms[r % len(arms):] + arms[:r % len(arms)]
+    order = arms[r % len(arms) :] + arms[: r % len(arms)]
     for a in order:
       c0, t0 = time.process_time(), time.perf_counter()
       objs[a].run()
@@ -229,58 +288,94 @@ def run_benchmark(arms, seeds: int, batch_size: int, size: int, n: int, steps_pe
   for a in arms:
     best = min(rounds[a])
     steps = objs[a].steps()
-    rows.append({"arm": a, "rounds_s": rounds[a], "setup_s": setup_s[a],
-                 "steps_per_s": steps / best, "batches_per_s": steps * seeds / best,
-                 "mb_per_s": steps * step_bytes / best / 1e6,
-                 "cpu_s_per_step": min(cpu[a]) / steps})
+    rows.append(
+      {
+        "arm": a,
+        "rounds_s": rounds[a],
+        "setup_s": setup_s[a],
+        "steps_per_s": steps / best,
+        "batches_per_s": steps * seeds / best,
+        "mb_per_s": steps * step_bytes / best / 1e6,
+        "cpu_s_per_step": min(cpu[a]) / steps,
+      }
+    )
     if isinstance(objs[a], _EngineArm):
       rows[-1].update(layout=objs[a].layout, features=features)
   by = {r["arm"]: r for r in rows}
   if "engine_device" in by and "engine_host" in by:
-    by["engine_host"]["vs_engine_device"] = (by["engine_host"]["steps_per_s"]
-                                             / by["engine_device"]["steps_per_s"])
+    by["engine_host"]["vs_engine_device"] = (
+      by["engine_host"]["steps_per_s"] / by["engine_device"]["steps_per_s"]
+    )
     # Same init, same batches, same number of steps: the same parameters, bit for bit.
-    leaves = zip(jax.tree.leaves(objs["engine_device"].params()),
-                 jax.tree.leaves(objs["engine_host"].params()))
+    leaves = zip(
+      jax.tree.leaves(objs["engine_device"].params()), jax.tree.leaves(objs["engine_host"].params())
+    )
     by["engine_host"]["params_equal"] = all(np.array_equal(p, q) for p, q in leaves)
   for o in objs.values():
     o.close()
-  return {"workload": {"source": "photos", "short_side": short_side, "cell": cell,
-                       "seeds": seeds, "batch_size": batch_size,
-                       "example_shape": [size, size, 3], "num_examples": n,
-                       "steps_per_chunk": steps_per_chunk, "chunks_per_round": chunks,
-                       "num_threads": num_threads, "prefetch": prefetch,
-                       "bytes_per_step": step_bytes},
-          "arms": rows,
-          "machine": {**host, "platform": platform.platform(),
-                      "devices": [str(d) for d in jax.devices()],
-                      "load_average_1m": os.getloadavg()[0]}}
+  return {
+    "workload": {
+      "source": "photos",
+      "short_side": short_side,
+      "cell": cell,
+      "seeds": seeds,
+      "batch_size": batch_size,
+      "example_shape": [size, size, 3],
+      "num_examples": n,
+      "steps_per_chunk": steps_per_chunk,
+      "chunks_per_round": chunks,
+      "num_threads": num_threads,
+      "prefetch": prefetch,
+      "bytes_per_step": step_bytes,
+    },
+    "arms": rows,
+    "machine": {
+      **host,
+      "platform": platform.platform(),
+      "devices": [str(d) for d in jax.devices()],
+      "load_average_1m": os.getloadavg()[0],
+    },
+  }
 
 
 def main(argv):
   del argv
-  host_devices.expose_host_cores()   # before any device use: one XLA host device per core
+  host_devices.expose_host_cores()  # before any device use: one XLA host device per core
   try:
-    out = run_benchmark(list(FLAGS.arms), FLAGS.seeds, FLAGS.batch_size, FLAGS.size,
-                        FLAGS.num_examples, FLAGS.steps_per_chunk, FLAGS.chunks, FLAGS.repeats,
-                        FLAGS.num_threads, FLAGS.prefetch, FLAGS.short_side, FLAGS.cell,
-                        FLAGS.features)
+    out = run_benchmark(
+      list(FLAGS.arms),
+      FLAGS.seeds,
+      FLAGS.batch_size,
+      FLAGS.size,
+      FLAGS.num_examples,
+      FLAGS.steps_per_chunk,
+      FLAGS.chunks,
+      FLAGS.repeats,
+      FLAGS.num_threads,
+      FLAGS.prefetch,
+      FLAGS.short_side,
+      FLAGS.cell,
+      FLAGS.features,
+    )
   except errors.RLAlignError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   w = out["workload"]
   mach = out["machine"]
-  print(f"host feed: S={w['seeds']} x B={w['batch_size']} x {tuple(w['example_shape'])} photos, "
-        f"T={w['steps_per_chunk']}; {mach['cpu_model']}, {mach['cores']} cores, fp32 matmul "
-        f"{mach.get('fp32_matmul_gflops', float('nan')):.0f} GFLOP/s, load average "
-        f"{mach['load_average_1m']:.1f}")
+  print(
+    f"host feed: S={w['seeds']} x B={w['batch_size']} x {tuple(w['example_shape'])} photos, "
+    f"T={w['steps_per_chunk']}; {mach['cpu_model']}, {mach['cores']} cores, fp32 matmul "
+    f"{mach.get('fp32_matmul_gflops', float('nan')):.0f} GFLOP/s, load average "
+    f"{mach['load_average_1m']:.1f}"
+  )
   for r in out["arms"]:
     extra = ""
     if "vs_engine_device" in r:
       extra = f"  {r['vs_engine_device']:.2f}x engine_device, params equal: {r['params_equal']}"
-    print(f"  {r['arm']:<13} {r['steps_per_s']:8.2f} steps/s  {r['batches_per_s']:8.1f} "
-          f"batches/s  {r['mb_per_s']:8.1f} MB/s  {r['cpu_s_per_step'] * 1e3:7.1f} ms CPU/step"
-          + extra)
+    print(
+      f"  {r['arm']:<13} {r['steps_per_s']:8.2f} steps/s  {r['batches_per_s']:8.1f} "
+      f"batches/s  {r['mb_per_s']:8.1f} MB/s  {r['cpu_s_per_step'] * 1e3:7.1f} ms CPU/step" + extra
+    )
   output.emit(out, FLAGS.json, echo=False)
 
 

@@ -16,6 +16,7 @@ The fp32 matmul peak (numpy, 4096^2, both cores) is measured in the same run; th
 reported as nominal 2*P*d^2 flops per image (what an im2col Gram would execute) and as the flops
 the chosen method actually executed, both per second of ours' end-to-end time.
 """
+
 import argparse
 import gc
 import json
@@ -32,7 +33,7 @@ from benchmarks import output
 
 H = W = 32
 C = 3
-_NAIVE_BYTES_PER_COORD = 16     # measured 12-15.5: float32 patches + np.cov's float64 copy
+_NAIVE_BYTES_PER_COORD = 16  # measured 12-15.5: float32 patches + np.cov's float64 copy
 
 
 def _images(n: int, seed: int) -> np.ndarray:
@@ -66,13 +67,16 @@ def _peak_rss_bytes() -> int:
 
 def _naive(x: np.ndarray, k: int) -> np.ndarray:
   from sklearn.feature_extraction import image  # pylint: disable=g-import-not-at-top
-  patches = np.concatenate([image.extract_patches_2d(im, (k, k)).reshape(-1, k * k * C)
-                            for im in x])
+
+  patches = np.concatenate(
+    [image.extract_patches_2d(im, (k, k)).reshape(-1, k * k * C) for im in x]
+  )
   return np.cov(patches, rowvar=False)
 
 
 def _ours(x: np.ndarray, k: int, batch_size: int) -> np.ndarray:
   from rl_align import covariance  # pylint: disable=g-import-not-at-top
+
   return covariance.patch_covariance(x, k, batch_size=batch_size)[1]
 
 
@@ -93,17 +97,31 @@ def child(arm: str, n: int, k: int, seed: int, repeats: int, batch_size: int, ou
     times.append(time.perf_counter() - t0)
   np.save(out, cov)
   peak = _peak_rss_bytes()
-  return {"time_s": min(times), "times_s": times, "peak_rss_gb": peak / 1e9,
-          "net_rss_gb": (peak - before) / 1e9, "before_rss_gb": before / 1e9,
-          "peak_is_arm_only": reset}
+  return {
+    "time_s": min(times),
+    "times_s": times,
+    "peak_rss_gb": peak / 1e9,
+    "net_rss_gb": (peak - before) / 1e9,
+    "before_rss_gb": before / 1e9,
+    "peak_is_arm_only": reset,
+  }
 
 
 def _run_child(arm, n, k, args) -> tuple:
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "cov.npy")
-    cmd = [sys.executable, "-m", "benchmarks.patch_covariance", f"--_child={arm}", f"--n={n}",
-           f"--k={k}", f"--seed={args.seed}", f"--repeats={args.repeats}",
-           f"--batch_size={args.batch_size}", f"--_out={out}"]
+    cmd = [
+      sys.executable,
+      "-m",
+      "benchmarks.patch_covariance",
+      f"--_child={arm}",
+      f"--n={n}",
+      f"--k={k}",
+      f"--seed={args.seed}",
+      f"--repeats={args.repeats}",
+      f"--batch_size={args.batch_size}",
+      f"--_out={out}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
       raise RuntimeError(f"child {arm} n={n} k={k} failed:\n{proc.stderr[-3000:]}")
@@ -149,6 +167,7 @@ def naive_n(ns, k: int, max_gb: float) -> int:
 def bench_one(n: int, k: int, args, peak: float, naive_run) -> dict:
   """One (N, k) row; naive_run = (n_naive, result, cov) of the naive arm for this k, or None."""
   from rl_align import covariance  # pylint: disable=g-import-not-at-top
+
   ours, cov_ours = _run_child("ours", n, k, args)
   data_gb = n * H * W * C * 4 / 1e9
   row = {"n": n, "k": k, "d": k * k * C, "ours": ours}
@@ -157,20 +176,33 @@ def bench_one(n: int, k: int, args, peak: float, naive_run) -> dict:
     scale = n / n_naive
     row["naive"] = dict(naive, measured_n=n_naive)
     if n_naive != n:
-      row["naive"].update(time_s=naive["time_s"] * scale, net_rss_gb=naive["net_rss_gb"] * scale,
-                          peak_rss_gb=naive["before_rss_gb"] - n_naive / n * data_gb + data_gb
-                          + naive["net_rss_gb"] * scale,
-                          extrapolated_from=n_naive, measured_time_s=naive["time_s"],
-                          measured_net_rss_gb=naive["net_rss_gb"])
+      row["naive"].update(
+        time_s=naive["time_s"] * scale,
+        net_rss_gb=naive["net_rss_gb"] * scale,
+        peak_rss_gb=naive["before_rss_gb"]
+        - n_naive / n * data_gb
+        + data_gb
+        + naive["net_rss_gb"] * scale,
+        extrapolated_from=n_naive,
+        measured_time_s=naive["time_s"],
+        measured_net_rss_gb=naive["net_rss_gb"],
+      )
     else:
-      row["max_rel_diff_vs_naive"] = float(np.abs(cov_ours - cov_naive).max() / np.abs(cov_naive).max())
+      row["max_rel_diff_vs_naive"] = float(
+        np.abs(cov_ours - cov_naive).max() / np.abs(cov_naive).max()
+      )
     row["speedup"] = row["naive"]["time_s"] / ours["time_s"]
     row["memory_ratio_net"] = row["naive"]["net_rss_gb"] / max(ours["net_rss_gb"], 1e-9)
   method = covariance.resolve_method("auto", (H, W, C), k)
   nominal = n * nominal_flops_per_image(k) / ours["time_s"] / 1e9
   executed = n * executed_flops_per_image(k, method) / ours["time_s"] / 1e9
-  row.update(method=method, nominal_gflops=nominal, executed_gflops=executed,
-             nominal_fraction_of_peak=nominal / peak, executed_fraction_of_peak=executed / peak)
+  row.update(
+    method=method,
+    nominal_gflops=nominal,
+    executed_gflops=executed,
+    nominal_fraction_of_peak=nominal / peak,
+    executed_fraction_of_peak=executed / peak,
+  )
   return row
 
 
@@ -182,22 +214,28 @@ def _check_small(k: int, seed: int) -> float:
 
 
 def table(rows, peak) -> str:
-  lines = [f"fp32 matmul peak measured in this run: {peak:.0f} GFLOP/s",
-           "| N | k | ours s | ours peak RSS GB (net) | naive s | naive peak RSS GB (net) | "
-           "speed-up | Gram GFLOP/s nominal (% peak) | executed (% peak) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    f"fp32 matmul peak measured in this run: {peak:.0f} GFLOP/s",
+    "| N | k | ours s | ours peak RSS GB (net) | naive s | naive peak RSS GB (net) | "
+    "speed-up | Gram GFLOP/s nominal (% peak) | executed (% peak) |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     o, nv = r["ours"], r.get("naive")
-    note = f" (extrapolated from N={nv['extrapolated_from']})" if nv and "extrapolated_from" in nv \
-        else ""
+    note = (
+      f" (extrapolated from N={nv['extrapolated_from']})"
+      if nv and "extrapolated_from" in nv
+      else ""
+    )
     naive_t = f"{nv['time_s']:.2f}{note}" if nv else "skipped"
     naive_m = f"{nv['peak_rss_gb']:.2f} ({nv['net_rss_gb']:.2f})" if nv else "skipped"
     speed = f"{r['speedup']:.0f}x" if nv else "-"
     lines.append(
-        f"| {r['n']} | {r['k']} | {o['time_s']:.3f} | {o['peak_rss_gb']:.2f} "
-        f"({o['net_rss_gb']:.3f}) | {naive_t} | {naive_m} | {speed} | "
-        f"{r['nominal_gflops']:.0f} ({100 * r['nominal_fraction_of_peak']:.0f}%) | "
-        f"{r['executed_gflops']:.0f} ({100 * r['executed_fraction_of_peak']:.0f}%) |")
+      f"| {r['n']} | {r['k']} | {o['time_s']:.3f} | {o['peak_rss_gb']:.2f} "
+      f"({o['net_rss_gb']:.3f}) | {naive_t} | {naive_m} | {speed} | "
+      f"{r['nominal_gflops']:.0f} ({100 * r['nominal_fraction_of_peak']:.0f}%) | "
+      f"{r['executed_gflops']:.0f} ({100 * r['executed_fraction_of_peak']:.0f}%) |"
+    )
   return "\n".join(lines)
 
 
@@ -206,8 +244,12 @@ def main(argv=None) -> dict:
   p.add_argument("--n", default="10000,50000", help="comma-separated image counts")
   p.add_argument("--k", default="3,5", help="comma-separated patch sizes")
   p.add_argument("--json", default="", help="write the results here")
-  p.add_argument("--naive_max_gb", type=float, default=6.0,
-                 help="largest estimated naive memory to run; beyond it scale from a smaller N")
+  p.add_argument(
+    "--naive_max_gb",
+    type=float,
+    default=6.0,
+    help="largest estimated naive memory to run; beyond it scale from a smaller N",
+  )
   p.add_argument("--repeats", type=int, default=2, help="best-of repeats of ours")
   p.add_argument("--batch_size", type=int, default=512)
   p.add_argument("--seed", type=int, default=0)
@@ -234,11 +276,17 @@ def main(argv=None) -> dict:
   for r in rows:
     r["nominal_fraction_of_peak"] = r["nominal_gflops"] / peak
     r["executed_fraction_of_peak"] = r["executed_gflops"] / peak
-  out = {"command": "python -m benchmarks.patch_covariance " + " ".join(sys.argv[1:]),
-         "image_shape": [H, W, C], "dtype": "float32", "cpu_count": os.cpu_count(),
-         "loadavg_at_start": load, "peak_gflops_fp32": peak,
-         "peak_gflops_before_after": [peak_before, peak_after],
-         "max_rel_diff_vs_naive_300_images": checks, "rows": rows}
+  out = {
+    "command": "python -m benchmarks.patch_covariance " + " ".join(sys.argv[1:]),
+    "image_shape": [H, W, C],
+    "dtype": "float32",
+    "cpu_count": os.cpu_count(),
+    "loadavg_at_start": load,
+    "peak_gflops_fp32": peak,
+    "peak_gflops_before_after": [peak_before, peak_after],
+    "max_rel_diff_vs_naive_300_images": checks,
+    "rows": rows,
+  }
   print(table(rows, peak))
   print("ours vs naive on 300 images, max |diff| / max |cov|:", checks)
   output.emit(out, args.json, echo=False)

@@ -35,6 +35,7 @@ Bytes (`step_bytes`) are an explicit estimate of the traffic a step cannot avoid
 A fused layout leaves out the activation it keeps on chip (the paper CNN's conv output).  Caches,
 re-reads within a layer and XLA's extra copies are not modelled: real traffic is higher.
 """
+
 import time
 from typing import Any, Iterable, Mapping
 
@@ -86,8 +87,16 @@ def patch_elements(model, input_shape: Iterable[int]) -> int:
   return int(k * k * c * np.prod(out.shape[1:3]))
 
 
-def step_bytes(n_params: int, batch: int, input_elements: int, activation_elements: int, *,
-               act_bytes: int = 4, opt_slots: int = 1, patch_elements: int = 0) -> dict[str, float]:
+def step_bytes(
+  n_params: int,
+  batch: int,
+  input_elements: int,
+  activation_elements: int,
+  *,
+  act_bytes: int = 4,
+  opt_slots: int = 1,
+  patch_elements: int = 0,
+) -> dict[str, float]:
   """Device-memory bytes of one model-step, by kind, and their "total" (module docstring).
 
   n_params: parameters; batch: examples per step; input_elements, activation_elements and
@@ -96,12 +105,12 @@ def step_bytes(n_params: int, batch: int, input_elements: int, activation_elemen
   arrays per parameter (SGD 0, momentum 1, Adam 2).
   """
   out = {
-      "parameters": 2.0 * n_params * PARAM_BYTES,
-      "gradients": 2.0 * n_params * PARAM_BYTES,
-      "optimizer": 2.0 * (1 + opt_slots) * n_params * PARAM_BYTES,
-      "inputs": float(batch) * (input_elements * 4 + 4),
-      "activations": float(ACTIVATION_PASSES) * batch * activation_elements * act_bytes,
-      "patches": float(PATCH_PASSES) * batch * patch_elements * act_bytes,
+    "parameters": 2.0 * n_params * PARAM_BYTES,
+    "gradients": 2.0 * n_params * PARAM_BYTES,
+    "optimizer": 2.0 * (1 + opt_slots) * n_params * PARAM_BYTES,
+    "inputs": float(batch) * (input_elements * 4 + 4),
+    "activations": float(ACTIVATION_PASSES) * batch * activation_elements * act_bytes,
+    "patches": float(PATCH_PASSES) * batch * patch_elements * act_bytes,
   }
   out["total"] = sum(out.values())
   return out
@@ -111,13 +120,18 @@ def step_bytes(n_params: int, batch: int, input_elements: int, activation_elemen
 # The floor.
 
 
-def floor(flops: float, n_bytes: float, peak_flops_per_s: float,
-          bytes_per_s: float) -> dict[str, Any]:
+def floor(
+  flops: float, n_bytes: float, peak_flops_per_s: float, bytes_per_s: float
+) -> dict[str, Any]:
   """The roofline floor of one step: max(compute time, memory time) and which one binds."""
   compute, memory = flops / peak_flops_per_s, n_bytes / bytes_per_s
-  return {"seconds": max(compute, memory), "compute_s": compute, "memory_s": memory,
-          "bound": "compute" if compute >= memory else "memory",
-          "arithmetic_intensity": flops / n_bytes if n_bytes else float("inf")}
+  return {
+    "seconds": max(compute, memory),
+    "compute_s": compute,
+    "memory_s": memory,
+    "bound": "compute" if compute >= memory else "memory",
+    "arithmetic_intensity": flops / n_bytes if n_bytes else float("inf"),
+  }
 
 
 def fraction_of_floor(seconds: float, floor_seconds: float) -> float:
@@ -145,10 +159,10 @@ def measure_matmul_peak(n: int = 8192, dtype: str = "float32", reps: int = 3) ->
   rng = np.random.default_rng(0)
   a, b = (jnp.asarray(rng.standard_normal((n, n), dtype=np.float32), dtype) for _ in range(2))
   mm = jax.jit(jnp.matmul)
-  return 2.0 * n ** 3 / _best_seconds(lambda: mm(a, b), reps)
+  return 2.0 * n**3 / _best_seconds(lambda: mm(a, b), reps)
 
 
-def measure_bandwidth(n_bytes: int = 2 ** 30, reps: int = 3) -> float:
+def measure_bandwidth(n_bytes: int = 2**30, reps: int = 3) -> float:
   """Device-memory bytes/s of the best of `reps` jitted copies y = x + 1 of a float32 array of
   n_bytes (read once, written once: 2 x n_bytes moved)."""
   x = jnp.zeros((max(int(n_bytes) // 4, 1),), jnp.float32)
@@ -156,11 +170,23 @@ def measure_bandwidth(n_bytes: int = 2 ** 30, reps: int = 3) -> float:
   return 2.0 * x.size * 4 / _best_seconds(lambda: copy(x), reps)
 
 
-def row(seconds_per_model_step: float, flops: float, bytes_by_kind: Mapping[str, float],
-        peak_flops_per_s: float, bytes_per_s: float) -> dict[str, Any]:
+def row(
+  seconds_per_model_step: float,
+  flops: float,
+  bytes_by_kind: Mapping[str, float],
+  peak_flops_per_s: float,
+  bytes_per_s: float,
+) -> dict[str, Any]:
   """The roofline fields of one benchmark row (a JSON-ready dict)."""
   f = floor(flops, bytes_by_kind["total"], peak_flops_per_s, bytes_per_s)
-  return {"flops": flops, "bytes": dict(bytes_by_kind), "peak_flops_per_s": peak_flops_per_s,
-          "bandwidth_bytes_per_s": bytes_per_s, "floor_s": f["seconds"],
-          "compute_s": f["compute_s"], "memory_s": f["memory_s"], "bound": f["bound"],
-          "fraction_of_floor": fraction_of_floor(seconds_per_model_step, f["seconds"])}
+  return {
+    "flops": flops,
+    "bytes": dict(bytes_by_kind),
+    "peak_flops_per_s": peak_flops_per_s,
+    "bandwidth_bytes_per_s": bytes_per_s,
+    "floor_s": f["seconds"],
+    "compute_s": f["compute_s"],
+    "memory_s": f["memory_s"],
+    "bound": f["bound"],
+    "fraction_of_floor": fraction_of_floor(seconds_per_model_step, f["seconds"]),
+  }

@@ -14,6 +14,7 @@ the 1-minute load average before and after every arm (other jobs on a shared mac
 
     python -m benchmarks.sweep_throughput --epochs=20 --json=/tmp/sweep_bench.json
 """
+
 import os
 import subprocess
 import sys
@@ -28,8 +29,11 @@ from rl_align import machine
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("epochs", 20, "Epochs per point (the paper's 200 for the full run).")
-flags.DEFINE_list("learning_rates", ["0.005", "0.01", "0.015", "0.02", "0.03", "0.04", "0.05", "0.07"],
-                  "The swept learning rates (8 by default).")
+flags.DEFINE_list(
+  "learning_rates",
+  ["0.005", "0.01", "0.015", "0.02", "0.03", "0.04", "0.05", "0.07"],
+  "The swept learning rates (8 by default).",
+)
 flags.DEFINE_integer("seeds", 8, "Seeds per point.")
 flags.DEFINE_integer("repeats", 1, "Rounds of both arms.")
 flags.DEFINE_string("panel", "right", "Fig 20 panel.")
@@ -40,12 +44,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _arm(packing: str, workdir: str) -> tuple[float, list[float]]:
   """(wall seconds, [1-min load average before, after]) of one arm in a fresh process."""
-  cmd = [sys.executable, "-m", "experiments.eigenvalue_map",
-         f"--config=experiments/configs/fig20.py:{FLAGS.panel}", f"--workdir={workdir}",
-         f"--config.train.num_epochs={FLAGS.epochs}", f"--config.train.num_seeds={FLAGS.seeds}",
-         f"--config.train.snapshot_epochs=(0, {FLAGS.epochs})",
-         f"--sweep=train.learning_rate={','.join(FLAGS.learning_rates)}",
-         f"--sweep_packing={packing}"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "experiments.eigenvalue_map",
+    f"--config=experiments/configs/fig20.py:{FLAGS.panel}",
+    f"--workdir={workdir}",
+    f"--config.train.num_epochs={FLAGS.epochs}",
+    f"--config.train.num_seeds={FLAGS.seeds}",
+    f"--config.train.snapshot_epochs=(0, {FLAGS.epochs})",
+    f"--sweep=train.learning_rate={','.join(FLAGS.learning_rates)}",
+    f"--sweep_packing={packing}",
+  ]
   load, t = [os.getloadavg()[0]], time.perf_counter()
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
   wall = time.perf_counter() - t
@@ -68,13 +78,29 @@ def main(argv):
       with tempfile.TemporaryDirectory() as wd:
         wall, load = _arm("on" if arm == "packed" else "off", wd)
       best[arm] = min(best[arm], wall)
-      rounds.append({"round": r, "arm": arm, "wall_s": round(wall, 2),
-                     "load_average_1min": [round(l, 2) for l in load]})
-  out = {"machine": mach, "panel": FLAGS.panel, "epochs": FLAGS.epochs, "points": len(FLAGS.learning_rates),
-         "seeds": FLAGS.seeds, "steps_per_member": steps, "model_steps": model_steps,
-         "arms": {a: {"wall_s": round(w, 2), "model_steps_per_s": round(model_steps / w, 1)}
-                  for a, w in best.items()},
-         "packed_over_per_point": round(best["per_point"] / best["packed"], 3), "rounds": rounds}
+      rounds.append(
+        {
+          "round": r,
+          "arm": arm,
+          "wall_s": round(wall, 2),
+          "load_average_1min": [round(l, 2) for l in load],
+        }
+      )
+  out = {
+    "machine": mach,
+    "panel": FLAGS.panel,
+    "epochs": FLAGS.epochs,
+    "points": len(FLAGS.learning_rates),
+    "seeds": FLAGS.seeds,
+    "steps_per_member": steps,
+    "model_steps": model_steps,
+    "arms": {
+      a: {"wall_s": round(w, 2), "model_steps_per_s": round(model_steps / w, 1)}
+      for a, w in best.items()
+    },
+    "packed_over_per_point": round(best["per_point"] / best["packed"], 3),
+    "rounds": rounds,
+  }
   output.emit(out, FLAGS.json)
 
 

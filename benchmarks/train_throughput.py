@@ -58,6 +58,7 @@ model-step in its layout and dtype, the floor max(FLOPs / peak, bytes / bandwidt
 matmul peak of its dtype and the copy bandwidth both measured at the start of this run (top-level
 ``roofline.limits``), which of the two binds, and ``fraction_of_floor`` = floor / measured time.
 """
+
 import copy
 import os
 import platform
@@ -85,33 +86,63 @@ from rl_align.engine import layout as engine_layout
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "paper_cnn", ["paper_cnn", "fig20_dense", "small_cnn"], "Workload.")
-flags.DEFINE_list("seeds", ["16"], "Numbers of seeds S (comma list); one engine arm per S and layout.")
+flags.DEFINE_list(
+  "seeds", ["16"], "Numbers of seeds S (comma list); one engine arm per S and layout."
+)
 flags.DEFINE_integer("steps", 2, "SGD steps per seed per timed round, for every arm.")
-flags.DEFINE_list("arms", ["engine", "naive_jax", "torch"], "Arms: engine, naive_jax, torch, "
-                  "torch_func, torch_compile (the module docstring).")
-flags.DEFINE_list("layout", ["auto"], "Engine layouts (comma list): a member lift auto, vmap, "
-                  "unroll or map; append ':lax', ':im2col', ':fused' or ':pallas' to set the conv "
-                  "models' conv_impl (e.g. map:fused; without it: the model's own, auto for auto), "
-                  "'@D' to use only the "
-                  "first D devices (e.g. map@1) and '/M' for gradient micro-batches of M "
-                  "examples (e.g. auto/8; /B with B the batch: none).")
+flags.DEFINE_list(
+  "arms",
+  ["engine", "naive_jax", "torch"],
+  "Arms: engine, naive_jax, torch, torch_func, torch_compile (the module docstring).",
+)
+flags.DEFINE_list(
+  "layout",
+  ["auto"],
+  "Engine layouts (comma list): a member lift auto, vmap, "
+  "unroll or map; append ':lax', ':im2col', ':fused' or ':pallas' to set the conv "
+  "models' conv_impl (e.g. map:fused; without it: the model's own, auto for auto), "
+  "'@D' to use only the "
+  "first D devices (e.g. map@1) and '/M' for gradient micro-batches of M "
+  "examples (e.g. auto/8; /B with B the batch: none).",
+)
 flags.DEFINE_integer("repeats", 2, "Timed rounds; an arm's time is its best round.")
-flags.DEFINE_integer("baseline_seeds", 16, "The per-seed loops (naive_jax, torch) run min(S, this) "
-                     "seeds: their model-steps/s does not depend on S.")
-flags.DEFINE_integer("ensemble_seeds", 0, "The PyTorch ensembles (torch_func, torch_compile) run "
-                     "min(S, this) seeds (0: S). Their vmapped activations take memory per seed "
-                     "(the paper CNN: ~1 GB per seed at batch 256), while their model-steps/s "
-                     "changes little with S once each seed's work is large.")
+flags.DEFINE_integer(
+  "baseline_seeds",
+  16,
+  "The per-seed loops (naive_jax, torch) run min(S, this) "
+  "seeds: their model-steps/s does not depend on S.",
+)
+flags.DEFINE_integer(
+  "ensemble_seeds",
+  0,
+  "The PyTorch ensembles (torch_func, torch_compile) run "
+  "min(S, this) seeds (0: S). Their vmapped activations take memory per seed "
+  "(the paper CNN: ~1 GB per seed at batch 256), while their model-steps/s "
+  "changes little with S once each seed's work is large.",
+)
 flags.DEFINE_integer("batch_size", 0, "Override the workload's batch size (0: the paper's).")
 flags.DEFINE_integer("num_examples", 0, "Training set size (0: 8 batches).")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: the number of usable cores).")
-flags.DEFINE_enum("torch_device", "cpu", ["cpu", "cuda"], "Device of the torch arm. With cuda, "
-                  "TF32 matmuls are allowed, as JAX's default float32 precision does on GPU.")
+flags.DEFINE_enum(
+  "torch_device",
+  "cpu",
+  ["cpu", "cuda"],
+  "Device of the torch arm. With cuda, "
+  "TF32 matmuls are allowed, as JAX's default float32 precision does on GPU.",
+)
 flags.DEFINE_integer("peak_size", 4096, "Side of the square fp32 matmul that measures the peak.")
-flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes of the engine and naive JAX arms "
-                  "(config.model.dtype): float32 and/or bfloat16, side by side.")
-flags.DEFINE_integer("bandwidth_mb", 0, "Size of the copy that measures the memory bandwidth "
-                     "for the roofline (0: 256 MB on CPU, 2048 MB on accelerators).")
+flags.DEFINE_list(
+  "dtypes",
+  ["float32"],
+  "Compute dtypes of the engine and naive JAX arms "
+  "(config.model.dtype): float32 and/or bfloat16, side by side.",
+)
+flags.DEFINE_integer(
+  "bandwidth_mb",
+  0,
+  "Size of the copy that measures the memory bandwidth "
+  "for the roofline (0: 256 MB on CPU, 2048 MB on accelerators).",
+)
 flags.DEFINE_string("json", None, "Write the results here (JSON).")
 
 ARMS = ("engine", "naive_jax", "torch", "torch_func", "torch_compile")
@@ -119,13 +150,27 @@ TORCH_ARMS = ("torch", "torch_func", "torch_compile")
 
 # name -> (model constructor kwargs, input shape without batch, batch size, classes).
 WORKLOADS: dict[str, dict[str, Any]] = {
-    "fig20_dense": {"model": {"name": "dense", "widths": (2048, 256), "num_classes": 10},
-                    "input": (30,), "batch": 128},
-    "paper_cnn": {"model": {"name": "paper_cnn", "features": 256, "kernel_size": 3, "hidden": 64,
-                            "num_classes": 10},
-                  "input": (32, 32, 3), "batch": 256},
-    "small_cnn": {"model": {"name": "small_cnn", "features": (32, 64), "num_classes": 10},
-                  "input": (32, 32, 3), "batch": 128},
+  "fig20_dense": {
+    "model": {"name": "dense", "widths": (2048, 256), "num_classes": 10},
+    "input": (30,),
+    "batch": 128,
+  },
+  "paper_cnn": {
+    "model": {
+      "name": "paper_cnn",
+      "features": 256,
+      "kernel_size": 3,
+      "hidden": 64,
+      "num_classes": 10,
+    },
+    "input": (32, 32, 3),
+    "batch": 256,
+  },
+  "small_cnn": {
+    "model": {"name": "small_cnn", "features": (32, 64), "num_classes": 10},
+    "input": (32, 32, 3),
+    "batch": 128,
+  },
 }
 LEARNING_RATE, MOMENTUM = 0.01, 0.9
 
@@ -152,7 +197,7 @@ def matmul_peak(n: int = 4096, reps: int = 3) -> dict[str, float]:
       t = time.perf_counter()
       fn()
       times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / min(times) / 1e9
+    return 2 * n**3 / min(times) / 1e9
 
   ja, jb = jnp.asarray(a), jnp.asarray(b)
   mm = jax.jit(jnp.matmul)
@@ -181,6 +226,7 @@ def _cost_flops(compiled) -> float:
 def _torch():
   try:
     import torch  # pylint: disable=g-import-not-at-top
+
     return torch
   except ImportError:
     return None
@@ -199,15 +245,21 @@ def torch_model(name: str, kw: dict[str, Any]):
   if name == "paper_cnn":
     k, f = kw["kernel_size"], kw["features"]
     side = WORKLOADS[name]["input"][0] - k + 1
-    return tnn.Sequential(tnn.Conv2d(3, f, k), tnn.ReLU(), tnn.Flatten(),
-                          tnn.Linear(f * side * side, kw["hidden"]), tnn.ReLU(),
-                          tnn.Linear(kw["hidden"], kw["num_classes"]))
+    return tnn.Sequential(
+      tnn.Conv2d(3, f, k),
+      tnn.ReLU(),
+      tnn.Flatten(),
+      tnn.Linear(f * side * side, kw["hidden"]),
+      tnn.ReLU(),
+      tnn.Linear(kw["hidden"], kw["num_classes"]),
+    )
   layers, c = [], 3
   for f in kw["features"]:
     layers += [tnn.Conv2d(c, f, 3, padding=1), tnn.ReLU()]
     c = f
-  return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(),
-                        tnn.Linear(c, kw["num_classes"]))
+  return tnn.Sequential(
+    *layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(c, kw["num_classes"])
+  )
 
 
 def copy_params_to_torch(tmodel, params, input_shape) -> None:
@@ -219,13 +271,13 @@ def copy_params_to_torch(tmodel, params, input_shape) -> None:
   shape = tuple(input_shape)  # running NHWC shape without batch, to permute the flatten
   for name, m in zip(names, with_weights):
     k, b = np.asarray(params[name]["kernel"]), np.asarray(params[name]["bias"])
-    if k.ndim == 4:                                     # [k, k, C, F] -> [F, C, k, k]
+    if k.ndim == 4:  # [k, k, C, F] -> [F, C, k, k]
       w = k.transpose(3, 2, 0, 1)
       pad = m.padding[0]
       side = shape[0] + 2 * pad - k.shape[0] + 1
       shape = (side, side, k.shape[-1])
-    else:                                               # [in, out] -> [out, in]
-      if len(shape) == 3 and k.shape[0] == np.prod(shape):   # flatten of (H, W, C) vs (C, H, W)
+    else:  # [in, out] -> [out, in]
+      if len(shape) == 3 and k.shape[0] == np.prod(shape):  # flatten of (H, W, C) vs (C, H, W)
         h, wd, c = shape
         k = k.reshape(h, wd, c, -1).transpose(2, 0, 1, 3).reshape(k.shape)
       w = k.T
@@ -248,17 +300,28 @@ def _data(model_name: str, batch: int, n: int, seeds: int):
 
 class EngineArm:
   """rl_align.train's compiled chunk: `steps` steps of every seed per round."""
+
   arm = "engine"
 
-  def __init__(self, model, x, labels, seeds: int, layout: str, batch: int, steps: int,
-               devices: int = 0, microbatch: int = 0):
+  def __init__(
+    self,
+    model,
+    x,
+    labels,
+    seeds: int,
+    layout: str,
+    batch: int,
+    steps: int,
+    devices: int = 0,
+    microbatch: int = 0,
+  ):
     cfg = engine_config.default_config()
     cfg.optimizer, cfg.learning_rate, cfg.momentum = "momentum", LEARNING_RATE, MOMENTUM
     cfg.num_seeds, cfg.batch_size = seeds, batch
     lift, _, impl = layout.partition(":")
     own = getattr(model, "conv_impl", None) if lift != "auto" else None
     cfg.member_lift, cfg.conv_impl = lift, impl or own or "auto"
-    cfg.num_steps, cfg.grad_microbatch = 10 ** 6, microbatch
+    cfg.num_steps, cfg.grad_microbatch = 10**6, microbatch
     self.cfg, self.model, self.x, self.labels = cfg, model, x, labels
     self.seeds, self.steps, self.requested_layout = seeds, steps, layout
     self.layout, self.devices = "", devices
@@ -281,8 +344,9 @@ class EngineArm:
     return time.perf_counter() - t
 
   def _advance(self, n: int) -> None:
-    self.state, loss, _ = self.eng.chunk(self.state, self.inputs, np.int32(self.t),
-                                         np.int32(self.t + n))
+    self.state, loss, _ = self.eng.chunk(
+      self.state, self.inputs, np.int32(self.t), np.int32(self.t + n)
+    )
     jax.block_until_ready((self.state, loss))
     self.t += n
     self.last_loss = float(np.nanmean(np.asarray(loss)))
@@ -307,14 +371,17 @@ def naive_step_fn(model):
     def loss_fn(p):
       logits = model.apply({"params": p}, xb)
       return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
+
   return tx, step
 
 
 class NaiveJaxArm:
   """for seed: for step: jitted_step(...) on the default device, conv_impl="lax"."""
+
   arm, layout, requested_layout = "naive_jax", "", ""
 
   def __init__(self, model, x, labels, seeds: int, batch: int, steps: int):
@@ -330,8 +397,13 @@ class NaiveJaxArm:
     self.y_d = [jax.device_put(self.labels[s], dev) for s in range(self.seeds)]
     rng = np.random.default_rng(1)
     n = len(self.x)
-    self.idx = [[jax.device_put(rng.permutation(n)[:self.batch].astype(np.int32), dev)
-                 for _ in range(self.steps)] for _ in range(self.seeds)]
+    self.idx = [
+      [
+        jax.device_put(rng.permutation(n)[: self.batch].astype(np.int32), dev)
+        for _ in range(self.steps)
+      ]
+      for _ in range(self.seeds)
+    ]
     init = jax.jit(lambda k: self.model.init(k, jnp.zeros((1,) + self.x.shape[1:]))["params"])
     self.params = [init(seeds_lib.seed_key(0, s, seeds_lib.INIT_STREAM)) for s in range(self.seeds)]
     self.opt = [tx.init(p) for p in self.params]
@@ -342,8 +414,9 @@ class NaiveJaxArm:
     losses = []
     for s in range(self.seeds):
       for t in range(self.steps):
-        self.params[s], self.opt[s], loss = self.step(self.params[s], self.opt[s], self.x_d,
-                                                      self.y_d[s], self.idx[s][t])
+        self.params[s], self.opt[s], loss = self.step(
+          self.params[s], self.opt[s], self.x_d, self.y_d[s], self.idx[s][t]
+        )
       losses.append(loss)
     jax.block_until_ready((self.params, losses))
     self.last_loss = float(np.mean([float(l) for l in losses]))
@@ -362,8 +435,10 @@ def _torch_on(device: str, threads: int):
   torch.set_num_threads(threads)
   if device == "cuda":
     if not torch.cuda.is_available():
-      raise app.UsageError("--torch_device=cuda but torch sees no CUDA device. Fix: use "
-                           "--torch_device=cpu, or a CUDA build of torch on a GPU machine.")
+      raise app.UsageError(
+        "--torch_device=cuda but torch sees no CUDA device. Fix: use "
+        "--torch_device=cpu, or a CUDA build of torch on a GPU machine."
+      )
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
   return torch
@@ -371,10 +446,22 @@ def _torch_on(device: str, threads: int):
 
 class TorchArm:
   """for seed: for step: zero_grad, forward, cross_entropy, backward, SGD(momentum).step()."""
+
   arm, layout, requested_layout = "torch", "", ""
 
-  def __init__(self, model_name, kw, jax_model, x, labels, seeds: int, batch: int, steps: int,
-               threads: int, device: str = "cpu"):
+  def __init__(
+    self,
+    model_name,
+    kw,
+    jax_model,
+    x,
+    labels,
+    seeds: int,
+    batch: int,
+    steps: int,
+    threads: int,
+    device: str = "cpu",
+  ):
     self.model_name, self.kw, self.jax_model = model_name, kw, jax_model
     self.x, self.labels, self.seeds, self.batch, self.steps = x, labels, seeds, batch, steps
     self.threads, self.device = threads, device
@@ -389,8 +476,9 @@ class TorchArm:
     self.y_t = [dev(self.labels[s].astype(np.int64)) for s in range(self.seeds)]
     rng = np.random.default_rng(1)
     n = len(self.x)
-    self.idx = [[dev(rng.permutation(n)[:self.batch]) for _ in range(self.steps)]
-                for _ in range(self.seeds)]
+    self.idx = [
+      [dev(rng.permutation(n)[: self.batch]) for _ in range(self.steps)] for _ in range(self.seeds)
+    ]
     self.nets, self.opts = [], []
     for s in range(self.seeds):
       torch.manual_seed(s)
@@ -439,10 +527,22 @@ class TorchFuncArm:
   `vmap(grad_and_value(loss))`), SGD momentum on the stacked parameters; `compiled`: that step
   under torch.compile.  Seed s starts from torch's init under `manual_seed(s)` (as the loop's)
   and draws its own batches; every step of a round is one call of the (compiled) step."""
+
   layout, requested_layout = "", ""
 
-  def __init__(self, model_name, kw, x, labels, seeds: int, batch: int, steps: int,
-               threads: int, device: str = "cpu", compiled: bool = False):
+  def __init__(
+    self,
+    model_name,
+    kw,
+    x,
+    labels,
+    seeds: int,
+    batch: int,
+    steps: int,
+    threads: int,
+    device: str = "cpu",
+    compiled: bool = False,
+  ):
     self.arm = "torch_compile" if compiled else "torch_func"
     self.model_name, self.kw, self.x, self.labels = model_name, kw, x, labels
     self.seeds, self.batch, self.steps, self.threads = seeds, batch, steps, threads
@@ -454,11 +554,13 @@ class TorchFuncArm:
     x = self.x if self.x.ndim == 2 else self.x.transpose(0, 3, 1, 2)
     dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
     self.x_t = dev(x)
-    self.y_t = dev(self.labels[:self.seeds].astype(np.int64))              # [S, N]
+    self.y_t = dev(self.labels[: self.seeds].astype(np.int64))  # [S, N]
     rng = np.random.default_rng(1)
     n = len(self.x)
-    self.idx = [dev(np.stack([rng.permutation(n)[:self.batch] for _ in range(self.seeds)]))
-                for _ in range(self.steps)]                                 # [S, B] per step
+    self.idx = [
+      dev(np.stack([rng.permutation(n)[: self.batch] for _ in range(self.seeds)]))
+      for _ in range(self.steps)
+    ]  # [S, B] per step
     nets = []
     for s in range(self.seeds):
       torch.manual_seed(s)
@@ -468,15 +570,20 @@ class TorchFuncArm:
     self.params = {k: v.detach() for k, v in params.items()}
     self.buffers = buffers
     self.momenta = {k: torch.zeros_like(v) for k, v in self.params.items()}
-    self.run()   # compiles (torch_compile) and warms up
+    self.run()  # compiles (torch_compile) and warms up
     return time.perf_counter() - t
 
   def run(self) -> None:
     torch = _torch()
     for t in range(self.steps):
       idx = self.idx[t]
-      loss = self.step(self.params, self.buffers, self.momenta, self.x_t[idx],
-                       torch.take_along_dim(self.y_t, idx, dim=1))
+      loss = self.step(
+        self.params,
+        self.buffers,
+        self.momenta,
+        self.x_t[idx],
+        torch.take_along_dim(self.y_t, idx, dim=1),
+      )
     self.last_loss = float(loss.mean())
 
   def model_steps(self) -> int:
@@ -486,8 +593,9 @@ class TorchFuncArm:
     self.params = self.buffers = self.momenta = self.step = None
 
 
-def ensemble_step(nets, compiled: bool = False,
-                  learning_rate: float = LEARNING_RATE, momentum: float = MOMENTUM):
+def ensemble_step(
+  nets, compiled: bool = False, learning_rate: float = LEARNING_RATE, momentum: float = MOMENTUM
+):
   """step(params, buffers, momenta, xb [S, B, ...], yb [S, B]) -> losses [S]: one SGD-momentum
   step of the S nets (torch.optim.SGD's update: m = momentum m + g, p -= lr m, in place) on the
   parameters stacked by `torch.func.stack_module_state(nets)`, gradients by
@@ -498,6 +606,7 @@ def ensemble_step(nets, compiled: bool = False,
 
   def loss(params, buffers, xb, yb):
     return f.cross_entropy(func.functional_call(base, (params, buffers), (xb,)), yb)
+
   grads_and_losses = func.vmap(func.grad_and_value(loss))
 
   def step(params, buffers, momenta, xb, yb):
@@ -507,6 +616,7 @@ def ensemble_step(nets, compiled: bool = False,
         momenta[k].mul_(momentum).add_(grads[k])
         p.add_(momenta[k], alpha=-learning_rate)
     return losses
+
   return torch.compile(step) if compiled else step
 
 
@@ -534,12 +644,24 @@ def _parse_seeds(values) -> list[int]:
   return seeds
 
 
-def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str],
-                  layouts: list[str], repeats: int = 2, baseline_seeds: int = 16,
-                  batch_size: int = 0, num_examples: int = 0, torch_threads: int = 0,
-                  peak_size: int = 4096, torch_device: str = "cpu",
-                  log: Callable[[str], None] = print, dtypes=("float32",),
-                  bandwidth_mb: int = 0, ensemble_seeds: int = 0) -> dict[str, Any]:
+def run_benchmark(
+  model_name: str,
+  seeds: list[int],
+  steps: int,
+  arms: list[str],
+  layouts: list[str],
+  repeats: int = 2,
+  baseline_seeds: int = 16,
+  batch_size: int = 0,
+  num_examples: int = 0,
+  torch_threads: int = 0,
+  peak_size: int = 4096,
+  torch_device: str = "cpu",
+  log: Callable[[str], None] = print,
+  dtypes=("float32",),
+  bandwidth_mb: int = 0,
+  ensemble_seeds: int = 0,
+) -> dict[str, Any]:
   """Sets up every arm, times `repeats` interleaved rounds and returns the results dict."""
   t_start, load_start = time.perf_counter(), os.getloadavg()[0]
   bad = [a for a in arms if a not in ARMS]
@@ -548,8 +670,10 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
   bad = [l for l in layouts if _parse_layout(l) is None]
   if bad:
     lifts = ("auto",) + engine_layout.MEMBER_LIFTS
-    raise app.UsageError(f"--layout has unknown layouts {bad}; choose from {lifts}, each with an "
-                         "optional ':conv_impl'.")
+    raise app.UsageError(
+      f"--layout has unknown layouts {bad}; choose from {lifts}, each with an "
+      "optional ':conv_impl'."
+    )
   if steps < 1 or repeats < 1:
     raise app.UsageError("--steps and --repeats must be >= 1.")
   bad = [d for d in dtypes if d not in models.DTYPES]
@@ -557,8 +681,10 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
     raise app.UsageError(f"--dtypes has unknown dtypes {bad}; choose from {models.DTYPES}.")
   torch_arms = [a for a in arms if a in TORCH_ARMS]
   if torch_arms and _torch() is None:
-    raise app.UsageError(f"--arms has {','.join(torch_arms)} but PyTorch is not installed. Fix: "
-                         'pip install -e ".[bench]" (torch==2.13.0), or drop them from --arms.')
+    raise app.UsageError(
+      f"--arms has {','.join(torch_arms)} but PyTorch is not installed. Fix: "
+      'pip install -e ".[bench]" (torch==2.13.0), or drop them from --arms.'
+    )
   spec = WORKLOADS[model_name]
   kw = dict(spec["model"])
   batch = batch_size or spec["batch"]
@@ -569,8 +695,9 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
   model = models.build(kw)
   kw.pop("name")
   x, labels = _data(model_name, batch, n, max(seeds))
-  threads = torch_threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                              else os.cpu_count())
+  threads = torch_threads or (
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  )
 
   peaks = [matmul_peak(peak_size)]
   log(f"fp32 matmul peak (start): {peaks[0]}")
@@ -579,7 +706,13 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
   # FLOPs of one model-step (one seed, one SGD step, conv_impl="lax").
   tx, step = naive_step_fn(model)
   p0 = jax.jit(lambda k: model.init(k, jnp.zeros((1,) + x.shape[1:]))["params"])(jax.random.key(0))
-  args = (p0, tx.init(p0), jnp.asarray(x), jnp.asarray(labels[0]), jnp.arange(batch, dtype=jnp.int32))
+  args = (
+    p0,
+    tx.init(p0),
+    jnp.asarray(x),
+    jnp.asarray(labels[0]),
+    jnp.arange(batch, dtype=jnp.int32),
+  )
   xla_flops = _cost_flops(jax.jit(step).lower(*args).compile())
   jaxpr_flops = roofline.dot_conv_flops(jax.make_jaxpr(step)(*args).jaxpr)
   # XLA:GPU's cost analysis leaves out convolutions that run as cuDNN custom calls (the paper
@@ -587,8 +720,10 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
   flops = max(xla_flops, jaxpr_flops)
   n_params = int(sum(np.prod(a.shape) for a in jax.tree.leaves(p0)))
   del p0, args
-  log(f"{model_name}: {n_params} params, batch {batch}, {flops / 1e9:.3f} GFLOP per model-step "
-      f"(XLA cost analysis; dot+conv count {jaxpr_flops / 1e9:.3f})")
+  log(
+    f"{model_name}: {n_params} params, batch {batch}, {flops / 1e9:.3f} GFLOP per model-step "
+    f"(XLA cost analysis; dot+conv count {jaxpr_flops / 1e9:.3f})"
+  )
 
   todo = []
   for s, dt in ((s, dt) for s in seeds for dt in dtypes):
@@ -598,22 +733,38 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
         m = model.clone(dtype=dt)
         if impl and models.is_conv_model(model):
           m = m.clone(conv_impl=impl)
-        todo.append(EngineArm(m, x, labels[:s], s, f"{lay}:{impl}" if impl else lay, batch, steps,
-                              n_dev, micro))
+        todo.append(
+          EngineArm(
+            m, x, labels[:s], s, f"{lay}:{impl}" if impl else lay, batch, steps, n_dev, micro
+          )
+        )
         todo[-1].requested_layout, todo[-1].dtype = req, dt
     bs = min(s, baseline_seeds) if baseline_seeds > 0 else s
     if "naive_jax" in arms:
       todo.append(NaiveJaxArm(model.clone(dtype=dt), x, labels, bs, batch, steps))
       todo[-1].requested_seeds, todo[-1].dtype = s, dt
     if "torch" in arms and dt == dtypes[0]:
-      todo.append(TorchArm(model_name, kw, model, x, labels, bs, batch, steps, threads,
-                           torch_device))
+      todo.append(
+        TorchArm(model_name, kw, model, x, labels, bs, batch, steps, threads, torch_device)
+      )
       todo[-1].requested_seeds = s
     es = min(s, ensemble_seeds) if ensemble_seeds > 0 else s
     for arm in ("torch_func", "torch_compile"):
-      if arm in arms and dt == dtypes[0]:   # an ensemble: its rate depends on S (as the engine)
-        todo.append(TorchFuncArm(model_name, kw, x, labels, es, batch, steps, threads, torch_device,
-                                 compiled=arm == "torch_compile"))
+      if arm in arms and dt == dtypes[0]:  # an ensemble: its rate depends on S (as the engine)
+        todo.append(
+          TorchFuncArm(
+            model_name,
+            kw,
+            x,
+            labels,
+            es,
+            batch,
+            steps,
+            threads,
+            torch_device,
+            compiled=arm == "torch_compile",
+          )
+        )
         todo[-1].requested_seeds = s
   # A per-seed loop with the same number of seeds is set up once and shared by every S.
   arms_list, shared = [], {}
@@ -650,14 +801,24 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
   for a in arms_list:
     best = min(rounds[id(a)])
     msps = a.model_steps() / best
-    row = {"arm": a.arm, "seeds": a.seeds, "for_seeds": sorted(set(a.also_for)),
-           "layout": a.layout, "requested_layout": a.requested_layout, "steps": a.steps,
-           "rounds_s": [round(v, 4) for v in rounds[id(a)]], "best_s": best,
-           "median_s": statistics.median(rounds[id(a)]), "setup_s": a.setup_s,
-           "model_steps_per_s": msps, "s_per_model_step": 1.0 / msps,
-           "cpu_s_per_model_step": min(cpu[id(a)]) / a.model_steps(),
-           "gflops_per_s": msps * flops / 1e9, "peak_fraction": msps * flops / 1e9 / peak,
-           "last_loss": a.last_loss}
+    row = {
+      "arm": a.arm,
+      "seeds": a.seeds,
+      "for_seeds": sorted(set(a.also_for)),
+      "layout": a.layout,
+      "requested_layout": a.requested_layout,
+      "steps": a.steps,
+      "rounds_s": [round(v, 4) for v in rounds[id(a)]],
+      "best_s": best,
+      "median_s": statistics.median(rounds[id(a)]),
+      "setup_s": a.setup_s,
+      "model_steps_per_s": msps,
+      "s_per_model_step": 1.0 / msps,
+      "cpu_s_per_model_step": min(cpu[id(a)]) / a.model_steps(),
+      "gflops_per_s": msps * flops / 1e9,
+      "peak_fraction": msps * flops / 1e9 / peak,
+      "last_loss": a.last_loss,
+    }
     row.update(roofline_fields(a, msps, model, x.shape[1:], batch, n_params, flops, limits))
     if a.arm in TORCH_ARMS:
       row["torch_threads"] = a.threads
@@ -669,7 +830,7 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
 
   def baseline(arm, s, dtype):
     cands = [r for r in rows if r["arm"] == arm and r["dtype"] in (dtype, "float32")]
-    cands.sort(key=lambda r: r["dtype"] != dtype)     # the same dtype first (torch: float32)
+    cands.sort(key=lambda r: r["dtype"] != dtype)  # the same dtype first (torch: float32)
     same = [r for r in cands if s in r["for_seeds"]]
     return (same or cands or [None])[0]
 
@@ -682,7 +843,7 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
     for arm in ("torch", "naive_jax"):
       b = baseline(arm, row["seeds"], row["dtype"])
       row[f"vs_{arm}"] = row["model_steps_per_s"] / b["model_steps_per_s"] if b else None
-    b = best_torch(row["for_seeds"][0])     # a shared loop or ensemble: at the first S it serves
+    b = best_torch(row["for_seeds"][0])  # a shared loop or ensemble: at the first S it serves
     row["vs_best_torch"] = row["model_steps_per_s"] / b["model_steps_per_s"] if b else None
 
   engine_rows = [r for r in rows if r["arm"] == "engine"]
@@ -691,40 +852,55 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
     b = best_torch(s)
     e = next((r for r in engine_rows if r["seeds"] == s), None)
     if b is not None:
-      best[str(s)] = {"arm": b["arm"], "seeds": b["seeds"],
-                      "model_steps_per_s": b["model_steps_per_s"],
-                      "engine_layout": e["layout"] if e else None,
-                      "engine_model_steps_per_s": e["model_steps_per_s"] if e else None,
-                      "engine_vs_best_torch": (e["model_steps_per_s"] / b["model_steps_per_s"]
-                                               if e else None)}
+      best[str(s)] = {
+        "arm": b["arm"],
+        "seeds": b["seeds"],
+        "model_steps_per_s": b["model_steps_per_s"],
+        "engine_layout": e["layout"] if e else None,
+        "engine_model_steps_per_s": e["model_steps_per_s"] if e else None,
+        "engine_vs_best_torch": (e["model_steps_per_s"] / b["model_steps_per_s"] if e else None),
+      }
   head = (engine_rows or rows)[0]
   return {
-      "model": model_name,
-      "model_steps_per_s": head["model_steps_per_s"],
-      "gflops_per_s": head["gflops_per_s"],
-      "peak_gflops_per_s": peak,
-      "peak_fraction": head["peak_fraction"],
-      "headline": {k: head[k] for k in ("arm", "seeds", "layout")},
+    "model": model_name,
+    "model_steps_per_s": head["model_steps_per_s"],
+    "gflops_per_s": head["gflops_per_s"],
+    "peak_gflops_per_s": peak,
+    "peak_fraction": head["peak_fraction"],
+    "headline": {k: head[k] for k in ("arm", "seeds", "layout")},
+    "flops_per_model_step": flops,
+    "flops_source": "xla_cost_analysis" if xla_flops >= jaxpr_flops else "jaxpr_dot_conv_count",
+    "xla_cost_analysis_flops_per_model_step": xla_flops,
+    "jaxpr_dot_conv_flops_per_model_step": jaxpr_flops,
+    "batch_size": batch,
+    "num_examples": n,
+    "num_params": n_params,
+    "steps": steps,
+    "repeats": repeats,
+    "timing": "best round",
+    "peaks": peaks,
+    "roofline": {
+      "limits": limits,
       "flops_per_model_step": flops,
-      "flops_source": "xla_cost_analysis" if xla_flops >= jaxpr_flops else "jaxpr_dot_conv_count",
-      "xla_cost_analysis_flops_per_model_step": xla_flops,
-      "jaxpr_dot_conv_flops_per_model_step": jaxpr_flops,
-      "batch_size": batch, "num_examples": n, "num_params": n_params,
-      "steps": steps, "repeats": repeats, "timing": "best round",
-      "peaks": peaks,
-      "roofline": {"limits": limits, "flops_per_model_step": flops,
-                   "activation_elements": roofline.activation_elements(model, x.shape[1:]),
-                   "patch_elements": roofline.patch_elements(model, x.shape[1:]),
-                   "activation_passes": roofline.ACTIVATION_PASSES,
-                   "patch_passes": roofline.PATCH_PASSES},
-      "arms": rows,
-      "best_torch": best,
-      "env": {"jax": jax.__version__, "torch": getattr(_torch(), "__version__", None),
-              "devices": [str(d) for d in jax.devices()], "cpu": platform.processor() or
-              platform.machine(), "cpu_model": machine.cpu_model(), "usable_cores": threads,
-              "xla_flags": os.environ.get("XLA_FLAGS", ""), "python": sys.version.split()[0],
-              "loadavg_1min_start_end": [load_start, os.getloadavg()[0]]},
-      "wall_s": time.perf_counter() - t_start,
+      "activation_elements": roofline.activation_elements(model, x.shape[1:]),
+      "patch_elements": roofline.patch_elements(model, x.shape[1:]),
+      "activation_passes": roofline.ACTIVATION_PASSES,
+      "patch_passes": roofline.PATCH_PASSES,
+    },
+    "arms": rows,
+    "best_torch": best,
+    "env": {
+      "jax": jax.__version__,
+      "torch": getattr(_torch(), "__version__", None),
+      "devices": [str(d) for d in jax.devices()],
+      "cpu": platform.processor() or platform.machine(),
+      "cpu_model": machine.cpu_model(),
+      "usable_cores": threads,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "python": sys.version.split()[0],
+      "loadavg_1min_start_end": [load_start, os.getloadavg()[0]],
+    },
+    "wall_s": time.perf_counter() - t_start,
   }
 
 
@@ -733,8 +909,9 @@ def run_benchmark(model_name: str, seeds: list[int], steps: int, arms: list[str]
 # row's floor.
 
 
-def measure_limits(dtypes, peak_size: int, bandwidth_mb: int = 0,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+def measure_limits(
+  dtypes, peak_size: int, bandwidth_mb: int = 0, log: Callable[[str], None] = print
+) -> dict[str, Any]:
   """The default device's matmul peak per dtype (an n x n matmul in jitted JAX, n = peak_size;
   bfloat16 at most 1024 on CPU, where XLA emulates it slowly) and its memory bandwidth (a copy
   of bandwidth_mb MB; 0: 256 on CPU, 2048 on accelerators), timed now."""
@@ -744,16 +921,30 @@ def measure_limits(dtypes, peak_size: int, bandwidth_mb: int = 0,
   for dt in dict.fromkeys(("float32",) + tuple(dtypes)):
     n = min(peak_size, 1024) if on_cpu and dt != "float32" else peak_size
     peaks[dt] = roofline.measure_matmul_peak(n, dt)
-  bw = roofline.measure_bandwidth(mb * 2 ** 20)
-  log("roofline limits: matmul peak " + ", ".join(f"{dt} {v / 1e12:.2f} TFLOP/s"
-                                                  for dt, v in peaks.items())
-      + f"; bandwidth {bw / 1e9:.0f} GB/s ({mb} MB copy)")
-  return {"peak_flops_per_s": peaks, "bandwidth_bytes_per_s": bw, "bandwidth_copy_mb": mb,
-          "matmul_size": peak_size}
+  bw = roofline.measure_bandwidth(mb * 2**20)
+  log(
+    "roofline limits: matmul peak "
+    + ", ".join(f"{dt} {v / 1e12:.2f} TFLOP/s" for dt, v in peaks.items())
+    + f"; bandwidth {bw / 1e9:.0f} GB/s ({mb} MB copy)"
+  )
+  return {
+    "peak_flops_per_s": peaks,
+    "bandwidth_bytes_per_s": bw,
+    "bandwidth_copy_mb": mb,
+    "matmul_size": peak_size,
+  }
 
 
-def roofline_fields(arm, model_steps_per_s: float, model, input_shape, batch: int,
-                    n_params: int, flops: float, limits: dict[str, Any]) -> dict[str, Any]:
+def roofline_fields(
+  arm,
+  model_steps_per_s: float,
+  model,
+  input_shape,
+  batch: int,
+  n_params: int,
+  flops: float,
+  limits: dict[str, Any],
+) -> dict[str, Any]:
   """{"dtype", "roofline"} of one arm's row: its bytes per model-step (the arm's dtype; im2col
   patches for conv-as-matmul models; no paper-CNN conv activation for the fused blocks), the floor
   at its dtype's peak and the measured bandwidth, and its fraction of that floor."""
@@ -764,53 +955,84 @@ def roofline_fields(arm, model_steps_per_s: float, model, input_shape, batch: in
     impl = "lax" if impl else None
   acts = roofline.activation_elements(model, input_shape)
   if impl in ("fused", "pallas") and isinstance(model, models.PaperCNN):
-    acts.pop(models.sort_layers(acts)[0], None)        # the conv output: kept on chip / in cache
-  patches = roofline.patch_elements(model, input_shape) if impl in ("im2col", "fused",
-                                                                     "pallas") else 0
-  n_bytes = roofline.step_bytes(n_params, batch, int(np.prod(input_shape)), sum(acts.values()),
-                                act_bytes=jnp.dtype(dtype).itemsize, opt_slots=1,
-                                patch_elements=patches)
-  return {"dtype": dtype,
-          "roofline": roofline.row(1.0 / model_steps_per_s, flops, n_bytes,
-                                   limits["peak_flops_per_s"][dtype],
-                                   limits["bandwidth_bytes_per_s"])}
+    acts.pop(models.sort_layers(acts)[0], None)  # the conv output: kept on chip / in cache
+  patches = (
+    roofline.patch_elements(model, input_shape) if impl in ("im2col", "fused", "pallas") else 0
+  )
+  n_bytes = roofline.step_bytes(
+    n_params,
+    batch,
+    int(np.prod(input_shape)),
+    sum(acts.values()),
+    act_bytes=jnp.dtype(dtype).itemsize,
+    opt_slots=1,
+    patch_elements=patches,
+  )
+  return {
+    "dtype": dtype,
+    "roofline": roofline.row(
+      1.0 / model_steps_per_s,
+      flops,
+      n_bytes,
+      limits["peak_flops_per_s"][dtype],
+      limits["bandwidth_bytes_per_s"],
+    ),
+  }
 
 
 def format_table(res: dict[str, Any]) -> str:
-  lines = [f"{res['model']}: {res['flops_per_model_step'] / 1e9:.3f} GFLOP/model-step "
-           f"({res['flops_source']}), peak {res['peak_gflops_per_s']:.0f} GFLOP/s",
-           f"{'arm':13s} {'S':>4s} {'layout':11s} {'dtype':8s} {'model-steps/s':>13s} "
-           f"{'s/model-step':>12s} {'GFLOP/s':>8s} {'%peak':>6s} {'%floor':>6s} {'bound':6s} "
-           f"{'vs torch':>8s} {'vs best':>8s} {'vs naive':>8s} {'setup s':>8s} {'cpu s/ms':>8s}"]
+  lines = [
+    f"{res['model']}: {res['flops_per_model_step'] / 1e9:.3f} GFLOP/model-step "
+    f"({res['flops_source']}), peak {res['peak_gflops_per_s']:.0f} GFLOP/s",
+    f"{'arm':13s} {'S':>4s} {'layout':11s} {'dtype':8s} {'model-steps/s':>13s} "
+    f"{'s/model-step':>12s} {'GFLOP/s':>8s} {'%peak':>6s} {'%floor':>6s} {'bound':6s} "
+    f"{'vs torch':>8s} {'vs best':>8s} {'vs naive':>8s} {'setup s':>8s} {'cpu s/ms':>8s}",
+  ]
   fmt = lambda v: f"{v:8.2f}" if v is not None else f"{'-':>8s}"
   for r in res["arms"]:
     roof = r["roofline"]
-    lines.append(f"{r['arm']:13s} {r['seeds']:4d} {r['layout'] or '-':11s} {r['dtype']:8s} "
-                 f"{r['model_steps_per_s']:13.3f} {r['s_per_model_step']:12.4f} "
-                 f"{r['gflops_per_s']:8.1f} {100 * r['peak_fraction']:6.1f} "
-                 f"{100 * roof['fraction_of_floor']:6.1f} {roof['bound']:6s} "
-                 f"{fmt(r['vs_torch'])} {fmt(r['vs_best_torch'])} {fmt(r['vs_naive_jax'])} "
-                 f"{r['setup_s']:8.1f} {r['cpu_s_per_model_step']:8.4f}")
+    lines.append(
+      f"{r['arm']:13s} {r['seeds']:4d} {r['layout'] or '-':11s} {r['dtype']:8s} "
+      f"{r['model_steps_per_s']:13.3f} {r['s_per_model_step']:12.4f} "
+      f"{r['gflops_per_s']:8.1f} {100 * r['peak_fraction']:6.1f} "
+      f"{100 * roof['fraction_of_floor']:6.1f} {roof['bound']:6s} "
+      f"{fmt(r['vs_torch'])} {fmt(r['vs_best_torch'])} {fmt(r['vs_naive_jax'])} "
+      f"{r['setup_s']:8.1f} {r['cpu_s_per_model_step']:8.4f}"
+    )
   for s, b in res.get("best_torch", {}).items():
     if b["engine_vs_best_torch"] is not None:
-      lines.append(f"S={s}: engine ({b['engine_layout']}) {b['engine_model_steps_per_s']:.3f} vs "
-                   f"the best PyTorch arm ({b['arm']}) {b['model_steps_per_s']:.3f} model-steps/s: "
-                   f"{b['engine_vs_best_torch']:.2f}x")
+      lines.append(
+        f"S={s}: engine ({b['engine_layout']}) {b['engine_model_steps_per_s']:.3f} vs "
+        f"the best PyTorch arm ({b['arm']}) {b['model_steps_per_s']:.3f} model-steps/s: "
+        f"{b['engine_vs_best_torch']:.2f}x"
+      )
   return "\n".join(lines)
 
 
 def main(argv):
-  host_devices.expose_host_cores()   # before any device use: one XLA host device per core
+  host_devices.expose_host_cores()  # before any device use: one XLA host device per core
   try:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    res = run_benchmark(FLAGS.model, _parse_seeds(FLAGS.seeds), FLAGS.steps, FLAGS.arms,
-                        FLAGS.layout, FLAGS.repeats, FLAGS.baseline_seeds, FLAGS.batch_size,
-                        FLAGS.num_examples, FLAGS.torch_threads, FLAGS.peak_size,
-                        FLAGS.torch_device,
-                        log=lambda s: print(s, flush=True), dtypes=FLAGS.dtypes,
-                        bandwidth_mb=FLAGS.bandwidth_mb, ensemble_seeds=FLAGS.ensemble_seeds)
-  except app.UsageError as e:   # a bad flag value or a missing extra: one line, exit 2 (no usage)
+    res = run_benchmark(
+      FLAGS.model,
+      _parse_seeds(FLAGS.seeds),
+      FLAGS.steps,
+      FLAGS.arms,
+      FLAGS.layout,
+      FLAGS.repeats,
+      FLAGS.baseline_seeds,
+      FLAGS.batch_size,
+      FLAGS.num_examples,
+      FLAGS.torch_threads,
+      FLAGS.peak_size,
+      FLAGS.torch_device,
+      log=lambda s: print(s, flush=True),
+      dtypes=FLAGS.dtypes,
+      bandwidth_mb=FLAGS.bandwidth_mb,
+      ensemble_seeds=FLAGS.ensemble_seeds,
+    )
+  except app.UsageError as e:  # a bad flag value or a missing extra: one line, exit 2 (no usage)
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
     sys.exit(2)
   print(format_table(res), flush=True)

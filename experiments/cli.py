@@ -33,6 +33,7 @@ Before anything uses a device, `launch` and `run_main` expose one XLA host devic
 (`experiments.host_devices`; the user's XLA_FLAGS win): a process-wide setting the library never
 makes.
 """
+
 import importlib
 import sys
 from typing import Any, Callable, Generator, Sequence
@@ -89,8 +90,10 @@ def _user_error(exc: BaseException) -> errors.RLAlignError | None:
 
 
 def _config_not_loaded(e: OSError) -> None:
-  fail(f"--config could not be loaded ({str(e).splitlines()[-1].strip()}). Fix: pass an existing "
-       "config file, e.g. --config=experiments/configs/fig20.py:all.")
+  fail(
+    f"--config could not be loaded ({str(e).splitlines()[-1].strip()}). Fix: pass an existing "
+    "config file, e.g. --config=experiments/configs/fig20.py:all."
+  )
 
 
 def parse_flags(argv: Sequence[str]) -> list:
@@ -102,15 +105,17 @@ def parse_flags(argv: Sequence[str]) -> list:
     if user is not None:
       fail(user)
     fail(f"{str(e).splitlines()[0].rstrip('.')}. Fix: see --helpshort.")
-  except OSError as e:      # --config.x=... on a config file that could not be loaded
+  except OSError as e:  # --config.x=... on a config file that could not be loaded
     _config_not_loaded(e)
-  except (AttributeError, KeyError) as e:   # --config.x=... naming a field the config lacks
-    while isinstance(e, BaseException) and e.args:   # ml_collections nests the KeyError's text
+  except (AttributeError, KeyError) as e:  # --config.x=... naming a field the config lacks
+    while isinstance(e, BaseException) and e.args:  # ml_collections nests the KeyError's text
       e = e.args[0]
     name, *hint = str(e).splitlines()
     hint = f" ({' '.join(hint).strip()})" if hint else ""
-    fail(f"a --config.<field> override names a field the config does not have: {name}{hint}. "
-         "Fix: check the field's spelling in the config file.")
+    fail(
+      f"a --config.<field> override names a field the config does not have: {name}{hint}. "
+      "Fix: check the field's spelling in the config file."
+    )
 
 
 def loaded_config() -> ml_collections.ConfigDict:
@@ -136,8 +141,9 @@ def validate(fn: Callable[[Any, str], Any], config) -> None:
     check(config)
 
 
-def run_recorded(fn: Callable[[Any, str], Any], config, workdir: str,
-                 argv: Sequence[str] | None = None) -> Any:
+def run_recorded(
+  fn: Callable[[Any, str], Any], config, workdir: str, argv: Sequence[str] | None = None
+) -> Any:
   """fn(config, workdir) with config.json and run.json in workdir; errors propagate."""
   return train.drive(recorded_steps(fn, config, workdir, argv))
 
@@ -149,13 +155,15 @@ def _steps(fn: Callable[[Any, str], Any]) -> Callable[[Any, str], Generator]:
     return fn.steps
 
   def plain(config, workdir):
-    yield from ()   # a generator that yields no call
+    yield from ()  # a generator that yields no call
     return fn(config, workdir)
+
   return plain
 
 
-def recorded_steps(fn: Callable[[Any, str], Any], config, workdir: str,
-                   argv: Sequence[str] | None = None) -> Generator:
+def recorded_steps(
+  fn: Callable[[Any, str], Any], config, workdir: str, argv: Sequence[str] | None = None
+) -> Generator:
   """`run_recorded` as a generator of fn's train calls (`train.driven`): a sweep runs one per
   point and packs their calls (`rl_align.packing`).  The config is validated, the workdir's lock
   taken for the run's life, then config.json and run.json are written; every call fn makes
@@ -187,7 +195,7 @@ def _recorded(fn, config, workdir: str, argv) -> Generator:
   except BaseException as e:
     status = f"failed: {type(e).__name__}"
     raise
-  finally:   # what the run read (and why, where a fallback was taken), then its status
+  finally:  # what the run read (and why, where a fallback was taken), then its status
     record.rec["data_read"] = data_registry.READ[read_from:]
     record.finish(status, ledger)
   if record.active:
@@ -195,18 +203,19 @@ def _recorded(fn, config, workdir: str, argv) -> Generator:
   return out
 
 
-def run_main(fn: Callable[[Any, str], Any], config, workdir: str,
-             argv: Sequence[str] | None = None) -> Any:
+def run_main(
+  fn: Callable[[Any, str], Any], config, workdir: str, argv: Sequence[str] | None = None
+) -> Any:
   """Runs fn(config, workdir) as a binary does: config.json and run.json in workdir, and every
   RLAlignError as one `error:` line with exit code 2 (no traceback).  argv: the command line to
   record in run.json (default sys.argv).  With --sweep flags, runs the sweep instead."""
-  host_devices.expose_host_cores()   # a no-op once jax's backends are up
+  host_devices.expose_host_cores()  # a no-op once jax's backends are up
   if not workdir:
     fail("--workdir is required. Fix: pass --workdir=/path/to/run (rerun resumes there).")
   try:
     with interrupts.handled():
       scaleout.init_processes()
-      if scaleout.is_sweep():   # each point's run holds its own workdir (tasks share the root)
+      if scaleout.is_sweep():  # each point's run holds its own workdir (tasks share the root)
         return scaleout.run_sweep(lambda c, d: recorded_steps(fn, c, d, argv), config, workdir)
       return run_recorded(fn, config, workdir, argv)
   except errors.RLAlignError as e:
@@ -214,8 +223,10 @@ def run_main(fn: Callable[[Any, str], Any], config, workdir: str,
   except errors.Interrupted as e:
     logging.flush()
     where = f" at step {e.step} of {e.phase}" if e.step is not None else ""
-    print(f"interrupted (signal {e.signum}){where}: rerun the same command to resume from "
-          f"{workdir}.", file=sys.stderr)
+    print(
+      f"interrupted (signal {e.signum}){where}: rerun the same command to resume from {workdir}.",
+      file=sys.stderr,
+    )
     sys.exit(128 + e.signum)
 
 
@@ -225,6 +236,7 @@ def launch(fn: Callable[[Any, str], Any], summary: Callable[[Any], str] | None =
   Flags that change how the run is executed rather than what it computes (scale-out: sweeps,
   multi-host coordinates) belong here, between the parsed flags and run_main.
   """
+
   def main(argv):
     del argv
     out = run_main(fn, loaded_config(), FLAGS.workdir)
@@ -232,6 +244,7 @@ def launch(fn: Callable[[Any, str], Any], summary: Callable[[Any], str] | None =
       print(scaleout.sweep_table(out))
     elif summary is not None:
       print(summary(out))
-  host_devices.expose_host_cores()   # before any device use (config files are loaded by app.run)
+
+  host_devices.expose_host_cores()  # before any device use (config files are loaded by app.run)
   flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=parse_flags)

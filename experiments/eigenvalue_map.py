@@ -7,6 +7,7 @@ Each panel of the config runs in WORKDIR/<panel>/ (config.json, metrics.jsonl, r
 arrays.npz, eigenmap.png); WORKDIR gets the joint figure and a summary results.json.  Rerunning the
 same command resumes.  See the README for the results.json schema.
 """
+
 from experiments import cli
 from rl_align.runners import eigenmap as eigenmap_runner
 

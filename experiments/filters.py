@@ -5,6 +5,7 @@ r"""Fig 3: top eigenvectors of the pooled first-layer filter covariance beside t
 Writes results.json (top-k eigenspace overlaps vs a random-subspace baseline, principal cosines),
 arrays.npz and fig3_eigenvectors.png.  Rerunning resumes.
 """
+
 from experiments import cli
 from rl_align.runners import filters as filters_runner
 

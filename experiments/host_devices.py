@@ -11,6 +11,7 @@ The user's XLA_FLAGS win: nothing changes when they already set
 `--xla_force_host_platform_device_count` (e.g. `XLA_FLAGS=--xla_force_host_platform_device_count=1`
 for one device), nor once the backends are initialized.  Only the CPU platform is affected.
 """
+
 import os
 import sys
 
@@ -23,8 +24,9 @@ def backends_initialized() -> bool:
     return False
   try:
     from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+
     return xla_bridge.backends_are_initialized()
-  except (ImportError, AttributeError):   # jax moved it: assume the worst, change nothing
+  except (ImportError, AttributeError):  # jax moved it: assume the worst, change nothing
     return True
 
 

@@ -9,14 +9,22 @@ checkpoints, snapshots, metrics or TensorBoard files).  In every run.json the co
 the command a reader would type.  `python -m experiments.report docs/fmnist_runs/*` then builds the
 claims table from the kept runs.  Bad input is one `error: ... Fix: ...` line and exit code 2.
 """
+
 import argparse
 import json
 import os
 import shutil
 import sys
 
-KEEP_NAMES = ("results.json", "config.json", "run.json", "point.json", "sweep.json",
-              "sweep_spec.json", "sweep.csv")
+KEEP_NAMES = (
+  "results.json",
+  "config.json",
+  "run.json",
+  "point.json",
+  "sweep.json",
+  "sweep_spec.json",
+  "sweep.csv",
+)
 SKIP_DIRS = ("tensorboard", "packed", "phases", "checkpoints")
 
 
@@ -35,21 +43,28 @@ def _skipped(folder: str) -> bool:
 
 def rewrite_run(rec: dict, name: str) -> dict:
   """run.json with --workdir=... (the invocation's and the earlier ones') as workdirs/NAME."""
+
   def argv(a):
     return [f"--workdir=workdirs/{name}" if str(x).startswith("--workdir=") else x for x in a]
+
   out = {k: v for k, v in rec.items() if k != "cwd"}
   out["argv"] = argv(rec.get("argv", []))
-  out["earlier_runs"] = [dict({k: v for k, v in r.items() if k != "cwd"},
-                              argv=argv(r.get("argv", []))) for r in rec.get("earlier_runs", [])]
+  out["earlier_runs"] = [
+    dict({k: v for k, v in r.items() if k != "cwd"}, argv=argv(r.get("argv", [])))
+    for r in rec.get("earlier_runs", [])
+  ]
   return out
 
 
 def keep(workdir: str, dest: str) -> list[str]:
   """Copies the kept files of workdir to dest (module docstring); returns their relative paths."""
   if not os.path.isfile(os.path.join(workdir, "results.json")) and not os.path.isfile(
-      os.path.join(workdir, "sweep_spec.json")):
-    fail(f"{workdir} holds no finished run (no results.json or sweep_spec.json). Fix: pass the "
-         "--workdir of a finished run.")
+    os.path.join(workdir, "sweep_spec.json")
+  ):
+    fail(
+      f"{workdir} holds no finished run (no results.json or sweep_spec.json). Fix: pass the "
+      "--workdir of a finished run."
+    )
   name = os.path.basename(os.path.normpath(dest))
   copied = []
   for root, dirs, files in os.walk(workdir):
@@ -73,7 +88,9 @@ def keep(workdir: str, dest: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m experiments.keep", description=__doc__.split("\n\n")[0])
+  p = argparse.ArgumentParser(
+    prog="python -m experiments.keep", description=__doc__.split("\n\n")[0]
+  )
   p.add_argument("workdir")
   p.add_argument("dest")
   a = p.parse_args(argv)

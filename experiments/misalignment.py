@@ -5,6 +5,7 @@ r"""Fig 2: first-layer misalignment over training, in the data eigenbasis vs a r
 Each panel (label kind) runs in DIR/<panel>/; DIR/fig2_misalignment.png draws both panels with seed
 bands and the finite-sample floor.  results.json per panel has `snapshots` (see README schema).
 """
+
 from experiments import cli
 from rl_align.runners import eigenmap as eigenmap_runner
 

@@ -12,6 +12,7 @@ warned about on stderr.  A sweep workdir (sweep_spec.json, points/<slug>/) gives
 finished point.  Bad input (a missing workdir, no results.json, a figure the report does not know)
 is one `error: ... Fix: ...` line on stderr and exit code 2.
 """
+
 import argparse
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any
 
 from rl_align import claims
 
-SWEEP_SPEC = "sweep_spec.json"   # rl_align.sweep.SPEC (not imported: it pulls in jax)
+SWEEP_SPEC = "sweep_spec.json"  # rl_align.sweep.SPEC (not imported: it pulls in jax)
 # --readme: the report replaces what stands between these lines.
 BEGIN, END = "<!-- fmnist-report:begin -->", "<!-- fmnist-report:end -->"
 
@@ -39,42 +40,61 @@ def _read(folder: str, name: str) -> Any:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except (OSError, json.JSONDecodeError) as e:
-    fail(f"{path} could not be read ({e}). Fix: rerun the binary on that workdir (it rewrites "
-         "its JSON files atomically).")
+    fail(
+      f"{path} could not be read ({e}). Fix: rerun the binary on that workdir (it rewrites "
+      "its JSON files atomically)."
+    )
 
 
 def load_run(workdir: str, name: str) -> dict[str, Any]:
   """One run dict (`rl_align.claims`): results, config, run record and panel subfolders."""
   results = _read(workdir, "results.json")
   if results is None:
-    fail(f"{workdir} has no results.json (unfinished run, or not a workdir of an experiment "
-         "binary). Fix: finish the run (rerun its command; it resumes), then report again.")
+    fail(
+      f"{workdir} has no results.json (unfinished run, or not a workdir of an experiment "
+      "binary). Fix: finish the run (rerun its command; it resumes), then report again."
+    )
   panels = {}
   for sub in sorted(os.listdir(workdir)):
     folder = os.path.join(workdir, sub)
     if os.path.isdir(folder) and os.path.exists(os.path.join(folder, "results.json")):
-      panels[sub] = {"results": _read(folder, "results.json"),
-                     "config": _read(folder, "config.json")}
-  return {"name": name, "path": workdir, "results": results, "panels": panels,
-          "config": _read(workdir, "config.json"), "run": _read(workdir, "run.json")}
+      panels[sub] = {
+        "results": _read(folder, "results.json"),
+        "config": _read(folder, "config.json"),
+      }
+  return {
+    "name": name,
+    "path": workdir,
+    "results": results,
+    "panels": panels,
+    "config": _read(workdir, "config.json"),
+    "run": _read(workdir, "run.json"),
+  }
 
 
 def load_workdir(workdir: str) -> list[dict[str, Any]]:
   """The runs of a workdir: itself, or every finished point of a sweep workdir."""
   if not os.path.isdir(workdir):
-    fail(f"workdir {workdir} does not exist. Fix: pass the --workdir of a finished run of "
-         "experiments.misalignment / eigenvalue_map / filters / transfer / specialization.")
+    fail(
+      f"workdir {workdir} does not exist. Fix: pass the --workdir of a finished run of "
+      "experiments.misalignment / eigenvalue_map / filters / transfer / specialization."
+    )
   if not os.path.exists(os.path.join(workdir, SWEEP_SPEC)):
     return [load_run(workdir, workdir)]
   root = os.path.join(workdir, "points")
   slugs = sorted(os.listdir(root)) if os.path.isdir(root) else []
   done = [s for s in slugs if os.path.exists(os.path.join(root, s, "results.json"))]
   if not done:
-    fail(f"sweep workdir {workdir} has no finished point (points/<slug>/results.json). Fix: rerun "
-         "the sweep command (it resumes), then report again.")
+    fail(
+      f"sweep workdir {workdir} has no finished point (points/<slug>/results.json). Fix: rerun "
+      "the sweep command (it resumes), then report again."
+    )
   if len(done) < len(slugs):
-    print(f"warning: {workdir}: {len(slugs) - len(done)} of {len(slugs)} sweep points are not "
-          "finished and are left out", file=sys.stderr)
+    print(
+      f"warning: {workdir}: {len(slugs) - len(done)} of {len(slugs)} sweep points are not "
+      "finished and are left out",
+      file=sys.stderr,
+    )
   return [load_run(os.path.join(root, s), os.path.join(workdir, "points", s)) for s in done]
 
 
@@ -88,16 +108,18 @@ def build(workdirs: list[str], out: str) -> str:
       got = claims.rows(run)
     except claims.ReportError as e:
       fail(e)
-    stored = ((run["results"].get("claims") or {}).get("verdicts") or {})
+    stored = (run["results"].get("claims") or {}).get("verdicts") or {}
     for r in got:
       png = os.path.join(run["path"], r.plot) if r.plot else None
       found = png is not None and os.path.exists(png)
       r.plot = os.path.relpath(os.path.abspath(png), base) if found else None
       r.run = run["name"]
       if r.id in stored and stored[r.id] != r.verdict:
-        print(f"warning: {run['name']}: {r.id}: the run stored the verdict {stored[r.id]!r}, the "
-              f"rules now give {r.verdict!r} (results.json was judged by an older rule)",
-              file=sys.stderr)
+        print(
+          f"warning: {run['name']}: {r.id}: the run stored the verdict {stored[r.id]!r}, the "
+          f"rules now give {r.verdict!r} (results.json was judged by an older rule)",
+          file=sys.stderr,
+        )
       rows.append(r)
   return claims.render(runs, rows)
 
@@ -111,8 +133,11 @@ def main(argv=None) -> int:
   p = _Parser(prog="python -m experiments.report", description=__doc__.split("\n\n")[0])
   p.add_argument("workdirs", nargs="+", metavar="WORKDIR")
   p.add_argument("--out", default="report.md", help="the markdown file to write")
-  p.add_argument("--readme", default="",
-                 help=f"also put the report between the lines {BEGIN} and {END} of this file")
+  p.add_argument(
+    "--readme",
+    default="",
+    help=f"also put the report between the lines {BEGIN} and {END} of this file",
+  )
   a = p.parse_args(argv)
   _write(a.out, build(a.workdirs, a.out))
   print(f"wrote {a.out}")
@@ -129,11 +154,15 @@ def into_markers(path: str, text: str) -> str:
   with open(path, encoding="utf-8") as f:
     old = f.read()
   if old.count(BEGIN) != 1 or old.count(END) != 1 or old.index(BEGIN) > old.index(END):
-    fail(f"{path} must hold the line {BEGIN} once, followed by {END} once. Fix: add them where the "
-         "report goes.")
+    fail(
+      f"{path} must hold the line {BEGIN} once, followed by {END} once. Fix: add them where the "
+      "report goes."
+    )
   head, rest = old.split(BEGIN)
   # The report's headings sit two levels below the README section that holds it.
-  text = "\n".join("##" + line if line.startswith("#") else line for line in text.strip().split("\n"))
+  text = "\n".join(
+    "##" + line if line.startswith("#") else line for line in text.strip().split("\n")
+  )
   return f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}"
 
 

@@ -9,6 +9,7 @@ across the switch.  Writes WORKDIR/w=<width>_lr=<lr>/ (engine metrics, checkpoin
 cell), WORKDIR/results.json, specialization_activity.png and specialization_gain.png.  Rerunning the
 same command resumes (finished cells are read back, the running one restarts from its checkpoint).
 """
+
 from experiments import cli
 from rl_align import specialization
 from rl_align.runners import specialization as spec_runner

@@ -10,6 +10,7 @@ WORKDIR/results.json (schema in rl_align/transfer.py and the README), metrics.js
 one summary per phase in WORKDIR/phases/.  Rerunning the same command resumes; a finished run is
 only re-summarized.
 """
+
 from experiments import cli
 from rl_align import transfer
 from rl_align.runners import transfer as transfer_runner

@@ -22,6 +22,7 @@ Usage::
 The activations come from ``rl_align.models.activations`` (layers ``sow`` their ReLU outputs);
 any function ``(model, params, x) -> {layer: {"relu": array, ...}}`` can replace it.
 """
+
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -42,37 +43,51 @@ def unit_activity(relu) -> dict[str, jax.Array]:
   """The three STATS of one layer's ReLU outputs [B, ..., units] (units on the last axis)."""
   relu = jnp.asarray(relu)
   if relu.ndim < 2:
-    raise errors.DataError(f"ReLU outputs must be [batch, ..., units], got shape {relu.shape}. "
-                           "Fix: pass a batch of probe examples, not a single example.")
+    raise errors.DataError(
+      f"ReLU outputs must be [batch, ..., units], got shape {relu.shape}. "
+      "Fix: pass a batch of probe examples, not a single example."
+    )
   on = relu > 0
   ever_on = on.reshape(-1, on.shape[-1]).any(axis=0)
-  return {"active_fraction": on.mean(dtype=jnp.float32),
-          "dead_fraction": 1.0 - ever_on.mean(dtype=jnp.float32),
-          "mean_activation": relu.mean(dtype=jnp.float32)}
+  return {
+    "active_fraction": on.mean(dtype=jnp.float32),
+    "dead_fraction": 1.0 - ever_on.mean(dtype=jnp.float32),
+    "mean_activation": relu.mean(dtype=jnp.float32),
+  }
 
 
-def layer_activity(acts: Mapping[str, Mapping[str, Any]],
-                   layers: Sequence[str] | None = None) -> dict[str, dict[str, jax.Array]]:
+def layer_activity(
+  acts: Mapping[str, Mapping[str, Any]], layers: Sequence[str] | None = None
+) -> dict[str, dict[str, jax.Array]]:
   """{layer: STATS} for every layer of `acts` that has ReLU outputs (or the named `layers`)."""
   names = [k for k, v in acts.items() if "relu" in v] if layers is None else list(layers)
   missing = [k for k in names if k not in acts or "relu" not in acts[k]]
   if missing:
     have = [k for k, v in acts.items() if "relu" in v]
-    raise errors.ConfigError(f"activity layers {missing} have no ReLU outputs; this model's ReLU "
-                             f"layers are {have}. Fix: pick layers from that list (or pass none).")
+    raise errors.ConfigError(
+      f"activity layers {missing} have no ReLU outputs; this model's ReLU "
+      f"layers are {have}. Fix: pick layers from that list (or pass none)."
+    )
   return {k: unit_activity(acts[k]["relu"]) for k in names}
 
 
-def probe_metrics(model, params, x_probe, *, layers: Sequence[str] | None = None,
-                  activations_fn: ActivationsFn | None = None) -> dict[str, jax.Array]:
+def probe_metrics(
+  model,
+  params,
+  x_probe,
+  *,
+  layers: Sequence[str] | None = None,
+  activations_fn: ActivationsFn | None = None,
+) -> dict[str, jax.Array]:
   """Flat {"<layer>/<stat>": scalar} for ONE seed's params; jit-compatible."""
   fn = activations_fn or models.activations
   stats = layer_activity(fn(model, params, x_probe), layers)
   return {f"{layer}/{k}": v for layer, s in stats.items() for k, v in s.items()}
 
 
-def make_probe_fn(x_probe, *, layers: Sequence[str] | None = None,
-                  activations_fn: ActivationsFn | None = None) -> Callable[[Any, Any], dict]:
+def make_probe_fn(
+  x_probe, *, layers: Sequence[str] | None = None, activations_fn: ActivationsFn | None = None
+) -> Callable[[Any, Any], dict]:
   """A `probe_fn(model, params)` for `train.train`: activity STATS of every ReLU layer on x_probe.
 
   The engine logs them at its eval steps as ``probe/<layer>/<stat>``.  Keep x_probe small (a few
@@ -80,20 +95,32 @@ def make_probe_fn(x_probe, *, layers: Sequence[str] | None = None,
   """
   x = np.asarray(x_probe, np.float32)
   if x.ndim < 2 or len(x) == 0:
-    raise errors.DataError(f"the probe batch must be [B, ...] with B >= 1 examples, got shape "
-                           f"{x.shape}. Fix: pass e.g. x_train[:256].")
+    raise errors.DataError(
+      f"the probe batch must be [B, ...] with B >= 1 examples, got shape "
+      f"{x.shape}. Fix: pass e.g. x_train[:256]."
+    )
   if not np.all(np.isfinite(x)):
-    raise errors.DataError("the probe batch contains NaN or inf. Fix: standardize it like the "
-                           "training inputs and drop bad examples.")
+    raise errors.DataError(
+      "the probe batch contains NaN or inf. Fix: standardize it like the "
+      "training inputs and drop bad examples."
+    )
 
   def probe_fn(model, params):
-    return probe_metrics(model, params, jnp.asarray(x), layers=layers,
-                         activations_fn=activations_fn)
+    return probe_metrics(
+      model, params, jnp.asarray(x), layers=layers, activations_fn=activations_fn
+    )
+
   return probe_fn
 
 
-def measure(model, stacked_params, x_probe, *, layers: Sequence[str] | None = None,
-            activations_fn: ActivationsFn | None = None) -> dict[str, dict[str, np.ndarray]]:
+def measure(
+  model,
+  stacked_params,
+  x_probe,
+  *,
+  layers: Sequence[str] | None = None,
+  activations_fn: ActivationsFn | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
   """{layer: {stat: [S]}} for params with a leading seed axis (outside the engine, e.g. at init)."""
   x = jnp.asarray(np.asarray(x_probe, np.float32))
   one = jax.jit(lambda p: probe_metrics(model, p, x, layers=layers, activations_fn=activations_fn))
@@ -108,15 +135,16 @@ def by_layer(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
   forward order (`models.sort_layers`)."""
   out: dict[str, dict[str, Any]] = {}
   for key, v in flat.items():
-    key = key[len(PREFIX):] if key.startswith(PREFIX) else key
+    key = key[len(PREFIX) :] if key.startswith(PREFIX) else key
     layer, _, stat = key.rpartition("/")
     if stat in STATS and layer:
       out.setdefault(layer, {})[stat] = v
   return {k: out[k] for k in models.sort_layers(out)}
 
 
-def curves_from_metrics(rows: Sequence[Mapping[str, Any]], *, phase: str | None = None,
-                        seeds: Sequence[int] | None = None) -> dict[str, dict[str, np.ndarray]]:
+def curves_from_metrics(
+  rows: Sequence[Mapping[str, Any]], *, phase: str | None = None, seeds: Sequence[int] | None = None
+) -> dict[str, dict[str, np.ndarray]]:
   """Activity curves from engine metrics rows: {layer: {"steps": [T], stat: [S, T]}}.
 
   Only rows with probe keys (eval steps) count; `phase` keeps one engine phase, `seeds` picks and

@@ -19,6 +19,7 @@ Misalignment (the paper's section 2): M = sum_i ( sqrt((v_i^T S v_i)(v_i^T S^-1 
 Each term is >= 0 (Cauchy-Schwarz) and 0 iff v_i is an eigenvector of S; M is invariant to
 scaling S.  S^-1 v is never formed: v^T S^-1 v = ||L^-1 v||^2 with S = L L^T (Cholesky).
 """
+
 import numbers
 
 import numpy as np
@@ -26,9 +27,9 @@ import scipy.linalg
 
 from rl_align import errors
 
-_SYMMETRY_RTOL = 1e-6     # |A - A^T| <= rtol * max|A| counts as symmetric (float32 round-off)
-_UNIT_ATOL = 1e-5         # basis columns must have norm 1 within this
-_PIVOT_RTOL = 1e-12       # Cholesky pivot^2 below this times max diag: numerically singular
+_SYMMETRY_RTOL = 1e-6  # |A - A^T| <= rtol * max|A| counts as symmetric (float32 round-off)
+_UNIT_ATOL = 1e-5  # basis columns must have norm 1 within this
+_PIVOT_RTOL = 1e-12  # Cholesky pivot^2 below this times max diag: numerically singular
 REDUCTIONS = ("sum", "mean")
 
 
@@ -39,16 +40,20 @@ REDUCTIONS = ("sum", "mean")
 def _matrix(a, name: str) -> np.ndarray:
   a = np.asarray(a)
   if a.ndim != 2 or a.size == 0:
-    raise errors.DataError(f"{name} must be a non-empty 2-D matrix, got shape {a.shape}. "
-                           "Fix: pass the [d, d] covariance or the [d, m] basis itself.")
+    raise errors.DataError(
+      f"{name} must be a non-empty 2-D matrix, got shape {a.shape}. "
+      "Fix: pass the [d, d] covariance or the [d, m] basis itself."
+    )
   if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-    raise errors.DataError(f"{name} has dtype {a.dtype}; a real matrix is needed. "
-                           "Fix: pass a float array.")
+    raise errors.DataError(
+      f"{name} has dtype {a.dtype}; a real matrix is needed. Fix: pass a float array."
+    )
   a = a.astype(np.float64)
   if not np.all(np.isfinite(a)):
     raise errors.DataError(
-        f"{name} contains {int(np.sum(~np.isfinite(a)))} NaN or inf entries. Fix: recompute it "
-        "from finite data (check the inputs with data.check_finite, or the run for divergence).")
+      f"{name} contains {int(np.sum(~np.isfinite(a)))} NaN or inf entries. Fix: recompute it "
+      "from finite data (check the inputs with data.check_finite, or the run for divergence)."
+    )
   return a
 
 
@@ -56,13 +61,15 @@ def _symmetric(cov, name: str) -> np.ndarray:
   """Float64 copy of a square symmetric matrix, exactly symmetrized."""
   a = _matrix(cov, name)
   if a.shape[0] != a.shape[1]:
-    raise errors.DataError(f"{name} must be square [d, d], got shape {a.shape}. "
-                           "Fix: pass a covariance matrix.")
+    raise errors.DataError(
+      f"{name} must be square [d, d], got shape {a.shape}. Fix: pass a covariance matrix."
+    )
   asym = np.max(np.abs(a - a.T))
   if asym > _SYMMETRY_RTOL * max(np.max(np.abs(a)), np.finfo(float).tiny):
     raise errors.DataError(
-        f"{name} is not symmetric (max |A - A^T| = {asym:.3g}, max |A| = {np.max(np.abs(a)):.3g})."
-        " Fix: pass a covariance matrix, or symmetrize it with (A + A.T) / 2.")
+      f"{name} is not symmetric (max |A - A^T| = {asym:.3g}, max |A| = {np.max(np.abs(a)):.3g})."
+      " Fix: pass a covariance matrix, or symmetrize it with (A + A.T) / 2."
+    )
   return (a + a.T) / 2
 
 
@@ -71,27 +78,32 @@ def _basis(basis, d: int, name: str = "basis") -> np.ndarray:
   v = _matrix(basis, name)
   if v.shape[0] != d:
     raise errors.DataError(
-        f"{name} has {v.shape[0]} rows but the covariance is {d}x{d}. Fix: pass directions as "
-        "COLUMNS of a [d, m] matrix (e.g. the V of eigh_desc), in the covariance's coordinates.")
+      f"{name} has {v.shape[0]} rows but the covariance is {d}x{d}. Fix: pass directions as "
+      "COLUMNS of a [d, m] matrix (e.g. the V of eigh_desc), in the covariance's coordinates."
+    )
   norms = np.linalg.norm(v, axis=0)
   if np.any(np.abs(norms - 1) > _UNIT_ATOL):
     raise errors.DataError(
-        f"{name} columns must have unit norm, got norms in [{norms.min():.3g}, {norms.max():.3g}]."
-        " Fix: normalize them, V / np.linalg.norm(V, axis=0).")
+      f"{name} columns must have unit norm, got norms in [{norms.min():.3g}, {norms.max():.3g}]."
+      " Fix: normalize them, V / np.linalg.norm(V, axis=0)."
+    )
   return v / norms
 
 
 def _check_int(value, name: str, minimum: int) -> int:
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-    raise errors.ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}. "
-                             "Fix: correct the argument.")
+    raise errors.ConfigError(
+      f"{name} must be an integer >= {minimum}, got {value!r}. Fix: correct the argument."
+    )
   return int(value)
 
 
 def _check_reduce(reduce: str) -> str:
   if reduce not in REDUCTIONS:
-    raise errors.ConfigError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}. "
-                             "Fix: use 'sum' (the paper's M) or 'mean' (M / number of directions).")
+    raise errors.ConfigError(
+      f"reduce must be one of {REDUCTIONS}, got {reduce!r}. "
+      "Fix: use 'sum' (the paper's M) or 'mean' (M / number of directions)."
+    )
   return reduce
 
 
@@ -105,12 +117,14 @@ def _rng(key_or_seed) -> np.random.Generator:
   dtype = getattr(key_or_seed, "dtype", None)
   if dtype is not None and "key" in str(dtype):
     import jax  # pylint: disable=g-import-not-at-top
+
     data = jax.random.key_data(key_or_seed)
   data = np.asarray(data)
   if not np.issubdtype(data.dtype, np.integer) or data.size == 0:
     raise errors.ConfigError(
-        f"key_or_seed must be an int seed or a JAX PRNG key, got {type(key_or_seed).__name__}. "
-        "Fix: pass e.g. 0 or jax.random.key(0).")
+      f"key_or_seed must be an int seed or a JAX PRNG key, got {type(key_or_seed).__name__}. "
+      "Fix: pass e.g. 0 or jax.random.key(0)."
+    )
   return np.random.default_rng(data.astype(np.uint64).ravel().tolist())
 
 
@@ -148,8 +162,10 @@ def group_degenerate(eigvals, rtol: float = 1e-6, atol: float = 0.0) -> list:
   """
   lam = np.asarray(eigvals, np.float64)
   if lam.ndim != 1 or lam.size == 0:
-    raise errors.DataError(f"eigvals must be a non-empty 1-D array, got shape {lam.shape}. "
-                           "Fix: pass the eigenvalues of eigh_desc.")
+    raise errors.DataError(
+      f"eigvals must be a non-empty 1-D array, got shape {lam.shape}. "
+      "Fix: pass the eigenvalues of eigh_desc."
+    )
   if not np.all(np.isfinite(lam)):
     raise errors.DataError("eigvals contain NaN or inf. Fix: recompute them from a finite matrix.")
   if rtol < 0 or atol < 0:
@@ -158,8 +174,9 @@ def group_degenerate(eigvals, rtol: float = 1e-6, atol: float = 0.0) -> list:
   tol = rtol * np.maximum(np.abs(lam[:-1]), np.abs(lam[1:])) + atol
   if np.any(gaps < -tol):
     raise errors.DataError(
-        "eigvals are not sorted in descending order. Fix: use eigh_desc, or sort them with "
-        "order = np.argsort(-lam) and map the groups back through order.")
+      "eigvals are not sorted in descending order. Fix: use eigh_desc, or sort them with "
+      "order = np.argsort(-lam) and map the groups back through order."
+    )
   cuts = np.flatnonzero(gaps > tol) + 1
   return np.split(np.arange(lam.size), cuts)
 
@@ -176,21 +193,25 @@ def _ridged_cholesky(cov_w, ridge: float) -> tuple:
   d = s.shape[0]
   if ridge:
     s = s + (ridge * np.trace(s) / d) * np.eye(d)
-  fix = ("Fix: pass ridge=1e-6 (adds ridge * trace(cov_w) / d * I), or estimate cov_w from more "
-         f"weight samples (pooled samples must exceed d = {d}).")
+  fix = (
+    "Fix: pass ridge=1e-6 (adds ridge * trace(cov_w) / d * I), or estimate cov_w from more "
+    f"weight samples (pooled samples must exceed d = {d})."
+  )
   try:
     low = np.linalg.cholesky(s)
   except np.linalg.LinAlgError:
     lam_min = np.linalg.eigvalsh(s)[0]
     raise errors.NumericalError(
-        f"cov_w is not positive definite (smallest eigenvalue {lam_min:.3g}); it is singular or "
-        f"not a covariance. {fix}") from None
+      f"cov_w is not positive definite (smallest eigenvalue {lam_min:.3g}); it is singular or "
+      f"not a covariance. {fix}"
+    ) from None
   pivots = np.diag(low) ** 2
   scale = max(np.max(np.diag(s)), np.finfo(float).tiny)
   if pivots.min() <= _PIVOT_RTOL * scale:
     raise errors.NumericalError(
-        f"cov_w is numerically singular (smallest Cholesky pivot {pivots.min():.3g} vs largest "
-        f"variance {scale:.3g}). {fix}")
+      f"cov_w is numerically singular (smallest Cholesky pivot {pivots.min():.3g} vs largest "
+      f"variance {scale:.3g}). {fix}"
+    )
   return s, low
 
 
@@ -232,8 +253,9 @@ def transfer_function(cov_x, cov_w) -> tuple:
   lam, v = eigh_desc(cov_x)
   if np.shape(cov_w) != (len(lam), len(lam)):
     raise errors.DataError(
-        f"cov_w has shape {np.shape(cov_w)} but cov_x is {len(lam)}x{len(lam)}. Fix: both must "
-        "live in the same coordinates (patches and filters flattened in (kh, kw, C) order).")
+      f"cov_w has shape {np.shape(cov_w)} but cov_x is {len(lam)}x{len(lam)}. Fix: both must "
+      "live in the same coordinates (patches and filters flattened in (kh, kw, C) order)."
+    )
   return lam, transfer_function_in_basis(cov_w, v)
 
 
@@ -245,16 +267,19 @@ def overlap_matrix(v_x, v_w) -> np.ndarray:
   """|V_x^T V_w| [m_x, m_w]: |cos| between every pair of columns (1 = same direction)."""
   a, b = _matrix(v_x, "V_x"), _matrix(v_w, "V_w")
   if a.shape[0] != b.shape[0]:
-    raise errors.DataError(f"V_x has {a.shape[0]} rows but V_w has {b.shape[0]}. "
-                           "Fix: pass bases of the same space, directions as columns.")
+    raise errors.DataError(
+      f"V_x has {a.shape[0]} rows but V_w has {b.shape[0]}. "
+      "Fix: pass bases of the same space, directions as columns."
+    )
   return np.abs(a.T @ b)
 
 
 def _top(v, k: int, name: str) -> np.ndarray:
   a = _matrix(v, name)
   if k > a.shape[1]:
-    raise errors.ConfigError(f"k={k} exceeds the {a.shape[1]} columns of {name}. "
-                             f"Fix: use k <= {a.shape[1]}.")
+    raise errors.ConfigError(
+      f"k={k} exceeds the {a.shape[1]} columns of {name}. Fix: use k <= {a.shape[1]}."
+    )
   return np.linalg.qr(a[:, :k])[0]
 
 
@@ -267,8 +292,10 @@ def principal_cosines(v_a, v_b, k: int) -> np.ndarray:
   k = _check_int(k, "k", 1)
   a, b = _top(v_a, k, "V_a"), _top(v_b, k, "V_b")
   if a.shape[0] != b.shape[0]:
-    raise errors.DataError(f"V_a has {a.shape[0]} rows but V_b has {b.shape[0]}. "
-                           "Fix: pass bases of the same space, directions as columns.")
+    raise errors.DataError(
+      f"V_a has {a.shape[0]} rows but V_b has {b.shape[0]}. "
+      "Fix: pass bases of the same space, directions as columns."
+    )
   return np.clip(np.linalg.svd(a.T @ b, compute_uv=False), 0.0, 1.0)
 
 
@@ -294,9 +321,16 @@ def random_subspace_baseline(d: int, k: int, key_or_seed=0, trials: int = 100) -
   return float(np.mean(vals)), float(np.std(vals))
 
 
-def finite_sample_floor(basis, variances, n_samples: int, key_or_seed=0, trials: int = 500,
-                        reduce: str = "sum", ridge: float = 1e-9,
-                        centered: bool = False) -> tuple:
+def finite_sample_floor(
+  basis,
+  variances,
+  n_samples: int,
+  key_or_seed=0,
+  trials: int = 500,
+  reduce: str = "sum",
+  ridge: float = 1e-9,
+  centered: bool = False,
+) -> tuple:
   """(mean, std) over trials of the misalignment, in `basis`, of a PERFECTLY aligned Sigma_w.
 
   Sigma_w = V diag(variances) V^T is estimated from n_samples Gaussian samples exactly as
@@ -309,15 +343,18 @@ def finite_sample_floor(basis, variances, n_samples: int, key_or_seed=0, trials:
   """
   v = _matrix(basis, "basis")
   if v.shape[0] != v.shape[1]:
-    raise errors.DataError(f"basis must be a full square basis [d, d], got shape {v.shape}. "
-                           "Fix: pass all eigenvectors (e.g. the V of eigh_desc).")
+    raise errors.DataError(
+      f"basis must be a full square basis [d, d], got shape {v.shape}. "
+      "Fix: pass all eigenvectors (e.g. the V of eigh_desc)."
+    )
   v = _basis(v, v.shape[0])
   d = v.shape[0]
   var = np.asarray(variances, np.float64)
   if var.shape != (d,) or not np.all(np.isfinite(var)) or np.any(var < 0):
     raise errors.DataError(
-        f"variances must be {d} finite numbers >= 0, got shape {var.shape}. Fix: pass "
-        "e.g. alignment.variances_in_basis(cov_w, V).")
+      f"variances must be {d} finite numbers >= 0, got shape {var.shape}. Fix: pass "
+      "e.g. alignment.variances_in_basis(cov_w, V)."
+    )
   n = _check_int(n_samples, "n_samples", 2 if centered else 1)
   trials = _check_int(trials, "trials", 1)
   _check_reduce(reduce)
@@ -326,7 +363,7 @@ def finite_sample_floor(basis, variances, n_samples: int, key_or_seed=0, trials:
   scale = np.sqrt(var)
   vals = []
   for _ in range(trials):
-    if dof >= d:   # Bartlett: V^T S V = L T T^T L / dof, L = diag(scale)
+    if dof >= d:  # Bartlett: V^T S V = L T T^T L / dof, L = diag(scale)
       t = np.tril(rng.standard_normal((d, d)), -1)
       t[np.diag_indices(d)] = np.sqrt(rng.chisquare(dof - np.arange(d)))
       m = scale[:, None] * t

@@ -31,6 +31,7 @@ Both run one thread per core, each calling single-threaded BLAS (process-wide BL
 `patch_moments` runs): multi-threaded OpenBLAS on many mid-sized matmuls was 3-5x slower than
 one thread whenever other processes shared the 2 cores.
 """
+
 import concurrent.futures
 import contextlib
 import numbers
@@ -42,9 +43,9 @@ import numpy as np
 
 from rl_align import errors
 
-_GRAM_ROWS = 8192             # rows per float32 Gram call before adding into float64
-_BAND_BYTES = 256 << 20       # largest float64 band state of method "band" under method="auto"
-_PATCH_BYTES = 16 << 20       # patch buffer per chunk of method "patches"
+_GRAM_ROWS = 8192  # rows per float32 Gram call before adding into float64
+_BAND_BYTES = 256 << 20  # largest float64 band state of method "band" under method="auto"
+_PATCH_BYTES = 16 << 20  # patch buffer per chunk of method "patches"
 METHODS = ("auto", "band", "patches")
 
 
@@ -59,10 +60,10 @@ def _check_k(k) -> int:
 
 
 def _check_batch_size(batch_size) -> int:
-  if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
-      or batch_size < 1):
+  if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
     raise errors.ConfigError(
-        f"batch_size must be an integer >= 1, got {batch_size!r}. Fix: e.g. batch_size=1024.")
+      f"batch_size must be an integer >= 1, got {batch_size!r}. Fix: e.g. batch_size=1024."
+    )
   return int(batch_size)
 
 
@@ -74,31 +75,36 @@ def _compute_dtype(dtype, name: str):
   if np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16":
     return np.float32
   raise errors.DataError(
-      f"{name} has dtype {dtype}, but covariances need floating-point inputs. Fix: convert and "
-      f"standardize first, e.g. x = x.astype(np.float32) / 255, or data.standardize(x, "
-      "*data.channel_stats(x)).")
+    f"{name} has dtype {dtype}, but covariances need floating-point inputs. Fix: convert and "
+    f"standardize first, e.g. x = x.astype(np.float32) / 255, or data.standardize(x, "
+    "*data.channel_stats(x))."
+  )
 
 
 def _check_images(x, name: str, k: Optional[int] = None, shape=None):
   if getattr(x, "ndim", None) != 4:
     raise errors.DataError(
-        f"{name} must be images [N, H, W, C], got shape {getattr(x, 'shape', type(x))}. "
-        "Fix: add the missing axes (e.g. x[..., None] for one channel) or use data_covariance "
-        "for vectors.")
+      f"{name} must be images [N, H, W, C], got shape {getattr(x, 'shape', type(x))}. "
+      "Fix: add the missing axes (e.g. x[..., None] for one channel) or use data_covariance "
+      "for vectors."
+    )
   if shape is not None and tuple(x.shape[1:]) != tuple(shape):
     raise errors.DataError(
-        f"{name} has images of shape {tuple(x.shape[1:])}, but the first batch had {tuple(shape)}. "
-        "Fix: yield batches of equally sized images (resize or crop them first).")
+      f"{name} has images of shape {tuple(x.shape[1:])}, but the first batch had {tuple(shape)}. "
+      "Fix: yield batches of equally sized images (resize or crop them first)."
+    )
   if k is not None and (k > x.shape[1] or k > x.shape[2]):
     raise errors.DataError(
-        f"patch size k={k} is larger than the images ({x.shape[1]}x{x.shape[2]}) in {name}. "
-        f"Fix: use k <= {min(x.shape[1], x.shape[2])} or larger images.")
+      f"patch size k={k} is larger than the images ({x.shape[1]}x{x.shape[2]}) in {name}. "
+      f"Fix: use k <= {min(x.shape[1], x.shape[2])} or larger images."
+    )
 
 
 def _not_finite(name: str, where: str) -> errors.DataError:
   return errors.DataError(
-      f"{name} contains NaN or inf values ({where}). Fix: find them with "
-      "data.check_finite(x) and repair or drop those examples before estimating covariances.")
+    f"{name} contains NaN or inf values ({where}). Fix: find them with "
+    "data.check_finite(x) and repair or drop those examples before estimating covariances."
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,7 +122,7 @@ def extract_patches(images, k: int):
   _check_images(images, "images", k)
   n, h, w, c = images.shape
   ho, wo = h - k + 1, w - k + 1
-  cols = [images[:, i:i + ho, j:j + wo, :] for i in range(k) for j in range(k)]
+  cols = [images[:, i : i + ho, j : j + wo, :] for i in range(k) for j in range(k)]
   patches = jnp.stack(cols, axis=3)  # [N, Ho, Wo, k*k, C]  -> (kh, kw) major, C minor
   return patches.reshape(n, ho * wo, k * k * c)
 
@@ -128,7 +134,7 @@ def patches_np(y: np.ndarray, k: int) -> np.ndarray:
   out = np.empty((n, ho, wo, k, k, c), y.dtype)
   for i in range(k):
     for j in range(k):
-      out[:, :, :, i, j, :] = y[:, i:i + ho, j:j + wo, :]
+      out[:, :, :, i, j, :] = y[:, i : i + ho, j : j + wo, :]
   return out.reshape(n * ho * wo, k * k * c)
 
 
@@ -140,7 +146,7 @@ def _gram64(y: np.ndarray) -> np.ndarray:
   """Gram y^T y [d, d] of the rows of y [n, d] as float64, from float32 blocks of <= _GRAM_ROWS."""
   g = np.zeros((y.shape[1], y.shape[1]))
   for start in range(0, len(y), _GRAM_ROWS):
-    part = y[start:start + _GRAM_ROWS]
+    part = y[start : start + _GRAM_ROWS]
     g += part.T @ part
   return g
 
@@ -176,16 +182,18 @@ class MomentAccumulator:
   def _check_dim(self, d: int, what: str) -> None:
     if self.shift is not None and self.shift.shape[0] != d:
       raise errors.DataError(
-          f"{what} has dimension {d}, but this accumulator holds {self.shift.shape[0]}-dim "
-          "samples. Fix: use one accumulator per feature dimension.")
+        f"{what} has dimension {d}, but this accumulator holds {self.shift.shape[0]}-dim "
+        "samples. Fix: use one accumulator per feature dimension."
+      )
 
   def update(self, batch) -> "MomentAccumulator":
     """Adds the rows of `batch` [n, d] (float; float32 is Gram-ed in float32, summed in float64)."""
     x = np.asarray(batch)
     if x.ndim != 2:
       raise errors.DataError(
-          f"MomentAccumulator.update needs a batch [n, d], got shape {x.shape}. "
-          "Fix: reshape it to (len(batch), -1).")
+        f"MomentAccumulator.update needs a batch [n, d], got shape {x.shape}. "
+        "Fix: reshape it to (len(batch), -1)."
+      )
     x = x.astype(_compute_dtype(x.dtype, "batch"), copy=False)
     self._check_dim(x.shape[1], "batch")
     if len(x) == 0:
@@ -210,8 +218,9 @@ class MomentAccumulator:
     """Adds another accumulator's samples (re-expressed around this one's shift) into self."""
     if not isinstance(other, MomentAccumulator):
       raise errors.DataError(
-          f"merge needs a MomentAccumulator, got {type(other).__name__}. Fix: wrap the samples "
-          "with MomentAccumulator().update(x) first.")
+        f"merge needs a MomentAccumulator, got {type(other).__name__}. Fix: wrap the samples "
+        "with MomentAccumulator().update(x) first."
+      )
     if other.count == 0:
       return self
     self._check_dim(other.shift.shape[0], "the merged accumulator")
@@ -221,8 +230,12 @@ class MomentAccumulator:
       return self
     delta = other.shift - self.shift
     s = other.sum + other.count * delta
-    g = (other.gram + np.outer(other.sum, delta) + np.outer(delta, other.sum)
-         + other.count * np.outer(delta, delta))
+    g = (
+      other.gram
+      + np.outer(other.sum, delta)
+      + np.outer(delta, other.sum)
+      + other.count * np.outer(delta, delta)
+    )
     self.count += other.count
     self.sum += s
     self.gram += g
@@ -232,8 +245,9 @@ class MomentAccumulator:
     """(mean [d], cov [d, d]) in float64; cov divides by count - ddof (1: unbiased, as np.cov)."""
     if self.count - ddof <= 0:
       raise errors.DataError(
-          f"covariance needs more than ddof={ddof} samples, got {self.count}. "
-          "Fix: feed more data (or ddof=0).")
+        f"covariance needs more than ddof={ddof} samples, got {self.count}. "
+        "Fix: feed more data (or ddof=0)."
+      )
     mean_shifted = self.sum / self.count
     centered = self.gram - np.outer(self.sum, mean_shifted)
     cov = (centered + centered.T) / (2.0 * (self.count - ddof))
@@ -249,7 +263,7 @@ def _batches(x_or_iter, batch_size: int) -> Iterator[np.ndarray]:
       yield np.asarray(item)
       continue
     for start in range(0, len(item), batch_size):
-      yield np.asarray(item[start:start + batch_size])
+      yield np.asarray(item[start : start + batch_size])
 
 
 def data_moments(x, batch_size: int = 8192) -> MomentAccumulator:
@@ -259,8 +273,9 @@ def data_moments(x, batch_size: int = 8192) -> MomentAccumulator:
   for b in _batches(x, batch_size):
     if b.ndim < 2:
       raise errors.DataError(
-          f"data_covariance needs samples [N, d] (or [N, ...]), got shape {b.shape}. "
-          "Fix: for N scalars pass x[:, None].")
+        f"data_covariance needs samples [N, d] (or [N, ...]), got shape {b.shape}. "
+        "Fix: for N scalars pass x[:, None]."
+      )
     acc.update(b.reshape(len(b), -1))
   return acc
 
@@ -291,8 +306,6 @@ def resolve_method(method: str, shape, k: int) -> str:
   # faster up to W ~ 90 (k=3), ~110 (k=5), ~130 (k=7).
   small = _band_bytes(h, w, c, k) <= _BAND_BYTES
   return "band" if small and w <= 56 + 12 * k else "patches"
-
-
 
 
 class _Threads:
@@ -345,13 +358,13 @@ class _BandGram:
     n, h, wc = z.shape
     for r in rows:
       m = min(self.k, h - r)
-      g = z[:, r, :].T @ z[:, r:r + m, :].reshape(n, m * wc)
+      g = z[:, r, :].T @ z[:, r : r + m, :].reshape(n, m * wc)
       self.band[r, :, :m, :] += g.reshape(wc, m, wc)
 
   def update(self, y: np.ndarray) -> None:
     (h, w, c), workers = self.shape, self.threads.workers
     z = y.reshape(len(y), h, w * c)
-    rows = [range(i, h, workers) for i in range(workers)]     # interleaved: balanced work
+    rows = [range(i, h, workers) for i in range(workers)]  # interleaved: balanced work
     self.threads.map(lambda part: self._rows(z, part), rows)
 
   def gram(self) -> np.ndarray:
@@ -359,11 +372,11 @@ class _BandGram:
     (h, w, c), k = self.shape, self.k
     ho, wo = h - k + 1, w - k + 1
     gram = np.zeros((k, k, c, k, k, c))
-    cols = np.arange(k)[:, None] + np.arange(wo)[None, :]        # [k, Wo]: column of offset aj
+    cols = np.arange(k)[:, None] + np.arange(wo)[None, :]  # [k, Wo]: column of offset aj
     for ai in range(k):
       for dr in range(k - ai):
-        t = self.band[ai:ai + ho, :, dr, :].sum(axis=0).reshape(w, c, w, c)
-        blk = t[cols[:, None, :], :, cols[None, :, :], :].sum(axis=2)   # [aj, bj, c, c']
+        t = self.band[ai : ai + ho, :, dr, :].sum(axis=0).reshape(w, c, w, c)
+        blk = t[cols[:, None, :], :, cols[None, :, :], :].sum(axis=2)  # [aj, bj, c, c']
         gram[ai, :, :, ai + dr, :, :] = blk.transpose(0, 2, 1, 3)
         if dr:
           gram[ai + dr, :, :, ai, :, :] = blk.transpose(1, 3, 0, 2)
@@ -381,7 +394,7 @@ class _PatchGram:
 
   def update(self, y: np.ndarray) -> None:
     step = max(1, _PATCH_BYTES // (self.per_image * y.itemsize * self.threads.workers))
-    chunks = [y[start:start + step] for start in range(0, len(y), step)]
+    chunks = [y[start : start + step] for start in range(0, len(y), step)]
     for g in self.threads.map(lambda part: _gram64(patches_np(part, self.k)), chunks):
       self.total += g
 
@@ -393,12 +406,14 @@ def _window_sums(pixel_sum: np.ndarray, k: int) -> np.ndarray:
   """Sum over all k x k windows of a summed image [H, W, C] -> [k*k*C] in (kh, kw, C) order."""
   h, w, _ = pixel_sum.shape
   ho, wo = h - k + 1, w - k + 1
-  return np.concatenate([pixel_sum[i:i + ho, j:j + wo].sum(axis=(0, 1))
-                         for i in range(k) for j in range(k)])
+  return np.concatenate(
+    [pixel_sum[i : i + ho, j : j + wo].sum(axis=(0, 1)) for i in range(k) for j in range(k)]
+  )
 
 
-def patch_moments(images_or_iterator, k: int, batch_size: int = 512,
-                  method: str = "auto") -> MomentAccumulator:
+def patch_moments(
+  images_or_iterator, k: int, batch_size: int = 512, method: str = "auto"
+) -> MomentAccumulator:
   """MomentAccumulator of all k x k patches (stride 1, VALID, (kh, kw, C) order), streamed.
 
   Args:
@@ -417,14 +432,20 @@ def patch_moments(images_or_iterator, k: int, batch_size: int = 512,
   with blas_threads() as threads:
     for x in _batches(images_or_iterator, batch_size):
       seen = stream.seen if stream else 0
-      _check_images(x, f"images (batch at image #{seen})" if seen else "images", k,
-                    stream.shape if stream else None)
+      _check_images(
+        x,
+        f"images (batch at image #{seen})" if seen else "images",
+        k,
+        stream.shape if stream else None,
+      )
       if len(x):
         stream = stream or _PatchStream(x, k, method, threads)
         stream.update(x)
   if stream is None:
-    raise errors.DataError("patch_covariance got no images. Fix: pass a non-empty [N, H, W, C] "
-                           "array or an iterator that yields at least one batch.")
+    raise errors.DataError(
+      "patch_covariance got no images. Fix: pass a non-empty [N, H, W, C] "
+      "array or an iterator that yields at least one batch."
+    )
   return stream.moments()
 
 
@@ -434,24 +455,26 @@ class _PatchStream:
   def __init__(self, first: np.ndarray, k: int, method: str, threads: _Threads):
     self.k, self.shape = k, tuple(first.shape[1:])
     self.dtype = _compute_dtype(first.dtype, "images")
-    self.gram = {"band": _BandGram, "patches": _PatchGram}[
-        resolve_method(method, self.shape, k)](self.shape, k, threads)
+    self.gram = {"band": _BandGram, "patches": _PatchGram}[resolve_method(method, self.shape, k)](
+      self.shape, k, threads
+    )
     mean = first.reshape(-1, self.shape[-1]).mean(axis=0, dtype=np.float64)
     if not np.all(np.isfinite(mean)):
       raise _not_finite("images", f"in images #0..#{len(first) - 1}")
-    self.shift = mean.astype(self.dtype)          # exactly representable in the compute dtype
+    self.shift = mean.astype(self.dtype)  # exactly representable in the compute dtype
     self.pixel_sum = np.zeros(self.shape)
-    self.buffer = np.empty((len(first),) + self.shape, self.dtype)   # reused: no page faults
+    self.buffer = np.empty((len(first),) + self.shape, self.dtype)  # reused: no page faults
     self.seen = 0
 
   def update(self, x: np.ndarray) -> None:
     if _compute_dtype(x.dtype, f"images (batch at image #{self.seen})") != self.dtype:
       raise errors.DataError(
-          f"images batch at image #{self.seen} has dtype {x.dtype}, the first batch "
-          f"{np.dtype(self.dtype)}. Fix: cast all batches to one float dtype.")
+        f"images batch at image #{self.seen} has dtype {x.dtype}, the first batch "
+        f"{np.dtype(self.dtype)}. Fix: cast all batches to one float dtype."
+      )
     if len(x) > len(self.buffer):
       self.buffer = np.empty((len(x),) + self.shape, self.dtype)
-    y = np.subtract(x.astype(self.dtype, copy=False), self.shift, out=self.buffer[:len(x)])
+    y = np.subtract(x.astype(self.dtype, copy=False), self.shift, out=self.buffer[: len(x)])
     batch_sum = y.sum(axis=0, dtype=np.float64)
     if not np.all(np.isfinite(batch_sum)):
       raise _not_finite("images", f"in images #{self.seen}..#{self.seen + len(x) - 1}")
@@ -463,16 +486,19 @@ class _PatchStream:
     gram = self.gram.gram()
     if not np.all(np.isfinite(gram)):
       raise errors.NumericalError(
-          "patch second moments overflowed float32. Fix: standardize the images first "
-          "(data.standardize(x, *data.channel_stats(x))).")
+        "patch second moments overflowed float32. Fix: standardize the images first "
+        "(data.standardize(x, *data.channel_stats(x)))."
+      )
     k, (h, w, _) = self.k, self.shape
     count = self.seen * (h - k + 1) * (w - k + 1)
-    return MomentAccumulator.from_moments(count, np.tile(self.shift.astype(np.float64), k * k),
-                                          _window_sums(self.pixel_sum, k), gram)
+    return MomentAccumulator.from_moments(
+      count, np.tile(self.shift.astype(np.float64), k * k), _window_sums(self.pixel_sum, k), gram
+    )
 
 
-def patch_covariance(images_or_iterator, k: int, batch_size: int = 512, ddof: int = 1,
-                     method: str = "auto") -> tuple:
+def patch_covariance(
+  images_or_iterator, k: int, batch_size: int = 512, ddof: int = 1, method: str = "auto"
+) -> tuple:
   """(mean [d], cov [d, d]) float64 of the k x k patches (d = k*k*C, Flax (kh, kw, C) order).
 
   Streams `images_or_iterator` ([N, H, W, C] float array or iterable of batches) in batches of
@@ -505,8 +531,9 @@ def weight_samples(kernels) -> np.ndarray:
     out = w.transpose(0, 4, 1, 2, 3).reshape(-1, int(np.prod(w.shape[1:4])))
   else:
     raise errors.DataError(
-        f"kernels must be [d, h], [S, d, h], [kh, kw, C, F] or [S, kh, kw, C, F], got shape "
-        f"{w.shape}. Fix: pass the first layer's kernel (stack seeds on a leading axis).")
+      f"kernels must be [d, h], [S, d, h], [kh, kw, C, F] or [S, kh, kw, C, F], got shape "
+      f"{w.shape}. Fix: pass the first layer's kernel (stack seeds on a leading axis)."
+    )
   if out.size == 0:
     raise errors.DataError(f"kernels of shape {w.shape} hold no weights. Fix: pass a real layer.")
   if not np.all(np.isfinite(out)):
@@ -524,7 +551,9 @@ def weight_covariance(kernels, centered: bool = False) -> np.ndarray:
   if not centered:
     return (w.T @ w) / len(w)
   if len(w) < 2:
-    raise errors.DataError("a centered weight covariance needs >= 2 samples, got 1. "
-                           "Fix: pool more filters/seeds or use centered=False.")
+    raise errors.DataError(
+      "a centered weight covariance needs >= 2 samples, got 1. "
+      "Fix: pool more filters/seeds or use centered=False."
+    )
   w = w - w.mean(axis=0)
   return (w.T @ w) / (len(w) - 1)

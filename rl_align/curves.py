@@ -13,6 +13,7 @@ Usage::
 A seed that diverged (the engine froze it at a non-finite loss, `TrainResult.diverged`) keeps its
 row in every per-seed array, but never enters a pooled statistic, a seed mean or a check.
 """
+
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -20,17 +21,22 @@ import numpy as np
 from rl_align import errors
 
 
-def from_metrics(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], *,
-                 seeds: Sequence[int] | None = None,
-                 phase: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def from_metrics(
+  rows: Sequence[Mapping[str, Any]],
+  keys: Sequence[str],
+  *,
+  seeds: Sequence[int] | None = None,
+  phase: str | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   """(steps [T], {key: [S, T]}) from engine metric rows (`TrainResult.metrics`, metrics.jsonl).
 
   Only rows that carry one of `keys` (and belong to engine phase `phase`, if given) count; `seeds`
   picks and orders the seed ids (default: all of them, ascending).  A missing or None value is nan.
   """
   keys = list(keys)
-  rows = [r for r in rows if (phase is None or r.get("phase") == phase)
-          and any(k in r for k in keys)]
+  rows = [
+    r for r in rows if (phase is None or r.get("phase") == phase) and any(k in r for k in keys)
+  ]
   steps = sorted({int(r["step"]) for r in rows})
   ids = sorted({int(r["seed"]) for r in rows}) if seeds is None else [int(s) for s in seeds]
   si, ti = {s: i for i, s in enumerate(ids)}, {t: i for i, t in enumerate(steps)}
@@ -51,15 +57,19 @@ def finished_seeds(diverged, num_seeds: int) -> np.ndarray:
     return np.ones(num_seeds, bool)
   flags = np.asarray(diverged, bool).reshape(-1)
   if flags.shape != (num_seeds,):
-    raise errors.DataError(f"diverged flags have shape {flags.shape}, expected ({num_seeds},) "
-                           "(one per seed). Fix: pass TrainResult.diverged of the same run.")
+    raise errors.DataError(
+      f"diverged flags have shape {flags.shape}, expected ({num_seeds},) "
+      "(one per seed). Fix: pass TrainResult.diverged of the same run."
+    )
   return ~flags
 
 
 def all_diverged(num_seeds: int, what: str = "seeds") -> str:
   """The message that replaces statistics when no seed finished."""
-  return (f"all {num_seeds} {what} diverged (non-finite loss), so no statistic is reported. "
-          "Fix: lower the learning rate (e.g. --config.train.learning_rate).")
+  return (
+    f"all {num_seeds} {what} diverged (non-finite loss), so no statistic is reported. "
+    "Fix: lower the learning rate (e.g. --config.train.learning_rate)."
+  )
 
 
 def seed_mean_std(a) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ applies (a SLURM step or an Open MPI job with more than one task), in which case
 After it, `jax.devices()` lists the devices of every process: the engine (`rl_align.train`)
 shards seeds (and packed sweep members) over all of them, and process 0 alone writes results.
 """
+
 import os
 
 import jax
@@ -30,8 +31,11 @@ def _cluster_tasks() -> int:
   return 0
 
 
-def resolve(coordinator_address: str | None = None, num_processes: int | None = None,
-            process_id: int | None = None) -> dict | None:
+def resolve(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> dict | None:
   """The arguments for `jax.distributed.initialize`, or None for a single-process run.
 
   Explicit values win over the environment.  Raises ConfigError on an incomplete or invalid set.
@@ -46,20 +50,29 @@ def resolve(coordinator_address: str | None = None, num_processes: int | None = 
     nproc, pid = int(nproc), int(pid)
   except (TypeError, ValueError):
     raise errors.ConfigError(
-        f"a multi-process run needs --coordinator_address=HOST:PORT, --num_processes=N and "
-        f"--process_id=I (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); got "
-        f"address={addr!r}, num_processes={nproc!r}, process_id={pid!r}.") from None
+      f"a multi-process run needs --coordinator_address=HOST:PORT, --num_processes=N and "
+      f"--process_id=I (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); got "
+      f"address={addr!r}, num_processes={nproc!r}, process_id={pid!r}."
+    ) from None
   if addr is None or ":" not in str(addr):
-    raise errors.ConfigError(f"--coordinator_address must be HOST:PORT, got {addr!r}. "
-                             "Fix: e.g. --coordinator_address=127.0.0.1:23456.")
+    raise errors.ConfigError(
+      f"--coordinator_address must be HOST:PORT, got {addr!r}. "
+      "Fix: e.g. --coordinator_address=127.0.0.1:23456."
+    )
   if nproc < 1 or not 0 <= pid < nproc:
-    raise errors.ConfigError(f"--process_id={pid} must be in [0, --num_processes={nproc}). "
-                             "Fix: number the processes 0 .. N-1.")
+    raise errors.ConfigError(
+      f"--process_id={pid} must be in [0, --num_processes={nproc}). "
+      "Fix: number the processes 0 .. N-1."
+    )
   return {"coordinator_address": str(addr), "num_processes": nproc, "process_id": pid}
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, timeout_s: int | None = None) -> bool:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  timeout_s: int | None = None,
+) -> bool:
   """Starts jax.distributed when asked to (see the module docstring); True if it did."""
   kw = resolve(coordinator_address, num_processes, process_id)
   if kw is None or jax.distributed.is_initialized():

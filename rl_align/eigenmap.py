@@ -17,6 +17,7 @@ misalignment_eigenbasis [S], misalignment_random_basis [S], misalignment_floor {
 num_weight_samples, num_seeds, num_diverged, train_accuracy [S], diverged [S], snapshots [{step,
 epoch, ...same keys}], early_time [{step, s0_sq, c, r2, max_rel_err}].
 """
+
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -41,8 +42,17 @@ def _per_seed(fn, items, ok) -> np.ndarray:
   return np.array(out, dtype=np.float64)
 
 
-def summarize(kernels: np.ndarray, lam: np.ndarray, V: np.ndarray, *, key=0, centered=False,
-              reduce="sum", floor_trials=500, diverged=None) -> dict[str, Any]:
+def summarize(
+  kernels: np.ndarray,
+  lam: np.ndarray,
+  V: np.ndarray,
+  *,
+  key=0,
+  centered=False,
+  reduce="sum",
+  floor_trials=500,
+  diverged=None,
+) -> dict[str, Any]:
   """f, misalignment (data eigenbasis vs Haar-random basis) per seed and pooled over the seeds
   that finished.
 
@@ -60,32 +70,49 @@ def summarize(kernels: np.ndarray, lam: np.ndarray, V: np.ndarray, *, key=0, cen
   mis = lambda c, b: alignment.misalignment(c, b, reduce=reduce, ridge=1e-9)
   n_per_seed = covariance.weight_samples(kernels[0]).shape[0]
   out = {
-      "eigenvalues": lam, "sigma": np.sqrt(np.clip(lam, 0, None)), "f": f,
-      "misalignment_eigenbasis": _per_seed(lambda c: mis(c, V), per_seed, ok),
-      "misalignment_random_basis": _per_seed(lambda c: mis(c, rand), per_seed, ok),
-      "num_weight_samples": n_per_seed, "num_seeds": len(kernels),
-      "diverged": ~ok, "num_diverged": int((~ok).sum()),
+    "eigenvalues": lam,
+    "sigma": np.sqrt(np.clip(lam, 0, None)),
+    "f": f,
+    "misalignment_eigenbasis": _per_seed(lambda c: mis(c, V), per_seed, ok),
+    "misalignment_random_basis": _per_seed(lambda c: mis(c, rand), per_seed, ok),
+    "num_weight_samples": n_per_seed,
+    "num_seeds": len(kernels),
+    "diverged": ~ok,
+    "num_diverged": int((~ok).sum()),
   }
   if not ok.any():
     nan = {"mean": float("nan"), "std": float("nan")}
-    out.update(f_pooled=np.full(d, np.nan), misalignment_pooled_eigenbasis=float("nan"),
-               misalignment_pooled_random_basis=float("nan"), misalignment_floor=nan,
-               misalignment_pooled_floor=nan, error=curves.all_diverged(len(kernels)))
+    out.update(
+      f_pooled=np.full(d, np.nan),
+      misalignment_pooled_eigenbasis=float("nan"),
+      misalignment_pooled_random_basis=float("nan"),
+      misalignment_floor=nan,
+      misalignment_pooled_floor=nan,
+      error=curves.all_diverged(len(kernels)),
+    )
     return out
   pooled = covariance.weight_covariance(kernels[ok], centered=centered)
   first = per_seed[int(np.flatnonzero(ok)[0])]
-  floor = alignment.finite_sample_floor(V, alignment.variances_in_basis(first, V), n_per_seed,
-                                        key, trials=floor_trials, reduce=reduce)
-  pooled_floor = alignment.finite_sample_floor(V, alignment.variances_in_basis(pooled, V),
-                                               n_per_seed * int(ok.sum()), key,
-                                               trials=floor_trials, reduce=reduce)
-  out.update({
+  floor = alignment.finite_sample_floor(
+    V, alignment.variances_in_basis(first, V), n_per_seed, key, trials=floor_trials, reduce=reduce
+  )
+  pooled_floor = alignment.finite_sample_floor(
+    V,
+    alignment.variances_in_basis(pooled, V),
+    n_per_seed * int(ok.sum()),
+    key,
+    trials=floor_trials,
+    reduce=reduce,
+  )
+  out.update(
+    {
       "f_pooled": alignment.transfer_function_in_basis(pooled, V),
       "misalignment_pooled_eigenbasis": mis(pooled, V),
       "misalignment_pooled_random_basis": mis(pooled, rand),
       "misalignment_floor": {"mean": floor[0], "std": floor[1]},
       "misalignment_pooled_floor": {"mean": pooled_floor[0], "std": pooled_floor[1]},
-  })
+    }
+  )
   return out
 
 
@@ -106,8 +133,12 @@ def early_time_fit(f: np.ndarray, lam: np.ndarray) -> dict[str, float]:
   pred = A @ np.array([s0_sq, c])
   ss_res, ss_tot = np.sum((f2 - pred) ** 2), np.sum((f2 - f2.mean()) ** 2)
   rel = np.abs(np.sqrt(np.clip(pred, 0, None)) - np.sqrt(f2)) / np.sqrt(f2)
-  return {"s0_sq": float(s0_sq), "c": float(c), "r2": float(1 - ss_res / max(ss_tot, 1e-30)),
-          "max_rel_err": float(rel.max())}
+  return {
+    "s0_sq": float(s0_sq),
+    "c": float(c),
+    "r2": float(1 - ss_res / max(ss_tot, 1e-30)),
+    "max_rel_err": float(rel.max()),
+  }
 
 
 def shape_checks(res: Mapping[str, Any], d: int, reference=None) -> dict[str, Any]:
@@ -129,18 +160,23 @@ def shape_checks(res: Mapping[str, Any], d: int, reference=None) -> dict[str, An
   if reference:
     at = np.interp(reference["sigma"], sigma[order], mean[order])
     rmse = float(np.sqrt(np.mean((at - np.asarray(reference["f"])) ** 2)))
-  mis = {b: np.asarray(res[f"misalignment_{b}"], np.float64) for b in ("eigenbasis", "random_basis")}
+  mis = {
+    b: np.asarray(res[f"misalignment_{b}"], np.float64) for b in ("eigenbasis", "random_basis")
+  }
   if res.get("diverged") is not None:
     mis = {b: m[ok] for b, m in mis.items()}
   return {
-      "rmse_vs_paper": rmse,
-      "f_at_smallest_sigma": float(mean[smallest]), "init_level_1_over_sqrt_d": d ** -0.5,
-      "f_at_largest_sigma": float(mean[largest]), "peak_f": float(mean[peak]),
-      "peak_sigma": float(sigma[peak]),
-      "plateau_f_sigma_ge_2": float(mean[big].mean()) if big.any() else float("nan"),
-      "max_seed_spread": float(f.std(0).max()) if len(f) > 1 else 0.0,
-      "misalignment_eigen_over_random": float(np.mean(mis["eigenbasis"]) /
-                                              np.mean(mis["random_basis"])),
+    "rmse_vs_paper": rmse,
+    "f_at_smallest_sigma": float(mean[smallest]),
+    "init_level_1_over_sqrt_d": d**-0.5,
+    "f_at_largest_sigma": float(mean[largest]),
+    "peak_f": float(mean[peak]),
+    "peak_sigma": float(sigma[peak]),
+    "plateau_f_sigma_ge_2": float(mean[big].mean()) if big.any() else float("nan"),
+    "max_seed_spread": float(f.std(0).max()) if len(f) > 1 else 0.0,
+    "misalignment_eigen_over_random": float(
+      np.mean(mis["eigenbasis"]) / np.mean(mis["random_basis"])
+    ),
   }
 
 
@@ -150,12 +186,18 @@ def misalignment_over_training(snapshots: Sequence[Mapping[str, Any]]) -> list[d
   out = []
   for s in snapshots:
     ok = finished(s)
-    mean = lambda k, ok=ok, s=s: (float(np.mean(np.asarray(s[k], np.float64)[ok])) if ok.any()
-                                  else float("nan"))
-    out.append({"step": s["step"], "eigenbasis_mean": mean("misalignment_eigenbasis"),
-                "random_basis_mean": mean("misalignment_random_basis"),
-                "floor": s["misalignment_floor"]["mean"],
-                "pooled_eigenbasis": s["misalignment_pooled_eigenbasis"],
-                "pooled_random_basis": s["misalignment_pooled_random_basis"],
-                "pooled_floor": s["misalignment_pooled_floor"]["mean"]})
+    mean = lambda k, ok=ok, s=s: (
+      float(np.mean(np.asarray(s[k], np.float64)[ok])) if ok.any() else float("nan")
+    )
+    out.append(
+      {
+        "step": s["step"],
+        "eigenbasis_mean": mean("misalignment_eigenbasis"),
+        "random_basis_mean": mean("misalignment_random_basis"),
+        "floor": s["misalignment_floor"]["mean"],
+        "pooled_eigenbasis": s["misalignment_pooled_eigenbasis"],
+        "pooled_random_basis": s["misalignment_pooled_random_basis"],
+        "pooled_floor": s["misalignment_pooled_floor"]["mean"],
+      }
+    )
   return out

@@ -23,6 +23,7 @@ probes and snapshots are not counted.  A call is recorded in the ledger it carri
 sweep gives each point's runner the point's own ledger, so the points of a packed program each
 count their own calls.
 """
+
 from typing import Any
 
 import numpy as np
@@ -63,20 +64,32 @@ def _sub_jaxprs(values):
 # ----------------------------------------------------------------------------------------------
 # The ledger.
 
+
 class Ledger:
   """The training FLOPs of the engine calls that carried it (module docstring)."""
 
   def __init__(self):
     self.records: list[dict[str, Any]] = []
 
-  def record(self, name: str, step_flops: float, steps: int, members: int,
-             seconds: dict[str, float] | None = None) -> dict[str, Any]:
+  def record(
+    self,
+    name: str,
+    step_flops: float,
+    steps: int,
+    members: int,
+    seconds: dict[str, float] | None = None,
+  ) -> dict[str, Any]:
     """Adds one engine call's record {name, step_flops, steps, members, flops, seconds};
     seconds: its wall time per phase (`rl_align.progress.Phases`: train, compile, eval, snapshot,
     checkpoint, log), a packed call's share of its program's."""
-    rec = {"name": name, "step_flops": float(step_flops), "steps": int(steps),
-           "members": int(members), "flops": float(step_flops) * int(steps) * int(members),
-           "seconds": dict(seconds or {})}
+    rec = {
+      "name": name,
+      "step_flops": float(step_flops),
+      "steps": int(steps),
+      "members": int(members),
+      "flops": float(step_flops) * int(steps) * int(members),
+      "seconds": dict(seconds or {}),
+    }
     self.records.append(rec)
     return rec
 
@@ -94,8 +107,12 @@ class Ledger:
     return out
 
 
-def accounting(total_flops: float, wall_s: float, peak_gflops: float | None,
-               seconds: dict[str, float] | None = None) -> dict[str, Any]:
+def accounting(
+  total_flops: float,
+  wall_s: float,
+  peak_gflops: float | None,
+  seconds: dict[str, float] | None = None,
+) -> dict[str, Any]:
   """{flops, wall_s, gflops_per_s, peak_gflops, fraction_of_peak} of a job (None where unknown).
 
   With `seconds` (wall time per phase, `Ledger.seconds`) also `phases`: those seconds plus
@@ -104,16 +121,25 @@ def accounting(total_flops: float, wall_s: float, peak_gflops: float | None,
   `train_fraction_of_peak`): how fast the steps ran, apart from what surrounds them."""
   rate = total_flops / wall_s / 1e9 if wall_s > 0 else None
   frac = rate / peak_gflops if rate is not None and peak_gflops else None
-  out = {"flops": float(total_flops), "wall_s": float(wall_s), "gflops_per_s": rate,
-         "peak_gflops": peak_gflops, "fraction_of_peak": frac}
+  out = {
+    "flops": float(total_flops),
+    "wall_s": float(wall_s),
+    "gflops_per_s": rate,
+    "peak_gflops": peak_gflops,
+    "fraction_of_peak": frac,
+  }
   if seconds is not None:
     phases = dict(sorted(seconds.items()))
     phases["other"] = max(wall_s - sum(seconds.values()), 0.0)
     train_s = seconds.get("train", 0.0)
     train_rate = total_flops / train_s / 1e9 if train_s > 0 else None
-    out.update(phases=phases, train_gflops_per_s=train_rate,
-               train_fraction_of_peak=(train_rate / peak_gflops if train_rate is not None
-                                       and peak_gflops else None))
+    out.update(
+      phases=phases,
+      train_gflops_per_s=train_rate,
+      train_fraction_of_peak=(
+        train_rate / peak_gflops if train_rate is not None and peak_gflops else None
+      ),
+    )
   return out
 
 
@@ -126,7 +152,7 @@ def _human(flops: float) -> str:
 
 def _number(v: float, decimals: int) -> str:
   """v with `decimals` decimals, or 2 significant digits when that would show 0 (tiny runs)."""
-  return f"{v:.{decimals}f}" if v == 0 or abs(v) >= 10.0 ** -decimals else f"{v:.2g}"
+  return f"{v:.{decimals}f}" if v == 0 or abs(v) >= 10.0**-decimals else f"{v:.2g}"
 
 
 def summary_line(acc: dict[str, Any]) -> str:
@@ -135,13 +161,16 @@ def summary_line(acc: dict[str, Any]) -> str:
   if acc["gflops_per_s"] is not None:
     line += f" = {_number(acc['gflops_per_s'], 1)} GFLOP/s"
   if acc["fraction_of_peak"] is not None:
-    line += (f", {_number(100 * acc['fraction_of_peak'], 0)}% of the measured peak "
-             f"{acc['peak_gflops']:.0f} GFLOP/s")
+    line += (
+      f", {_number(100 * acc['fraction_of_peak'], 0)}% of the measured peak "
+      f"{acc['peak_gflops']:.0f} GFLOP/s"
+    )
   line += " (training steps' matmul/conv FLOPs)"
   phases = acc.get("phases")
   if phases:
     line += "; where the time went: " + ", ".join(
-        f"{k} {v:.0f} s" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]) if v >= 0.5)
+      f"{k} {v:.0f} s" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]) if v >= 0.5
+    )
     if acc.get("train_gflops_per_s") is not None:
       line += f"; the training steps alone {_number(acc['train_gflops_per_s'], 1)} GFLOP/s"
       if acc.get("train_fraction_of_peak") is not None:

@@ -16,6 +16,7 @@ Inputs in a lower precision (bfloat16: mixed precision) are multiplied in it, wh
 row blocks run in float32 and the results come back in the inputs' dtype.  The accelerator
 counterpart is `rl_align.pallas_fused`.
 """
+
 import functools
 
 import jax
@@ -26,11 +27,12 @@ from rl_align import covariance
 from rl_align import errors
 
 
-BLOCK_BYTES = 8 * 2 ** 20   # a row block's activation fits a 32 MB L3 with room to spare
+BLOCK_BYTES = 8 * 2**20  # a row block's activation fits a 32 MB L3 with room to spare
 
 
-def block_rows(n: int, out_rows: int, out_cols: int, features: int,
-               budget: int = BLOCK_BYTES) -> int:
+def block_rows(
+  n: int, out_rows: int, out_cols: int, features: int, budget: int = BLOCK_BYTES
+) -> int:
   """The largest divisor of out_rows whose float32 block n x rows x out_cols x features fits budget
   (at least 1).  Measured (benchmarks/README.md): the paper CNN at batch 256 runs best at 1 row
   (7.9 MB), 161 vs 182 ms per step at 2 rows."""
@@ -44,11 +46,15 @@ def _shapes(x, conv_kernel, dense_kernel, rows: int):
   n, h, w, _ = x.shape
   ho, wo = h - k + 1, w - k + 1
   if rows < 1 or ho % rows:
-    raise errors.ConfigError(f"fused conv block: rows={rows} must divide the {ho} output rows. "
-                             f"Fix: use a divisor of {ho} (1 is always valid).")
+    raise errors.ConfigError(
+      f"fused conv block: rows={rows} must divide the {ho} output rows. "
+      f"Fix: use a divisor of {ho} (1 is always valid)."
+    )
   if dense_kernel.shape[0] != ho * wo * f:
-    raise errors.ConfigError(f"fused conv block: dense kernel has {dense_kernel.shape[0]} input "
-                            f"rows, the flattened conv output {ho}x{wo}x{f} = {ho * wo * f}.")
+    raise errors.ConfigError(
+      f"fused conv block: dense kernel has {dense_kernel.shape[0]} input "
+      f"rows, the flattened conv output {ho}x{wo}x{f} = {ho * wo * f}."
+    )
   return n, k, f, wo, ho // rows
 
 
@@ -116,15 +122,16 @@ def _bwd(rows, res, g):
     i, w = inp
     xs = lax.dynamic_slice_in_dim(x, i * rows, window, axis=1)
     patches, unfold = jax.vjp(
-        lambda v: covariance.extract_patches(v, k).reshape(n, rows, wo, -1), xs)
+      lambda v: covariance.extract_patches(v, k).reshape(n, rows, wo, -1), xs
+    )
     pre = patches @ ckm + conv_bias
     h = jax.nn.relu(pre).reshape(n, -1)
-    dw = g.T @ h                                   # [D, rows*Wo*F]: the fast layout on CPU
+    dw = g.T @ h  # [D, rows*Wo*F]: the fast layout on CPU
     dpre = jnp.where(pre > 0, (g @ w.T).reshape(pre.shape), 0.0)
     dpre2 = dpre.reshape(-1, f)
     dck = dck + patches.reshape(dpre2.shape[0], -1).T @ dpre2
     dcb = dcb + dpre2.sum(axis=0)
-    if need_dx:   # add this window's input gradient at input rows i*rows ...
+    if need_dx:  # add this window's input gradient at input rows i*rows ...
       old = lax.dynamic_slice_in_dim(dx, i * rows, window, axis=1)
       dx = lax.dynamic_update_slice_in_dim(dx, old + unfold(dpre @ ckm.T)[0], i * rows, axis=1)
     return (dck, dcb, dx), dw
@@ -134,8 +141,12 @@ def _bwd(rows, res, g):
   (dck, dcb, dx), dws = lax.scan(body, carry0, (jnp.arange(nb), blocks))
   ddk = dws.transpose(0, 2, 1).reshape(dense_kernel.shape).astype(dense_kernel.dtype)
   dx = dx.astype(x.dtype) if need_dx else None
-  return dx, dck.reshape(conv_kernel.shape).astype(conv_kernel.dtype), dcb.astype(conv_bias.dtype), ddk
+  return (
+    dx,
+    dck.reshape(conv_kernel.shape).astype(conv_kernel.dtype),
+    dcb.astype(conv_bias.dtype),
+    ddk,
+  )
 
 
 conv_relu_dense.defvjp(_fwd, _bwd, symbolic_zeros=True)
-

@@ -31,6 +31,7 @@ Sigma may be given dense (eigen-decomposed once, in float64) or as a :class:`Spe
 directions, a std along each, and one std for the orthogonal complement), the low-rank form used
 for layers with a large fan-in, where a d x d matrix would not fit (a 12544-wide dense layer).
 """
+
 import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
@@ -65,6 +66,7 @@ class Spectrum:
   vectors: [d, k] orthonormal columns (k <= d); stds: [k] >= 0; rest_std: std in every direction
   orthogonal to the columns (irrelevant when k == d).
   """
+
   vectors: np.ndarray
   stds: np.ndarray
   rest_std: float = 0.0
@@ -90,7 +92,7 @@ class Spectrum:
       z = jax.random.normal(key, (k, n), jnp.float32)
       return (v @ (s[:, None] * z)).astype(dtype)
     z = jax.random.normal(key, (d, n), jnp.float32)
-    coef = v.T @ z                                       # [k, n]
+    coef = v.T @ z  # [k, n]
     out = v @ (s[:, None] * coef) + self.rest_std * (z - v @ coef)
     return out.astype(dtype)
 
@@ -98,20 +100,26 @@ class Spectrum:
 def _check_matrix(cov, name: str) -> np.ndarray:
   c = np.asarray(cov)
   if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] == 0:
-    raise errors.DataError(f"{name} must be a square [d, d] matrix, got shape {c.shape}. Fix: pass "
-                           "a covariance, e.g. covariance.weight_covariance(kernels).")
+    raise errors.DataError(
+      f"{name} must be a square [d, d] matrix, got shape {c.shape}. Fix: pass "
+      "a covariance, e.g. covariance.weight_covariance(kernels)."
+    )
   if not np.issubdtype(c.dtype, np.floating):
     c = c.astype(np.float64)
   c = c.astype(np.float64)
   if not np.all(np.isfinite(c)):
-    raise errors.DataError(f"{name} contains {int(np.sum(~np.isfinite(c)))} NaN/inf entries. Fix: "
-                           "estimate it from finite weights/data (a diverged seed gives NaN weights; "
-                           "drop it).")
+    raise errors.DataError(
+      f"{name} contains {int(np.sum(~np.isfinite(c)))} NaN/inf entries. Fix: "
+      "estimate it from finite weights/data (a diverged seed gives NaN weights; "
+      "drop it)."
+    )
   scale = max(np.abs(c).max(), 1e-300)
   if np.abs(c - c.T).max() > SYM_RTOL * scale:
-    raise errors.NumericalError(f"{name} is not symmetric (max |S - S^T| = "
-                                f"{np.abs(c - c.T).max():.3g}, max |S| = {scale:.3g}). Fix: pass a "
-                                "covariance, or symmetrize it with (S + S.T) / 2.")
+    raise errors.NumericalError(
+      f"{name} is not symmetric (max |S - S^T| = "
+      f"{np.abs(c - c.T).max():.3g}, max |S| = {scale:.3g}). Fix: pass a "
+      "covariance, or symmetrize it with (S + S.T) / 2."
+    )
   return (c + c.T) / 2
 
 
@@ -127,9 +135,10 @@ def eigh_psd(cov, name: str = "Sigma") -> tuple[np.ndarray, np.ndarray]:
   tol = PSD_RTOL * max(abs(lam[0]), abs(lam[-1]), 1e-300)
   if lam[-1] < -tol:
     raise errors.NumericalError(
-        f"{name} is not positive semi-definite: its smallest eigenvalue is {lam[-1]:.3g} (largest "
-        f"{lam[0]:.3g}). Fix: pass a covariance / second-moment matrix (e.g. W^T W / n), not a "
-        "difference of such matrices.")
+      f"{name} is not positive semi-definite: its smallest eigenvalue is {lam[-1]:.3g} (largest "
+      f"{lam[0]:.3g}). Fix: pass a covariance / second-moment matrix (e.g. W^T W / n), not a "
+      "difference of such matrices."
+    )
   return np.clip(lam, 0.0, None), v
 
 
@@ -157,19 +166,27 @@ class TransferFunction:
     lam = np.asarray(eigenvalues, np.float64).reshape(-1)
     fv = np.asarray(f, np.float64).reshape(-1)
     if lam.shape != fv.shape:
-      raise errors.DataError(f"TransferFunction: {lam.size} eigenvalues but {fv.size} values of f. "
-                             "Fix: pass one f value per eigenvalue.")
+      raise errors.DataError(
+        f"TransferFunction: {lam.size} eigenvalues but {fv.size} values of f. "
+        "Fix: pass one f value per eigenvalue."
+      )
     if not (np.all(np.isfinite(lam)) and np.all(np.isfinite(fv))):
-      raise errors.DataError("TransferFunction: eigenvalues or f contain NaN/inf. Fix: measure f on "
-                             "finite (non-diverged) weights.")
+      raise errors.DataError(
+        "TransferFunction: eigenvalues or f contain NaN/inf. Fix: measure f on "
+        "finite (non-diverged) weights."
+      )
     if np.any(fv < 0):
-      raise errors.DataError("TransferFunction: f must be >= 0 (it is a standard deviation). Fix: "
-                             "pass f = sqrt(v_i^T Sigma_w v_i).")
+      raise errors.DataError(
+        "TransferFunction: f must be >= 0 (it is a standard deviation). Fix: "
+        "pass f = sqrt(v_i^T Sigma_w v_i)."
+      )
     keep = lam > 0
     if not keep.any():
-      raise errors.DataError("TransferFunction: no eigenvalue is > 0, so log(lambda) is undefined. "
-                             "Fix: pass the eigenvalues of a non-zero covariance.")
-    log_lam, f2 = np.log(lam[keep]), fv[keep]**2
+      raise errors.DataError(
+        "TransferFunction: no eigenvalue is > 0, so log(lambda) is undefined. "
+        "Fix: pass the eigenvalues of a non-zero covariance."
+      )
+    log_lam, f2 = np.log(lam[keep]), fv[keep] ** 2
     uniq, inv = np.unique(log_lam, return_inverse=True)
     self.log_knots = uniq
     self.values = np.sqrt(np.bincount(inv, f2) / np.bincount(inv))
@@ -185,11 +202,15 @@ class TransferFunction:
     return np.interp(safe, self.log_knots, self.values)
 
   def __repr__(self):
-    return (f"TransferFunction({self.values.size} knots, lambda in [{self.knots[0]:.3g}, "
-            f"{self.knots[-1]:.3g}], f in [{self.values.min():.3g}, {self.values.max():.3g}])")
+    return (
+      f"TransferFunction({self.values.size} knots, lambda in [{self.knots[0]:.3g}, "
+      f"{self.knots[-1]:.3g}], f in [{self.values.min():.3g}, {self.values.max():.3g}])"
+    )
 
 
-def measure_transfer(weights, vectors, *, with_rest: bool | None = None) -> tuple[np.ndarray, float]:
+def measure_transfer(
+  weights, vectors, *, with_rest: bool | None = None
+) -> tuple[np.ndarray, float]:
   """f_i = sqrt(v_i^T Sigma_w v_i) with Sigma_w = E[w w^T] of the weight samples (uncentered).
 
   Args:
@@ -203,10 +224,12 @@ def measure_transfer(weights, vectors, *, with_rest: bool | None = None) -> tupl
     w = covariance_lib.weight_samples(w)
   v = np.asarray(vectors, np.float64)
   if w.shape[1] != v.shape[0]:
-    raise errors.DataError(f"measure_transfer: weights have fan-in {w.shape[1]} but the eigenvectors "
-                           f"are {v.shape[0]}-dimensional. Fix: use the covariance of this layer's "
-                           "inputs.")
-  proj2 = np.mean((w @ v)**2, axis=0)
+    raise errors.DataError(
+      f"measure_transfer: weights have fan-in {w.shape[1]} but the eigenvectors "
+      f"are {v.shape[0]}-dimensional. Fix: use the covariance of this layer's "
+      "inputs."
+    )
+  proj2 = np.mean((w @ v) ** 2, axis=0)
   d, k = v.shape
   rest = 0.0
   if (with_rest if with_rest is not None else k < d) and k < d:
@@ -215,8 +238,12 @@ def measure_transfer(weights, vectors, *, with_rest: bool | None = None) -> tupl
   return np.sqrt(proj2), rest
 
 
-def pooled_transfer(eigenvalues: Sequence[np.ndarray], fs: Sequence[np.ndarray],
-                    rests: Sequence[float] = (), num_bins: int | None = None) -> TransferFunction:
+def pooled_transfer(
+  eigenvalues: Sequence[np.ndarray],
+  fs: Sequence[np.ndarray],
+  rests: Sequence[float] = (),
+  num_bins: int | None = None,
+) -> TransferFunction:
   """One TransferFunction from several (lambda, f) measurements (e.g. one per pretrained seed).
 
   num_bins=None keeps every knot (equal eigenvalues, e.g. a shared data eigenbasis, are merged);
@@ -233,12 +260,13 @@ def pooled_transfer(eigenvalues: Sequence[np.ndarray], fs: Sequence[np.ndarray],
   ll, ff = np.log(lam[pos][order]), f[pos][order]
   parts = np.array_split(np.arange(ll.size), int(num_bins))
   knots = np.array([np.exp(ll[p].mean()) for p in parts])
-  vals = np.array([np.sqrt(np.mean(ff[p]**2)) for p in parts])
+  vals = np.array([np.sqrt(np.mean(ff[p] ** 2)) for p in parts])
   return TransferFunction(knots, vals, rest)
 
 
-def aligned_spectrum(eigenvalues, vectors, f: TransferFunction | Callable,
-                     rest_eigenvalue: float = 0.0) -> Spectrum:
+def aligned_spectrum(
+  eigenvalues, vectors, f: TransferFunction | Callable, rest_eigenvalue: float = 0.0
+) -> Spectrum:
   """Spectrum of V diag(f(lambda))^2 V^T (+ f(rest)^2 on the complement of a low-rank V)."""
   lam = np.asarray(eigenvalues, np.float64)
   stds = np.asarray(f(lam), np.float64)
@@ -246,8 +274,10 @@ def aligned_spectrum(eigenvalues, vectors, f: TransferFunction | Callable,
   if rest is None:
     rest = float(np.asarray(f(np.array([rest_eigenvalue]))).reshape(-1)[0])
   if not np.all(np.isfinite(stds)) or np.any(stds < 0):
-    raise errors.NumericalError("f returned NaN/inf or negative values on the eigenvalues. Fix: "
-                                "use a TransferFunction built from finite, non-negative f.")
+    raise errors.NumericalError(
+      "f returned NaN/inf or negative values on the eigenvalues. Fix: "
+      "use a TransferFunction built from finite, non-negative f."
+    )
   return Spectrum(np.asarray(vectors, np.float64), stds, float(rest))
 
 
@@ -257,24 +287,29 @@ def aligned_spectrum(eigenvalues, vectors, f: TransferFunction | Callable,
 
 def _fan_in(shape) -> int:
   if len(shape) < 2:
-    raise errors.ConfigError(f"a covariance initializer needs a kernel [fan_in..., fan_out], got "
-                             f"shape {tuple(shape)}. Fix: use it as kernel_init of a Dense/Conv "
-                             "layer, not for biases.")
+    raise errors.ConfigError(
+      f"a covariance initializer needs a kernel [fan_in..., fan_out], got "
+      f"shape {tuple(shape)}. Fix: use it as kernel_init of a Dense/Conv "
+      "layer, not for biases."
+    )
   return int(np.prod(shape[:-1]))
 
 
 def spectrum_init(spec: Spectrum, scale: float = 1.0) -> Initializer:
   """Flax initializer: the kernel's columns i.i.d. N(0, scale^2 Sigma) with Sigma from `spec`."""
+
   def init(key, shape, dtype=jnp.float32):
     d = _fan_in(shape)
     if d != spec.dim:
       kind = "kh*kw*C_in" if len(shape) == 4 else "fan-in"
       raise errors.ConfigError(
-          f"the kernel {tuple(shape)} has {kind} = {d}, but Sigma is {spec.dim} x {spec.dim}. Fix: "
-          f"estimate Sigma for this layer (conv {tuple(shape[:-1])} patches flattened in "
-          "(kh, kw, C) order), or change the layer to match it.")
+        f"the kernel {tuple(shape)} has {kind} = {d}, but Sigma is {spec.dim} x {spec.dim}. Fix: "
+        f"estimate Sigma for this layer (conv {tuple(shape[:-1])} patches flattened in "
+        "(kh, kw, C) order), or change the layer to match it."
+      )
     w = spec.sample(key, int(shape[-1]), jnp.float32) * scale
     return w.reshape(shape).astype(dtype)
+
   return init
 
 
@@ -316,7 +351,7 @@ def whitening_filters(data_cov, num_filters: int, eps: float = 5e-4) -> np.ndarr
   k = min(num_filters // 2, d)
   w = v[:, :k] / np.sqrt(lam[:k] + eps)
   out = np.zeros((d, num_filters))
-  out[:, 0:2 * k:2], out[:, 1:2 * k:2] = w, -w
+  out[:, 0 : 2 * k : 2], out[:, 1 : 2 * k : 2] = w, -w
   return out
 
 
@@ -384,8 +419,10 @@ def layer_inputs(model: nn.Module, params, x, layer: str) -> jax.Array:
   with nn.intercept_methods(icpt):
     model.apply({"params": params}, x)
   if not box:
-    raise errors.ConfigError(f"layer {layer!r} is never called by the model. Fix: pick one of "
-                             f"init.kernel_layers(model, params, x).")
+    raise errors.ConfigError(
+      f"layer {layer!r} is never called by the model. Fix: pick one of "
+      f"init.kernel_layers(model, params, x)."
+    )
   return box[0]
 
 
@@ -398,15 +435,18 @@ def input_samples(inputs, kernel_shape) -> np.ndarray:
   if len(kernel_shape) == 4:
     kh, kw = kernel_shape[:2]
     if kh != kw:
-      raise errors.ConfigError(f"non-square conv kernels {tuple(kernel_shape)} are not supported "
-                               "by layer-wise sampling. Fix: use square kernels.")
+      raise errors.ConfigError(
+        f"non-square conv kernels {tuple(kernel_shape)} are not supported "
+        "by layer-wise sampling. Fix: use square kernels."
+      )
     p = np.asarray(covariance_lib.extract_patches(a, int(kh)))
     return p.reshape(-1, p.shape[-1])
   return a.reshape(-1, kernel_shape[0])
 
 
-def input_spectrum(samples, max_full_dim: int = FULL_EIGH_MAX_DIM,
-                   rtol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+def input_spectrum(
+  samples, max_full_dim: int = FULL_EIGH_MAX_DIM, rtol: float = 1e-9
+) -> tuple[np.ndarray, np.ndarray]:
   """(lambda desc [k], V [d, k]) of the centered covariance of the rows of samples [n, d].
 
   d <= max_full_dim: full float64 eigendecomposition (k = d).  Larger d: the eigenpairs of the
@@ -415,15 +455,18 @@ def input_spectrum(samples, max_full_dim: int = FULL_EIGH_MAX_DIM,
   """
   x = np.asarray(samples)
   if x.ndim != 2 or len(x) < 2:
-    raise errors.DataError(f"input_spectrum needs >= 2 samples [n, d], got shape {x.shape}. Fix: "
-                           "pass more inputs.")
+    raise errors.DataError(
+      f"input_spectrum needs >= 2 samples [n, d], got shape {x.shape}. Fix: pass more inputs."
+    )
   d = x.shape[1]
   if d <= max_full_dim:
     _, cov = covariance_lib.data_covariance(x)
     return eigh_psd(cov, "the layer-input covariance")
   xc = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
   if not np.all(np.isfinite(xc)):
-    raise errors.DataError("the layer inputs contain NaN/inf. Fix: check the lower layers' weights.")
+    raise errors.DataError(
+      "the layer inputs contain NaN/inf. Fix: check the lower layers' weights."
+    )
   gram = xc @ xc.T / (len(x) - 1)
   lam, u = np.linalg.eigh(gram)
   lam, u = lam[::-1], u[:, ::-1]
@@ -433,9 +476,15 @@ def input_spectrum(samples, max_full_dim: int = FULL_EIGH_MAX_DIM,
   return lam, v
 
 
-def measure_layer_transfer(model: nn.Module, params_per_seed: Sequence[Any], x, layer: str, *,
-                           num_bins: int | None = 24,
-                           max_full_dim: int = FULL_EIGH_MAX_DIM) -> TransferFunction:
+def measure_layer_transfer(
+  model: nn.Module,
+  params_per_seed: Sequence[Any],
+  x,
+  layer: str,
+  *,
+  num_bins: int | None = 24,
+  max_full_dim: int = FULL_EIGH_MAX_DIM,
+) -> TransferFunction:
   """f_l of a pretrained network: its layer-l weights against ITS OWN layer-l input covariance.
 
   params_per_seed: one params tree per pretrained seed (unstacked); x: the inputs the covariance
@@ -452,8 +501,16 @@ def measure_layer_transfer(model: nn.Module, params_per_seed: Sequence[Any], x, 
   return pooled_transfer(lams, fs, rests if any(r > 0 for r in rests) else (), num_bins)
 
 
-def sample_layer(model: nn.Module, params, x, layer: str, f: TransferFunction, key, *,
-                 max_full_dim: int = FULL_EIGH_MAX_DIM):
+def sample_layer(
+  model: nn.Module,
+  params,
+  x,
+  layer: str,
+  f: TransferFunction,
+  key,
+  *,
+  max_full_dim: int = FULL_EIGH_MAX_DIM,
+):
   """params with layer's kernel re-drawn from V diag(f(lambda))^2 V^T, (lambda, V) of its inputs
   in THIS network (params' lower layers) on x.  Returns (params, spectrum)."""
   path = layer.split("/")
@@ -465,8 +522,15 @@ def sample_layer(model: nn.Module, params, x, layer: str, f: TransferFunction, k
   return _set(params, path, "kernel", np.asarray(new)), spec
 
 
-def sample_layerwise(model: nn.Module, params, x, transfer: Mapping[str, TransferFunction], key, *,
-                     max_full_dim: int = FULL_EIGH_MAX_DIM):
+def sample_layerwise(
+  model: nn.Module,
+  params,
+  x,
+  transfer: Mapping[str, TransferFunction],
+  key,
+  *,
+  max_full_dim: int = FULL_EIGH_MAX_DIM,
+):
   """Section 2.5: re-draws each layer in `transfer` (in call order), bottom-up, from the NEW
   network's input covariance at that layer (lower layers already re-drawn) and f_l.
 
@@ -476,11 +540,20 @@ def sample_layerwise(model: nn.Module, params, x, transfer: Mapping[str, Transfe
   order = kernel_layers(model, params, x)
   unknown = [l for l in transfer if l not in order]
   if unknown:
-    raise errors.ConfigError(f"layers {unknown} have no kernel in this model; its layers are "
-                             f"{order}. Fix: name layers from that list.")
+    raise errors.ConfigError(
+      f"layers {unknown} have no kernel in this model; its layers are "
+      f"{order}. Fix: name layers from that list."
+    )
   for i, layer in enumerate(l for l in order if l in transfer):
-    params, _ = sample_layer(model, params, x, layer, transfer[layer], jax.random.fold_in(key, i),
-                             max_full_dim=max_full_dim)
+    params, _ = sample_layer(
+      model,
+      params,
+      x,
+      layer,
+      transfer[layer],
+      jax.random.fold_in(key, i),
+      max_full_dim=max_full_dim,
+    )
   return params
 
 
@@ -493,11 +566,13 @@ def rescale_to_init(params, init_params):
 
   A tensor that is zero now stays zero; one that was zero at init (biases) becomes zero.
   """
+
   def one(p, p0):
     p64, p064 = np.asarray(p, np.float64), np.asarray(p0, np.float64)
     n, n0 = np.linalg.norm(p64), np.linalg.norm(p064)
     scale = n0 / n if n > 0 else 1.0
     return (p64 * scale).astype(np.asarray(p).dtype)
+
   return jax.tree.map(one, params, init_params)
 
 

@@ -17,6 +17,7 @@ asks which it has::
 
 A third placement (e.g. a memory-mapped file) is one more `Split` subclass here.
 """
+
 import abc
 import dataclasses
 import os
@@ -42,6 +43,7 @@ STATS_FILE = "standardization.json"
 class RandomLabels:
   """Each member's own random labels: seed id s draws seeds.random_labels(root_seed, [s], N, K),
   K = num_classes (an int, or one K per seed id)."""
+
   root_seed: int
   seed_ids: tuple
   num_classes: Any
@@ -75,8 +77,13 @@ def head_labels(part: "Split", labels, m: int) -> np.ndarray:
   out = np.empty((len(labels.seed_ids), m), np.int32)
   for k in sorted(set(ks)):
     rows = [r for r, kr in enumerate(ks) if kr == k]
-    out[rows] = seeds.random_labels(labels.root_seed, [labels.seed_ids[r] for r in rows], None, k,
-                                    idx=np.tile(np.arange(m), (len(rows), 1)))
+    out[rows] = seeds.random_labels(
+      labels.root_seed,
+      [labels.seed_ids[r] for r in rows],
+      None,
+      k,
+      idx=np.tile(np.arange(m), (len(rows), 1)),
+    )
   return out
 
 
@@ -87,8 +94,9 @@ def config_labels(config):
     return random_labels(config.train.seed, seeds.seed_ids(config.train), config.num_classes)
   if config.labels == "real":
     return REAL
-  raise errors.ConfigError(f"config.labels must be 'random' or 'real', got {config.labels!r}. "
-                           "Fix: --config.labels=random.")
+  raise errors.ConfigError(
+    f"config.labels must be 'random' or 'real', got {config.labels!r}. Fix: --config.labels=random."
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,18 +106,17 @@ def config_labels(config):
 class Split(abc.ABC):
   """One split: len, example_shape, num_classes, name; its first examples (`head`), its inputs in
   order (`batches`), its labels, and what the engine trains on (`engine_input`)."""
+
   name: str
   num_classes: int
   placement: str
 
   @abc.abstractmethod
-  def __len__(self) -> int:
-    ...
+  def __len__(self) -> int: ...
 
   @property
   @abc.abstractmethod
-  def example_shape(self) -> tuple:
-    ...
+  def example_shape(self) -> tuple: ...
 
   @abc.abstractmethod
   def head(self, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +138,7 @@ class Split(abc.ABC):
 
 class ArraySplit(Split):
   """A split loaded as arrays (`data.ArrayDataset`): the engine puts them on its devices."""
+
   placement = "device"
 
   def __init__(self, ds: data_lib.ArrayDataset):
@@ -157,7 +165,7 @@ class ArraySplit(Split):
 
   def examples(self, batch_size):
     for j in range(0, len(self), batch_size):
-      yield self.ds.x[j:j + batch_size], self.ds.y[j:j + batch_size]
+      yield self.ds.x[j : j + batch_size], self.ds.y[j : j + batch_size]
 
   def engine_input(self, cfg, labels, pipeline_cfg=None):
     del cfg, pipeline_cfg
@@ -165,16 +173,18 @@ class ArraySplit(Split):
       return self.ds.x, self.ds.y.astype(np.int32)
     ks = labels.per_seed()
     out = np.empty((len(labels.seed_ids), len(self)), np.int32)
-    for k in sorted(set(ks)):   # one draw per K; each seed id's row is its own draw
+    for k in sorted(set(ks)):  # one draw per K; each seed id's row is its own draw
       rows = [r for r, kr in enumerate(ks) if kr == k]
-      out[rows] = seeds.random_labels(labels.root_seed, [labels.seed_ids[r] for r in rows],
-                                      out.shape[1], k)
+      out[rows] = seeds.random_labels(
+        labels.root_seed, [labels.seed_ids[r] for r in rows], out.shape[1], k
+      )
     return self.ds.x, out
 
 
 class StreamSplit(Split):
   """A split read from its source batch by batch (`pipeline.Reader`: standardized as loaded
   arrays are, to the same floats); the engine trains on a `pipeline.HostFeed` of it."""
+
   placement = "host"
 
   def __init__(self, reader: pipeline.Reader):
@@ -201,14 +211,19 @@ class StreamSplit(Split):
       host_labels = None
     else:
       ks = labels.per_seed()
-      host_labels = pipeline.RandomLabels(labels.root_seed, ks[0],
-                                          tuple(zip(labels.seed_ids, ks)))
+      host_labels = pipeline.RandomLabels(labels.root_seed, ks[0], tuple(zip(labels.seed_ids, ks)))
     feed = pipeline.HostFeed(
-        self.reader.source, seed_ids=seeds.seed_ids(cfg), data_seed=int(cfg.seed),
-        batch_size=int(cfg.batch_size), labels=host_labels, mean=self.reader.mean,
-        std=self.reader.std, num_threads=int(p.get("num_threads", 1)),
-        prefetch=int(p.get("prefetch", 1)),
-        chunk_bytes=int(p.get("chunk_mb", pipeline.DEFAULT_CHUNK_BYTES >> 20)) << 20)
+      self.reader.source,
+      seed_ids=seeds.seed_ids(cfg),
+      data_seed=int(cfg.seed),
+      batch_size=int(cfg.batch_size),
+      labels=host_labels,
+      mean=self.reader.mean,
+      std=self.reader.std,
+      num_threads=int(p.get("num_threads", 1)),
+      prefetch=int(p.get("prefetch", 1)),
+      chunk_bytes=int(p.get("chunk_mb", pipeline.DEFAULT_CHUNK_BYTES >> 20)) << 20,
+    )
     return feed, None
 
 
@@ -258,8 +273,9 @@ def _cut_splits(config, train, open_split):
   if "test" not in parts:
     if "split" not in data_lib.split_kwargs(dcfg.name, "test"):
       raise errors.ConfigError(
-          f"{dcfg.name} has no test split: config.split.test is 0. Fix: carve one out of its "
-          f"{len(train)} examples, e.g. --config.split.test={len(train) // 5}.")
+        f"{dcfg.name} has no test split: config.split.test is 0. Fix: carve one out of its "
+        f"{len(train)} examples, e.g. --config.split.test={len(train) // 5}."
+      )
     test = open_split(dcfg.get("test_split", "test"))
     cap = int(dcfg.get("test_examples", 0) or 0)
     parts["test"] = test.subset(np.arange(min(cap, len(test)))) if cap else test
@@ -280,8 +296,10 @@ def load_splits(config) -> tuple[dict[str, data_lib.ArrayDataset], dict[str, np.
   parts, idx = _cut_splits(config, load_split(dcfg, "train"), lambda s: load_split(dcfg, s))
   if dcfg.get("standardize", True):
     mean, std = data_lib.channel_stats(_first(parts).x, stats_examples(dcfg))
-    parts = {k: data_lib.ArrayDataset(data_lib.standardize(p.x, mean, std), p.y, p.num_classes,
-                                      p.name) for k, p in parts.items()}
+    parts = {
+      k: data_lib.ArrayDataset(data_lib.standardize(p.x, mean, std), p.y, p.num_classes, p.name)
+      for k, p in parts.items()
+    }
   return parts, idx
 
 
@@ -303,8 +321,14 @@ def split_stats(config, folder: str | None, first: data_lib.Source):
   out = results.read_json(folder, STATS_FILE) if folder else None
   if out is None:
     mean, std = data_lib.channel_stats(first, stats_examples(dcfg))
-    out = json_roundtrip({"mean": mean, "std": std, "source": first.name,
-                          "examples": min(len(first), stats_examples(dcfg) or len(first))})
+    out = json_roundtrip(
+      {
+        "mean": mean,
+        "std": std,
+        "source": first.name,
+        "examples": min(len(first), stats_examples(dcfg) or len(first)),
+      }
+    )
     if folder:
       results.write_json(folder, STATS_FILE, out)
   return np.asarray(out["mean"], np.float64), np.asarray(out["std"], np.float64)
@@ -313,6 +337,7 @@ def split_stats(config, folder: str | None, first: data_lib.Source):
 def json_roundtrip(obj: Any) -> Any:
   """obj as it reads back from JSON (numpy -> lists, nan -> None)."""
   import json  # pylint: disable=g-import-not-at-top
+
   return json.loads(json.dumps(results.to_jsonable(obj)))
 
 
@@ -338,6 +363,7 @@ class Data:
   pipeline: config.data.pipeline (the host feed's num_threads, prefetch, chunk_mb; may be empty).
   placement: "device" or "host" (what config.data.placement resolved to; for the record only).
   """
+
   parts: dict
   num_classes: int
   indices: dict
@@ -357,8 +383,9 @@ class Data:
 def resolve_placement(requested: str, num_seeds: int, n: int, example_shape) -> str:
   """Where a training set of n examples goes for config.data.placement `requested` ("auto" |
   "device" | "host"), logged: `data.choose_placement` against this process's first device."""
-  where, line = data_lib.choose_placement(n, example_shape, int(num_seeds),
-                                          data_lib.device_memory_bytes(), requested)
+  where, line = data_lib.choose_placement(
+    n, example_shape, int(num_seeds), data_lib.device_memory_bytes(), requested
+  )
   logging.info("%s", line)
   return where
 
@@ -374,8 +401,7 @@ def load(config, folder: str | None = None, placement: str | None = None) -> Dat
   pipe = dict(config.data.get("pipeline", {}) or {})
   if requested == "device":  # nothing to decide: load, then check the size and log it
     out = _arrays(config, pipe)
-    resolve_placement("device", num_seeds, _train_size(out.parts),
-                      _first(out.parts).example_shape)
+    resolve_placement("device", num_seeds, _train_size(out.parts), _first(out.parts).example_shape)
     return out
   parts, idx = source_splits(config)
   first = _first(parts)
@@ -384,11 +410,17 @@ def load(config, folder: str | None = None, placement: str | None = None) -> Dat
   if folder:
     os.makedirs(folder, exist_ok=True)
   mean, std = split_stats(config, folder, first)
-  return Data({k: StreamSplit(pipeline.Reader(v, mean, std)) for k, v in parts.items()},
-              first.num_classes, idx, pipe, "host")
+  return Data(
+    {k: StreamSplit(pipeline.Reader(v, mean, std)) for k, v in parts.items()},
+    first.num_classes,
+    idx,
+    pipe,
+    "host",
+  )
 
 
 def _arrays(config, pipe) -> Data:
   parts, idx = load_splits(config)
-  return Data({k: ArraySplit(v) for k, v in parts.items()}, _first(parts).num_classes, idx, pipe,
-              "device")
+  return Data(
+    {k: ArraySplit(v) for k, v in parts.items()}, _first(parts).num_classes, idx, pipe, "device"
+  )

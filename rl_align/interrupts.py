@@ -14,6 +14,7 @@ calls at every event step.
         if interrupts.agreed():                 # at an event step
           save_checkpoint(); raise errors.Interrupted(interrupts.signal_number(), step)
 """
+
 import contextlib
 import os
 import signal
@@ -25,8 +26,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class _State:
-  signum: int | None = None     # the first signal received
-  deferring: int = 0            # > 0 inside `deferred` blocks
+  signum: int | None = None  # the first signal received
+  deferring: int = 0  # > 0 inside `deferred` blocks
 
 
 _state = _State()
@@ -34,13 +35,18 @@ _state = _State()
 
 def _handler(signum, frame) -> None:
   del frame
-  if _state.signum is not None:             # the second signal: now
+  if _state.signum is not None:  # the second signal: now
     os.write(2, f"\nsignal {signum} again: exiting now.\n".encode())
     os._exit(128 + signum)
   _state.signum = signum
   if _state.deferring:
-    os.write(2, (f"\nsignal {signum}: stopping at the next log step after a checkpoint "
-                 "(again to exit now).\n").encode())
+    os.write(
+      2,
+      (
+        f"\nsignal {signum}: stopping at the next log step after a checkpoint "
+        "(again to exit now).\n"
+      ).encode(),
+    )
     return
   raise errors.Interrupted(signum)
 
@@ -83,12 +89,14 @@ def agreed() -> bool:
   """Whether to stop now: this process received a signal or, in a run of several processes, any
   process did (a collective: every process must call it at the same steps)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   mine = _state.signum is not None
   if jax.process_count() == 1:
     return mine
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   flags = multihost_utils.process_allgather(np.asarray([int(mine)], np.int32))
   if np.any(flags) and not mine:
-    _state.signum = int(signal.SIGTERM)     # stopped because another process was
+    _state.signum = int(signal.SIGTERM)  # stopped because another process was
   return bool(np.any(flags))

@@ -33,6 +33,7 @@ Measured once per process.  Other jobs on the machine lower it (`load_average_1m
 XLA's default float32 precision, the engine's default (`train.matmul_precision = "default"`),
 which uses TF32 tensor cores on NVIDIA Ampere and later: there it is the TF32 rate.
 """
+
 import datetime
 import functools
 import os
@@ -73,17 +74,17 @@ def matmul_chain(a, b, reps):
 
 CPU_SIZES = (1024, 2048, 4096)
 ACCELERATOR_SIZES = (4096, 8192)
-TARGET_S = 0.05     # a timing runs about this long (or one matmul, if longer)
+TARGET_S = 0.05  # a timing runs about this long (or one matmul, if longer)
 MAX_REPS = 10_000
 DEFAULT_BUDGET_S = 3.0
-BUDGET_ENV = "RL_ALIGN_MATMUL_PEAK_BUDGET_S"   # another default budget (seconds), e.g. in tests
+BUDGET_ENV = "RL_ALIGN_MATMUL_PEAK_BUDGET_S"  # another default budget (seconds), e.g. in tests
 
 
 def _operands(n: int):
   """Float32 a ~ N(0, 1) and b ~ N(0, 1/n) (b keeps a chained product's scale at 1), host arrays."""
   rng = np.random.default_rng(0)
   a = rng.standard_normal((n, n), dtype=np.float32)
-  b = rng.standard_normal((n, n), dtype=np.float32) / np.float32(n ** 0.5)
+  b = rng.standard_normal((n, n), dtype=np.float32) / np.float32(n**0.5)
   return a, b
 
 
@@ -91,13 +92,14 @@ def _jax_one_device(a, b):
   """(run(reps) -> seconds, FLOPs per rep) for the matmul chain on the default device."""
   n = a.shape[0]
   a, b = jax.device_put(a), jax.device_put(b)
-  compiled = matmul_chain.lower(a, b, 1).compile()   # compiled once; reps is a traced bound
+  compiled = matmul_chain.lower(a, b, 1).compile()  # compiled once; reps is a traced bound
 
   def run(reps: int) -> float:
     t = time.perf_counter()
     compiled(a, b, reps).block_until_ready()
     return time.perf_counter() - t
-  return run, 2.0 * n ** 3
+
+  return run, 2.0 * n**3
 
 
 def _jax_all_devices(a, b):
@@ -108,31 +110,37 @@ def _jax_all_devices(a, b):
   stack = lambda v: jax.device_put(np.broadcast_to(v, (len(devices),) + v.shape), sharded)
   a, b = stack(a), stack(b)
 
-  def chain(x, y, reps):   # one device's [1, n, n] block
+  def chain(x, y, reps):  # one device's [1, n, n] block
     return jax.lax.fori_loop(0, reps, lambda _, c: (c[0] @ y[0])[None], x)
-  fn = jax.jit(jax.shard_map(chain, mesh=mesh, in_specs=(P("d"), P("d"), P()), out_specs=P("d"),
-                               check_vma=False))
+
+  fn = jax.jit(
+    jax.shard_map(
+      chain, mesh=mesh, in_specs=(P("d"), P("d"), P()), out_specs=P("d"), check_vma=False
+    )
+  )
   compiled = fn.lower(a, b, 1).compile()
 
   def run(reps: int) -> float:
     t = time.perf_counter()
     compiled(a, b, reps).block_until_ready()
     return time.perf_counter() - t
-  return run, 2.0 * n ** 3 * len(devices)
+
+  return run, 2.0 * n**3 * len(devices)
 
 
 def _numpy(a, b):
   """(run, FLOPs per rep) for NumPy's BLAS (np.matmul into a preallocated output)."""
   n = a.shape[0]
   out = np.empty_like(a)
-  np.matmul(a[:512, :512], b[:512, :512])   # warm-up: OpenBLAS' thread pool
+  np.matmul(a[:512, :512], b[:512, :512])  # warm-up: OpenBLAS' thread pool
 
   def run(reps: int) -> float:
     t = time.perf_counter()
     for _ in range(reps):
       np.matmul(a, b, out=out)
     return time.perf_counter() - t
-  return run, 2.0 * n ** 3
+
+  return run, 2.0 * n**3
 
 
 def methods() -> dict:
@@ -170,21 +178,26 @@ def matmul_peak(sizes=None, repeats: int = 3, budget_s: float | None = None) -> 
   deadline = t0 + budget_s
   builders = methods()
   detail = {name: {} for name in builders}
-  last = {name: None for name in builders}   # GFLOP/s at the previous size
+  last = {name: None for name in builders}  # GFLOP/s at the previous size
   for n in sorted(sizes):
     operands = None
     for name in sorted(builders, key=lambda k: -(last[k] or 0.0)):
       # Skip a size whose first timing would pass the budget (rate known from the size before;
       # the first size of each method always runs).
-      if last[name] and time.perf_counter() + 2.0 * n ** 3 / (last[name] * 1e9) > deadline:
+      if last[name] and time.perf_counter() + 2.0 * n**3 / (last[name] * 1e9) > deadline:
         continue
       operands = operands or _operands(n)
       rate = _rate(builders[name], *operands, repeats, deadline)
       detail[name][str(n)] = round(rate, 1)
       last[name] = rate
   best = max(((r, name, int(n)) for name, d in detail.items() for n, r in d.items()))
-  return {"gflops": best[0], "method": best[1], "n": best[2], "detail": detail,
-          "seconds": round(time.perf_counter() - t0, 2)}
+  return {
+    "gflops": best[0],
+    "method": best[1],
+    "n": best[2],
+    "detail": detail,
+    "seconds": round(time.perf_counter() - t0, 2),
+  }
 
 
 @functools.lru_cache(maxsize=1)
@@ -201,15 +214,26 @@ def describe(measure: bool = True) -> dict:
   `load_average_1min` above `cores` means other jobs shared the machine.
   """
   devices = jax.devices()
-  rec = {"cpu_model": cpu_model(), "cores": cores(), "jax_backend": jax.default_backend(),
-         "device_kind": devices[0].device_kind, "num_devices": len(devices),
-         "process_count": jax.process_count(), "jax_version": jax.__version__,
-         "python": platform.python_version()}
+  rec = {
+    "cpu_model": cpu_model(),
+    "cores": cores(),
+    "jax_backend": jax.default_backend(),
+    "device_kind": devices[0].device_kind,
+    "num_devices": len(devices),
+    "process_count": jax.process_count(),
+    "jax_version": jax.__version__,
+    "python": platform.python_version(),
+  }
   if measure:
     at, mm = _measured_once()
-    rec.update(fp32_matmul_gflops=round(mm["gflops"], 1), fp32_matmul_method=mm["method"],
-               fp32_matmul_n=mm["n"], fp32_matmul_detail=mm["detail"],
-               fp32_matmul_seconds=mm["seconds"], measured_at=at)
-  if hasattr(os, "getloadavg"):   # > cores: other jobs shared the machine (and the measurement)
+    rec.update(
+      fp32_matmul_gflops=round(mm["gflops"], 1),
+      fp32_matmul_method=mm["method"],
+      fp32_matmul_n=mm["n"],
+      fp32_matmul_detail=mm["detail"],
+      fp32_matmul_seconds=mm["seconds"],
+      measured_at=at,
+    )
+  if hasattr(os, "getloadavg"):  # > cores: other jobs shared the machine (and the measurement)
     rec["load_average_1min"] = round(os.getloadavg()[0], 2)
   return rec

@@ -19,6 +19,7 @@ In a run of several processes only process 0 writes; the others read the same ro
     w.read_rows("train", max_step=10)          # the rows a run resumed at step 10 keeps
     res = train.train(model, cfg, x, labels, workdir="/tmp/run", writer=w)
 """
+
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -33,7 +34,7 @@ Row = Mapping[str, Any]
 class MetricWriter:
   """The interface (every method a no-op here): what the engine and the runners report."""
 
-  wants_images = False   # whether write_images keeps anything (skip rendering otherwise)
+  wants_images = False  # whether write_images keeps anything (skip rendering otherwise)
 
   def write_rows(self, rows: Sequence[Row]) -> None:
     """Appends per-member metrics rows."""
@@ -41,8 +42,9 @@ class MetricWriter:
   def write_images(self, phase: str, step: int, images: Mapping[int, Mapping[str, Any]]) -> None:
     """Per member (seed id): {tag: image} at `step` (an image: PNG bytes, height, width)."""
 
-  def write_scalars(self, phase: str, step: int, scalars: Mapping[int, Mapping[str, float]]
-                    ) -> None:
+  def write_scalars(
+    self, phase: str, step: int, scalars: Mapping[int, Mapping[str, float]]
+  ) -> None:
     """Per member (seed id): {tag: value} at `step`, outside the metrics rows (e.g. f/sigma_i)."""
 
   def read_rows(self, phase: str, max_step: int, part: str = "") -> list[dict]:
@@ -142,16 +144,30 @@ class JsonlWriter(MetricWriter):
   def read_rows(self, phase, max_step, part=""):
     rows, bad = parse_jsonl(self.path)
     if bad:
-      logging.warning("%s: %d damaged line(s) (not one JSON object each: line(s) %s) are skipped; "
-                      "the %d valid rows are kept.", self.path, len(bad), bad[:10], len(rows))
+      logging.warning(
+        "%s: %d damaged line(s) (not one JSON object each: line(s) %s) are skipped; "
+        "the %d valid rows are kept.",
+        self.path,
+        len(bad),
+        bad[:10],
+        len(rows),
+      )
     mine = lambda r: r.get("phase") == phase and r.get("part", "") == part
     drop = [r for r in rows if mine(r) and r.get("step", -1) > max_step]
     if self.writes and (drop or bad):
       keep = [r for r in rows if not (mine(r) and r.get("step", -1) > max_step)]
-      results.write_text(os.path.dirname(self.path) or ".", os.path.basename(self.path),
-                         "".join(json.dumps(r) + "\n" for r in keep))
+      results.write_text(
+        os.path.dirname(self.path) or ".",
+        os.path.basename(self.path),
+        "".join(json.dumps(r) + "\n" for r in keep),
+      )
       if drop:
-        logging.info("%s: %d row(s) of phase %s after step %d (written after the checkpoint the "
-                     "run resumes from) are dropped.", self.path, len(drop), phase, max_step)
+        logging.info(
+          "%s: %d row(s) of phase %s after step %d (written after the checkpoint the "
+          "run resumes from) are dropped.",
+          self.path,
+          len(drop),
+          phase,
+          max_step,
+        )
     return [r for r in rows if mine(r) and r.get("step", -1) <= max_step]
-

@@ -63,6 +63,7 @@ optimizer state) stay float32 (Flax's ``dtype`` vs ``param_dtype``); the logits 
 float32, so the loss is computed in float32.  Sown intermediates are float32 too.  It pays only
 on accelerators with bfloat16 matmul units; on CPU it is not faster.
 """
+
 import dataclasses
 import re
 from typing import Any, Callable, Mapping, Sequence
@@ -84,8 +85,26 @@ CONV_IMPLS = ("lax", "im2col", "fused", "pallas")
 DTYPES = ("float32", "bfloat16")
 _INTERMEDIATES = "intermediates"
 _SUFFIXES = ("_inputs", "_relu")
-_VGG16_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-               512, 512, 512, "M")
+_VGG16_PLAN = (
+  64,
+  64,
+  "M",
+  128,
+  128,
+  "M",
+  256,
+  256,
+  256,
+  "M",
+  512,
+  512,
+  512,
+  "M",
+  512,
+  512,
+  512,
+  "M",
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,13 +120,15 @@ def make_initializer(name: str, scale: float = 1.0) -> Initializer:
   if name not in variance:
     raise errors.ConfigError(f"unknown kernel init {name!r}. Fix: use one of {INITS}.")
   dist = "uniform" if name == "uniform" else "normal"
-  return nn.initializers.variance_scaling(variance[name] * float(scale) ** 2, "fan_in", dist,
-                                          in_axis=-2, out_axis=-1)
+  return nn.initializers.variance_scaling(
+    variance[name] * float(scale) ** 2, "fan_in", dist, in_axis=-2, out_axis=-1
+  )
 
 
 def _scaled(init: Initializer, scale: float) -> Initializer:
   def scaled_init(key, shape, dtype=jnp.float32):
     return scale * init(key, shape, dtype)
+
   return scaled_init
 
 
@@ -134,13 +155,14 @@ def conv_im2col(x, kernel, stride: int = 1):
 class Conv(nn.Module):
   """A square conv with params {"kernel": [k, k, C, F], "bias": [F]} (float32), lax or im2col,
   computed in `dtype`."""
+
   features: int
   kernel_size: int = 3
   stride: int = 1
-  padding: str = "VALID"        # VALID | SAME (XLA's SAME pads; im2col pads explicitly)
+  padding: str = "VALID"  # VALID | SAME (XLA's SAME pads; im2col pads explicitly)
   impl: str = "lax"
   kernel_init: Initializer = make_initializer("lecun_normal")
-  dtype: Any = None             # the compute dtype; None: the inputs' (as lax does)
+  dtype: Any = None  # the compute dtype; None: the inputs' (as lax does)
 
   @nn.compact
   def __call__(self, x):
@@ -156,13 +178,15 @@ class Conv(nn.Module):
     if self.impl in ("im2col", "fused", "pallas"):
       y = conv_im2col(jnp.pad(x, [(0, 0)] + pads + [(0, 0)]), kernel, s)
     else:
-      y = lax.conv_general_dilated(x, kernel, (s, s), pads,
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      y = lax.conv_general_dilated(
+        x, kernel, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
     return y + bias
 
 
 class _Base(nn.Module):
   """Init fields (keyword-only) and layer helpers shared by every model."""
+
   kernel_init: str = dataclasses.field(default="lecun_normal", kw_only=True)
   init_scale: float = dataclasses.field(default=1.0, kw_only=True)
   first_layer_init: str | None = dataclasses.field(default=None, kw_only=True)
@@ -176,8 +200,9 @@ class _Base(nn.Module):
     """The activations' and matmuls' dtype for `dtype="bfloat16"`; None for "float32", meaning
     the inputs' dtype, untouched (float32 data; float64 when a test enables x64)."""
     if self.dtype not in DTYPES:
-      raise errors.ConfigError(f"config.model.dtype={self.dtype!r} is unknown. "
-                               f"Fix: use one of {DTYPES}.")
+      raise errors.ConfigError(
+        f"config.model.dtype={self.dtype!r} is unknown. Fix: use one of {DTYPES}."
+      )
     return None if self.dtype == "float32" else jnp.dtype(self.dtype)
 
   def _to_float32(self, value):
@@ -202,14 +227,37 @@ class _Base(nn.Module):
 
   def _dense(self, x, features: int, name: str, first: bool = False):
     self._sow(f"{name}_inputs", x)
-    return nn.Dense(features, kernel_init=self._init(first), bias_init=nn.initializers.zeros,
-                    dtype=self.compute_dtype, name=name)(x)
+    return nn.Dense(
+      features,
+      kernel_init=self._init(first),
+      bias_init=nn.initializers.zeros,
+      dtype=self.compute_dtype,
+      name=name,
+    )(x)
 
-  def _conv(self, x, features: int, name: str, *, k: int = 3, stride: int = 1,
-            padding: str = "SAME", first: bool = False, scale: float = 1.0):
+  def _conv(
+    self,
+    x,
+    features: int,
+    name: str,
+    *,
+    k: int = 3,
+    stride: int = 1,
+    padding: str = "SAME",
+    first: bool = False,
+    scale: float = 1.0,
+  ):
     self._sow(f"{name}_inputs", x)
-    return Conv(features, k, stride, padding, getattr(self, "conv_impl", "lax"),
-                self._init(first, scale), self.compute_dtype, name=name)(x)
+    return Conv(
+      features,
+      k,
+      stride,
+      padding,
+      getattr(self, "conv_impl", "lax"),
+      self._init(first, scale),
+      self.compute_dtype,
+      name=name,
+    )(x)
 
   def _relu(self, h, name: str):
     h = nn.relu(h)
@@ -228,6 +276,7 @@ class _Base(nn.Module):
 
 class DenseNet(_Base):
   """Flatten -> (Dense + ReLU) per width -> head.  Fig 20: d -> 2048 -> 256 -> 10."""
+
   widths: Sequence[int] = (2048, 256)
   num_classes: int = 10
 
@@ -242,6 +291,7 @@ class DenseNet(_Base):
 
 class PaperCNN(_Base):
   """Fig 2/4: conv F filters k x k VALID -> ReLU -> flatten -> dense hidden -> ReLU -> head."""
+
   features: int = 256
   kernel_size: int = 3
   hidden: int = 64
@@ -258,8 +308,10 @@ class PaperCNN(_Base):
   def __call__(self, x):
     if self.conv_impl in ("fused", "pallas") and not self.is_mutable_collection(_INTERMEDIATES):
       return self._head(nn.relu(self._fused_block(x)))
-    h = self._relu(self._conv(x, self.features, "conv_0", k=self.kernel_size, padding="VALID",
-                              first=True), "conv_0")
+    h = self._relu(
+      self._conv(x, self.features, "conv_0", k=self.kernel_size, padding="VALID", first=True),
+      "conv_0",
+    )
     h = self._relu(self._dense(h.reshape(h.shape[0], -1), self.hidden, "dense_0"), "dense_0")
     return self._head(h)
 
@@ -269,9 +321,8 @@ class PaperCNN(_Base):
     k, f = self.kernel_size, self.features
     ck, cb = _Params(((k, k, x.shape[-1], f), (f,)), self._init(first=True), name="conv_0")()
     ho, wo = x.shape[1] - k + 1, x.shape[2] - k + 1
-    dk, db = _Params(((ho * wo * f, self.hidden), (self.hidden,)), self._init(),
-                     name="dense_0")()
-    if self.compute_dtype is not None:   # mixed precision: everything in it (float32 sums)
+    dk, db = _Params(((ho * wo * f, self.hidden), (self.hidden,)), self._init(), name="dense_0")()
+    if self.compute_dtype is not None:  # mixed precision: everything in it (float32 sums)
       x, ck, cb, dk, db = (a.astype(self.compute_dtype) for a in (x, ck, cb, dk, db))
     if self.conv_impl == "pallas":
       return pallas_fused.conv_relu_dense(x, ck.astype(x.dtype), cb, dk) + db
@@ -282,13 +333,16 @@ class PaperCNN(_Base):
 class _Params(nn.Module):
   """Declares {"kernel": shapes[0], "bias": shapes[1]} like nn.Conv / nn.Dense (same names, same
   order, so the same init keys) and returns them."""
+
   shapes: tuple
   kernel_init: Initializer
 
   @nn.compact
   def __call__(self):
-    return (self.param("kernel", self.kernel_init, self.shapes[0]),
-            self.param("bias", nn.initializers.zeros, self.shapes[1]))
+    return (
+      self.param("kernel", self.kernel_init, self.shapes[0]),
+      self.param("bias", nn.initializers.zeros, self.shapes[1]),
+    )
 
 
 class SmallCNN(_Base):
@@ -298,6 +352,7 @@ class SmallCNN(_Base):
   of 128 one SGD step (forward + backward) costs 14.45 GFLOP by XLA's cost analysis, the figure
   the first measurements quoted (VALID convs or a flatten head give 11.9-14.9 GFLOP).
   """
+
   features: Sequence[int] = (32, 64)
   num_classes: int = 10
   conv_impl: str = "lax"
@@ -317,6 +372,7 @@ class VGG16(_Base):
   conv layers from index `widen_from` on have width/64 times the paper's channels, earlier ones keep
   them (so widen_from=0 scales every layer; a larger widen_from widens only the later layers).
   """
+
   num_classes: int = 10
   width: int = 64
   widen_from: int = 0
@@ -361,6 +417,7 @@ class ResNet18(_ResidualNet):
 
   No normalization: the last conv of each branch starts at `residual_init_scale` x its init.
   """
+
   num_classes: int = 10
   width: int = 64
   residual_init_scale: float = 0.0
@@ -380,6 +437,7 @@ class WRN(_ResidualNet):
   Stem conv_0 (16 filters, `first_kernel_size` x `first_kernel_size`; Fig 3 uses 5x5), then 3
   groups of (depth - 4) / 6 blocks with 16w, 32w, 64w channels and strides 1, 2, 2, avg pool, head.
   """
+
   depth: int = 28
   width: int = 4
   first_kernel_size: int = 5
@@ -391,16 +449,22 @@ class WRN(_ResidualNet):
   @nn.compact
   def __call__(self, x):
     if self.depth < 10 or (self.depth - 4) % 6:
-      raise errors.ConfigError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got "
-                               f"{self.depth}. Fix: e.g. --config.model.depth=28.")
+      raise errors.ConfigError(
+        f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got "
+        f"{self.depth}. Fix: e.g. --config.model.depth=28."
+      )
     h = self._relu(self._conv(x, 16, "conv_0", k=self.first_kernel_size, first=True), "conv_0")
     w = self.width
     return self._stages(h, [(16 * w, 1), (32 * w, 2), (64 * w, 2)], blocks=(self.depth - 4) // 6)
 
 
 MODELS: dict[str, type[nn.Module]] = {
-    "dense": DenseNet, "paper_cnn": PaperCNN, "small_cnn": SmallCNN, "vgg16": VGG16,
-    "resnet18": ResNet18, "wrn": WRN,
+  "dense": DenseNet,
+  "paper_cnn": PaperCNN,
+  "small_cnn": SmallCNN,
+  "vgg16": VGG16,
+  "resnet18": ResNet18,
+  "wrn": WRN,
 }
 
 
@@ -418,18 +482,23 @@ def validate(model: nn.Module) -> None:
   for field in ("kernel_init", "first_layer_init"):
     name = getattr(model, field)
     if name is not None and name not in INITS:
-      raise errors.ConfigError(f"config.model.{field}={name!r} is unknown. "
-                               f"Fix: use one of {INITS}.")
+      raise errors.ConfigError(
+        f"config.model.{field}={name!r} is unknown. Fix: use one of {INITS}."
+      )
   impl = getattr(model, "conv_impl", "lax")
   if impl not in CONV_IMPLS:
-    raise errors.ConfigError(f"config.model.conv_impl={impl!r} is unknown. "
-                             f"Fix: use one of {CONV_IMPLS}.")
+    raise errors.ConfigError(
+      f"config.model.conv_impl={impl!r} is unknown. Fix: use one of {CONV_IMPLS}."
+    )
   if model.dtype not in DTYPES:
-    raise errors.ConfigError(f"config.model.dtype={model.dtype!r} is unknown. "
-                             f"Fix: use one of {DTYPES}.")
+    raise errors.ConfigError(
+      f"config.model.dtype={model.dtype!r} is unknown. Fix: use one of {DTYPES}."
+    )
   if model.first_layer_std is not None and not model.first_layer_std >= 0:
-    raise errors.ConfigError(f"config.model.first_layer_std must be >= 0 (or None for the default "
-                             f"init), got {model.first_layer_std}.")
+    raise errors.ConfigError(
+      f"config.model.first_layer_std must be >= 0 (or None for the default "
+      f"init), got {model.first_layer_std}."
+    )
 
 
 def build(config: Mapping[str, Any]) -> nn.Module:
@@ -437,13 +506,16 @@ def build(config: Mapping[str, Any]) -> nn.Module:
   cfg = dict(config.to_dict() if hasattr(config, "to_dict") else config)
   name = cfg.pop("name", None)
   if name not in MODELS:
-    raise errors.ConfigError(f"config.model.name={name!r} is not a model. "
-                             f"Fix: set it to one of {sorted(MODELS)}.")
+    raise errors.ConfigError(
+      f"config.model.name={name!r} is not a model. Fix: set it to one of {sorted(MODELS)}."
+    )
   cls = MODELS[name]
   unknown = sorted(set(cfg) - set(fields(cls)))
   if unknown:
-    raise errors.ConfigError(f"config.model has fields {unknown} that model {name!r} does not "
-                             f"have. Fix: remove them; its fields are {fields(cls)}.")
+    raise errors.ConfigError(
+      f"config.model has fields {unknown} that model {name!r} does not "
+      f"have. Fix: remove them; its fields are {fields(cls)}."
+    )
   cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
   model = cls(**cfg)
   validate(model)
@@ -476,8 +548,10 @@ def layer_names(params: Mapping[str, Any]) -> list[str]:
 def first_layer_name(params: Mapping[str, Any]) -> str:
   names = layer_names(params)
   if not names:
-    raise errors.ConfigError(f"params have no layer with a kernel (top-level keys {list(params)}). "
-                             "Fix: pass the 'params' collection of a model from rl_align.models.")
+    raise errors.ConfigError(
+      f"params have no layer with a kernel (top-level keys {list(params)}). "
+      "Fix: pass the 'params' collection of a model from rl_align.models."
+    )
   return names[0]
 
 
@@ -496,5 +570,5 @@ def activations(model: nn.Module, params, x) -> dict[str, dict[str, jax.Array]]:
   for key, value in state.get(_INTERMEDIATES, {}).items():
     for suffix in _SUFFIXES:
       if key.endswith(suffix):
-        out.setdefault(key[:-len(suffix)], {})[suffix[1:]] = value[0]
+        out.setdefault(key[: -len(suffix)], {})[suffix[1:]] = value[0]
   return {k: out[k] for k in sort_layers(out)}

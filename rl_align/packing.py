@@ -18,6 +18,7 @@ appearance), so every process of a multi-host run issues the same engine program
 order.  Host-fed calls (`engine.feed.Feed`: each streams its own data order) are never packed:
 they run as programs of their own, which is logged once per round.
 """
+
 import os
 import time
 from typing import Any, Callable, Generator, Sequence
@@ -30,8 +31,9 @@ from rl_align import train
 from rl_align.engine import grouping
 
 
-def run_lockstep(runners: Sequence[Generator], packed_dir: str | None = None,
-                 programs: list[int] | None = None) -> list[tuple[Any, Exception | None]]:
+def run_lockstep(
+  runners: Sequence[Generator], packed_dir: str | None = None, programs: list[int] | None = None
+) -> list[tuple[Any, Exception | None]]:
   """Runs the runners (generators of TrainCalls, `train.driven`) in lockstep, their compatible
   calls packed (module docstring).  Returns (value, error) per runner: a runner that raises
   (also where a failed program's error is raised into it) is reported, the others go on.  An
@@ -44,7 +46,7 @@ def run_lockstep(runners: Sequence[Generator], packed_dir: str | None = None,
     programs: if given, the member count of every engine program run is appended (for reports).
   """
   out: list[tuple[Any, Exception | None]] = [(None, None)] * len(runners)
-  pending: dict[int, Any] = {}   # runner -> its TrainCall, or list of TrainCalls
+  pending: dict[int, Any] = {}  # runner -> its TrainCall, or list of TrainCalls
 
   def advance(i, step, value):
     try:
@@ -59,14 +61,19 @@ def run_lockstep(runners: Sequence[Generator], packed_dir: str | None = None,
   while pending:
     order = sorted(pending)
     asked = {i: pending.pop(i) for i in order}
-    owners = [(i, c) for i in order for c in (asked[i] if isinstance(asked[i], list)
-                                              else [asked[i]])]
+    owners = [
+      (i, c) for i in order for c in (asked[i] if isinstance(asked[i], list) else [asked[i]])
+    ]
     calls = [c for _, c in owners]
     train.mark_parts(calls)
     fed = sum(c.feed is not None for c in calls)
     if fed and len(calls) > 1:
-      logging.info("packing: %d host-fed call(s) of %d run apart, one program each (a host feed "
-                   "streams its own data order).", fed, len(calls))
+      logging.info(
+        "packing: %d host-fed call(s) of %d run apart, one program each (a host feed "
+        "streams its own data order).",
+        fed,
+        len(calls),
+      )
     got: list = [None] * len(calls)
     for idx in grouping.group(calls):
       try:
@@ -98,8 +105,13 @@ def _stop_all(runners: Sequence[Generator], stopped: Sequence[int], e: BaseExcep
     r.close()
 
 
-def run_groups(run_point: Callable[[sweep.Point, str], Generator], points: Sequence[sweep.Point],
-               groups: Sequence[Sequence[int]], workdir: str, is_main: bool = True) -> list[str]:
+def run_groups(
+  run_point: Callable[[sweep.Point, str], Generator],
+  points: Sequence[sweep.Point],
+  groups: Sequence[Sequence[int]],
+  workdir: str,
+  is_main: bool = True,
+) -> list[str]:
   """Runs the given groups' unfinished points, each group's in lockstep with its engine calls
   packed (`run_lockstep`, state in WORKDIR/packed/<group slug>); returns the errors.
 
@@ -112,11 +124,14 @@ def run_groups(run_point: Callable[[sweep.Point, str], Generator], points: Seque
     todo = [points[i] for i in g if not sweep.is_done(workdir, points[i])]
     if not todo:
       continue
-    logging.info("sweep: group %d/%d, %d point(s): %s", gi + 1, len(groups), len(todo),
-                 [p.slug for p in todo])
+    logging.info(
+      "sweep: group %d/%d, %d point(s): %s", gi + 1, len(groups), len(todo), [p.slug for p in todo]
+    )
     t0 = time.time()
-    outs = run_lockstep([run_point(p, sweep.point_dir(workdir, p)) for p in todo],
-                        os.path.join(workdir, "packed", sweep.group_slug(points, g)))
+    outs = run_lockstep(
+      [run_point(p, sweep.point_dir(workdir, p)) for p in todo],
+      os.path.join(workdir, "packed", sweep.group_slug(points, g)),
+    )
     for p, (_, err) in zip(todo, outs):
       if err is None:
         if is_main:

@@ -36,6 +36,7 @@ Several processes: each process builds the feed for the members of its addressab
 Random labels: `seeds.random_labels(..., idx=...)` evaluates the engine's draw at the indices of a
 batch only (see `rl_align.seeds`), so a random-label feed holds no [S, N] table.
 """
+
 import collections
 import dataclasses
 import functools
@@ -76,15 +77,18 @@ def epoch_permutation(data_seed: int, seed_id: int, epoch: int, n: int) -> np.nd
 
 def _check_steps(n: int, batch_size: int, t0: int, t1: int) -> int:
   if not 1 <= batch_size <= n:
-    raise errors.ConfigError(f"batch_size must be in [1, N={n}], got {batch_size}. "
-                             f"Fix: --config.batch_size={min(n, 128) if n else 1}.")
+    raise errors.ConfigError(
+      f"batch_size must be in [1, N={n}], got {batch_size}. "
+      f"Fix: --config.batch_size={min(n, 128) if n else 1}."
+    )
   if not 0 <= t0 <= t1:
     raise errors.ConfigError(f"steps must satisfy 0 <= t0 <= t1, got t0={t0}, t1={t1}.")
   return n // batch_size
 
 
-def batch_indices(data_seed: int, seed_id: int, n: int, batch_size: int, t0: int,
-                  t1: int) -> np.ndarray:
+def batch_indices(
+  data_seed: int, seed_id: int, n: int, batch_size: int, t0: int, t1: int
+) -> np.ndarray:
   """int32 [t1 - t0, batch_size]: the example indices the engine trains seed id `seed_id` on at
   steps t0..t1-1 (root seed `data_seed`, i.e. the engine config's `seed`)."""
   spe = _check_steps(n, batch_size, t0, t1)
@@ -93,7 +97,9 @@ def batch_indices(data_seed: int, seed_id: int, n: int, batch_size: int, t0: int
     perm = epoch_permutation(data_seed, seed_id, e, n)
     a, b = max(t0, e * spe), min(t1, (e + 1) * spe)
     i0 = a - e * spe
-    out[a - t0:b - t0] = perm[i0 * batch_size:(i0 + b - a) * batch_size].reshape(b - a, batch_size)
+    out[a - t0 : b - t0] = perm[i0 * batch_size : (i0 + b - a) * batch_size].reshape(
+      b - a, batch_size
+    )
   return out
 
 
@@ -118,8 +124,9 @@ def chunk_bounds(events: Sequence[int], start: int, max_steps: int) -> list:
 DEFAULT_CHUNK_BYTES = 256 << 20
 
 
-def max_chunk_steps(num_members: int, batch_size: int, example_shape,
-                    budget_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+def max_chunk_steps(
+  num_members: int, batch_size: int, example_shape, budget_bytes: int = DEFAULT_CHUNK_BYTES
+) -> int:
   """Steps per chunk so that one chunk's x (float32 [S, T, B, ...]) stays under budget_bytes."""
   per_step = 4 * num_members * batch_size * int(np.prod(example_shape, dtype=np.int64))
   return max(1, int(budget_bytes // max(1, per_step)))
@@ -137,6 +144,7 @@ def local_rows(sharding, num_rows: int) -> list:
 @dataclasses.dataclass
 class Chunk:
   """Steps t0..t1-1 of every member: x [S, T, B, ...] float32, y [S, T, B] int32."""
+
   t0: int
   t1: int
   x: Any
@@ -146,9 +154,15 @@ class Chunk:
 def putter(sharding) -> Callable[[Chunk], Chunk]:
   """Chunk -> Chunk with x, y placed as global arrays sharded over members (leading axis) with
   `sharding`, from this process's rows only (`jax.make_array_from_process_local_data`)."""
+
   def put(c: Chunk) -> Chunk:
-    return Chunk(c.t0, c.t1, jax.make_array_from_process_local_data(sharding, c.x),
-                 jax.make_array_from_process_local_data(sharding, c.y))
+    return Chunk(
+      c.t0,
+      c.t1,
+      jax.make_array_from_process_local_data(sharding, c.x),
+      jax.make_array_from_process_local_data(sharding, c.y),
+    )
+
   return put
 
 
@@ -171,8 +185,9 @@ class Reader:
       data_lib.standardize(np.zeros((1,) + shape, np.float32), mean, std)
       if source.dtype == np.uint8:  # every uint8 value of every channel, standardized: [256, C]
         levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], shape[-1], 1)
-        self._lut = np.ascontiguousarray(data_lib.standardize(
-            data_lib.to_unit_float(levels), mean, std).T)
+        self._lut = np.ascontiguousarray(
+          data_lib.standardize(data_lib.to_unit_float(levels), mean, std).T
+        )
 
   def __len__(self) -> int:
     return len(self.source)
@@ -201,6 +216,7 @@ class RandomLabels:
   """Per-member random labels: member s gets seeds.random_labels(root_seed, [s], N, K), K the
   member's entry of classes_by_seed ((seed id, K) pairs) or else num_classes: members that draw
   from different K share one feed (the specialization sweep's K groups)."""
+
   root_seed: int
   num_classes: int
   classes_by_seed: tuple = ()
@@ -218,8 +234,9 @@ class RandomLabels:
     out = np.empty(idx.shape, np.int32)
     for k in sorted(set(per_row)):
       rows = [r for r, kr in enumerate(per_row) if kr == k]
-      out[rows] = seeds.random_labels(self.root_seed, [seed_ids[r] for r in rows], None, k,
-                                      idx=idx[rows])
+      out[rows] = seeds.random_labels(
+        self.root_seed, [seed_ids[r] for r in rows], None, k, idx=idx[rows]
+      )
     return out
 
 
@@ -239,9 +256,20 @@ class HostFeed(feed_lib.Feed):
     chunk_bytes: the float32 inputs of one chunk stay under this (`max_chunk_steps`).
   """
 
-  def __init__(self, source: data_lib.Source, *, seed_ids: Sequence[int], data_seed: int,
-               batch_size: int, labels=None, mean=None, std=None, num_threads: int = 1,
-               prefetch: int = 1, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+  def __init__(
+    self,
+    source: data_lib.Source,
+    *,
+    seed_ids: Sequence[int],
+    data_seed: int,
+    batch_size: int,
+    labels=None,
+    mean=None,
+    std=None,
+    num_threads: int = 1,
+    prefetch: int = 1,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+  ):
     self.source, self.seed_ids = source, [int(s) for s in seed_ids]
     self.data_seed, self.batch_size = int(data_seed), int(batch_size)
     self.n = len(source)
@@ -253,19 +281,25 @@ class HostFeed(feed_lib.Feed):
       labels.check()
     elif labels is not None:
       labels = np.asarray(labels)
-      if (labels.ndim not in (1, 2) or labels.shape[-1] != self.n
-          or (labels.ndim == 2 and labels.shape[0] != len(self.seed_ids))
-          or not np.issubdtype(labels.dtype, np.integer)):
+      if (
+        labels.ndim not in (1, 2)
+        or labels.shape[-1] != self.n
+        or (labels.ndim == 2 and labels.shape[0] != len(self.seed_ids))
+        or not np.issubdtype(labels.dtype, np.integer)
+      ):
         raise errors.DataError(
-            f"HostFeed labels must be int [N={self.n}] or [S={len(self.seed_ids)}, N], got "
-            f"{labels.shape} {labels.dtype}. Fix: pass the source's labels (None), "
-            "RandomLabels(root_seed, K), or such an array.")
+          f"HostFeed labels must be int [N={self.n}] or [S={len(self.seed_ids)}, N], got "
+          f"{labels.shape} {labels.dtype}. Fix: pass the source's labels (None), "
+          "RandomLabels(root_seed, K), or such an array."
+        )
     self.labels = labels
     self.reader = Reader(source, mean, std)
     self.mean, self.std = mean, std
     if num_threads < 1 or prefetch < 1 or chunk_bytes < 1:
-      raise errors.ConfigError(f"HostFeed: num_threads, prefetch and chunk_bytes must be >= 1, "
-                               f"got {num_threads}, {prefetch} and {chunk_bytes}.")
+      raise errors.ConfigError(
+        f"HostFeed: num_threads, prefetch and chunk_bytes must be >= 1, "
+        f"got {num_threads}, {prefetch} and {chunk_bytes}."
+      )
     self.num_threads, self.prefetch = int(num_threads), int(prefetch)
     self.chunk_bytes = int(chunk_bytes)
     self._perms = collections.OrderedDict()
@@ -298,7 +332,7 @@ class HostFeed(feed_lib.Feed):
       i0 = lo - e * spe
       for r, sid in enumerate(self.seed_ids):
         perm = self._perm(sid, e)
-        out[r, lo - t0:hi - t0] = perm[i0 * b:(i0 + hi - lo) * b].reshape(hi - lo, b)
+        out[r, lo - t0 : hi - t0] = perm[i0 * b : (i0 + hi - lo) * b].reshape(hi - lo, b)
     return out
 
   def labels_at(self, idx: np.ndarray, source_labels: Optional[np.ndarray] = None) -> np.ndarray:
@@ -309,8 +343,11 @@ class HostFeed(feed_lib.Feed):
       return np.asarray(source_labels, np.int32).reshape(idx.shape)
     if self.labels.ndim == 1:
       return self.labels[idx].astype(np.int32)
-    return np.take_along_axis(self.labels, idx.reshape(len(idx), -1), axis=1).reshape(
-        idx.shape).astype(np.int32)
+    return (
+      np.take_along_axis(self.labels, idx.reshape(len(idx), -1), axis=1)
+      .reshape(idx.shape)
+      .astype(np.int32)
+    )
 
   def load(self, t0: int, t1: int) -> Chunk:
     """Steps t0..t1-1 of every member, synchronously."""
@@ -334,8 +371,9 @@ class HostFeed(feed_lib.Feed):
     ds = grain.MapDataset.source(bounds).map(lambda tb: self.load(*tb))
     if put is not None:
       ds = ds.map(put)
-    return ds.to_iter_dataset(grain.ReadOptions(num_threads=self.num_threads,
-                                                prefetch_buffer_size=self.prefetch))
+    return ds.to_iter_dataset(
+      grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)
+    )
 
   def chunks(self, bounds: Sequence[tuple], put: Optional[Callable[[Chunk], Chunk]] = None):
     """Iterates the chunks `bounds` in order (see `dataset`)."""
@@ -347,11 +385,21 @@ class HostFeed(feed_lib.Feed):
     this process's devices hold under `sharding` (a feed for their seed ids; prefetched on a
     grain thread and placed on the devices there)."""
     rows = local_rows(sharding, len(member_ids))
-    local = HostFeed(self.source, seed_ids=[member_ids[r] for r in rows],
-                     data_seed=self.data_seed, batch_size=self.batch_size, labels=self.labels,
-                     mean=self.mean, std=self.std, num_threads=self.num_threads,
-                     prefetch=self.prefetch, chunk_bytes=self.chunk_bytes)
-    length = min(stop - start, max_chunk_steps(len(rows), self.batch_size, self.example_shape,
-                                               self.chunk_bytes))
+    local = HostFeed(
+      self.source,
+      seed_ids=[member_ids[r] for r in rows],
+      data_seed=self.data_seed,
+      batch_size=self.batch_size,
+      labels=self.labels,
+      mean=self.mean,
+      std=self.std,
+      num_threads=self.num_threads,
+      prefetch=self.prefetch,
+      chunk_bytes=self.chunk_bytes,
+    )
+    length = min(
+      stop - start,
+      max_chunk_steps(len(rows), self.batch_size, self.example_shape, self.chunk_bytes),
+    )
     bounds = [(t, t + length) for t in range(start, stop, length)]  # the last may run past stop
     return local.chunks(bounds, putter(sharding))

@@ -11,6 +11,7 @@ Usage::
       state = step(state)
     phases.seconds               # {"train": 1.9, "compile": 3.1}
 """
+
 import contextlib
 import datetime
 import time
@@ -28,9 +29,11 @@ def compile_seconds() -> float:
   """Seconds this process has spent in XLA backend compilations since the first call (a
   `jax.monitoring` listener, registered at the first call; a persistent-cache hit costs none)."""
   if not _compile["listening"]:
+
     def listen(event: str, duration: float, **_) -> None:
       if event == COMPILE_EVENT:
         _compile["seconds"] += duration
+
     jax.monitoring.register_event_duration_secs_listener(listen)
     _compile["listening"] = True
   return _compile["seconds"]
@@ -70,7 +73,9 @@ def format_eta(seconds: float) -> str:
 class Progress:
   """Tracks throughput since the (re)start of a run and logs step, steps/s, ETA and metrics."""
 
-  def __init__(self, total_steps: int, start_step: int = 0, name: str = "train", clock=time.perf_counter):
+  def __init__(
+    self, total_steps: int, start_step: int = 0, name: str = "train", clock=time.perf_counter
+  ):
     self.total_steps = int(total_steps)
     self.name = name
     self._clock = clock
@@ -88,8 +93,11 @@ class Progress:
 
   def report(self, step: int, metrics: Mapping[str, float] | None = None) -> str:
     pct = 100.0 * step / max(1, self.total_steps)
-    parts = [f"{self.name} step {step}/{self.total_steps} ({pct:.1f}%)",
-             f"{self.rate(step):.1f} steps/s", f"ETA {format_eta(self.eta(step))}"]
+    parts = [
+      f"{self.name} step {step}/{self.total_steps} ({pct:.1f}%)",
+      f"{self.rate(step):.1f} steps/s",
+      f"ETA {format_eta(self.eta(step))}",
+    ]
     line = " ".join(parts)
     if metrics:
       line += " | " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items())

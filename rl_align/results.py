@@ -11,6 +11,7 @@ does not parse is one `errors.WorkdirError` naming it and the fix::
 
 Metrics rows (metrics.jsonl) are written by `rl_align.metric_writers`.
 """
+
 import json
 import math
 import os
@@ -28,7 +29,8 @@ def _umask() -> int:
   return mask
 
 
-_FILE_MODE = 0o666 & ~_umask()   # what open() would give a new file
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
+
 
 def to_jsonable(obj: Any) -> Any:
   """numpy / jax scalars and arrays -> plain Python; non-finite floats -> None (valid JSON)."""
@@ -52,6 +54,7 @@ def writes_here() -> bool:
   """False on every process but process 0 of a multi-process run: process 0 alone writes results,
   metrics and plots (the others compute the same values; `rl_align.distributed`)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   return jax.process_index() == 0
 
 
@@ -62,7 +65,7 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
   try:
-    os.fchmod(fd, _FILE_MODE)    # mkstemp makes 0600
+    os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
@@ -99,13 +102,15 @@ def read_json(workdir: str, name: str, default: Any = None) -> Any:
       return json.load(f)
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise errors.WorkdirError(
-        f"{path} is damaged (not valid JSON: {e}). Fix: delete it and rerun (a run rewrites its "
-        "own JSON files; config.json is rewritten from --config), or pass a new --workdir.") from None
+      f"{path} is damaged (not valid JSON: {e}). Fix: delete it and rerun (a run rewrites its "
+      "own JSON files; config.json is rewritten from --config), or pass a new --workdir."
+    ) from None
 
 
 def write_npz(workdir: str, name: str, arrays: Mapping[str, Any]) -> str:
   """Atomically writes a dict of arrays as an .npz file."""
   import io
+
   buf = io.BytesIO()
   np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
   path = os.path.join(workdir, name)

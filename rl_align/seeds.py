@@ -24,6 +24,7 @@ XOR-ed is element i's bits: bits_i(k) = xor(key_data(fold_in(k, i))).  randint t
 evaluates that per index with public jax.random calls (split, fold_in, key_data); tests check it
 against the full draw for many n, K and index sets.
 """
+
 import contextlib
 import dataclasses
 import numbers
@@ -63,12 +64,15 @@ def check_num_classes(k) -> None:
 
 def check_prng() -> None:
   """Labels at indices need jax's default partitionable threefry (module docstring)."""
-  if not jax.config.jax_threefry_partitionable or jax.config.jax_default_prng_impl != "threefry2x32":
+  if (
+    not jax.config.jax_threefry_partitionable or jax.config.jax_default_prng_impl != "threefry2x32"
+  ):
     raise errors.ConfigError(
-        "per-example random labels need jax's default partitionable threefry PRNG, but "
-        f"jax_threefry_partitionable={jax.config.jax_threefry_partitionable} and "
-        f"jax_default_prng_impl={jax.config.jax_default_prng_impl!r}. Fix: leave both at their "
-        "defaults (True, 'threefry2x32').")
+      "per-example random labels need jax's default partitionable threefry PRNG, but "
+      f"jax_threefry_partitionable={jax.config.jax_threefry_partitionable} and "
+      f"jax_default_prng_impl={jax.config.jax_default_prng_impl!r}. Fix: leave both at their "
+      "defaults (True, 'threefry2x32')."
+    )
 
 
 def _cpu():
@@ -84,13 +88,15 @@ def _bits_at(key, idx):
 @jax.jit
 def _labels_at_jit(keys, idx, num_classes):
   """randint(key_s, (n,), 0, K)[idx_s] for each row s: keys [S], idx [S, ...] uint32 -> int32."""
+
   def one(key, ix):
     k1, k2 = jax.random.split(key)
     span = num_classes.astype(jnp.uint32)
-    mult = jnp.uint32(2 ** 16) % span
+    mult = jnp.uint32(2**16) % span
     mult = (mult * mult) % span
     out = ((_bits_at(k1, ix) % span) * mult + _bits_at(k2, ix) % span) % span
     return out.astype(jnp.int32)
+
   return jax.vmap(one)(keys, idx)
 
 
@@ -98,18 +104,22 @@ def _labels_at(keys, idx, num_classes: int) -> np.ndarray:
   check_prng()
   idx = np.asarray(idx)
   if idx.shape[:1] != (len(keys),):
-    raise errors.DataError(f"random labels: idx must be [S={len(keys)}, ...], one row per "
-                           f"member, got shape {idx.shape}. Fix: stack one index row per member.")
-  if idx.size and (idx.min() < 0 or idx.max() >= 2 ** 32):
-    raise errors.DataError(f"random labels: indices must lie in [0, 2**32), got [{idx.min()}, "
-                           f"{idx.max()}]. Fix: pass example indices.")
+    raise errors.DataError(
+      f"random labels: idx must be [S={len(keys)}, ...], one row per "
+      f"member, got shape {idx.shape}. Fix: stack one index row per member."
+    )
+  if idx.size and (idx.min() < 0 or idx.max() >= 2**32):
+    raise errors.DataError(
+      f"random labels: indices must lie in [0, 2**32), got [{idx.min()}, "
+      f"{idx.max()}]. Fix: pass example indices."
+    )
   flat = idx.reshape(len(keys), -1)
   width = max(256, 1 << (flat.shape[1] - 1).bit_length())  # few shapes: few compilations
   padded = np.zeros((len(keys), width), np.uint32)
-  padded[:, :flat.shape[1]] = flat
+  padded[:, : flat.shape[1]] = flat
   with jax.default_device(_cpu()):
     out = _labels_at_jit(keys, padded, jnp.int32(num_classes))
-  return np.asarray(out)[:, :flat.shape[1]].reshape(idx.shape)
+  return np.asarray(out)[:, : flat.shape[1]].reshape(idx.shape)
 
 
 def draw_labels(keys, num_classes: int, n: int | None = None, idx=None) -> np.ndarray:
@@ -128,8 +138,9 @@ def draw_labels(keys, num_classes: int, n: int | None = None, idx=None) -> np.nd
   return np.asarray(draw(keys))
 
 
-def random_labels(root_seed: int, ids: Sequence[int], n: int | None, num_classes: int,
-                  idx=None) -> np.ndarray:
+def random_labels(
+  root_seed: int, ids: Sequence[int], n: int | None, num_classes: int, idx=None
+) -> np.ndarray:
   """[S, n] int32 uniform labels, one independent draw per seed id (fixed for the whole run);
   with `idx` [S, ...] (n may be None), the labels of row s's seed id at the indices idx[s]."""
   with contextlib.nullcontext() if idx is None else jax.default_device(_cpu()):
@@ -150,6 +161,7 @@ class Members:
       members = seeds.Members.of(cfg)          # cfg.num_seeds members, cfg's root seed and values
       members.keys(seeds.DATA_STREAM)          # [M, 2] uint32 key data, each member's data key
   """
+
   roots: tuple[int, ...]
   ids: tuple[int, ...]
   learning_rate: tuple[float, ...]
@@ -159,8 +171,11 @@ class Members:
   @classmethod
   def of(cls, cfg) -> "Members":
     s = int(cfg.num_seeds)
-    return cls(roots=(int(cfg.seed),) * s, ids=tuple(seed_ids(cfg)),
-               **{k: (float(cfg[k]),) * s for k in MEMBER_HPARAMS})
+    return cls(
+      roots=(int(cfg.seed),) * s,
+      ids=tuple(seed_ids(cfg)),
+      **{k: (float(cfg[k]),) * s for k in MEMBER_HPARAMS},
+    )
 
   @classmethod
   def concat(cls, parts: Sequence["Members"]) -> "Members":
@@ -175,8 +190,12 @@ class Members:
     return Members(*(v + v[-1:] * extra for v in dataclasses.astuple(self)))
 
   def keys(self, stream: int) -> np.ndarray:
-    return np.stack([np.asarray(jax.random.key_data(seed_key(r, i, stream)))
-                     for r, i in zip(self.roots, self.ids)])
+    return np.stack(
+      [
+        np.asarray(jax.random.key_data(seed_key(r, i, stream)))
+        for r, i in zip(self.roots, self.ids)
+      ]
+    )
 
   def hparams(self) -> dict[str, np.ndarray]:
     return {k: np.asarray(getattr(self, k), np.float32) for k in MEMBER_HPARAMS}

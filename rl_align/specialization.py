@@ -32,6 +32,7 @@ Usage::
 
 results.json: see `rl_align.runners.specialization.run` (documented in the README).
 """
+
 import copy
 from typing import Any, Mapping
 
@@ -63,14 +64,16 @@ def with_width(model_cfg, field: str, start: int, width: int) -> ml_collections.
   cfg = ml_collections.ConfigDict(copy.deepcopy(model_cfg.to_dict()))
   if field not in cfg:
     raise errors.ConfigError(
-        f"config.sweep.width_field={field!r} is not a field of config.model ({sorted(cfg)}). "
-        "Fix: name the model field that sets the later layers' width, e.g. 'widths'.")
+      f"config.sweep.width_field={field!r} is not a field of config.model ({sorted(cfg)}). "
+      "Fix: name the model field that sets the later layers' width, e.g. 'widths'."
+    )
   old = cfg[field]
   if isinstance(old, (tuple, list)):
     if not 0 <= start < len(old):
       raise errors.ConfigError(
-          f"config.sweep.width_from={start} is outside config.model.{field}={tuple(old)}. "
-          f"Fix: use an index in [0, {len(old)}) (the first later layer).")
+        f"config.sweep.width_from={start} is outside config.model.{field}={tuple(old)}. "
+        f"Fix: use an index in [0, {len(old)}) (the first later layer)."
+      )
     cfg[field] = tuple(old[:start]) + (int(width),) * (len(old) - start)
   else:
     cfg[field] = type(old)(width) if isinstance(old, (int, float)) else width
@@ -89,12 +92,27 @@ def transfer_init(snapshot, fresh, init_snapshot=None):
   head = head_name(fresh)
   if init_snapshot is None:
     return init_lib.replace_layer(snapshot, fresh, head)
-  return init_lib.stack([init_lib.weight_scaling_control(p, p0, f, head) for p, p0, f in zip(
-      init_lib.unstack(snapshot), init_lib.unstack(init_snapshot), init_lib.unstack(fresh))])
+  return init_lib.stack(
+    [
+      init_lib.weight_scaling_control(p, p0, f, head)
+      for p, p0, f in zip(
+        init_lib.unstack(snapshot), init_lib.unstack(init_snapshot), init_lib.unstack(fresh)
+      )
+    ]
+  )
 
 
-def gain_stats(steps, acc_scratch, acc_arm, threshold: float, *, n_boot: int = 2000,
-               seed: int = 0, diverged_scratch=None, diverged_arm=None) -> dict[str, Any]:
+def gain_stats(
+  steps,
+  acc_scratch,
+  acc_arm,
+  threshold: float,
+  *,
+  n_boot: int = 2000,
+  seed: int = 0,
+  diverged_scratch=None,
+  diverged_arm=None,
+) -> dict[str, Any]:
   """Downstream speed-up of an arm over scratch: mean iterations of scratch / of the arm.
 
   Args:
@@ -127,13 +145,26 @@ def gain_stats(steps, acc_scratch, acc_arm, threshold: float, *, n_boot: int = 2
   if not ok_s.any() or not ok_a.any():
     which = "scratch" if not ok_s.any() else "arm"
     nan = float("nan")
-    return {"gain": nan, "gain_censored": nan, "censored": "none", "gain_ci": [nan, nan],
-            "gain_seed_std": nan, "gain_seeds": np.full(len(a_a), nan), **out,
-            "reached": nan, "reached_scratch": nan, "auc_difference": nan,
-            "error": f"{which}: " + curves.all_diverged(len(a_s) if which == "scratch" else len(a_a))}
+    return {
+      "gain": nan,
+      "gain_censored": nan,
+      "censored": "none",
+      "gain_ci": [nan, nan],
+      "gain_seed_std": nan,
+      "gain_seeds": np.full(len(a_a), nan),
+      **out,
+      "reached": nan,
+      "reached_scratch": nan,
+      "auc_difference": nan,
+      "error": f"{which}: " + curves.all_diverged(len(a_s) if which == "scratch" else len(a_a)),
+    }
   cens_s, cens_a = ~np.isfinite(it_s[ok_s]), ~np.isfinite(it_a[ok_a])
-  censored = {(False, False): "none", (False, True): "upper_bound", (True, False): "lower_bound",
-              (True, True): "both"}[(bool(cens_s.any()), bool(cens_a.any()))]
+  censored = {
+    (False, False): "none",
+    (False, True): "upper_bound",
+    (True, False): "lower_bound",
+    (True, True): "both",
+  }[(bool(cens_s.any()), bool(cens_a.any()))]
   f_s, f_a = c_s[ok_s], c_a[ok_a]
   rng = np.random.default_rng(seed)
   bs = f_s[rng.integers(0, len(f_s), (n_boot, len(f_s)))].mean(1)
@@ -144,15 +175,19 @@ def gain_stats(steps, acc_scratch, acc_arm, threshold: float, *, n_boot: int = 2
   diff = a_a[ok_a].mean(0) - a_s[ok_s].mean(0)
   auc = float(np.sum((diff[1:] + diff[:-1]) / 2 * np.diff(steps)) / span) if len(steps) > 1 else 0.0
   return {
-      "gain": curves.speedup(steps, a_s[ok_s], a_a[ok_a], threshold),
-      "gain_censored": float(f_s.mean() / f_a.mean()), "censored": censored,
-      "gain_ci": [float(np.percentile(ratio, 5)), float(np.percentile(ratio, 95))],
-      "gain_seed_std": float(per_seed[ok_a].std()), "gain_seeds": per_seed, **out,
-      "reached": float(np.mean(~cens_a)), "reached_scratch": float(np.mean(~cens_s)),
-      "auc_difference": auc,
-      "accuracy_behind_fraction": behind_fraction(steps, a_s[ok_s], a_a[ok_a]),
-      "accuracy_behind_fraction_2se": behind_fraction(steps, a_s[ok_s], a_a[ok_a], z=2.0),
-      "accuracy_ahead_fraction": behind_fraction(steps, a_a[ok_a], a_s[ok_s]),
+    "gain": curves.speedup(steps, a_s[ok_s], a_a[ok_a], threshold),
+    "gain_censored": float(f_s.mean() / f_a.mean()),
+    "censored": censored,
+    "gain_ci": [float(np.percentile(ratio, 5)), float(np.percentile(ratio, 95))],
+    "gain_seed_std": float(per_seed[ok_a].std()),
+    "gain_seeds": per_seed,
+    **out,
+    "reached": float(np.mean(~cens_a)),
+    "reached_scratch": float(np.mean(~cens_s)),
+    "auc_difference": auc,
+    "accuracy_behind_fraction": behind_fraction(steps, a_s[ok_s], a_a[ok_a]),
+    "accuracy_behind_fraction_2se": behind_fraction(steps, a_s[ok_s], a_a[ok_a], z=2.0),
+    "accuracy_ahead_fraction": behind_fraction(steps, a_a[ok_a], a_s[ok_s]),
   }
 
 
@@ -187,13 +222,19 @@ def activity_drop(steps, after, before, window: float) -> dict[str, Any]:
   mask = (steps > 0) & (steps <= window)
   if not mask.any():
     raise errors.ConfigError(
-        f"no downstream eval step lies in (0, {window}]: the drop at the switch cannot be measured. "
-        "Fix: lower downstream.eval_every_steps or raise downstream.drop_window.")
+      f"no downstream eval step lies in (0, {window}]: the drop at the switch cannot be measured. "
+      "Fix: lower downstream.eval_every_steps or raise downstream.drop_window."
+    )
   low = np.nanmin(after[:, mask], axis=1)
   drop = before - low
   b = float(before.mean())
-  return {"before": b, "after": float(low.mean()), "drop": float(drop.mean()),
-          "drop_std": float(drop.std()), "relative_drop": float(drop.mean() / b) if b > 0 else 0.0}
+  return {
+    "before": b,
+    "after": float(low.mean()),
+    "drop": float(drop.mean()),
+    "drop_std": float(drop.std()),
+    "relative_drop": float(drop.mean() / b) if b > 0 else 0.0,
+  }
 
 
 def validate(config) -> None:
@@ -208,18 +249,22 @@ def validate(config) -> None:
   bad = [int(l) for l in sw.upstream_steps if int(l) < 1 or int(l) % every]
   if bad:
     raise errors.ConfigError(
-        f"config.sweep.upstream_steps {bad} are not positive multiples of "
-        f"config.upstream.eval_every_steps={every}, so activity is not measured at the switch. "
-        "Fix: use multiples of it (or lower eval_every_steps).")
+      f"config.sweep.upstream_steps {bad} are not positive multiples of "
+      f"config.upstream.eval_every_steps={every}, so activity is not measured at the switch. "
+      "Fix: use multiples of it (or lower eval_every_steps)."
+    )
   if not 0 < float(dn.threshold) <= 1:
     raise errors.ConfigError(f"config.downstream.threshold must be in (0, 1], got {dn.threshold}.")
   unknown = [a for a in config.arms if a not in ARMS]
   if unknown or not config.arms:
-    raise errors.ConfigError(f"config.arms={tuple(config.arms)} must be a non-empty subset of "
-                             f"{ARMS}. Fix: e.g. --config.arms=pretrained.")
+    raise errors.ConfigError(
+      f"config.arms={tuple(config.arms)} must be a non-empty subset of "
+      f"{ARMS}. Fix: e.g. --config.arms=pretrained."
+    )
   if int(dn.eval_every_steps) < 1 or int(dn.num_steps) < int(dn.eval_every_steps):
     raise errors.ConfigError(
-        "config.downstream needs 1 <= eval_every_steps <= num_steps. Fix: e.g. 5 and 400.")
+      "config.downstream needs 1 <= eval_every_steps <= num_steps. Fix: e.g. 5 and 400."
+    )
 
 
 def downstream_blocks(config) -> list[tuple[str, int | None, int | None]]:
@@ -253,8 +298,10 @@ def point_activity(up_act, up_act0, d_act, d_scratch, d_steps, length: int, wind
     keep = up_act[layer]["steps"] <= length
     curve = {"steps": np.concatenate([[0], up_act[layer]["steps"][keep], length + d_steps[1:]])}
     for stat in activity.STATS:
-      full = np.concatenate([up_act0[layer][stat][:, None], up_act[layer][stat][:, keep],
-                             d_act[layer][stat][:, 1:]], axis=1)
+      full = np.concatenate(
+        [up_act0[layer][stat][:, None], up_act[layer][stat][:, keep], d_act[layer][stat][:, 1:]],
+        axis=1,
+      )
       curve[stat], curve[stat + "_std"] = full.mean(0), full.std(0)
     acts[layer] = curve
     act, dead = d_act[layer]["active_fraction"], d_act[layer]["dead_fraction"]
@@ -277,14 +324,19 @@ def point_activity(up_act, up_act0, d_act, d_scratch, d_steps, length: int, wind
 def rows(curves_: Mapping[str, Mapping[str, Any]], keep) -> dict[str, dict[str, Any]]:
   """Activity curves {layer: {"steps", stat: [S, T]}} (or start values {layer: {stat: [S]}})
   restricted to the seeds `keep` (a bool mask or index array)."""
-  return {layer: {k: (v if k == "steps" else np.asarray(v)[keep]) for k, v in c.items()}
-          for layer, c in curves_.items()}
+  return {
+    layer: {k: (v if k == "steps" else np.asarray(v)[keep]) for k, v in c.items()}
+    for layer, c in curves_.items()
+  }
 
 
 def seed_summary(curve: Mapping[str, np.ndarray], seeds, steps) -> dict[str, Any]:
   """{"steps", stat: seed mean [T], stat_std: [T]} of activity curves over the index array seeds."""
-  return {"steps": steps, **{s: curve[s][seeds].mean(0) for s in activity.STATS},
-          **{s + "_std": curve[s][seeds].std(0) for s in activity.STATS}}
+  return {
+    "steps": steps,
+    **{s: curve[s][seeds].mean(0) for s in activity.STATS},
+    **{s + "_std": curve[s][seeds].std(0) for s in activity.STATS},
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,8 +346,10 @@ def seed_summary(curve: Mapping[str, np.ndarray], seeds, steps) -> dict[str, Any
 def find_point(points: Mapping[str, Any], **coords) -> str | None:
   """The id of the point whose fields equal `coords` (None if none does)."""
   for pid, p in points.items():
-    if all(p.get(k) == v or (isinstance(v, float) and np.isclose(p.get(k, np.nan), v))
-           for k, v in coords.items()):
+    if all(
+      p.get(k) == v or (isinstance(v, float) and np.isclose(p.get(k, np.nan), v))
+      for k, v in coords.items()
+    ):
       return pid
   return None
 
@@ -313,24 +367,30 @@ def highlights(config, points) -> dict[str, str | None]:
 def summary_table(out: Mapping[str, Any]) -> str:
   """One line per point: gain with its 5-95% bootstrap interval and the later layers' drop."""
   later = out.get("later_layers") or out["layers"]
-  lines = [f"threshold {out['threshold']}, {out['num_seeds']} seeds per point; gain = scratch "
-           "iterations / arm iterations ('<x': arm censored at the budget, so gain < x); "
-           "drop = active fraction before -> min within the window after the switch"]
+  lines = [
+    f"threshold {out['threshold']}, {out['num_seeds']} seeds per point; gain = scratch "
+    "iterations / arm iterations ('<x': arm censored at the budget, so gain < x); "
+    "drop = active fraction before -> min within the window after the switch"
+  ]
   for pid, p in out["points"].items():
     if p.get("error"):
       lines.append(f"{pid:45s} gain {'div':>6s} | {p['error']}")
       continue
     lo, hi = p["gain_ci"]
-    drops = " ".join(f"{l}:{p['activity_drop'][l]['before']:.2f}->{p['activity_drop'][l]['after']:.2f}"
-                     for l in later)
+    drops = " ".join(
+      f"{l}:{p['activity_drop'][l]['before']:.2f}->{p['activity_drop'][l]['after']:.2f}"
+      for l in later
+    )
     up = p.get("upstream_train_accuracy")
     if up is not None:
       up = np.asarray(up, np.float64)[np.asarray(p.get("finished", [True] * len(up)), bool)]
     up = f"{np.mean(up):.2f}" if up is not None and len(up) else "nan"
     n_div = p.get("diverged", 0) + p.get("diverged_upstream", 0)
-    lines.append(f"{pid:45s} gain {gain_text(p):>6s} [{lo:.2f}, {hi:.2f}] seed-sd "
-                 f"{p['gain_seed_std']:.2f} up-acc {up} | {drops}"
-                 + (f" ({n_div} seeds diverged)" if n_div else ""))
+    lines.append(
+      f"{pid:45s} gain {gain_text(p):>6s} [{lo:.2f}, {hi:.2f}] seed-sd "
+      f"{p['gain_seed_std']:.2f} up-acc {up} | {drops}"
+      + (f" ({n_div} seeds diverged)" if n_div else "")
+    )
   return "\n".join(lines)
 
 
@@ -342,7 +402,7 @@ def gain_text(p) -> str:
     return "div"
   if g is None or not np.isfinite(g):
     if p["censored"] == "both":
-      return "n/r"   # neither arm reached the threshold in every seed
+      return "n/r"  # neither arm reached the threshold in every seed
     bound = {"upper_bound": "<", "lower_bound": ">"}[p["censored"]]
     return f"{bound}{p['gain_censored']:.2f}"
   return f"{g:.2f}"

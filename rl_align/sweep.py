@@ -26,6 +26,7 @@ Library use::
     points = sweep.expand(config, axes)            # [Point(fields, config, slug)]
     groups = sweep.group_points(points, packing=True)
 """
+
 import ast
 import csv
 import dataclasses
@@ -49,11 +50,25 @@ from rl_align.engine import grouping
 # neither shapes nor the program: per-member optimizer scalars (`seeds.MEMBER_HPARAMS`), who the
 # members are (root seed, seed ids, label draw) and the model's init-only fields.
 PACKABLE = grouping.PACKABLE
-SPEC, SUMMARY, CSV, POINT_DONE, LOCK = ("sweep_spec.json", "sweep.json", "sweep.csv", "point.json",
-                                        "sweep_summary.lock")
+SPEC, SUMMARY, CSV, POINT_DONE, LOCK = (
+  "sweep_spec.json",
+  "sweep.json",
+  "sweep.csv",
+  "point.json",
+  "sweep_summary.lock",
+)
 # Headline scalars: results.json keys containing one of these, per seed (mean and std) or scalar.
-HEADLINE_WORDS = ("accuracy", "misalignment", "rmse", "gain", "speedup", "overlap", "plateau",
-                  "peak", "diverged")
+HEADLINE_WORDS = (
+  "accuracy",
+  "misalignment",
+  "rmse",
+  "gain",
+  "speedup",
+  "overlap",
+  "plateau",
+  "peak",
+  "diverged",
+)
 
 
 @dataclasses.dataclass
@@ -67,10 +82,12 @@ def _literal(field: str, text: str) -> Any:
   try:
     return ast.literal_eval(text)
   except (ValueError, SyntaxError):
-    if text.replace("_", "").isalnum():    # a bare word: a string value
+    if text.replace("_", "").isalnum():  # a bare word: a string value
       return text
-    raise errors.ConfigError(f"--sweep {field}: {text!r} is not a Python literal. Fix: e.g. "
-                             f"{field}=0.01,0.02 or {field}='a','b'.") from None
+    raise errors.ConfigError(
+      f"--sweep {field}: {text!r} is not a Python literal. Fix: e.g. "
+      f"{field}=0.01,0.02 or {field}='a','b'."
+    ) from None
 
 
 def _split_values(field: str, text: str) -> list[Any]:
@@ -86,12 +103,15 @@ def _axis(text: str) -> tuple[str, list[Any]]:
   field, sep, values = text.partition("=")
   field = field.strip()
   if not sep or not field:
-    raise errors.ConfigError(f"--sweep {text!r} must be FIELD=V1,V2,... Fix: e.g. "
-                             "--sweep=train.learning_rate=0.01,0.02.")
+    raise errors.ConfigError(
+      f"--sweep {text!r} must be FIELD=V1,V2,... Fix: e.g. --sweep=train.learning_rate=0.01,0.02."
+    )
   vals = _split_values(field, values.strip())
   if not vals:
-    raise errors.ConfigError(f"--sweep {field}: the list of values is empty. Fix: give at least one, "
-                             f"e.g. {field}=0.01,0.02.")
+    raise errors.ConfigError(
+      f"--sweep {field}: the list of values is empty. Fix: give at least one, "
+      f"e.g. {field}=0.01,0.02."
+    )
   return field, vals
 
 
@@ -102,8 +122,10 @@ def parse_axes(sweep: Sequence[str], sweep_zip: Sequence[str]) -> list[list[tupl
     axis = [_axis(part) for part in z.split(";") if part.strip()]
     lengths = {f: len(v) for f, v in axis}
     if len(set(lengths.values())) > 1:
-      raise errors.ConfigError(f"--sweep_zip {z!r}: the fields vary together, so they need the same "
-                               f"number of values; got {lengths}.")
+      raise errors.ConfigError(
+        f"--sweep_zip {z!r}: the fields vary together, so they need the same "
+        f"number of values; got {lengths}."
+      )
     axes.append(axis)
   seen = [f for axis in axes for f, _ in axis]
   dup = sorted({f for f in seen if seen.count(f) > 1})
@@ -129,9 +151,11 @@ def _check_type(field: str, old: Any, new: Any) -> Any:
     return float(new)
   if isinstance(old, (tuple, list)) and isinstance(new, (tuple, list)):
     return type(old)(new)
-  raise errors.ConfigError(f"--sweep {field}: value {new!r} is a {type(new).__name__} but the "
-                           f"config's field is a {type(old).__name__} ({old!r}). Fix: give values "
-                           f"of type {type(old).__name__}.")
+  raise errors.ConfigError(
+    f"--sweep {field}: value {new!r} is a {type(new).__name__} but the "
+    f"config's field is a {type(old).__name__} ({old!r}). Fix: give values "
+    f"of type {type(old).__name__}."
+  )
 
 
 def _slug_value(v: Any) -> str:
@@ -149,11 +173,19 @@ def expand(config: ml_collections.ConfigDict, axes) -> list[Point]:
     for field, values in axis:
       old = _get(config, field)
       if old is KeyError:
-        top = sorted(config.keys()) if "." not in field else sorted(
-            _get(config, field.rsplit(".", 1)[0]).keys() if isinstance(
-                _get(config, field.rsplit(".", 1)[0]), (ml_collections.ConfigDict, dict)) else [])
-        raise errors.ConfigError(f"--sweep: the config has no field {field!r}. Fix: sweep an existing "
-                                 f"field (at that level: {', '.join(map(str, top))}).")
+        top = (
+          sorted(config.keys())
+          if "." not in field
+          else sorted(
+            _get(config, field.rsplit(".", 1)[0]).keys()
+            if isinstance(_get(config, field.rsplit(".", 1)[0]), (ml_collections.ConfigDict, dict))
+            else []
+          )
+        )
+        raise errors.ConfigError(
+          f"--sweep: the config has no field {field!r}. Fix: sweep an existing "
+          f"field (at that level: {', '.join(map(str, top))})."
+        )
       for v in values:
         _check_type(field, old, v)
   points = []
@@ -169,8 +201,9 @@ def expand(config: ml_collections.ConfigDict, axes) -> list[Point]:
     points.append(Point(fields=fields, config=cfg, slug=slug(fields)))
   slugs = [p.slug for p in points]
   if len(set(slugs)) != len(slugs):
-    raise errors.ConfigError("--sweep: two points get the same folder name (repeated values?). "
-                             "Fix: list every value once.")
+    raise errors.ConfigError(
+      "--sweep: two points get the same folder name (repeated values?). Fix: list every value once."
+    )
   return points
 
 
@@ -193,8 +226,10 @@ def group_points(points: Sequence[Point], packing: bool = True) -> list[list[int
 def task_share(n_groups: int, task_index: int, num_tasks: int) -> list[int]:
   """The groups task `task_index` of `num_tasks` runs: g with g % num_tasks == task_index."""
   if num_tasks < 1 or not 0 <= task_index < num_tasks:
-    raise errors.ConfigError(f"--task_index={task_index} must be in [0, --num_tasks={num_tasks}). "
-                             "Fix: number the tasks 0 .. N-1 (a SLURM array --array=0-(N-1)).")
+    raise errors.ConfigError(
+      f"--task_index={task_index} must be in [0, --num_tasks={num_tasks}). "
+      "Fix: number the tasks 0 .. N-1 (a SLURM array --array=0-(N-1))."
+    )
   return [g for g in range(n_groups) if g % num_tasks == task_index]
 
 
@@ -204,11 +239,15 @@ def write_spec(workdir: str, spec: Mapping[str, Any], is_main: bool) -> None:
   old = results.read_json(workdir, SPEC)
   if old is not None and old != spec:
     diff = sorted(k for k in set(old) | set(spec) if old.get(k) != spec.get(k))
-    raise errors.ConfigError(f"{workdir} holds another sweep ({diff} differ). Fix: pass a new "
-                             "--workdir, or rerun the same sweep command to resume it.")
+    raise errors.ConfigError(
+      f"{workdir} holds another sweep ({diff} differ). Fix: pass a new "
+      "--workdir, or rerun the same sweep command to resume it."
+    )
   if old is None and os.path.exists(os.path.join(workdir, "config.json")):
-    raise errors.ConfigError(f"{workdir} holds a single run (config.json), not a sweep. Fix: pass a "
-                             "new --workdir for the sweep.")
+    raise errors.ConfigError(
+      f"{workdir} holds a single run (config.json), not a sweep. Fix: pass a "
+      "new --workdir for the sweep."
+    )
   if old is None and is_main:
     os.makedirs(workdir, exist_ok=True)
     results.write_json(workdir, SPEC, spec)
@@ -223,8 +262,11 @@ def is_done(workdir: str, p: Point) -> bool:
 
 
 def mark_done(workdir: str, p: Point, wall_s: float) -> None:
-  results.write_json(point_dir(workdir, p), POINT_DONE,
-                     {"fields": p.fields, "status": "done", "wall_s": round(wall_s, 2)})
+  results.write_json(
+    point_dir(workdir, p),
+    POINT_DONE,
+    {"fields": p.fields, "status": "done", "wall_s": round(wall_s, 2)},
+  )
 
 
 def group_slug(points: Sequence[Point], g: Sequence[int]) -> str:
@@ -238,12 +280,14 @@ def group_slug(points: Sequence[Point], g: Sequence[int]) -> str:
 
 def _seed_counts(config: Mapping[str, Any]) -> set[int]:
   out = set()
+
   def walk(node):
     if isinstance(node, dict):
       for k, v in node.items():
         if k == "num_seeds" and isinstance(v, int):
           out.add(v)
         walk(v)
+
   walk(config)
   return out
 
@@ -269,7 +313,9 @@ def headline(res: Any, seeds: set[int], prefix: str = "") -> dict[str, dict[str,
         elif arr.ndim in (1, 2) and arr.shape[0] in seeds:
           vals = arr if arr.ndim == 1 else arr[:, -1]
           out[name if arr.ndim == 1 else f"{name}/final"] = {
-              "mean": float(np.nanmean(vals)), "std": float(np.nanstd(vals))}
+            "mean": float(np.nanmean(vals)),
+            "std": float(np.nanstd(vals)),
+          }
       elif isinstance(v, dict) and prefix.count("/") < 3:
         out.update(headline(v, seeds, f"{name}/"))
   return out
@@ -281,8 +327,9 @@ def point_summary(pdir: str) -> dict[str, dict[str, float]]:
   out = headline(results.read_json(pdir, "results.json") or {}, seeds)
   for sub in sorted(os.listdir(pdir)) if os.path.isdir(pdir) else []:
     if os.path.isfile(os.path.join(pdir, sub, "results.json")):
-      out.update(headline(results.read_json(os.path.join(pdir, sub), "results.json"), seeds,
-                          f"{sub}/"))
+      out.update(
+        headline(results.read_json(os.path.join(pdir, sub), "results.json"), seeds, f"{sub}/")
+      )
   return out
 
 
@@ -290,19 +337,26 @@ def summarize(workdir: str) -> dict[str, Any] | None:
   """sweep.json / sweep.csv / sweep_<field>.png when every point is done; None otherwise."""
   spec = results.read_json(workdir, SPEC)
   if spec is None:
-    raise errors.ConfigError(f"{workdir} holds no sweep ({SPEC} is missing). Fix: pass the --workdir "
-                             "of a sweep.")
+    raise errors.ConfigError(
+      f"{workdir} holds no sweep ({SPEC} is missing). Fix: pass the --workdir of a sweep."
+    )
   rows = []
   for entry in spec["points"]:
     pdir = os.path.join(workdir, "points", entry["slug"])
     if (results.read_json(pdir, POINT_DONE) or {}).get("status") != "done":
       return None
-    rows.append({"fields": entry["fields"], "workdir": os.path.relpath(pdir, workdir),
-                 "summary": point_summary(pdir)})
+    rows.append(
+      {
+        "fields": entry["fields"],
+        "workdir": os.path.relpath(pdir, workdir),
+        "summary": point_summary(pdir),
+      }
+    )
   out = {"binary": spec.get("binary"), "swept": spec["fields"], "points": rows}
   results.write_json(workdir, SUMMARY, out)
   _write_csv(workdir, rows)
   from rl_align.plots import sweep as sweep_plots  # pylint: disable=g-import-not-at-top
+
   for field in spec["fields"]:
     sweep_plots.plot_field(rows, field, os.path.join(workdir, f"sweep_{_slug_value(field)}.png"))
   return out
@@ -316,8 +370,11 @@ def _write_csv(workdir: str, rows: Sequence[Mapping[str, Any]]) -> None:
   w.writerow(fields + [f"{n}/{s}" for n in names for s in ("mean", "std")] + ["workdir"])
   for r in rows:
     vals = [r["summary"].get(n, {}) for n in names]
-    w.writerow([r["fields"][f] for f in fields]
-               + [x for v in vals for x in (v.get("mean", ""), v.get("std", ""))] + [r["workdir"]])
+    w.writerow(
+      [r["fields"][f] for f in fields]
+      + [x for v in vals for x in (v.get("mean", ""), v.get("std", ""))]
+      + [r["workdir"]]
+    )
   results.write_text(workdir, CSV, buf.getvalue())
 
 
@@ -330,7 +387,7 @@ def try_summarize(workdir: str) -> dict[str, Any] | None:
     if time.time() - os.path.getmtime(lock) < 600:
       logging.info("sweep: another task is writing the summary (%s).", lock)
       return None
-    os.remove(lock)   # stale: its writer died
+    os.remove(lock)  # stale: its writer died
     fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
   try:
     return summarize(workdir)

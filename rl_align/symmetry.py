@@ -13,6 +13,7 @@ Adam normalizes per coordinate and breaks this; ``equivariance_gap`` measures by
 For images, O acts on the channel axis (a C x C rotation at every pixel); it maps a conv kernel
 [kh, kw, C, F] to einsum('hwcf,cd->hwdf', W, O), i.e. each patch coordinate block by O^T.
 """
+
 from typing import Any
 
 import jax
@@ -24,7 +25,9 @@ from rl_align import models
 from rl_align import train
 
 
-def covariance_preserving_rotation(eigvals: np.ndarray, key: int = 0, rtol: float = 1e-9) -> np.ndarray:
+def covariance_preserving_rotation(
+  eigvals: np.ndarray, key: int = 0, rtol: float = 1e-9
+) -> np.ndarray:
   """A random orthogonal O with O^T diag(eigvals) O = diag(eigvals): Haar inside every group of
   equal eigenvalues, identity across groups."""
   eigvals = np.asarray(eigvals, np.float64)
@@ -76,7 +79,9 @@ def equivariance_gap(model, cfg, x, labels, O, init_params=None) -> dict[str, An
   rotated_init = jax.tree.map(np.array, init_params)
   rotated_init = _with_first_kernel(rotated_init, rotate_first_kernel(first, O)[None])
   a = train.train(model, cfg, x, labels, init_params=init_params, snapshot_fn=keep)
-  b = train.train(model, cfg, rotate_inputs(x, O), labels, init_params=rotated_init, snapshot_fn=keep)
+  b = train.train(
+    model, cfg, rotate_inputs(x, O), labels, init_params=rotated_init, snapshot_fn=keep
+  )
   per_step = {}
   for step, snap in a.snapshots.items():
     wa = snap["first_kernel"][0]

@@ -21,6 +21,7 @@ TensorBoard's Python loader drops the points the crashed attempt wrote after its
 (the Rust data server keeps both: the curve then shows those steps twice).  f is written after
 training, so a rerun of a finished run writes its f points again at the same steps.
 """
+
 import collections
 import itertools
 import os
@@ -35,13 +36,13 @@ from tensorboardX.proto import summary_pb2
 from rl_align import metric_writers
 
 FOLDER = "tensorboard"
-MAX_OPEN = 64          # event files kept open per process (a sweep can have many runs)
-MAX_F_SCALARS = 64     # f/sigma_<i> scalars per snapshot (log-spaced directions beyond)
-MAX_F_IMAGES = 5       # f(sigma) images per member (`image_steps`): each is a matplotlib render
+MAX_OPEN = 64  # event files kept open per process (a sweep can have many runs)
+MAX_F_SCALARS = 64  # f/sigma_<i> scalars per snapshot (log-spaced directions beyond)
+MAX_F_IMAGES = 5  # f(sigma) images per member (`image_steps`): each is a matplotlib render
 _NOT_SCALARS = ("phase", "part", "step", "seed")
 
 _writers: "collections.OrderedDict[str, EventsWriter]" = collections.OrderedDict()
-_started: set[str] = set()      # runs this process has written rows to
+_started: set[str] = set()  # runs this process has written rows to
 _last_step: dict[str, int] = {}
 _counter = itertools.count()
 
@@ -57,7 +58,7 @@ def _writer(path: str) -> EventsWriter:
   if w is None:
     os.makedirs(path, exist_ok=True)
     w = EventsWriter(os.path.join(path, "events"), f".{os.getpid()}.{next(_counter)}")
-  _writers[path] = w                      # most recently used last
+  _writers[path] = w  # most recently used last
   while len(_writers) > MAX_OPEN:
     _writers.popitem(last=False)[1].close()
   return w
@@ -72,8 +73,9 @@ def _write(path: str, events: Sequence[event_pb2.Event]) -> None:
 
 def _scalar_event(step: int, scalars: Mapping[str, float]) -> event_pb2.Event:
   values = [summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
-  return event_pb2.Event(wall_time=time.time(), step=int(step),
-                         summary=summary_pb2.Summary(value=values))
+  return event_pb2.Event(
+    wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
+  )
 
 
 def _as_float(v: Any) -> float | None:
@@ -103,9 +105,15 @@ class TensorBoardWriter(metric_writers.MetricWriter):
 
   def write_images(self, phase, step, images):
     for sid, tags in images.items():
-      v = [summary_pb2.Summary.Value(tag=k, image=summary_pb2.Summary.Image(
-          height=h, width=w, colorspace=4, encoded_image_string=png))
-           for k, (png, h, w) in tags.items()]
+      v = [
+        summary_pb2.Summary.Value(
+          tag=k,
+          image=summary_pb2.Summary.Image(
+            height=h, width=w, colorspace=4, encoded_image_string=png
+          ),
+        )
+        for k, (png, h, w) in tags.items()
+      ]
       _write(run_dir(self.workdir, phase, sid), [_event(step, v)])
 
   def flush(self):
@@ -117,8 +125,9 @@ class TensorBoardWriter(metric_writers.MetricWriter):
 
 
 def _event(step: int, values) -> event_pb2.Event:
-  return event_pb2.Event(wall_time=time.time(), step=int(step),
-                         summary=summary_pb2.Summary(value=values))
+  return event_pb2.Event(
+    wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
+  )
 
 
 def write_rows(workdir: str, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -128,8 +137,9 @@ def write_rows(workdir: str, rows: Iterable[Mapping[str, Any]]) -> None:
   for r in rows:
     phase = r.get("phase", "train")
     path = run_dir(workdir, f"{phase}/{r['part']}" if r.get("part") else phase, r.get("seed"))
-    scalars = {k: f for k, v in r.items() if k not in _NOT_SCALARS
-               if (f := _as_float(v)) is not None}
+    scalars = {
+      k: f for k, v in r.items() if k not in _NOT_SCALARS if (f := _as_float(v)) is not None
+    }
     runs[path].append(_scalar_event(int(r["step"]), scalars))
   for path, events in runs.items():
     first = min(e.step for e in events)
@@ -167,6 +177,7 @@ def _f_png(sigma: np.ndarray, f: np.ndarray, title: str) -> tuple[bytes, int, in
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from rl_align import plots  # pylint: disable=g-import-not-at-top
+
   fig = plots.figure(figsize=(4, 3), dpi=80)
   canvas = FigureCanvasAgg(fig)
   ax = fig.add_subplot()
@@ -181,22 +192,35 @@ def _f_png(sigma: np.ndarray, f: np.ndarray, title: str) -> tuple[bytes, int, in
   ax.set_xlabel("sigma (sqrt of the data eigenvalue)")
   ax.set_ylabel("f(sigma)")
   ax.set_title(title, fontsize=9)
-  fig.subplots_adjust(left=0.18, right=0.96, bottom=0.16, top=0.9)   # fixed: no tight layout pass
+  fig.subplots_adjust(left=0.18, right=0.96, bottom=0.16, top=0.9)  # fixed: no tight layout pass
   data = plots.png_bytes(fig, tight=False)
   w, h = canvas.get_width_height()
   return data, h, w
 
 
-def write_f(writer: metric_writers.MetricWriter, phase: str, seed_ids: Sequence[int], step: int,
-            f: np.ndarray, sigma: np.ndarray, image: bool = True) -> None:
+def write_f(
+  writer: metric_writers.MetricWriter,
+  phase: str,
+  seed_ids: Sequence[int],
+  step: int,
+  f: np.ndarray,
+  sigma: np.ndarray,
+  image: bool = True,
+) -> None:
   """f [S, d] of the members `seed_ids` at `step`, to `writer`: scalars f/sigma_<i>
   (`f_directions`) and, with `image`, the curve f(sigma) as the image `f_of_sigma`."""
   f, sigma = np.asarray(f, np.float64), np.asarray(sigma, np.float64)
   d = f.shape[1]
   dirs = f_directions(d)
-  writer.write_scalars(phase, step, {sid: {f_tag(i, d): float(fs[i]) for i in dirs}
-                                     for sid, fs in zip(seed_ids, f)})
+  writer.write_scalars(
+    phase, step, {sid: {f_tag(i, d): float(fs[i]) for i in dirs} for sid, fs in zip(seed_ids, f)}
+  )
   if image and writer.wants_images:
-    writer.write_images(phase, step, {sid: {"f_of_sigma": _f_png(sigma, fs, f"member {sid}, step "
-                                                                           f"{step}")}
-                                      for sid, fs in zip(seed_ids, f)})
+    writer.write_images(
+      phase,
+      step,
+      {
+        sid: {"f_of_sigma": _f_png(sigma, fs, f"member {sid}, step {step}")}
+        for sid, fs in zip(seed_ids, f)
+      },
+    )

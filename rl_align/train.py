@@ -27,6 +27,7 @@ flagged in ``res.diverged`` / ``res.diverged_step``; the others finish.  A SIGIN
 the handlers of `rl_align.interrupts` installed, as the binaries do) stops the loop at its next
 event step after a checkpoint: `errors.Interrupted` carries the step, and a rerun resumes there.
 """
+
 import dataclasses
 import functools
 import os
@@ -55,27 +56,29 @@ from rl_align.engine import records
 @dataclasses.dataclass
 class TrainResult:
   """What `train` returns; arrays are numpy with a leading member axis, one row per seed id."""
+
   params: Any
   seed_ids: list[int]
   final_step: int
   steps_per_epoch: int
-  diverged: np.ndarray            # [S] bool
-  diverged_step: np.ndarray       # [S] int, -1 if never
+  diverged: np.ndarray  # [S] bool
+  diverged_step: np.ndarray  # [S] int, -1 if never
   metrics: list[dict]
   snapshots: dict[int, dict[str, np.ndarray]]
-  final_metrics: dict[str, np.ndarray]   # eval metrics at the final step, [S] each
-  layout: str = ""                # the engine's layout, e.g. "map" or "map_fused" (`Layout.name`)
+  final_metrics: dict[str, np.ndarray]  # eval metrics at the final step, [S] each
+  layout: str = ""  # the engine's layout, e.g. "map" or "map_fused" (`Layout.name`)
 
 
 @dataclasses.dataclass
 class TrainCall:
   """The arguments of one `train` call (a sweep point's phase); `run_calls` packs several."""
+
   model: nn.Module
   cfg: Any
-  x: Any                           # [N, ...] float32 (None when fed from the host: `feed`)
-  labels: np.ndarray               # [S, N]
+  x: Any  # [N, ...] float32 (None when fed from the host: `feed`)
+  labels: np.ndarray  # [S, N]
   members: seeds.Members
-  feed: feed_lib.Feed | None = None   # the host feed the batches stream from (None: x, labels)
+  feed: feed_lib.Feed | None = None  # the host feed the batches stream from (None: x, labels)
   workdir: str | None = None
   eval_sets: Mapping[str, tuple[Any, Any]] | None = None
   init_params: Any = None
@@ -91,11 +94,20 @@ class TrainCall:
   part: str = ""
 
 
-def call(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
-         eval_sets: Mapping[str, tuple[Any, Any]] | None = None, init_params=None,
-         snapshot_fn: Callable[[Any], Mapping[str, np.ndarray]] = records.first_layer_snapshot,
-         probe_fn: Callable[[nn.Module, Any], Mapping[str, Any]] | None = None,
-         name: str = "train", writer: metric_writers.MetricWriter | None = None) -> TrainCall:
+def call(
+  model: nn.Module,
+  cfg,
+  x,
+  labels,
+  *,
+  workdir: str | None = None,
+  eval_sets: Mapping[str, tuple[Any, Any]] | None = None,
+  init_params=None,
+  snapshot_fn: Callable[[Any], Mapping[str, np.ndarray]] = records.first_layer_snapshot,
+  probe_fn: Callable[[nn.Module, Any], Mapping[str, Any]] | None = None,
+  name: str = "train",
+  writer: metric_writers.MetricWriter | None = None,
+) -> TrainCall:
   """The checked TrainCall of `train`'s arguments, not run: a runner yields it (`driven`).  The
   engine's one decision on where the batches come from is made here: from the arrays (x,
   labels), or from a host feed passed as x (`engine.feed.Feed`, labels None)."""
@@ -107,9 +119,21 @@ def call(model: nn.Module, cfg, x, labels, *, workdir: str | None = None,
   else:
     x = np.asarray(x, np.float32)
     labels = np.broadcast_to(np.asarray(labels, np.int32), (s, x.shape[0]))
-  return TrainCall(model=model, cfg=cfg, x=x, members=seeds.Members.of(cfg), labels=labels,
-                   feed=feed, workdir=workdir, eval_sets=eval_sets, init_params=init_params,
-                   snapshot_fn=snapshot_fn, probe_fn=probe_fn, name=name, writer=writer)
+  return TrainCall(
+    model=model,
+    cfg=cfg,
+    x=x,
+    members=seeds.Members.of(cfg),
+    labels=labels,
+    feed=feed,
+    workdir=workdir,
+    eval_sets=eval_sets,
+    init_params=init_params,
+    snapshot_fn=snapshot_fn,
+    probe_fn=probe_fn,
+    name=name,
+    writer=writer,
+  )
 
 
 def train(model: nn.Module, cfg, x, labels, **kwargs) -> TrainResult:
@@ -197,8 +221,9 @@ def drive(calls: Generator[TrainCall, TrainResult, Any]) -> Any:
       except StopIteration as stop:
         return stop.value
       try:
-        value, thrown = reply(pending, run_packed(pending if isinstance(pending, list)
-                                                  else [pending]))
+        value, thrown = reply(
+          pending, run_packed(pending if isinstance(pending, list) else [pending])
+        )
       except errors.Interrupted as e:
         value, thrown = e, True
       step = calls.throw if thrown else calls.send
@@ -210,15 +235,20 @@ def driven(steps_fn: Callable[..., Generator]) -> Callable[..., Any]:
   """Decorator of a runner written as a generator function: the decorated name runs it alone
   (`drive`), and its attribute `steps` is the generator function, for `yield from fn.steps(...)`
   in another runner and for sweeps."""
+
   @functools.wraps(steps_fn)
   def alone(*args, **kwargs):
     return drive(steps_fn(*args, **kwargs))
+
   alone.steps = steps_fn
   return alone
 
 
-def recorded(calls: Generator[TrainCall, TrainResult, Any], ledger: flops_lib.Ledger | None,
-             writer_for: Callable[[str | None], metric_writers.MetricWriter] | None = None):
+def recorded(
+  calls: Generator[TrainCall, TrainResult, Any],
+  ledger: flops_lib.Ledger | None,
+  writer_for: Callable[[str | None], metric_writers.MetricWriter] | None = None,
+):
   """The generator `calls`, each of whose TrainCalls passing through is given `ledger` (its
   training FLOPs are recorded there) and, when it has none, the writer `writer_for(workdir)`:
   where a run records itself hands these to the engine explicitly, also when a sweep interleaves
@@ -236,7 +266,7 @@ def recorded(calls: Generator[TrainCall, TrainResult, Any], ledger: flops_lib.Le
     try:
       value, step = (yield pending), calls.send
     except (Exception, errors.Interrupted) as e:  # pylint: disable=broad-except
-      value, step = e, calls.throw               # raised where the runner made the call
+      value, step = e, calls.throw  # raised where the runner made the call
 
 
 def run_calls(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list[TrainResult]:
@@ -247,8 +277,10 @@ def run_calls(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list
   `packed_dir`; host-fed calls run alone (each feed has its own data order).  A call marked as a
   part of its phase (`mark_parts`) keeps its state and snapshots in folders of its part."""
   if len(calls) > 1 and any(c.feed is not None for c in calls):
-    raise ValueError("run_calls: host-fed calls cannot be packed (each feed streams its own data "
-                     "order). Fix: run each host-fed call alone.")
+    raise ValueError(
+      "run_calls: host-fed calls cannot be packed (each feed streams its own data "
+      "order). Fix: run each host-fed call alone."
+    )
   run = _Run(calls, packed_dir)
   run.restore()
   run.log_start()
@@ -262,8 +294,9 @@ def _writer(c: TrainCall) -> metric_writers.MetricWriter:
     return c.writer
   if c.workdir is None:
     return metric_writers.NoopWriter()
-  return metric_writers.JsonlWriter(os.path.join(c.workdir, "metrics.jsonl"),
-                                    writes=jax.process_index() == 0)
+  return metric_writers.JsonlWriter(
+    os.path.join(c.workdir, "metrics.jsonl"), writes=jax.process_index() == 0
+  )
 
 
 def _call_records(calls: Sequence[TrainCall]) -> list[records.CallRecords]:
@@ -272,30 +305,36 @@ def _call_records(calls: Sequence[TrainCall]) -> list[records.CallRecords]:
   out, offset = [], 0
   for c in calls:
     sl = slice(offset, offset + len(c.members))
-    out.append(records.CallRecords(c.name, c.workdir, c.members.ids, sl, c.snapshot_fn,
-                                   _writer(c), c.part))
+    out.append(
+      records.CallRecords(c.name, c.workdir, c.members.ids, sl, c.snapshot_fn, _writer(c), c.part)
+    )
     offset = sl.stop
   return out
 
 
-def _initial_state(eng: core.Engine, calls: Sequence[TrainCall],
-                   members: seeds.Members) -> core.TrainState:
+def _initial_state(
+  eng: core.Engine, calls: Sequence[TrainCall], members: seeds.Members
+) -> core.TrainState:
   """Step-0 state of every member: given init params, or each call's model's own init (models
   of a pack may differ in init-only fields such as init scales)."""
   if all(c.init_params is not None for c in calls):
     params = jax.tree.map(lambda *a: np.concatenate(a), *[c.init_params for c in calls])
-    return eng.initial_state(members, jax.tree.map(lambda a: core.pad_members(a, eng.m_pad), params))
+    return eng.initial_state(
+      members, jax.tree.map(lambda a: core.pad_members(a, eng.m_pad), params)
+    )
   state = eng.initial_state(members)
   first = calls[0].model
   if all(c.model is first or c.model == first for c in calls):
     return state
-  host = core.to_host(state.params)   # another init per distinct model, member m takes its call's
+  host = core.to_host(state.params)  # another init per distinct model, member m takes its call's
   for c, rec in zip(calls, _call_records(calls)):
     if not c.model == first:
       other = core.Engine(c.model, c.cfg, eng.x_shape, eng.m_pad, with_decay=eng.with_decay)
       theirs = core.to_host(other.init_params(members)[0])
       sl = rec.sl
-      host = jax.tree.map(lambda a, b: np.concatenate([a[:sl.start], b[sl], a[sl.stop:]]), host, theirs)
+      host = jax.tree.map(
+        lambda a, b: np.concatenate([a[: sl.start], b[sl], a[sl.stop :]]), host, theirs
+      )
   return eng.initial_state(members, host)
 
 
@@ -307,19 +346,29 @@ class _Run:
     self.calls, self.cfg, self.name = calls, c0.cfg, c0.name
     self.feed = c0.feed
     members = seeds.Members.concat([c.members for c in calls])
-    self.n_members = len(members)   # the engine pads the member axis to eng.m_pad
-    x_shape = ((self.feed.n,) + tuple(self.feed.example_shape) if self.feed is not None
-               else c0.x.shape)
-    self.eng = core.cached_engine(c0.model, self.cfg, x_shape, self.n_members, c0.probe_fn,
-                                  with_decay=any(wd != 0 for wd in members.weight_decay))
+    self.n_members = len(members)  # the engine pads the member axis to eng.m_pad
+    x_shape = (
+      (self.feed.n,) + tuple(self.feed.example_shape) if self.feed is not None else c0.x.shape
+    )
+    self.eng = core.cached_engine(
+      c0.model,
+      self.cfg,
+      x_shape,
+      self.n_members,
+      c0.probe_fn,
+      with_decay=any(wd != 0 for wd in members.weight_decay),
+    )
     self.members = members.padded(self.eng.m_pad)
     self.records = _call_records(calls)
     self.snap_steps, self.log_steps, self.eval_steps = records.event_steps(
-        self.cfg, self.eng.total, self.eng.steps_per_epoch)
+      self.cfg, self.eng.total, self.eng.steps_per_epoch
+    )
     self.events = sorted(self.snap_steps | self.log_steps | self.eval_steps)
     self.eval_data = self._eval_data()
     if self.feed is None:
-      self.inputs = self.eng.put_inputs(self.members, c0.x, np.concatenate([c.labels for c in calls]))
+      self.inputs = self.eng.put_inputs(
+        self.members, c0.x, np.concatenate([c.labels for c in calls])
+      )
     else:
       self.hparams = self.eng.put_members(self.members.hparams())
     self.state = _initial_state(self.eng, calls, self.members)
@@ -345,10 +394,14 @@ class _Run:
         default = (None, head[1] if head is not None else c.labels[:, :k])
         ye = (c.eval_sets or {}).get(key, default)[1]
         ys.append(np.broadcast_to(np.asarray(ye), (len(c.members), np.shape(xe)[0])))
-      xs, ys, mask = records.eval_batches(np.asarray(xe, np.float32), np.concatenate(ys),
-                                          self.n_members, cfg.eval_batch_size)
-      out[key] = (eng.put_replicated(xs), eng.put_members(core.pad_members(ys, eng.m_pad)),
-                  eng.put_replicated(mask))
+      xs, ys, mask = records.eval_batches(
+        np.asarray(xe, np.float32), np.concatenate(ys), self.n_members, cfg.eval_batch_size
+      )
+      out[key] = (
+        eng.put_replicated(xs),
+        eng.put_members(core.pad_members(ys, eng.m_pad)),
+        eng.put_replicated(mask),
+      )
     return out
 
   def restore(self) -> None:
@@ -367,10 +420,20 @@ class _Run:
   def log_start(self) -> None:
     eng, n, calls = self.eng, self.n_members, self.calls
     what = f"{n} members of {len(calls)} packed calls" if len(calls) > 1 else f"{n} seeds"
-    logging.info("%s: %s x %d steps (%d/epoch) on %d %s device(s) in %d process(es), layout=%s, "
-                 "gradient micro-batch %d of %d", self.name, what, eng.total, eng.steps_per_epoch,
-                 eng.mesh.size, eng.devices[0].platform, jax.process_count(), eng.layout.name,
-                 eng.microbatch, self.cfg.batch_size)
+    logging.info(
+      "%s: %s x %d steps (%d/epoch) on %d %s device(s) in %d process(es), layout=%s, "
+      "gradient micro-batch %d of %d",
+      self.name,
+      what,
+      eng.total,
+      eng.steps_per_epoch,
+      eng.mesh.size,
+      eng.devices[0].platform,
+      jax.process_count(),
+      eng.layout.name,
+      eng.microbatch,
+      self.cfg.batch_size,
+    )
 
   def train(self) -> None:
     """Runs the remaining steps piece by piece (`feed.segments`), acting at every event step.
@@ -383,12 +446,13 @@ class _Run:
     start = self.step
     self.last_ckpt = time.monotonic()
     self.sums, self.interval_start = None, self.step
-    precision = self.cfg.matmul_precision   # "default": JAX_DEFAULT_MATMUL_PRECISION, if set
+    precision = self.cfg.matmul_precision  # "default": JAX_DEFAULT_MATMUL_PRECISION, if set
     if precision == "default":
       precision = jax.config.jax_default_matmul_precision
     with jax.default_matmul_precision(precision), interrupts.deferred():
-      for t0, t1, buf, ends in feed_lib.segments(self.feed, self.eng.member_sharding,
-                                                 self.members.ids, self.events, self.step):
+      for t0, t1, buf, ends in feed_lib.segments(
+        self.feed, self.eng.member_sharding, self.members.ids, self.events, self.step
+      ):
         with self.phases("train"):
           means = self._advance(t0, t1, buf, ends)
           if ends:
@@ -411,22 +475,31 @@ class _Run:
       with self.phases("checkpoint"):
         self.ckpt.save(step, core.to_host(self.state))
     self._count_flops(step - start)
-    logging.warning("%s: stopping at step %d on signal %s; rerun the same command to resume.",
-                    self.name, step, interrupts.signal_number())
+    logging.warning(
+      "%s: stopping at step %d on signal %s; rerun the same command to resume.",
+      self.name,
+      step,
+      interrupts.signal_number(),
+    )
     raise errors.Interrupted(interrupts.signal_number() or 2, step, self.name)
 
   def _count_flops(self, steps: int) -> None:
     """Records each call's training FLOPs (steps run here x its members x one member-step's
     nominal FLOPs, `Engine.step_flops`) and its phase times in the call's ledger
     (`rl_align.flops`)."""
-    if not any(c.ledger is not None for c in self.calls):   # nobody counts: skip the trace
+    if not any(c.ledger is not None for c in self.calls):  # nobody counts: skip the trace
       return
-    for c in self.calls:   # a packed call's share of the program's time: its share of members
+    for c in self.calls:  # a packed call's share of the program's time: its share of members
       if c.ledger is None:
         continue
       share = len(c.members) / self.n_members
-      c.ledger.record(c.name, self.eng.step_flops, steps, len(c.members),
-                      seconds={k: v * share for k, v in self.phases.seconds.items()})
+      c.ledger.record(
+        c.name,
+        self.eng.step_flops,
+        steps,
+        len(c.members),
+        seconds={k: v * share for k, v in self.phases.seconds.items()},
+      )
 
   def _advance(self, t0: int, t1: int, buf, ends: bool):
     """Steps t0..t1; at an interval's end, its (mean loss [M], mean batch accuracy [M])."""
@@ -435,8 +508,16 @@ class _Run:
       self.state, lmean, amean = eng.chunk(self.state, self.inputs, np.int32(t0), np.int32(t1))
       return lmean, amean
     self.sums = self.sums or (eng.put_members(np.zeros(eng.m_pad, np.float32)),) * 2
-    self.state, *sums = eng.chunk_fed(self.state, self.hparams, tuple(self.sums), buf.x, buf.y,
-                                      np.int32(buf.t0), np.int32(t0 - buf.t0), np.int32(t1 - buf.t0))
+    self.state, *sums = eng.chunk_fed(
+      self.state,
+      self.hparams,
+      tuple(self.sums),
+      buf.x,
+      buf.y,
+      np.int32(buf.t0),
+      np.int32(t0 - buf.t0),
+      np.int32(t1 - buf.t0),
+    )
     self.sums = sums
     if not ends:
       return None
@@ -452,16 +533,20 @@ class _Run:
     if step in self.snap_steps:
       with self.phases("snapshot"):
         self._snapshot(step)
-    if self.ckpt and (step == self.eng.total
-                      or time.monotonic() - self.last_ckpt > self.cfg.checkpoint_every_secs):
+    if self.ckpt and (
+      step == self.eng.total or time.monotonic() - self.last_ckpt > self.cfg.checkpoint_every_secs
+    ):
       with self.phases("checkpoint"):
         self.ckpt.save(step, core.to_host(self.state))
       self.last_ckpt = time.monotonic()
 
   def _log(self, step: int, means) -> None:
     n, eng = self.n_members, self.eng
-    host = {"loss": core.to_host(means[0], n), "batch_accuracy": core.to_host(means[1], n),
-            "alive": core.to_host(self.state.alive, n)}
+    host = {
+      "loss": core.to_host(means[0], n),
+      "batch_accuracy": core.to_host(means[1], n),
+      "alive": core.to_host(self.state.alive, n),
+    }
     if step in self.eval_steps:
       with self.phases("eval"):
         self.final_metrics = self._evaluate()
@@ -494,14 +579,24 @@ class _Run:
       sl, ids = rec.sl, rec.ids
       diverged = ~host_state.alive[sl]
       if diverged.any():
-        logging.warning("%s: seeds %s diverged (non-finite loss) and were frozen at steps %s.",
-                        self.name, [ids[i] for i in np.flatnonzero(diverged)],
-                        host_state.div_step[sl][diverged].tolist())
-      out.append(TrainResult(
-          params=jax.tree.map(lambda a: a[sl], host_state.params), seed_ids=ids,
-          final_step=self.step, steps_per_epoch=self.eng.steps_per_epoch, diverged=diverged,
-          diverged_step=host_state.div_step[sl], metrics=rec.metrics,
+        logging.warning(
+          "%s: seeds %s diverged (non-finite loss) and were frozen at steps %s.",
+          self.name,
+          [ids[i] for i in np.flatnonzero(diverged)],
+          host_state.div_step[sl][diverged].tolist(),
+        )
+      out.append(
+        TrainResult(
+          params=jax.tree.map(lambda a: a[sl], host_state.params),
+          seed_ids=ids,
+          final_step=self.step,
+          steps_per_epoch=self.eng.steps_per_epoch,
+          diverged=diverged,
+          diverged_step=host_state.div_step[sl],
+          metrics=rec.metrics,
           snapshots=dict(sorted(rec.snapshots.items())),
           final_metrics={k: a[sl] for k, a in self.final_metrics.items()},
-          layout=self.eng.layout.name))
+          layout=self.eng.layout.name,
+        )
+      )
     return out

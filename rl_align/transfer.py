@@ -53,6 +53,7 @@ Usage::
     out["arms"]["covariance"]["train_accuracy"]               # [S][T] at out["arms"][...]["iterations"]
     transfer.summarize(out["arms"], [0.6], [100])["speedup"]  # scratch iterations / arm iterations
 """
+
 import dataclasses
 import re
 from typing import Any, Callable, Mapping
@@ -81,28 +82,38 @@ _FRESH, _SAMPLE, _ROTATE = 21, 22, 23
 @dataclasses.dataclass(frozen=True)
 class Arm:
   """A registered arm: its builder and how it is drawn (label, colour, line style)."""
-  name: str                                   # e.g. "covariance" or the family "covariance_L<n>"
+
+  name: str  # e.g. "covariance" or the family "covariance_L<n>"
   build: Callable[["ArmContext", int | None], list]
-  label: str                                  # may use {n}
-  color: str | tuple[str, ...]                # a family: one colour per n (cycled)
+  label: str  # may use {n}
+  color: str | tuple[str, ...]  # a family: one colour per n (cycled)
   linestyle: str = "-"
-  n: int | None = None                        # the number a plain name stands for (covariance: 1)
+  n: int | None = None  # the number a plain name stands for (covariance: 1)
   uses_upstream: Callable[[Any], bool] = lambda config: True
-  carries_seeds: bool = False                 # seed i starts from upstream seed i
+  carries_seeds: bool = False  # seed i starts from upstream seed i
 
 
 _REGISTRY: dict[str, Arm] = {}
 _FAMILY = "<n>"
 
 
-def register_arm(name: str, *, label: str, color: str | tuple[str, ...], linestyle: str = "-", n: int | None = None,
-                 uses_upstream: Callable[[Any], bool] = lambda config: True,
-                 carries_seeds: bool = False):
+def register_arm(
+  name: str,
+  *,
+  label: str,
+  color: str | tuple[str, ...],
+  linestyle: str = "-",
+  n: int | None = None,
+  uses_upstream: Callable[[Any], bool] = lambda config: True,
+  carries_seeds: bool = False,
+):
   """Decorator: registers `fn(ctx, n) -> [params per seed]` as arm `name` (a name ending in "<n>"
   is a family: covariance_L<n> matches covariance_L2, covariance_L3, ...)."""
+
   def deco(fn):
     _REGISTRY[name] = Arm(name, fn, label, color, linestyle, n, uses_upstream, carries_seeds)
     return fn
+
   return deco
 
 
@@ -113,11 +124,12 @@ def resolve(arm: str) -> tuple[Arm, int | None]:
     return spec, spec.n
   for spec in _REGISTRY.values():
     if spec.name.endswith(_FAMILY):
-      m = re.fullmatch(re.escape(spec.name[:-len(_FAMILY)]) + r"([1-9]\d*)", str(arm))
+      m = re.fullmatch(re.escape(spec.name[: -len(_FAMILY)]) + r"([1-9]\d*)", str(arm))
       if m:
         return spec, int(m.group(1))
-  raise errors.ConfigError(f"unknown arm {arm!r}. Fix: use names from {tuple(_REGISTRY)} "
-                           "(covariance_L<n> for any n >= 1).")
+  raise errors.ConfigError(
+    f"unknown arm {arm!r}. Fix: use names from {tuple(_REGISTRY)} (covariance_L<n> for any n >= 1)."
+  )
 
 
 def arm_names() -> tuple[str, ...]:
@@ -144,8 +156,10 @@ def check_arms(arms) -> list[str]:
     except errors.ConfigError:
       bad.append(a)
   if bad:
-    raise errors.ConfigError(f"config.arms has unknown arms {bad}. Fix: use names from "
-                             f"{arm_names()} (covariance_L<n> for any n >= 1).")
+    raise errors.ConfigError(
+      f"config.arms has unknown arms {bad}. Fix: use names from "
+      f"{arm_names()} (covariance_L<n> for any n >= 1)."
+    )
   arms = list(dict.fromkeys(str(a) for a in arms))
   return ["scratch"] + [a for a in arms if a != "scratch"]
 
@@ -180,16 +194,30 @@ class ArmContext:
     f_source: () -> init.TransferFunction, the f of the f_only arm (given by the runner).
   """
 
-  def __init__(self, config, model_down, model_up, pretrained, pretrained_init, x_up, x_down, *,
-               upstream_diverged=None, upstream_fit=None, upstream_classes: int = 10,
-               f_source: Callable[[], Any] | None = None):
+  def __init__(
+    self,
+    config,
+    model_down,
+    model_up,
+    pretrained,
+    pretrained_init,
+    x_up,
+    x_down,
+    *,
+    upstream_diverged=None,
+    upstream_fit=None,
+    upstream_classes: int = 10,
+    f_source: Callable[[], Any] | None = None,
+  ):
     self.config, self.model, self.model_up = config, model_down, model_up
     self.x_up, self.x_down, self.f_source = x_up, x_down, f_source
     root = int(config.downstream.seed)
     ids = seeds.seed_ids(config.train)
     x1 = x_down[:1]
-    self.fresh = [model_down.init(jax.random.fold_in(seeds.seed_key(root, i, _FRESH), 0), x1)["params"]
-                  for i in ids]
+    self.fresh = [
+      model_down.init(jax.random.fold_in(seeds.seed_key(root, i, _FRESH), 0), x1)["params"]
+      for i in ids
+    ]
     self.sample_keys = [seeds.seed_key(root, i, _SAMPLE) for i in ids]
     self.layers = models.layer_names(self.fresh[0])
     self.pretrained = init_lib.unstack(pretrained)
@@ -197,7 +225,7 @@ class ArmContext:
     self.upstream_finished = curves.finished_seeds(upstream_diverged, len(self.pretrained))
     self.upstream_fit, self.upstream_classes = upstream_fit, int(upstream_classes)
     n_t = int(config.transfer_layers)
-    self.carried = self.layers[:-1] if n_t <= 0 else self.layers[:min(n_t, len(self.layers) - 1)]
+    self.carried = self.layers[:-1] if n_t <= 0 else self.layers[: min(n_t, len(self.layers) - 1)]
     self.n_ex = int(config.layerwise.num_examples)
     self.transfer_functions: dict[str, init_lib.TransferFunction] = {}
     self._built: dict[tuple, list] = {}
@@ -206,7 +234,7 @@ class ArmContext:
   def build(self, arm: str) -> list:
     """The arm's downstream init, one params tree per seed (cached)."""
     spec, n = resolve(arm)
-    key = (spec.build, n)            # covariance and covariance_L1 are one init
+    key = (spec.build, n)  # covariance and covariance_L1 are one init
     if key not in self._built:
       self._built[key] = spec.build(self, n)
     return self._built[key]
@@ -229,8 +257,9 @@ class ArmContext:
     return out
 
   def _fit_gate(self):
-    return claims_core.fit_gate(self.upstream_fit, self.upstream_classes,
-                                np.asarray(self.upstream_finished, bool))
+    return claims_core.fit_gate(
+      self.upstream_fit, self.upstream_classes, np.asarray(self.upstream_finished, bool)
+    )
 
   def sigma_w_seeds(self) -> np.ndarray:
     """[S] bool: the upstream seeds Sigma_w pools: those that fitted their random labels, or every
@@ -245,8 +274,12 @@ class ArmContext:
     """Which upstream seeds Sigma_w pools (results.json `sigma_w`)."""
     fitted = 0 if self.upstream_fit is None else int(self._fit_gate().ok.sum())
     use = self.sigma_w_seeds()
-    return {"seeds": "fitted" if fitted else "finished (none fitted)",
-            "num_seeds": int(use.sum()), "num_fitted": fitted, "pooled": use}
+    return {
+      "seeds": "fitted" if fitted else "finished (none fitted)",
+      "num_seeds": int(use.sum()),
+      "num_fitted": fitted,
+      "pooled": use,
+    }
 
   def sigma_w(self) -> np.ndarray:
     """E[w w^T] of the pretrained first-layer filters (as trained) pooled over `sigma_w_seeds`."""
@@ -254,8 +287,9 @@ class ArmContext:
       use = self.sigma_w_seeds()
       if not use.any():
         raise errors.NumericalError(curves.all_diverged(len(self.pretrained), "upstream seeds"))
-      kernels = np.stack([np.asarray(p[self.layers[0]]["kernel"])
-                          for p, u in zip(self.pretrained, use) if u])
+      kernels = np.stack(
+        [np.asarray(p[self.layers[0]]["kernel"]) for p, u in zip(self.pretrained, use) if u]
+      )
       self._sigma_w = covariance.weight_covariance(kernels)
     return self._sigma_w
 
@@ -263,8 +297,10 @@ class ArmContext:
     """With config.rescale_sampled: each seed's `layer` scaled to the L2 norm of its fresh init."""
     if not self.config.get("rescale_sampled", True):
       return params_list
-    return [init_lib.replace_layer(p, {layer: init_lib.rescale_to_init(p[layer], fr[layer])}, layer)
-            for p, fr in zip(params_list, self.fresh)]
+    return [
+      init_lib.replace_layer(p, {layer: init_lib.rescale_to_init(p[layer], fr[layer])}, layer)
+      for p, fr in zip(params_list, self.fresh)
+    ]
 
   def first_kernel_shape(self) -> tuple[int, ...]:
     return np.asarray(self.fresh[0][self.layers[0]]["kernel"]).shape
@@ -286,7 +322,7 @@ class ArmContext:
 
   def downstream_patch_covariance(self) -> np.ndarray:
     """Covariance of the first layer's input samples (patches) over the downstream inputs."""
-    samples = init_lib.input_samples(self.x_down[:self.n_ex], self.first_kernel_shape())
+    samples = init_lib.input_samples(self.x_down[: self.n_ex], self.first_kernel_shape())
     return covariance.data_covariance(samples)[1]
 
   def f_layer_checks(self, layer: str) -> None:
@@ -297,9 +333,8 @@ class ArmContext:
       return
     ok = [i for i, fin in enumerate(self.upstream_finished) if fin]
     bins = int(self.config.layerwise.num_bins) or None
-    x = self.x_up[:self.n_ex]
-    measure = lambda ps: init_lib.measure_layer_transfer(self.model_up, ps, x, layer,
-                                                         num_bins=bins)
+    x = self.x_up[: self.n_ex]
+    measure = lambda ps: init_lib.measure_layer_transfer(self.model_up, ps, x, layer, num_bins=bins)
     self.transfer_functions[f"{layer}@init"] = measure([self.pretrained_init[i] for i in ok])
     if len(ok) >= 2:
       h = len(ok) // 2
@@ -310,8 +345,12 @@ class ArmContext:
     """f_l of `layer`, measured on the finished pretrained seeds against their upstream inputs."""
     if layer not in self.transfer_functions:
       self.transfer_functions[layer] = init_lib.measure_layer_transfer(
-          self.model_up, self.finished_pretrained(), self.x_up[:self.n_ex], layer,
-          num_bins=int(self.config.layerwise.num_bins) or None)
+        self.model_up,
+        self.finished_pretrained(),
+        self.x_up[: self.n_ex],
+        layer,
+        num_bins=int(self.config.layerwise.num_bins) or None,
+      )
     return self.transfer_functions[layer]
 
 
@@ -328,27 +367,34 @@ def scratch(ctx: ArmContext, n=None) -> list:
 @register_arm("pretrained", label="pretrained (rescaled)", color="tab:blue", carries_seeds=True)
 def pretrained(ctx: ArmContext, n=None) -> list:
   del n
-  return ctx.carry([init_lib.rescale_to_init(p, p0)
-                    for p, p0 in zip(ctx.pretrained, ctx.pretrained_init)])
+  return ctx.carry(
+    [init_lib.rescale_to_init(p, p0) for p, p0 in zip(ctx.pretrained, ctx.pretrained_init)]
+  )
 
 
-@register_arm("pretrained_no_rescaling", label="no rescaling", color="0.45", linestyle="--",
-              carries_seeds=True)
+@register_arm(
+  "pretrained_no_rescaling", label="no rescaling", color="0.45", linestyle="--", carries_seeds=True
+)
 def pretrained_no_rescaling(ctx: ArmContext, n=None) -> list:
   del n
   return ctx.carry(ctx.pretrained)
 
 
-@register_arm("covariance_L<n>", label="covariance L={n}",
-              color=("tab:red", "tab:orange", "tab:brown", "tab:pink", "tab:olive"))
+@register_arm(
+  "covariance_L<n>",
+  label="covariance L={n}",
+  color=("tab:red", "tab:orange", "tab:brown", "tab:pink", "tab:olive"),
+)
 @register_arm("covariance", label="covariance", color="tab:red", n=1)
 def covariance_layers(ctx: ArmContext, n: int) -> list:
   """Layer 1 from N(0, Sigma_w); layers 2..n one by one from V diag(f_l(lambda))^2 V^T."""
   if n == 1:
     return ctx.sampled_first(init_lib.covariance_init(ctx.sigma_w()))
   if n > len(ctx.layers):
-    raise errors.ConfigError(f"arm covariance_L{n} samples {n} layers but the model has only "
-                             f"{len(ctx.layers)} ({ctx.layers}). Fix: use L <= {len(ctx.layers)}.")
+    raise errors.ConfigError(
+      f"arm covariance_L{n} samples {n} layers but the model has only "
+      f"{len(ctx.layers)} ({ctx.layers}). Fix: use L <= {len(ctx.layers)}."
+    )
   return _sampled_above(ctx, ctx.build(f"covariance_L{n - 1}"), n)
 
 
@@ -358,14 +404,17 @@ def _sampled_above(ctx: ArmContext, below: list, n: int) -> list:
   layer = ctx.layers[n - 1]
   f = ctx.f_layer(layer)
   ctx.f_layer_checks(layer)
-  x = ctx.x_down[:ctx.n_ex]
-  out = [init_lib.sample_layer(ctx.model, p, x, layer, f, jax.random.fold_in(k, n - 1))[0]
-         for p, k in zip(below, ctx.sample_keys)]
+  x = ctx.x_down[: ctx.n_ex]
+  out = [
+    init_lib.sample_layer(ctx.model, p, x, layer, f, jax.random.fold_in(k, n - 1))[0]
+    for p, k in zip(below, ctx.sample_keys)
+  ]
   return ctx.rescaled(out, layer)
 
 
-@register_arm("covariance_rotated", label="covariance, rotated (control)", color="tab:olive",
-              linestyle="--")
+@register_arm(
+  "covariance_rotated", label="covariance, rotated (control)", color="tab:olive", linestyle="--"
+)
 def covariance_rotated(ctx: ArmContext, n=None) -> list:
   """covariance's first layer with each seed's kernel rotated by a Haar-random Q of its own."""
   del n
@@ -379,26 +428,39 @@ def covariance_rotated(ctx: ArmContext, n=None) -> list:
   return ctx.with_first(kernels)
 
 
-@register_arm("pretrained_f_L2", label="pretrained L1 + f-sampled L2", color="tab:cyan",
-              linestyle="--", carries_seeds=True)
+@register_arm(
+  "pretrained_f_L2",
+  label="pretrained L1 + f-sampled L2",
+  color="tab:cyan",
+  linestyle="--",
+  carries_seeds=True,
+)
 def pretrained_f_l2(ctx: ArmContext, n=None) -> list:
   """Section 2.5 isolated: layer 1 as the pretrained arm's (rescaled), layer 2 drawn from the
   pretrained network's f_2 in the new network's layer-2 input basis (no covariance-sampled
   layer 1 under it)."""
   del n
   if len(ctx.layers) < 3:
-    raise errors.ConfigError(f"arm pretrained_f_L2 samples layer 2 below the head, but the model "
-                             f"has layers {ctx.layers}. Fix: drop the arm.")
+    raise errors.ConfigError(
+      f"arm pretrained_f_L2 samples layer 2 below the head, but the model "
+      f"has layers {ctx.layers}. Fix: drop the arm."
+    )
   return _sampled_above(ctx, ctx.build("pretrained"), 2)
 
 
-@register_arm("pca_whitening", label="PCA whitening (peer)", color="tab:green", linestyle=":",
-              uses_upstream=lambda config: False)
+@register_arm(
+  "pca_whitening",
+  label="PCA whitening (peer)",
+  color="tab:green",
+  linestyle=":",
+  uses_upstream=lambda config: False,
+)
 def pca_whitening(ctx: ArmContext, n=None) -> list:
   del n
   shape = ctx.first_kernel_shape()
-  w = init_lib.whitening_filters(ctx.downstream_patch_covariance(), shape[-1],
-                                 float(ctx.config.pca_whitening.eps))
+  w = init_lib.whitening_filters(
+    ctx.downstream_patch_covariance(), shape[-1], float(ctx.config.pca_whitening.eps)
+  )
   used = np.any(w != 0, axis=0)
   kernels = []
   for fresh in ctx.fresh:
@@ -408,8 +470,13 @@ def pca_whitening(ctx: ArmContext, n=None) -> list:
   return ctx.with_first(kernels)
 
 
-@register_arm("f_only", label="f only (peer)", color="tab:purple", linestyle="-.",
-              uses_upstream=lambda config: config.f_only.source == "upstream")
+@register_arm(
+  "f_only",
+  label="f only (peer)",
+  color="tab:purple",
+  linestyle="-.",
+  uses_upstream=lambda config: config.f_only.source == "upstream",
+)
 def f_only(ctx: ArmContext, n=None) -> list:
   del n
   f = ctx.f_source()
@@ -418,8 +485,11 @@ def f_only(ctx: ArmContext, n=None) -> list:
 
 
 # Every registered arm, a family as its members 2 and 3: the default arms of the Fig 5 configs.
-ARMS = tuple(m for a in _REGISTRY for m in (
-    [a[:-len(_FAMILY)] + "2", a[:-len(_FAMILY)] + "3"] if a.endswith(_FAMILY) else [a]))
+ARMS = tuple(
+  m
+  for a in _REGISTRY
+  for m in ([a[: -len(_FAMILY)] + "2", a[: -len(_FAMILY)] + "3"] if a.endswith(_FAMILY) else [a])
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,13 +517,22 @@ def arm_summary(acc, test, diverged, upstream_diverged=None) -> dict[str, Any]:
     done &= ~np.asarray(upstream_diverged, bool)
   m, s = curves.seed_mean_std(acc[done])
   tm, ts = curves.seed_mean_std(test[done])
-  return {"train_accuracy": acc, "test_accuracy": test,
-          "train_accuracy_mean": m, "train_accuracy_std": s,
-          "test_accuracy_mean": float(tm), "test_accuracy_std": float(ts),
-          "diverged": np.asarray(diverged, bool),
-          "upstream_diverged": (np.zeros(len(done), bool) if upstream_diverged is None
-                                else np.asarray(upstream_diverged, bool)),
-          "finished": done, "num_diverged": int((~done).sum())}
+  return {
+    "train_accuracy": acc,
+    "test_accuracy": test,
+    "train_accuracy_mean": m,
+    "train_accuracy_std": s,
+    "test_accuracy_mean": float(tm),
+    "test_accuracy_std": float(ts),
+    "diverged": np.asarray(diverged, bool),
+    "upstream_diverged": (
+      np.zeros(len(done), bool)
+      if upstream_diverged is None
+      else np.asarray(upstream_diverged, bool)
+    ),
+    "finished": done,
+    "num_diverged": int((~done).sum()),
+  }
 
 
 def summarize(arms: Mapping[str, Mapping[str, Any]], thresholds, report_steps) -> dict[str, Any]:
@@ -465,8 +544,12 @@ def summarize(arms: Mapping[str, Mapping[str, Any]], thresholds, report_steps) -
   speed, reach, table = {}, {}, {}
   for arm, r in arms.items():
     acc = finished_accuracy(r)
-    reach[arm] = {f"{t:g}": (float(np.mean(curves.iterations_to_reach(steps, acc, t)))
-                             if len(acc) else float("nan")) for t in thresholds}
+    reach[arm] = {
+      f"{t:g}": (
+        float(np.mean(curves.iterations_to_reach(steps, acc, t))) if len(acc) else float("nan")
+      )
+      for t in thresholds
+    }
     if arm != "scratch":
       speed[arm] = {f"{t:g}": curves.speedup(steps, a_ref, acc, t) for t in thresholds}
     m, s = curves.seed_mean_std(acc)
@@ -487,21 +570,31 @@ def summary_table(out: Mapping[str, Any]) -> str:
   arms = out["arms"]
   first = next(iter(out["table"].values()))
   cols = list(first)
-  lines = ["arm".ljust(24) + "".join(f"it {c}".rjust(15) for c in cols) + "test".rjust(15)
-           + "".join(f"x@{t}".rjust(9) for t in out["speedup"].get(next(iter(out["speedup"]), ""), {}))]
+  lines = [
+    "arm".ljust(24)
+    + "".join(f"it {c}".rjust(15) for c in cols)
+    + "test".rjust(15)
+    + "".join(f"x@{t}".rjust(9) for t in out["speedup"].get(next(iter(out["speedup"]), ""), {}))
+  ]
   for arm, row in out["table"].items():
     cells = "".join(_cell(m, s).rjust(15) for m, s in row.values())
     test = _cell(arms[arm]["test_accuracy_mean"], arms[arm]["test_accuracy_std"]).rjust(15)
-    sp = "".join((f"{v:.2f}" if v is not None else "nan").rjust(9)
-                 for v in out["speedup"].get(arm, {}).values())
+    sp = "".join(
+      (f"{v:.2f}" if v is not None else "nan").rjust(9)
+      for v in out["speedup"].get(arm, {}).values()
+    )
     n_div = arms[arm].get("num_diverged", 0)
-    lines.append(arm.ljust(24) + cells + test + sp + (f"  ({n_div} seeds diverged)" if n_div else ""))
+    lines.append(
+      arm.ljust(24) + cells + test + sp + (f"  ({n_div} seeds diverged)" if n_div else "")
+    )
   if out.get("upstream"):
     ua = np.asarray(out["upstream"]["train_accuracy"], np.float64)
     ok = curves.finished_seeds(out["upstream"].get("diverged"), len(ua))
     m, s = curves.seed_mean_std(ua[ok])
-    lines.append(f"upstream random-label train accuracy: {_cell(m, s)} "
-                 f"(ok={out['upstream']['ok']}, {int((~ok).sum())} seeds diverged)")
+    lines.append(
+      f"upstream random-label train accuracy: {_cell(m, s)} "
+      f"(ok={out['upstream']['ok']}, {int((~ok).sum())} seeds diverged)"
+    )
   verdicts = (out.get("claims") or {}).get("verdicts", {})
   lines += [f"claim {k}: {v}" for k, v in verdicts.items()]
   return "\n".join(lines)

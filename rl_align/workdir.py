@@ -22,6 +22,7 @@
 - **writer**: the `metric_writers` of a workdir: metrics.jsonl and one TensorBoard run per member on
   process 0; the rows alone (read back on resume) on the others.
 """
+
 import datetime
 import errno
 import fcntl
@@ -41,8 +42,13 @@ CONFIG, RUN_RECORD, METRICS, LOCK = "config.json", "run.json", "metrics.jsonl", 
 
 # Config fields (dotted paths; a trailing ".*" covers a subtree; "*." any prefix) that cannot
 # change what a run computes: they may differ on resume.
-RUN_ONLY = ("*.checkpoint_every_secs", "*.log_every_steps", "data.pipeline.*", "data.download",
-            "f_only.data.pipeline.*")
+RUN_ONLY = (
+  "*.checkpoint_every_secs",
+  "*.log_every_steps",
+  "data.pipeline.*",
+  "data.download",
+  "f_only.data.pipeline.*",
+)
 
 
 def _now() -> str:
@@ -51,6 +57,7 @@ def _now() -> str:
 
 def _process_index() -> int:
   import jax  # pylint: disable=g-import-not-at-top
+
   return jax.process_index()
 
 
@@ -59,11 +66,14 @@ def ensure(path: str) -> str:
   try:
     os.makedirs(path, exist_ok=True)
   except FileExistsError:
-    raise errors.WorkdirError(f"--workdir {path} exists and is not a folder. Fix: pass a folder "
-                              "path (a new one, or the workdir of the run to resume).") from None
+    raise errors.WorkdirError(
+      f"--workdir {path} exists and is not a folder. Fix: pass a folder "
+      "path (a new one, or the workdir of the run to resume)."
+    ) from None
   except OSError as e:
-    raise errors.WorkdirError(f"--workdir {path} cannot be created ({e.strerror}). Fix: pass a "
-                              "folder you can write to.") from None
+    raise errors.WorkdirError(
+      f"--workdir {path} cannot be created ({e.strerror}). Fix: pass a folder you can write to."
+    ) from None
   if not os.path.isdir(path):
     raise errors.WorkdirError(f"--workdir {path} is not a folder. Fix: pass a folder path.")
   probe = os.path.join(path, f".write-test-{os.getpid()}")
@@ -73,8 +83,10 @@ def ensure(path: str) -> str:
     os.remove(probe)
   except OSError as e:
     why = "read-only file system" if e.errno == errno.EROFS else e.strerror
-    raise errors.WorkdirError(f"--workdir {path} is not writable ({why}). Fix: pass a folder you "
-                              "can write to, or copy the workdir there to resume it.") from None
+    raise errors.WorkdirError(
+      f"--workdir {path} is not writable ({why}). Fix: pass a folder you "
+      "can write to, or copy the workdir there to resume it."
+    ) from None
   return path
 
 
@@ -103,10 +115,10 @@ class Lock:
       holder = self._holder(fd)
       os.close(fd)
       raise errors.WorkdirError(
-          f"{self.path} is in use by another run ({holder}). Fix: wait for it to finish or stop "
-          "it, or pass another --workdir; a run that died holds no lock.") from None
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "start": _now(),
-            "argv": self.argv}
+        f"{self.path} is in use by another run ({holder}). Fix: wait for it to finish or stop "
+        "it, or pass another --workdir; a run that died holds no lock."
+      ) from None
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "start": _now(), "argv": self.argv}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
     self.fd = fd
@@ -121,8 +133,7 @@ class Lock:
     if not info:
       return "holder unknown"
     cmd = " ".join(str(a) for a in info.get("argv", []))[:120]
-    return (f"pid {info.get('pid')} on host {info.get('host')}, started {info.get('start')}: "
-            f"{cmd}")
+    return f"pid {info.get('pid')} on host {info.get('host')}, started {info.get('start')}: {cmd}"
 
   def __exit__(self, *exc) -> None:
     if self.fd is not None:
@@ -196,15 +207,16 @@ def check_config(config, path: str) -> None:
   new = json.loads(json.dumps(results.to_jsonable(config)))
   old = results.read_json(path, CONFIG)
   if old is not None and not computed(path):
-    old = None     # a run that stopped before computing anything (e.g. a rejected config)
+    old = None  # a run that stopped before computing anything (e.g. a rejected config)
   if old is not None:
     diff = config_diff(old, new)
     if diff:
       shown = "; ".join(f"{k}: {json.dumps(a)} there, {json.dumps(b)} now" for k, a, b in diff[:6])
       more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
       raise errors.ConfigError(
-          f"{path} already holds a run with another config: {shown}{more}. Fix: pass a new "
-          "--workdir, or rerun with the config of that run to resume it.")
+        f"{path} already holds a run with another config: {shown}{more}. Fix: pass a new "
+        "--workdir, or rerun with the config of that run to resume it."
+      )
   results.write_json(path, CONFIG, new)
 
 
@@ -222,12 +234,19 @@ class RunRecord:
 
   def __init__(self, path: str, argv: Sequence[str] | None = None):
     import jax  # pylint: disable=g-import-not-at-top
+
     self.path = path
     self.active = jax.process_index() == 0
     self.processes = jax.process_count()
     self.t0 = time.time()
-    self.rec = {"argv": list(sys.argv if argv is None else argv), "cwd": os.getcwd(),
-                "start": _now(), "end": None, "wall_s": None, "status": "running"}
+    self.rec = {
+      "argv": list(sys.argv if argv is None else argv),
+      "cwd": os.getcwd(),
+      "start": _now(),
+      "end": None,
+      "wall_s": None,
+      "status": "running",
+    }
 
   def start(self, machine: Mapping[str, Any]) -> None:
     """Writes the record (status running) with `machine` (`rl_align.machine.describe`)."""
@@ -255,8 +274,9 @@ class RunRecord:
     results.write_json(self.path, RUN_RECORD, self.rec)
 
 
-def accounting(ledger: flops_lib.Ledger, wall_s: float, mach: Mapping[str, Any],
-               processes: int = 1) -> dict:
+def accounting(
+  ledger: flops_lib.Ledger, wall_s: float, mach: Mapping[str, Any], processes: int = 1
+) -> dict:
   """run.json's accounting: the ledger's FLOPs (training steps' matmul/conv FLOPs of the engine
   calls run), the rate FLOPs / wall_s and its fraction of the machine's measured fp32 matmul peak
   (x the process count in a multi-process run: every process measured its own machine); `calls`
@@ -273,8 +293,9 @@ def accounting(ledger: flops_lib.Ledger, wall_s: float, mach: Mapping[str, Any],
     c["model_steps"] += r["steps"] * r["members"]
     for k, v in r.get("seconds", {}).items():
       c["seconds"][k] = c["seconds"].get(k, 0.0) + v
-  out.update(counted="training steps' matmul/conv FLOPs (evaluations and probes not counted)",
-             calls=calls)
+  out.update(
+    counted="training steps' matmul/conv FLOPs (evaluations and probes not counted)", calls=calls
+  )
   return out
 
 
@@ -292,4 +313,5 @@ def writer(path: str | None, tensorboard: bool = True) -> metric_writers.MetricW
   if not (tensorboard and main):
     return rows
   from rl_align import tensorboard as tb  # pylint: disable=g-import-not-at-top
+
   return metric_writers.MultiWriter([rows, tb.TensorBoardWriter(path)])

@@ -20,6 +20,7 @@ Markers (pytest.ini): `slow` marks the end-to-end runs of binaries, notebooks an
 processes; `python -m pytest -m "not slow" tests` leaves them out while you work, CI runs all.
 Shared helpers: tests/helpers.py.
 """
+
 import collections
 import os
 
@@ -40,6 +41,7 @@ def worker_launch(tmp_path_factory):
   """The one multi-process run of tests/multihost_worker.py that tests/test_multihost.py and
   tests/test_layouts.py check (`tests.multihost.launch`); its tests form one xdist group."""
   from tests import multihost  # pylint: disable=g-import-not-at-top
+
   return multihost.launch(str(tmp_path_factory.mktemp("worker_launch")))
 
 
@@ -49,8 +51,9 @@ def sweep_one_task(tmp_path_factory):
   (`helpers.SPLIT_SWEEP`): tests/test_sweep.py's packed sweep and reference for a 2-task split,
   and tests/test_tensorboard.py's sweep; its tests form one xdist group."""
   wd = tmp_path_factory.mktemp("sweep_one_task")
-  proc = helpers.run_module("experiments.eigenvalue_map", helpers.SWEEP_CONFIG, f"--workdir={wd}",
-                            *helpers.SPLIT_SWEEP)
+  proc = helpers.run_module(
+    "experiments.eigenvalue_map", helpers.SWEEP_CONFIG, f"--workdir={wd}", *helpers.SPLIT_SWEEP
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return wd, proc
 
@@ -58,7 +61,7 @@ def sweep_one_task(tmp_path_factory):
 def _module_fixtures(item) -> list[tuple[str, str]]:
   """(file, name) of the module-scoped fixtures defined in item's own file that item uses, and
   ("conftest", name) of the session-scoped ones of this file (shared by several files)."""
-  defs = item._fixtureinfo.name2fixturedefs   # pylint: disable=protected-access
+  defs = item._fixtureinfo.name2fixturedefs  # pylint: disable=protected-access
   here = item.nodeid.split("::")[0]
   out = []
   for name in item.fixturenames:
@@ -80,6 +83,7 @@ def _fixture_groups(items) -> dict:
     while parent.setdefault(k, k) != k:
       k = parent[k]
     return k
+
   names = {}
   for item in items:
     names[item] = _module_fixtures(item)
@@ -88,7 +92,7 @@ def _fixture_groups(items) -> dict:
   return {item: "@".join(root(ns[0])) if ns else None for item, ns in names.items()}
 
 
-@pytest.hookimpl(tryfirst=True)   # before pytest-xdist's worker reads the xdist_group marks
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
   """For pytest-xdist's `--dist loadgroup` (pytest.ini): the tests that share a module fixture
   (mostly one end-to-end run) or a session fixture of this file form one group, so that it runs

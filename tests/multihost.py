@@ -20,6 +20,7 @@ connection once for all of them):
 
 The reference's outputs are in ROOT/one/<job>, the 2 processes' in ROOT/two/<job>.
 """
+
 import json
 import os
 import socket
@@ -50,14 +51,24 @@ def env(devices: int) -> dict:
 
 def spawn(*args: str, devices: int = 1) -> subprocess.Popen:
   """`python *args` in ROOT, started (not waited for), `devices` XLA host devices."""
-  return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=child_env(env(devices)),
-                          text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  return subprocess.Popen(
+    [sys.executable, *args],
+    cwd=ROOT,
+    env=child_env(env(devices)),
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+  )
 
 
 def start(args, n: int, port_: int, coordinator_flag: str = "--coordinator_address"):
   """n processes of `python *args` with jax.distributed on 127.0.0.1:port_, 1 device each."""
-  return [spawn(*args, f"{coordinator_flag}=127.0.0.1:{port_}", f"--num_processes={n}",
-                f"--process_id={i}") for i in range(n)]
+  return [
+    spawn(
+      *args, f"{coordinator_flag}=127.0.0.1:{port_}", f"--num_processes={n}", f"--process_id={i}"
+    )
+    for i in range(n)
+  ]
 
 
 def wait(procs, timeout: float = TIMEOUT):
@@ -84,10 +95,15 @@ def jobs(two: bool) -> list[dict]:
 def launch(root) -> dict:
   """Runs the module docstring's processes; {"one": (its stdout, stderr), "two": [(stdout, stderr)
   of process 0, of process 1], "root": root}."""
-  one = spawn(*WORKER, f"--out={os.path.join(root, 'one')}", f"--jobs={json.dumps(jobs(False))}",
-              devices=2)
-  two = start([*WORKER, f"--out={os.path.join(root, 'two')}", f"--jobs={json.dumps(jobs(True))}"],
-              2, port(), coordinator_flag="--coordinator")
+  one = spawn(
+    *WORKER, f"--out={os.path.join(root, 'one')}", f"--jobs={json.dumps(jobs(False))}", devices=2
+  )
+  two = start(
+    [*WORKER, f"--out={os.path.join(root, 'two')}", f"--jobs={json.dumps(jobs(True))}"],
+    2,
+    port(),
+    coordinator_flag="--coordinator",
+  )
   outs = wait([one, *two], timeout=2 * TIMEOUT)
   return {"one": outs[0], "two": outs[1:], "root": root}
 
@@ -95,6 +111,7 @@ def launch(root) -> dict:
 def params(out):
   """The final params tests/multihost_worker.py wrote in `out` (its flattened leaves)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   with np.load(os.path.join(out, "params.npz")) as z:
     return [z[k] for k in sorted(z.files)]
 

@@ -26,6 +26,7 @@ start-up and one jax.distributed initialization for all): a JSON list of objects
 "name" (its output folder DIR/<name>, as DIR above) and any of the flags above as fields
 ("device", "num_epochs", "buffer_steps", "layout", "num_seeds"); the other flags are the defaults.
 """
+
 import argparse
 import json
 import os
@@ -38,9 +39,16 @@ def _cfg(num_seeds, num_epochs=2, every_log_step=False):
   """The trainings' config; checkpoints at every log step only for a run that is killed (each save
   of 2 processes synchronizes them, ~0.5 s on CPU), else at the end alone."""
   from tests.helpers import train_config  # pylint: disable=g-import-not-at-top
-  return train_config(num_seeds=num_seeds, num_epochs=num_epochs, batch_size=16, log_every_steps=3,
-                      train_eval_examples=32, seed=5,
-                      checkpoint_every_secs=0.0 if every_log_step else 1e9)
+
+  return train_config(
+    num_seeds=num_seeds,
+    num_epochs=num_epochs,
+    batch_size=16,
+    log_every_steps=3,
+    train_eval_examples=32,
+    seed=5,
+    checkpoint_every_secs=0.0 if every_log_step else 1e9,
+  )
 
 
 def main(argv=None) -> None:
@@ -57,7 +65,7 @@ def main(argv=None) -> None:
   ap.add_argument("--process_id", type=int, default=None)
   ap.add_argument("--jobs", default=None, help="JSON list of trainings, one after the other")
   args = ap.parse_args(argv)
-  if args.coordinator:   # before anything touches a device
+  if args.coordinator:  # before anything touches a device
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, timeout_s=120)
   if args.jobs is None:
     _train(args)
@@ -74,10 +82,11 @@ def main(argv=None) -> None:
 def _train(args) -> None:
   """One training run (the module docstring), outputs in args.out."""
   from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.INFO)   # the engine's "on N cpu device(s) in P process(es)" line
+
+  logging.set_verbosity(logging.INFO)  # the engine's "on N cpu device(s) in P process(es)" line
   from rl_align import pipeline  # pylint: disable=g-import-not-at-top
 
-  loads = []   # (seed ids, t0, t1) of every chunk a HostFeed loaded in this process
+  loads = []  # (seed ids, t0, t1) of every chunk a HostFeed loaded in this process
   load = pipeline.HostFeed.load
 
   def recording_load(self, t0, t1):
@@ -85,6 +94,7 @@ def _train(args) -> None:
       os.kill(os.getpid(), signal.SIGKILL)
     loads.append({"seed_ids": list(self.seed_ids), "t0": int(t0), "t1": int(t1)})
     return load(self, t0, t1)
+
   pipeline.HostFeed.load = recording_load
   try:
     _run(args, loads)
@@ -114,23 +124,42 @@ def _run(args, loads) -> None:
     labels = seeds.random_labels(1, seeds.seed_ids(cfg), len(x), 4)
     res = train.train(model, cfg, x, labels, workdir=workdir)
   else:
-    feed = pipeline.HostFeed(src, seed_ids=seeds.seed_ids(cfg), data_seed=cfg.seed,
-                             batch_size=cfg.batch_size, mean=mean, std=std,
-                             labels=pipeline.RandomLabels(1, 4))
-    if args.buffer_steps:   # buffers of that many steps for up to 4 local members
-      feed.chunk_bytes = args.buffer_steps * 4 * 4 * cfg.batch_size * int(np.prod(src.example_shape))
+    feed = pipeline.HostFeed(
+      src,
+      seed_ids=seeds.seed_ids(cfg),
+      data_seed=cfg.seed,
+      batch_size=cfg.batch_size,
+      mean=mean,
+      std=std,
+      labels=pipeline.RandomLabels(1, 4),
+    )
+    if args.buffer_steps:  # buffers of that many steps for up to 4 local members
+      feed.chunk_bytes = (
+        args.buffer_steps * 4 * 4 * cfg.batch_size * int(np.prod(src.example_shape))
+      )
     res = train.train(model, cfg, feed, None, workdir=workdir)
 
   with open(os.path.join(args.out, f"feed_{pid}.json"), "w") as f:
-    json.dump({"process_index": pid, "process_count": jax.process_count(),
-               "devices": len(jax.devices()), "local_devices": len(jax.local_devices()),
-               "loads": loads, "layout": res.layout}, f)
-  if pid == 0:   # res.params are host (numpy) arrays, gathered from every process by `train`
+    json.dump(
+      {
+        "process_index": pid,
+        "process_count": jax.process_count(),
+        "devices": len(jax.devices()),
+        "local_devices": len(jax.local_devices()),
+        "loads": loads,
+        "layout": res.layout,
+      },
+      f,
+    )
+  if pid == 0:  # res.params are host (numpy) arrays, gathered from every process by `train`
     leaves = jax.tree.leaves(res.params)
-    np.savez(os.path.join(args.out, "params.npz"),
-             **{f"leaf_{i:04d}": np.asarray(a) for i, a in enumerate(leaves)})
-    np.save(os.path.join(args.out, "train_accuracy.npy"),
-            np.asarray(res.final_metrics["train_accuracy"]))
+    np.savez(
+      os.path.join(args.out, "params.npz"),
+      **{f"leaf_{i:04d}": np.asarray(a) for i, a in enumerate(leaves)},
+    )
+    np.save(
+      os.path.join(args.out, "train_accuracy.npy"), np.asarray(res.final_metrics["train_accuracy"])
+    )
   print(f"process {pid}/{jax.process_count()}: done, step {res.final_step}", flush=True)
 
 

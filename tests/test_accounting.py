@@ -1,5 +1,6 @@
 """The honest peak (rl_align.machine) and the FLOP accounting (rl_align.flops, run.json's
 `accounting`, the binaries' final `done:` line).  Hand counts only: no timing thresholds."""
+
 import json
 import math
 
@@ -31,7 +32,7 @@ def _dense_step_flops(d, widths, k, b):
 
 
 def test_peak_records_every_method_per_size_and_their_max():
-  got = machine.matmul_peak(sizes=(128, 256), repeats=2, budget_s=math.inf)   # nothing skipped
+  got = machine.matmul_peak(sizes=(128, 256), repeats=2, budget_s=math.inf)  # nothing skipped
   want_methods = {"jax_one_device"}
   if len(jax.local_devices()) > 1:
     want_methods.add("jax_all_devices")
@@ -61,7 +62,8 @@ def test_engine_step_flops_equal_the_hand_count_of_a_dense_net():
 def test_ledger_counts_the_calls_that_carry_it():
   """train.recorded hands its ledger to every call of its runner, explicitly: calls of another
   runner (or none) are not counted."""
-  from rl_align import train   # pylint: disable=g-import-not-at-top
+  from rl_align import train  # pylint: disable=g-import-not-at-top
+
   x = np.random.default_rng(0).normal(size=(32, 3)).astype(np.float32)
   cfg = engine_config.default_config()
   cfg.update(num_seeds=2, batch_size=8, num_epochs=1)
@@ -76,31 +78,36 @@ def test_ledger_counts_the_calls_that_carry_it():
   mine, other = flops.Ledger(), flops.Ledger()
   train.drive(train.recorded(runner(), mine))
   assert [r["name"] for r in mine.records] == ["a", "b"] and not other.records
-  assert mine.total == 2 * mine.records[0]["step_flops"] * 4 * 2   # 2 calls x 4 steps x 2 seeds
+  assert mine.total == 2 * mine.records[0]["step_flops"] * 4 * 2  # 2 calls x 4 steps x 2 seeds
 
 
 def test_phases_bill_compilation_apart_and_sum_the_wall_time():
-  ticks = iter([0.0, 2.0, 10.0, 13.0])   # two phases: 2 s and 3 s of wall time
+  ticks = iter([0.0, 2.0, 10.0, 13.0])  # two phases: 2 s and 3 s of wall time
   ph = progress.Phases(clock=lambda: next(ticks))
-  fresh = jax.jit(lambda a: a * 3.0 + 1.0)      # a new program: compiled inside the first phase
+  fresh = jax.jit(lambda a: a * 3.0 + 1.0)  # a new program: compiled inside the first phase
   with ph("train"):
     fresh(jax.numpy.ones(7)).block_until_ready()
   compiled = ph.seconds.get("compile", 0.0)
   assert 0 < compiled < 2.0
   assert ph.seconds["train"] == pytest.approx(2.0 - compiled)
   with ph("train"):
-    fresh(jax.numpy.ones(7)).block_until_ready()   # cached: nothing compiled
+    fresh(jax.numpy.ones(7)).block_until_ready()  # cached: nothing compiled
   assert ph.seconds["compile"] == compiled and ph.seconds["train"] == pytest.approx(5.0 - compiled)
 
 
 def test_accounting_adds_other_time_and_the_training_steps_rate():
   acc = flops.accounting(6e11, 10.0, 100.0, {"train": 4.0, "compile": 1.0, "eval": 2.0})
   assert acc["phases"] == {"compile": 1.0, "eval": 2.0, "train": 4.0, "other": 3.0}
-  assert acc["gflops_per_s"] == pytest.approx(60.0) and acc["fraction_of_peak"] == pytest.approx(0.6)
+  assert acc["gflops_per_s"] == pytest.approx(60.0) and acc["fraction_of_peak"] == pytest.approx(
+    0.6
+  )
   assert acc["train_gflops_per_s"] == pytest.approx(150.0)
   assert acc["train_fraction_of_peak"] == pytest.approx(1.5)
   line = flops.summary_line(acc)
-  assert "train 4 s, other 3 s, eval 2 s, compile 1 s" in line and "alone 150.0 GFLOP/s (150% of peak)" in line
+  assert (
+    "train 4 s, other 3 s, eval 2 s, compile 1 s" in line
+    and "alone 150.0 GFLOP/s (150% of peak)" in line
+  )
   ledger = flops.Ledger()
   ledger.record("a", 1.0, 1, 1, seconds={"train": 1.5})
   ledger.record("b", 1.0, 1, 1, seconds={"train": 0.5, "eval": 1.0})
@@ -139,7 +146,7 @@ def test_a_tiny_binary_run_records_its_flops_rate_and_fraction_of_peak(tmp_path,
   assert abs(acc["wall_s"] - rec["wall_s"]) < 0.01
   done = [l for l in lines if l.startswith("done: ")]
   assert done == [flops.summary_line(acc)] and done[0] == lines[-1]
-  print(done[0])   # shown with -s
+  print(done[0])  # shown with -s
   assert "% of the measured peak" in done[0] and "training steps' matmul/conv FLOPs" in done[0]
   # A rerun resumes from the final checkpoint: no step runs, none is counted.
   cli.run_main(eigenmap_runner.run_panels, config, str(tmp_path), argv=["fig20", "right,tiny"])

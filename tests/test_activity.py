@@ -1,4 +1,5 @@
 """Tests of rl_align.activity: ReLU activity stats with known answers, and inside the engine."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ _FRACTION = float(f32_tol(1.0, 1))
 
 class HandNet(nn.Module):
   """Dense 3 -> 3 (ReLU) -> conv-free head; sows its ReLU outputs like rl_align.models."""
+
   num_classes: int = 2
 
   @nn.compact
@@ -36,19 +38,21 @@ class HandCNN(nn.Module):
 
 def hand_acts(model, params, x):
   _, state = model.apply({"params": params}, x, mutable=["intermediates"])
-  return {k[:-len("_relu")]: {"relu": v[0]} for k, v in state["intermediates"].items()}
+  return {k[: -len("_relu")]: {"relu": v[0]} for k, v in state["intermediates"].items()}
 
 
 def _hand_params(bias):
-  return {"dense_0": {"kernel": jnp.eye(3), "bias": jnp.asarray(bias, jnp.float32)},
-          "head": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+  return {
+    "dense_0": {"kernel": jnp.eye(3), "bias": jnp.asarray(bias, jnp.float32)},
+    "head": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)},
+  }
 
 
 def test_unit_activity_on_a_hand_array():
   relu = np.array([[0.0, 1.0, 0.0], [0.0, 2.0, 0.5]])
   s = {k: float(v) for k, v in activity.unit_activity(relu).items()}
   assert s["active_fraction"] == pytest.approx(3 / 6, rel=_FRACTION)
-  assert s["dead_fraction"] == pytest.approx(1 / 3, rel=_FRACTION)      # unit 0 never fires
+  assert s["dead_fraction"] == pytest.approx(1 / 3, rel=_FRACTION)  # unit 0 never fires
   # A float32 mean of 6 non-negative values: relative to itself (tests/tolerances.py).
   assert s["mean_activation"] == pytest.approx(3.5 / 6, rel=f32_tol(1.0, 6 + 1))
 
@@ -59,8 +63,9 @@ def test_identity_layer_on_positive_inputs_is_all_active_and_bias_kills_a_unit()
   assert float(live["dense_0/active_fraction"]) == 1.0
   assert float(live["dense_0/dead_fraction"]) == 0.0
   # x @ I + 0 is exact; then two float32 means of 15 positive values, any order.
-  np.testing.assert_allclose(float(live["dense_0/mean_activation"]), x.mean(),
-                             rtol=f32_tol(1.0, 15 + 1))
+  np.testing.assert_allclose(
+    float(live["dense_0/mean_activation"]), x.mean(), rtol=f32_tol(1.0, 15 + 1)
+  )
   dead = activity.probe_metrics(HandNet(), _hand_params([0, -1e3, 0]), x, activations_fn=hand_acts)
   assert float(dead["dense_0/dead_fraction"]) == pytest.approx(1 / 3, rel=_FRACTION)
   assert float(dead["dense_0/active_fraction"]) == pytest.approx(2 / 3, rel=_FRACTION)
@@ -68,12 +73,18 @@ def test_identity_layer_on_positive_inputs_is_all_active_and_bias_kills_a_unit()
 
 def test_conv_unit_is_a_channel_dead_only_if_silent_at_every_position():
   x = np.zeros((2, 2, 2, 1), np.float32)
-  x[0, 0, 0, 0] = 1.0                       # one positive pixel in one image
-  params = {"conv_0": {"kernel": np.array([1.0, -1.0], np.float32).reshape(1, 1, 1, 2),
-                       "bias": np.zeros(2, np.float32)},
-            "head": {"kernel": np.zeros((8, 2), np.float32), "bias": np.zeros(2, np.float32)}}
+  x[0, 0, 0, 0] = 1.0  # one positive pixel in one image
+  params = {
+    "conv_0": {
+      "kernel": np.array([1.0, -1.0], np.float32).reshape(1, 1, 1, 2),
+      "bias": np.zeros(2, np.float32),
+    },
+    "head": {"kernel": np.zeros((8, 2), np.float32), "bias": np.zeros(2, np.float32)},
+  }
   s = activity.probe_metrics(HandCNN(), params, x, activations_fn=hand_acts)
-  assert float(s["conv_0/dead_fraction"]) == pytest.approx(0.5, rel=_FRACTION)  # channel 1 never > 0
+  assert float(s["conv_0/dead_fraction"]) == pytest.approx(
+    0.5, rel=_FRACTION
+  )  # channel 1 never > 0
   assert float(s["conv_0/active_fraction"]) == pytest.approx(1 / 16, rel=_FRACTION)
 
 
@@ -83,8 +94,9 @@ def test_probe_is_jittable_and_errors_are_clear():
   out = jax.jit(lambda p: probe(HandNet(), p))(_hand_params([0, -1e3, 0]))
   assert set(out) == {f"dense_0/{s}" for s in activity.STATS}
   with pytest.raises(errors.ConfigError, match="dense_0"):
-    activity.probe_metrics(HandNet(), _hand_params([0, 0, 0]), x, layers=["nope"],
-                           activations_fn=hand_acts)
+    activity.probe_metrics(
+      HandNet(), _hand_params([0, 0, 0]), x, layers=["nope"], activations_fn=hand_acts
+    )
   with pytest.raises(errors.DataError, match="NaN"):
     activity.make_probe_fn(np.full((2, 3), np.nan, np.float32))
 
@@ -96,8 +108,9 @@ def test_probe_fn_inside_the_engine_logs_every_layer_and_curves_parse():
   cfg.num_seeds, cfg.num_steps, cfg.batch_size, cfg.eval_every_steps = 2, 6, 16, 3
   cfg.log_every_steps, cfg.train_eval_examples = 3, 32
   labels = seeds.random_labels(0, range(2), 64, 2)
-  res = train.train(HandNet(), cfg, x, labels,
-                    probe_fn=activity.make_probe_fn(x[:8], activations_fn=hand_acts))
+  res = train.train(
+    HandNet(), cfg, x, labels, probe_fn=activity.make_probe_fn(x[:8], activations_fn=hand_acts)
+  )
   rows = [r for r in res.metrics if "probe/dense_0/active_fraction" in r]
   assert sorted({r["step"] for r in rows}) == [3, 6]
   for r in rows:
@@ -110,5 +123,6 @@ def test_probe_fn_inside_the_engine_logs_every_layer_and_curves_parse():
   # The logged value equals a direct measurement on the final params.
   direct = activity.measure(HandNet(), res.params, x[:8], activations_fn=hand_acts)
   # The same count of positive units (k / 24) from two programs: only the division rounds.
-  np.testing.assert_allclose(c["dense_0"]["active_fraction"][:, -1],
-                             direct["dense_0"]["active_fraction"], rtol=_FRACTION)
+  np.testing.assert_allclose(
+    c["dense_0"]["active_fraction"][:, -1], direct["dense_0"]["active_fraction"], rtol=_FRACTION
+  )

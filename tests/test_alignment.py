@@ -1,4 +1,5 @@
 """Tests of rl_align.alignment: misalignment, f, eigenbases, degenerate groups, subspaces, floor."""
+
 import jax
 import numpy as np
 import pytest
@@ -35,17 +36,18 @@ def _aligned_pair(d=12, seed=0):
 
 def test_aligned_weights_have_zero_misalignment_only_in_the_data_eigenbasis():
   cov_x, cov_w, lam, v = _aligned_pair()
-  assert np.abs(cov_x - np.diag(np.diag(cov_x))).max() > 0.1    # truly non-diagonal
+  assert np.abs(cov_x - np.diag(np.diag(cov_x))).max() > 0.1  # truly non-diagonal
   d = len(lam)
-  assert alignment.misalignment(cov_w, v) < d * _rel_tol(cov_w)   # d terms, each ~ its rounding
+  assert alignment.misalignment(cov_w, v) < d * _rel_tol(cov_w)  # d terms, each ~ its rounding
   random = alignment.random_basis(1, len(lam))
   assert alignment.misalignment(cov_w, random) > 0.5
   lam_x, f = alignment.transfer_function(cov_x, cov_w)
   # Eigenvalues: error normwise, relative to lam_max; f: quadratic forms in cov_w, plus g(lam_x)
   # whose lam_x carries that error, relatively lam_max / lam_min larger at the smallest lam.
   np.testing.assert_allclose(lam_x, lam, rtol=0, atol=_rel_tol(cov_x) * lam[0])
-  np.testing.assert_allclose(f, np.sqrt(_g(lam)), atol=0,
-                             rtol=_rel_tol(cov_w) + _rel_tol(cov_x) * lam[0] / lam[-1])
+  np.testing.assert_allclose(
+    f, np.sqrt(_g(lam)), atol=0, rtol=_rel_tol(cov_w) + _rel_tol(cov_x) * lam[0] / lam[-1]
+  )
   # Exact: transfer_function is eigh_desc + transfer_function_in_basis on the same values.
   np.testing.assert_array_equal(alignment.transfer_function_in_basis(cov_w, v), f)
 
@@ -58,8 +60,12 @@ def test_misalignment_is_scale_invariant_nonnegative_and_matches_explicit_invers
   terms = alignment.misalignment_terms(cov_w, basis)
   assert np.all(terms >= 0) and terms.sum() > 0
   inv = np.linalg.inv(cov_w)
-  explicit = np.sqrt(np.einsum("ij,ik,kj->j", basis, cov_w, basis)
-                     * np.einsum("ij,ik,kj->j", basis, inv, basis)) - 1
+  explicit = (
+    np.sqrt(
+      np.einsum("ij,ik,kj->j", basis, cov_w, basis) * np.einsum("ij,ik,kj->j", basis, inv, basis)
+    )
+    - 1
+  )
   # Each term is sqrt(a b) - 1 with a, b quadratic forms in cov_w and its inverse: an error of
   # (terms + 1) * rel for each of the two computations.
   term_tol = 2 * (terms + 1) * _rel_tol(cov_w)
@@ -70,15 +76,15 @@ def test_misalignment_is_scale_invariant_nonnegative_and_matches_explicit_invers
   assert alignment.misalignment(1e4 * cov_w, basis) == pytest.approx(m, rel=0, abs=term_tol.sum())
   # mean vs sum / 8 of 8 non-negative terms: two summation orders.
   assert alignment.misalignment(cov_w, basis, reduce="mean") == pytest.approx(
-      m / 8, rel=0, abs=f64_tol(m / 8, 8))
+    m / 8, rel=0, abs=f64_tol(m / 8, 8)
+  )
   # A subset of directions (columns) is allowed.
-  assert_close(alignment.misalignment_terms(cov_w, basis[:, :3]), terms[:3], term_tol[:3],
-               "subset")
+  assert_close(alignment.misalignment_terms(cov_w, basis[:, :3]), terms[:3], term_tol[:3], "subset")
 
 
 def test_singular_or_non_psd_weight_covariance_raises_and_ridge_fixes_singular():
   rng = np.random.default_rng(4)
-  w = rng.standard_normal((5, 10))                  # 5 samples in 10 dims: rank 5
+  w = rng.standard_normal((5, 10))  # 5 samples in 10 dims: rank 5
   singular = w.T @ w / 5
   basis = alignment.random_basis(0, 10)
   with pytest.raises(errors.NumericalError, match="ridge="):
@@ -100,16 +106,18 @@ def test_repeated_eigenvalues_group_and_keep_alignment():
   assert [g.tolist() for g in groups] == [[0, 1, 2], [3, 4], [5]]
   cov_w = v @ np.diag(_g(lam_x)) @ v.T
   d = len(lam)
-  assert alignment.misalignment(cov_w, v) < d * _rel_tol(cov_w)    # as in the first test
+  assert alignment.misalignment(cov_w, v) < d * _rel_tol(cov_w)  # as in the first test
   # Any orthonormal basis of the top eigenspace is as good: the eigenspaces coincide exactly.
   mixed = v.copy()
   mixed[:, :3] = v[:, :3] @ alignment.random_basis(9, 3)
   assert alignment.misalignment(cov_w, mixed) < d * _rel_tol(cov_w)
   # Orthonormal inputs (kappa 1): a d-term product, then an SVD.
   np.testing.assert_allclose(alignment.principal_cosines(v, mixed, 3), 1.0, atol=_rel_tol(v))
-  assert alignment.overlap_matrix(v, mixed)[:3, :3].max() < 1.0 - 1e-6   # vectors differ
-  assert [g.tolist() for g in alignment.group_degenerate(np.array([1.0, 0.99, 0.5]), 0.02)] == \
-      [[0, 1], [2]]
+  assert alignment.overlap_matrix(v, mixed)[:3, :3].max() < 1.0 - 1e-6  # vectors differ
+  assert [g.tolist() for g in alignment.group_degenerate(np.array([1.0, 0.99, 0.5]), 0.02)] == [
+    [0, 1],
+    [2],
+  ]
   assert len(alignment.group_degenerate(np.zeros(4))) == 1
   with pytest.raises(errors.DataError, match="descending"):
     alignment.group_degenerate(np.array([1.0, 2.0]))
@@ -122,7 +130,7 @@ def test_eigh_desc_sorts_reconstructs_and_checks_input():
   np.testing.assert_allclose(lam, [4.0, 2.0, 1.0, 0.3], rtol=0, atol=4 * _rel_tol(cov))
   np.testing.assert_allclose(v @ np.diag(lam) @ v.T, cov, atol=4 * _rel_tol(cov))
   np.testing.assert_allclose(v.T @ v, np.eye(4), atol=_rel_tol(cov))
-  assert np.all(v[np.argmax(np.abs(v), axis=0), range(4)] > 0)       # deterministic signs
+  assert np.all(v[np.argmax(np.abs(v), axis=0), range(4)] > 0)  # deterministic signs
   bad = cov.copy()
   bad[0, 1] += 0.1
   with pytest.raises(errors.DataError, match="not symmetric"):
@@ -137,13 +145,15 @@ def test_eigh_desc_sorts_reconstructs_and_checks_input():
 
 def test_random_basis_is_orthogonal_reproducible_and_unbiased():
   q = alignment.random_basis(0, 7)
-  np.testing.assert_allclose(q.T @ q, np.eye(7), atol=_rel_tol(np.eye(7)))   # Householder QR
+  np.testing.assert_allclose(q.T @ q, np.eye(7), atol=_rel_tol(np.eye(7)))  # Householder QR
   np.testing.assert_array_equal(q, alignment.random_basis(0, 7))
   assert not np.allclose(q, alignment.random_basis(1, 7))
   key = jax.random.key(3)
   np.testing.assert_array_equal(alignment.random_basis(key, 5), alignment.random_basis(key, 5))
-  np.testing.assert_array_equal(alignment.random_basis(jax.random.PRNGKey(3), 5),
-                                alignment.random_basis(jax.random.PRNGKey(3), 5))
+  np.testing.assert_array_equal(
+    alignment.random_basis(jax.random.PRNGKey(3), 5),
+    alignment.random_basis(jax.random.PRNGKey(3), 5),
+  )
   # Haar: every entry is symmetric about 0 with E[q_ij^2] = 1/d (a QR without the sign fix
   # makes the diagonal of q biased: mean q_00 ~ -0.49 over 600 draws).  Sampling bounds (5 sigma,
   # tests/tolerances.py) over 600 draws: q_ij has std sqrt(1/3) -> 0.118; q_ij^2 ~ Beta(1/2, 1)
@@ -151,13 +161,14 @@ def test_random_basis_is_orthogonal_reproducible_and_unbiased():
   draws = np.stack([alignment.random_basis(s, 3) for s in range(600)])
   mean_tol = sampling_tol(np.sqrt(1 / 3), 600)
   assert np.abs(draws[:, 0, 0].mean()) < mean_tol and np.abs(draws[:, 1, 1].mean()) < mean_tol
-  np.testing.assert_allclose((draws**2).mean(0), np.full((3, 3), 1 / 3),
-                             atol=sampling_tol(np.sqrt(0.5 / (2.25 * 2.5)), 600))
+  np.testing.assert_allclose(
+    (draws**2).mean(0), np.full((3, 3), 1 / 3), atol=sampling_tol(np.sqrt(0.5 / (2.25 * 2.5)), 600)
+  )
 
 
 def test_subspace_overlap_and_random_baseline():
   v = alignment.random_basis(4, 10)
-  tol = _rel_tol(v)                     # orthonormal (kappa 1), 10-term products and an SVD
+  tol = _rel_tol(v)  # orthonormal (kappa 1), 10-term products and an SVD
   np.testing.assert_allclose(alignment.principal_cosines(v, v, 4), 1.0, atol=tol)
   np.testing.assert_allclose(alignment.principal_cosines(v, v[:, ::-1], 4), 0.0, atol=tol)
   assert alignment.subspace_overlap(v, v, 4) == pytest.approx(1.0, rel=0, abs=tol)
@@ -183,8 +194,9 @@ def test_finite_sample_floor_shrinks_with_samples_and_brackets_a_measurement():
   measured = alignment.misalignment(w.T @ w / 50, v)
   # One draw against a mean of 20 trials: 5 sigma of (draw - mean), std * sqrt(1 + 1/20).
   assert abs(measured - small[0]) < sampling_tol(small[1] * np.sqrt(1 + 1 / 20), 1)
-  centered = alignment.finite_sample_floor(v, var, 50, key_or_seed=0, trials=5, centered=True,
-                                           reduce="mean")
+  centered = alignment.finite_sample_floor(
+    v, var, 50, key_or_seed=0, trials=5, centered=True, reduce="mean"
+  )
   assert centered[0] > 0
 
 
@@ -209,20 +221,24 @@ def test_rotating_an_aligned_sigma_w_keeps_its_spectrum_and_loses_the_alignment(
   Gaussian data (right panel: sigma = 0.1..3.0, rotated): Sigma_w = g(Sigma_x) is aligned
   (misalignment 0 in the data eigenbasis); Q Sigma_w Q^T for a Haar-random Q has the same
   eigenvalues and scores in the data eigenbasis like Sigma_w itself scores in random bases."""
-  from rl_align import data   # pylint: disable=g-import-not-at-top
+  from rl_align import data  # pylint: disable=g-import-not-at-top
+
   cov_x = data.gaussian_covariance(stds=np.round(np.arange(1, 31) * 0.1, 1), rotate=True, seed=0)
   lam, v = alignment.eigh_desc(cov_x)
-  f = 0.18 + 0.02 * np.sqrt(lam)                      # a Fig 20-like rising transfer function
-  cov_w = (v * f ** 2) @ v.T
+  f = 0.18 + 0.02 * np.sqrt(lam)  # a Fig 20-like rising transfer function
+  cov_w = (v * f**2) @ v.T
   q = alignment.random_basis(1, 30)
   rot = q @ cov_w @ q.T
-  np.testing.assert_allclose(np.linalg.eigvalsh(rot), np.linalg.eigvalsh(cov_w), rtol=0,
-                             atol=f64_tol(f.max() ** 2, 30 * 30))
+  np.testing.assert_allclose(
+    np.linalg.eigvalsh(rot), np.linalg.eigvalsh(cov_w), rtol=0, atol=f64_tol(f.max() ** 2, 30 * 30)
+  )
   assert alignment.misalignment(cov_w, v) < f64_tol(30.0, 30 * 30)
-  random_bases = [alignment.misalignment(cov_w, alignment.random_basis(s, 30)) for s in range(2, 202)]
+  random_bases = [
+    alignment.misalignment(cov_w, alignment.random_basis(s, 30)) for s in range(2, 202)
+  ]
   m, s = np.mean(random_bases), np.std(random_bases)
   assert abs(alignment.misalignment(rot, v) - m) < 4 * s
-  assert m > 10 * s      # and that level is far from 0: the rotation destroyed the alignment
+  assert m > 10 * s  # and that level is far from 0: the rotation destroyed the alignment
 
 
 def test_finite_sample_floor_draws_the_law_of_the_sample_second_moment():

@@ -6,6 +6,7 @@ logits, the torch.func ensemble's step against the per-seed SGD loop); the missi
 missing CUDA errors are tested with torch hidden or replaced.  With torch the CLI test runs every
 PyTorch arm (the loop, torch_func and torch_compile) at tiny size.
 """
+
 import json
 import os
 import types
@@ -27,13 +28,29 @@ def test_cli_writes_json_with_headline_and_arms(tmp_path):
   out = tmp_path / "bench.json"
   torch_arms = ("torch", "torch_func", "torch_compile") if _torch_installed() else ()
   arms = ",".join(("engine", "naive_jax") + torch_arms)
-  proc = run_module("benchmarks.train_throughput", "--model=fig20_dense", "--seeds=2", "--steps=1",
-                    "--repeats=1", "--batch_size=8", "--num_examples=32", "--peak_size=128",
-                    f"--arms={arms}", "--layout=auto,map", f"--json={out}", timeout=300)
+  proc = run_module(
+    "benchmarks.train_throughput",
+    "--model=fig20_dense",
+    "--seeds=2",
+    "--steps=1",
+    "--repeats=1",
+    "--batch_size=8",
+    "--num_examples=32",
+    "--peak_size=128",
+    f"--arms={arms}",
+    "--layout=auto,map",
+    f"--json={out}",
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   res = json.loads(out.read_text())
-  for key in ("model_steps_per_s", "gflops_per_s", "peak_gflops_per_s", "peak_fraction",
-              "flops_per_model_step"):
+  for key in (
+    "model_steps_per_s",
+    "gflops_per_s",
+    "peak_gflops_per_s",
+    "peak_fraction",
+    "flops_per_model_step",
+  ):
     assert np.isfinite(res[key]) and res[key] > 0, key
   assert res["headline"]["arm"] == "engine"
   names = [(r["arm"], r["requested_layout"]) for r in res["arms"]]
@@ -42,7 +59,7 @@ def test_cli_writes_json_with_headline_and_arms(tmp_path):
     for key in ("model_steps_per_s", "gflops_per_s", "s_per_model_step", "vs_naive_jax"):
       assert np.isfinite(row[key]) and row[key] > 0, (row["arm"], key)
     assert row["seeds"] == 2 and len(row["rounds_s"]) == 1
-  if _torch_installed():   # the agreement itself is test_torch_twin_matches_flax_model's
+  if _torch_installed():  # the agreement itself is test_torch_twin_matches_flax_model's
     torch_row = next(r for r in res["arms"] if r["arm"] == "torch")
     assert np.isfinite(torch_row["max_logit_diff_vs_jax"])
     rows = {r["arm"]: r for r in res["arms"]}
@@ -53,15 +70,17 @@ def test_cli_writes_json_with_headline_and_arms(tmp_path):
     best = res["best_torch"]["2"]
     assert best["arm"] == fastest
     assert best["model_steps_per_s"] == rows[fastest]["model_steps_per_s"]
-    engine = next(r for r in res["arms"] if r["arm"] == "engine")     # the first: the headline
+    engine = next(r for r in res["arms"] if r["arm"] == "engine")  # the first: the headline
     assert best["engine_vs_best_torch"] == engine["model_steps_per_s"] / best["model_steps_per_s"]
     assert engine["vs_best_torch"] == best["engine_vs_best_torch"]
     assert f"vs the best PyTorch arm ({fastest})" in proc.stdout
   assert "engine" in proc.stdout and "vs torch" in proc.stdout
 
 
-_HIDE_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv[0] = 'train_throughput'; "
-               "runpy.run_module('benchmarks.train_throughput', run_name='__main__')")
+_HIDE_TORCH = (
+  "import runpy, sys; sys.modules['torch'] = None; sys.argv[0] = 'train_throughput'; "
+  "runpy.run_module('benchmarks.train_throughput', run_name='__main__')"
+)
 
 
 @pytest.mark.slow
@@ -69,19 +88,29 @@ def test_torch_arm_without_torch_names_the_fix():
   # torch hidden (import fails) whether or not it is installed: the flag check runs before any
   # compile, and says what is missing and how to fix it in one `error:` line with exit code 2, as
   # the experiment binaries do (no traceback, no usage text).
-  proc = run_python("-c", _HIDE_TORCH, "--model=fig20_dense", "--seeds=2", "--steps=1",
-                    "--repeats=1", "--batch_size=8", "--num_examples=32",
-                    "--arms=engine,torch_func,torch_compile", timeout=300)
+  proc = run_python(
+    "-c",
+    _HIDE_TORCH,
+    "--model=fig20_dense",
+    "--seeds=2",
+    "--steps=1",
+    "--repeats=1",
+    "--batch_size=8",
+    "--num_examples=32",
+    "--arms=engine,torch_func,torch_compile",
+    timeout=300,
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
   assert "PyTorch is not installed" in lines[0] and 'pip install -e ".[bench]"' in lines[0]
   assert "--arms has torch_func,torch_compile" in lines[0]
-  assert not proc.stdout.strip(), proc.stdout[-2000:]          # nothing was timed
+  assert not proc.stdout.strip(), proc.stdout[-2000:]  # nothing was timed
 
 
-@pytest.mark.skipif(not _torch_installed(),
-                    reason="compares against PyTorch itself: needs the [bench] extra (torch)")
+@pytest.mark.skipif(
+  not _torch_installed(), reason="compares against PyTorch itself: needs the [bench] extra (torch)"
+)
 @pytest.mark.parametrize("name", ["fig20_dense", "paper_cnn", "small_cnn"])
 def test_torch_twin_matches_flax_model(name):
   # The torch arm trains the same function as the JAX arms: copy the init, compare logits.  Both
@@ -92,17 +121,18 @@ def test_torch_twin_matches_flax_model(name):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from rl_align import models  # pylint: disable=g-import-not-at-top
+
   kw = dict(tt.WORKLOADS[name]["model"])
   if name == "paper_cnn":
     kw["features"] = 8
   model = models.build(kw)
   kw.pop("name")
   shape = tuple(tt.WORKLOADS[name]["input"])
-  x = np.random.default_rng(0).standard_normal((2,) + shape)              # float64
+  x = np.random.default_rng(0).standard_normal((2,) + shape)  # float64
   params = model.init(jax.random.key(0), x[:1].astype(np.float32))["params"]
   net = tt.torch_model(name, kw)
   tt.copy_params_to_torch(net, params, shape)
-  net = net.double()                                   # float32 weights -> float64, exactly
+  net = net.double()  # float32 weights -> float64, exactly
   with torch.no_grad():
     got = net(torch.from_numpy(x if x.ndim == 2 else x.transpose(0, 3, 1, 2).copy())).numpy()
   with jax.enable_x64(True):
@@ -116,8 +146,9 @@ def test_torch_twin_matches_flax_model(name):
   assert_close(got, want, f64_tol(mag, chain), name)
 
 
-@pytest.mark.skipif(not _torch_installed(),
-                    reason="compares against PyTorch itself: needs the [bench] extra (torch)")
+@pytest.mark.skipif(
+  not _torch_installed(), reason="compares against PyTorch itself: needs the [bench] extra (torch)"
+)
 @pytest.mark.parametrize("compiled", [False, True], ids=["torch_func", "torch_compile"])
 def test_torch_ensemble_step_equals_the_per_seed_sgd_loop(compiled):
   # The torch_func / torch_compile arms' step (stacked params, vmap(grad_and_value), SGD momentum
@@ -126,6 +157,7 @@ def test_torch_ensemble_step_equals_the_per_seed_sgd_loop(compiled):
   # up, a missing momentum term or the wrong learning rate differs by ~1e-3 and more.
   import copy  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+
   kw, seeds, batch, steps = {"widths": (5, 4), "num_classes": 3}, 3, 4, 3
   nets = []
   for s in range(seeds):
@@ -149,8 +181,9 @@ def test_torch_ensemble_step_equals_the_per_seed_sgd_loop(compiled):
   params, buffers = torch.func.stack_module_state(nets)
   params = {k: v.detach() for k, v in params.items()}
   momenta = {k: torch.zeros_like(v) for k, v in params.items()}
-  got_losses = np.stack([step(params, buffers, momenta, xs[t], ys[t]).detach().numpy()
-                         for t in range(steps)])
+  got_losses = np.stack(
+    [step(params, buffers, momenta, xs[t], ys[t]).detach().numpy() for t in range(steps)]
+  )
   assert got_losses.dtype == np.float64
   # Chain of one step: forward 30 + 5 + 4, backward 3 + 4 + 5, the batch mean 4, ~10 elementwise.
   chain = steps * (30 + 5 + 4 + 3 + 4 + 5 + batch + 10)
@@ -158,19 +191,31 @@ def test_torch_ensemble_step_equals_the_per_seed_sgd_loop(compiled):
   for k, p in params.items():
     want = np.stack([want_params[s][k].detach().numpy() for s in range(seeds)])
     assert_close(p.numpy(), want, f64_tol(np.abs(want).max(), chain), k)
-    assert not np.array_equal(want[0], want[1])           # the seeds differ: a mix-up would show
+    assert not np.array_equal(want[0], want[1])  # the seeds differ: a mix-up would show
 
 
 def test_torch_on_cuda_without_cuda_names_the_flag(monkeypatch):
   # torch replaced by a stand-in without CUDA (the check runs before torch computes anything), so
   # this runs with or without torch and on machines that do have CUDA.
   from absl import app  # pylint: disable=g-import-not-at-top
-  no_cuda = types.SimpleNamespace(set_num_threads=lambda n: None,
-                                  cuda=types.SimpleNamespace(is_available=lambda: False))
+
+  no_cuda = types.SimpleNamespace(
+    set_num_threads=lambda n: None, cuda=types.SimpleNamespace(is_available=lambda: False)
+  )
   monkeypatch.setattr(tt, "_torch", lambda: no_cuda)
   x = np.zeros((8, 30), np.float32)
-  arm = tt.TorchArm("fig20_dense", {"widths": (4,), "num_classes": 10}, None, x,
-                    np.zeros((1, 8), np.int32), 1, 4, 1, 1, device="cuda")
+  arm = tt.TorchArm(
+    "fig20_dense",
+    {"widths": (4,), "num_classes": 10},
+    None,
+    x,
+    np.zeros((1, 8), np.int32),
+    1,
+    4,
+    1,
+    1,
+    device="cuda",
+  )
   with pytest.raises(app.UsageError, match="--torch_device=cpu"):
     arm.setup()
 
@@ -179,6 +224,7 @@ def test_emit_prints_and_writes_numpy_results_atomically(tmp_path, capsys):
   """Every benchmark's --json goes through `benchmarks.output.emit`: numpy values become JSON,
   a missing folder is created, and no temporary file is left beside the result."""
   from benchmarks import output  # pylint: disable=g-import-not-at-top
+
   out = {"rate": np.float32(1.5), "rows": np.arange(3), "nan": float("nan")}
   path = tmp_path / "new_dir" / "bench.json"
   output.emit(out, str(path))
@@ -186,5 +232,5 @@ def test_emit_prints_and_writes_numpy_results_atomically(tmp_path, capsys):
   assert json.loads(capsys.readouterr().out) == want
   assert json.loads(path.read_text()) == want
   assert os.listdir(path.parent) == ["bench.json"]
-  output.emit({"a": 1}, None, echo=False)   # neither printed nor written
+  output.emit({"a": 1}, None, echo=False)  # neither printed nor written
   assert capsys.readouterr().out == ""

@@ -4,6 +4,7 @@ reproduced, partly, not reproduced (each rule can fail), underpowered, and regim
 The synthetic results have the schema the runners write (results.json), with the seeds' values
 chosen so that the outcome is not in doubt (effects tens of standard errors from the thresholds).
 """
+
 import numpy as np
 import pytest
 
@@ -60,21 +61,44 @@ def test_judge_order_evaluable_regime_power_rule():
 
 
 def _fig2(kind, s=8, labels="random"):
-  eig, rnd, fit = {"R": (0.2, 2.0, 0.5), "P": (0.5, 0.6, 0.5), "N": (1.0, 0.5, 0.5),
-                   "G": (0.2, 2.0, 0.11)}[kind]
+  eig, rnd, fit = {
+    "R": (0.2, 2.0, 0.5),
+    "P": (0.5, 0.6, 0.5),
+    "N": (1.0, 0.5, 0.5),
+    "G": (0.2, 2.0, 0.11),
+  }[kind]
   e = eig + _noise(s, 0.01)
   r = rnd + _noise(s, 0.01, seed=1)
-  snaps = [{"step": st, "misalignment_eigenbasis": (e * st / 100).tolist(),
-            "misalignment_random_basis": (r * st / 100).tolist()} for st in (0, 25, 50, 75, 100)]
-  res = {"misalignment_eigenbasis": e, "misalignment_random_basis": r,
-         "misalignment_floor": {"mean": 0.13, "std": 0.02}, "snapshots": snaps,
-         "train_accuracy": np.full(s, fit), "diverged": np.zeros(s, bool)}
+  snaps = [
+    {
+      "step": st,
+      "misalignment_eigenbasis": (e * st / 100).tolist(),
+      "misalignment_random_basis": (r * st / 100).tolist(),
+    }
+    for st in (0, 25, 50, 75, 100)
+  ]
+  res = {
+    "misalignment_eigenbasis": e,
+    "misalignment_random_basis": r,
+    "misalignment_floor": {"mean": 0.13, "std": 0.02},
+    "snapshots": snaps,
+    "train_accuracy": np.full(s, fit),
+    "diverged": np.zeros(s, bool),
+  }
   return res, {"labels": labels, "num_classes": 10}
 
 
-@pytest.mark.parametrize("kind,s,labels,want", [
-    ("R", 8, "random", R), ("P", 8, "random", P), ("N", 8, "random", N), ("R", 4, "random", U),
-    ("G", 8, "random", G), ("G", 8, "real", R)])
+@pytest.mark.parametrize(
+  "kind,s,labels,want",
+  [
+    ("R", 8, "random", R),
+    ("P", 8, "random", P),
+    ("N", 8, "random", N),
+    ("R", 4, "random", U),
+    ("G", 8, "random", G),
+    ("G", 8, "real", R),
+  ],
+)
 def test_fig2_rule_reaches_every_verdict(kind, s, labels, want):
   res, cfg = _fig2(kind, s, labels)
   row = eigenmaps.fig2_row("random", res, cfg, None)
@@ -97,23 +121,34 @@ def _fig4(kind, s=8, labels="random"):
   """f over epochs 0, 10, 20, 40 on d = 9 eigenvalues (index 0 = the largest)."""
   lam = np.geomspace(7.5, 0.024, 9)
   base = 0.002
-  shape = np.array([0.0, 0.3, 0.6, 0.9, 1.0, 0.8, 0.5, 0.3, 0.2])   # peak at index 4
+  shape = np.array([0.0, 0.3, 0.6, 0.9, 1.0, 0.8, 0.5, 0.3, 0.2])  # peak at index 4
   if kind == "N":
-    shape = np.linspace(1.0, 0.1, 9)                                 # monotone: peak at lambda_max
+    shape = np.linspace(1.0, 0.1, 9)  # monotone: peak at lambda_max
   rise = {0: 0.0, 10: 0.02 if kind not in ("P", "N") else 0.7, 20: 0.5, 40: 1.0}
   if labels == "real" and kind == "N":
-    rise = {0: 0.0, 10: 0.8, 20: 0.4, 40: 0.3}                       # rises, then falls
-  snaps = [{"step": ep * 10, "epoch": ep,
-            "f": (base + 0.08 * rise[ep] * shape + _noise((s, 9), 1e-4, seed=ep)).tolist()}
-           for ep in rise]
+    rise = {0: 0.0, 10: 0.8, 20: 0.4, 40: 0.3}  # rises, then falls
+  snaps = [
+    {
+      "step": ep * 10,
+      "epoch": ep,
+      "f": (base + 0.08 * rise[ep] * shape + _noise((s, 9), 1e-4, seed=ep)).tolist(),
+    }
+    for ep in rise
+  ]
   fit = 0.11 if kind == "G" else 0.4
-  res = {"eigenvalues": lam, "snapshots": snaps, "f": snaps[-1]["f"],
-         "train_accuracy": np.full(s, fit), "diverged": np.zeros(s, bool)}
+  res = {
+    "eigenvalues": lam,
+    "snapshots": snaps,
+    "f": snaps[-1]["f"],
+    "train_accuracy": np.full(s, fit),
+    "diverged": np.zeros(s, bool),
+  }
   return res, {"labels": labels, "num_classes": 10}
 
 
-@pytest.mark.parametrize("kind,s,want", [("R", 8, R), ("P", 8, P), ("N", 8, N), ("R", 3, U),
-                                         ("G", 8, G)])
+@pytest.mark.parametrize(
+  "kind,s,want", [("R", 8, R), ("P", 8, P), ("N", 8, N), ("R", 3, U), ("G", 8, G)]
+)
 def test_fig4_random_rule_reaches_every_verdict(kind, s, want):
   res, cfg = _fig4(kind, s)
   shape, magnitude = eigenmaps.fig4_rows("random", res, cfg, None)
@@ -123,7 +158,7 @@ def test_fig4_random_rule_reaches_every_verdict(kind, s, want):
 
 def test_fig4_back_to_baseline_means_within_a_fifth_of_the_rise():
   res, cfg = _fig4("R")
-  for snap in res["snapshots"]:   # f at the largest lambda lifted to 30% of the peak's rise
+  for snap in res["snapshots"]:  # f at the largest lambda lifted to 30% of the peak's rise
     f = np.asarray(snap["f"])
     f[:, 0] = 0.002 + 0.3 * (f[:, 4] - 0.002)
     snap["f"] = f.tolist()
@@ -139,7 +174,7 @@ def test_fig4_real_rule(kind, s, want):
 
 def test_fig4_real_rule_can_fail_entirely():
   res, cfg = _fig4("R", labels="real")
-  for snap in res["snapshots"]:   # f never leaves its init level (and wobbles)
+  for snap in res["snapshots"]:  # f never leaves its init level (and wobbles)
     snap["f"] = (0.002 + _noise((8, 9), 1e-5, seed=snap["step"])).tolist()
   assert eigenmaps.fig4_rows("real", res, cfg, None)[0].verdict == N
 
@@ -148,9 +183,10 @@ def test_fig4_real_rule_can_fail_entirely():
 # Fig 20.
 
 
-@pytest.mark.parametrize("offset,s,fit,want", [(0.0, 8, 0.5, R), (0.02, 8, 0.5, P),
-                                               (0.1, 8, 0.5, N), (0.0, 5, 0.5, U),
-                                               (0.0, 8, 0.1, G)])
+@pytest.mark.parametrize(
+  "offset,s,fit,want",
+  [(0.0, 8, 0.5, R), (0.02, 8, 0.5, P), (0.1, 8, 0.5, N), (0.0, 5, 0.5, U), (0.0, 8, 0.1, G)],
+)
 def test_fig20_rule(offset, s, fit, want):
   ref = {"sigma": (0.5, 1.0, 2.0), "f": (0.2, 0.22, 0.25)}
   sigma = np.array([0.5, 1.0, 2.0])
@@ -166,20 +202,30 @@ def test_fig20_rule(offset, s, fit, want):
 
 def _fig3(kind, s=8):
   aligned = kind in ("R", "G", "U")
-  tests = {"misalignment_eigenbasis": 0.3 if aligned or kind == "P" else 5.0,
-           "misalignment_random_bases": {"mean": 5.0, "std": 0.1, "q025": 4.8, "trials": 200},
-           "misalignment_floor": {"mean": 0.3, "std": 0.05, "trials": 500},
-           "group_energy": 0.8 if aligned else 0.2,
-           "group_energy_chance": {"mean": 0.23, "std": 0.02, "q95": 0.27, "trials": 2000},
-           "k": 10}
+  tests = {
+    "misalignment_eigenbasis": 0.3 if aligned or kind == "P" else 5.0,
+    "misalignment_random_bases": {"mean": 5.0, "std": 0.1, "q025": 4.8, "trials": 200},
+    "misalignment_floor": {"mean": 0.3, "std": 0.05, "trials": 500},
+    "group_energy": 0.8 if aligned else 0.2,
+    "group_energy_chance": {"mean": 0.23, "std": 0.02, "q95": 0.27, "trials": 2000},
+    "k": 10,
+  }
   fit = 0.1 if kind == "G" else 0.6
-  return {"results": {"alignment_tests": tests, "train_accuracy": [fit] * s, "diverged": [False] * s,
-                      "num_seeds_pooled": s, "claims": {"figure": "fig3"}},
-          "config": {"num_classes": 10}}
+  return {
+    "results": {
+      "alignment_tests": tests,
+      "train_accuracy": [fit] * s,
+      "diverged": [False] * s,
+      "num_seeds_pooled": s,
+      "claims": {"figure": "fig3"},
+    },
+    "config": {"num_classes": 10},
+  }
 
 
-@pytest.mark.parametrize("kind,s,want", [("R", 8, R), ("P", 8, P), ("N", 8, N), ("U", 6, U),
-                                         ("G", 8, G)])
+@pytest.mark.parametrize(
+  "kind,s,want", [("R", 8, R), ("P", 8, P), ("N", 8, N), ("U", 6, U), ("G", 8, G)]
+)
 def test_fig3_order_free_rule(kind, s, want):
   assert claims.rows(_fig3(kind, s))[0].verdict == want
 
@@ -187,7 +233,8 @@ def test_fig3_order_free_rule(kind, s, want):
 def test_fig3_group_energy_is_order_free():
   """A filter basis that is the data basis in reversed order, with the two degenerate PCs mixed,
   has every top eigenvector inside one group (energy 1), where rank order sees no overlap."""
-  from rl_align import alignment, filters   # pylint: disable=g-import-not-at-top
+  from rl_align import alignment, filters  # pylint: disable=g-import-not-at-top
+
   d = 6
   v = alignment.random_basis(0, d)
   lam = np.array([6.0, 5.0, 5.0, 3.0, 2.0, 1.0])
@@ -216,10 +263,16 @@ def _fig5(speeds, s=16, fit=0.5, rotated=None, steps=None):
     acc = _curve(t, sp, s, i)
     acc[:, 0] = 0.1
     arms[arm] = {"iterations": t, "train_accuracy": acc, "finished": np.ones(s, bool)}
-  res = {"arms": arms, "upstream": {"train_accuracy": np.full(s, fit), "diverged": np.zeros(s, bool),
-                                    "num_classes": 10},
-         "sigma_w": {"seeds": "fitted", "num_seeds": s, "num_fitted": s if fit >= 0.2 else 0},
-         "claims": {"figure": "fig5"}}
+  res = {
+    "arms": arms,
+    "upstream": {
+      "train_accuracy": np.full(s, fit),
+      "diverged": np.zeros(s, bool),
+      "num_classes": 10,
+    },
+    "sigma_w": {"seeds": "fitted", "num_seeds": s, "num_fitted": s if fit >= 0.2 else 0},
+    "claims": {"figure": "fig5"},
+  }
   return {"results": res, "config": {"downstream": {"labels": "real"}}}
 
 
@@ -228,18 +281,37 @@ def _row(rows, rid):
 
 
 def test_fig5_rows_reproduced_including_the_control():
-  run = _fig5({"scratch": 2.0, "pretrained": 3.0, "pretrained_no_rescaling": 3.5,
-               "covariance": 2.9, "covariance_rotated": 2.0})
+  run = _fig5(
+    {
+      "scratch": 2.0,
+      "pretrained": 3.0,
+      "pretrained_no_rescaling": 3.5,
+      "covariance": 2.9,
+      "covariance_rotated": 2.0,
+    }
+  )
   rows = claims.rows(run)
-  for rid in ("fig5.pretrained_faster", "fig5.covariance_faster", "fig5.weight_scaling",
-              "fig5.alignment_not_spectrum", "fig5.covariance_most_of_pretrained"):
+  for rid in (
+    "fig5.pretrained_faster",
+    "fig5.covariance_faster",
+    "fig5.weight_scaling",
+    "fig5.alignment_not_spectrum",
+    "fig5.covariance_most_of_pretrained",
+  ):
     assert _row(rows, rid).verdict == R, (rid, _row(rows, rid).ours)
   assert all(r.n == 16 for r in rows)
 
 
 def test_fig5_rules_can_fail():
-  run = _fig5({"scratch": 2.0, "pretrained": 3.0, "pretrained_no_rescaling": 1.5,
-               "covariance": 1.5, "covariance_rotated": 2.5})
+  run = _fig5(
+    {
+      "scratch": 2.0,
+      "pretrained": 3.0,
+      "pretrained_no_rescaling": 1.5,
+      "covariance": 1.5,
+      "covariance_rotated": 2.5,
+    }
+  )
   rows = claims.rows(run)
   assert _row(rows, "fig5.covariance_faster").verdict == N
   assert _row(rows, "fig5.weight_scaling").verdict == N
@@ -268,8 +340,8 @@ def test_fig5_gates_power_and_saturation():
   assert _row(claims.rows(_fig5(speeds, s=6)), "fig5.pretrained_faster").verdict == U
   rows = claims.rows(_fig5(speeds, fit=0.12))
   assert _row(rows, "fig5.pretrained_faster").verdict == G
-  assert _row(rows, "fig5.covariance_faster").verdict == G      # Sigma_w from no fitted seed
-  saturated = _fig5({"scratch": 40.0, "pretrained": 60.0})      # scratch done by iteration 30
+  assert _row(rows, "fig5.covariance_faster").verdict == G  # Sigma_w from no fitted seed
+  saturated = _fig5({"scratch": 40.0, "pretrained": 60.0})  # scratch done by iteration 30
   row = _row(claims.rows(saturated), "fig5.pretrained_faster")
   assert row.verdict == G and "of the run" in row.gate
 
@@ -281,7 +353,7 @@ def test_fig5_no_advantage_to_account_for_is_not_evaluable():
 
 def test_fig5_ungated_seeds_are_reported_beside_the_gated():
   run = _fig5({"scratch": 2.0, "pretrained": 3.0})
-  run["results"]["upstream"]["train_accuracy"][:4] = 0.1     # 12 of 16 upstream seeds fitted
+  run["results"]["upstream"]["train_accuracy"][:4] = 0.1  # 12 of 16 upstream seeds fitted
   row = _row(claims.rows(run), "fig5.pretrained_faster")
   assert row.n == 12 and "every finished seed (no gate)" in row.ours and "12/16" in row.gate
 
@@ -291,19 +363,29 @@ def test_fig5_ungated_seeds_are_reported_beside_the_gated():
 
 
 def _fig1(direction, pre_speed, s=8, fit=0.95, dead=0.1):
-  run = _fig5({"scratch": 2.0, "pretrained": pre_speed, "pretrained_no_rescaling": pre_speed}, s,
-              fit)
+  run = _fig5(
+    {"scratch": 2.0, "pretrained": pre_speed, "pretrained_no_rescaling": pre_speed}, s, fit
+  )
   run["results"]["claims"] = {"figure": "fig1", "direction": direction}
-  run["results"]["upstream"]["dead_fraction"] = {"conv_0": np.full(s, 0.0),
-                                                 "conv_1": np.full(s, dead)}
+  run["results"]["upstream"]["dead_fraction"] = {
+    "conv_0": np.full(s, 0.0),
+    "conv_1": np.full(s, dead),
+  }
   return run
 
 
-@pytest.mark.parametrize("direction,speed,s,fit,dead,want", [
-    ("negative", 1.2, 8, 0.95, 0.1, R), ("negative", 3.0, 8, 0.95, 0.1, N),
-    ("negative", 1.2, 8, 0.6, 0.1, G), ("negative", 1.2, 8, 0.95, 0.8, G),
-    ("negative", 1.2, 4, 0.95, 0.1, U), ("positive", 3.0, 8, 0.3, 0.9, R),
-    ("positive", 1.2, 8, 0.3, 0.1, N)])
+@pytest.mark.parametrize(
+  "direction,speed,s,fit,dead,want",
+  [
+    ("negative", 1.2, 8, 0.95, 0.1, R),
+    ("negative", 3.0, 8, 0.95, 0.1, N),
+    ("negative", 1.2, 8, 0.6, 0.1, G),
+    ("negative", 1.2, 8, 0.95, 0.8, G),
+    ("negative", 1.2, 4, 0.95, 0.1, U),
+    ("positive", 3.0, 8, 0.3, 0.9, R),
+    ("positive", 1.2, 8, 0.3, 0.1, N),
+  ],
+)
 def test_fig1_rule(direction, speed, s, fit, dead, want):
   rows = claims.rows(_fig1(direction, speed, s, fit, dead))
   assert {r.verdict for r in rows} == {want}, [r.ours for r in rows]
@@ -314,7 +396,7 @@ def test_fig1_partly_when_only_early():
   t = np.asarray(run["results"]["arms"]["scratch"]["iterations"])
   for arm in ("pretrained", "pretrained_no_rescaling"):
     acc = run["results"]["arms"][arm]["train_accuracy"]
-    acc[:, (t > 0) & (t <= 60)] -= 0.2      # behind at 4 of 20 logged iterations only
+    acc[:, (t > 0) & (t <= 60)] -= 0.2  # behind at 4 of 20 logged iterations only
   assert {r.verdict for r in claims.rows(run)} == {P}
 
 
@@ -327,18 +409,38 @@ def _point(width, behind, s=8, fit=0.95, dead=0.1, drop=True, lr=0.01):
   scratch = _curve(t, 2.0, s, 1)
   arm = _curve(t, 2.0, s, 2) + behind * (t > 0)
   d_after = 0.3 if drop else 0.6
-  later = {"dense_1": {"before": 0.6, "after": d_after, "drop": 0.6 - d_after, "drop_std": 0.01,
-                       "scratch_drop": 0.0, "dead_before": dead}}
-  return {"width": width, "learning_rate": lr, "num_random_classes": 10, "upstream_steps": 1000,
-          "arm": "rescaled", "upstream_train_accuracy": np.full(s, fit), "finished": np.ones(s, bool),
-          "downstream_steps": t, "accuracy_seeds": arm, "accuracy_scratch_seeds": scratch,
-          "activity_drop": later}
+  later = {
+    "dense_1": {
+      "before": 0.6,
+      "after": d_after,
+      "drop": 0.6 - d_after,
+      "drop_std": 0.01,
+      "scratch_drop": 0.0,
+      "dead_before": dead,
+    }
+  }
+  return {
+    "width": width,
+    "learning_rate": lr,
+    "num_random_classes": 10,
+    "upstream_steps": 1000,
+    "arm": "rescaled",
+    "upstream_train_accuracy": np.full(s, fit),
+    "finished": np.ones(s, bool),
+    "downstream_steps": t,
+    "accuracy_seeds": arm,
+    "accuracy_scratch_seeds": scratch,
+    "activity_drop": later,
+  }
 
 
 def _sweep(points, figure="specialization"):
-  res = {"points": {f"w={p['width']},lr={p['learning_rate']},i={i}": p for i, p in
-                    enumerate(points)}, "later_layers": ["dense_1"], "layers": ["dense_0", "dense_1"],
-         "claims": {"figure": figure}}
+  res = {
+    "points": {f"w={p['width']},lr={p['learning_rate']},i={i}": p for i, p in enumerate(points)},
+    "later_layers": ["dense_1"],
+    "layers": ["dense_0", "dense_1"],
+    "claims": {"figure": figure},
+  }
   return {"results": res, "config": {}}
 
 
@@ -347,14 +449,25 @@ def test_section3_rules_reproduced():
   assert [r.verdict for r in rows] == [R, R], [r.ours for r in rows]
 
 
-@pytest.mark.parametrize("points,want", [
-    ([_point(16, -0.1, drop=False), _point(256, -0.05, drop=False)], (N, N)),   # rules can fail
+@pytest.mark.parametrize(
+  "points,want",
+  [
+    ([_point(16, -0.1, drop=False), _point(256, -0.05, drop=False)], (N, N)),  # rules can fail
     ([_point(16, -0.1, fit=0.5), _point(256, 0.05, fit=0.5)], (G, G)),  # never memorised
     ([_point(16, -0.1, dead=0.8), _point(256, 0.05, dead=0.8)], (G, G)),  # later layers dead
     ([_point(16, -0.1, s=5), _point(256, 0.05, s=5)], (U, U)),
-    ([_point(16, +0.05), _point(256, +0.05)], (E, E)),                # no negative point
-    ([_point(16, -0.1), _point(16, -0.1, lr=0.02, drop=False), _point(256, 0.05),
-      _point(256, -0.05, lr=0.02)], (P, P))])
+    ([_point(16, +0.05), _point(256, +0.05)], (E, E)),  # no negative point
+    (
+      [
+        _point(16, -0.1),
+        _point(16, -0.1, lr=0.02, drop=False),
+        _point(256, 0.05),
+        _point(256, -0.05, lr=0.02),
+      ],
+      (P, P),
+    ),
+  ],
+)
 def test_section3_rules_reach_every_verdict(points, want):
   rows = claims.rows(_sweep(points))
   assert tuple(r.verdict for r in rows) == want, [r.ours for r in rows]
@@ -388,8 +501,12 @@ def test_unknown_or_missing_figure_key_is_a_clear_error():
 
 def test_render_sorts_by_figure_and_keeps_descriptive_rows_out_of_the_tally():
   res4, cfg4 = _fig4("R")
-  run4 = {"name": "b", "results": {"random": {"checks": {}}, "claims": {"figure": "fig4"}},
-          "panels": {"random": {"results": res4, "config": cfg4}}, "config": {}}
+  run4 = {
+    "name": "b",
+    "results": {"random": {"checks": {}}, "claims": {"figure": "fig4"}},
+    "panels": {"random": {"results": res4, "config": cfg4}},
+    "config": {},
+  }
   run3 = dict(_fig3("R"), name="a")
   rows = claims.rows(run4) + claims.rows(run3)
   for r, name in zip(rows, ["b", "b", "a"]):

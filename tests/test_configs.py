@@ -1,4 +1,5 @@
 """Config files: the strict argument parser, every documented argument, and the binaries' error line."""
+
 import glob
 import importlib
 import json
@@ -19,8 +20,11 @@ from tests.helpers import ROOT, run_module
 
 CONFIG_DIR = os.path.join(ROOT, "experiments", "configs")
 NOT_CONFIGS = ("__init__", "common", "shared")
-CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
-                 if os.path.basename(p)[:-3] not in NOT_CONFIGS)
+CONFIGS = sorted(
+  os.path.basename(p)[:-3]
+  for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
+  if os.path.basename(p)[:-3] not in NOT_CONFIGS
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -28,31 +32,45 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG
 
 
 def _parse(arg):
-  return common.parse_arg(arg, transfer=common.OneOf("positive", "negative"),
-                          panels=common.AnyOf("left", "middle", "right",
-                                              aliases={"all": ("left", "middle", "right")},
-                                              default=("right",)),
-                          local=False, steps=100, lr=0.5, name="x")
+  return common.parse_arg(
+    arg,
+    transfer=common.OneOf("positive", "negative"),
+    panels=common.AnyOf(
+      "left", "middle", "right", aliases={"all": ("left", "middle", "right")}, default=("right",)
+    ),
+    local=False,
+    steps=100,
+    lr=0.5,
+    name="x",
+  )
 
 
 def test_parse_arg_defaults_and_typed_values():
   a = _parse("")
   assert (a.transfer, a.panels, a.local, a.steps, a.lr, a.name) == (
-      "positive", ("right",), False, 100, 0.5, "x")
+    "positive",
+    ("right",),
+    False,
+    100,
+    0.5,
+    "x",
+  )
   a = _parse(" negative , local,steps=7,lr=1e-3,name=abc,,")
   assert (a.transfer, a.local, a.steps, a.lr, a.name) == ("negative", True, 7, 1e-3, "abc")
   assert isinstance(a.steps, int) and isinstance(a.lr, float)
   assert _parse("transfer=negative,local=false").transfer == "negative"
   assert _parse("local=false").local is False and _parse("local=yes").local is True
-  assert _parse("right,left").panels == ("left", "right")      # declaration order, no repeats
+  assert _parse("right,left").panels == ("left", "right")  # declaration order, no repeats
   assert _parse("all,left").panels == ("left", "middle", "right")
   assert _parse("panels=middle").panels == ("middle",)
-  assert _parse("positive,positive").transfer == "positive"     # the same choice twice is fine
+  assert _parse("positive,positive").transfer == "positive"  # the same choice twice is fine
   with pytest.raises(AttributeError):
-    _parse("").unknown_field                                    # pylint: disable=expression-not-assigned
+    _parse("").unknown_field  # pylint: disable=expression-not-assigned
 
 
-@pytest.mark.parametrize("arg, names", [
+@pytest.mark.parametrize(
+  "arg, names",
+  [
     ("negtive", ["'negtive'", "did you mean 'negative'"]),
     ("lcoal", ["'lcoal'", "did you mean 'local'"]),
     ("stpes=3", ["'stpes=3'", "did you mean 'steps'"]),
@@ -62,7 +80,8 @@ def test_parse_arg_defaults_and_typed_values():
     ("local=maybe", ["local='maybe'", "true or false"]),
     ("transfer=neutral", ["transfer='neutral'", "positive|negative"]),
     ("positive,negative", ["'positive' and 'negative' both set 'transfer'"]),
-])
+  ],
+)
 def test_parse_arg_rejects_with_one_line_naming_the_argument(arg, names):
   with pytest.raises(errors.ConfigError) as e:
     _parse(arg)
@@ -84,7 +103,7 @@ def test_parse_arg_catches_its_own_misuse():
 def test_base_config_has_the_fields_every_runner_reads():
   c = common.base_config()
   assert set(c) == {"data", "labels", "num_classes", "model", "train", "claims"}
-  assert c.claims.figure == ""      # no figure: the runner records no claims
+  assert c.claims.figure == ""  # no figure: the runner records no claims
   assert c.train.optimizer == "momentum" and c.data.name == "gaussian"
   assert c.data.placement == "device"
 
@@ -92,12 +111,20 @@ def test_base_config_has_the_fields_every_runner_reads():
 def test_every_figure_config_names_registered_claims():
   """Each paper figure's config says which claims its run serves (results.json claims.figure),
   and the claims registry knows that figure."""
-  from rl_align import claims   # pylint: disable=g-import-not-at-top
+  from rl_align import claims  # pylint: disable=g-import-not-at-top
   from experiments.configs import fig1, fig2, fig3, fig4_cnn, fig5, fig20, imagenet, specialization
-  want = {(fig1, "negative"): "fig1", (fig2, ""): "fig2", (fig3, ""): "fig3",
-          (fig4_cnn, ""): "fig4", (fig5, ""): "fig5", (fig20, "all"): "fig20",
-          (imagenet, ""): "table1", (specialization, "local"): "specialization",
-          (specialization, "vgg16_fmnist"): "fig1_search"}
+
+  want = {
+    (fig1, "negative"): "fig1",
+    (fig2, ""): "fig2",
+    (fig3, ""): "fig3",
+    (fig4_cnn, ""): "fig4",
+    (fig5, ""): "fig5",
+    (fig20, "all"): "fig20",
+    (imagenet, ""): "table1",
+    (specialization, "local"): "specialization",
+    (specialization, "vgg16_fmnist"): "fig1_search",
+  }
   for (module, arg), key in want.items():
     assert module.get_config(arg).claims.figure == key, module.__name__
     assert key in claims.figures()
@@ -110,14 +137,21 @@ def test_every_figure_config_names_registered_claims():
 # The argument combinations the docstrings, the README and the binaries document (more are
 # collected from those texts below, so a documented command cannot go untested).
 DOCUMENTED = {
-    "fig1": ["positive", "negative", "positive,local", "negative,local", "positive,random",
-             "negative,random", "positive,local,random"],
-    "fig2": ["random,real", "random,real,local", "random,real,tiny", "", "real,tiny"],
-    "fig3": ["", "local", "tiny"],
-    "fig4_cnn": ["random", "real", "random,local", "random,real,local", "random,tiny", "real,local"],
-    "fig5": ["", "local", "tiny", "local,all_layers", "local,random", "local,all_layers,random"],
-    "fig20": ["all", "right", "left", "middle", "all,variance", "right,tiny", "left,middle"],
-    "specialization": ["local", "tiny", "vgg16_cifar10", "resnet18_cifar10", "resnet18_imagenet"],
+  "fig1": [
+    "positive",
+    "negative",
+    "positive,local",
+    "negative,local",
+    "positive,random",
+    "negative,random",
+    "positive,local,random",
+  ],
+  "fig2": ["random,real", "random,real,local", "random,real,tiny", "", "real,tiny"],
+  "fig3": ["", "local", "tiny"],
+  "fig4_cnn": ["random", "real", "random,local", "random,real,local", "random,tiny", "real,local"],
+  "fig5": ["", "local", "tiny", "local,all_layers", "local,random", "local,all_layers,random"],
+  "fig20": ["all", "right", "left", "middle", "all,variance", "right,tiny", "left,middle"],
+  "specialization": ["local", "tiny", "vgg16_cifar10", "resnet18_cifar10", "resnet18_imagenet"],
 }
 
 
@@ -126,8 +160,11 @@ def _documented_in_texts(name: str) -> set:
   and in the config files' docstrings."""
   found = set()
   for p in [os.path.join(ROOT, "README.md")] + glob.glob(os.path.join(ROOT, "experiments", "*.py")):
-    found |= set(re.findall(rf"--config=experiments/configs/{name}\.py:([\w,=.]+)",
-                            open(p, encoding="utf-8").read()))
+    found |= set(
+      re.findall(
+        rf"--config=experiments/configs/{name}\.py:([\w,=.]+)", open(p, encoding="utf-8").read()
+      )
+    )
   for other in CONFIGS:
     text = open(os.path.join(CONFIG_DIR, f"{other}.py"), encoding="utf-8").read()
     found |= set(re.findall(rf"\b{name}\.py:([\w,=.]+)", text))
@@ -148,7 +185,7 @@ def test_every_documented_argument_loads(name, arg):
   for field in ("data", "model", "train"):
     assert field in c, field
   assert c.train.num_seeds >= 1
-  json.dumps(c.to_dict(), default=str)   # the workdir's config.json can hold it
+  json.dumps(c.to_dict(), default=str)  # the workdir's config.json can hold it
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -174,9 +211,10 @@ def test_every_model_config_declares_float32_and_builds_in_bfloat16(name, arg):
   # config.model.dtype must exist for --config.model.dtype=bfloat16 to be accepted; float32 is the
   # default every recorded result was computed in.
   from rl_align import models  # pylint: disable=g-import-not-at-top
+
   model_cfg = _model_config(name, arg)
   assert model_cfg.dtype == "float32"
-  assert models.build(model_cfg).compute_dtype is None        # float32: the inputs' dtype
+  assert models.build(model_cfg).compute_dtype is None  # float32: the inputs' dtype
   bf16 = models.build({**model_cfg.to_dict(), "dtype": "bfloat16"})
   assert bf16.dtype == "bfloat16" and bf16.compute_dtype == jnp.bfloat16
 
@@ -186,7 +224,7 @@ def test_every_config_declares_its_data_placement(name, arg):
   # Every runner reads config.data.placement (rl_align.inputs.load); declared, it can
   # be overridden with --config.data.placement=host.  Recorded results ran on the device.
   c = importlib.import_module(f"experiments.configs.{name}").get_config(arg)
-  want = "host" if name == "imagenet" else "device"   # imagenet streams: 31 GB as float32 at 64x64
+  want = "host" if name == "imagenet" else "device"  # imagenet streams: 31 GB as float32 at 64x64
   assert c.data.placement == want
   if "f_only" in c and "data" in c.f_only:
     assert c.f_only.data.placement == "device"
@@ -206,6 +244,7 @@ def _parsed(name: str, override: str):
   config flag with one --config.x=... override (an undeclared field fails there)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   arg = _representative(name)
   spec = os.path.join(CONFIG_DIR, f"{name}.py") + (f":{arg}" if arg else "")
   argv = ["prog", f"--config={spec}", override]
@@ -220,6 +259,7 @@ def test_dtype_override_on_the_command_line(name):
   # The binaries' path: ml_collections' config flag with --config.model.dtype (an undeclared field
   # fails there with an AttributeError).
   from rl_align import models  # pylint: disable=g-import-not-at-top
+
   _model_config(name, _representative(name))
   config = _parsed(name, "--config.model.dtype=bfloat16")
   assert config.model.dtype == "bfloat16"
@@ -228,13 +268,16 @@ def test_dtype_override_on_the_command_line(name):
 
 def test_arguments_select_what_they_name():
   from experiments.configs import fig1, fig2, fig5, fig20, specialization  # pylint: disable=g-import-not-at-top
+
   assert fig1.get_config("negative").upstream.num_classes == 100
   assert fig1.get_config("positive").upstream.num_classes == 10
   assert fig1.get_config("positive,local").data.name == "photos"
   assert fig1.get_config("positive,random").downstream.labels == "random"
   assert list(fig2.get_config("").panels) == ["random", "real"]
   assert fig2.get_config("real,tiny").model.features == 16
-  assert fig5.get_config("").data.name == "cifar10" and fig5.get_config("local").data.name == "photos"
+  assert (
+    fig5.get_config("").data.name == "cifar10" and fig5.get_config("local").data.name == "photos"
+  )
   assert fig5.get_config("local,all_layers").transfer_layers == 0
   assert list(fig20.get_config("right,tiny").panels) == ["right"]
   assert "variances" in fig20.get_config("all,variance").panels.left.data.kwargs
@@ -247,13 +290,17 @@ def test_arguments_select_what_they_name():
 
 @pytest.mark.slow
 def test_binary_with_a_typo_in_the_config_argument_exits_2_with_one_error_line(tmp_path):
-  proc = run_module("experiments.transfer", "--config=experiments/configs/fig1.py:negtive",
-                    f"--workdir={tmp_path}", timeout=300)
+  proc = run_module(
+    "experiments.transfer",
+    "--config=experiments/configs/fig1.py:negtive",
+    f"--workdir={tmp_path}",
+    timeout=300,
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: fig1.py: "), proc.stderr[-2000:]
   assert "'negtive'" in lines[0] and "did you mean 'negative'" in lines[0]
-  assert not os.listdir(tmp_path)          # nothing ran
+  assert not os.listdir(tmp_path)  # nothing ran
 
 
 def test_run_main_writes_the_run_record_and_keeps_earlier_runs(tmp_path):
@@ -269,6 +316,7 @@ def test_run_main_writes_the_run_record_and_keeps_earlier_runs(tmp_path):
 
   def broken(config, workdir):
     raise errors.DataError("the data are bad. Fix: other data.")
+
   with pytest.raises(SystemExit) as e:
     cli.run_main(broken, {"x": 1}, wd, argv=["prog", "-b"])
   assert e.value.code == 2
@@ -282,12 +330,14 @@ def test_matmul_chain_computes_the_product():
   # a ~ N(0, 1), of b ~ N(0, 1/n): float32 rounding grows like eps * sqrt(n) per product (random
   # signs); 3 chained products and a safety factor of 10 give the tolerance.
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
   n = 64
   a = rng.standard_normal((n, n)).astype(np.float32)
   b = (rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)
   import jax  # pylint: disable=g-import-not-at-top
-  with jax.default_matmul_precision("highest"):   # float32, also where the default is TF32
+
+  with jax.default_matmul_precision("highest"):  # float32, also where the default is TF32
     got = np.asarray(machine.matmul_chain(jnp.asarray(a), jnp.asarray(b), 3))
   want = a.astype(np.float64) @ b @ b @ b
   tol = 10 * 3 * np.finfo(np.float32).eps * np.sqrt(n) * np.abs(want).max()

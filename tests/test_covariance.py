@@ -1,4 +1,5 @@
 """Tests of rl_align.covariance: patch order, streaming == one-shot, merging, precision, errors."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,8 +42,12 @@ def _reference(x, k):
   """One-shot float64: every patch by explicit loops, then np.cov."""
   x = np.asarray(x, np.float64)
   n, h, w, c = x.shape
-  rows = [x[i, r:r + k, s:s + k, :].reshape(-1)
-          for i in range(n) for r in range(h - k + 1) for s in range(w - k + 1)]
+  rows = [
+    x[i, r : r + k, s : s + k, :].reshape(-1)
+    for i in range(n)
+    for r in range(h - k + 1)
+    for s in range(w - k + 1)
+  ]
   p = np.stack(rows)
   return p.mean(axis=0), np.cov(p, rowvar=False)
 
@@ -53,16 +58,26 @@ def test_extract_patches_matches_flax_order_convolution(k, h, w):
   rng = np.random.default_rng(k)
   x = jnp.asarray(rng.standard_normal((2, h, w, c)), jnp.float32)
   kernel = jnp.asarray(rng.standard_normal((k, k, c, f)), jnp.float32)
-  conv = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                      precision=jax.lax.Precision.HIGHEST)
+  conv = jax.lax.conv_general_dilated(
+    x,
+    kernel,
+    (1, 1),
+    "VALID",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision=jax.lax.Precision.HIGHEST,
+  )
   patches = covariance.extract_patches(x, k)
   assert patches.shape == (2, (h - k + 1) * (w - k + 1), k * k * c)
-  out = jnp.einsum("npd,df->npf", patches, kernel.reshape(-1, f),
-                   precision=jax.lax.Precision.HIGHEST)
+  out = jnp.einsum(
+    "npd,df->npf", patches, kernel.reshape(-1, f), precision=jax.lax.Precision.HIGHEST
+  )
   # Two float32 sums of k*k*C products in any order: bounded by |patches| @ |kernel| (tolerances.py).
-  mag = jnp.einsum("npd,df->npf", jnp.abs(patches), jnp.abs(kernel).reshape(-1, f),
-                   precision=jax.lax.Precision.HIGHEST)
+  mag = jnp.einsum(
+    "npd,df->npf",
+    jnp.abs(patches),
+    jnp.abs(kernel).reshape(-1, f),
+    precision=jax.lax.Precision.HIGHEST,
+  )
   assert_close(out, conv.reshape(2, -1, f), f32_tol(mag, k * k * c), "patches @ kernel vs conv")
   np_patches = covariance.patches_np(np.asarray(x), k)
   np.testing.assert_array_equal(np_patches, np.asarray(patches).reshape(-1, k * k * c))
@@ -76,7 +91,7 @@ def test_streaming_patch_covariance_equals_one_shot_float64(method, k, shape):
   mean, cov = covariance.patch_covariance(x, k, batch_size=5, method=method)
   count = 23 * (shape[0] - k + 1) * (shape[1] - k + 1)
   shift = covariance.patch_moments(x, k, batch_size=5, method=method).shift
-  mean_tol, cov_tol = _moment_tols(ref_mean, ref_cov, count, shift)      # float64: ~1e-13
+  mean_tol, cov_tol = _moment_tols(ref_mean, ref_cov, count, shift)  # float64: ~1e-13
   assert_close(mean, ref_mean, mean_tol, "mean")
   assert_close(cov, ref_cov, cov_tol, "cov")
   # float32 input: float32 Gram blocks, float64 totals.
@@ -91,18 +106,20 @@ def test_streaming_patch_covariance_equals_one_shot_float64(method, k, shape):
 
 def test_iterator_of_batches_equals_array_and_counts_patches():
   x = _images(20, 6, 8, 3, seed=1, dtype=np.float32)
-  batches = (x[i:i + 6] for i in range(0, 20, 6))        # uneven last batch, lazy generator
+  batches = (x[i : i + 6] for i in range(0, 20, 6))  # uneven last batch, lazy generator
   acc = covariance.patch_moments(batches, 3, batch_size=4)
   assert acc.count == 20 * 4 * 6
   mean, cov = acc.finalize()
   ref_mean, ref_cov = covariance.patch_covariance(x, 3)
   # Float32 Grams around other shifts, each within the bound of the exact moments: twice it.
-  tols = [_moment_tols(ref_mean, ref_cov, acc.count, sh, f32_len=20 * 24)
-          for sh in (acc.shift, covariance.patch_moments(x, 3).shift)]
+  tols = [
+    _moment_tols(ref_mean, ref_cov, acc.count, sh, f32_len=20 * 24)
+    for sh in (acc.shift, covariance.patch_moments(x, 3).shift)
+  ]
   assert_close(mean, ref_mean, tols[0][0] + tols[1][0], "mean")
   assert_close(cov, ref_cov, tols[0][1] + tols[1][1], "cov")
   # Exact: the same program on the same values (a jax array is read as numpy).
-  j_mean, j_cov = covariance.patch_covariance(jnp.asarray(x), 3)     # jax arrays too
+  j_mean, j_cov = covariance.patch_covariance(jnp.asarray(x), 3)  # jax arrays too
   np.testing.assert_array_equal(j_cov, ref_cov)
   np.testing.assert_array_equal(j_mean, ref_mean)
 
@@ -110,7 +127,7 @@ def test_iterator_of_batches_equals_array_and_counts_patches():
 def test_merging_accumulators_equals_one_accumulator():
   rng = np.random.default_rng(2)
   a = rng.standard_normal((300, 6)) @ rng.standard_normal((6, 6)) + 5.0
-  b = rng.standard_normal((200, 6)) - 3.0                   # different mean -> different shift
+  b = rng.standard_normal((200, 6)) - 3.0  # different mean -> different shift
   one = covariance.MomentAccumulator().update(a[:100]).update(a[100:]).update(b)
   merged = covariance.MomentAccumulator().update(a).merge(covariance.MomentAccumulator().update(b))
   both = np.concatenate([a, b])
@@ -145,8 +162,9 @@ def test_large_mean_float32_data_keeps_precision():
   ref_mean = x.astype(np.float64).mean(0)
   assert_close(cov, ref, _moment_tols(ref_mean, ref, len(x), shift, f32_len=3000)[1], "cov")
   # The same estimate without a shift (E[xx^T] - mm^T in float32 Grams) loses every digit.
-  naive = (x.T @ x).astype(np.float64) / len(x) - np.outer(x.mean(0, dtype=np.float64),
-                                                            x.mean(0, dtype=np.float64))
+  naive = (x.T @ x).astype(np.float64) / len(x) - np.outer(
+    x.mean(0, dtype=np.float64), x.mean(0, dtype=np.float64)
+  )
   assert np.abs(naive - ref).max() > 1e-2 * np.abs(ref).max()
   # Images with a large per-channel mean (e.g. unstandardized 0..255 pixels as float32).
   imgs = _images(40, 8, 8, 3, seed=5, mean=200.0, dtype=np.float32)
@@ -162,8 +180,9 @@ def test_data_covariance_flattens_trailing_axes():
   x = np.random.default_rng(6).standard_normal((50, 2, 3))
   mean, cov = covariance.data_covariance(x, batch_size=16)
   flat = x.reshape(50, -1)
-  mean_tol, cov_tol = _moment_tols(flat.mean(0), np.cov(flat, rowvar=False), 50,
-                                   covariance.data_moments(x, batch_size=16).shift)
+  mean_tol, cov_tol = _moment_tols(
+    flat.mean(0), np.cov(flat, rowvar=False), 50, covariance.data_moments(x, batch_size=16).shift
+  )
   assert_close(mean, flat.mean(0), mean_tol, "mean")
   assert_close(cov, np.cov(flat, rowvar=False), cov_tol, "cov")
 
@@ -173,31 +192,44 @@ def test_weight_order_matches_patches():
   k = 3
   patches = np.asarray(covariance.patches_np(x, k))
   chosen = [0, 5, 11]
-  kernel = np.stack([patches[j].reshape(k, k, 3) for j in chosen], axis=-1)   # [k, k, C, F]
+  kernel = np.stack([patches[j].reshape(k, k, 3) for j in chosen], axis=-1)  # [k, k, C, F]
   samples = covariance.weight_samples(kernel)
   np.testing.assert_array_equal(samples, patches[chosen])
   # Seeds axis: [S, kh, kw, C, F] pools filters of every seed, seed-major.
   stacked = np.stack([kernel, 2 * kernel])
-  np.testing.assert_array_equal(covariance.weight_samples(stacked),
-                                np.concatenate([patches[chosen], 2 * patches[chosen]]))
+  np.testing.assert_array_equal(
+    covariance.weight_samples(stacked), np.concatenate([patches[chosen], 2 * patches[chosen]])
+  )
 
 
 def test_weight_covariance_ranks_and_centering():
   rng = np.random.default_rng(8)
-  dense = rng.standard_normal((3, 5, 40)) + 0.3                 # [S, d, h]
+  dense = rng.standard_normal((3, 5, 40)) + 0.3  # [S, d, h]
   w = dense.transpose(0, 2, 1).reshape(-1, 5)
   # float64 Grams: bounded by |w|.T @ |w| / n (_gram_tol); a transposed axis gives O(1) errors.
   assert_close(covariance.weight_covariance(dense), w.T @ w / 120, _gram_tol(w), "dense")
   wm = w - w.mean(0)
-  assert_close(covariance.weight_covariance(dense, centered=True), np.cov(w, rowvar=False),
-               _gram_tol(wm) * 2 + _gram_tol(w), "centered")   # two centerings of a mean ~0.3
-  assert_close(covariance.weight_covariance(dense[0]), dense[0] @ dense[0].T / 40,
-               _gram_tol(dense[0].T), "one seed")
-  conv = rng.standard_normal((2, 3, 3, 2, 10))                 # [S, kh, kw, C, F]
+  assert_close(
+    covariance.weight_covariance(dense, centered=True),
+    np.cov(w, rowvar=False),
+    _gram_tol(wm) * 2 + _gram_tol(w),
+    "centered",
+  )  # two centerings of a mean ~0.3
+  assert_close(
+    covariance.weight_covariance(dense[0]),
+    dense[0] @ dense[0].T / 40,
+    _gram_tol(dense[0].T),
+    "one seed",
+  )
+  conv = rng.standard_normal((2, 3, 3, 2, 10))  # [S, kh, kw, C, F]
   wc = conv.transpose(0, 4, 1, 2, 3).reshape(-1, 18)
   assert_close(covariance.weight_covariance(conv), wc.T @ wc / 20, _gram_tol(wc), "conv")
-  assert_close(covariance.weight_covariance(conv[1]), wc[10:].T @ wc[10:] / 10,
-               _gram_tol(wc[10:]), "conv, one seed")
+  assert_close(
+    covariance.weight_covariance(conv[1]),
+    wc[10:].T @ wc[10:] / 10,
+    _gram_tol(wc[10:]),
+    "conv, one seed",
+  )
 
 
 def test_bad_images_raise_clear_errors():
@@ -209,7 +241,7 @@ def test_bad_images_raise_clear_errors():
   late = x.copy()
   late[5, 0, 0, 2] = np.inf
   with pytest.raises(errors.DataError, match="NaN or inf"):
-    covariance.patch_covariance(late, 3, batch_size=2)            # only the last batch is bad
+    covariance.patch_covariance(late, 3, batch_size=2)  # only the last batch is bad
   with pytest.raises(errors.DataError, match=r"\[N, H, W, C\]"):
     covariance.patch_covariance(x[0], 3)
   with pytest.raises(errors.DataError, match="larger than the images"):
@@ -253,8 +285,9 @@ def test_one_core_inline_path_equals_threaded_path(method, monkeypatch):
   # Other chunks per thread -> other float32 Gram blocks: each within the bound of the exact value.
   ref_mean, ref_cov = _reference(x, 3)
   shift = covariance.patch_moments(x, 3, batch_size=8, method=method).shift
-  assert_close(inline, threaded, 2 * _moment_tols(ref_mean, ref_cov, 30 * 56, shift,
-                                                  f32_len=8 * 56)[1], method)
+  assert_close(
+    inline, threaded, 2 * _moment_tols(ref_mean, ref_cov, 30 * 56, shift, f32_len=8 * 56)[1], method
+  )
 
 
 def test_auto_method_uses_band_for_small_images():

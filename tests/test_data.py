@@ -1,6 +1,6 @@
 """Tests for rl_align.data: sources, splits, labels, statistics and their error messages.
 
-    pytest -q tests/test_data.py
+pytest -q tests/test_data.py
 """
 
 import jax
@@ -41,11 +41,12 @@ def test_gaussian_covariance_diag_and_rotation_preserves_spectrum():
   np.testing.assert_array_equal(data.gaussian_covariance(variances=stds**2), np.diag(stds**2))
   rot = data.gaussian_covariance(stds, rotate=True, seed=3)
   assert rot.dtype == np.float64
-  np.testing.assert_array_equal(rot, rot.T)       # symmetrized: exact
+  np.testing.assert_array_equal(rot, rot.T)  # symmetrized: exact
   # O diag O^T then eigh, float64: normwise error <= 5-term sums and a backward stable eigh, both
   # of magnitude lam_max = 9 (tests/tolerances.py).
-  np.testing.assert_allclose(np.linalg.eigvalsh(rot), np.sort(stds**2), rtol=0,
-                             atol=f64_tol(9.0, 5 * 5))
+  np.testing.assert_allclose(
+    np.linalg.eigvalsh(rot), np.sort(stds**2), rtol=0, atol=f64_tol(9.0, 5 * 5)
+  )
   assert np.abs(rot - np.diag(np.diag(rot))).max() > 0.1  # really rotated
   np.testing.assert_array_equal(rot, data.gaussian_covariance(stds, rotate=True, seed=3))
   assert not np.allclose(rot, data.gaussian_covariance(stds, rotate=True, seed=4))
@@ -65,15 +66,16 @@ def test_gaussian_sample_covariance_matches_population(rotate):
   assert_close(x.mean(0), 0, sampling_tol(np.sqrt(var), n), "sample mean")
   cov_tol = sampling_tol(np.sqrt(np.outer(var, var) + pop**2), n)
   assert_close(np.cov(x.T), pop, cov_tol, "sample covariance")
-  np.testing.assert_allclose(np.linalg.eigvalsh(np.cov(x.T)), stds**2,
-                             rtol=sampling_tol(np.sqrt(2), n))
+  np.testing.assert_allclose(
+    np.linalg.eigvalsh(np.cov(x.T)), stds**2, rtol=sampling_tol(np.sqrt(2), n)
+  )
   assert set(np.unique(ds.y)) == {0, 1, 2, 3}
   again = data.gaussian(40_000, stds=stds, rotate=rotate, seed=7, num_classes=4)
   np.testing.assert_array_equal(ds.x, again.x)
   np.testing.assert_array_equal(ds.y, again.y)
   test = data.gaussian(40_000, stds=stds, rotate=rotate, seed=7, num_classes=4, split="test")
   assert np.abs(test.x[:100] - ds.x[:100]).min() > 0  # an independent draw ...
-  assert_close(np.cov(test.x.T.astype(np.float64)), pop, cov_tol, "test split")   # ... same Σ
+  assert_close(np.cov(test.x.T.astype(np.float64)), pop, cov_tol, "test split")  # ... same Σ
 
 
 def test_gaussian_needs_exactly_one_of_stds_variances():
@@ -113,10 +115,11 @@ def test_photo_crops_render_their_origins():
   stack, _ = data.embedded.photo_stack(256)
   assert origins[:, 3].min() == 0 and origins[:, 3].max() == 1  # both orientations occur
   for (p, top, left, flip), crop in zip(origins, crops):
-    expect = stack[p, top:top + 8, left:left + 8].astype(np.float32) / 255
+    expect = stack[p, top : top + 8, left : left + 8].astype(np.float32) / 255
     # float32 x (1/255) vs float32 / 255: two roundings of values <= 1.
-    np.testing.assert_allclose(crop, expect[:, ::-1] if flip else expect, rtol=0,
-                               atol=f32_tol(1.0, 2))
+    np.testing.assert_allclose(
+      crop, expect[:, ::-1] if flip else expect, rtol=0, atol=f32_tol(1.0, 2)
+    )
 
 
 def _overlap(a: np.ndarray, sa: int, b: np.ndarray, sb: int) -> int:
@@ -146,7 +149,7 @@ def test_photos_task_is_learnable_but_not_trivial():
   train, test = data.photos(3000, split="train"), data.photos(1000, split="test")
   feats = lambda ds: ds.x.mean(axis=(1, 2))  # mean colour: a weak but real cue
   centroids = np.stack([feats(train)[train.y == k].mean(0) for k in range(10)])
-  pred = ((feats(test)[:, None] - centroids)**2).sum(-1).argmin(1)
+  pred = ((feats(test)[:, None] - centroids) ** 2).sum(-1).argmin(1)
   # Measured 0.387 (chance 0.1); over 1000 test crops the accuracy has sampling std <= 0.016, so
   # each bound is > 8 std away: it fails only if the cue is lost or the task becomes trivial.
   assert 0.25 < (pred == test.y).mean() < 0.8
@@ -182,8 +185,9 @@ def test_resize_images():
   x = np.arange(2 * 4 * 4 * 1, dtype=np.float32).reshape(2, 4, 4, 1) / 32
   out = data.resize_images(x, 2)  # integer factor: exact block average
   # float32 means of 4 values <= 1 in any order (tests/tolerances.py).
-  np.testing.assert_allclose(out, x.reshape(2, 2, 2, 2, 2, 1).mean(axis=(2, 4)), rtol=0,
-                             atol=f32_tol(1.0, 4))
+  np.testing.assert_allclose(
+    out, x.reshape(2, 2, 2, 2, 2, 1).mean(axis=(2, 4)), rtol=0, atol=f32_tol(1.0, 4)
+  )
   u8 = np.full((3, 28, 28, 1), 255, np.uint8)
   up = data.resize_images(u8, 32)  # non-integer factor: bilinear, uint8 -> [0, 1]
   assert up.shape == (3, 32, 32, 1) and up.dtype == np.float32
@@ -275,8 +279,9 @@ def test_split_indices_disjoint_covering_deterministic():
   other = data.split_indices(100, sizes, seed=4)
   assert not np.array_equal(parts["upstream"], other["upstream"])
   # One permutation: a shorter first split is a prefix of the longer one.
-  np.testing.assert_array_equal(data.split_indices(100, {"a": 20}, seed=3)["a"],
-                                parts["upstream"][:20])
+  np.testing.assert_array_equal(
+    data.split_indices(100, {"a": 20}, seed=3)["a"], parts["upstream"][:20]
+  )
   with pytest.raises(errors.ConfigError, match="sum to 101 > 100"):
     data.split_indices(100, {"a": 60, "b": 41}, seed=0)
   with pytest.raises(errors.ConfigError, match="'b'"):
@@ -305,10 +310,11 @@ def test_photo_stack_is_kept_on_disk_and_read_back_bitwise(tmp_path, monkeypatch
   """The disk cache (rl_align/data/cache.py) returns exactly what decoding and resizing give; a
   damaged entry is derived again; RL_ALIGN_CACHE_DIR="" turns it off."""
   from rl_align.data import cache, embedded  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setenv(cache.ENV, str(tmp_path))
   embedded.photo_stack.cache_clear()
-  derived = embedded._resized_photos(64)   # pylint: disable=protected-access
-  stack, shapes = embedded.photo_stack(64)   # derived, then written
+  derived = embedded._resized_photos(64)  # pylint: disable=protected-access
+  stack, shapes = embedded.photo_stack(64)  # derived, then written
   files = list(tmp_path.glob("photos_*.npz"))
   assert len(files) == 1
   np.testing.assert_array_equal(stack, derived["stack"])
@@ -316,13 +322,13 @@ def test_photo_stack_is_kept_on_disk_and_read_back_bitwise(tmp_path, monkeypatch
   calls = []
   monkeypatch.setattr(embedded, "_resized_photos", lambda s: calls.append(s) or derived)
   embedded.photo_stack.cache_clear()
-  again, _ = embedded.photo_stack(64)   # read back: nothing derived
+  again, _ = embedded.photo_stack(64)  # read back: nothing derived
   assert calls == [] and again.dtype == np.uint8 and not again.flags.writeable
   np.testing.assert_array_equal(again, derived["stack"])
-  files[0].write_bytes(b"cut short")   # e.g. a crash while another process wrote it
+  files[0].write_bytes(b"cut short")  # e.g. a crash while another process wrote it
   embedded.photo_stack.cache_clear()
   np.testing.assert_array_equal(embedded.photo_stack(64)[0], derived["stack"])
-  assert calls == [64] and len(np.load(files[0]).files) == 2   # rewritten whole
+  assert calls == [64] and len(np.load(files[0]).files) == 2  # rewritten whole
   monkeypatch.setenv(cache.ENV, "")
   assert cache.path("photos", {}) is None
   embedded.photo_stack.cache_clear()

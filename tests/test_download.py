@@ -12,6 +12,7 @@ generation, or after writing a folder that looks prepared), hosts that refuse or
 (loopback ports and a stand-in resolver), missing packages: each one line naming the dataset and
 the fix, and nothing a later run reads.
 """
+
 import io
 import json
 import os
@@ -49,7 +50,7 @@ def _got(ds) -> set:
   """{(pixel value, label)} of a loaded ArrayDataset (x in [0, 1]); each image is one value."""
   flat = np.asarray(ds.x).reshape(len(ds.y), -1) * 255
   values = np.rint(flat[:, 0]).astype(int)
-  assert np.abs(flat - values[:, None]).max() < 1e-3       # float32 v / 255 * 255 ~ v
+  assert np.abs(flat - values[:, None]).max() < 1e-3  # float32 v / 255 * 255 ~ v
   return set(zip(values.tolist(), np.asarray(ds.y).tolist()))
 
 
@@ -61,7 +62,7 @@ def stand_in(name: str, fail_after: int | None = None, urls=None, write_then_fai
   calls = []
 
   class StandIn(tfds.builder_cls(name), skip_registration=True):
-    code_path = None            # no checksums file to look up (it needs importlib_resources)
+    code_path = None  # no checksums file to look up (it needs importlib_resources)
     url_infos = dict.fromkeys(urls) if urls else None
 
     def download_and_prepare(self, **kwargs):
@@ -98,13 +99,17 @@ def stand_in(name: str, fail_after: int | None = None, urls=None, write_then_fai
 @pytest.fixture
 def builders(monkeypatch):
   """Installs stand-in builders as tfds_source.make_builder: builders(cls) -> cls.calls."""
-  monkeypatch.setattr(idx, "debian_folder", lambda name: None)   # as without the Debian copy
+  monkeypatch.setattr(idx, "debian_folder", lambda name: None)  # as without the Debian copy
   monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
 
   def install(cls):
-    monkeypatch.setattr(tfds_source, "make_builder",
-                        lambda name, data_dir: cls(data_dir=data_dir, file_format="array_record"))
+    monkeypatch.setattr(
+      tfds_source,
+      "make_builder",
+      lambda name, data_dir: cls(data_dir=data_dir, file_format="array_record"),
+    )
     return cls.calls
+
   return install
 
 
@@ -118,20 +123,19 @@ def _leftovers(data_dir) -> list:
 
 
 @pytest.mark.parametrize("name, shape", [("cifar10", (32, 32, 3)), ("fashion_mnist", (28, 28, 1))])
-def test_download_prepares_a_missing_dataset_that_the_loaders_read(name, shape, tmp_path,
-                                                                   builders):
+def test_download_prepares_a_missing_dataset_that_the_loaders_read(name, shape, tmp_path, builders):
   calls = builders(stand_in(name))
   ds = data.load(name, split="train", data_dir=str(tmp_path), download=True)
   assert ds.x.shape == (SIZES["train"],) + shape and _got(ds) == _expected("train")
   assert len(calls) == 1 and calls[0]["file_format"] == "array_record"
   assert calls[0]["download_dir"] == os.path.join(str(tmp_path), "downloads")
   version = tfds.builder(name, data_dir=str(tmp_path)).info.version
-  assert _leftovers(tmp_path) == [name]                  # no temporary folder left beside it
+  assert _leftovers(tmp_path) == [name]  # no temporary folder left beside it
   assert os.path.isfile(tmp_path / name / str(version) / "dataset_info.json")
   # Prepared: read again without downloading, the other split and streaming, the same rows.
   test = data.load(name, split="test", data_dir=str(tmp_path))
   src = data.source(name, split="train", data_dir=str(tmp_path), download=True)
-  x, y = src.take(np.arange(len(src)))                  # uint8, as the host pipeline reads it
+  x, y = src.take(np.arange(len(src)))  # uint8, as the host pipeline reads it
   streamed = data.ArrayDataset(data.to_unit_float(x), y, src.num_classes, src.name)
   assert _got(test) == _expected("test") and _got(streamed) == _expected("train")
   assert len(calls) == 1
@@ -143,10 +147,16 @@ def test_a_paper_config_downloads_through_the_runners_loader(tmp_path, builders)
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from rl_align import inputs  # pylint: disable=g-import-not-at-top
+
   calls = builders(stand_in("cifar10"))
-  argv = ["prog", "--config=experiments/configs/fig5.py", "--config.data.download=True",
-          f"--config.data.data_dir={tmp_path}", "--config.split.upstream=5",
-          "--config.split.downstream=7"]
+  argv = [
+    "prog",
+    "--config=experiments/configs/fig5.py",
+    "--config.data.download=True",
+    f"--config.data.data_dir={tmp_path}",
+    "--config.split.upstream=5",
+    "--config.split.downstream=7",
+  ]
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
   fv(argv)
@@ -169,18 +179,21 @@ def _one_line(e: Exception, name: str) -> str:
 
 @pytest.mark.parametrize("how", ["midway_in_generation", "after_writing_a_folder"])
 def test_a_failed_download_leaves_nothing_a_later_run_reads(how, tmp_path, builders):
-  cls = stand_in("cifar10", fail_after=5 if how == "midway_in_generation" else None,
-                 write_then_fail=how == "after_writing_a_folder")
+  cls = stand_in(
+    "cifar10",
+    fail_after=5 if how == "midway_in_generation" else None,
+    write_then_fail=how == "after_writing_a_folder",
+  )
   calls = builders(cls)
   with pytest.raises(errors.DatasetNotFoundError) as info:
     data.load("cifar10", data_dir=str(tmp_path), download=True)
   msg = _one_line(info.value, "cifar10")
   assert "could not be downloaded" in msg and "ConnectionResetError" in msg
   assert "tfds build cifar10" in msg and len(calls) == 1
-  assert _leftovers(tmp_path) == []               # neither the dataset folder nor the temporary
+  assert _leftovers(tmp_path) == []  # neither the dataset folder nor the temporary
   with pytest.raises(errors.DatasetNotFoundError, match="not prepared"):
-    data.load("cifar10", data_dir=str(tmp_path))    # a later run finds no dataset
-  builders(stand_in("cifar10"))                     # and a later download succeeds
+    data.load("cifar10", data_dir=str(tmp_path))  # a later run finds no dataset
+  builders(stand_in("cifar10"))  # and a later download succeeds
   assert _got(data.load("cifar10", data_dir=str(tmp_path), download=True)) == _expected("train")
 
 
@@ -197,7 +210,7 @@ def test_an_unreachable_host_fails_before_anything_is_written(tmp_path, builders
     data.load("cifar10", data_dir=str(tmp_path), download=True)
   msg = _one_line(info.value, "cifar10")
   assert f"127.0.0.1:{port} did not answer" in msg and "HTTPS_PROXY" in msg
-  assert calls == [] and _leftovers(tmp_path) == []      # tfds's download never started
+  assert calls == [] and _leftovers(tmp_path) == []  # tfds's download never started
 
 
 def test_a_host_that_never_answers_is_given_up_after_the_timeout(monkeypatch):
@@ -210,6 +223,7 @@ def test_a_host_that_never_answers_is_given_up_after_the_timeout(monkeypatch):
     asked.append((address, timeout))
     release.wait(60)
     raise OSError("released")
+
   monkeypatch.setattr(tfds_source.socket, "create_connection", hang)
   for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
     monkeypatch.delenv(var, raising=False)
@@ -227,12 +241,15 @@ def test_the_probe_asks_the_proxy_where_one_is_set(monkeypatch):
   monkeypatch.delenv("no_proxy", raising=False)
   monkeypatch.delenv("NO_PROXY", raising=False)
   why = tfds_source._probe_hosts(["https://data.example.invalid/a.tar.gz"], 5.0)  # pylint: disable=protected-access
-  assert why.startswith(f"127.0.0.1:{port} did not answer")   # the dataset host is not looked up
+  assert why.startswith(f"127.0.0.1:{port} did not answer")  # the dataset host is not looked up
 
 
 def test_missing_packages_and_manual_datasets_are_one_line(tmp_path, monkeypatch):
-  monkeypatch.setattr(tfds_source, "PREPARE_NEEDS",
-                      {"rl_align_no_such_module": "`pip install rl_align_no_such_module`"})
+  monkeypatch.setattr(
+    tfds_source,
+    "PREPARE_NEEDS",
+    {"rl_align_no_such_module": "`pip install rl_align_no_such_module`"},
+  )
   with pytest.raises(errors.DatasetNotFoundError) as info:
     data.load("cifar10", data_dir=str(tmp_path), download=True)
   msg = _one_line(info.value, "cifar10")
@@ -270,12 +287,16 @@ def test_download_is_a_bool_and_embedded_sources_ignore_it():
 def test_a_dataset_info_that_is_not_json_is_one_data_error(tmp_path, builders):
   builders(stand_in("cifar10"))
   data.load("cifar10", data_dir=str(tmp_path), download=True)
-  (info_path,) = [os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "cifar10") for f in fs
-                  if f == "dataset_info.json"]
-  with open(info_path, "r+", encoding="utf-8") as f:   # cut short, as by a full disk
+  (info_path,) = [
+    os.path.join(r, f)
+    for r, _, fs in os.walk(tmp_path / "cifar10")
+    for f in fs
+    if f == "dataset_info.json"
+  ]
+  with open(info_path, "r+", encoding="utf-8") as f:  # cut short, as by a full disk
     text = f.read()
     f.seek(0)
-    f.write(text[:len(text) // 2])
+    f.write(text[: len(text) // 2])
     f.truncate()
   for load in (data.load, data.source):
     for download in (False, True):
@@ -291,9 +312,16 @@ def test_a_dataset_info_that_is_not_json_is_one_data_error(tmp_path, builders):
 # The config field.
 
 
-CONFIGS = {"fig1": ["positive", "negative,fmnist"], "fig2": [""], "fig20": ["all"], "fig3": [""],
-           "fig4_cnn": ["random", "random,fmnist"], "fig5": ["", "local", "fmnist"],
-           "imagenet": [""], "specialization": ["local", "resnet18_imagenet"]}
+CONFIGS = {
+  "fig1": ["positive", "negative,fmnist"],
+  "fig2": [""],
+  "fig20": ["all"],
+  "fig3": [""],
+  "fig4_cnn": ["random", "random,fmnist"],
+  "fig5": ["", "local", "fmnist"],
+  "imagenet": [""],
+  "specialization": ["local", "resnet18_imagenet"],
+}
 
 
 def _blocks(c) -> list:
@@ -309,6 +337,7 @@ def test_every_config_has_data_download_and_the_flag_reaches_every_loader(name, 
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from rl_align import inputs  # pylint: disable=g-import-not-at-top
+
   c = importlib.import_module(f"experiments.configs.{name}").get_config(arg)
   for block in _blocks(c):
     assert block.download is False and inputs.source_kwargs(block)["download"] is False
@@ -317,7 +346,7 @@ def test_every_config_has_data_download_and_the_flag_reaches_every_loader(name, 
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
   fv(argv)
-  for block in _blocks(fv.config):   # what the runners pass to data.load / data.source
+  for block in _blocks(fv.config):  # what the runners pass to data.load / data.source
     assert block.download is True and inputs.source_kwargs(block)["download"] is True
-  resolved = ml_collections.ConfigDict(fv.config.to_dict())   # as sweeps and panels copy it
+  resolved = ml_collections.ConfigDict(fv.config.to_dict())  # as sweeps and panels copy it
   assert all(inputs.source_kwargs(b)["download"] is True for b in _blocks(resolved))

@@ -5,6 +5,7 @@ error" at a share of the downstream steps); the claims-table rows are `rl_align.
 (tests/test_claims.py: every verdict), and `specialization.py:vgg16_fmnist_tiny` runs the whole
 search end to end on generated idx files.
 """
+
 import json
 import os
 
@@ -30,18 +31,20 @@ def _curves(rng, level, n=8, noise=0.01):
 def test_behind_fraction_separates_a_slower_arm_from_noise():
   rng = np.random.default_rng(0)
   scratch = _curves(rng, 0.9)
-  slower = _curves(rng, 0.7)               # behind by ~0.2 * (1 - e^-t/30) >> SE ~ 0.005
-  same = _curves(rng, 0.9)                 # the same curve, other noise
+  slower = _curves(rng, 0.7)  # behind by ~0.2 * (1 - e^-t/30) >> SE ~ 0.005
+  same = _curves(rng, 0.9)  # the same curve, other noise
   assert lib.behind_fraction(STEPS, scratch, slower) == 1.0
   assert lib.behind_fraction(STEPS, slower, scratch) == 0.0
   # Same mean: behind by > 1 SE at about 16% of the steps by chance, by > 2 SE at about 2%.
   assert lib.behind_fraction(STEPS, scratch, same) < 0.5
-  assert lib.behind_fraction(STEPS, scratch, same, z=2.0) <= lib.behind_fraction(STEPS, scratch, same)
+  assert lib.behind_fraction(STEPS, scratch, same, z=2.0) <= lib.behind_fraction(
+    STEPS, scratch, same
+  )
 
 
 def test_behind_fraction_uses_the_standard_error_not_the_mean_gap_alone():
   rng = np.random.default_rng(1)
-  scratch = _curves(rng, 0.9, noise=0.3)   # a 0.05 gap inside SE ~ 0.15: not "behind"
+  scratch = _curves(rng, 0.9, noise=0.3)  # a 0.05 gap inside SE ~ 0.15: not "behind"
   arm = _curves(rng, 0.85, noise=0.3)
   assert lib.behind_fraction(STEPS, scratch, arm) < 0.5
   quiet_s, quiet_a = _curves(rng, 0.9, noise=0.001), _curves(rng, 0.85, noise=0.001)
@@ -56,19 +59,26 @@ def test_tiny_search_end_to_end(tmp_path):
   c = spec_config.get_config("vgg16_fmnist_tiny")
   c.data.data_dir = folder
   workdir = str(tmp_path / "search")
-  cli.run_main(spec_runner.run, c, workdir,
-               argv=["experiments/configs/specialization.py:vgg16_fmnist_tiny"])
+  cli.run_main(
+    spec_runner.run, c, workdir, argv=["experiments/configs/specialization.py:vgg16_fmnist_tiny"]
+  )
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
     res = json.load(f)
-  assert len(res["points"]) == 4          # K 3/6 x L 10/20, arm rescaled
+  assert len(res["points"]) == 4  # K 3/6 x L 10/20, arm rescaled
   for p in res["points"].values():
     assert 0.0 <= p["accuracy_behind_fraction"] <= 1.0
     assert p["accuracy_behind_fraction_2se"] <= p["accuracy_behind_fraction"]
     a, s = np.asarray(p["accuracy_seeds"]), np.asarray(p["accuracy_scratch_seeds"])
     assert a.shape == s.shape == (2, len(p["downstream_steps"]))
     assert p["accuracy_behind_fraction"] == lib.behind_fraction(p["downstream_steps"], s, a)
-  run = {"name": workdir, "path": workdir, "results": res, "panels": {},
-         "config": c.to_dict(), "run": None}
+  run = {
+    "name": workdir,
+    "path": workdir,
+    "results": res,
+    "panels": {},
+    "config": c.to_dict(),
+    "run": None,
+  }
   assert res["claims"]["figure"] == "fig1_search"
   rows = claims.rows(run)
   assert [r.figure for r in rows] == ["Fig 1 search"] * 3

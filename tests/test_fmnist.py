@@ -5,6 +5,7 @@ launches and `--config.data.data_dir` pointing at idx files written by tests/fak
 files (Debian's dataset-fashion-mnist) are never needed.  Without them, and without a data_dir,
 the binary's answer is the one-line error.
 """
+
 import json
 import os
 
@@ -21,12 +22,12 @@ from tests import fake_idx
 
 # name -> (config module, argument, runner)
 CASES = {
-    "fig2": (fig2, "random,real,fmnist,tiny", eigenmap_runner.run_misalignment),
-    "fig3": (fig3, "fmnist,tiny", filters_runner.run),
-    "fig4": (fig4_cnn, "random,real,fmnist,tiny", eigenmap_runner.run_panels),
-    "fig5": (fig5, "fmnist,tiny", transfer_runner.run),
-    "fig1_negative": (fig1, "negative,fmnist,tiny", transfer_runner.run),
-    "specialization": (specialization, "tiny,fmnist", spec_runner.run),
+  "fig2": (fig2, "random,real,fmnist,tiny", eigenmap_runner.run_misalignment),
+  "fig3": (fig3, "fmnist,tiny", filters_runner.run),
+  "fig4": (fig4_cnn, "random,real,fmnist,tiny", eigenmap_runner.run_panels),
+  "fig5": (fig5, "fmnist,tiny", transfer_runner.run),
+  "fig1_negative": (fig1, "negative,fmnist,tiny", transfer_runner.run),
+  "specialization": (specialization, "tiny,fmnist", spec_runner.run),
 }
 
 
@@ -51,10 +52,15 @@ def fmnist_run(tmp_path_factory):
     if name not in done:
       module, arg, runner = CASES[name]
       workdir = str(root / name)
-      cli.run_main(runner, tiny_config(name, folder), workdir,
-                   argv=[f"experiments/configs/{module.__name__.split('.')[-1]}.py:{arg}"])
+      cli.run_main(
+        runner,
+        tiny_config(name, folder),
+        workdir,
+        argv=[f"experiments/configs/{module.__name__.split('.')[-1]}.py:{arg}"],
+      )
       done[name] = workdir
     return done[name]
+
   return get
 
 
@@ -63,12 +69,13 @@ def _results(workdir: str) -> dict:
     return json.load(f)
 
 
-FIG5_RUN = pytest.mark.xdist_group("fmnist_fig5")   # the tests that read the fig5 run
+FIG5_RUN = pytest.mark.xdist_group("fmnist_fig5")  # the tests that read the fig5 run
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param(n, marks=FIG5_RUN) if n == "fig5" else n
-                                  for n in CASES])
+@pytest.mark.parametrize(
+  "name", [pytest.param(n, marks=FIG5_RUN) if n == "fig5" else n for n in CASES]
+)
 def test_fmnist_config_runs_on_idx_files(name, fmnist_run):
   c = tiny_config(name, "")
   assert c.data.name == "fashion_mnist"

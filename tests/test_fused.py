@@ -1,4 +1,5 @@
 """Tests of the fused conv -> ReLU -> dense block (rl_align.fused) and PaperCNN's conv_impl="fused"."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +17,12 @@ def _unfused(x, ck, cb, dk):
 def _args(seed=0, n=3, side=7, c=2, f=5, d=4):
   ks = jax.random.split(jax.random.key(seed), 5)
   ho = side - 2
-  return (jax.random.normal(ks[0], (n, side, side, c)), jax.random.normal(ks[1], (3, 3, c, f)),
-          jax.random.normal(ks[2], (f,)), jax.random.normal(ks[3], (ho * ho * f, d)))
+  return (
+    jax.random.normal(ks[0], (n, side, side, c)),
+    jax.random.normal(ks[1], (3, 3, c, f)),
+    jax.random.normal(ks[2], (f,)),
+    jax.random.normal(ks[3], (ho * ho * f, d)),
+  )
 
 
 # The comparisons below run in float64 (jax.enable_x64): in float32 the loss's sin/cos carries the
@@ -53,12 +58,14 @@ def test_value_and_every_gradient_match_the_unfused_block(rows):
     z_abs, g_abs = _bounds(args, w)
     n = _chain_len(args)
     value = fused.conv_relu_dense(*args, rows)
-    assert value.dtype == jnp.float64       # really computed in float64
+    assert value.dtype == jnp.float64  # really computed in float64
     assert_close(value, _unfused(*args), f64_tol(z_abs, n), "value")
-    loss = lambda fn: (lambda *a: jnp.sum(jnp.sin(fn(*a)) * w))
+    loss = lambda fn: lambda *a: jnp.sum(jnp.sin(fn(*a)) * w)
     got = jax.grad(loss(lambda *a: fused.conv_relu_dense(*a, rows)), argnums=(0, 1, 2, 3))(*args)
     want = jax.grad(loss(_unfused), argnums=(0, 1, 2, 3))(*args)
-    for name, g, h, bound in zip(("x", "conv kernel", "conv bias", "dense kernel"), got, want, g_abs):
+    for name, g, h, bound in zip(
+      ("x", "conv kernel", "conv bias", "dense kernel"), got, want, g_abs
+    ):
       assert g.shape == h.shape and g.dtype == h.dtype == jnp.float64, name
       assert_close(g, h, f64_tol(bound, n), name)
       assert float(jnp.abs(h).max()) > 1e-3, name  # the comparison is not trivially 0 == 0
@@ -66,7 +73,7 @@ def test_value_and_every_gradient_match_the_unfused_block(rows):
 
 def test_rows_must_divide_the_output_rows():
   with pytest.raises(errors.ConfigError, match="divide"):
-    fused.conv_relu_dense(*_args(), 2)        # 5 output rows
+    fused.conv_relu_dense(*_args(), 2)  # 5 output rows
   x, ck, cb, dk = _args()
   with pytest.raises(errors.ConfigError, match="dense kernel"):
     fused.conv_relu_dense(x, ck, cb, dk[:-1], 1)
@@ -77,8 +84,8 @@ def test_paper_cnn_fused_has_the_same_params_outputs_and_activations():
   lax_m, fused_m = (models.PaperCNN(features=8, hidden=16, conv_impl=i) for i in ("lax", "fused"))
   p = lax_m.init(jax.random.key(0), x)["params"]
   p_fused = fused_m.init_with_output(jax.random.key(0), x, mutable=["params"])[1]["params"]
-  jax.tree.map(np.testing.assert_array_equal, p, p_fused)       # same names, same init keys
-  with jax.enable_x64(True):   # float64: the bound is ~1e-12 on logits ~1 (see _bounds)
+  jax.tree.map(np.testing.assert_array_equal, p, p_fused)  # same names, same init keys
+  with jax.enable_x64(True):  # float64: the bound is ~1e-12 on logits ~1 (see _bounds)
     x64, p64 = jnp.asarray(x, jnp.float64), jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), p)
     got = fused_m.apply({"params": p64}, x64)
     assert got.dtype == jnp.float64
@@ -87,25 +94,29 @@ def test_paper_cnn_fused_has_the_same_params_outputs_and_activations():
     absp = jax.tree.map(jnp.abs, p64)
     bound = f64_tol(lax_m.apply({"params": absp}, jnp.abs(x64)), 27 + 8 * 8 * 8 + 16 + 4)
     assert_close(got, lax_m.apply({"params": p64}, x64), bound, "logits")
-  acts = models.activations(fused_m, p, x)       # collecting intermediates takes the unfused path
+  acts = models.activations(fused_m, p, x)  # collecting intermediates takes the unfused path
   assert acts["conv_0"]["relu"].shape == (4, 8, 8, 8)
 
 
 def test_params_only_gradient_skips_nothing_it_needs():
   # Training differentiates the params only (x is data): the op then skips the input gradient.
-  with jax.enable_x64(True):   # float64, as in the first test
+  with jax.enable_x64(True):  # float64, as in the first test
     args = _args(seed=1)
-    loss = lambda fn: (lambda ck, cb, dk: jnp.sum(jnp.cos(fn(args[0], ck, cb, dk))))
-    got = jax.jit(jax.grad(loss(lambda *a: fused.conv_relu_dense(*a, 1)), argnums=(0, 1, 2)))(*args[1:])
+    loss = lambda fn: lambda ck, cb, dk: jnp.sum(jnp.cos(fn(args[0], ck, cb, dk)))
+    got = jax.jit(jax.grad(loss(lambda *a: fused.conv_relu_dense(*a, 1)), argnums=(0, 1, 2)))(
+      *args[1:]
+    )
     want = jax.grad(loss(_unfused), argnums=(0, 1, 2))(*args[1:])
-    _, g_abs = _bounds(args, jnp.ones((3, 4)))   # loss sum(cos z): |cos'| <= 1, weights 1
-    for name, g, h, bound in zip(("conv kernel", "conv bias", "dense kernel"), got, want, g_abs[1:]):
+    _, g_abs = _bounds(args, jnp.ones((3, 4)))  # loss sum(cos z): |cos'| <= 1, weights 1
+    for name, g, h, bound in zip(
+      ("conv kernel", "conv bias", "dense kernel"), got, want, g_abs[1:]
+    ):
       assert g.dtype == jnp.float64, name
       assert_close(g, h, f64_tol(bound, _chain_len(args)), name)
 
 
 def test_block_rows_fits_the_budget():
-  assert fused.block_rows(256, 30, 30, 256) == 1            # paper CNN: 7.9 MB per row
-  assert fused.block_rows(128, 14, 14, 64) == 14            # small inputs: one block
-  assert fused.block_rows(1024, 7, 7, 512) == 1             # over budget: still at least 1
+  assert fused.block_rows(256, 30, 30, 256) == 1  # paper CNN: 7.9 MB per row
+  assert fused.block_rows(128, 14, 14, 64) == 14  # small inputs: one block
+  assert fused.block_rows(1024, 7, 7, 512) == 1  # over budget: still at least 1
   assert 30 % fused.block_rows(64, 30, 30, 256) == 0

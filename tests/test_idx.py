@@ -3,6 +3,7 @@
 All but one test write their own small idx files (tests/fake_idx.py); the last compares against the
 real files of Debian's package `dataset-fashion-mnist` when it is installed.
 """
+
 import gzip
 import os
 
@@ -26,11 +27,15 @@ def no_debian(monkeypatch):
 @pytest.mark.parametrize("gz", [True, False])
 def test_read_idx_round_trip(tmp_path, gz):
   a = np.random.default_rng(0).integers(0, 256, (7, 5, 3)).astype(np.uint8)
-  path = fake_idx.write_file(str(tmp_path / ("a.idx" + (".gz" if gz else ""))), fake_idx.idx_bytes(a))
+  path = fake_idx.write_file(
+    str(tmp_path / ("a.idx" + (".gz" if gz else ""))), fake_idx.idx_bytes(a)
+  )
   np.testing.assert_array_equal(idx.read_idx(path, ndim=3), a)
 
 
-@pytest.mark.parametrize("case, match", [
+@pytest.mark.parametrize(
+  "case, match",
+  [
     ("magic", "magic number 0x00000903"),
     ("ndim", "magic number 0x00000802"),
     ("truncated", "truncated"),
@@ -38,12 +43,19 @@ def test_read_idx_round_trip(tmp_path, gz):
     ("header", "shorter than its 16-byte header"),
     ("zero", "declares sizes"),
     ("gzip", "cannot be read"),
-])
+  ],
+)
 def test_read_idx_rejects_a_corrupt_file_naming_it(tmp_path, case, match):
   good = fake_idx.idx_bytes(np.zeros((4, 3, 2), np.uint8))
-  payload = {"magic": b"\0\0\x09\x03" + good[4:], "ndim": fake_idx.idx_bytes(np.zeros((4, 6), np.uint8)),
-             "truncated": good[:-5], "trailing": good + b"\0", "header": good[:9],
-             "zero": fake_idx.idx_bytes(np.zeros((0, 3, 2), np.uint8)), "gzip": None}[case]
+  payload = {
+    "magic": b"\0\0\x09\x03" + good[4:],
+    "ndim": fake_idx.idx_bytes(np.zeros((4, 6), np.uint8)),
+    "truncated": good[:-5],
+    "trailing": good + b"\0",
+    "header": good[:9],
+    "zero": fake_idx.idx_bytes(np.zeros((0, 3, 2), np.uint8)),
+    "gzip": None,
+  }[case]
   path = str(tmp_path / "images.gz")
   if payload is None:
     with open(path, "wb") as f:
@@ -63,12 +75,15 @@ def test_split_errors(tmp_path):
   with pytest.raises(errors.ConfigError, match="splits"):
     idx.read_split(folder, "validation")
   x, _ = fake_idx.images(10, 0)
-  fake_idx.write_file(os.path.join(folder, "train-labels-idx1-ubyte.gz"),
-                      fake_idx.idx_bytes(np.zeros(9, np.uint8)))
+  fake_idx.write_file(
+    os.path.join(folder, "train-labels-idx1-ubyte.gz"), fake_idx.idx_bytes(np.zeros(9, np.uint8))
+  )
   with pytest.raises(errors.DataError, match="10 images.*9 labels"):
     idx.read_split(folder, "train")
-  fake_idx.write_file(os.path.join(folder, "train-labels-idx1-ubyte.gz"),
-                      fake_idx.idx_bytes(np.full(10, 12, np.uint8)))
+  fake_idx.write_file(
+    os.path.join(folder, "train-labels-idx1-ubyte.gz"),
+    fake_idx.idx_bytes(np.full(10, 12, np.uint8)),
+  )
   with pytest.raises(errors.DataError, match=r"labels in \[12, 12\]"):
     idx.read_split(folder, "train")
   del x
@@ -89,8 +104,9 @@ def test_load_and_source_read_the_idx_files_in_data_dir(tmp_path, no_debian):
   assert len(data.load("fashion_mnist", split="test", data_dir=folder)) == 12
   assert len(data.source("fashion_mnist", split="train", data_dir=folder, max_examples=7)) == 7
   small = data.load("mnist", split="train", data_dir=folder, image_size=14)  # same code, any name
-  np.testing.assert_allclose(small.x, ds.x.reshape(40, 14, 2, 14, 2, 1).mean(axis=(2, 4)),
-                             rtol=0, atol=f32_tol(1.0, 4))  # float32 means of 4 values <= 1
+  np.testing.assert_allclose(
+    small.x, ds.x.reshape(40, 14, 2, 14, 2, 1).mean(axis=(2, 4)), rtol=0, atol=f32_tol(1.0, 4)
+  )  # float32 means of 4 values <= 1
   # A subfolder named after the dataset, and TFDS_DATA_DIR, are searched too.
   fake_idx.write(tmp_path / "root" / "fashion_mnist", n_train=6, n_test=2)
   assert len(data.load("fashion_mnist", data_dir=str(tmp_path / "root"))) == 6
@@ -127,9 +143,10 @@ def test_debian_copy_is_the_fallback_and_a_corrupt_file_is_never_skipped(tmp_pat
 DEBIAN_FOLDER = idx.debian_folder("fashion_mnist")
 
 
-@pytest.mark.skipif(DEBIAN_FOLDER is None,
-                    reason="needs Debian's package dataset-fashion-mnist "
-                           "(apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+  DEBIAN_FOLDER is None,
+  reason="needs Debian's package dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
+)
 def test_the_real_fashion_mnist_files():
   train = data.source("fashion_mnist", split="train", data_dir="/nonexistent")
   test = data.load("fashion_mnist", split="test", data_dir="/nonexistent")

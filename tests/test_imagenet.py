@@ -5,6 +5,7 @@ experiments/configs/imagenet.py config, and its data path through the host pipel
 
 Comparisons are exact: the streaming path and the in-memory path run the same elementwise ops.
 """
+
 import json
 
 import numpy as np
@@ -78,7 +79,7 @@ def test_missing_imagenet_is_one_clear_error(tmp_path):
 
 
 def test_choose_placement_and_its_log_line():
-  gib = 2 ** 30
+  gib = 2**30
   # the local photos: 6000 x 16x16x3 float32 = 18 MB
   where, line = data.choose_placement(6000, (16, 16, 3), 16, 2 * gib)
   assert where == "device" and "auto -> device" in line
@@ -96,8 +97,10 @@ def test_choose_placement_and_its_log_line():
   assert data.device_memory_bytes() > 0
 
 
-@pytest.mark.parametrize("arg", ["vgg16", "resnet18,res=32", "vgg16,imagenet2012,res=96",
-                                 "resnet18,local", "vgg16,tiny,res=32"])
+@pytest.mark.parametrize(
+  "arg",
+  ["vgg16", "resnet18,res=32", "vgg16,imagenet2012,res=96", "resnet18,local", "vgg16,tiny,res=32"],
+)
 def test_configs_build(arg):
   c = imagenet.get_config(arg)
   assert c.data.placement == "host" and tuple(c.arms) == imagenet.ARMS
@@ -114,13 +117,21 @@ def test_configs_build(arg):
 
 
 def test_config_errors_and_runtime_estimate():
-  for bad, match in (("vgg16,res=48", "res=32 or res=64"), ("resnet18,imagenet2012,res=16", ">= 32"),
-                     ("vgg16,local", "ResNet18 only"), ("vgg16,rs=64", "did you mean 'res'")):
+  for bad, match in (
+    ("vgg16,res=48", "res=32 or res=64"),
+    ("resnet18,imagenet2012,res=16", ">= 32"),
+    ("vgg16,local", "ResNet18 only"),
+    ("vgg16,rs=64", "did you mean 'res'"),
+  ):
     with pytest.raises(errors.ConfigError, match=match):
       imagenet.get_config(bad)
   # the docstring's table: 2 seeds x (1 + 3 arms) x 10 epochs of 5004 steps at 100 TFLOP/s
-  for arg, hours in (("vgg16,res=32", 0.2), ("vgg16,res=64", 1.0), ("resnet18,res=32", 0.4),
-                     ("resnet18,res=64", 1.8)):
+  for arg, hours in (
+    ("vgg16,res=32", 0.2),
+    ("vgg16,res=64", 1.0),
+    ("resnet18,res=32", 0.4),
+    ("resnet18,res=64", 1.8),
+  ):
     assert round(imagenet.estimate_hours(imagenet.get_config(arg)), 1) == hours
     assert f"{hours} h" in imagenet.__doc__
 
@@ -129,25 +140,35 @@ def test_config_data_path_through_the_host_pipeline(mock):
   """What the engine's host-fed path will consume equals what the device-resident runner loads:
   the same halves, standardization and batches; upstream random labels without an [S, N] table."""
   c = imagenet.get_config("resnet18,tiny,res=32")
-  want = transfer_runner.load_data(c, placement="device")  # the device-resident path: arrays in memory
+  want = transfer_runner.load_data(
+    c, placement="device"
+  )  # the device-resident path: arrays in memory
   src = data.source(c.data.name, split="train", **c.data.kwargs)
-  idx = data.split_indices(len(src), {"upstream": c.split.upstream,
-                                      "downstream": c.split.downstream}, seed=c.split.seed)
+  idx = data.split_indices(
+    len(src), {"upstream": c.split.upstream, "downstream": c.split.downstream}, seed=c.split.seed
+  )
   up, down = src.subset(idx["upstream"]), src.subset(idx["downstream"])
   mean, std = data.channel_stats(up, max_examples=c.data.stats_examples or None)
   ids = list(range(c.train.num_seeds))
   b = c.train.batch_size
-  feed_up = pipeline.HostFeed(up, seed_ids=ids, data_seed=c.upstream.seed, batch_size=b,
-                              labels=pipeline.RandomLabels(c.upstream.label_seed, 1000),
-                              mean=mean, std=std)
+  feed_up = pipeline.HostFeed(
+    up,
+    seed_ids=ids,
+    data_seed=c.upstream.seed,
+    batch_size=b,
+    labels=pipeline.RandomLabels(c.upstream.label_seed, 1000),
+    mean=mean,
+    std=std,
+  )
   chunk = feed_up.load(0, c.upstream.num_steps)
   labels = seeds.random_labels(c.upstream.label_seed, ids, len(up), 1000)
   for s in ids:
     bi = pipeline.batch_indices(c.upstream.seed, s, len(up), b, 0, c.upstream.num_steps)
     np.testing.assert_array_equal(chunk.x[s], want.data.parts["upstream"].x[bi])
     np.testing.assert_array_equal(chunk.y[s], labels[s][bi])
-  feed_down = pipeline.HostFeed(down, seed_ids=ids, data_seed=c.downstream.seed, batch_size=b,
-                                mean=mean, std=std)
+  feed_down = pipeline.HostFeed(
+    down, seed_ids=ids, data_seed=c.downstream.seed, batch_size=b, mean=mean, std=std
+  )
   chunk = feed_down.load(1, c.downstream.num_steps)
   for s in ids:
     bi = pipeline.batch_indices(c.downstream.seed, s, len(down), b, 1, c.downstream.num_steps)
@@ -155,8 +176,9 @@ def test_config_data_path_through_the_host_pipeline(mock):
     np.testing.assert_array_equal(chunk.y[s], want.data.parts["downstream"].y[bi])
   test = data.source(c.data.name, split=c.data.test_split, **c.data.kwargs)
   tx, ty = test.take(np.arange(c.data.test_examples))
-  np.testing.assert_array_equal(data.standardize(data.to_unit_float(tx), mean, std),
-                                want.data.parts["test"].x)
+  np.testing.assert_array_equal(
+    data.standardize(data.to_unit_float(tx), mean, std), want.data.parts["test"].x
+  )
   np.testing.assert_array_equal(ty, want.data.parts["test"].y)
 
 
@@ -169,13 +191,17 @@ def test_imagenet_tiny_runs_end_to_end_through_the_host_path(mock, tmp_path, mon
   def forbidden(name):
     def fail(*args, **kwargs):
       raise AssertionError(f"{name} called: placement=host must not need it")
+
     return fail
 
   with monkeypatch.context() as m:
     m.setattr(data, "load", forbidden("data.load"))
     out = transfer_runner.run(c, str(tmp_path))
-  assert out["data"] == {"name": "imagenet", "placement": "host",
-                         "sizes": {"upstream": 24, "downstream": 24, "test": 16}}
+  assert out["data"] == {
+    "name": "imagenet",
+    "placement": "host",
+    "sizes": {"upstream": 24, "downstream": 24, "test": 16},
+  }
   assert list(out["arms"]) == list(imagenet.ARMS)
   assert out["upstream"]["num_steps"] == 3 and out["upstream"]["num_classes"] == 1000
   for arm in imagenet.ARMS:
@@ -187,7 +213,9 @@ def test_imagenet_tiny_runs_end_to_end_through_the_host_path(mock, tmp_path, mon
     assert r["num_diverged"] == 0
   # The statistics: streamed over the upstream half, as load_splits computes them on arrays.
   src = data.source("imagenet", split="train", image_size=32)
-  up = src.subset(data.split_indices(len(src), {"upstream": 24, "downstream": 24}, seed=0)["upstream"])
+  up = src.subset(
+    data.split_indices(len(src), {"upstream": 24, "downstream": 24}, seed=0)["upstream"]
+  )
   want_mean, want_std = data.channel_stats(up)
   stats = json.loads((tmp_path / "phases" / "standardization.json").read_text())
   np.testing.assert_array_equal(stats["mean"], want_mean)
@@ -196,21 +224,22 @@ def test_imagenet_tiny_runs_end_to_end_through_the_host_path(mock, tmp_path, mon
   # Rerun: every phase and the statistics are read back.
   with monkeypatch.context() as m:
     m.setattr(data, "load", forbidden("data.load"))
-    m.setattr(train, "run_calls", forbidden("train.run_calls"))   # every engine call runs here
+    m.setattr(train, "run_calls", forbidden("train.run_calls"))  # every engine call runs here
     m.setattr(data, "channel_stats", forbidden("data.channel_stats"))
     again = transfer_runner.run(c, str(tmp_path))
   assert {k: v for k, v in again.items() if k != "runtime_s"} == {
-      k: v for k, v in out.items() if k != "runtime_s"}
+    k: v for k, v in out.items() if k != "runtime_s"
+  }
 
 
 def test_auto_placement_picks_by_size(mock, monkeypatch):
   c = imagenet.get_config("resnet18,tiny,res=32")
   c.data.placement = "auto"
-  d = transfer_runner.load_data(c)   # 24 images of 32x32x3: device
+  d = transfer_runner.load_data(c)  # 24 images of 32x32x3: device
   assert d.data.placement == "device" and d.data.parts["upstream"].x.shape == (24, 32, 32, 3)
   arrays = d.data.parts["upstream"].x
-  monkeypatch.setattr(data, "device_memory_bytes", lambda device=None: 100_000)   # 100 kB "device"
+  monkeypatch.setattr(data, "device_memory_bytes", lambda device=None: 100_000)  # 100 kB "device"
   d = transfer_runner.load_data(c)
   assert d.data.placement == "host" and isinstance(d.data.parts["upstream"], inputs.StreamSplit)
-  assert d.x_up.shape == (16, 32, 32, 3)       # the first layerwise.num_examples, for the arms
-  np.testing.assert_array_equal(d.x_up, arrays[:16])   # the same rows, the same floats
+  assert d.x_up.shape == (16, 32, 32, 3)  # the first layerwise.num_examples, for the arms
+  np.testing.assert_array_equal(d.x_up, arrays[:16])  # the same rows, the same floats

@@ -1,4 +1,5 @@
 """Tests of rl_align.init: covariance-aligned initializers, f interpolation, section 2.5, rescaling."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -39,27 +40,30 @@ def test_dense_kernel_columns_have_covariance_sigma():
 
 def test_conv_kernel_flattens_in_patch_order():
   # A diagonal Sigma with distinct variances per (kh, kw, C) coordinate pins down the order.
-  var = np.arange(1, 13, dtype=np.float64)            # 2 x 2 x 3 = 12
+  var = np.arange(1, 13, dtype=np.float64)  # 2 x 2 x 3 = 12
   cov = np.diag(var)
-  cov[0, 5] = cov[5, 0] = 0.5                         # one correlated pair
+  cov[0, 5] = cov[5, 0] = 0.5  # one correlated pair
   k = np.asarray(init.covariance_init(cov)(jax.random.key(1), (2, 2, 3, 30_000)))
   _assert_sample_moment(covariance.weight_covariance(k), cov, 30_000, "conv second moment")
   # (kh, kw, C) order: a sample variance has relative std sqrt(2 / n); 5 sigma.
   assert k[1, 0, 2].astype(np.float64).var() == pytest.approx(
-      var[1 * 6 + 0 * 3 + 2], rel=sampling_tol(np.sqrt(2), 30_000))
+    var[1 * 6 + 0 * 3 + 2], rel=sampling_tol(np.sqrt(2), 30_000)
+  )
 
 
 def test_transfer_function_hits_knots_and_is_linear_in_log_lambda():
   lam = np.array([0.01, 0.1, 1.0, 10.0])
-  fv = np.array([0.2, 0.5, 0.3, 0.4])                  # rises and falls: not monotone
+  fv = np.array([0.2, 0.5, 0.3, 0.4])  # rises and falls: not monotone
   f = init.TransferFunction(lam, fv)
   # float64 interpolation in log lambda: the logs (|log| <= 12) round, times slopes <= 0.13 per
   # unit of log, plus a few roundings of values <= 0.5 (tests/tolerances.py).
   tol = f64_tol(12 * 0.13 + 0.5, 8)
   np.testing.assert_allclose(f(lam), fv, rtol=0, atol=tol)
   np.testing.assert_allclose(f(np.sqrt(0.1 * 1.0)), 0.4, rtol=0, atol=tol)  # midpoint in log lambda
-  np.testing.assert_allclose(f(0.1 * 10 ** 0.25), 0.5 - 0.25 * 0.2, rtol=0, atol=tol)
-  np.testing.assert_allclose(f([1e-5, 0.0, 1e3]), [0.2, 0.2, 0.4], rtol=0, atol=tol)  # constant outside
+  np.testing.assert_allclose(f(0.1 * 10**0.25), 0.5 - 0.25 * 0.2, rtol=0, atol=tol)
+  np.testing.assert_allclose(
+    f([1e-5, 0.0, 1e3]), [0.2, 0.2, 0.4], rtol=0, atol=tol
+  )  # constant outside
 
 
 def test_transfer_init_builds_v_diag_f2_vt():
@@ -105,8 +109,9 @@ def test_works_as_kernel_init_of_plain_flax_layers():
   class Net(nn.Module):
     @nn.compact
     def __call__(self, x):
-      x = nn.relu(nn.Conv(8, (2, 2), padding="VALID",
-                          kernel_init=init.covariance_init(cov_conv))(x))
+      x = nn.relu(
+        nn.Conv(8, (2, 2), padding="VALID", kernel_init=init.covariance_init(cov_conv))(x)
+      )
       x = x.reshape(x.shape[0], -1)[:, :7]
       return nn.Dense(3, kernel_init=init.covariance_init(cov_dense))(x)
 
@@ -118,7 +123,7 @@ def test_works_as_kernel_init_of_plain_flax_layers():
 class _Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
-    h = nn.relu(nn.Dense(6, name="b_first")(x))      # construction order != alphabetical order
+    h = nn.relu(nn.Dense(6, name="b_first")(x))  # construction order != alphabetical order
     h = nn.relu(nn.Dense(512, name="a_second")(h))
     return nn.Dense(3, name="head")(h)
 
@@ -146,15 +151,16 @@ def test_low_rank_input_spectrum_matches_full():
   x = np.random.default_rng(1).normal(size=(30, 50)) @ np.diag(np.linspace(0.1, 3, 50))
   lam_f, v_f = init.input_spectrum(x)
   lam_l, v_l = init.input_spectrum(x, max_full_dim=10)
-  assert len(lam_l) == 29                                   # rank n - 1 after centering
+  assert len(lam_l) == 29  # rank n - 1 after centering
   # Two float64 eigensolvers (30 x 30 Gram vs 50 x 50 covariance): eigenvalue errors normwise,
   # <= f64_tol(lam_max, d^2); eigenvectors off by delta <= that / gap, so |cos| - 1 ~ delta^2 on
   # top of a 50-term dot product (tests/tolerances.py).
   lam_tol = float(f64_tol(lam_f[0], 50 * 50))
   np.testing.assert_allclose(lam_l, lam_f[:29], rtol=0, atol=lam_tol)
   delta = lam_tol / np.min(-np.diff(lam_f[:30]))
-  np.testing.assert_allclose(np.abs(np.sum(v_l * v_f[:, :29], 0)), 1.0, rtol=0,
-                             atol=delta**2 + f64_tol(1.0, 50))
+  np.testing.assert_allclose(
+    np.abs(np.sum(v_l * v_f[:, :29], 0)), 1.0, rtol=0, atol=delta**2 + f64_tol(1.0, 50)
+  )
 
 
 def test_weight_scaling_control_restores_norms_and_refreshes_head():
@@ -169,26 +175,35 @@ def test_weight_scaling_control_restores_norms_and_refreshes_head():
     # n u), then one multiply per entry; the test's norms and cosine are float64.
     o, t = (np.asarray(a[layer]["kernel"], np.float64) for a in (out, trained))
     n = o.size
-    np.testing.assert_allclose(np.linalg.norm(o), np.linalg.norm(np.asarray(
-        at_init[layer]["kernel"], np.float64)), rtol=f32_tol(1.0, n + 3))
+    np.testing.assert_allclose(
+      np.linalg.norm(o),
+      np.linalg.norm(np.asarray(at_init[layer]["kernel"], np.float64)),
+      rtol=f32_tol(1.0, n + 3),
+    )
     cos = np.sum(o * t) / (np.linalg.norm(o) * np.linalg.norm(t))
-    assert cos == pytest.approx(1.0, abs=f32_tol(1.0, 1))     # direction kept: one rounding each
-    np.testing.assert_array_equal(out[layer]["bias"], 0.0)   # zero at init -> zero
+    assert cos == pytest.approx(1.0, abs=f32_tol(1.0, 1))  # direction kept: one rounding each
+    np.testing.assert_array_equal(out[layer]["bias"], 0.0)  # zero at init -> zero
   for k in ("kernel", "bias"):
     np.testing.assert_array_equal(out["head"][k], fresh["head"][k])
 
 
 def test_pooled_transfer_bins_and_whitening_filters():
-  f = init.pooled_transfer([np.array([1.0, 2.0]), np.array([1.0, 2.0])],
-                           [np.array([0.3, 0.5]), np.array([0.4, 0.5])])
-  np.testing.assert_allclose(f([1.0, 2.0]), [np.sqrt((0.09 + 0.16) / 2), 0.5], rtol=0,
-                             atol=f64_tol(0.5, 4))            # a float64 RMS of 2 values
+  f = init.pooled_transfer(
+    [np.array([1.0, 2.0]), np.array([1.0, 2.0])], [np.array([0.3, 0.5]), np.array([0.4, 0.5])]
+  )
+  np.testing.assert_allclose(
+    f([1.0, 2.0]), [np.sqrt((0.09 + 0.16) / 2), 0.5], rtol=0, atol=f64_tol(0.5, 4)
+  )  # a float64 RMS of 2 values
   binned = init.pooled_transfer([np.geomspace(1e-3, 1, 40)], [np.ones(40)], num_bins=4)
   assert binned.values.size == 4
   cov = _random_cov(4)
   w = init.whitening_filters(cov, 10, eps=0.0)
   assert w.shape == (4, 10) and np.all(w[:, 8:] == 0)
-  np.testing.assert_array_equal(w[:, 0], -w[:, 1])             # negation: exact
+  np.testing.assert_array_equal(w[:, 0], -w[:, 1])  # negation: exact
   # float64 eigh + quadratic forms, relative error <= f64_tol(kappa, d^2) (as test_alignment).
-  np.testing.assert_allclose(np.diag(w[:, 0:8:2].T @ cov @ w[:, 0:8:2]), 1.0, rtol=0,
-                             atol=f64_tol(np.linalg.cond(cov), 4 * 4))
+  np.testing.assert_allclose(
+    np.diag(w[:, 0:8:2].T @ cov @ w[:, 0:8:2]),
+    1.0,
+    rtol=0,
+    atol=f64_tol(np.linalg.cond(cov), 4 * 4),
+  )

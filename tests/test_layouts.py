@@ -21,6 +21,7 @@ with `chain` the reductions and elementwise ops of one SGD step (_CHAIN).  The r
 bound is ~1e-3 of the largest parameter, while members with another seed, point or data order
 differ by O(param): checked > 100x the bound wherever the test has such a pair.
 """
+
 import os
 
 import jax
@@ -33,16 +34,20 @@ from tests import multihost
 from tests.tolerances import assert_same_accuracy, assert_same_run
 
 # (member_lift, conv_impl) of each accelerator layout; conv_impl None: the dense net.
-LAYOUTS = [pytest.param("vmap", None, id="vmap"),
-           pytest.param("vmap", "im2col", id="vmap_im2col"),
-           pytest.param("vmap", "pallas", id="vmap_pallas")]
+LAYOUTS = [
+  pytest.param("vmap", None, id="vmap"),
+  pytest.param("vmap", "im2col", id="vmap_im2col"),
+  pytest.param("vmap", "pallas", id="vmap_pallas"),
+]
 N, BATCH, EPOCHS, CLASSES = 32, 16, 2, 4
 STEPS = EPOCHS * N // BATCH
 # One SGD step's rounding chain on 8x8x3 inputs (as tests/test_train.py counts it): forward
 # reductions of every layer, the backward ones, the batch sums of the kernel gradients (x 36
 # output positions for the conv kernel) and ~8 elementwise ops.
-_CHAIN = {None: 192 + 8 + 4 + 8 + BATCH + BATCH + 8,                          # DenseNet((8,))
-          "conv": 27 + 144 + 8 + 4 + 8 + 144 + BATCH * 36 + 8}              # PaperCNN(4, 8)
+_CHAIN = {
+  None: 192 + 8 + 4 + 8 + BATCH + BATCH + 8,  # DenseNet((8,))
+  "conv": 27 + 144 + 8 + 4 + 8 + 144 + BATCH * 36 + 8,
+}  # PaperCNN(4, 8)
 
 
 def _model(impl):
@@ -82,8 +87,10 @@ def _labels(cfg, root=1):
 
 
 def _max_gap(a, b, pick_a=slice(None), pick_b=slice(None)):
-  return max(float(np.abs(np.asarray(u)[pick_a] - np.asarray(v)[pick_b]).max())
-             for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return max(
+    float(np.abs(np.asarray(u)[pick_a] - np.asarray(v)[pick_b]).max())
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 @pytest.mark.parametrize("lift,impl", LAYOUTS)
@@ -94,22 +101,29 @@ def test_packed_member_equals_its_point_alone(photos, lift, impl, tmp_path):
   @train.driven
   def point(p, workdir=None):
     cfg = _cfg(lift, impl, learning_rate=p["learning_rate"])
-    return (yield train.call(_model(impl), cfg, x, _labels(cfg, p["label_root"]),
-                             workdir=workdir))
+    return (yield train.call(_model(impl), cfg, x, _labels(cfg, p["label_root"]), workdir=workdir))
 
   alone = [point(p) for p in points]
   programs = []
-  packed = packing.run_lockstep([point.steps(p, str(tmp_path / f"p{i}"))
-                                 for i, p in enumerate(points)], str(tmp_path / "packed"), programs)
+  packed = packing.run_lockstep(
+    [point.steps(p, str(tmp_path / f"p{i}")) for i, p in enumerate(points)],
+    str(tmp_path / "packed"),
+    programs,
+  )
   assert all(err is None for _, err in packed), [err for _, err in packed]
   assert programs == [4], "2 points x 2 seeds must run as ONE program"
   for i, (a, (b, _)) in enumerate(zip(alone, packed)):
     assert a.layout == b.layout == _layout_name(lift, impl)
     # 4 members vs 2 in one vmap: another program, so not bitwise even on CPU.
     tol = assert_same_run(b.params, a.params, STEPS, _chain(impl), f"point {i}", bitwise=False)
-    assert_same_accuracy(b.final_metrics["train_accuracy"], a.final_metrics["train_accuracy"],
-                         N, f"point {i}", bitwise=False)
-    assert _max_gap(a.params, packed[1 - i][0].params) > 100 * tol   # the bound is sharp
+    assert_same_accuracy(
+      b.final_metrics["train_accuracy"],
+      a.final_metrics["train_accuracy"],
+      N,
+      f"point {i}",
+      bitwise=False,
+    )
+    assert _max_gap(a.params, packed[1 - i][0].params) > 100 * tol  # the bound is sharp
 
 
 @pytest.mark.parametrize("lift,impl", LAYOUTS)
@@ -117,14 +131,21 @@ def test_host_fed_equals_device_resident(photos, lift, impl, tmp_path):
   src, mean, std, x = photos
   cfg = _cfg(lift, impl)
   dev = train.train(_model(impl), cfg, x, _labels(cfg))
-  feed = pipeline.HostFeed(src, seed_ids=seeds.seed_ids(cfg), data_seed=cfg.seed,
-                           batch_size=BATCH, mean=mean, std=std,
-                           labels=pipeline.RandomLabels(1, CLASSES))
+  feed = pipeline.HostFeed(
+    src,
+    seed_ids=seeds.seed_ids(cfg),
+    data_seed=cfg.seed,
+    batch_size=BATCH,
+    mean=mean,
+    std=std,
+    labels=pipeline.RandomLabels(1, CLASSES),
+  )
   host = train.train(_model(impl), cfg, feed, None, workdir=str(tmp_path))
   assert dev.layout == host.layout == _layout_name(lift, impl)
   assert_same_run(host.params, dev.params, STEPS, _chain(impl), "host-fed")
-  assert_same_accuracy(host.final_metrics["train_accuracy"], dev.final_metrics["train_accuracy"],
-                       N, "host-fed")
+  assert_same_accuracy(
+    host.final_metrics["train_accuracy"], dev.final_metrics["train_accuracy"], N, "host-fed"
+  )
 
 
 @pytest.mark.parametrize("lift,impl", LAYOUTS)
@@ -133,15 +154,16 @@ def test_resumed_run_equals_uninterrupted(photos, lift, impl, tmp_path):
   cfg = _cfg(lift, impl)
   full = train.train(_model(impl), cfg, x, _labels(cfg), workdir=str(tmp_path / "a"))
   # Interrupted after one epoch (a shorter run on the same workdir), then the full run resumes.
-  train.train(_model(impl), _cfg(lift, impl, num_epochs=1), x, _labels(cfg),
-              workdir=str(tmp_path / "b"))
+  train.train(
+    _model(impl), _cfg(lift, impl, num_epochs=1), x, _labels(cfg), workdir=str(tmp_path / "b")
+  )
   resumed = train.train(_model(impl), cfg, x, _labels(cfg), workdir=str(tmp_path / "b"))
   assert resumed.layout == _layout_name(lift, impl)
-  assert min(r["step"] for r in resumed.metrics) == STEPS // EPOCHS   # resumed, not re-run
+  assert min(r["step"] for r in resumed.metrics) == STEPS // EPOCHS  # resumed, not re-run
   assert_same_run(resumed.params, full.params, STEPS, _chain(impl), "resumed")
 
 
-@pytest.mark.slow   # several processes
+@pytest.mark.slow  # several processes
 @pytest.mark.parametrize("lift,impl", LAYOUTS)
 def test_two_processes_equal_one(lift, impl, worker_launch):
   """1 process x 2 devices vs 2 processes x 1 device (jax.distributed, gloo on CPU), device-
@@ -159,17 +181,21 @@ def test_two_processes_equal_one(lift, impl, worker_launch):
     assert (log["process_count"], log["devices"]) == (count, 2)
   one, two = multihost.params(one_dir), multihost.params(two_dir)
   assert_same_run(two, one, 6, _chain(impl), "2 processes", bitwise=True)
-  assert_same_accuracy(np.load(os.path.join(two_dir, "train_accuracy.npy")),
-                       np.load(os.path.join(one_dir, "train_accuracy.npy")), 32, "2 processes",
-                       bitwise=True)
-  assert not np.array_equal(one[0][0], one[0][1])   # the members did train differently
+  assert_same_accuracy(
+    np.load(os.path.join(two_dir, "train_accuracy.npy")),
+    np.load(os.path.join(one_dir, "train_accuracy.npy")),
+    32,
+    "2 processes",
+    bitwise=True,
+  )
+  assert not np.array_equal(one[0][0], one[0][1])  # the members did train differently
 
 
 def test_same_run_helpers_catch_what_they_must():
   """The helpers above: bitwise where asked, the float32 run bound elsewhere, one example of
   accuracy; each fails on a difference just past its bound."""
   a = np.ones((3, 4), np.float32)
-  tol = assert_same_run(a + 1e-5, a, 8, 624, "x", bitwise=False)   # 2 eps x 1 x 4992 = 1.2e-3
+  tol = assert_same_run(a + 1e-5, a, 8, 624, "x", bitwise=False)  # 2 eps x 1 x 4992 = 1.2e-3
   assert 1e-3 < tol < 1.3e-3
   with pytest.raises(AssertionError, match="rounding bound"):
     assert_same_run(a + 2 * tol, a, 8, 624, "x", bitwise=False)

@@ -21,6 +21,7 @@ What cannot lower: the Pallas block on TPU (`layout.UNSUPPORTED`: Triton kernels
 TPU kernels).  `choose_layout` never picks it, `resolve` refuses it with a ConfigError naming the
 platform and the fix, and its lowering fails (both asserted below).
 """
+
 import importlib
 
 import jax
@@ -40,16 +41,16 @@ CIFAR, CIFAR_TRAIN = (32, 32, 3), 50_000
 # name -> (config module, argument, panel (Fig 20) or None, example shape, training examples):
 # each the paper-scale config a user runs, with the shapes of its dataset's training split.
 CASES = {
-    "fig5_paper_cnn": ("fig5", "", None, CIFAR, 20_000),          # upstream split, batch 256
-    "fig4_paper_cnn": ("fig4_cnn", "random", None, CIFAR, CIFAR_TRAIN),   # 50 seeds
-    "fig1_vgg16": ("fig1", "negative", None, CIFAR, 20_000),
-    "fig3_wrn_28_4": ("fig3", "", None, CIFAR, CIFAR_TRAIN),      # 70 seeds, 5x5 stem
-    "specialization_resnet18": ("specialization", "resnet18_cifar10", None, CIFAR, 20_000),
-    "fig20_dense": ("fig20", "all", "middle", (30,), 10_000),
-    "imagenet_vgg16": ("imagenet", "", None, (64, 64, 3), 100_000),   # placement host
-    # The paper CNN on Fashion-MNIST (28x28x1): other Pallas block shapes (k*k*C = 9, 26x26).
-    "fig5_fmnist_cnn": ("fig5", "fmnist", None, (28, 28, 1), 25_000),     # 64 filters, batch 128
-    "fig4_fmnist_cnn": ("fig4_cnn", "random,fmnist", None, (28, 28, 1), 4_000),   # eval 1024
+  "fig5_paper_cnn": ("fig5", "", None, CIFAR, 20_000),  # upstream split, batch 256
+  "fig4_paper_cnn": ("fig4_cnn", "random", None, CIFAR, CIFAR_TRAIN),  # 50 seeds
+  "fig1_vgg16": ("fig1", "negative", None, CIFAR, 20_000),
+  "fig3_wrn_28_4": ("fig3", "", None, CIFAR, CIFAR_TRAIN),  # 70 seeds, 5x5 stem
+  "specialization_resnet18": ("specialization", "resnet18_cifar10", None, CIFAR, 20_000),
+  "fig20_dense": ("fig20", "all", "middle", (30,), 10_000),
+  "imagenet_vgg16": ("imagenet", "", None, (64, 64, 3), 100_000),  # placement host
+  # The paper CNN on Fashion-MNIST (28x28x1): other Pallas block shapes (k*k*C = 9, 26x26).
+  "fig5_fmnist_cnn": ("fig5", "fmnist", None, (28, 28, 1), 25_000),  # 64 filters, batch 128
+  "fig4_fmnist_cnn": ("fig4_cnn", "random,fmnist", None, (28, 28, 1), 4_000),  # eval 1024
 }
 
 
@@ -59,6 +60,7 @@ def paper_case(name: str):
   c = importlib.import_module(f"experiments.configs.{module}").get_config(arg)
   if panel is not None:
     from rl_align.runners import eigenmap  # pylint: disable=g-import-not-at-top
+
     c = eigenmap.panel_config(c, panel)
   return models.build(c.model), c.train, (n,) + tuple(example)
 
@@ -66,8 +68,7 @@ def paper_case(name: str):
 def engine_for(platform: str, model, cfg, x_shape, n_members=None, with_decay=None):
   """The Engine this host builds of the program `platform` runs (`layout.pinned_config`)."""
   pinned = layout.pinned_config(model, cfg, platform, x_shape[1:])
-  return core.Engine(model, pinned, x_shape, n_members or int(cfg.num_seeds),
-                     with_decay=with_decay)
+  return core.Engine(model, pinned, x_shape, n_members or int(cfg.num_seeds), with_decay=with_decay)
 
 
 def lower(eng, program: str, platform: str):
@@ -104,15 +105,20 @@ def gpu_host(monkeypatch):
 @pytest.mark.parametrize("name", list(CASES))
 def test_paper_configs_lower_in_their_auto_layout(name, platform):
   model, cfg, x_shape = paper_case(name)
-  assert cfg.member_lift == "auto" and cfg.conv_impl == "auto"   # what a user runs
+  assert cfg.member_lift == "auto" and cfg.conv_impl == "auto"  # what a user runs
   eng = engine_for(platform, model, cfg, x_shape)
   want = layout.choose_layout(model, platform)
-  assert eng.layout == want and eng.microbatch == cfg.batch_size     # vmap, im2col, full batch
+  assert eng.layout == want and eng.microbatch == cfg.batch_size  # vmap, im2col, full batch
   if int(cfg.num_seeds) % 2 == 0:
-    assert eng.mesh.size == 2                   # sharded over both devices of the suite
+    assert eng.mesh.size == 2  # sharded over both devices of the suite
   host_fed = name == "imagenet_vgg16"
-  texts = check_lowers(eng, platform, ("chunk_fed", "evaluate") if host_fed else
-                       ("chunk", "evaluate") + (("init",) if name == "fig5_paper_cnn" else ()))
+  texts = check_lowers(
+    eng,
+    platform,
+    ("chunk_fed", "evaluate")
+    if host_fed
+    else ("chunk", "evaluate") + (("init",) if name == "fig5_paper_cnn" else ()),
+  )
   assert not any(TRITON in t for t in texts.values())
 
 
@@ -147,8 +153,8 @@ def _check_triton_kernels(eng, lift: str) -> None:
   texts = check_lowers(eng, "cuda")
   # unroll: one forward and one backward kernel per member of a device (2 on each of 2 devices).
   copies = eng.m_pad // eng.mesh.size if lift == "unroll" else 1
-  assert texts["chunk"].count(f"@{TRITON}") == 2 * copies       # forward and backward kernels
-  assert texts["evaluate"].count(f"@{TRITON}") == copies        # forward only
+  assert texts["chunk"].count(f"@{TRITON}") == 2 * copies  # forward and backward kernels
+  assert texts["evaluate"].count(f"@{TRITON}") == copies  # forward only
 
 
 @pytest.mark.parametrize("dtype", models.DTYPES)
@@ -173,10 +179,13 @@ def test_pallas_block_lowers_to_triton_at_the_fmnist_shapes(name, gpu_host):
 def test_pallas_block_cannot_run_on_tpu_and_auto_never_picks_it(gpu_host):
   del gpu_host
   model, cfg, x_shape = _paper_cnn(impl="pallas")
-  with pytest.raises(errors.ConfigError, match=r"conv_impl='pallas' cannot run on tpu: .*Triton"
-                                               r".*Fix: .*--config.train.conv_impl=auto; it picks "
-                                               r"'im2col' there\) or another of \('lax', "
-                                               r"'im2col', 'fused'\)\.$"):
+  with pytest.raises(
+    errors.ConfigError,
+    match=r"conv_impl='pallas' cannot run on tpu: .*Triton"
+    r".*Fix: .*--config.train.conv_impl=auto; it picks "
+    r"'im2col' there\) or another of \('lax', "
+    r"'im2col', 'fused'\)\.$",
+  ):
     engine_for("tpu", model, cfg, x_shape)
   # The reason is real: the program a GPU runs does not lower for TPU (Pallas's TPU lowering
   # meets Triton compiler parameters: jax 0.10 trips an assertion or raises a ValueError).
@@ -205,15 +214,23 @@ def test_bf16_paper_cnn_lowers_with_bf16_matmuls(platform):
 def test_packed_sweep_group_lowers(platform):
   from experiments.configs import fig20  # pylint: disable=g-import-not-at-top
   from rl_align.runners import eigenmap  # pylint: disable=g-import-not-at-top
+
   config = eigenmap.panel_config(fig20.get_config("right"), "right")
-  points = sweep.expand(config, sweep.parse_axes(
-      ["train.learning_rate=0.01,0.05", "train.weight_decay=0.0,0.0005"], []))
-  (group,) = sweep.group_points(points)              # all four points: one packed program
+  points = sweep.expand(
+    config, sweep.parse_axes(["train.learning_rate=0.01,0.05", "train.weight_decay=0.0,0.0005"], [])
+  )
+  (group,) = sweep.group_points(points)  # all four points: one packed program
   members = seeds.Members.concat([seeds.Members.of(points[i].config.train) for i in group])
   assert len(set(members.learning_rate)) == 2 and len(set(members.weight_decay)) == 2
   c = points[group[0]].config
   d = len(c.data.kwargs.stds)
-  eng = engine_for(platform, models.build(c.model), c.train, (int(c.data.kwargs.n), d),
-                   n_members=len(members), with_decay=any(w != 0 for w in members.weight_decay))
+  eng = engine_for(
+    platform,
+    models.build(c.model),
+    c.train,
+    (int(c.data.kwargs.n), d),
+    n_members=len(members),
+    with_decay=any(w != 0 for w in members.weight_decay),
+  )
   assert eng.with_decay and eng.m_pad == len(members) == 4 * int(c.train.num_seeds)
   check_lowers(eng, platform)

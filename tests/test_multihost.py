@@ -6,6 +6,7 @@ feeding only its own members; `tests/multihost_worker.py`) equals device-residen
 The binary's test compares with one reference run (`one_process`: 1 process x 2 devices, 24
 epochs); the worker's tests read the session's one multi-process launch of tests/multihost_worker.py
 (`worker_launch`, tests/multihost.py), which also runs tests/test_layouts.py's trainings."""
+
 import os
 import signal
 import time
@@ -17,11 +18,15 @@ from tests import multihost
 from tests.helpers import run_python
 from tests.tolerances import assert_same_accuracy, assert_same_run
 
-ARGS = ["-m", "experiments.eigenvalue_map", "--config=experiments/configs/fig20.py:right,tiny",
-        "--config.train.checkpoint_every_secs=0"]
-LONGER = ["--config.train.num_epochs=24"]   # 96 steps, a checkpoint at every epoch
+ARGS = [
+  "-m",
+  "experiments.eigenvalue_map",
+  "--config=experiments/configs/fig20.py:right,tiny",
+  "--config.train.checkpoint_every_secs=0",
+]
+LONGER = ["--config.train.num_epochs=24"]  # 96 steps, a checkpoint at every epoch
 TIMEOUT = multihost.TIMEOUT
-pytestmark = pytest.mark.slow   # every test starts several processes
+pytestmark = pytest.mark.slow  # every test starts several processes
 
 
 def _start(workdir, n: int, extra=()):
@@ -50,12 +55,13 @@ def test_two_processes_killed_with_sigkill_and_relaunched_equal_one_process(one_
   procs = _start(tmp_path, 2, LONGER)
   ckpt = tmp_path / "right" / "train_state" / "checkpoints"
   deadline = time.time() + TIMEOUT
-  while time.time() < deadline and not (ckpt.exists() and any(
-      d.name.isdigit() and int(d.name) >= 8 for d in ckpt.iterdir())):
+  while time.time() < deadline and not (
+    ckpt.exists() and any(d.name.isdigit() and int(d.name) >= 8 for d in ckpt.iterdir())
+  ):
     time.sleep(0.2)
   assert all(p.poll() is None for p in procs), "the run ended before it could be killed"
   procs[1].send_signal(signal.SIGKILL)
-  procs[0].kill()   # its peer is gone: it would wait in a collective until gloo's timeout
+  procs[0].kill()  # its peer is gone: it would wait in a collective until gloo's timeout
   for p in procs:
     p.communicate(timeout=60)
   outs = multihost.wait(_start(tmp_path, 2, LONGER))
@@ -75,8 +81,9 @@ def test_two_processes_killed_with_sigkill_and_relaunched_equal_one_process(one_
 
 
 def _worker_run(out, devices: int, *extra):
-  proc = run_python(*multihost.WORKER, f"--out={out}", *extra, env=multihost.env(devices),
-                    timeout=TIMEOUT)
+  proc = run_python(
+    *multihost.WORKER, f"--out={out}", *extra, env=multihost.env(devices), timeout=TIMEOUT
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 
@@ -88,7 +95,7 @@ def test_two_processes_host_fed_equal_one_process_device_resident(worker_launch)
   assert "on 2 cpu device(s) in 1 process(es)" in worker_launch["one"][1]
   log = multihost.feed_log(ref, 0)
   assert (log["process_count"], log["devices"]) == (1, 2)
-  assert log["loads"] == []   # device-resident: no host feed loaded anything
+  assert log["loads"] == []  # device-resident: no host feed loaded anything
   assert "on 2 cpu device(s) in 2 process(es)" in worker_launch["two"][0][1]
   want, got = multihost.params(ref), multihost.params(fed)
   assert len(want) == len(got) == 6
@@ -97,9 +104,12 @@ def test_two_processes_host_fed_equal_one_process_device_resident(worker_launch)
     # The same arithmetic on the same batches: bitwise on CPU; off CPU the bound over 12 steps of
     # PaperCNN(4, 8) on 8x8x3, 919 roundings a step (tests/test_layouts.py).
     assert_same_run(b, a, 12, 919, "params")
-  assert not np.array_equal(want[0][0], want[0][1])   # the members did train differently
-  assert_same_accuracy(np.load(os.path.join(fed, "train_accuracy.npy")),
-                       np.load(os.path.join(ref, "train_accuracy.npy")), 32)
+  assert not np.array_equal(want[0][0], want[0][1])  # the members did train differently
+  assert_same_accuracy(
+    np.load(os.path.join(fed, "train_accuracy.npy")),
+    np.load(os.path.join(ref, "train_accuracy.npy")),
+    32,
+  )
   # Each process's feed produced only its own members' batches, all 12 steps of them.
   served = []
   for pid in range(2):
@@ -108,12 +118,12 @@ def test_two_processes_host_fed_equal_one_process_device_resident(worker_launch)
     assert log["devices"] == 2
     assert log["loads"], f"process {pid} loaded no chunk"
     ids = {tuple(c["seed_ids"]) for c in log["loads"]}
-    assert len(ids) == 1, ids   # one local feed, always the same members
+    assert len(ids) == 1, ids  # one local feed, always the same members
     served.append(list(ids.pop()))
     steps = [(c["t0"], c["t1"]) for c in log["loads"]]
     assert steps[0][0] == 0 and steps[-1][1] == 12, steps
     assert all(a[1] == b[0] for a, b in zip(steps, steps[1:])), steps
-  assert served == [[0, 1], [2, 3]], served   # disjoint, together every seed id
+  assert served == [[0, 1], [2, 3]], served  # disjoint, together every seed id
 
 
 def test_host_fed_run_killed_with_sigkill_resumes_to_the_same_params(worker_launch, tmp_path):
@@ -121,20 +131,29 @@ def test_host_fed_run_killed_with_sigkill_resumes_to_the_same_params(worker_laun
   relaunch resumes from its last checkpoint (the step is the pipeline's whole position) and ends
   with the parameters of an uninterrupted run, bitwise."""
   fed = tmp_path / "fed"
-  run = ["--num_epochs=8"]   # 48 steps; the killed run checkpoints at every log step (3)
+  run = ["--num_epochs=8"]  # 48 steps; the killed run checkpoints at every log step (3)
   # The uninterrupted reference: the launch's "kill_ref" (1 process x 2 devices, device-resident).
   ref = os.path.join(worker_launch["root"], "one", "kill_ref")
   log = multihost.feed_log(ref, 0)
   assert (log["process_count"], log["devices"], log["loads"]) == (1, 2, [])
-  killed = run_python(*multihost.WORKER, f"--out={fed}", *run, "--buffer_steps=4",
-                      "--kill_at_step=24", env=multihost.env(2), timeout=TIMEOUT)
+  killed = run_python(
+    *multihost.WORKER,
+    f"--out={fed}",
+    *run,
+    "--buffer_steps=4",
+    "--kill_at_step=24",
+    env=multihost.env(2),
+    timeout=TIMEOUT,
+  )
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   assert not (fed / "params.npz").exists()
   proc = _worker_run(fed, 2, *run, "--buffer_steps=4")
-  resumed = [int(w) for w in proc.stderr.replace(",", " ").split("resumed from step")[1].split()[:1]]
+  resumed = [
+    int(w) for w in proc.stderr.replace(",", " ").split("resumed from step")[1].split()[:1]
+  ]
   assert resumed and 0 < resumed[0] < 48, proc.stderr[-2000:]
   want = multihost.params(ref)
   got = multihost.params(fed)
   assert len(want) == len(got) == 6
   for a, b in zip(want, got):
-    assert_same_run(b, a, 48, 919, "params")   # bitwise on CPU; off CPU as above, 48 steps
+    assert_same_run(b, a, 48, 919, "params")  # bitwise on CPU; off CPU as above, 48 steps

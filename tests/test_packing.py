@@ -1,5 +1,6 @@
 """Packed sweeps without threads: runners are generators of train calls, advanced in lockstep; a
 member of a packed program equals its point run alone (bitwise on CPU)."""
+
 import logging
 import os
 
@@ -31,10 +32,13 @@ def data():
 # Points differing only in packable fields: learning rate, momentum, weight decay, root seed, init
 # scale (a model field) and label draw.
 POINTS = [
-    dict(cfg=dict(learning_rate=0.05), model=dict(init_scale=1.0), label_seed=0),
-    dict(cfg=dict(learning_rate=0.2, momentum=0.5, weight_decay=1e-2), model=dict(init_scale=1.0),
-         label_seed=1),
-    dict(cfg=dict(learning_rate=0.1, seed=7), model=dict(init_scale=0.5), label_seed=0),
+  dict(cfg=dict(learning_rate=0.05), model=dict(init_scale=1.0), label_seed=0),
+  dict(
+    cfg=dict(learning_rate=0.2, momentum=0.5, weight_decay=1e-2),
+    model=dict(init_scale=1.0),
+    label_seed=1,
+  ),
+  dict(cfg=dict(learning_rate=0.1, seed=7), model=dict(init_scale=0.5), label_seed=0),
 ]
 
 
@@ -45,8 +49,9 @@ def _runner(p, x, workdir=None, **cfg_kw):
   model = models.DenseNet(widths=(8,), num_classes=3, **p["model"])
   labels = seeds.random_labels(p["label_seed"], seeds.seed_ids(cfg), len(x), 3)
   first = yield train.call(model, cfg, x, labels, workdir=workdir)
-  second = yield train.call(model, cfg, x, labels, workdir=workdir, init_params=first.params,
-                            name="second")
+  second = yield train.call(
+    model, cfg, x, labels, workdir=workdir, init_params=first.params, name="second"
+  )
   return first, second
 
 
@@ -65,18 +70,21 @@ def test_packed_members_equal_their_points_alone(data, tmp_path):
   alone = [_runner(p, data) for p in POINTS]
   programs = []
   packed = packing.run_lockstep(
-      [_runner.steps(p, data, str(tmp_path / f"p{i}")) for i, p in enumerate(POINTS)],
-      str(tmp_path / "packed"), programs)
+    [_runner.steps(p, data, str(tmp_path / f"p{i}")) for i, p in enumerate(POINTS)],
+    str(tmp_path / "packed"),
+    programs,
+  )
   assert all(err is None for _, err in packed), [err for _, err in packed]
   assert programs == [6, 6], "each phase of the three points x 2 seeds must run as ONE program"
   for a, (b, _) in zip(alone, packed):
     _assert_same(a[0], b[0])
     _assert_same(a[1], b[1])
   # Each point's metrics went to its own workdir; the points differ (their lrs differ).
-  assert not np.array_equal(packed[0][0][1].params["head"]["kernel"],
-                            packed[1][0][1].params["head"]["kernel"])
+  assert not np.array_equal(
+    packed[0][0][1].params["head"]["kernel"], packed[1][0][1].params["head"]["kernel"]
+  )
   rows = [r for r in open(tmp_path / "p1" / "metrics.jsonl")]
-  assert len(rows) == 2 * 2 * 2   # 2 phases x 2 seeds x 2 log steps (8 steps, logged every 4)
+  assert len(rows) == 2 * 2 * 2  # 2 phases x 2 seeds x 2 log steps (8 steps, logged every 4)
   # The packed state is in folders of its own, one per phase, never in a point's workdir.
   assert sorted(n.split("_")[0] for n in os.listdir(tmp_path / "packed")) == ["second", "train"]
   assert not any(n.endswith("_state") for i in range(3) for n in os.listdir(tmp_path / f"p{i}"))
@@ -85,8 +93,9 @@ def test_packed_members_equal_their_points_alone(data, tmp_path):
 def test_incompatible_points_run_as_separate_programs(data):
   other = dict(cfg=dict(batch_size=32), model=dict(init_scale=1.0), label_seed=0)
   programs = []
-  out = packing.run_lockstep([_runner.steps(POINTS[0], data), _runner.steps(other, data)],
-                             None, programs)
+  out = packing.run_lockstep(
+    [_runner.steps(POINTS[0], data), _runner.steps(other, data)], None, programs
+  )
   assert [err for _, err in out] == [None, None]
   assert programs == [2, 2, 2, 2]
   _assert_same(out[1][0][1], _runner(other, data)[1])
@@ -101,20 +110,32 @@ def test_packed_run_resumes_after_a_crash(data, tmp_path):
   def crashing(p, wd):
     cfg = _cfg(**p["cfg"], num_epochs=1)
     model = models.DenseNet(widths=(8,), num_classes=3, **p["model"])
-    yield train.call(model, cfg, data, seeds.random_labels(p["label_seed"], seeds.seed_ids(cfg),
-                                                           len(data), 3), workdir=wd)
+    yield train.call(
+      model,
+      cfg,
+      data,
+      seeds.random_labels(p["label_seed"], seeds.seed_ids(cfg), len(data), 3),
+      workdir=wd,
+    )
     raise errors.NumericalError("crash")
 
-  first = packing.run_lockstep([crashing.steps(p, wd) for p, wd in zip(POINTS, wds)],
-                               str(tmp_path / "packed"))
+  first = packing.run_lockstep(
+    [crashing.steps(p, wd) for p, wd in zip(POINTS, wds)], str(tmp_path / "packed")
+  )
   assert all(isinstance(err, errors.NumericalError) for _, err in first)
   ledger = flops.Ledger()
-  again = packing.run_lockstep([train.recorded(_runner.steps(p, data, wd), ledger)
-                                for p, wd in zip(POINTS, wds)], str(tmp_path / "packed"))
+  again = packing.run_lockstep(
+    [train.recorded(_runner.steps(p, data, wd), ledger) for p, wd in zip(POINTS, wds)],
+    str(tmp_path / "packed"),
+  )
   # The first phase resumed at step 4 of 8 in every point (one record per point's call).
-  assert [(r["name"], r["steps"]) for r in ledger.records] == [("train", 4)] * 3 + [("second", 8)] * 3
-  whole = packing.run_lockstep([_runner.steps(p, data, str(tmp_path / f"w{i}"))
-                                for i, p in enumerate(POINTS)], str(tmp_path / "packed_w"))
+  assert [(r["name"], r["steps"]) for r in ledger.records] == [("train", 4)] * 3 + [
+    ("second", 8)
+  ] * 3
+  whole = packing.run_lockstep(
+    [_runner.steps(p, data, str(tmp_path / f"w{i}")) for i, p in enumerate(POINTS)],
+    str(tmp_path / "packed_w"),
+  )
   for (a, err), (b, _) in zip(again, whole):
     assert err is None
     _assert_same(a[0], b[0])
@@ -125,15 +146,21 @@ def test_a_failed_program_raises_inside_its_runner_and_the_others_go_on(data):
   @train.driven
   def bad_init(p):
     cfg = _cfg(**p["cfg"])
-    wrong = {"dense_0": {"kernel": np.zeros((2, 99, 8), np.float32)}}   # not the model's shapes
+    wrong = {"dense_0": {"kernel": np.zeros((2, 99, 8), np.float32)}}  # not the model's shapes
     try:
-      yield train.call(models.DenseNet(widths=(8,), num_classes=3), cfg, data,
-                       np.zeros(len(data), np.int32), init_params=wrong)
+      yield train.call(
+        models.DenseNet(widths=(8,), num_classes=3),
+        cfg,
+        data,
+        np.zeros(len(data), np.int32),
+        init_params=wrong,
+      )
     except Exception as e:  # pylint: disable=broad-except
       return f"caught {type(e).__name__}"
 
-  out = packing.run_lockstep([_runner.steps(POINTS[0], data), bad_init.steps(POINTS[1]),
-                              _runner.steps(POINTS[2], data)])
+  out = packing.run_lockstep(
+    [_runner.steps(POINTS[0], data), bad_init.steps(POINTS[1]), _runner.steps(POINTS[2], data)]
+  )
   value, err = out[1]
   assert err is None and value.startswith("caught "), out[1]
   assert out[0][1] is None and out[2][1] is None
@@ -147,8 +174,15 @@ def test_host_fed_calls_run_apart_each_with_its_own_data_order(caplog):
   @train.driven
   def fed(seed):
     cfg = _cfg(seed=seed)
-    feed = pipeline.HostFeed(src, seed_ids=seeds.seed_ids(cfg), data_seed=seed, batch_size=16,
-                             mean=mean, std=std, labels=pipeline.RandomLabels(1, 4))
+    feed = pipeline.HostFeed(
+      src,
+      seed_ids=seeds.seed_ids(cfg),
+      data_seed=seed,
+      batch_size=16,
+      mean=mean,
+      std=std,
+      labels=pipeline.RandomLabels(1, 4),
+    )
     return (yield train.call(models.DenseNet(widths=(8,), num_classes=4), cfg, feed, None))
 
   programs = []
@@ -167,8 +201,9 @@ def test_host_fed_calls_run_apart_each_with_its_own_data_order(caplog):
 
 
 def test_several_calls_with_workdirs_need_a_packed_dir(data, tmp_path):
-  calls = [_runner.steps(p, data, str(tmp_path / f"p{i}")).send(None)
-           for i, p in enumerate(POINTS[:2])]
+  calls = [
+    _runner.steps(p, data, str(tmp_path / f"p{i}")).send(None) for i, p in enumerate(POINTS[:2])
+  ]
   with pytest.raises(ValueError, match="need a packed_dir"):
     train.run_calls(calls)
   assert not os.path.exists(tmp_path / "p0" / "train_state")
@@ -183,7 +218,7 @@ def test_one_list_of_packable_fields_matches_the_engine_and_the_models():
   assert grouping.program_model(m) == grouping.program_model(m.clone(init_scale=0.3))
   assert grouping.program_model(m) != grouping.program_model(m.clone(widths=(9,)))
   assert sweep.packable("model.init_scale") and not sweep.packable("model.widths")
-  assert not sweep.packable("data.kwargs.seed")   # the data's seed changes x
+  assert not sweep.packable("data.kwargs.seed")  # the data's seed changes x
 
 
 def test_a_runner_yielding_a_list_packs_its_compatible_calls(data, tmp_path, caplog):
@@ -201,8 +236,12 @@ def test_a_runner_yielding_a_list_packs_its_compatible_calls(data, tmp_path, cap
 
   @train.driven
   def runner(wd):
-    return (yield [train.call(m, c, data, y, workdir=wd, name="phase")
-                   for m, c, y in zip(models_, cfgs, labels)])
+    return (
+      yield [
+        train.call(m, c, data, y, workdir=wd, name="phase")
+        for m, c, y in zip(models_, cfgs, labels)
+      ]
+    )
 
   alone = [train.train(m, c, data, y, name="phase") for m, c, y in zip(models_, cfgs, labels)]
   with caplog.at_level(logging.INFO):
@@ -211,7 +250,7 @@ def test_a_runner_yielding_a_list_packs_its_compatible_calls(data, tmp_path, cap
   for a, b in zip(alone, got):
     _assert_same(a, b)
   assert sorted(os.listdir(tmp_path / "phase_snapshots")) == ["part0", "part1", "part2"]
-  again = runner(str(tmp_path))          # every call resumes from its own finished state
+  again = runner(str(tmp_path))  # every call resumes from its own finished state
   for a, b in zip(got, again):
     _assert_same(a, b)
     for k in a.snapshots:

@@ -6,6 +6,7 @@ float64.  Tolerances: tests/tolerances.py's any-order rounding bound, f32_tol(ma
 ReLU is the identity there) and `chain` the reductions feeding one entry plus a few elementwise
 roundings.  A wrong block index, a dropped bias or a missing partial sum misses it by >= 1e4x.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,15 +39,18 @@ def _pre_activation_margin(args):
   """min |conv + bias| over every entry: when it exceeds the float32 error of the conv, the
   float32 kernels and the float64 reference take the same ReLU branch everywhere."""
   x, ck, cb, _ = args
-  pre, mag = jax.jit(lambda x, ck, cb: (models.conv_im2col(x, ck) + cb,
-                                        models.conv_im2col(jnp.abs(x), jnp.abs(ck)) + jnp.abs(cb)))(
-      x, ck, cb)
+  pre, mag = jax.jit(
+    lambda x, ck, cb: (
+      models.conv_im2col(x, ck) + cb,
+      models.conv_im2col(jnp.abs(x), jnp.abs(ck)) + jnp.abs(cb),
+    )
+  )(x, ck, cb)
   return float(np.min(np.abs(np.asarray(pre)) - f32_tol(np.asarray(mag), 18 + 1)))
 
 
 def test_value_and_every_gradient_equal_the_unfused_block():
   args32 = _args()
-  assert _pre_activation_margin(args32) > 0        # a precondition of the comparison
+  assert _pre_activation_margin(args32) > 0  # a precondition of the comparison
   cot32 = np.random.default_rng(7).standard_normal((20, 3), dtype=np.float32)
   fn = jax.jit(lambda *a: jax.vjp(lambda *b: pallas_fused.conv_relu_dense(*b, PLAN), *a))
   value, vjp = fn(*args32)
@@ -62,13 +66,17 @@ def test_value_and_every_gradient_equal_the_unfused_block():
   # (3) and, for the conv kernel/bias and x, the sums over images and positions (20*36) and the
   # conv^T (20).
   fwd = 18 + 36 * 20 + 3
-  chains = {"x": fwd + 3 + 20 + 2, "conv kernel": fwd + 3 + 20 * 36 + 2,
-            "conv bias": fwd + 3 + 20 * 36 + 2, "dense kernel": fwd + 20 + 2}
+  chains = {
+    "x": fwd + 3 + 20 + 2,
+    "conv kernel": fwd + 3 + 20 * 36 + 2,
+    "conv bias": fwd + 3 + 20 * 36 + 2,
+    "dense kernel": fwd + 20 + 2,
+  }
   assert_close(value, want_value, f32_tol(z_abs, fwd), "value")
   for (name, chain), g, h, bound in zip(chains.items(), got, want, g_abs):
     assert g.shape == h.shape, name
     assert_close(g, h, f32_tol(bound, chain), name)
-    assert float(np.abs(np.asarray(h)).max()) > 1e-2, name    # not a trivial 0 == 0
+    assert float(np.abs(np.asarray(h)).max()) > 1e-2, name  # not a trivial 0 == 0
 
 
 def test_params_only_gradient_and_vmap_over_seeds():
@@ -76,8 +84,9 @@ def test_params_only_gradient_and_vmap_over_seeds():
   # leading seed axis under vmap (the engine's vmap layouts): each seed equals its lone run.
   seeds = [_args(seed=s, n=4, f=6) for s in range(2)]
   x = seeds[0][0]
-  grad = lambda fn, x: jax.grad(lambda ck, cb, dk: jnp.sum(fn(x, ck, cb, dk) * jnp.arange(3.0)),
-                                argnums=(0, 1, 2))
+  grad = lambda fn, x: jax.grad(
+    lambda ck, cb, dk: jnp.sum(fn(x, ck, cb, dk) * jnp.arange(3.0)), argnums=(0, 1, 2)
+  )
   pallas = lambda *a: pallas_fused.conv_relu_dense(*a, PLAN)
   stacked = [np.stack([s[i] for s in seeds]) for i in (1, 2, 3)]
   got = jax.jit(jax.vmap(grad(pallas, x)))(*stacked)
@@ -94,16 +103,21 @@ def test_paper_cnn_pallas_has_the_same_params_and_logits():
   # Same names and shapes (the values come from the same _Params code as conv_impl="fused",
   # whose init equality tests/test_fused.py checks).
   shapes = jax.eval_shape(lax_m.init, jax.random.key(0), x)["params"]
-  assert jax.tree.map(lambda a: a.shape, jax.eval_shape(pallas_m.init, jax.random.key(0), x)
-                      ["params"]) == jax.tree.map(lambda a: a.shape, shapes)
+  assert jax.tree.map(
+    lambda a: a.shape, jax.eval_shape(pallas_m.init, jax.random.key(0), x)["params"]
+  ) == jax.tree.map(lambda a: a.shape, shapes)
   rng = np.random.default_rng(0)
   p = jax.tree.map(lambda a: rng.standard_normal(a.shape, dtype=np.float32) / 4, shapes)
-  got, want, magnitude = jax.jit(lambda p: (
-      pallas_m.apply({"params": p}, x), lax_m.apply({"params": p}, x),
-      lax_m.apply({"params": jax.tree.map(jnp.abs, p)}, jnp.abs(x))))(p)
+  got, want, magnitude = jax.jit(
+    lambda p: (
+      pallas_m.apply({"params": p}, x),
+      lax_m.apply({"params": p}, x),
+      lax_m.apply({"params": jax.tree.map(jnp.abs, p)}, jnp.abs(x)),
+    )
+  )(p)
   # The chain: conv (27), dense (6*6*8), head (16) plus 4 elementwise roundings.
   assert_close(got, want, f32_tol(magnitude, 27 + 6 * 6 * 8 + 16 + 4), "logits")
-  assert pallas_m.blocks_in_cache       # no gradient micro-batches on top of the kernel
+  assert pallas_m.blocks_in_cache  # no gradient micro-batches on top of the kernel
 
 
 def test_kernels_lower_to_triton_for_a_gpu_without_one():
@@ -114,10 +128,14 @@ def test_kernels_lower_to_triton_for_a_gpu_without_one():
   sds = lambda *s: jax.ShapeDtypeStruct(s, jnp.bfloat16)
   x = np.zeros((256, 32, 32, 3), jnp.bfloat16)
   ck, cb, dk = sds(3, 3, 3, 256), sds(256), sds(30 * 30 * 256, 64)
-  grad = jax.grad(lambda ck, cb, dk: jnp.sum(pallas_fused.conv_relu_dense(x, ck, cb, dk, plan)
-                                             .astype(jnp.float32)), argnums=(0, 1, 2))
+  grad = jax.grad(
+    lambda ck, cb, dk: jnp.sum(
+      pallas_fused.conv_relu_dense(x, ck, cb, dk, plan).astype(jnp.float32)
+    ),
+    argnums=(0, 1, 2),
+  )
   text = jax.jit(grad).trace(ck, cb, dk).lower(lowering_platforms=("cuda",)).as_text()
-  assert text.count("xla.gpu.triton") == 2         # the forward and the backward kernel
+  assert text.count("xla.gpu.triton") == 2  # the forward and the backward kernel
 
 
 def test_bad_shapes_and_backend_are_one_clear_error():

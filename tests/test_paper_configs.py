@@ -11,6 +11,7 @@ real `tfds.data_source` reads of the mocked dataset, the engine, the analysis, t
 config.json, results.json and run.json.  The other cases run the same way by hand:
     python -m tests.test_paper_configs /tmp/paper fig1_negative specialization_vgg16_cifar10
 """
+
 import importlib
 import json
 import os
@@ -27,9 +28,13 @@ from rl_align import specialization
 from rl_align import inputs
 from rl_align.runners import eigenmap
 
-MOCK_EXAMPLES = 48   # per split of the mocked dataset (train, test)
-SMALL = {"batch_size": 8, "train_eval_examples": 16, "eval_batch_size": 16,
-         "checkpoint_every_secs": 1e9}
+MOCK_EXAMPLES = 48  # per split of the mocked dataset (train, test)
+SMALL = {
+  "batch_size": 8,
+  "train_eval_examples": 16,
+  "eval_batch_size": 16,
+  "checkpoint_every_secs": 1e9,
+}
 
 
 def _shrink_transfer(c):
@@ -67,22 +72,39 @@ def _shrink_specialization(c):
 
 # name -> (config module, argument, shrink, runner the binary launches: rl_align.runners.<runner>)
 CASES = {
-    "fig1_positive": ("fig1", "positive", _shrink_transfer, "transfer.run"),
-    "fig1_negative": ("fig1", "negative", _shrink_transfer, "transfer.run"),
-    "fig5": ("fig5", "", _shrink_transfer, "transfer.run"),
-    "fig2": ("fig2", "random,real", _shrink_eigenmap, "eigenmap.run_misalignment"),
-    "fig3": ("fig3", "", _shrink_eigenmap, "filters.run"),
-    "fig4_cnn": ("fig4_cnn", "random", _shrink_eigenmap, "eigenmap.run_panels"),
-    "specialization_vgg16_cifar10": ("specialization", "vgg16_cifar10", _shrink_specialization,
-                                     "specialization.run"),
-    "specialization_resnet18_cifar10": ("specialization", "resnet18_cifar10",
-                                        _shrink_specialization, "specialization.run"),
-    "specialization_resnet18_imagenet": ("specialization", "resnet18_imagenet",
-                                         _shrink_specialization, "specialization.run"),
+  "fig1_positive": ("fig1", "positive", _shrink_transfer, "transfer.run"),
+  "fig1_negative": ("fig1", "negative", _shrink_transfer, "transfer.run"),
+  "fig5": ("fig5", "", _shrink_transfer, "transfer.run"),
+  "fig2": ("fig2", "random,real", _shrink_eigenmap, "eigenmap.run_misalignment"),
+  "fig3": ("fig3", "", _shrink_eigenmap, "filters.run"),
+  "fig4_cnn": ("fig4_cnn", "random", _shrink_eigenmap, "eigenmap.run_panels"),
+  "specialization_vgg16_cifar10": (
+    "specialization",
+    "vgg16_cifar10",
+    _shrink_specialization,
+    "specialization.run",
+  ),
+  "specialization_resnet18_cifar10": (
+    "specialization",
+    "resnet18_cifar10",
+    _shrink_specialization,
+    "specialization.run",
+  ),
+  "specialization_resnet18_imagenet": (
+    "specialization",
+    "resnet18_imagenet",
+    _shrink_specialization,
+    "specialization.run",
+  ),
 }
 # The case that runs end to end for each runner (the cheapest model of those that use it).
-E2E = {"transfer.run": "fig5", "eigenmap.run_misalignment": "fig2", "filters.run": "fig3",
-       "eigenmap.run_panels": "fig4_cnn", "specialization.run": "specialization_resnet18_imagenet"}
+E2E = {
+  "transfer.run": "fig5",
+  "eigenmap.run_misalignment": "fig2",
+  "filters.run": "fig3",
+  "eigenmap.run_panels": "fig4_cnn",
+  "specialization.run": "specialization_resnet18_imagenet",
+}
 
 
 def configs(name):
@@ -98,8 +120,12 @@ def run_case(name: str, workdir: str) -> None:
   mod, fn = runner.split(".")
   fn = getattr(importlib.import_module(f"rl_align.runners.{mod}"), fn)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    cli.run_main(fn, configs(name)[1], workdir,
-                 argv=[f"experiments/configs/{module}.py:{arg}", "(shrunk, mock tfds)"])
+    cli.run_main(
+      fn,
+      configs(name)[1],
+      workdir,
+      argv=[f"experiments/configs/{module}.py:{arg}", "(shrunk, mock tfds)"],
+    )
 
 
 def test_every_runner_has_one_end_to_end_case():
@@ -116,9 +142,11 @@ def _networks(runner: str, c, num_real: int) -> list:
     return [(c.model, c.upstream.num_classes), (c.model, down)]
   if runner == "specialization.run":
     sw = c.sweep
-    return [(specialization.with_width(c.model, sw.width_field, sw.width_from, w), k)
-            for w in (min(sw.widths), max(sw.widths))
-            for k in (max(sw.num_random_classes), num_real)]
+    return [
+      (specialization.with_width(c.model, sw.width_field, sw.width_from, w), k)
+      for w in (min(sw.widths), max(sw.widths))
+      for k in (max(sw.num_random_classes), num_real)
+    ]
   if "panels" in c:
     return [(eigenmap.panel_config(c, p).model, None) for p in c.panels]
   return [(c.model, None)]
@@ -158,7 +186,7 @@ def _check_results(runner: str, workdir: str, c) -> None:
       assert len(res["arms"][arm]["train_accuracy"]) == s, arm
   elif runner.startswith("eigenmap."):
     assert set(res) >= set(c.panels)
-    d = c.model.kernel_size ** 2 * 3                       # first-layer patch dimension
+    d = c.model.kernel_size**2 * 3  # first-layer patch dimension
     for panel in c.panels:
       p = _load(workdir, panel, "results.json")
       assert len(p["f"]) == s and len(p["f"][0]) == len(p["eigenvalues"]) == d, panel
@@ -174,7 +202,7 @@ def _check_results(runner: str, workdir: str, c) -> None:
 @pytest.mark.parametrize("name", list(E2E.values()))
 def test_paper_config_runs_under_mock_tfds(name, tmp_path):
   user, shrunk = configs(name)
-  assert shrunk.model.to_dict() == user.model.to_dict()     # the paper's model, unchanged
+  assert shrunk.model.to_dict() == user.model.to_dict()  # the paper's model, unchanged
   workdir = str(tmp_path)
   run_case(name, workdir)
   _check_results(CASES[name][3], workdir, shrunk)

@@ -4,6 +4,7 @@
 
 Every comparison here is exact (integers, or float32 values produced by the same elementwise ops).
 """
+
 import threading
 
 import jax
@@ -69,14 +70,14 @@ def test_batch_indices_equal_the_device_formula():
   host = pipeline.batch_indices(4, 6, n, b, 3, 3 + 3 * spe)  # crosses two epoch boundaries
   want = np.stack([np.asarray(device(jnp.int32(t))) for t in range(3, 3 + 3 * spe)])
   np.testing.assert_array_equal(host, want)
-  assert len(set(host[spe - 3:2 * spe - 3].ravel())) == spe * b  # one epoch: no repeats
+  assert len(set(host[spe - 3 : 2 * spe - 3].ravel())) == spe * b  # one epoch: no repeats
 
 
 def test_batch_indices_and_labels_are_what_the_engine_trains_on():
   """A linear model on one-hot inputs: one SGD step changes exactly the head rows of the batch's
   examples, and the example's label column moves the most (the cross-entropy gradient is
   p - onehot(y)).  Snapshots at every step read each step's batch and labels off the engine."""
-  n, b, steps, k = 12, 4, 7, 5   # 3 steps per epoch: steps 0..6 cross two epoch boundaries
+  n, b, steps, k = 12, 4, 7, 5  # 3 steps per epoch: steps 0..6 cross two epoch boundaries
   cfg = engine_config.default_config()
   cfg.optimizer, cfg.learning_rate, cfg.batch_size = "sgd", 1.0, b
   cfg.num_seeds, cfg.seed_offset, cfg.seed, cfg.num_steps = 3, 2, 9, steps
@@ -87,8 +88,13 @@ def test_batch_indices_and_labels_are_what_the_engine_trains_on():
   x = np.eye(n, dtype=np.float32)
   res = train.train(models.DenseNet(widths=(), num_classes=k), cfg, x, labels)
   kernels = {t: s["first_kernel"] for t, s in res.snapshots.items()}  # [S, n, K] head kernel
-  feed = pipeline.HostFeed(data.ArraySource(x, np.zeros(n, np.int32), k), seed_ids=ids,
-                           data_seed=9, batch_size=b, labels=pipeline.RandomLabels(5, k))
+  feed = pipeline.HostFeed(
+    data.ArraySource(x, np.zeros(n, np.int32), k),
+    seed_ids=ids,
+    data_seed=9,
+    batch_size=b,
+    labels=pipeline.RandomLabels(5, k),
+  )
   idx = feed.indices(0, steps)
   y = feed.labels_at(idx)
   for t in range(steps):
@@ -105,8 +111,13 @@ def test_batch_indices_and_labels_are_what_the_engine_trains_on():
 def _feed(labels, **kw):
   src = data.source("photos", **PHOTOS)
   mean, std = data.channel_stats(src)
-  return pipeline.HostFeed(src, seed_ids=[3, 0, 5], data_seed=1, batch_size=32, labels=labels,
-                           mean=mean, std=std, **kw), mean, std
+  return (
+    pipeline.HostFeed(
+      src, seed_ids=[3, 0, 5], data_seed=1, batch_size=32, labels=labels, mean=mean, std=std, **kw
+    ),
+    mean,
+    std,
+  )
 
 
 def test_chunk_is_the_standardized_batch_with_its_labels():
@@ -124,9 +135,11 @@ def test_chunk_is_the_standardized_batch_with_its_labels():
     np.testing.assert_array_equal(c.x[r], x[bi])
     np.testing.assert_array_equal(c.y[r], ref[r][bi])
   # the source's own labels, shared labels [N] and per-member labels [S, N]
-  for labels, want in ((None, np.broadcast_to(ds.y, (3, len(ds)))),
-                       (ds.y[::-1].copy(), np.broadcast_to(ds.y[::-1], (3, len(ds)))),
-                       (ref, ref)):
+  for labels, want in (
+    (None, np.broadcast_to(ds.y, (3, len(ds)))),
+    (ds.y[::-1].copy(), np.broadcast_to(ds.y[::-1], (3, len(ds)))),
+    (ref, ref),
+  ):
     f, _, _ = _feed(labels)
     c2 = f.load(15, 40)
     np.testing.assert_array_equal(c2.x, c.x)
@@ -195,31 +208,47 @@ def test_chunk_sizes_and_errors():
   with pytest.raises(errors.ConfigError, match="batch_size"):
     pipeline.HostFeed(src, seed_ids=[0], data_seed=0, batch_size=601)
   with pytest.raises(errors.DataError, match=r"\[S=2, N\]"):
-    pipeline.HostFeed(src, seed_ids=[0, 1], data_seed=0, batch_size=8,
-                      labels=np.zeros((3, 600), np.int32))
+    pipeline.HostFeed(
+      src, seed_ids=[0, 1], data_seed=0, batch_size=8, labels=np.zeros((3, 600), np.int32)
+    )
   with pytest.raises(errors.ConfigError, match="num_classes"):
-    pipeline.HostFeed(src, seed_ids=[0], data_seed=0, batch_size=8,
-                      labels=pipeline.RandomLabels(0, 0))
+    pipeline.HostFeed(
+      src, seed_ids=[0], data_seed=0, batch_size=8, labels=pipeline.RandomLabels(0, 0)
+    )
   with pytest.raises(errors.DataError, match="constant"):
-    pipeline.HostFeed(src, seed_ids=[0], data_seed=0, batch_size=8, mean=np.zeros(3),
-                      std=np.array([1.0, 0.0, 1.0]))
+    pipeline.HostFeed(
+      src, seed_ids=[0], data_seed=0, batch_size=8, mean=np.zeros(3), std=np.array([1.0, 0.0, 1.0])
+    )
   with pytest.raises(errors.DataError, match=r"in \[0, 600\)"):
     src.take([0, 600])
 
 
 def test_throughput_benchmark_runs_every_arm():
   from benchmarks import host_feed_throughput as bench  # pylint: disable=g-import-not-at-top
+
   arms = ["load", "stream", "stream_put", "engine_device", "engine_host"]
-  out = bench.run_benchmark(arms, seeds=2, batch_size=8, size=8, n=64, steps_per_chunk=2,
-                            chunks=1, repeats=1, num_threads=1, prefetch=1,
-                            short_side=PHOTOS["short_side"], cell=PHOTOS["cell"], features=4)
+  out = bench.run_benchmark(
+    arms,
+    seeds=2,
+    batch_size=8,
+    size=8,
+    n=64,
+    steps_per_chunk=2,
+    chunks=1,
+    repeats=1,
+    num_threads=1,
+    prefetch=1,
+    short_side=PHOTOS["short_side"],
+    cell=PHOTOS["cell"],
+    features=4,
+  )
   assert [r["arm"] for r in out["arms"]] == arms
   for r in out["arms"]:  # no timing thresholds: positive and finite
     for key in ("steps_per_s", "batches_per_s", "mb_per_s", "cpu_s_per_step"):
       assert np.isfinite(r[key]) and r[key] > 0, (r["arm"], key)
     assert r["batches_per_s"] == pytest.approx(2 * r["steps_per_s"])
   host = out["arms"][-1]
-  assert host["params_equal"] is True     # host-fed and device-resident: the same parameters
+  assert host["params_equal"] is True  # host-fed and device-resident: the same parameters
   assert np.isfinite(host["vs_engine_device"]) and host["vs_engine_device"] > 0
   assert out["workload"]["bytes_per_step"] == 4 * 2 * 8 * 8 * 8 * 3
   with pytest.raises(errors.ConfigError, match="unknown arms"):

@@ -9,6 +9,7 @@ equal; the input covariances are streamed in the same batches on both paths.  On
 the folder names differ, and each run's logged batch loss (a forward-only mean whose B terms the
 two programs may sum in another order: tests/test_host_feed.py), which no results.json holds.
 """
+
 import json
 import os
 
@@ -45,7 +46,7 @@ def _fig3():
 
 def _specialization():
   c = specialization.get_config("tiny")
-  c.sweep.widths = (8,)             # one (width, lr) cell
+  c.sweep.widths = (8,)  # one (width, lr) cell
   c.highlight.wide_width = 8
   return c
 
@@ -56,20 +57,23 @@ def _fig5():
 
 # binary -> (its runner, the tiny config).  experiments.eigenvalue_map runs fig20 and fig4_cnn.
 CASES = {
-    "eigenvalue_map_fig20": (eigenmap_runner.run_panels, _fig20),
-    "eigenvalue_map_fig4": (eigenmap_runner.run_panels, _fig4),
-    "misalignment_fig2": (eigenmap_runner.run_misalignment, _fig2),
-    "filters_fig3": (filters_runner.run, _fig3),
-    "specialization": (spec_runner.run, _specialization),
-    "transfer_fig5": (transfer_runner.run, _fig5),
+  "eigenvalue_map_fig20": (eigenmap_runner.run_panels, _fig20),
+  "eigenvalue_map_fig4": (eigenmap_runner.run_panels, _fig4),
+  "misalignment_fig2": (eigenmap_runner.run_misalignment, _fig2),
+  "filters_fig3": (filters_runner.run, _fig3),
+  "specialization": (spec_runner.run, _specialization),
+  "transfer_fig5": (transfer_runner.run, _fig5),
 }
 
 
 def _comparable(obj, workdir: str):
   """results.json without wall times, the placement it names, and the run's folder in paths."""
   if isinstance(obj, dict):
-    return {k: _comparable(v, workdir) for k, v in obj.items()
-            if not k.endswith("runtime_s") and k != "placement"}
+    return {
+      k: _comparable(v, workdir)
+      for k, v in obj.items()
+      if not k.endswith("runtime_s") and k != "placement"
+    }
   if isinstance(obj, list):
     return [_comparable(v, workdir) for v in obj]
   if isinstance(obj, str):
@@ -107,6 +111,7 @@ def test_host_fed_equals_device_resident(name, tmp_path, monkeypatch):
 
   def forbidden(*args, **kwargs):
     raise AssertionError(f"placement=host loaded a split as arrays: data.load{args}")
+
   monkeypatch.setattr(data_lib, "load", forbidden)
   host = _run(name, "host", str(tmp_path / "host"))
   assert sorted(host) == sorted(device) and any(k.endswith("results.json") for k in device)

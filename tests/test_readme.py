@@ -1,4 +1,5 @@
 """The README's python blocks run as written, in a fresh interpreter (a user pastes them)."""
+
 import re
 
 import pytest

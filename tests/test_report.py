@@ -9,6 +9,7 @@ The same workdirs hold what the misalignment and filters binaries write (the eig
 transfer and specialization binaries run as subprocesses in their own test files), and each
 binary's `__main__` is checked to launch the runner run here.
 """
+
 import importlib
 import json
 import os
@@ -24,25 +25,31 @@ from rl_align import claims
 from tests.helpers import run_module
 
 
-def _fewer_arms(c):   # the Fig 5 and section 2.5 arms; pca_whitening / f_only test no claim here
-  c.arms = ("scratch", "pretrained", "pretrained_no_rescaling", "covariance", "covariance_rotated",
-            "covariance_L2")
+def _fewer_arms(c):  # the Fig 5 and section 2.5 arms; pca_whitening / f_only test no claim here
+  c.arms = (
+    "scratch",
+    "pretrained",
+    "pretrained_no_rescaling",
+    "covariance",
+    "covariance_rotated",
+    "covariance_L2",
+  )
   return c
 
 
-def _one_k_one_length(c):   # both widths (the widening claim), one K and upstream length
+def _one_k_one_length(c):  # both widths (the widening claim), one K and upstream length
   c.sweep.update({"num_random_classes": (6,), "upstream_steps": (20,)})
   return c
 
 
 # name -> (config module, argument, runner module.function, binary, shrink)
 RUNS = {
-    "fig2": ("fig2", "random,real,tiny", "eigenmap.run_misalignment", "misalignment", None),
-    "fig20": ("fig20", "right,tiny", "eigenmap.run_panels", "eigenvalue_map", None),
-    "fig4": ("fig4_cnn", "random,real,tiny", "eigenmap.run_panels", "eigenvalue_map", None),
-    "fig3": ("fig3", "tiny", "filters.run", "filters", None),
-    "fig5": ("fig5", "tiny", "transfer.run", "transfer", _fewer_arms),
-    "spec": ("specialization", "tiny", "specialization.run", "specialization", _one_k_one_length),
+  "fig2": ("fig2", "random,real,tiny", "eigenmap.run_misalignment", "misalignment", None),
+  "fig20": ("fig20", "right,tiny", "eigenmap.run_panels", "eigenvalue_map", None),
+  "fig4": ("fig4_cnn", "random,real,tiny", "eigenmap.run_panels", "eigenvalue_map", None),
+  "fig3": ("fig3", "tiny", "filters.run", "filters", None),
+  "fig5": ("fig5", "tiny", "transfer.run", "transfer", _fewer_arms),
+  "spec": ("specialization", "tiny", "specialization.run", "specialization", _one_k_one_length),
 }
 
 
@@ -51,6 +58,7 @@ def _fig1_from_fig5(fig5_dir: str, wd: str) -> None:
   and schema; the VGG16 of fig1.py has no tiny config): fig1.py's config, its command line."""
   from experiments.configs import fig1  # pylint: disable=g-import-not-at-top
   from rl_align import results  # pylint: disable=g-import-not-at-top
+
   os.makedirs(wd)
   res = json.load(open(os.path.join(fig5_dir, "results.json")))
   shutil.copy(os.path.join(fig5_dir, res["figure"]), os.path.join(wd, "fig1.png"))
@@ -59,8 +67,11 @@ def _fig1_from_fig5(fig5_dir: str, wd: str) -> None:
   results.write_json(wd, "results.json", res)
   results.write_json(wd, "config.json", fig1.get_config("negative"))
   run = json.load(open(os.path.join(fig5_dir, "run.json")))
-  run["argv"] = ["experiments/transfer.py", "--config=experiments/configs/fig1.py:negative",
-                 f"--workdir={wd}"]
+  run["argv"] = [
+    "experiments/transfer.py",
+    "--config=experiments/configs/fig1.py:negative",
+    f"--workdir={wd}",
+  ]
   results.write_json(wd, "run.json", run)
 
 
@@ -74,9 +85,16 @@ def workdirs(tmp_path_factory):
     mod, fn = runner.split(".")
     fn = getattr(importlib.import_module(f"rl_align.runners.{mod}"), fn)
     wd = str(root / name)
-    cli.run_main(fn, config, wd, argv=[f"experiments/{binary}.py",
-                                       f"--config=experiments/configs/{module}.py:{arg}",
-                                       f"--workdir={wd}"])
+    cli.run_main(
+      fn,
+      config,
+      wd,
+      argv=[
+        f"experiments/{binary}.py",
+        f"--config=experiments/configs/{module}.py:{arg}",
+        f"--workdir={wd}",
+      ],
+    )
     out[name] = wd
   out["fig1"] = str(root / "fig1")
   _fig1_from_fig5(out["fig5"], out["fig1"])
@@ -94,21 +112,31 @@ def _loaded(wd):
 # ----------------------------------------------------------------------------------------------
 # The report built from the tiny runs.
 
-EXPECTED = {   # figure -> claim fragments, one row each (descriptive and diagnostic rows included)
-    "fig2": ["(random labels)", "(real labels)"],
-    "fig20": ["(right panel)"],
-    "fig4": ["random labels: f flat early", "random labels: magnitude", "real labels: f grows",
-             "real labels: magnitude"],
-    "fig3": ["eigenvectors are the patch PCs"],
-    "fig5": ["pretrained_no_rescaling trains faster than scratch",
-             "pretrained trains faster than scratch", "covariance trains faster than scratch",
-             "accounts for most of the pretrained advantage", "weight scaling",
-             "covariance trains faster than covariance_rotated",
-             "covariance_L2 trains faster than covariance",
-             "the pretrained network's f_dense_0 is resolved"],
-    "fig1": ["negative transfer: pretrained trains slower",
-             "negative transfer: pretrained_no_rescaling trains slower"],
-    "spec": ["activity drops at the switch", "widening the later layers"],
+EXPECTED = {  # figure -> claim fragments, one row each (descriptive and diagnostic rows included)
+  "fig2": ["(random labels)", "(real labels)"],
+  "fig20": ["(right panel)"],
+  "fig4": [
+    "random labels: f flat early",
+    "random labels: magnitude",
+    "real labels: f grows",
+    "real labels: magnitude",
+  ],
+  "fig3": ["eigenvectors are the patch PCs"],
+  "fig5": [
+    "pretrained_no_rescaling trains faster than scratch",
+    "pretrained trains faster than scratch",
+    "covariance trains faster than scratch",
+    "accounts for most of the pretrained advantage",
+    "weight scaling",
+    "covariance trains faster than covariance_rotated",
+    "covariance_L2 trains faster than covariance",
+    "the pretrained network's f_dense_0 is resolved",
+  ],
+  "fig1": [
+    "negative transfer: pretrained trains slower",
+    "negative transfer: pretrained_no_rescaling trains slower",
+  ],
+  "spec": ["activity drops at the switch", "widening the later layers"],
 }
 
 
@@ -127,14 +155,14 @@ def test_report_has_a_row_per_expected_claim_and_a_line_per_run(workdirs, tmp_pa
   for line in table:
     cells = line.split(" | ")
     assert cells[7].strip("*") in claims.VERDICTS, line
-    assert cells[4].isdigit() or cells[4] == "—", line        # n
-    link = line.split("[png](")[1].split(")")[0]      # every tiny run draws its figure
+    assert cells[4].isdigit() or cells[4] == "—", line  # n
+    link = line.split("[png](")[1].split(")")[0]  # every tiny run draws its figure
     assert (out.parent / link).exists(), link
   runs = text.split("## Runs")[1].strip().splitlines()
   assert len(runs) == len(names)
   order = [next(n for n in names if f"`{workdirs[n]}`" in l) for l in runs]
   assert order == sorted(order, key=lambda n: workdirs[n])
-  for name in names:   # one line per run, in the order of their names
+  for name in names:  # one line per run, in the order of their names
     (line,) = [l for l in runs if f"`{workdirs[name]}`" in l]
     module = RUNS.get(name, ("fig1", "negative"))[:2]
     assert f"--config=experiments/configs/{module[0]}.py:{module[1]}" in line, line
@@ -156,7 +184,8 @@ def test_report_verdicts_are_the_ones_each_runner_stored(workdirs):
 def test_fig5_rows_are_recomputed_from_results_json(workdirs):
   """The whole-curve paired interval of the pretrained arm, by hand from results.json (Student-t,
   n - 1 degrees of freedom, every finished seed: the tiny upstream is gated per seed)."""
-  from scipy import stats   # pylint: disable=g-import-not-at-top
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
   res = json.load(open(os.path.join(workdirs["fig5"], "results.json")))
   rows = {r.id: r for r in _rows(workdirs["fig5"])}
   a, s = (np.asarray(res["arms"][k]["train_accuracy"]) for k in ("pretrained", "scratch"))
@@ -164,10 +193,13 @@ def test_fig5_rows_are_recomputed_from_results_json(workdirs):
   d = (a[:, later] - s[:, later]).mean(1)
   half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
   row = rows["fig5.pretrained_faster"]
-  assert f"every finished seed (no gate): whole curve {claims.core.fmt(d.mean())} [" \
-         f"{claims.core.fmt(d.mean() - half)}, {claims.core.fmt(d.mean() + half)}] (n=2)" in row.ours \
-      or f"whole curve pretrained−scratch {claims.core.fmt(d.mean())} [" in row.ours
-  assert row.verdict in (claims.core.UNDERPOWERED, claims.core.REGIME_NOT_REACHED)   # 2 seeds
+  assert (
+    f"every finished seed (no gate): whole curve {claims.core.fmt(d.mean())} ["
+    f"{claims.core.fmt(d.mean() - half)}, {claims.core.fmt(d.mean() + half)}] (n=2)"
+    in row.ours
+    or f"whole curve pretrained−scratch {claims.core.fmt(d.mean())} [" in row.ours
+  )
+  assert row.verdict in (claims.core.UNDERPOWERED, claims.core.REGIME_NOT_REACHED)  # 2 seeds
   assert "random-label fit" in row.gate and "of the run" in row.gate
 
 
@@ -175,21 +207,33 @@ def test_fig5_rows_are_recomputed_from_results_json(workdirs):
 def test_fig20_rmse_is_the_runners_own(workdirs):
   (row,) = _rows(workdirs["fig20"])
   rmse = json.load(open(os.path.join(workdirs["fig20"], "results.json")))["right"]["checks"][
-      "rmse_vs_paper"]
+    "rmse_vs_paper"
+  ]
   assert f"RMSE of the seed-mean f {rmse:.3f}" in row.ours
   # 2 seeds: underpowered, or (the tiny run barely fits its random labels) outside the regime
-  assert (row.verdict, row.n) in ((claims.core.UNDERPOWERED, 2), (claims.core.REGIME_NOT_REACHED, 0))
+  assert (row.verdict, row.n) in (
+    (claims.core.UNDERPOWERED, 2),
+    (claims.core.REGIME_NOT_REACHED, 0),
+  )
 
 
 @pytest.mark.slow
 def test_every_run_records_its_figure(workdirs):
-  want = {"fig2": "fig2", "fig20": "fig20", "fig4": "fig4", "fig3": "fig3", "fig5": "fig5",
-          "fig1": "fig1", "spec": "specialization"}
+  want = {
+    "fig2": "fig2",
+    "fig20": "fig20",
+    "fig4": "fig4",
+    "fig3": "fig3",
+    "fig5": "fig5",
+    "fig1": "fig1",
+    "spec": "specialization",
+  }
   for name, fig in want.items():
     assert claims.figure_of(_loaded(workdirs[name])) == fig
   argv = ["/x/experiments/transfer.py", "--config=experiments/configs/fig1.py:positive,fmnist"]
   assert claims.markdown.command(argv) == (
-      "python -m experiments.transfer --config=experiments/configs/fig1.py:positive,fmnist")
+    "python -m experiments.transfer --config=experiments/configs/fig1.py:positive,fmnist"
+  )
 
 
 @pytest.mark.slow
@@ -250,7 +294,7 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
 def test_binary_exit_code_and_sweep_workdir(workdirs, tmp_path):
   sweep = tmp_path / "sweep"
   shutil.copytree(workdirs["fig3"], sweep / "points" / "train.seed=0")
-  (sweep / "points" / "train.seed=1").mkdir()                   # unfinished point
+  (sweep / "points" / "train.seed=1").mkdir()  # unfinished point
   (sweep / "sweep_spec.json").write_text("{}")
   out = tmp_path / "r.md"
   proc = run_module("experiments.report", str(sweep), f"--out={out}", timeout=300)
@@ -264,10 +308,13 @@ def test_binary_exit_code_and_sweep_workdir(workdirs, tmp_path):
 
 def test_readme_markers_take_the_report(tmp_path, capsys):
   readme = tmp_path / "README.md"
-  readme.write_text("# top\n<!-- fmnist-report:begin -->\nold table\n<!-- fmnist-report:end -->\ntail\n")
+  readme.write_text(
+    "# top\n<!-- fmnist-report:begin -->\nold table\n<!-- fmnist-report:end -->\ntail\n"
+  )
   out = report_cli.into_markers(str(readme), "| new | table |\n")
-  assert out == ("# top\n<!-- fmnist-report:begin -->\n| new | table |\n"
-                 "<!-- fmnist-report:end -->\ntail\n")
+  assert out == (
+    "# top\n<!-- fmnist-report:begin -->\n| new | table |\n<!-- fmnist-report:end -->\ntail\n"
+  )
   readme.write_text("# no markers\n")
   with pytest.raises(SystemExit) as info:
     report_cli.into_markers(str(readme), "x")
@@ -277,7 +324,8 @@ def test_readme_markers_take_the_report(tmp_path, capsys):
 @pytest.mark.slow
 def test_a_kept_run_gives_the_same_rows_and_its_command_names_workdirs(workdirs, tmp_path):
   """experiments.keep copies the small files only; the report reads the kept copy as the run."""
-  from experiments import keep   # pylint: disable=g-import-not-at-top
+  from experiments import keep  # pylint: disable=g-import-not-at-top
+
   dest = tmp_path / "kept" / "fig5_tiny"
   copied = keep.keep(workdirs["fig5"], str(dest))
   assert "results.json" in copied and not any(c.endswith(".npz") or "_state" in c for c in copied)

@@ -1,4 +1,5 @@
 """Tests of benchmarks/roofline.py: the pure parts against hand counts (no timing asserts)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,8 +18,13 @@ def test_flops_of_a_dense_net_step_equal_the_hand_count():
   model = models.DenseNet(widths=(16,), num_classes=4)
   tx, step = train_throughput.naive_step_fn(model)
   params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 30)))["params"]
-  args = (params, jax.eval_shape(tx.init, params), jnp.ones((b, 30)), jnp.zeros(b, jnp.int32),
-          jnp.arange(b, dtype=jnp.int32))
+  args = (
+    params,
+    jax.eval_shape(tx.init, params),
+    jnp.ones((b, 30)),
+    jnp.zeros(b, jnp.int32),
+    jnp.arange(b, dtype=jnp.int32),
+  )
   jaxpr = jax.make_jaxpr(step)(*args)
   # (train_throughput's jaxpr_dot_conv_flops_per_model_step is this counter.)
   assert roofline.dot_conv_flops(jaxpr) == 2 * b * (30 * 16 + 16 * 4) * 2 + 2 * b * 16 * 4
@@ -27,9 +33,10 @@ def test_flops_of_a_dense_net_step_equal_the_hand_count():
 def test_flops_of_a_conv_equal_the_hand_count_and_scan_bodies_count_per_step():
   x = jnp.ones((2, 6, 6, 3))
   k = jnp.ones((3, 3, 3, 5))
-  conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID",
-                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  one = 2 * 2 * 4 * 4 * 5 * (3 * 3 * 3)        # 2 x batch x output positions x F x k*k*C
+  conv = lambda x, k: jax.lax.conv_general_dilated(
+    x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  one = 2 * 2 * 4 * 4 * 5 * (3 * 3 * 3)  # 2 x batch x output positions x F x k*k*C
   assert roofline.dot_conv_flops(jax.make_jaxpr(conv)(x, k)) == one
   looped = lambda x, k: jax.lax.scan(lambda c, _: (c, conv(x, k)), 0.0, None, length=7)[1]
   assert roofline.dot_conv_flops(jax.make_jaxpr(looped)(x, k)) == 7 * one
@@ -45,11 +52,18 @@ def test_activation_and_patch_elements_of_the_paper_cnn():
 
 
 def test_step_bytes_count_every_kind_by_hand():
-  b = roofline.step_bytes(n_params=1000, batch=4, input_elements=10, activation_elements=50,
-                          act_bytes=2, opt_slots=1, patch_elements=7)
+  b = roofline.step_bytes(
+    n_params=1000,
+    batch=4,
+    input_elements=10,
+    activation_elements=50,
+    act_bytes=2,
+    opt_slots=1,
+    patch_elements=7,
+  )
   assert b["parameters"] == 2 * 1000 * 4 and b["gradients"] == 2 * 1000 * 4
-  assert b["optimizer"] == 2 * 2 * 1000 * 4                  # params + momentum, read + written
-  assert b["parameters"] + b["gradients"] + b["optimizer"] == 32 * 1000   # 32 B per parameter
+  assert b["optimizer"] == 2 * 2 * 1000 * 4  # params + momentum, read + written
+  assert b["parameters"] + b["gradients"] + b["optimizer"] == 32 * 1000  # 32 B per parameter
   assert b["inputs"] == 4 * (10 * 4 + 4)
   assert b["activations"] == 5 * 4 * 50 * 2 and b["patches"] == 3 * 4 * 7 * 2
   assert b["total"] == sum(v for k, v in b.items() if k != "total")
@@ -70,7 +84,9 @@ def test_floor_is_the_binding_limit_and_the_fraction_its_share():
 
 def test_measurements_run_and_are_positive():
   # Timed on this machine: only their sanity is checked (no timing threshold).
-  for value in (roofline.measure_matmul_peak(64, "float32", reps=1),
-                roofline.measure_matmul_peak(64, "bfloat16", reps=1),
-                roofline.measure_bandwidth(2 ** 16, reps=1)):
+  for value in (
+    roofline.measure_matmul_peak(64, "float32", reps=1),
+    roofline.measure_matmul_peak(64, "bfloat16", reps=1),
+    roofline.measure_bandwidth(2**16, reps=1),
+  ):
     assert np.isfinite(value) and value > 0

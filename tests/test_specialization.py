@@ -1,4 +1,5 @@
 """Tests of rl_align.specialization and the `experiments.specialization` binary (tiny, subprocess)."""
+
 import json
 import os
 
@@ -18,8 +19,8 @@ _F64_FEW = float(f64_tol(1.0, 8))
 
 def test_gain_is_scratch_over_arm_iterations_with_censoring():
   steps = np.array([0, 10, 20, 30, 40])
-  scratch = np.array([[0.1, 0.3, 0.5, 0.7, 0.9]] * 2)          # reaches 0.5 at step 20
-  fast = np.array([[0.1, 0.5, 0.7, 0.8, 0.9]] * 2)             # at step 10
+  scratch = np.array([[0.1, 0.3, 0.5, 0.7, 0.9]] * 2)  # reaches 0.5 at step 20
+  fast = np.array([[0.1, 0.5, 0.7, 0.8, 0.9]] * 2)  # at step 10
   g = specialization.gain_stats(steps, scratch, fast, 0.5)
   assert g["gain"] == pytest.approx(2.0, rel=_F64_FEW)
   assert g["censored"] == "none" and g["gain_ci"] == pytest.approx([2.0, 2.0], rel=_F64_FEW)
@@ -28,19 +29,26 @@ def test_gain_is_scratch_over_arm_iterations_with_censoring():
   g = specialization.gain_stats(steps, scratch, never, 0.5)
   assert np.isnan(g["gain"]) and g["censored"] == "upper_bound"
   assert g["reached"] == 0.5
-  assert g["gain_censored"] == pytest.approx(20 / 25, rel=_F64_FEW)   # seed 0 counted at 40 steps
+  assert g["gain_censored"] == pytest.approx(20 / 25, rel=_F64_FEW)  # seed 0 counted at 40 steps
 
 
 def test_gain_leaves_diverged_seeds_out_and_reports_when_none_finished():
   steps = np.array([0, 10, 20, 30, 40])
   scratch = np.array([[0.1, 0.3, 0.5, 0.7, 0.9]] * 2)
-  arm = np.array([[0.1, 0.5, 0.7, 0.8, 0.9], [0.1, 0.1, 0.1, 0.1, 0.1]])   # seed 1 diverged
+  arm = np.array([[0.1, 0.5, 0.7, 0.8, 0.9], [0.1, 0.1, 0.1, 0.1, 0.1]])  # seed 1 diverged
   g = specialization.gain_stats(steps, scratch, arm, 0.5, diverged_arm=[False, True])
   alone = specialization.gain_stats(steps, scratch, arm[:1], 0.5)
-  for k in ("gain", "gain_censored", "censored", "gain_ci", "gain_seed_std", "reached",
-            "auc_difference"):
+  for k in (
+    "gain",
+    "gain_censored",
+    "censored",
+    "gain_ci",
+    "gain_seed_std",
+    "reached",
+    "auc_difference",
+  ):
     assert g[k] == alone[k], k
-  assert len(g["gain_seeds"]) == len(g["iterations"]) == 2         # per-seed arrays keep every seed
+  assert len(g["gain_seeds"]) == len(g["iterations"]) == 2  # per-seed arrays keep every seed
   none = specialization.gain_stats(steps, scratch, arm, 0.5, diverged_scratch=[True, True])
   assert np.isnan(none["gain"]) and "all 2 seeds diverged" in none["error"]
   assert specialization.gain_text(none) == "div"
@@ -51,7 +59,7 @@ def test_activity_drop_takes_the_minimum_in_the_window():
   after = np.array([[0.4, 0.2, 0.3, 0.35, 0.0], [0.4, 0.3, 0.1, 0.4, 0.0]])
   d = specialization.activity_drop(steps, after, after[:, 0], window=15)
   assert d["before"] == pytest.approx(0.4, rel=_F64_FEW)
-  assert d["after"] == pytest.approx(0.15, rel=_F64_FEW)   # minima 0.2 and 0.1; step 30 is outside
+  assert d["after"] == pytest.approx(0.15, rel=_F64_FEW)  # minima 0.2 and 0.1; step 30 is outside
   assert d["relative_drop"] == pytest.approx(0.25 / 0.4, rel=_F64_FEW)
   with pytest.raises(errors.ConfigError, match="drop_window"):
     specialization.activity_drop(steps, after, after[:, 0], window=2)
@@ -60,7 +68,7 @@ def test_activity_drop_takes_the_minimum_in_the_window():
 def test_with_width_replaces_the_later_layers_only():
   m = ml_collections.ConfigDict({"name": "dense", "widths": (256, 32, 32), "num_classes": 10})
   assert specialization.with_width(m, "widths", 1, 8).widths == (256, 8, 8)
-  assert m.widths == (256, 32, 32)                                # not mutated
+  assert m.widths == (256, 32, 32)  # not mutated
   assert specialization.with_width(m, "num_classes", 0, 3).num_classes == 3
   with pytest.raises(errors.ConfigError, match="width_field"):
     specialization.with_width(m, "width", 0, 8)
@@ -71,7 +79,9 @@ def test_with_width_replaces_the_later_layers_only():
 def _stacked_params(seed, s=2, widths=(5, 4)):
   model = models.DenseNet(widths=widths, num_classes=3)
   keys = jax.random.split(jax.random.key(seed), s)
-  return jax.tree.map(np.asarray, jax.vmap(lambda k: model.init(k, jnp.zeros((1, 6)))["params"])(keys))
+  return jax.tree.map(
+    np.asarray, jax.vmap(lambda k: model.init(k, jnp.zeros((1, 6)))["params"])(keys)
+  )
 
 
 def test_transfer_init_carries_hidden_layers_and_takes_a_fresh_head():
@@ -93,9 +103,13 @@ def test_transfer_init_carries_hidden_layers_and_takes_a_fresh_head():
 
 
 def _run_binary(workdir, *extra):
-  return run_module("experiments.specialization",
-                    "--config=experiments/configs/specialization.py:tiny", f"--workdir={workdir}",
-                    *extra, timeout=300)
+  return run_module(
+    "experiments.specialization",
+    "--config=experiments/configs/specialization.py:tiny",
+    f"--workdir={workdir}",
+    *extra,
+    timeout=300,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +152,7 @@ def test_binary_writes_the_documented_schema(tiny_run):
 def test_rerun_resumes_and_reproduces(tiny_run):
   wd, res, _ = tiny_run
   cell = os.path.join(wd, "w=32_lr=0.05")
-  os.remove(os.path.join(cell, "points.json"))       # this cell is rebuilt from its checkpoints
+  os.remove(os.path.join(cell, "points.json"))  # this cell is rebuilt from its checkpoints
   os.remove(os.path.join(wd, "results.json"))
   proc = _run_binary(wd)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -148,16 +162,19 @@ def test_rerun_resumes_and_reproduces(tiny_run):
   # Exact: the same programs on the same checkpoints and metrics (one machine).
   for pid, p in res["points"].items():
     np.testing.assert_array_equal(again["points"][pid]["gain_censored"], p["gain_censored"])
-    np.testing.assert_array_equal(again["points"][pid]["activity"]["dense_1"]["active_fraction"],
-                                  p["activity"]["dense_1"]["active_fraction"])
+    np.testing.assert_array_equal(
+      again["points"][pid]["activity"]["dense_1"]["active_fraction"],
+      p["activity"]["dense_1"]["active_fraction"],
+    )
 
 
-@pytest.mark.slow   # reads the binary's tiny run
+@pytest.mark.slow  # reads the binary's tiny run
 def test_rerun_with_another_config_is_refused(tiny_run, capsys):
   """In-process through the binary's entry (`cli.run_main`): exit code 2, one error line."""
   from experiments import cli  # pylint: disable=g-import-not-at-top
   from experiments.configs import specialization as configs  # pylint: disable=g-import-not-at-top
   from rl_align.runners import specialization as runner  # pylint: disable=g-import-not-at-top
+
   wd, _, _ = tiny_run
   config = configs.get_config("tiny")
   config.train.num_seeds = 3
@@ -168,9 +185,12 @@ def test_rerun_with_another_config_is_refused(tiny_run, capsys):
   assert err[-1].startswith("error: ") and "another config" in err[-1], err[-5:]
 
 
-@pytest.mark.parametrize("name", ["local", "vgg16_cifar10", "resnet18_cifar10", "resnet18_imagenet"])
+@pytest.mark.parametrize(
+  "name", ["local", "vgg16_cifar10", "resnet18_cifar10", "resnet18_imagenet"]
+)
 def test_every_config_builds_its_models_and_validates(name):
   from experiments.configs import specialization as configs  # pylint: disable=g-import-not-at-top
+
   c = configs.get_config(name)
   specialization.validate(c)
   for w in c.sweep.widths:

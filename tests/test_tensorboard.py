@@ -1,6 +1,7 @@
 """TensorBoard event files: one run per member, the metrics.jsonl curves and the eigenvalue map's f
 snapshots, read back with a tiny TFRecord reader over tensorboardX's protobuf classes (the
 `tensorboard` package is not a dependency)."""
+
 import collections
 import glob
 import json
@@ -29,8 +30,8 @@ def read_events(run: str) -> list[event_pb2.Event]:
       data = f.read()
     pos = 0
     while pos < len(data):
-      (n,) = struct.unpack("<Q", data[pos:pos + 8])
-      events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + n]))
+      (n,) = struct.unpack("<Q", data[pos : pos + 8])
+      events.append(event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n]))
       pos += 12 + n + 4
     assert pos == len(data), path
   return events
@@ -49,8 +50,12 @@ def scalars(run: str) -> dict[str, dict[int, float]]:
 @pytest.fixture(scope="module")
 def fig20_run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("tb") / "fig20")
-  cli.run_main(eigenmap_runner.run_panels, fig20.get_config("right,tiny"), wd,
-               argv=["experiments/configs/fig20.py:right,tiny"])   # every write is flushed
+  cli.run_main(
+    eigenmap_runner.run_panels,
+    fig20.get_config("right,tiny"),
+    wd,
+    argv=["experiments/configs/fig20.py:right,tiny"],
+  )  # every write is flushed
   return os.path.join(wd, "right")
 
 
@@ -67,8 +72,9 @@ def test_one_run_per_member_with_the_metrics_jsonl_curves(fig20_run):
     for key in ("loss", "batch_accuracy", "train_accuracy"):
       want = {r["step"]: r[key] for r in mine if key in r}
       assert want and sorted(got[key]) == sorted(want), key
-      np.testing.assert_allclose([got[key][t] for t in sorted(want)],
-                                 [want[t] for t in sorted(want)], rtol=1e-6)
+      np.testing.assert_allclose(
+        [got[key][t] for t in sorted(want)], [want[t] for t in sorted(want)], rtol=1e-6
+      )
 
 
 @pytest.mark.slow
@@ -81,13 +87,17 @@ def test_f_snapshots_are_the_runner_results(fig20_run):
   for i, s in enumerate(sorted({r["seed"] for r in _rows(fig20_run)})):
     run = tensorboard.run_dir(fig20_run, "train", s)
     got = scalars(run)
-    assert sorted(t for t in got if t.startswith("f/")) == [tensorboard.f_tag(j, d) for j in range(d)]
+    assert sorted(t for t in got if t.startswith("f/")) == [
+      tensorboard.f_tag(j, d) for j in range(d)
+    ]
     for step in steps:
       f = arrays[f"snapshot_{step}_f"][i]
-      np.testing.assert_allclose([got[tensorboard.f_tag(j, d)][step] for j in range(d)], f,
-                                 rtol=1e-6)
-    images = {e.step: v.image for e in read_events(run) for v in e.summary.value
-              if v.tag == "f_of_sigma"}
+      np.testing.assert_allclose(
+        [got[tensorboard.f_tag(j, d)][step] for j in range(d)], f, rtol=1e-6
+      )
+    images = {
+      e.step: v.image for e in read_events(run) for v in e.summary.value if v.tag == "f_of_sigma"
+    }
     assert sorted(images) == tensorboard.image_steps(steps)
     assert min(steps) in images and max(steps) in images
     assert all(im.encoded_image_string.startswith(b"\x89PNG") for im in images.values())
@@ -99,16 +109,21 @@ def _rows(wd):
 
 def test_resume_starts_a_session_and_other_processes_write_nothing(tmp_path, monkeypatch):
   wd = str(tmp_path)
-  rows = lambda steps: [{"phase": "train", "step": t, "seed": 3, "loss": float(t), "epoch": t / 2,
-                         "note": "x"} for t in steps]
+  rows = lambda steps: [
+    {"phase": "train", "step": t, "seed": 3, "loss": float(t), "epoch": t / 2, "note": "x"}
+    for t in steps
+  ]
   tensorboard.write_rows(wd, rows([2, 4, 6]))
-  tensorboard.write_rows(wd, rows([4, 6, 8]))   # a resume from the checkpoint at step 2
+  tensorboard.write_rows(wd, rows([4, 6, 8]))  # a resume from the checkpoint at step 2
   events = read_events(tensorboard.run_dir(wd, "train", 3))
-  starts = [e.step for e in events if e.HasField("session_log")
-            and e.session_log.status == event_pb2.SessionLog.START]
+  starts = [
+    e.step
+    for e in events
+    if e.HasField("session_log") and e.session_log.status == event_pb2.SessionLog.START
+  ]
   assert starts == [2, 4]
   assert set(scalars(tensorboard.run_dir(wd, "train", 3))) == {"loss", "epoch"}
-  monkeypatch.setattr(workdir, "_process_index", lambda: 1)   # the workdir's writers elsewhere
+  monkeypatch.setattr(workdir, "_process_index", lambda: 1)  # the workdir's writers elsewhere
   w = workdir.writer(str(tmp_path / "other"))
   assert isinstance(w, metric_writers.JsonlWriter) and not w.writes
   w.write_rows(rows([2]))
@@ -126,11 +141,16 @@ def test_each_sweep_point_is_its_own_run(sweep_one_task):
   """A sweep through the binary (tests/conftest.py's `sweep_one_task`: 2 batch sizes x 2 (learning
   rate, seed) pairs, 1 epoch; 2 groups of 2 packed points) writes one run per point and member."""
   wd, _ = sweep_one_task
-  runs = {os.path.relpath(os.path.dirname(p), wd)
-          for p in glob.glob(str(wd / "**" / "events.out.tfevents.*"), recursive=True)}
+  runs = {
+    os.path.relpath(os.path.dirname(p), wd)
+    for p in glob.glob(str(wd / "**" / "events.out.tfevents.*"), recursive=True)
+  }
   points = json.load(open(wd / "sweep.json"))["points"]
-  want = {os.path.join(p["workdir"], "right", "tensorboard", "train", f"member_{r['seed']}")
-          for p in points for r in _rows(str(wd / p["workdir"] / "right"))}
+  want = {
+    os.path.join(p["workdir"], "right", "tensorboard", "train", f"member_{r['seed']}")
+    for p in points
+    for r in _rows(str(wd / p["workdir"] / "right"))
+  }
   assert len(points) == 4 and len(want) == 8 and runs == want
 
 

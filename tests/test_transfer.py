@@ -1,4 +1,5 @@
 """Tests of rl_align.transfer and the `experiments.transfer` binary (tiny, subprocess)."""
+
 import json
 import os
 
@@ -17,8 +18,8 @@ from tests.tolerances import f32_tol, f64_tol
 
 def test_upstream_downstream_and_test_splits_are_disjoint_and_standardized_upstream():
   c = fig5.get_config("tiny")
-  c.split.test = 32                               # cut the test set from the same permutation
-  c.data.kwargs.n = 288                           # room for 128 + 128 + 32
+  c.split.test = 32  # cut the test set from the same permutation
+  c.data.kwargs.n = 288  # room for 128 + 128 + 32
   d = transfer_runner.load_data(c)
   idx = d.data.indices
   assert len(idx["upstream"]) == 128 and len(idx["downstream"]) == 128
@@ -34,12 +35,15 @@ def test_upstream_downstream_and_test_splits_are_disjoint_and_standardized_upstr
   assert np.all(np.abs(z.mean(0)) <= mean_tol), (z.mean(0), mean_tol)
   np.testing.assert_allclose(z.std(0), 1.0, rtol=0, atol=f32_tol(1.0, 3))
   down = np.abs(d.data.parts["downstream"].x.reshape(-1, 3).astype(np.float64).mean(0))
-  assert down.max() > 100 * mean_tol.max()    # not re-standardized: off by sampling, not rounding
+  assert down.max() > 100 * mean_tol.max()  # not re-standardized: off by sampling, not rounding
 
 
 def test_arm_names_are_checked_and_scratch_comes_first():
   assert transfer.check_arms(["covariance", "scratch", "covariance_L5"]) == [
-      "scratch", "covariance", "covariance_L5"]
+    "scratch",
+    "covariance",
+    "covariance_L5",
+  ]
   assert transfer.check_arms(["pretrained"])[0] == "scratch"
   assert transfer.resolve("covariance")[1] == 1 and transfer.resolve("covariance_L3")[1] == 3
   with pytest.raises(errors.ConfigError, match="unknown arms"):
@@ -52,10 +56,12 @@ def _arm(acc):
 
 
 def test_summaries_speedup():
-  arms = {"scratch": _arm([[0.1, 0.3, 0.5, 0.7]] * 2),
-          "pretrained": _arm([[0.1, 0.5, 0.7, 0.8]] * 2),
-          "covariance": _arm([[0.1, 0.49, 0.69, 0.8]] * 2),
-          "pretrained_no_rescaling": _arm([[0.1, 0.55, 0.72, 0.8]] * 2)}
+  arms = {
+    "scratch": _arm([[0.1, 0.3, 0.5, 0.7]] * 2),
+    "pretrained": _arm([[0.1, 0.5, 0.7, 0.8]] * 2),
+    "covariance": _arm([[0.1, 0.49, 0.69, 0.8]] * 2),
+    "pretrained_no_rescaling": _arm([[0.1, 0.55, 0.72, 0.8]] * 2),
+  }
   s = transfer.summarize(arms, [0.5], [10, 30])
   # float64 on a few hand-made values: interpolations, ratios, differences of numbers <= 1.
   few = float(f64_tol(1.0, 8))
@@ -64,42 +70,62 @@ def test_summaries_speedup():
 
 
 def test_a_diverged_seed_enters_no_summary_or_check():
-  arms = {"scratch": _arm([[0.1, 0.3, 0.5, 0.7], [0.1, 0.2, 0.4, 0.6], [0.1, 0.1, 0.1, 0.1]]),
-          "pretrained": _arm([[0.1, 0.5, 0.7, 0.8], [0.1, 0.45, 0.7, 0.8], [0.1, 0.9, 0.9, 0.9]]),
-          "covariance": _arm([[0.1, 0.49, 0.69, 0.8]] * 3)}
-  arms["scratch"]["finished"] = [True, True, False]        # seed 2 diverged downstream
-  arms["pretrained"]["finished"] = [True, True, False]     # its upstream seed diverged
-  without = {a: _arm(np.asarray(r["train_accuracy"])[r.get("finished", [True] * 3)])
-             for a, r in arms.items()}
+  arms = {
+    "scratch": _arm([[0.1, 0.3, 0.5, 0.7], [0.1, 0.2, 0.4, 0.6], [0.1, 0.1, 0.1, 0.1]]),
+    "pretrained": _arm([[0.1, 0.5, 0.7, 0.8], [0.1, 0.45, 0.7, 0.8], [0.1, 0.9, 0.9, 0.9]]),
+    "covariance": _arm([[0.1, 0.49, 0.69, 0.8]] * 3),
+  }
+  arms["scratch"]["finished"] = [True, True, False]  # seed 2 diverged downstream
+  arms["pretrained"]["finished"] = [True, True, False]  # its upstream seed diverged
+  without = {
+    a: _arm(np.asarray(r["train_accuracy"])[r.get("finished", [True] * 3)]) for a, r in arms.items()
+  }
   assert transfer.summarize(arms, [0.5], [10, 30]) == transfer.summarize(without, [0.5], [10, 30])
-  entry = transfer.arm_summary(arms["pretrained"]["train_accuracy"], [0.5, 0.6, 0.99],
-                               diverged=[False, False, False], upstream_diverged=[False, False, True])
+  entry = transfer.arm_summary(
+    arms["pretrained"]["train_accuracy"],
+    [0.5, 0.6, 0.99],
+    diverged=[False, False, False],
+    upstream_diverged=[False, False, True],
+  )
   assert entry["num_diverged"] == 1 and entry["test_accuracy_mean"] == pytest.approx(
-      0.55, rel=f64_tol(1.0, 4))                            # a float64 mean of two values
-  assert entry["train_accuracy"].shape == (3, 4)           # per-seed rows keep every seed
+    0.55, rel=f64_tol(1.0, 4)
+  )  # a float64 mean of two values
+  assert entry["train_accuracy"].shape == (3, 4)  # per-seed rows keep every seed
 
 
 def test_arms_pool_only_the_upstream_seeds_that_finished():
   model = models.DenseNet(widths=(6, 4), num_classes=3)
   keys = jax.random.split(jax.random.key(0), 3)
   pre = jax.tree.map(np.array, jax.vmap(lambda k: model.init(k, jnp.zeros((1, 5))))(keys)["params"])
-  pre["dense_0"]["kernel"][1] *= 1e14            # upstream seed 1 diverged: absurd, finite weights
-  cfg = ml_collections.ConfigDict({
-      "downstream": {"seed": 3}, "train": {"seed_offset": 0, "num_seeds": 3}, "transfer_layers": 1,
-      "layerwise": {"num_examples": 16, "num_bins": 4}, "rescale_sampled": True})
+  pre["dense_0"]["kernel"][1] *= 1e14  # upstream seed 1 diverged: absurd, finite weights
+  cfg = ml_collections.ConfigDict(
+    {
+      "downstream": {"seed": 3},
+      "train": {"seed_offset": 0, "num_seeds": 3},
+      "transfer_layers": 1,
+      "layerwise": {"num_examples": 16, "num_bins": 4},
+      "rescale_sampled": True,
+    }
+  )
   x = np.random.default_rng(0).normal(size=(16, 5)).astype(np.float32)
-  ctx = transfer.ArmContext(cfg, model, model, pre, pre, x, x, upstream_diverged=[False, True, False])
-  np.testing.assert_array_equal(ctx.sigma_w(),
-                                covariance.weight_covariance(pre["dense_0"]["kernel"][[0, 2]]))
+  ctx = transfer.ArmContext(
+    cfg, model, model, pre, pre, x, x, upstream_diverged=[False, True, False]
+  )
+  np.testing.assert_array_equal(
+    ctx.sigma_w(), covariance.weight_covariance(pre["dense_0"]["kernel"][[0, 2]])
+  )
   assert len(ctx.build("covariance")) == 3 and ctx.build("covariance_L1") is ctx.build("covariance")
   with pytest.raises(errors.NumericalError, match="all 3 upstream seeds diverged"):
-    transfer.ArmContext(cfg, model, model, pre, pre, x, x,
-                        upstream_diverged=[True] * 3).build("covariance")
+    transfer.ArmContext(cfg, model, model, pre, pre, x, x, upstream_diverged=[True] * 3).build(
+      "covariance"
+    )
 
 
 def test_all_scratch_seeds_diverged_leaves_nan_summaries():
-  arms = {"scratch": dict(_arm([[0.1, 0.3, 0.5, 0.7]] * 2), finished=[False, False]),
-          "pretrained": _arm([[0.1, 0.5, 0.7, 0.8]] * 2)}
+  arms = {
+    "scratch": dict(_arm([[0.1, 0.3, 0.5, 0.7]] * 2), finished=[False, False]),
+    "pretrained": _arm([[0.1, 0.5, 0.7, 0.8]] * 2),
+  }
   s = transfer.summarize(arms, [0.5], [10])
   assert np.isnan(s["speedup"]["pretrained"]["0.5"]) and np.isnan(s["table"]["scratch"]["10"][0])
 
@@ -111,24 +137,36 @@ def _ctx(fit=None, seeds=4, d=5, h=6, spread=1.0):
   keys = jax.random.split(jax.random.key(0), seeds)
   pre = jax.tree.map(np.array, jax.vmap(lambda k: model.init(k, jnp.zeros((1, d))))(keys)["params"])
   pre["dense_0"]["kernel"] *= np.geomspace(spread, 1 / spread, d)[None, :, None].astype(np.float32)
-  cfg = ml_collections.ConfigDict({
-      "downstream": {"seed": 3}, "train": {"seed_offset": 0, "num_seeds": seeds},
-      "transfer_layers": 1, "layerwise": {"num_examples": 16, "num_bins": 4},
-      "rescale_sampled": True})
+  cfg = ml_collections.ConfigDict(
+    {
+      "downstream": {"seed": 3},
+      "train": {"seed_offset": 0, "num_seeds": seeds},
+      "transfer_layers": 1,
+      "layerwise": {"num_examples": 16, "num_bins": 4},
+      "rescale_sampled": True,
+    }
+  )
   x = np.random.default_rng(0).normal(size=(16, d)).astype(np.float32)
-  return transfer.ArmContext(cfg, model, model, pre, pre, x, x, upstream_fit=fit,
-                             upstream_classes=10), pre
+  return transfer.ArmContext(
+    cfg, model, model, pre, pre, x, x, upstream_fit=fit, upstream_classes=10
+  ), pre
 
 
 def test_sigma_w_pools_the_upstream_seeds_that_fitted():
-  ctx, pre = _ctx(fit=[0.5, 0.1, 0.3, 0.15])                 # 2x chance = 0.2: seeds 0 and 2
-  np.testing.assert_array_equal(ctx.sigma_w(),
-                                covariance.weight_covariance(pre["dense_0"]["kernel"][[0, 2]]))
+  ctx, pre = _ctx(fit=[0.5, 0.1, 0.3, 0.15])  # 2x chance = 0.2: seeds 0 and 2
+  np.testing.assert_array_equal(
+    ctx.sigma_w(), covariance.weight_covariance(pre["dense_0"]["kernel"][[0, 2]])
+  )
   rec = ctx.sigma_w_record()
-  assert rec["num_fitted"] == 2 and rec["seeds"] == "fitted" and rec["pooled"].tolist() == [
-      True, False, True, False]
-  ctx, pre = _ctx(fit=[0.1] * 4)                             # none fitted: every finished seed
-  np.testing.assert_array_equal(ctx.sigma_w(), covariance.weight_covariance(pre["dense_0"]["kernel"]))
+  assert (
+    rec["num_fitted"] == 2
+    and rec["seeds"] == "fitted"
+    and rec["pooled"].tolist() == [True, False, True, False]
+  )
+  ctx, pre = _ctx(fit=[0.1] * 4)  # none fitted: every finished seed
+  np.testing.assert_array_equal(
+    ctx.sigma_w(), covariance.weight_covariance(pre["dense_0"]["kernel"])
+  )
   assert ctx.sigma_w_record()["num_fitted"] == 0
 
 
@@ -136,7 +174,8 @@ def test_rotated_control_keeps_the_spectrum_and_destroys_the_alignment():
   """covariance_rotated: each seed's first layer is covariance's rotated by a Haar-random Q, so
   its filters' second moment has the same eigenvalues (float64 rounding of a rotation) and the
   same norm, while its misalignment in Sigma_w's eigenbasis rises to the random-basis level."""
-  from rl_align import alignment   # pylint: disable=g-import-not-at-top
+  from rl_align import alignment  # pylint: disable=g-import-not-at-top
+
   ctx, _ = _ctx(fit=[0.5] * 4, d=12, h=400, spread=3.0)
   cov, rot = ctx.build("covariance"), ctx.build("covariance_rotated")
   _, v = alignment.eigh_desc(ctx.sigma_w())
@@ -150,7 +189,9 @@ def test_rotated_control_keeps_the_spectrum_and_destroys_the_alignment():
     ea, eb = (np.linalg.eigvalsh(w @ w.T / w.shape[1]) for w in (a, b))
     np.testing.assert_allclose(eb, ea, rtol=0, atol=f32_tol(ea.max(), 12))
     assert np.linalg.norm(a) == pytest.approx(np.linalg.norm(b), rel=float(f32_tol(1.0, 12)))
-    np.testing.assert_array_equal(np.asarray(c["dense_1"]["kernel"]), np.asarray(r["dense_1"]["kernel"]))
+    np.testing.assert_array_equal(
+      np.asarray(c["dense_1"]["kernel"]), np.asarray(r["dense_1"]["kernel"])
+    )
   # 400 samples in 12 dimensions: the aligned draw sits at its finite-sample floor, the rotated one
   # far above it (a random basis).
   floor = alignment.finite_sample_floor(v, alignment.variances_in_basis(ctx.sigma_w(), v), 400, 0)
@@ -158,9 +199,18 @@ def test_rotated_control_keeps_the_spectrum_and_destroys_the_alignment():
 
 
 def test_every_arm_is_registered_once_with_its_style():
-  assert transfer.ARMS == ("scratch", "pretrained", "pretrained_no_rescaling", "covariance",
-                           "covariance_L2", "covariance_L3", "covariance_rotated",
-                           "pretrained_f_L2", "pca_whitening", "f_only")
+  assert transfer.ARMS == (
+    "scratch",
+    "pretrained",
+    "pretrained_no_rescaling",
+    "covariance",
+    "covariance_L2",
+    "covariance_L3",
+    "covariance_rotated",
+    "pretrained_f_L2",
+    "pca_whitening",
+    "f_only",
+  )
   assert transfer.carries_seeds("pretrained_f_L2")
   assert transfer.style("covariance_L2")[0] != transfer.style("covariance_L3")[0]
   (l1, n1), (cov, n) = transfer.resolve("covariance_L1"), transfer.resolve("covariance")
@@ -178,9 +228,13 @@ def test_configs_build():
 
 
 def _run(workdir, *extra):
-  return run_module("experiments.transfer", "--config=experiments/configs/fig5.py:tiny",
-                    "--config.arms=('scratch','pretrained','covariance','covariance_L2')",
-                    f"--workdir={workdir}", *extra)
+  return run_module(
+    "experiments.transfer",
+    "--config=experiments/configs/fig5.py:tiny",
+    "--config.arms=('scratch','pretrained','covariance','covariance_L2')",
+    f"--workdir={workdir}",
+    *extra,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -228,8 +282,8 @@ def test_binary_writes_schema_and_resumes(device_run):
   assert list(res["arms"]) == ["scratch", "pretrained", "covariance", "covariance_L2"]
   for arm, r in res["arms"].items():
     steps = r["iterations"]
-    assert steps[0] == 0 and steps[-1] == 20 and len(steps) == 5            # eval every 5
-    assert np.asarray(r["train_accuracy"]).shape == (2, len(steps))         # seeds x iterations
+    assert steps[0] == 0 and steps[-1] == 20 and len(steps) == 5  # eval every 5
+    assert np.asarray(r["train_accuracy"]).shape == (2, len(steps))  # seeds x iterations
     assert len(r["test_accuracy"]) == 2
   assert len(res["upstream"]["train_accuracy"]) == 2
   assert set(res["speedup"]) == {"pretrained", "covariance", "covariance_L2"}

@@ -5,6 +5,7 @@ config validated before anything is written, interrupts that stop cleanly and re
 In-process through `cli.run_main` (as the binaries run) wherever possible; one subprocess per
 signal contract.
 """
+
 import json
 import os
 import signal
@@ -57,14 +58,22 @@ def test_a_second_run_on_a_held_workdir_is_refused_naming_the_holder(tmp_path, c
   with workdir.Lock(str(tmp_path), active=True, argv=["first", "run"]):
     line = _one_line(capsys, _config(), tmp_path)
   assert f"pid {os.getpid()}" in line and socket.gethostname() in line and "first run" in line
-  assert not (tmp_path / "config.json").exists()       # the refused run wrote nothing
+  assert not (tmp_path / "config.json").exists()  # the refused run wrote nothing
 
 
 def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path):
-  proc = subprocess.run([sys.executable, "-c", (
-      "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-      "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'{\"pid\": 1}'); os._exit(9)"),
-                         str(tmp_path / workdir.LOCK)], check=False)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'{\"pid\": 1}'); os._exit(9)"
+      ),
+      str(tmp_path / workdir.LOCK),
+    ],
+    check=False,
+  )
   assert proc.returncode == 9 and (tmp_path / workdir.LOCK).exists()
   with workdir.Lock(str(tmp_path), active=True) as lock:
     assert lock.fd is not None
@@ -78,15 +87,20 @@ def test_a_torn_line_anywhere_is_reported_and_the_valid_rows_are_kept(tmp_path, 
   path = tmp_path / "metrics.jsonl"
   rows = [{"phase": p, "step": s, "seed": 0} for p in ("upstream", "down") for s in (1, 2, 3)]
   lines = [json.dumps(r) for r in rows]
-  lines.insert(2, '{"phase": "upstream", "st')          # torn in the middle of the file
+  lines.insert(2, '{"phase": "upstream", "st')  # torn in the middle of the file
   path.write_text("\n".join(lines) + "\n")
   w = metric_writers.JsonlWriter(str(path))
-  kept = w.read_rows("down", max_step=2)                # resuming phase "down" at step 2
+  kept = w.read_rows("down", max_step=2)  # resuming phase "down" at step 2
   assert [r["step"] for r in kept] == [1, 2]
   assert "line(s) [3]" in caplog.text
   left, bad = metric_writers.parse_jsonl(str(path))
   assert not bad and [(r["phase"], r["step"]) for r in left] == [
-      ("upstream", 1), ("upstream", 2), ("upstream", 3), ("down", 1), ("down", 2)]
+    ("upstream", 1),
+    ("upstream", 2),
+    ("upstream", 3),
+    ("down", 1),
+    ("down", 2),
+  ]
 
 
 def test_other_processes_read_back_but_never_rewrite(tmp_path):
@@ -100,13 +114,15 @@ def test_other_processes_read_back_but_never_rewrite(tmp_path):
 
 def _train_twice(tmp_path):
   """A tiny engine run with a checkpoint at each of its 4 log steps (2 kept)."""
-  from rl_align import models, train   # pylint: disable=g-import-not-at-top
-  from tests.helpers import train_config   # pylint: disable=g-import-not-at-top
+  from rl_align import models, train  # pylint: disable=g-import-not-at-top
+  from tests.helpers import train_config  # pylint: disable=g-import-not-at-top
+
   cfg = train_config(num_seeds=2, num_epochs=4, batch_size=8, checkpoint_every_secs=0.0)
   x = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
   y = np.arange(16, dtype=np.int32) % 2
-  run = lambda: train.train(models.DenseNet(widths=(4,), num_classes=2), cfg, x, y,
-                            workdir=str(tmp_path))
+  run = lambda: train.train(
+    models.DenseNet(widths=(4,), num_classes=2), cfg, x, y, workdir=str(tmp_path)
+  )
   return run
 
 
@@ -128,9 +144,11 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, capl
       if "d/" in f.replace(os.sep, "/") or os.path.basename(f).startswith("ocdbt"):
         with open(f, "r+b") as h:
           h.truncate(max(0, os.path.getsize(f) // 3))
-  again = run()   # resumes from the older checkpoint and trains the rest again: same result
+  again = run()  # resumes from the older checkpoint and trains the rest again: same result
   assert "damaged and skipped" in caplog.text and f"step {steps[0]}" in caplog.text
-  np.testing.assert_array_equal(again.params["dense_0"]["kernel"], first.params["dense_0"]["kernel"])
+  np.testing.assert_array_equal(
+    again.params["dense_0"]["kernel"], first.params["dense_0"]["kernel"]
+  )
 
 
 def test_no_readable_checkpoint_is_one_line(tmp_path):
@@ -147,8 +165,8 @@ def test_no_readable_checkpoint_is_one_line(tmp_path):
 def test_damaged_config_json_and_unusable_workdirs_are_one_line(tmp_path, capsys, monkeypatch):
   wd = tmp_path / "wd"
   wd.mkdir()
-  (wd / "config.json").write_text('{"data": {"name": "gau')   # cut short
-  (wd / "results.json").write_text("{}")                      # something was computed
+  (wd / "config.json").write_text('{"data": {"name": "gau')  # cut short
+  (wd / "results.json").write_text("{}")  # something was computed
   assert "config.json is damaged" in _one_line(capsys, _config(), wd)
   afile = tmp_path / "a_file"
   afile.write_text("x")
@@ -159,6 +177,7 @@ def test_damaged_config_json_and_unusable_workdirs_are_one_line(tmp_path, capsys
     if ".write-test-" in str(path):
       raise OSError(30, "Read-only file system", str(path))
     return real_open(path, *a, **kw)
+
   monkeypatch.setattr("builtins.open", read_only)
   assert "is not writable (read-only file system)" in _one_line(capsys, _config(), tmp_path / "ro")
 
@@ -172,19 +191,24 @@ def test_outputs_are_readable_by_the_group_and_others(tmp_path):
 # The config: validated before writing, mismatches named, run-only fields free.
 
 
-@pytest.mark.parametrize("field,value,words", [
+@pytest.mark.parametrize(
+  "field,value,words",
+  [
     ("batch_size", 0, "batch_size: must be an integer >= 1"),
     ("learning_rate", float("nan"), "learning_rate: must be a finite number > 0"),
     ("learning_rate", float("inf"), "learning_rate: must be a finite number > 0"),
     ("num_seeds", 0, "num_seeds: must be an integer >= 1"),
-    ("num_seeds", -1, "num_seeds: must be an integer >= 1")])
-def test_a_rejected_config_writes_nothing_and_the_fix_names_a_real_flag(tmp_path, capsys, field,
-                                                                           value, words):
+    ("num_seeds", -1, "num_seeds: must be an integer >= 1"),
+  ],
+)
+def test_a_rejected_config_writes_nothing_and_the_fix_names_a_real_flag(
+  tmp_path, capsys, field, value, words
+):
   c = _config(**{field: value})
   line = _one_line(capsys, c, tmp_path / "wd")
   assert words in line
   assert not (tmp_path / "wd" / "config.json").exists()
-  flag = line.split("Fix: --config.")[1].split("=")[0]       # e.g. train.batch_size
+  flag = line.split("Fix: --config.")[1].split("=")[0]  # e.g. train.batch_size
   node = c
   for part in flag.split("."):
     assert part in node, (flag, line)
@@ -193,9 +217,13 @@ def test_a_rejected_config_writes_nothing_and_the_fix_names_a_real_flag(tmp_path
 
 def test_the_fix_of_every_refusal_names_a_field_of_its_config(tmp_path, capsys):
   """Bad values of several kinds through the binary's entry: each Fix flag exists."""
-  bad = [("train", "optimizer", "adamw"), ("train", "grad_microbatch", 7),
-         ("train", "momentum", float("nan")), ("train", "checkpoint_every_secs", -1.0),
-         ("train", "num_epochs", 0)]
+  bad = [
+    ("train", "optimizer", "adamw"),
+    ("train", "grad_microbatch", 7),
+    ("train", "momentum", float("nan")),
+    ("train", "checkpoint_every_secs", -1.0),
+    ("train", "num_epochs", 0),
+  ]
   for i, (where, field, value) in enumerate(bad):
     c = _config()
     c[where][field] = value
@@ -216,18 +244,20 @@ def test_the_corrected_command_runs_on_the_workdir_a_rejection_left(tmp_path, ca
   assert json.loads((wd / "run.json").read_text())["status"] == "finished"
 
 
-def test_a_resume_with_another_config_names_each_field_and_run_only_fields_may_change(tmp_path,
-                                                                                    capsys):
+def test_a_resume_with_another_config_names_each_field_and_run_only_fields_may_change(
+  tmp_path, capsys
+):
   wd = tmp_path / "wd"
   _run(_config(), wd)
   line = _one_line(capsys, _config(learning_rate=0.5, momentum=0.5), wd)
   assert "train.learning_rate: 0.02 there, 0.5 now" in line and "train.momentum: 0.9 there" in line
-  _run(_config(checkpoint_every_secs=5.0, log_every_steps=2), wd)    # resumes: nothing differs
+  _run(_config(checkpoint_every_secs=5.0, log_every_steps=2), wd)  # resumes: nothing differs
 
 
 def test_task_index_without_a_sweep_is_an_error(tmp_path):
-  proc = helpers.run_module("experiments.eigenvalue_map", ARGV[1], f"--workdir={tmp_path}",
-                            "--task_index=1", timeout=300)
+  proc = helpers.run_module(
+    "experiments.eigenvalue_map", ARGV[1], f"--workdir={tmp_path}", "--task_index=1", timeout=300
+  )
   assert proc.returncode == 2
   err = proc.stderr.strip().splitlines()[-1]
   assert err.startswith("error: --task_index splits a sweep") and "Fix:" in err
@@ -236,9 +266,10 @@ def test_task_index_without_a_sweep_is_an_error(tmp_path):
 def test_run_json_says_what_data_was_read_and_why(tmp_path):
   """Fashion-MNIST with a data_dir that does not exist falls back to the Debian copy: the log and
   run.json say so (the idx files are generated here, in a folder the default data_dir points to)."""
-  from experiments.configs import fig3   # pylint: disable=g-import-not-at-top
-  from rl_align.runners import filters   # pylint: disable=g-import-not-at-top
-  from tests import fake_idx   # pylint: disable=g-import-not-at-top
+  from experiments.configs import fig3  # pylint: disable=g-import-not-at-top
+  from rl_align.runners import filters  # pylint: disable=g-import-not-at-top
+  from tests import fake_idx  # pylint: disable=g-import-not-at-top
+
   folder = fake_idx.write(tmp_path / "idx", n_train=300, n_test=80)
   c = fig3.get_config("fmnist,tiny")
   c.data.data_dir = folder
@@ -252,17 +283,28 @@ def test_run_json_says_what_data_was_read_and_why(tmp_path):
 
 
 # A run long enough to interrupt: 400 epochs of a wider net (~10 ms a step on 2 cores).
-LONG = ["--config.train.num_epochs=400", "--config.train.checkpoint_every_secs=1000",
-        "--config.panels.right.model.widths=(1024,1024)"]
+LONG = [
+  "--config.train.num_epochs=400",
+  "--config.train.checkpoint_every_secs=1000",
+  "--config.panels.right.model.widths=(1024,1024)",
+]
 
 
 def _start(wd, *extra):
   """The fig20 binary on LONG (and `extra` flags), started; returns (process, lines seen up to
   its first progress line)."""
-  cmd = [sys.executable, "-m", "experiments.eigenvalue_map", ARGV[1], f"--workdir={wd}", *LONG,
-         *extra]
-  proc = subprocess.Popen(cmd, cwd=helpers.ROOT, stderr=subprocess.PIPE, text=True,
-                          env=helpers.child_env())
+  cmd = [
+    sys.executable,
+    "-m",
+    "experiments.eigenvalue_map",
+    ARGV[1],
+    f"--workdir={wd}",
+    *LONG,
+    *extra,
+  ]
+  proc = subprocess.Popen(
+    cmd, cwd=helpers.ROOT, stderr=subprocess.PIPE, text=True, env=helpers.child_env()
+  )
   seen = []
   for line in proc.stderr:
     seen.append(line)
@@ -288,8 +330,9 @@ def test_sigint_stops_at_a_checkpoint_exits_130_and_the_rerun_resumes(tmp_path):
   step = int(status.split("at step ")[1].split()[0])
   assert status == f"interrupted at step {step} of train"
   assert str(step) in os.listdir(wd / "right" / "train_state" / "checkpoints")
-  proc = helpers.run_module("experiments.eigenvalue_map", ARGV[1], f"--workdir={wd}", *LONG,
-                            timeout=300)
+  proc = helpers.run_module(
+    "experiments.eigenvalue_map", ARGV[1], f"--workdir={wd}", *LONG, timeout=300
+  )
   assert proc.returncode == 0 and f"resumed from step {step}" in proc.stderr, proc.stderr[-2000:]
   rec = json.loads((wd / "run.json").read_text())
   assert rec["status"] == "finished" and rec["earlier_runs"][-1]["status"] == status
@@ -304,9 +347,9 @@ def test_sigterm_exits_143_and_a_second_signal_exits_at_once(tmp_path):
   proc.send_signal(signal.SIGTERM)
   rc, err = _finish(proc)
   assert rc == 143 and "interrupted (signal 15)" in err, err[-2000:]
-  proc, _ = _start(tmp_path / "two", "--config.train.log_every_steps=1000")   # event steps far apart
+  proc, _ = _start(tmp_path / "two", "--config.train.log_every_steps=1000")  # event steps far apart
   proc.send_signal(signal.SIGTERM)
-  for line in proc.stderr:       # the first is acknowledged: the loop runs on to its next event
+  for line in proc.stderr:  # the first is acknowledged: the loop runs on to its next event
     if "signal 15: stopping" in line:
       break
   proc.send_signal(signal.SIGTERM)

@@ -46,13 +46,14 @@ the member count or the process; there `assert_same_run` / `assert_same_accuracy
 bound of the default matmul (`matmul_eps`: TF32 on NVIDIA GPUs unless
 JAX_DEFAULT_MATMUL_PRECISION=highest) over the run's steps (`f32_run_tol`).
 """
+
 import jax
 import numpy as np
 
-EPS32 = float(np.finfo(np.float32).eps)   # 1.19e-7 = 2u
-EPS64 = float(np.finfo(np.float64).eps)   # 2.22e-16
-TF32_EPS = 2.0 ** -10                      # TF32: float32 with 10 explicit mantissa bits
-BF16_EPS = 2.0 ** -7                       # bfloat16: 7 explicit mantissa bits
+EPS32 = float(np.finfo(np.float32).eps)  # 1.19e-7 = 2u
+EPS64 = float(np.finfo(np.float64).eps)  # 2.22e-16
+TF32_EPS = 2.0**-10  # TF32: float32 with 10 explicit mantissa bits
+BF16_EPS = 2.0**-7  # bfloat16: 7 explicit mantissa bits
 
 
 def rounding_tol(eps: float, magnitude, reduction_len: int, safety: float = 2.0):
@@ -102,8 +103,9 @@ def assert_close(got, want, atol, err_msg=""):
   ratio = np.abs(got - want) / np.maximum(atol, np.finfo(np.float64).tiny)
   worst = float(ratio.max()) if ratio.size else 0.0
   assert np.all(np.abs(got - want) <= atol), (
-      f"{err_msg}: |got - want| exceeds the rounding bound, worst ratio {worst:.3g} at "
-      f"{np.unravel_index(int(ratio.argmax()), ratio.shape)}")
+    f"{err_msg}: |got - want| exceeds the rounding bound, worst ratio {worst:.3g} at "
+    f"{np.unravel_index(int(ratio.argmax()), ratio.shape)}"
+  )
 
 
 def matmul_eps() -> float:
@@ -124,8 +126,9 @@ def bitwise_backend() -> bool:
   return jax.default_backend() == "cpu"
 
 
-def assert_same_run(got, want, steps: int, chain_per_step: int, err_msg: str = "",
-                    bitwise: bool | None = None) -> float:
+def assert_same_run(
+  got, want, steps: int, chain_per_step: int, err_msg: str = "", bitwise: bool | None = None
+) -> float:
   """The params (pytrees or arrays) of two runs of the same training: bitwise if `bitwise` (None:
   `bitwise_backend()`), else within rounding_tol(matmul_eps(), max |want|, steps * chain_per_step)
   (`f32_run_tol`'s derivation with the default matmul's eps).  Returns the tolerance
@@ -142,8 +145,9 @@ def assert_same_run(got, want, steps: int, chain_per_step: int, err_msg: str = "
   return tol
 
 
-def assert_same_accuracy(got, want, n_examples: int, err_msg: str = "",
-                         bitwise: bool | None = None) -> None:
+def assert_same_accuracy(
+  got, want, n_examples: int, err_msg: str = "", bitwise: bool | None = None
+) -> None:
   """Accuracies of two runs of the same training: equal if `bitwise` (None: `bitwise_backend()`),
   else within one example of n_examples per entry (a rounding-level change of the logits moves an
   argmax only at a near-tie; more than one per evaluation set would be a real difference)."""

@@ -26,6 +26,7 @@ argument, the closest accepted one and every accepted form.  The binaries print 
 Every config file decorates its `get_config` with `with_download`: each data block gets the field
 `download` (default False; `--config.data.download=True` downloads a missing real dataset).
 """
+
 import difflib
 import functools
 import os
@@ -119,8 +120,10 @@ def _convert(where: str, key: str, default: Any, raw: str) -> Any:
     except ValueError:
       name = type(default).__name__
       want = f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
-  raise errors.ConfigError(f"{where}: config argument {key}={raw!r} is invalid: expected {want}. "
-                           f"Fix: e.g. {key}={_example(default)}.")
+  raise errors.ConfigError(
+    f"{where}: config argument {key}={raw!r} is invalid: expected {want}. "
+    f"Fix: e.g. {key}={_example(default)}."
+  )
 
 
 def _example(default: Any) -> str:
@@ -144,8 +147,10 @@ def _word_owners(spec: Mapping[str, Any]) -> dict:
     elif isinstance(d, (int, float, str)):
       words = ()
     else:
-      raise TypeError(f"parse_arg: default of {key!r} must be bool, int, float, str, OneOf or "
-                      f"AnyOf, got {type(d).__name__}.")
+      raise TypeError(
+        f"parse_arg: default of {key!r} must be bool, int, float, str, OneOf or "
+        f"AnyOf, got {type(d).__name__}."
+      )
     for w in words:
       if w in owners:
         raise TypeError(f"parse_arg: the word {w!r} belongs to both {owners[w]!r} and {key!r}.")
@@ -173,8 +178,11 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
       value = _convert(where, key, spec[key], raw)
     elif part in owners:
       key = owners[part]
-      value = spec[key].select(part) if isinstance(spec[key], AnyOf) else (
-          True if isinstance(spec[key], bool) else part)
+      value = (
+        spec[key].select(part)
+        if isinstance(spec[key], AnyOf)
+        else (True if isinstance(spec[key], bool) else part)
+      )
     else:
       _unknown(where, part, part, list(owners) + [f"{k}=" for k in spec], spec)
     if key in selected:
@@ -182,8 +190,9 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
       continue
     if key in chosen and chosen[key][1] != value:
       raise errors.ConfigError(
-          f"{where}: config arguments {chosen[key][0]!r} and {part!r} both set {key!r}. "
-          f"Fix: give one of them.")
+        f"{where}: config arguments {chosen[key][0]!r} and {part!r} both set {key!r}. "
+        f"Fix: give one of them."
+      )
     chosen[key] = (part, value)
     values[key] = value
   for key, members in selected.items():
@@ -197,8 +206,10 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
 def _unknown(where: str, part: str, name: str, candidates: list, spec: Mapping[str, Any]) -> None:
   close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
   hint = f" (did you mean {close[0].rstrip('=')!r}?)" if close else ""
-  raise errors.ConfigError(f"{where}: unknown config argument {part!r}{hint}. Accepted: "
-                           f"{_accepted(spec)}. Fix: use one of them, comma separated.")
+  raise errors.ConfigError(
+    f"{where}: unknown config argument {part!r}{hint}. Accepted: "
+    f"{_accepted(spec)}. Fix: use one of them, comma separated."
+  )
 
 
 def with_download(get_config):
@@ -215,6 +226,7 @@ def with_download(get_config):
   `download` in (embedded sources ignore it), so the blocks' kwargs hold the same reference:
   whatever path sets it (the flag above, or --config.f_only.data.download=...), every block reads
   it."""
+
   @functools.wraps(get_config)
   def wrapped(*args, **kwargs):
     c = get_config(*args, **kwargs)
@@ -223,6 +235,7 @@ def with_download(get_config):
       block.download = ref
       block.kwargs.download = ref
     return c
+
   return wrapped
 
 
@@ -241,12 +254,14 @@ def base_config() -> ml_collections.ConfigDict:
   # data.placement: "device" (the training set loaded as arrays), "host" (nothing loaded: the
   # engine's batches stream from data.source through rl_align.pipeline, the same numbers) or
   # "auto" (by size); read by every runner (rl_align.runners.common.load_data).
-  c.data = ml_collections.ConfigDict({"name": "gaussian", "kwargs": {}, "data_dir": "",
-                                      "standardize": False, "placement": "device"})
+  c.data = ml_collections.ConfigDict(
+    {"name": "gaussian", "kwargs": {}, "data_dir": "", "standardize": False, "placement": "device"}
+  )
   c.labels = "random"
   c.num_classes = 10
-  c.model = ml_collections.ConfigDict({"name": "dense", "widths": (2048, 256), "num_classes": 10,
-                                       "dtype": "float32"})
+  c.model = ml_collections.ConfigDict(
+    {"name": "dense", "widths": (2048, 256), "num_classes": 10, "dtype": "float32"}
+  )
   c.train = engine_config.default_config()
   # The figure whose claims the run tests (rl_align.claims: fig2, fig3, fig4, fig5, fig1, ...;
   # "" for none): the runner writes it, with every claim's verdict, into results.json.

@@ -47,6 +47,7 @@ Fashion-MNIST (`fmnist`, real data; Debian's dataset-fashion-mnist or idx files 
   (positive, K = 10) / 4000 steps (negative, K = 100) of 64: 256 / 512 epochs (with 2000 images and
   1000-3000 steps the Fig 1 search fitted 0.02-0.65).  `tiny` is a smoke run (CI).
 """
+
 import ml_collections
 
 from experiments.configs import common
@@ -56,19 +57,27 @@ from experiments.configs import shared
 # fmnist: VGG16 at 1/8 width (the widest whose 8 seeds fit ~30 min per column on a 2-core CPU), 8
 # seeds, upstream 2000 images (random labels are not fitted on 20k in a CPU budget), downstream the
 # paper's 25k with real labels, test the 10k test images; local's batch 64 and learning rates.
-FMNIST = {"width": 8, "seeds": 8, "upstream": 500, "upstream_steps": 2000,
-          "upstream_steps_negative": 4000, "downstream_steps": 600}
+FMNIST = {
+  "width": 8,
+  "seeds": 8,
+  "upstream": 500,
+  "upstream_steps": 2000,
+  "upstream_steps_negative": 4000,
+  "downstream_steps": 600,
+}
 
 
 def fmnist(c, negative: bool) -> None:
   """Fashion-MNIST, resized to 32x32 (VGG16's five pools), the paper's 25k downstream images and
   the full test split; what is shrunk to fit the CPU (width, upstream, steps) is in FMNIST."""
-  c.title = (f"Fig 1 ({'negative' if negative else 'positive'} transfer), VGG16 1/8 width, "
-             "Fashion-MNIST")
+  c.title = (
+    f"Fig 1 ({'negative' if negative else 'positive'} transfer), VGG16 1/8 width, Fashion-MNIST"
+  )
   c.data = shared.fmnist_data()
   c.data.kwargs = {"image_size": 32}
-  c.split = ml_collections.ConfigDict({"upstream": FMNIST["upstream"], "downstream": 25_000,
-                                       "test": 0, "seed": 0})
+  c.split = ml_collections.ConfigDict(
+    {"upstream": FMNIST["upstream"], "downstream": 25_000, "test": 0, "seed": 0}
+  )
   c.model.width = FMNIST["width"]
   c.train.num_seeds = FMNIST["seeds"]
   c.upstream.num_steps = FMNIST["upstream_steps_negative" if negative else "upstream_steps"]
@@ -95,8 +104,13 @@ def tiny(c) -> None:
 
 @common.with_download
 def get_config(arg: str = "positive") -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, transfer=common.OneOf("positive", "negative"),
-                       scale=common.OneOf("paper", "local", "tiny"), random=False, fmnist=False)
+  a = common.parse_arg(
+    arg,
+    transfer=common.OneOf("positive", "negative"),
+    scale=common.OneOf("paper", "local", "tiny"),
+    random=False,
+    fmnist=False,
+  )
   shared.check_fmnist_scale(a.fmnist, a.scale)
   negative = a.transfer == "negative"
   c = fig5.shared_fields()
@@ -104,9 +118,16 @@ def get_config(arg: str = "positive") -> ml_collections.ConfigDict:
   c.figure_name = "fig1.png"
   c.claims = ml_collections.ConfigDict({"figure": "fig1", "direction": a.transfer})
   c.paper_reference = None
-  c.model = ml_collections.ConfigDict({"name": "vgg16", "num_classes": 10, "width": 64,
-                                       "init_scale": 1.0, "kernel_init": "he_normal",
-                                       "dtype": "float32"})
+  c.model = ml_collections.ConfigDict(
+    {
+      "name": "vgg16",
+      "num_classes": 10,
+      "width": 64,
+      "init_scale": 1.0,
+      "kernel_init": "he_normal",
+      "dtype": "float32",
+    }
+  )
   c.arms = ("scratch", "pretrained", "pretrained_no_rescaling")
   c.transfer_layers = 0
   t = c.train
@@ -124,17 +145,29 @@ def get_config(arg: str = "positive") -> ml_collections.ConfigDict:
   c.f_only.source = "upstream"
   if a.scale in ("local", "tiny") or a.fmnist:
     c.title += " (local: 1/8 width, 32x32 photos)"
-    c.data = ml_collections.ConfigDict({
-        "name": "photos", "kwargs": {"size": 32, "short_side": 256, "cell": 48, "seed": 0,
-                                     "n": 6000},
-        "data_dir": "", "standardize": True, "test_split": "test", "test_examples": 1000,
-        "placement": "device"})
-    c.split = ml_collections.ConfigDict({"upstream": 2000, "downstream": 4000, "test": 0,
-                                         "seed": 0})
+    c.data = ml_collections.ConfigDict(
+      {
+        "name": "photos",
+        "kwargs": {"size": 32, "short_side": 256, "cell": 48, "seed": 0, "n": 6000},
+        "data_dir": "",
+        "standardize": True,
+        "test_split": "test",
+        "test_examples": 1000,
+        "placement": "device",
+      }
+    )
+    c.split = ml_collections.ConfigDict(
+      {"upstream": 2000, "downstream": 4000, "test": 0, "seed": 0}
+    )
     c.model.width = 8
     t.batch_size, t.num_seeds, t.train_eval_examples = 64, 4, 1000
-    c.upstream.update({"num_steps": 3000 if negative else 1000, "eval_every_steps": 250,
-                       "train_eval_examples": 1000})
+    c.upstream.update(
+      {
+        "num_steps": 3000 if negative else 1000,
+        "eval_every_steps": 250,
+        "train_eval_examples": 1000,
+      }
+    )
     if negative:
       # lr 0.05 does not train the normalization-free local VGG at all (upstream 0.09 with K=100,
       # downstream scratch 0.20); lr 0.02 with 3000 upstream steps fits 0.21 of K=100 (21x chance).

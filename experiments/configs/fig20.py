@@ -17,6 +17,7 @@ Expected result (the paper's Fig 20, and the README results table): right rises 
 decreases from ~0.38 to ~0.32.
 Data: embedded synthetic x ~ N(0, diag(sigma^2)), random labels (K=10), one draw per seed.
 """
+
 import ml_collections
 
 from experiments.configs import common
@@ -29,9 +30,9 @@ _SIGMA_LEFT = tuple(round(1.0 + 0.1 * i, 1) for i in range(10))
 # our plots (rl_align.claims.paper holds the paper's numbers).
 PAPER_REFERENCE = paper.FIG20
 _PANELS = {  # d, widths, n, sigmas (paper's Fig 20 settings table)
-    "left": (10, (2048, 256), 10_000, _SIGMA_LEFT),
-    "middle": (30, (2048, 256), 10_000, _SIGMA_WIDE),
-    "right": (30, (256, 256), 2_000, _SIGMA_WIDE),
+  "left": (10, (2048, 256), 10_000, _SIGMA_LEFT),
+  "middle": (30, (2048, 256), 10_000, _SIGMA_WIDE),
+  "right": (30, (256, 256), 2_000, _SIGMA_WIDE),
 }
 
 
@@ -41,7 +42,7 @@ def panel(name: str, reading: str, tiny: bool) -> ml_collections.ConfigDict:
   key = "stds" if reading == "std" else "variances"  # the same numbers, read as stds or variances
   p.data = {"kwargs": {"n": 512 if tiny else n, key: sig, "seed": 0, "num_classes": 10}}
   p.model = {"widths": (64, 32) if tiny else widths}
-  if not tiny:   # train accuracy (a forward pass over 2048 examples) every 10 epochs, not every
+  if not tiny:  # train accuracy (a forward pass over 2048 examples) every 10 epochs, not every
     # epoch: 5% of the main job's time (benchmarks/main_job.py); loss and batch accuracy are
     # still logged every epoch, and the final train accuracy (results.json) is always measured.
     p.train = {"eval_every_steps": 10 * (n // 128)}
@@ -52,8 +53,12 @@ def panel(name: str, reading: str, tiny: bool) -> ml_collections.ConfigDict:
 
 @common.with_download
 def get_config(arg: str = "all") -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, panels=common.AnyOf(*_PANELS, aliases={"all": tuple(_PANELS)}),
-                       reading=common.OneOf("std", "variance"), tiny=False)
+  a = common.parse_arg(
+    arg,
+    panels=common.AnyOf(*_PANELS, aliases={"all": tuple(_PANELS)}),
+    reading=common.OneOf("std", "variance"),
+    tiny=False,
+  )
   reading, tiny, names = a.reading, a.tiny, a.panels
   c = common.base_config()
   c.figure_name = "fig20.png"
@@ -61,8 +66,13 @@ def get_config(arg: str = "all") -> ml_collections.ConfigDict:
   c.labels = "random"
   c.num_classes = 10
   c.data.name = "gaussian"
-  c.model = {"name": "dense", "widths": (2048, 256), "num_classes": 10, "kernel_init": "lecun_normal",
-             "dtype": "float32"}
+  c.model = {
+    "name": "dense",
+    "widths": (2048, 256),
+    "num_classes": 10,
+    "kernel_init": "lecun_normal",
+    "dtype": "float32",
+  }
   t = c.train
   # The paper does not state its optimizer.  lr 0.02 is the best of the sweep in the README
   # ("Fig 20 optimizer search"): it matches all three panels' magnitudes; lr 0.01 undershoots.
@@ -71,7 +81,12 @@ def get_config(arg: str = "all") -> ml_collections.ConfigDict:
   t.num_seeds = 2 if tiny else 5
   t.snapshot_epochs = (0, 1, 2) if tiny else (0, 1, 2, 5, 10, 20, 50, 100, 200)
   t.log_every_steps = 0
-  c.analysis = {"centered": False, "reduce": "sum", "basis_seed": 0, "patch_size": 3,
-                "population_covariance": True}
+  c.analysis = {
+    "centered": False,
+    "reduce": "sum",
+    "basis_seed": 0,
+    "patch_size": 3,
+    "population_covariance": True,
+  }
   c.panels = {name: panel(name, reading, tiny) for name in names}
   return c

@@ -28,6 +28,7 @@ Fashion-MNIST (`fmnist`, real data; Debian's dataset-fashion-mnist or idx files 
   overlap 0.48 / 0.83 vs chance 0.20 / 0.40; the top four filter eigenvectors are patch PCs #5, #6,
   #4, #3 (|cos| 0.60-0.80); the mean-brightness PC #1 is not among them (top-1 overlap ~0).
 """
+
 import ml_collections
 
 from experiments.configs import common
@@ -52,13 +53,26 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if local:
     c.data.name = "photos"
     c.data.kwargs = shared.local_photos(256 if tiny else 5000)
-    c.model = {"name": "paper_cnn", "features": 16 if tiny else 64, "kernel_size": 5,
-               "hidden": 64, "num_classes": 10, "first_layer_std": 0.002, "dtype": "float32"}
+    c.model = {
+      "name": "paper_cnn",
+      "features": 16 if tiny else 64,
+      "kernel_size": 5,
+      "hidden": 64,
+      "num_classes": 10,
+      "first_layer_std": 0.002,
+      "dtype": "float32",
+    }
   else:
     c.data.name = "cifar10"
     c.data.kwargs = {}
-    c.model = {"name": "wrn", "depth": 28, "width": 4, "first_kernel_size": 5, "num_classes": 10,
-               "dtype": "float32"}
+    c.model = {
+      "name": "wrn",
+      "depth": 28,
+      "width": 4,
+      "first_kernel_size": 5,
+      "num_classes": 10,
+      "dtype": "float32",
+    }
   t = c.train
   t.optimizer, t.learning_rate, t.momentum = "momentum", 0.01, 0.9
   t.batch_size = 64 if tiny else 128

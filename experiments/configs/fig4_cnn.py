@@ -31,6 +31,7 @@ Fashion-MNIST (`fmnist`, real data; Debian's dataset-fashion-mnist or idx files 
   and a seed or two may stay at chance).  The first layer sees 3x3 grey patches: 9 dimensions, not
   CIFAR10's 27.  Measured: README "Claims on a real dataset" (generated from the kept run).
 """
+
 import ml_collections
 
 from experiments.configs import common
@@ -45,8 +46,12 @@ FMNIST = {"examples": 4000, "epochs": 40, "snapshot_epochs": (0, 5, 10, 20, 40),
 
 @common.with_download
 def get_config(arg: str = "random") -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, labels=common.AnyOf(*LABELS, default=("random",)),
-                       scale=common.OneOf(*SCALES), fmnist=False)
+  a = common.parse_arg(
+    arg,
+    labels=common.AnyOf(*LABELS, default=("random",)),
+    scale=common.OneOf(*SCALES),
+    fmnist=False,
+  )
   c = build(a.labels, a.scale, a.fmnist)
   if a.fmnist and a.scale == "paper":
     c.train.num_seeds = FMNIST["seeds"]
@@ -61,7 +66,7 @@ def build(labels: tuple, scale: str, fmnist: bool = False) -> ml_collections.Con
   c = common.base_config()
   c.figure_name = "fig4_cnn.png"
   c.claims.figure = "fig4"
-  c.figure_style = "epochs"   # f pooled over seeds at every snapshot epoch, log sigma (the paper's)
+  c.figure_style = "epochs"  # f pooled over seeds at every snapshot epoch, log sigma (the paper's)
   c.num_classes = 10
   c.data.standardize = True
   if local:
@@ -70,9 +75,16 @@ def build(labels: tuple, scale: str, fmnist: bool = False) -> ml_collections.Con
   else:
     c.data.name = "cifar10"
     c.data.kwargs = {}
-  c.model = {"name": "paper_cnn", "features": 16 if tiny else (64 if local else 256),
-             "kernel_size": 3, "hidden": 64, "num_classes": 10, "kernel_init": "lecun_normal",
-             "first_layer_std": 0.002, "dtype": "float32"}
+  c.model = {
+    "name": "paper_cnn",
+    "features": 16 if tiny else (64 if local else 256),
+    "kernel_size": 3,
+    "hidden": 64,
+    "num_classes": 10,
+    "kernel_init": "lecun_normal",
+    "first_layer_std": 0.002,
+    "dtype": "float32",
+  }
   t = c.train
   t.optimizer, t.learning_rate, t.momentum = "momentum", 0.01, 0.9
   t.batch_size = 64 if tiny else (128 if local else 256)

@@ -62,6 +62,7 @@ Fashion-MNIST (`fmnist`, real data; Debian's dataset-fashion-mnist or idx files 
   Section 2.5's arms (covariance_L2 / L3, pretrained_f_L2) ran in an earlier 8-seed run
   (docs/fmnist.md); add them with --config.arms to rerun them.
 """
+
 import ml_collections
 
 from experiments.configs import common
@@ -69,16 +70,35 @@ from experiments.configs import shared
 from rl_align.claims import paper
 
 PAPER_REFERENCE = {k: v for k, v in paper.FIG5.items() if k != "downstream_steps"}
-ARMS = ("scratch", "pretrained", "pretrained_no_rescaling", "covariance", "covariance_L2",
-        "covariance_L3", "pca_whitening", "f_only")
+ARMS = (
+  "scratch",
+  "pretrained",
+  "pretrained_no_rescaling",
+  "covariance",
+  "covariance_L2",
+  "covariance_L3",
+  "pca_whitening",
+  "f_only",
+)
 # The fmnist run: the Fig 5 arms, the weight-scaling pair and the alignment control (section 2.5's
 # arms ran in an earlier, 8-seed run: docs/fmnist.md).
-FMNIST_ARMS = ("scratch", "pretrained", "pretrained_no_rescaling", "covariance",
-               "covariance_rotated")
+FMNIST_ARMS = (
+  "scratch",
+  "pretrained",
+  "pretrained_no_rescaling",
+  "covariance",
+  "covariance_rotated",
+)
 # fmnist sizes (module docstring says why each is shrunk): upstream images / steps / batch, the
 # downstream images / steps, seeds.
-FMNIST = {"upstream": 500, "upstream_steps": 1200, "upstream_batch": 64, "downstream": 5000,
-          "downstream_steps": 800, "seeds": 16}
+FMNIST = {
+  "upstream": 500,
+  "upstream_steps": 1200,
+  "upstream_batch": 64,
+  "downstream": 5000,
+  "downstream_steps": 800,
+  "seeds": 16,
+}
 
 
 def shared_fields() -> ml_collections.ConfigDict:
@@ -87,16 +107,33 @@ def shared_fields() -> ml_collections.ConfigDict:
   c.title = "Fig 5: transfer of the first layer"
   c.figure_name = "fig5.png"
   c.claims.figure = "fig5"
-  c.data = ml_collections.ConfigDict({"name": "cifar10", "kwargs": {}, "data_dir": "",
-                                      "standardize": True, "test_split": "test",
-                                      "test_examples": 0, "placement": "device"})
+  c.data = ml_collections.ConfigDict(
+    {
+      "name": "cifar10",
+      "kwargs": {},
+      "data_dir": "",
+      "standardize": True,
+      "test_split": "test",
+      "test_examples": 0,
+      "placement": "device",
+    }
+  )
   # data.placement: device | host (stream batches from the host pipeline, same results) | auto.
   # One seeded permutation of the train split: upstream = first 20k, downstream = next 25k.
-  c.split = ml_collections.ConfigDict({"upstream": 20_000, "downstream": 25_000, "test": 0,
-                                       "seed": 0})
-  c.model = ml_collections.ConfigDict({"name": "paper_cnn", "features": 256, "kernel_size": 3,
-                                       "hidden": 64, "num_classes": 10,
-                                       "kernel_init": "lecun_normal", "dtype": "float32"})
+  c.split = ml_collections.ConfigDict(
+    {"upstream": 20_000, "downstream": 25_000, "test": 0, "seed": 0}
+  )
+  c.model = ml_collections.ConfigDict(
+    {
+      "name": "paper_cnn",
+      "features": 256,
+      "kernel_size": 3,
+      "hidden": 64,
+      "num_classes": 10,
+      "kernel_init": "lecun_normal",
+      "dtype": "float32",
+    }
+  )
   t = c.train
   t.optimizer, t.learning_rate, t.momentum, t.batch_size = "momentum", 0.01, 0.9, 256
   t.num_seeds = 8
@@ -104,26 +141,30 @@ def shared_fields() -> ml_collections.ConfigDict:
   t.train_eval_examples = 5000
   t.eval_batch_size = 1000
   t.checkpoint_every_secs = 120.0
-  c.upstream = ml_collections.ConfigDict({
-      "num_classes": 10,            # K random classes
-      "num_steps": 4700,            # [D] ~60 epochs of 20k at batch 256
+  c.upstream = ml_collections.ConfigDict(
+    {
+      "num_classes": 10,  # K random classes
+      "num_steps": 4700,  # [D] ~60 epochs of 20k at batch 256
       "eval_every_steps": 500,
       "train_eval_examples": 5000,
-      "seed": 0,                    # engine root seed (init, data order)
-      "label_seed": 1,              # random labels: their own root seed
-      "min_train_accuracy": 0.3,    # below this a warning: too little fitting to transfer
-  })
-  c.downstream = ml_collections.ConfigDict({
-      "labels": "real",             # real | random (fresh random labels, Fig 1 bottom)
+      "seed": 0,  # engine root seed (init, data order)
+      "label_seed": 1,  # random labels: their own root seed
+      "min_train_accuracy": 0.3,  # below this a warning: too little fitting to transfer
+    }
+  )
+  c.downstream = ml_collections.ConfigDict(
+    {
+      "labels": "real",  # real | random (fresh random labels, Fig 1 bottom)
       "num_random_classes": 10,
       "label_seed": 2,
-      "seed": 3,                    # engine root seed: data order, fresh inits, covariance samples
+      "seed": 3,  # engine root seed: data order, fresh inits, covariance samples
       "num_steps": 4500,
       "eval_every_steps": 50,
       "train_eval_examples": 5000,  # the fixed subset of the downstream set train accuracy uses
-  })
+    }
+  )
   c.arms = ARMS
-  c.transfer_layers = 1             # layers the pretrained arms carry (0: all but the head)
+  c.transfer_layers = 1  # layers the pretrained arms carry (0: all but the head)
   # Layers drawn by covariance / covariance_L<n> / f_only scaled to their fresh init's L2 norm
   # (the pretrained arm's weight-scaling control) [D]; False: the trained scale.
   c.rescale_sampled = True
@@ -133,13 +174,22 @@ def shared_fields() -> ml_collections.ConfigDict:
   # f_only: f of another dataset.  source "upstream": the main upstream run (f against the upstream
   # split's covariance, applied to the downstream split's); "data": a separate upstream run on
   # f_only.data (trained like the upstream, f_only.upstream overriding), here CIFAR10 at 16x16.
-  c.f_only = ml_collections.ConfigDict({
+  c.f_only = ml_collections.ConfigDict(
+    {
       "source": "data",
-      "data": {"name": "cifar10", "kwargs": {"image_size": 16}, "data_dir": "", "standardize": True,
-               "test_split": "test", "test_examples": 0, "placement": "device"},
+      "data": {
+        "name": "cifar10",
+        "kwargs": {"image_size": 16},
+        "data_dir": "",
+        "standardize": True,
+        "test_split": "test",
+        "test_examples": 0,
+        "placement": "device",
+      },
       "split": {"upstream": 20_000, "downstream": 0, "test": 0, "seed": 1},
       "upstream": {"num_steps": 4700},
-  })
+    }
+  )
   c.speedup_thresholds = (0.7, 0.8, 0.9)
   c.report_steps = (500, 1000, 2000, 4500)
   c.paper_reference = PAPER_REFERENCE
@@ -148,14 +198,22 @@ def shared_fields() -> ml_collections.ConfigDict:
 
 def local(c) -> ml_collections.ConfigDict:
   c.title = "Fig 5 (local: 16x16 photo crops, conv 64, 16 seeds)"
-  c.data = ml_collections.ConfigDict({"name": "photos", "kwargs": shared.local_photos(6000),
-                                      "data_dir": "", "standardize": True, "test_split": "test",
-                                      "test_examples": 1000, "placement": "device"})
+  c.data = ml_collections.ConfigDict(
+    {
+      "name": "photos",
+      "kwargs": shared.local_photos(6000),
+      "data_dir": "",
+      "standardize": True,
+      "test_split": "test",
+      "test_examples": 1000,
+      "placement": "device",
+    }
+  )
   c.split = ml_collections.ConfigDict({"upstream": 1000, "downstream": 5000, "test": 0, "seed": 0})
   c.model.features = 64  # 32 left covariance 0.028 behind pretrained at the first evaluation
   t = c.train
   t.batch_size = 128
-  t.num_seeds = 16      # 8 left the seed-mean gaps at the noise level of the 0.02 target
+  t.num_seeds = 16  # 8 left the seed-mean gaps at the noise level of the 0.02 target
   t.train_eval_examples = 1000
   t.checkpoint_every_secs = 60.0
   c.upstream.update({"num_steps": 1500, "eval_every_steps": 250, "train_eval_examples": 1000})
@@ -164,8 +222,15 @@ def local(c) -> ml_collections.ConfigDict:
   # f from photos at another resolution (short side 256: a 16x16 crop spans half the field of view).
   c.f_only.source = "data"
   far = dict(shared.local_photos(1000), short_side=256, cell=48)
-  c.f_only.data = {"name": "photos", "kwargs": far, "data_dir": "", "standardize": True,
-                   "test_split": "test", "test_examples": 0, "placement": "device"}
+  c.f_only.data = {
+    "name": "photos",
+    "kwargs": far,
+    "data_dir": "",
+    "standardize": True,
+    "test_split": "test",
+    "test_examples": 0,
+    "placement": "device",
+  }
   c.f_only.split = {"upstream": 1000, "downstream": 0, "test": 0, "seed": 1}
   c.f_only.upstream = {"num_steps": 1500, "num_seeds": 4}
   c.speedup_thresholds = (0.8, 0.9, 0.95)
@@ -184,14 +249,20 @@ def tiny(c) -> ml_collections.ConfigDict:
   t = c.train
   t.batch_size, t.num_seeds, t.train_eval_examples = 32, 2, 128
   c.upstream.update({"num_steps": 20, "eval_every_steps": 10, "train_eval_examples": 128})
-  c.downstream.update({"num_steps": 20, "eval_every_steps": 5, "batch_size": 32,
-                       "train_eval_examples": 128})
+  c.downstream.update(
+    {"num_steps": 20, "eval_every_steps": 5, "batch_size": 32, "train_eval_examples": 128}
+  )
   c.layerwise.num_examples = 64
   c.layerwise.num_bins = 8
-  c.f_only.data = {"name": "photos", "kwargs": {"size": 8, "short_side": 96, "cell": 24, "seed": 0,
-                                                "n": 64},
-                   "data_dir": "", "standardize": True, "test_split": "test", "test_examples": 0,
-                   "placement": "device"}
+  c.f_only.data = {
+    "name": "photos",
+    "kwargs": {"size": 8, "short_side": 96, "cell": 24, "seed": 0, "n": 64},
+    "data_dir": "",
+    "standardize": True,
+    "test_split": "test",
+    "test_examples": 0,
+    "placement": "device",
+  }
   c.f_only.split = {"upstream": 64, "downstream": 0, "test": 0, "seed": 1}
   c.f_only.upstream = {"num_steps": 10, "num_seeds": 2}
   c.speedup_thresholds = (0.2, 0.3)
@@ -209,19 +280,29 @@ def fmnist(c, tiny_run: bool = False) -> ml_collections.ConfigDict:
     c.arms = FMNIST_ARMS
     return c
   f = FMNIST
-  c.title = (f"Fig 5 (Fashion-MNIST: conv 64, {f['upstream']} upstream, {f['downstream']} "
-             f"downstream, {f['seeds']} seeds)")
+  c.title = (
+    f"Fig 5 (Fashion-MNIST: conv 64, {f['upstream']} upstream, {f['downstream']} "
+    f"downstream, {f['seeds']} seeds)"
+  )
   c.data = shared.fmnist_data()
-  c.split = ml_collections.ConfigDict({"upstream": f["upstream"], "downstream": f["downstream"],
-                                       "test": 0, "seed": 0})
+  c.split = ml_collections.ConfigDict(
+    {"upstream": f["upstream"], "downstream": f["downstream"], "test": 0, "seed": 0}
+  )
   c.model.features = 64
   t = c.train
   t.batch_size, t.num_seeds, t.train_eval_examples = 128, f["seeds"], 1000
   t.checkpoint_every_secs = 60.0
-  c.upstream.update({"num_steps": f["upstream_steps"], "batch_size": f["upstream_batch"],
-                     "eval_every_steps": 200, "train_eval_examples": f["upstream"]})
-  c.downstream.update({"num_steps": f["downstream_steps"], "eval_every_steps": 20,
-                       "train_eval_examples": 1000})
+  c.upstream.update(
+    {
+      "num_steps": f["upstream_steps"],
+      "batch_size": f["upstream_batch"],
+      "eval_every_steps": 200,
+      "train_eval_examples": f["upstream"],
+    }
+  )
+  c.downstream.update(
+    {"num_steps": f["downstream_steps"], "eval_every_steps": 20, "train_eval_examples": 1000}
+  )
   c.layerwise.num_examples = 1000
   c.arms = FMNIST_ARMS
   c.f_only.source = "upstream"
@@ -233,8 +314,9 @@ def fmnist(c, tiny_run: bool = False) -> ml_collections.ConfigDict:
 
 @common.with_download
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, scale=common.OneOf("paper", "local", "tiny"), all_layers=False,
-                       random=False, fmnist=False)
+  a = common.parse_arg(
+    arg, scale=common.OneOf("paper", "local", "tiny"), all_layers=False, random=False, fmnist=False
+  )
   shared.check_fmnist_scale(a.fmnist, a.scale)
   c = shared_fields()
   if a.fmnist:

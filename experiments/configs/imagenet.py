@@ -67,6 +67,7 @@ without rescaling): positive transfer.  Runtime (placement=host): 7.0 min wall o
 EPYC (fp32 matmul 116 GFLOP/s measured at the start, load average 1.6); the same config with
 `--config.data.placement=device` gives the very same numbers.
 """
+
 import ml_collections
 
 from experiments.configs import common
@@ -76,17 +77,27 @@ from rl_align import errors
 
 # tfds imagenet_resized and imagenet2012 split sizes.
 IMAGENET_TRAIN, IMAGENET_VALIDATION = 1_281_167, 50_000
-RESIZED = (32, 64)   # the imagenet_resized resolutions this experiment uses
+RESIZED = (32, 64)  # the imagenet_resized resolutions this experiment uses
 # Forward + backward FLOPs per example (XLA cost analysis of one gradient, batch 1, 1000 classes).
-FLOPS_PER_EXAMPLE = {("vgg16", 32): 1.49e9, ("vgg16", 64): 6.70e9,
-                     ("resnet18", 32): 2.90e9, ("resnet18", 64): 12.4e9}
+FLOPS_PER_EXAMPLE = {
+  ("vgg16", 32): 1.49e9,
+  ("vgg16", 64): 6.70e9,
+  ("resnet18", 32): 2.90e9,
+  ("resnet18", 64): 12.4e9,
+}
 ASSUMED_TFLOPS = 100.0  # sustained on one H200-class GPU: an assumption, see the docstring
 ARMS = ("scratch", "pretrained", "pretrained_no_rescaling")
 
 
 def _model(name: str, num_classes: int, width: int) -> ml_collections.ConfigDict:
-  m = {"name": name, "num_classes": num_classes, "width": width, "kernel_init": "he_normal",
-       "init_scale": 1.0, "dtype": "float32"}
+  m = {
+    "name": name,
+    "num_classes": num_classes,
+    "width": width,
+    "kernel_init": "he_normal",
+    "init_scale": 1.0,
+    "dtype": "float32",
+  }
   if name == "resnet18":
     m["residual_init_scale"] = 0.0
   return ml_collections.ConfigDict(m)
@@ -96,29 +107,38 @@ def paper(model: str, dataset: str, res: int) -> ml_collections.ConfigDict:
   """The ImageNet experiment at paper scale (one GPU)."""
   if dataset == "imagenet_resized" and res not in RESIZED:
     raise errors.ConfigError(
-        f"imagenet.py: res={res} has no imagenet_resized config here. Fix: res=32 or res=64, or "
-        f"add `imagenet2012` for any resolution (e.g. imagenet.py:{model},imagenet2012,res={res}).")
+      f"imagenet.py: res={res} has no imagenet_resized config here. Fix: res=32 or res=64, or "
+      f"add `imagenet2012` for any resolution (e.g. imagenet.py:{model},imagenet2012,res={res})."
+    )
   if res < 32:
     raise errors.ConfigError(
-        f"imagenet.py: res={res} is too small for {model} (VGG16's 5 max-pools need >= 32). "
-        "Fix: res=32 or more.")
+      f"imagenet.py: res={res} is too small for {model} (VGG16's 5 max-pools need >= 32). "
+      "Fix: res=32 or more."
+    )
   c = fig5.shared_fields()
   name = "imagenet" if dataset == "imagenet_resized" else "imagenet2012"
   c.title = f"ImageNet ({dataset} {res}x{res}): {model} pretrained on random labels"
   c.figure_name = "imagenet.png"
   c.claims.figure = "table1"
   c.paper_reference = None
-  c.data = ml_collections.ConfigDict({
-      "name": name, "kwargs": {"image_size": res}, "data_dir": "", "standardize": True,
-      "test_split": "validation", "test_examples": 0,
-      "placement": "host",        # auto | device | host (data.choose_placement)
-      "stats_examples": 50_000,   # [D] standardization statistics from this many upstream images
+  c.data = ml_collections.ConfigDict(
+    {
+      "name": name,
+      "kwargs": {"image_size": res},
+      "data_dir": "",
+      "standardize": True,
+      "test_split": "validation",
+      "test_examples": 0,
+      "placement": "host",  # auto | device | host (data.choose_placement)
+      "stats_examples": 50_000,  # [D] standardization statistics from this many upstream images
       # host input pipeline: grain threads, chunks prepared ahead, MB of float32 per chunk [D]
       "pipeline": {"num_threads": 8, "prefetch": 2, "chunk_mb": 512},
-  })
+    }
+  )
   half = IMAGENET_TRAIN // 2
-  c.split = ml_collections.ConfigDict({"upstream": half, "downstream": IMAGENET_TRAIN - half,
-                                       "test": 0, "seed": 0})
+  c.split = ml_collections.ConfigDict(
+    {"upstream": half, "downstream": IMAGENET_TRAIN - half, "test": 0, "seed": 0}
+  )
   c.model = _model(model, 1000, 64)
   c.arms = ARMS
   c.transfer_layers = 0
@@ -129,10 +149,18 @@ def paper(model: str, dataset: str, res: int) -> ml_collections.ConfigDict:
   t.eval_batch_size = 500
   t.checkpoint_every_secs = 600.0
   epoch = half // t.batch_size
-  c.upstream.update({"num_classes": 1000, "num_steps": 10 * epoch, "eval_every_steps": epoch,
-                     "train_eval_examples": 10_000, "min_train_accuracy": 0.01})
-  c.downstream.update({"num_steps": 10 * epoch, "eval_every_steps": epoch // 4,
-                       "train_eval_examples": 10_000})
+  c.upstream.update(
+    {
+      "num_classes": 1000,
+      "num_steps": 10 * epoch,
+      "eval_every_steps": epoch,
+      "train_eval_examples": 10_000,
+      "min_train_accuracy": 0.01,
+    }
+  )
+  c.downstream.update(
+    {"num_steps": 10 * epoch, "eval_every_steps": epoch // 4, "train_eval_examples": 10_000}
+  )
   c.f_only.source = "upstream"
   c.layerwise.num_examples = 1000
   c.speedup_thresholds = (0.1, 0.2, 0.3)
@@ -143,18 +171,33 @@ def paper(model: str, dataset: str, res: int) -> ml_collections.ConfigDict:
 def local(c) -> ml_collections.ConfigDict:
   """The same binary and protocol on the embedded photos, on a 2-core CPU."""
   c.title = "ImageNet protocol, local: ResNet18 (1/8 width) on 16x16 photo crops"
-  c.data = ml_collections.ConfigDict({
-      "name": "photos", "kwargs": shared.local_photos(6000), "data_dir": "", "standardize": True,
-      "test_split": "test", "test_examples": 1000, "placement": "host", "stats_examples": 0,
-      "pipeline": {"num_threads": 1, "prefetch": 1, "chunk_mb": 64}})
-  c.split = ml_collections.ConfigDict({"upstream": 2000, "downstream": 4000, "test": 0,
-                                       "seed": 0})
+  c.data = ml_collections.ConfigDict(
+    {
+      "name": "photos",
+      "kwargs": shared.local_photos(6000),
+      "data_dir": "",
+      "standardize": True,
+      "test_split": "test",
+      "test_examples": 1000,
+      "placement": "host",
+      "stats_examples": 0,
+      "pipeline": {"num_threads": 1, "prefetch": 1, "chunk_mb": 64},
+    }
+  )
+  c.split = ml_collections.ConfigDict({"upstream": 2000, "downstream": 4000, "test": 0, "seed": 0})
   c.model = _model("resnet18", 10, 8)
   t = c.train
   t.batch_size, t.num_seeds, t.train_eval_examples, t.eval_batch_size = 64, 4, 1000, 1000
   t.checkpoint_every_secs = 60.0
-  c.upstream.update({"num_classes": 10, "num_steps": 1000, "eval_every_steps": 250,
-                     "train_eval_examples": 1000, "min_train_accuracy": 0.2})
+  c.upstream.update(
+    {
+      "num_classes": 10,
+      "num_steps": 1000,
+      "eval_every_steps": 250,
+      "train_eval_examples": 1000,
+      "min_train_accuracy": 0.2,
+    }
+  )
   c.downstream.update({"num_steps": 600, "eval_every_steps": 25, "train_eval_examples": 1000})
   c.speedup_thresholds = (0.5, 0.7, 0.8)
   c.report_steps = (50, 100, 200, 600)
@@ -189,14 +232,19 @@ def estimate_hours(c, tflops: float = ASSUMED_TFLOPS) -> float:
 
 @common.with_download
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, model=common.OneOf("vgg16", "resnet18"),
-                       dataset=common.OneOf("imagenet_resized", "imagenet2012"), res=64,
-                       scale=common.OneOf("paper", "local", "tiny"))
+  a = common.parse_arg(
+    arg,
+    model=common.OneOf("vgg16", "resnet18"),
+    dataset=common.OneOf("imagenet_resized", "imagenet2012"),
+    res=64,
+    scale=common.OneOf("paper", "local", "tiny"),
+  )
   c = paper(a.model, a.dataset, a.res)
   if a.scale == "local":
     if a.model != "resnet18":
       raise errors.ConfigError(
-          "imagenet.py: the local variant runs ResNet18 only. Fix: imagenet.py:resnet18,local.")
+        "imagenet.py: the local variant runs ResNet18 only. Fix: imagenet.py:resnet18,local."
+      )
     c = local(c)
   elif a.scale == "tiny":
     c = tiny(c)

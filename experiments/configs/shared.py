@@ -1,4 +1,5 @@
 """Pieces shared by the figure configs."""
+
 from rl_align import errors
 
 
@@ -18,13 +19,21 @@ def fmnist_data(max_examples: int = 0) -> dict:
   """config.data of Fashion-MNIST's train split (its first max_examples images; 0: all 60000),
   standardized with its own statistics; test = the 10000 test images."""
   kwargs = {"max_examples": max_examples} if max_examples else {}
-  return {"name": "fashion_mnist", "kwargs": kwargs, "data_dir": "", "standardize": True,
-          "test_split": "test", "test_examples": 0, "placement": "device"}
+  return {
+    "name": "fashion_mnist",
+    "kwargs": kwargs,
+    "data_dir": "",
+    "standardize": True,
+    "test_split": "test",
+    "test_examples": 0,
+    "placement": "device",
+  }
 
 
 def check_fmnist_scale(fmnist: bool, scale: str) -> None:
   """fmnist sets its own sizes: it combines with the default scale (paper) or tiny only."""
   if fmnist and scale not in ("paper", "tiny"):
     raise errors.ConfigError(
-        f"config argument fmnist goes with the default scale (its own sizes) or tiny, not "
-        f"{scale!r}. Fix: drop {scale!r}.")
+      f"config argument fmnist goes with the default scale (its own sizes) or tiny, not "
+      f"{scale!r}. Fix: drop {scale!r}."
+    )

@@ -59,62 +59,89 @@ lr; the lr is swept with the sweep driver (one point per lr, each with its own s
   logged steps at which the arm is behind / ahead of scratch by > 1 SE), and the later layers'
   (conv_7..conv_12) activity at the switch.  `vgg16_fmnist_tiny` is a smoke run (CI).
 """
+
 import ml_collections
 
 from experiments.configs import common
 from experiments.configs import shared
 from rl_align import errors
 
-SETTINGS = ("local", "tiny", "vgg16_cifar10", "resnet18_cifar10", "resnet18_imagenet",
-            "vgg16_fmnist", "vgg16_fmnist_tiny")
+SETTINGS = (
+  "local",
+  "tiny",
+  "vgg16_cifar10",
+  "resnet18_cifar10",
+  "resnet18_imagenet",
+  "vgg16_fmnist",
+  "vgg16_fmnist_tiny",
+)
 
 
 def _common() -> ml_collections.ConfigDict:
   c = common.base_config()
   c.claims.figure = "specialization"
-  c.labels = "random"            # upstream labels; downstream always uses the real labels
+  c.labels = "random"  # upstream labels; downstream always uses the real labels
   c.split = ml_collections.ConfigDict({"upstream": 700, "downstream": 700, "test": 397, "seed": 0})
-  c.probe_examples = 256         # first downstream inputs: the fixed probe batch of the activity
-  c.activity_layers = ()         # () = every ReLU layer of the model
-  c.later_layers_from = -1       # index (among the ReLU layers) of the first "later" layer reported
-                                 # in the summary; -1: sweep.width_from
+  c.probe_examples = 256  # first downstream inputs: the fixed probe batch of the activity
+  c.activity_layers = ()  # () = every ReLU layer of the model
+  c.later_layers_from = -1  # index (among the ReLU layers) of the first "later" layer reported
+  # in the summary; -1: sweep.width_from
   c.arms = ("pretrained", "rescaled")
   c.upstream = ml_collections.ConfigDict({"eval_every_steps": 50})
-  c.downstream = ml_collections.ConfigDict({
+  c.downstream = ml_collections.ConfigDict(
+    {
       "num_steps": 400,
       "eval_every_steps": 5,
-      "learning_rate": 0.0,      # 0: the sweep point's learning rate (both phases)
-      "threshold": 0.95,         # train accuracy both arms must reach; gain = ratio of iterations
-      "drop_window": 20,         # steps after the switch in which the activity drop is measured
+      "learning_rate": 0.0,  # 0: the sweep point's learning rate (both phases)
+      "threshold": 0.95,  # train accuracy both arms must reach; gain = ratio of iterations
+      "drop_window": 20,  # steps after the switch in which the activity drop is measured
       "train_eval_examples": 700,
-  })
-  c.sweep = ml_collections.ConfigDict({
-      "width_field": "widths",   # model field that sets the width of the later layers
-      "width_from": 1,           # tuple fields: entries from this index on are the later layers
+    }
+  )
+  c.sweep = ml_collections.ConfigDict(
+    {
+      "width_field": "widths",  # model field that sets the width of the later layers
+      "width_from": 1,  # tuple fields: entries from this index on are the later layers
       "widths": (16, 32, 64, 128, 256),
       "learning_rates": (0.01, 0.02, 0.05),
       "num_random_classes": (10, 50),
       "upstream_steps": (250, 1000, 4000),
-  })
+    }
+  )
   # The point drawn in specialization_activity.png, and the width of its wide variant.
-  c.highlight = ml_collections.ConfigDict({
-      "negative": {"width": 16, "learning_rate": 0.01, "num_random_classes": 50,
-                   "upstream_steps": 4000, "arm": "pretrained"},
+  c.highlight = ml_collections.ConfigDict(
+    {
+      "negative": {
+        "width": 16,
+        "learning_rate": 0.01,
+        "num_random_classes": 50,
+        "upstream_steps": 4000,
+        "arm": "pretrained",
+      },
       "wide_width": 256,
-  })
+    }
+  )
   t = c.train
   t.optimizer, t.momentum, t.batch_size = "momentum", 0.9, 32
-  t.num_seeds = 8                # per sweep point (and per arm)
+  t.num_seeds = 8  # per sweep point (and per arm)
   t.train_eval_examples = 700
   t.checkpoint_every_secs = 60.0
   return c
 
 
 def _local(c):
-  c.data = ml_collections.ConfigDict({"name": "digits", "kwargs": {}, "data_dir": "",
-                                      "standardize": True, "placement": "device"})
-  c.model = ml_collections.ConfigDict({"name": "dense", "widths": (256, 32, 32), "num_classes": 10,
-                                       "kernel_init": "he_normal", "dtype": "float32"})
+  c.data = ml_collections.ConfigDict(
+    {"name": "digits", "kwargs": {}, "data_dir": "", "standardize": True, "placement": "device"}
+  )
+  c.model = ml_collections.ConfigDict(
+    {
+      "name": "dense",
+      "widths": (256, 32, 32),
+      "num_classes": 10,
+      "kernel_init": "he_normal",
+      "dtype": "float32",
+    }
+  )
   return c
 
 
@@ -123,13 +150,31 @@ def _tiny(c):
   c.split.update({"upstream": 128, "downstream": 128, "test": 64})
   c.probe_examples = 32
   c.upstream.eval_every_steps = 10
-  c.downstream.update({"num_steps": 20, "eval_every_steps": 5, "drop_window": 10,
-                       "train_eval_examples": 128, "threshold": 0.5})
-  c.sweep.update({"widths": (8, 32), "learning_rates": (0.05,), "num_random_classes": (3, 6),
-                  "upstream_steps": (10, 20)})
+  c.downstream.update(
+    {
+      "num_steps": 20,
+      "eval_every_steps": 5,
+      "drop_window": 10,
+      "train_eval_examples": 128,
+      "threshold": 0.5,
+    }
+  )
+  c.sweep.update(
+    {
+      "widths": (8, 32),
+      "learning_rates": (0.05,),
+      "num_random_classes": (3, 6),
+      "upstream_steps": (10, 20),
+    }
+  )
   c.model.widths = (32, 8, 8)
-  c.highlight.negative = {"width": 8, "learning_rate": 0.05, "num_random_classes": 6,
-                          "upstream_steps": 20, "arm": "pretrained"}
+  c.highlight.negative = {
+    "width": 8,
+    "learning_rate": 0.05,
+    "num_random_classes": 6,
+    "upstream_steps": 20,
+    "arm": "pretrained",
+  }
   c.highlight.wide_width = 32
   c.train.num_seeds = 2
   c.train.train_eval_examples = 128
@@ -140,27 +185,43 @@ def _tiny(c):
 def _paper(c, model: str, dataset: str):
   """The paper's Fig 1 protocol: 20k upstream, 25k downstream (disjoint), per-channel standardization."""
   if dataset == "cifar10":
-    c.data = ml_collections.ConfigDict({"name": "cifar10", "kwargs": {}, "data_dir": "",
-                                        "standardize": True, "placement": "device"})
+    c.data = ml_collections.ConfigDict(
+      {"name": "cifar10", "kwargs": {}, "data_dir": "", "standardize": True, "placement": "device"}
+    )
   else:
-    c.data = ml_collections.ConfigDict({"name": "imagenet", "kwargs": {"image_size": 32},
-                                        "data_dir": "", "standardize": True,
-                                        "placement": "device"})
-  c.split = ml_collections.ConfigDict({"upstream": 20_000, "downstream": 25_000, "test": 0,
-                                       "seed": 0})
+    c.data = ml_collections.ConfigDict(
+      {
+        "name": "imagenet",
+        "kwargs": {"image_size": 32},
+        "data_dir": "",
+        "standardize": True,
+        "placement": "device",
+      }
+    )
+  c.split = ml_collections.ConfigDict(
+    {"upstream": 20_000, "downstream": 25_000, "test": 0, "seed": 0}
+  )
   c.probe_examples = 512
   if model == "vgg16":
     # width = base channel count (64 in VGG16); convs from widen_from = 7 on (the 512-channel
     # blocks 4 and 5) get width/64 times their channels: the sweep widens the later layers only.
-    c.model = ml_collections.ConfigDict({"name": "vgg16", "num_classes": 10, "width": 64,
-                                         "widen_from": 7, "init_scale": 1.0,
-                                         "dtype": "float32"})
+    c.model = ml_collections.ConfigDict(
+      {
+        "name": "vgg16",
+        "num_classes": 10,
+        "width": 64,
+        "widen_from": 7,
+        "init_scale": 1.0,
+        "dtype": "float32",
+      }
+    )
     c.later_layers_from = 7
   else:
     # ResNet18's width scales every stage (models.ResNet18 has no later-layers-only switch).
-    c.model = ml_collections.ConfigDict({"name": "resnet18", "num_classes": 10, "width": 64,
-                                         "dtype": "float32"})
-    c.later_layers_from = 9         # conv_9 .. conv_16: the last two stages
+    c.model = ml_collections.ConfigDict(
+      {"name": "resnet18", "num_classes": 10, "width": 64, "dtype": "float32"}
+    )
+    c.later_layers_from = 9  # conv_9 .. conv_16: the last two stages
   c.sweep.width_field = "width"
   c.sweep.width_from = 0
   c.sweep.widths = (16, 32, 64, 128)
@@ -168,10 +229,22 @@ def _paper(c, model: str, dataset: str):
   c.sweep.num_random_classes = (10, 100)
   c.upstream.eval_every_steps = 500
   c.sweep.upstream_steps = (1000, 5000, 20_000)
-  c.downstream.update({"num_steps": 5000, "eval_every_steps": 50, "threshold": 0.9,
-                       "drop_window": 200, "train_eval_examples": 5000})
-  c.highlight.negative = {"width": 16, "learning_rate": 0.1, "num_random_classes": 100,
-                          "upstream_steps": 20_000, "arm": "pretrained"}
+  c.downstream.update(
+    {
+      "num_steps": 5000,
+      "eval_every_steps": 50,
+      "threshold": 0.9,
+      "drop_window": 200,
+      "train_eval_examples": 5000,
+    }
+  )
+  c.highlight.negative = {
+    "width": 16,
+    "learning_rate": 0.1,
+    "num_random_classes": 100,
+    "upstream_steps": 20_000,
+    "arm": "pretrained",
+  }
   c.highlight.wide_width = 128
   t = c.train
   t.batch_size, t.num_seeds, t.train_eval_examples = 128, 4, 5000
@@ -184,8 +257,7 @@ def _fmnist(c, tiny: bool):
   """Fashion-MNIST (flattened 28x28, dense net): the local design on real images, 8 seeds."""
   c.data = ml_collections.ConfigDict(shared.fmnist_data())
   c.data.test_examples = 2000
-  c.split = ml_collections.ConfigDict({"upstream": 5000, "downstream": 5000, "test": 0,
-                                       "seed": 0})
+  c.split = ml_collections.ConfigDict({"upstream": 5000, "downstream": 5000, "test": 0, "seed": 0})
   c.downstream.train_eval_examples = 1000
   c.train.train_eval_examples = 1000
   if tiny:  # tiny's sweep, sizes and threshold
@@ -199,10 +271,21 @@ def _fmnist(c, tiny: bool):
   # learning rates.
   c.split.upstream = 1000
   c.upstream.eval_every_steps = 500
-  c.sweep.update({"widths": (16, 64, 256), "learning_rates": (0.01, 0.05),
-                  "num_random_classes": (10, 50), "upstream_steps": (2000, 8000)})
-  c.highlight.negative = {"width": 16, "learning_rate": 0.05, "num_random_classes": 50,
-                          "upstream_steps": 8000, "arm": "pretrained"}
+  c.sweep.update(
+    {
+      "widths": (16, 64, 256),
+      "learning_rates": (0.01, 0.05),
+      "num_random_classes": (10, 50),
+      "upstream_steps": (2000, 8000),
+    }
+  )
+  c.highlight.negative = {
+    "width": 16,
+    "learning_rate": 0.05,
+    "num_random_classes": 50,
+    "upstream_steps": 8000,
+    "arm": "pretrained",
+  }
   return c
 
 
@@ -212,22 +295,50 @@ def _vgg16_fmnist(c, tiny: bool):
   c.data = ml_collections.ConfigDict(shared.fmnist_data())
   c.data.kwargs = {"image_size": 32}
   c.data.test_examples = 2000
-  c.split = ml_collections.ConfigDict({"upstream": 2000, "downstream": 25_000, "test": 0,
-                                       "seed": 0})
-  c.model = ml_collections.ConfigDict({"name": "vgg16", "num_classes": 10, "width": 8,
-                                       "widen_from": 0, "init_scale": 1.0,
-                                       "kernel_init": "he_normal", "dtype": "float32"})
-  c.later_layers_from = 7          # conv_7 .. conv_12: the 512-channel blocks of VGG16
-  c.arms = ("rescaled",)           # Fig 1's "pretrained" arm (each tensor at its init L2 norm)
+  c.split = ml_collections.ConfigDict(
+    {"upstream": 2000, "downstream": 25_000, "test": 0, "seed": 0}
+  )
+  c.model = ml_collections.ConfigDict(
+    {
+      "name": "vgg16",
+      "num_classes": 10,
+      "width": 8,
+      "widen_from": 0,
+      "init_scale": 1.0,
+      "kernel_init": "he_normal",
+      "dtype": "float32",
+    }
+  )
+  c.later_layers_from = 7  # conv_7 .. conv_12: the 512-channel blocks of VGG16
+  c.arms = ("rescaled",)  # Fig 1's "pretrained" arm (each tensor at its init L2 norm)
   c.probe_examples = 256
   c.upstream.eval_every_steps = 100
-  c.downstream.update({"num_steps": 300, "eval_every_steps": 20, "threshold": 0.8,
-                       "drop_window": 20, "train_eval_examples": 500})
-  c.sweep.update({"width_field": "width", "width_from": 0, "widths": (8,),
-                  "learning_rates": (0.02,), "num_random_classes": (10, 100),
-                  "upstream_steps": (1000, 2000)})
-  c.highlight.negative = {"width": 8, "learning_rate": 0.02, "num_random_classes": 100,
-                          "upstream_steps": 2000, "arm": "rescaled"}
+  c.downstream.update(
+    {
+      "num_steps": 300,
+      "eval_every_steps": 20,
+      "threshold": 0.8,
+      "drop_window": 20,
+      "train_eval_examples": 500,
+    }
+  )
+  c.sweep.update(
+    {
+      "width_field": "width",
+      "width_from": 0,
+      "widths": (8,),
+      "learning_rates": (0.02,),
+      "num_random_classes": (10, 100),
+      "upstream_steps": (1000, 2000),
+    }
+  )
+  c.highlight.negative = {
+    "width": 8,
+    "learning_rate": 0.02,
+    "num_random_classes": 100,
+    "upstream_steps": 2000,
+    "arm": "rescaled",
+  }
   c.highlight.wide_width = 8
   t = c.train
   t.batch_size, t.num_seeds, t.train_eval_examples = 64, 8, 1000
@@ -238,11 +349,23 @@ def _vgg16_fmnist(c, tiny: bool):
     c.model.width = 2
     c.probe_examples = 32
     c.upstream.eval_every_steps = 10
-    c.downstream.update({"num_steps": 20, "eval_every_steps": 5, "drop_window": 10,
-                         "train_eval_examples": 64, "threshold": 0.3})
+    c.downstream.update(
+      {
+        "num_steps": 20,
+        "eval_every_steps": 5,
+        "drop_window": 10,
+        "train_eval_examples": 64,
+        "threshold": 0.3,
+      }
+    )
     c.sweep.update({"widths": (2,), "num_random_classes": (3, 6), "upstream_steps": (10, 20)})
-    c.highlight.negative = {"width": 2, "learning_rate": 0.02, "num_random_classes": 6,
-                            "upstream_steps": 20, "arm": "rescaled"}
+    c.highlight.negative = {
+      "width": 2,
+      "learning_rate": 0.02,
+      "num_random_classes": 6,
+      "upstream_steps": 20,
+      "arm": "rescaled",
+    }
     c.highlight.wide_width = 2
     t.batch_size, t.num_seeds, t.train_eval_examples = 16, 2, 64
   return c
@@ -253,8 +376,10 @@ def get_config(arg: str = "local") -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, setting=common.OneOf(*SETTINGS), fmnist=False)
   setting = a.setting
   if a.fmnist and setting not in ("local", "tiny"):
-    raise errors.ConfigError(f"specialization.py: fmnist goes with local (default) or tiny, not "
-                             f"{setting!r}. Fix: specialization.py:fmnist.")
+    raise errors.ConfigError(
+      f"specialization.py: fmnist goes with local (default) or tiny, not "
+      f"{setting!r}. Fix: specialization.py:fmnist."
+    )
   c = _common()
   if setting == "tiny":
     c = _tiny(c)

@@ -17,6 +17,7 @@ claim is about (random labels fitted; upstream memorised with later layers alive
 rows and diagnostics are shown outside the tally.  Paper: Maennel et al. 2020, "What Do Neural
 Networks Learn When Trained With Random Labels?" (arXiv 2006.10455).
 """
+
 from typing import Any, Mapping
 
 from rl_align.claims import core
@@ -33,10 +34,11 @@ def figure_of(run: Mapping[str, Any]) -> str:
   key = ((run.get("results") or {}).get("claims") or {}).get("figure")
   if key is None:
     raise ReportError(
-        f"{run.get('name', 'the workdir')}: results.json does not say which figure it serves "
-        "(no claims.figure: written by an older version). Fix: rerun the binary on that workdir "
-        "(finished phases are read back, not retrained) so that it rewrites results.json.")
-  core.rows_of(key)   # a clear error for a key nothing registers
+      f"{run.get('name', 'the workdir')}: results.json does not say which figure it serves "
+      "(no claims.figure: written by an older version). Fix: rerun the binary on that workdir "
+      "(finished phases are read back, not retrained) so that it rewrites results.json."
+    )
+  core.rows_of(key)  # a clear error for a key nothing registers
   return key
 
 
@@ -45,17 +47,20 @@ def rows(run: Mapping[str, Any]) -> list[Row]:
   return core.rows_of(figure_of(run))(run)
 
 
-def stamp(config, results: Mapping[str, Any], panels: Mapping[str, Any] | None = None
-          ) -> dict[str, Any]:
+def stamp(
+  config, results: Mapping[str, Any], panels: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
   """The ``claims`` block a runner writes into results.json: config.claims (figure key and its
   options) and the verdict of every row, judged now by the report's own rules."""
   spec = config.get("claims") or {}
   block = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
   if not block.get("figure"):
     return {}
-  run = {"name": "this run", "results": {**results, "claims": block},
-         "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
-         "panels": dict(panels or {})}
+  run = {
+    "name": "this run",
+    "results": {**results, "claims": block},
+    "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
+    "panels": dict(panels or {}),
+  }
   block["verdicts"] = {r.id: r.verdict for r in rows(run)}
   return block
-

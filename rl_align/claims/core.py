@@ -21,6 +21,7 @@ the interval excludes zero.
     core.excludes_zero(d, sign=+1)             # the interval lies above 0
     core.judge([test1, test2], n=d["n"], gate=core.fit_gate(train_acc, num_classes=10))
 """
+
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
@@ -31,16 +32,26 @@ from rl_align import errors
 
 REPRODUCED, PARTLY, NOT_REPRODUCED = "reproduced", "partly", "not reproduced"
 UNDERPOWERED, REGIME_NOT_REACHED, NOT_EVALUABLE = (
-    "underpowered", "not evaluable: regime not reached", "not evaluable")
-DESCRIBED = "described"   # descriptive rows and diagnostics: shown, outside the tally
-VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, UNDERPOWERED, REGIME_NOT_REACHED, NOT_EVALUABLE,
-            DESCRIBED)
+  "underpowered",
+  "not evaluable: regime not reached",
+  "not evaluable",
+)
+DESCRIBED = "described"  # descriptive rows and diagnostics: shown, outside the tally
+VERDICTS = (
+  REPRODUCED,
+  PARTLY,
+  NOT_REPRODUCED,
+  UNDERPOWERED,
+  REGIME_NOT_REACHED,
+  NOT_EVALUABLE,
+  DESCRIBED,
+)
 
-MIN_SEEDS = 8           # a verdict rests on at least this many seeds per arm
-CONFIDENCE = 0.95       # two-sided Student-t intervals
-FIT_OVER_CHANCE = 2.0   # random labels fitted: train accuracy >= 2 x chance (1 / K)
-MEMORISED = 0.9         # negative transfer / section 3: the upstream memorised its labels
-DEAD_MAX = 0.5          # later layers alive before the switch: < half of their units dead
+MIN_SEEDS = 8  # a verdict rests on at least this many seeds per arm
+CONFIDENCE = 0.95  # two-sided Student-t intervals
+FIT_OVER_CHANCE = 2.0  # random labels fitted: train accuracy >= 2 x chance (1 / K)
+MEMORISED = 0.9  # negative transfer / section 3: the upstream memorised its labels
+DEAD_MAX = 0.5  # later layers alive before the switch: < half of their units dead
 
 # Sections of the table: claims enter the verdict tally; descriptive rows and diagnostics do not.
 CLAIMS, DESCRIPTIVE, DIAGNOSTICS = "claims", "descriptive", "diagnostics"
@@ -87,11 +98,16 @@ def welch(a, b, confidence: float = CONFIDENCE) -> dict[str, Any]:
   b = np.asarray(b, np.float64)[np.isfinite(b)]
   n = min(len(a), len(b))
   if n < 2:
-    return {"mean": float("nan"), "se": float("nan"), "lo": float("nan"), "hi": float("nan"),
-            "n": n}
+    return {
+      "mean": float("nan"),
+      "se": float("nan"),
+      "lo": float("nan"),
+      "hi": float("nan"),
+      "n": n,
+    }
   va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
   se = float(np.sqrt(va + vb))
-  dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if se > 0 else n - 1
+  dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else n - 1
   half = float(sp_stats.t.ppf(0.5 + confidence / 2, dof)) * se
   mean = float(a.mean() - b.mean())
   return {"mean": mean, "se": se, "lo": mean - half, "hi": mean + half, "n": n}
@@ -105,8 +121,9 @@ def excludes_zero(stat: Mapping[str, Any], sign: float = 1.0) -> bool:
   return lo > 0 if sign > 0 else hi < 0
 
 
-def ratio_interval(num, den, n_boot: int = 4000, seed: int = 0,
-                   confidence: float = CONFIDENCE) -> dict[str, Any]:
+def ratio_interval(
+  num, den, n_boot: int = 4000, seed: int = 0, confidence: float = CONFIDENCE
+) -> dict[str, Any]:
   """mean(num) / mean(den) over paired seeds, with a percentile bootstrap interval (seeds
   resampled with replacement, num and den together).  num, den: [S] per-seed values."""
   num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
@@ -130,9 +147,10 @@ def ratio_interval(num, den, n_boot: int = 4000, seed: int = 0,
 @dataclasses.dataclass(frozen=True)
 class Gate:
   """A regime gate: which seeds reached the regime, and the text the row shows."""
-  ok: np.ndarray          # [S] bool: the seeds in the regime
-  text: str               # e.g. "random-label fit 0.41 (≥ 0.20: 8/8 seeds)"
-  any_finished: bool = True   # False: no seed finished at all (not evaluable, not a regime)
+
+  ok: np.ndarray  # [S] bool: the seeds in the regime
+  text: str  # e.g. "random-label fit 0.41 (≥ 0.20: 8/8 seeds)"
+  any_finished: bool = True  # False: no seed finished at all (not evaluable, not a regime)
 
   @property
   def reached(self) -> bool:
@@ -147,19 +165,23 @@ def open_gate(n: int, text: str = "none (not a random-label claim)") -> Gate:
 def fit_gate(train_accuracy, num_classes: int, finished=None) -> Gate:
   """Random labels fitted: per-seed train accuracy >= FIT_OVER_CHANCE / K (finished seeds only)."""
   acc = np.asarray(train_accuracy if train_accuracy is not None else [], np.float64).reshape(-1)
-  fin = np.ones(len(acc), bool) if finished is None else np.asarray(finished, bool)[:len(acc)]
+  fin = np.ones(len(acc), bool) if finished is None else np.asarray(finished, bool)[: len(acc)]
   need = FIT_OVER_CHANCE / int(num_classes)
   ok = fin & np.isfinite(acc) & (acc >= need)
   mean = float(np.mean(acc[fin])) if fin.any() else float("nan")
-  return Gate(ok, f"random-label fit {fmt(mean)} (≥ {fmt(need, 2)} = {FIT_OVER_CHANCE:g}x chance:"
-                  f" {int(ok.sum())}/{len(acc)} seeds)", bool(fin.any()))
+  return Gate(
+    ok,
+    f"random-label fit {fmt(mean)} (≥ {fmt(need, 2)} = {FIT_OVER_CHANCE:g}x chance:"
+    f" {int(ok.sum())}/{len(acc)} seeds)",
+    bool(fin.any()),
+  )
 
 
 def memorised_gate(upstream_fit, dead_before: Mapping[str, Any] | None, finished=None) -> Gate:
   """Upstream memorised (train accuracy >= MEMORISED) with every later layer alive before the
   switch (dead fraction < DEAD_MAX).  upstream_fit [S]; dead_before {layer: [S] or scalar}."""
   fit = np.asarray(upstream_fit if upstream_fit is not None else [], np.float64).reshape(-1)
-  fin = np.ones(len(fit), bool) if finished is None else np.asarray(finished, bool)[:len(fit)]
+  fin = np.ones(len(fit), bool) if finished is None else np.asarray(finished, bool)[: len(fit)]
   ok = fin & np.isfinite(fit) & (fit >= MEMORISED)
   dead_text = "later-layer activity not recorded"
   if dead_before:
@@ -171,8 +193,11 @@ def memorised_gate(upstream_fit, dead_before: Mapping[str, Any] | None, finished
   else:
     ok &= False
   mean = float(np.mean(fit)) if len(fit) else float("nan")
-  return Gate(ok, f"upstream fit {fmt(mean)} (≥ {MEMORISED:g}), {dead_text}: "
-                  f"{int(ok.sum())}/{len(fit)} seeds", bool(fin.any()))
+  return Gate(
+    ok,
+    f"upstream fit {fmt(mean)} (≥ {MEMORISED:g}), {dead_text}: {int(ok.sum())}/{len(fit)} seeds",
+    bool(fin.any()),
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,8 +209,9 @@ def count_verdict(hits: int, total: int) -> str:
   return REPRODUCED if hits == total else (PARTLY if hits else NOT_REPRODUCED)
 
 
-def judge(tests: Sequence[bool], *, n: int, gate: Gate | None = None,
-          evaluable: bool = True) -> str:
+def judge(
+  tests: Sequence[bool], *, n: int, gate: Gate | None = None, evaluable: bool = True
+) -> str:
   """The verdict of a rule's tests on n seeds behind its regime gate (module docstring order)."""
   if not evaluable or not tests or (gate is not None and not gate.any_finished):
     return NOT_EVALUABLE
@@ -199,15 +225,16 @@ def judge(tests: Sequence[bool], *, n: int, gate: Gate | None = None,
 @dataclasses.dataclass
 class Row:
   """One row of the claims table."""
-  id: str                 # stable key, e.g. "fig5.covariance_faster"
-  figure: str             # "Fig 5"
+
+  id: str  # stable key, e.g. "fig5.covariance_faster"
+  figure: str  # "Fig 5"
   claim: str
   paper: str
   ours: str
   rule: str
   verdict: str
-  n: int | None = None    # seeds the verdict rests on
-  gate: str = ""          # the regime gate's measured value
+  n: int | None = None  # seeds the verdict rests on
+  gate: str = ""  # the regime gate's measured value
   plot: str | None = None
   section: str = CLAIMS
   run: str = ""
@@ -234,8 +261,10 @@ def need(d: Mapping[str, Any] | None, keys: Sequence[str], where: str) -> Mappin
   """d itself when it has every key; a ReportError naming the missing ones otherwise."""
   missing = [k for k in keys if d is None or k not in d]
   if missing:
-    raise ReportError(f"{where} lacks {missing}. Fix: rerun the binary on that workdir (it resumes "
-                      "and rewrites results.json), or pass a workdir of a finished run.")
+    raise ReportError(
+      f"{where} lacks {missing}. Fix: rerun the binary on that workdir (it resumes "
+      "and rewrites results.json), or pass a workdir of a finished run."
+    )
   return d
 
 
@@ -259,9 +288,11 @@ _FIGURES: dict[str, tuple[str, Callable[[Mapping[str, Any]], list[Row]]]] = {}
 
 def figure(key: str, title: str):
   """Decorator: registers `rows(run) -> [Row]` as the claims of figure `key` (titled `title`)."""
+
   def deco(fn):
     _FIGURES[key] = (title, fn)
     return fn
+
   return deco
 
 
@@ -273,6 +304,8 @@ def figures() -> dict[str, str]:
 def rows_of(key: str) -> Callable[[Mapping[str, Any]], list[Row]]:
   """The rows function of a figure key; a ReportError naming the known keys otherwise."""
   if key not in _FIGURES:
-    raise ReportError(f"no claims are registered for figure {key!r}. Fix: one of "
-                      f"{sorted(_FIGURES)} (config.claims.figure).")
+    raise ReportError(
+      f"no claims are registered for figure {key!r}. Fix: one of "
+      f"{sorted(_FIGURES)} (config.claims.figure)."
+    )
   return _FIGURES[key][1]

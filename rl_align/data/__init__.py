@@ -29,6 +29,7 @@ the resized photos), `idx` (Fashion-MNIST / MNIST idx files), `tfds_source`, `re
 (load / source), `stats` (finite checks, channel statistics, standardization), `splits` (split
 indices, random labels), `placement`.
 """
+
 from rl_align.data.core import ArrayDataset
 from rl_align.data.core import ArraySource
 from rl_align.data.core import check_count

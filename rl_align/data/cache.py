@@ -11,6 +11,7 @@ is derived again and rewritten; a folder that cannot be written only costs the t
 Where: $RL_ALIGN_CACHE_DIR, else $XDG_CACHE_HOME/rl_align, else ~/.cache/rl_align;
 RL_ALIGN_CACHE_DIR="" turns the cache off.
 """
+
 import hashlib
 import json
 import os
@@ -45,7 +46,7 @@ def _read(file: str) -> dict[str, np.ndarray] | None:
     with np.load(file, allow_pickle=False) as z:
       return {k: z[k] for k in z.files}
   except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-    return None   # absent, cut short by a crash, or not an npz: derive it again
+    return None  # absent, cut short by a crash, or not an npz: derive it again
 
 
 def _write(file: str, arrays: dict[str, np.ndarray]) -> None:
@@ -58,11 +59,12 @@ def _write(file: str, arrays: dict[str, np.ndarray]) -> None:
       np.savez(f, **arrays)
     os.replace(tmp, file)
   except OSError:
-    pass   # a read-only or full disk: the arrays are still returned, only not kept
+    pass  # a read-only or full disk: the arrays are still returned, only not kept
 
 
-def cached_arrays(name: str, key: dict,
-                  compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def cached_arrays(
+  name: str, key: dict, compute: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
   """compute()'s arrays, read from the cache when an entry for (name, key) exists, else computed
   and stored.  `key` must hold everything the result depends on (arguments, library versions)."""
   file = path(name, key)

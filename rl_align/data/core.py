@@ -1,11 +1,12 @@
 """The containers every source shares: `ArrayDataset` (in memory) and `Source` (random access).
 
-    from rl_align.data import core
-    ds = core.ArrayDataset(x, y, num_classes=10, name="mine")   # validated float32 / int32
-    src = core.ArraySource.of(ds)                                # the same rows as a Source
-    x, y = src.take([5, 2, 9])
-    view = src.subset(np.arange(100))                            # nothing is read
+from rl_align.data import core
+ds = core.ArrayDataset(x, y, num_classes=10, name="mine")   # validated float32 / int32
+src = core.ArraySource.of(ds)                                # the same rows as a Source
+x, y = src.take([5, 2, 9])
+view = src.subset(np.arange(100))                            # nothing is read
 """
+
 import dataclasses
 import numbers
 
@@ -37,6 +38,7 @@ def to_unit_float(images: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass(frozen=True, eq=False)
 class ArrayDataset:
   """In-memory dataset: x float32 [N, d] or [N, H, W, C]; y int32 [N] in [0, num_classes)."""
+
   x: np.ndarray
   y: np.ndarray
   num_classes: int
@@ -47,24 +49,29 @@ class ArrayDataset:
     y = np.asarray(self.y)
     if x.ndim < 2:
       raise errors.DataError(
-          f"dataset {self.name!r}: x must be [N, d] or [N, H, W, C], got shape {x.shape}. "
-          "Fix: add a feature axis, e.g. x[:, None].")
+        f"dataset {self.name!r}: x must be [N, d] or [N, H, W, C], got shape {x.shape}. "
+        "Fix: add a feature axis, e.g. x[:, None]."
+      )
     if y.ndim != 1 or len(y) != len(x):
       raise errors.DataError(
-          f"dataset {self.name!r}: y must be [N] with N = len(x) = {len(x)}, got shape {y.shape}. "
-          "Fix: pass one integer label per example.")
+        f"dataset {self.name!r}: y must be [N] with N = len(x) = {len(x)}, got shape {y.shape}. "
+        "Fix: pass one integer label per example."
+      )
     if not np.issubdtype(y.dtype, np.integer):
       raise errors.DataError(
-          f"dataset {self.name!r}: labels must be integers, got dtype {y.dtype}. "
-          "Fix: convert class ids with y.astype(np.int32).")
+        f"dataset {self.name!r}: labels must be integers, got dtype {y.dtype}. "
+        "Fix: convert class ids with y.astype(np.int32)."
+      )
     if not isinstance(self.num_classes, numbers.Integral) or self.num_classes < 1:
       raise errors.ConfigError(
-          f"dataset {self.name!r}: num_classes must be an integer >= 1, got {self.num_classes!r}. "
-          "Fix: pass the number of classes K.")
+        f"dataset {self.name!r}: num_classes must be an integer >= 1, got {self.num_classes!r}. "
+        "Fix: pass the number of classes K."
+      )
     if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
       raise errors.DataError(
-          f"dataset {self.name!r}: labels span [{y.min()}, {y.max()}] but num_classes is "
-          f"{self.num_classes}. Fix: labels must lie in [0, num_classes); raise num_classes.")
+        f"dataset {self.name!r}: labels span [{y.min()}, {y.max()}] but num_classes is "
+        f"{self.num_classes}. Fix: labels must lie in [0, num_classes); raise num_classes."
+      )
     object.__setattr__(self, "x", x.astype(np.float32, copy=False))
     object.__setattr__(self, "y", y.astype(np.int32, copy=False))
     object.__setattr__(self, "num_classes", int(self.num_classes))
@@ -73,8 +80,10 @@ class ArrayDataset:
     return len(self.y)
 
   def __repr__(self) -> str:
-    return (f"ArrayDataset(name={self.name!r}, x={self.x.shape} {self.x.dtype}, "
-            f"y={self.y.shape} {self.y.dtype}, num_classes={self.num_classes})")
+    return (
+      f"ArrayDataset(name={self.name!r}, x={self.x.shape} {self.x.dtype}, "
+      f"y={self.y.shape} {self.y.dtype}, num_classes={self.num_classes})"
+    )
 
   def subset(self, idx) -> "ArrayDataset":
     """The examples at `idx` (integer indices, a slice or a boolean mask)."""
@@ -83,7 +92,6 @@ class ArrayDataset:
   def with_labels(self, y, num_classes: int) -> "ArrayDataset":
     """Same inputs (not copied) with new labels, e.g. random ones."""
     return ArrayDataset(self.x, y, num_classes, self.name)
-
 
 
 class Source:
@@ -95,6 +103,7 @@ class Source:
   x is raw (uint8 in [0, 255] or float32 in [0, 1]): `pipeline` converts and standardizes it.
   `decodes` says that reading an example costs a decode (the pipeline then reads duplicates once).
   """
+
   name: str = "source"
   num_classes: int = 0
   example_shape: tuple = ()
@@ -112,8 +121,9 @@ class Source:
     n = len(self)
     if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < -n or idx.max() >= n):
       raise errors.DataError(
-          f"source {self.name!r}: indices must be integers in [0, {n}), got "
-          f"[{idx.min()}, {idx.max()}] ({idx.dtype}). Fix: index within the source's length.")
+        f"source {self.name!r}: indices must be integers in [0, {n}), got "
+        f"[{idx.min()}, {idx.max()}] ({idx.dtype}). Fix: index within the source's length."
+      )
     return self._take(np.where(idx < 0, idx + n, idx).astype(np.int64))
 
   def __getitem__(self, i):
@@ -125,9 +135,11 @@ class Source:
     return SubsetSource(self, idx)
 
   def __repr__(self) -> str:
-    return (f"{type(self).__name__}(name={self.name!r}, len={len(self)}, "
-            f"example_shape={self.example_shape}, dtype={np.dtype(self.dtype).name}, "
-            f"num_classes={self.num_classes})")
+    return (
+      f"{type(self).__name__}(name={self.name!r}, len={len(self)}, "
+      f"example_shape={self.example_shape}, dtype={np.dtype(self.dtype).name}, "
+      f"num_classes={self.num_classes})"
+    )
 
 
 class ArraySource(Source):
@@ -139,8 +151,10 @@ class ArraySource(Source):
       x = x.astype(np.float32, copy=False)
     ArrayDataset(x[:0], y[:0], num_classes, name)  # validates shapes, dtypes and num_classes
     if len(x) != len(y):
-      raise errors.DataError(f"source {name!r}: x has {len(x)} examples but y has {len(y)}. "
-                             "Fix: pass one label per example.")
+      raise errors.DataError(
+        f"source {name!r}: x has {len(x)} examples but y has {len(y)}. "
+        "Fix: pass one label per example."
+      )
     self.x, self.y = x, y.astype(np.int32)
     self.name, self.num_classes = name, int(num_classes)
     self.example_shape, self.dtype = tuple(x.shape[1:]), x.dtype
@@ -162,15 +176,23 @@ class SubsetSource(Source):
   def __init__(self, parent: Source, idx):
     idx = np.asarray(idx)
     if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
-      raise errors.DataError(f"subset of {parent.name!r}: indices must be a 1-D integer array, got "
-                             f"shape {idx.shape} {idx.dtype}. Fix: e.g. split_indices(...)[key].")
+      raise errors.DataError(
+        f"subset of {parent.name!r}: indices must be a 1-D integer array, got "
+        f"shape {idx.shape} {idx.dtype}. Fix: e.g. split_indices(...)[key]."
+      )
     if idx.size and (idx.min() < 0 or idx.max() >= len(parent)):
-      raise errors.DataError(f"subset of {parent.name!r}: indices span [{idx.min()}, {idx.max()}] "
-                             f"but the source has {len(parent)} examples. Fix: cut the splits "
-                             "from range(len(source)).")
+      raise errors.DataError(
+        f"subset of {parent.name!r}: indices span [{idx.min()}, {idx.max()}] "
+        f"but the source has {len(parent)} examples. Fix: cut the splits "
+        "from range(len(source))."
+      )
     self.parent, self.idx = parent, idx.astype(np.int64)
     self.name, self.num_classes = parent.name, parent.num_classes
-    self.example_shape, self.dtype, self.decodes = parent.example_shape, parent.dtype, parent.decodes
+    self.example_shape, self.dtype, self.decodes = (
+      parent.example_shape,
+      parent.dtype,
+      parent.decodes,
+    )
 
   def __len__(self) -> int:
     return len(self.idx)

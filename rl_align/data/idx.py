@@ -17,6 +17,7 @@ error.  Where a dataset is looked for, in order (`rl_align.data.load("fashion_mn
 
 Files found are used or fail loudly: a corrupt file is never skipped for another copy.
 """
+
 import functools
 import gzip
 import os
@@ -29,8 +30,10 @@ import numpy as np
 from rl_align import errors
 
 # Split -> (images file, labels file), without the optional ".gz".
-FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FILES = {
+  "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 UBYTE = 0x08
 # Datasets in this format, their class count, and the Debian package (and its folder) holding them.
 DATASETS = {"fashion_mnist": 10, "mnist": 10}
@@ -46,8 +49,9 @@ def _read_bytes(path: str) -> bytes:
       return f.read()
   except (OSError, EOFError, zlib.error) as e:
     raise errors.DataError(
-        f"idx file {path!r} cannot be read ({e}). Fix: replace the file with an intact copy "
-        "(e.g. `apt-get install --reinstall dataset-fashion-mnist`).") from None
+      f"idx file {path!r} cannot be read ({e}). Fix: replace the file with an intact copy "
+      "(e.g. `apt-get install --reinstall dataset-fashion-mnist`)."
+    ) from None
 
 
 def read_idx(path: str, ndim: int) -> np.ndarray:
@@ -59,23 +63,28 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
   raw = _read_bytes(path)
   head = 4 + 4 * ndim
   if len(raw) < head:
-    raise errors.DataError(f"idx file {path!r} is truncated: {len(raw)} bytes, shorter than its "
-                           f"{head}-byte header. Fix: replace it with an intact copy.")
+    raise errors.DataError(
+      f"idx file {path!r} is truncated: {len(raw)} bytes, shorter than its "
+      f"{head}-byte header. Fix: replace it with an intact copy."
+    )
   magic = raw[:4]
   if magic[:2] != b"\0\0" or magic[2] != UBYTE or magic[3] != ndim:
     raise errors.DataError(
-        f"idx file {path!r} has magic number 0x{magic.hex()}, expected 0x0000{UBYTE:02x}{ndim:02x} "
-        f"(uint8, {ndim} dimensions). Fix: it is not an idx{ndim}-ubyte file; replace it.")
+      f"idx file {path!r} has magic number 0x{magic.hex()}, expected 0x0000{UBYTE:02x}{ndim:02x} "
+      f"(uint8, {ndim} dimensions). Fix: it is not an idx{ndim}-ubyte file; replace it."
+    )
   sizes = tuple(int(s) for s in np.frombuffer(raw, ">i4", count=ndim, offset=4))
   if min(sizes) < 1:
-    raise errors.DataError(f"idx file {path!r} declares sizes {sizes}. Fix: replace it with an "
-                           "intact copy.")
+    raise errors.DataError(
+      f"idx file {path!r} declares sizes {sizes}. Fix: replace it with an intact copy."
+    )
   want = head + int(np.prod(sizes, dtype=np.int64))
   if len(raw) != want:
     raise errors.DataError(
-        f"idx file {path!r} has {len(raw)} bytes but its header declares sizes {sizes}, i.e. "
-        f"{want} bytes ({'truncated' if len(raw) < want else 'trailing data'}). Fix: replace it "
-        "with an intact copy.")
+      f"idx file {path!r} has {len(raw)} bytes but its header declares sizes {sizes}, i.e. "
+      f"{want} bytes ({'truncated' if len(raw) < want else 'trailing data'}). Fix: replace it "
+      "with an intact copy."
+    )
   return np.frombuffer(raw, np.uint8, offset=head).reshape(sizes)
 
 
@@ -105,8 +114,9 @@ def _read_split_cached(images: str, labels: str, stamp: tuple) -> tuple:
   y = read_idx(labels, ndim=1)
   if len(x) != len(y):
     raise errors.DataError(
-        f"idx files {images!r} ({len(x)} images) and {labels!r} ({len(y)} labels) disagree. "
-        "Fix: use the images and labels files of one split of one dataset.")
+      f"idx files {images!r} ({len(x)} images) and {labels!r} ({len(y)} labels) disagree. "
+      "Fix: use the images and labels files of one split of one dataset."
+    )
   return x[..., None], y.astype(np.int32)
 
 
@@ -114,21 +124,26 @@ def read_split(folder: str, split: str, num_classes: int = 10) -> tuple:
   """(x uint8 [N, H, W, 1], y int32 [N]) of `split` ('train' or 'test') from the idx files in
   `folder`; cached per file (read-only arrays)."""
   if split not in FILES:
-    raise errors.ConfigError(f"idx datasets have splits {tuple(FILES)}, got {split!r}. Fix: use "
-                             "one of them (carve validation sets with config.split).")
+    raise errors.ConfigError(
+      f"idx datasets have splits {tuple(FILES)}, got {split!r}. Fix: use "
+      "one of them (carve validation sets with config.split)."
+    )
   paths = []
   for stem in FILES[split]:
     path = _file(folder, stem)
     if path is None:
       raise errors.DataError(
-          f"{folder!r} holds idx files but not {stem}(.gz). Fix: put all four files "
-          f"({', '.join(s for pair in FILES.values() for s in pair)}, gzipped or not) there.")
+        f"{folder!r} holds idx files but not {stem}(.gz). Fix: put all four files "
+        f"({', '.join(s for pair in FILES.values() for s in pair)}, gzipped or not) there."
+      )
     paths.append(path)
   stamp = tuple((os.path.getmtime(p), os.path.getsize(p)) for p in paths)
   x, y = _read_split_cached(paths[0], paths[1], stamp)
   if y.size and (y.min() < 0 or y.max() >= num_classes):
-    raise errors.DataError(f"idx file {paths[1]!r} has labels in [{y.min()}, {y.max()}], outside "
-                           f"[0, {num_classes}). Fix: replace it with an intact copy.")
+    raise errors.DataError(
+      f"idx file {paths[1]!r} has labels in [{y.min()}, {y.max()}], outside "
+      f"[0, {num_classes}). Fix: replace it with an intact copy."
+    )
   return x, y
 
 
@@ -138,8 +153,9 @@ def debian_folder(name: str) -> Optional[str]:
     return None
   package, default = DEBIAN[name]
   try:
-    out = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True, timeout=10,
-                         check=False).stdout
+    out = subprocess.run(
+      ["dpkg", "-L", package], capture_output=True, text=True, timeout=10, check=False
+    ).stdout
     listed = [line for line in out.splitlines() if line.endswith(FILES["train"][0] + ".gz")]
   except (OSError, subprocess.SubprocessError):
     listed = []
@@ -152,10 +168,15 @@ def how_to_get(name: str, looked_in) -> str:
   ways = []
   if name in DEBIAN:
     ways.append(f"`apt-get install {DEBIAN[name][0]}` (the original idx files, offline)")
-  ways.append(f"put the four idx files ({', '.join(FILES['train'] + FILES['test'])}, gzipped or "
-              "not) in a folder and pass it as data_dir= / --config.data.data_dir= / "
-              "TFDS_DATA_DIR")
-  ways.append(f"`tfds build {name} --data_dir=DIR --file_format=array_record` on a networked "
-              "machine and copy DIR here")
-  return (f"dataset {name!r} was not found; looked in {'; '.join(looked_in)}. "
-          f"Fix: {'; or '.join(ways)}.")
+  ways.append(
+    f"put the four idx files ({', '.join(FILES['train'] + FILES['test'])}, gzipped or "
+    "not) in a folder and pass it as data_dir= / --config.data.data_dir= / "
+    "TFDS_DATA_DIR"
+  )
+  ways.append(
+    f"`tfds build {name} --data_dir=DIR --file_format=array_record` on a networked "
+    "machine and copy DIR here"
+  )
+  return (
+    f"dataset {name!r} was not found; looked in {'; '.join(looked_in)}. Fix: {'; or '.join(ways)}."
+  )

@@ -11,6 +11,7 @@ same keyword arguments (-> Source whose take(i) is the loader's row i), and wher
 from (`embedded`: offline, synthesized or shipped with a package; `real`: a real dataset read from
 disk, downloaded only with `download=True`, which every source accepts: config.data.download).
 """
+
 import dataclasses
 import inspect
 import os
@@ -50,7 +51,7 @@ def _materialize(src: Source) -> ArrayDataset:
   y = np.empty((n,), np.int32)
   for s in range(0, n, 1024):
     xs, ys = src.take(np.arange(s, min(n, s + 1024)))
-    x[s:s + len(ys)], y[s:s + len(ys)] = to_unit_float(xs), ys
+    x[s : s + len(ys)], y[s : s + len(ys)] = to_unit_float(xs), ys
   return ArrayDataset(x, y, src.num_classes, src.name)
 
 
@@ -59,49 +60,79 @@ def _materialize(src: Source) -> ArrayDataset:
 
 
 def _tfds_entry(tfds_name: str) -> Entry:
-  def load_fn(split: str = "train", data_dir=None, image_size=None, max_examples=None,
-              download=False):
-    return tfds_source.tfds_dataset(tfds_name, split, data_dir=data_dir, image_size=image_size,
-                                    max_examples=max_examples, download=download)
+  def load_fn(
+    split: str = "train", data_dir=None, image_size=None, max_examples=None, download=False
+  ):
+    return tfds_source.tfds_dataset(
+      tfds_name,
+      split,
+      data_dir=data_dir,
+      image_size=image_size,
+      max_examples=max_examples,
+      download=download,
+    )
 
-  def source_fn(split: str = "train", data_dir=None, image_size=None, max_examples=None,
-                download=False):
-    src = tfds_source.TfdsSource(tfds_name, split, data_dir=data_dir, image_size=image_size,
-                                 download=download)
+  def source_fn(
+    split: str = "train", data_dir=None, image_size=None, max_examples=None, download=False
+  ):
+    src = tfds_source.TfdsSource(
+      tfds_name, split, data_dir=data_dir, image_size=image_size, download=download
+    )
     return _subset_first(src, tfds_name, max_examples)
+
   return Entry(load_fn, source_fn, "real")
 
 
 def _imagenet_entry() -> Entry:
   """tfds imagenet_resized/{s}x{s} (image_size in IMAGENET_SIZES)."""
-  def load_fn(split: str = "train", image_size: int = 32, data_dir=None, max_examples=None,
-              download=False):
-    return tfds_source.tfds_dataset(tfds_source.imagenet_name(image_size), split,
-                                    data_dir=data_dir, max_examples=max_examples, download=download)
 
-  def source_fn(split: str = "train", image_size: int = 32, data_dir=None, max_examples=None,
-                download=False):
-    src = tfds_source.TfdsSource(tfds_source.imagenet_name(image_size), split, data_dir=data_dir,
-                                 download=download)
+  def load_fn(
+    split: str = "train", image_size: int = 32, data_dir=None, max_examples=None, download=False
+  ):
+    return tfds_source.tfds_dataset(
+      tfds_source.imagenet_name(image_size),
+      split,
+      data_dir=data_dir,
+      max_examples=max_examples,
+      download=download,
+    )
+
+  def source_fn(
+    split: str = "train", image_size: int = 32, data_dir=None, max_examples=None, download=False
+  ):
+    src = tfds_source.TfdsSource(
+      tfds_source.imagenet_name(image_size), split, data_dir=data_dir, download=download
+    )
     return _subset_first(src, "imagenet", max_examples)
+
   return Entry(load_fn, source_fn, "real")
 
 
 def _imagenet2012_entry() -> Entry:
   """Full ILSVRC-2012: each image's central square, area-resized to image_size."""
-  def load_fn(split: str = "train", image_size: int = 64, data_dir=None, max_examples=None,
-              download=False):
-    tfds_source.check_image_size("imagenet2012", image_size)
-    return tfds_source.tfds_dataset("imagenet2012", split, data_dir=data_dir,
-                                    image_size=image_size, max_examples=max_examples,
-                                    download=download)
 
-  def source_fn(split: str = "train", image_size: int = 64, data_dir=None, max_examples=None,
-                download=False):
+  def load_fn(
+    split: str = "train", image_size: int = 64, data_dir=None, max_examples=None, download=False
+  ):
     tfds_source.check_image_size("imagenet2012", image_size)
-    src = tfds_source.TfdsSource("imagenet2012", split, data_dir=data_dir, image_size=image_size,
-                                 download=download)
+    return tfds_source.tfds_dataset(
+      "imagenet2012",
+      split,
+      data_dir=data_dir,
+      image_size=image_size,
+      max_examples=max_examples,
+      download=download,
+    )
+
+  def source_fn(
+    split: str = "train", image_size: int = 64, data_dir=None, max_examples=None, download=False
+  ):
+    tfds_source.check_image_size("imagenet2012", image_size)
+    src = tfds_source.TfdsSource(
+      "imagenet2012", split, data_dir=data_dir, image_size=image_size, download=download
+    )
     return _subset_first(src, "imagenet2012", max_examples)
+
   return Entry(load_fn, source_fn, "real")
 
 
@@ -153,31 +184,43 @@ def resolve_idx(name: str, split: str, data_dir, image_size, download: bool = Fa
       pass  # not prepared there: look further
   deb = idx.debian_folder(name)
   if deb is not None:
-    state = "has no idx files or prepared tfds folder" if os.path.isdir(data_dir) else \
-        "does not exist"
-    note_read(name, split, deb, f"data_dir {data_dir} {state}: the Debian package's copy was "
-              "read instead", loud=bool(given))
+    state = (
+      "has no idx files or prepared tfds folder" if os.path.isdir(data_dir) else "does not exist"
+    )
+    note_read(
+      name,
+      split,
+      deb,
+      f"data_dir {data_dir} {state}: the Debian package's copy was read instead",
+      loud=bool(given),
+    )
     return _idx_source(name, deb, split, image_size)
   if download:
-    return tfds_source.TfdsSource(name, split, data_dir=data_dir, image_size=image_size,
-                                  download=True)
+    return tfds_source.TfdsSource(
+      name, split, data_dir=data_dir, image_size=image_size, download=True
+    )
   looked = [f"{data_dir} (idx files or a prepared tfds {name})"]
   if name in idx.DEBIAN:
     looked.append(f"{idx.DEBIAN[name][1]} (Debian package {idx.DEBIAN[name][0]})")
   raise errors.DatasetNotFoundError(
-      f"{idx.how_to_get(name, looked)[:-1]}; or rerun with {tfds_source.DOWNLOAD_FLAG} where "
-      "there is a network (tfds downloads and prepares it in data_dir).")
+    f"{idx.how_to_get(name, looked)[:-1]}; or rerun with {tfds_source.DOWNLOAD_FLAG} where "
+    "there is a network (tfds downloads and prepares it in data_dir)."
+  )
 
 
 def _idx_entry(name: str) -> Entry:
-  def source_fn(split: str = "train", data_dir=None, image_size=None, max_examples=None,
-                download=False):
-    return _subset_first(resolve_idx(name, split, data_dir, image_size, download), name,
-                         max_examples)
+  def source_fn(
+    split: str = "train", data_dir=None, image_size=None, max_examples=None, download=False
+  ):
+    return _subset_first(
+      resolve_idx(name, split, data_dir, image_size, download), name, max_examples
+    )
 
-  def load_fn(split: str = "train", data_dir=None, image_size=None, max_examples=None,
-              download=False):
+  def load_fn(
+    split: str = "train", data_dir=None, image_size=None, max_examples=None, download=False
+  ):
     return _materialize(source_fn(split, data_dir, image_size, max_examples, download))
+
   return Entry(load_fn, source_fn, "real")
 
 
@@ -187,16 +230,16 @@ def _embedded_entry(fn, streaming=None) -> Entry:
 
 
 REGISTRY = {
-    "gaussian": _embedded_entry(embedded.gaussian),
-    "digits": _embedded_entry(embedded.digits),
-    "photos": _embedded_entry(embedded.photos, embedded.PhotoSource),
-    "fashion_mnist": _idx_entry("fashion_mnist"),
-    "mnist": _idx_entry("mnist"),
-    "cifar10": _tfds_entry("cifar10"),
-    "cifar100": _tfds_entry("cifar100"),
-    "svhn_cropped": _tfds_entry("svhn_cropped"),
-    "imagenet": _imagenet_entry(),
-    "imagenet2012": _imagenet2012_entry(),
+  "gaussian": _embedded_entry(embedded.gaussian),
+  "digits": _embedded_entry(embedded.digits),
+  "photos": _embedded_entry(embedded.photos, embedded.PhotoSource),
+  "fashion_mnist": _idx_entry("fashion_mnist"),
+  "mnist": _idx_entry("mnist"),
+  "cifar10": _tfds_entry("cifar10"),
+  "cifar100": _tfds_entry("cifar100"),
+  "svhn_cropped": _tfds_entry("svhn_cropped"),
+  "imagenet": _imagenet_entry(),
+  "imagenet2012": _imagenet2012_entry(),
 }
 SOURCES = tuple(REGISTRY)
 EMBEDDED = tuple(k for k, e in REGISTRY.items() if e.origin == "embedded")
@@ -215,8 +258,10 @@ def _without_download(name: str, entry: Entry, kwargs) -> dict:
   kwargs = dict(kwargs)
   if "download" in kwargs:
     if not isinstance(kwargs["download"], (bool, np.bool_)):
-      raise errors.ConfigError(f"data source {name!r}: download must be True or False, got "
-                               f"{kwargs['download']!r}. Fix: --config.data.download=True.")
+      raise errors.ConfigError(
+        f"data source {name!r}: download must be True or False, got "
+        f"{kwargs['download']!r}. Fix: --config.data.download=True."
+      )
     if entry.origin == "embedded":
       kwargs.pop("download")
   return kwargs
@@ -228,7 +273,8 @@ def _bind(name: str, fn, kwargs) -> None:
   except TypeError as e:
     accepted = ", ".join(inspect.signature(fn).parameters)
     raise errors.ConfigError(
-        f"data source {name!r}: {e}. Fix: pass only its keyword arguments: {accepted}.") from None
+      f"data source {name!r}: {e}. Fix: pass only its keyword arguments: {accepted}."
+    ) from None
 
 
 def load(name: str, **kwargs) -> ArrayDataset:

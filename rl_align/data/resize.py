@@ -4,6 +4,7 @@ bilinear otherwise; a result never depends on the other images of the batch.
     from rl_align.data import resize
     x16 = resize.resize_images(x_uint8, 16)       # float32 [N, 16, 16, C] in [0, 1]
 """
+
 import functools
 import numbers
 
@@ -16,7 +17,7 @@ from rl_align.data.core import to_unit_float
 
 
 _RESIZE_BLOCK = 64  # images per jitted resize call: a fixed shape, so each image's result is the
-                    # same whichever batch it comes in (XLA's result depends on the batch shape)
+# same whichever batch it comes in (XLA's result depends on the batch shape)
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -42,24 +43,25 @@ def resize_images(x: np.ndarray, image_size, chunk: int = 2048) -> np.ndarray:
   blocks = hin % h == 0 and win % w == 0
   step = chunk if blocks else _RESIZE_BLOCK
   for s in range(0, n, step):
-    part = to_unit_float(x[s:s + step])
+    part = to_unit_float(x[s : s + step])
     if blocks:
       fh, fw = hin // h, win // w
-      out[s:s + step] = part.reshape(len(part), h, fh, w, fw, c).mean(axis=(2, 4))
+      out[s : s + step] = part.reshape(len(part), h, fh, w, fw, c).mean(axis=(2, 4))
     else:
       k = len(part)
       pad = np.zeros((_RESIZE_BLOCK - k,) + part.shape[1:], np.float32)
-      out[s:s + k] = np.asarray(_resize_block(np.concatenate([part, pad]), (h, w)))[:k]
+      out[s : s + k] = np.asarray(_resize_block(np.concatenate([part, pad]), (h, w)))[:k]
   return out
 
 
 def square_resize(im: np.ndarray, size: int) -> np.ndarray:
   """The central square of one uint8 [H, W, C] image, area-resized (PIL box filter) to size x size."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   h, w = im.shape[:2]
   m = min(h, w)
   top, left = (h - m) // 2, (w - m) // 2
-  sq = np.ascontiguousarray(im[top:top + m, left:left + m])
+  sq = np.ascontiguousarray(im[top : top + m, left : left + m])
   if m == size:
     return sq
   pil = Image.fromarray(sq[..., 0] if sq.shape[-1] == 1 else sq)

@@ -1,9 +1,10 @@
 """Disjoint splits from one seeded permutation, and random labels.
 
-    from rl_align.data import splits
-    idx = splits.split_indices(50_000, {"upstream": 20_000, "downstream": 25_000}, seed=0)
-    y = splits.random_labels(jax.random.key(1), 20_000, num_classes=10)
+from rl_align.data import splits
+idx = splits.split_indices(50_000, {"upstream": 20_000, "downstream": 25_000}, seed=0)
+y = splits.random_labels(jax.random.key(1), 20_000, num_classes=10)
 """
+
 import numbers
 from typing import Mapping, Union
 
@@ -27,12 +28,13 @@ def split_indices(n: int, sizes: Mapping[str, int], seed: int) -> dict:
   total = sum(sizes.values())
   if total > n:
     raise errors.ConfigError(
-        f"split sizes {dict(sizes)} sum to {total} > {n} available examples. "
-        "Fix: shrink the splits so that they fit.")
+      f"split sizes {dict(sizes)} sum to {total} > {n} available examples. "
+      "Fix: shrink the splits so that they fit."
+    )
   perm = np.random.default_rng(seed).permutation(n)
   out, start = {}, 0
   for key, size in sizes.items():
-    out[key] = perm[start:start + size]
+    out[key] = perm[start : start + size]
     start += size
   return out
 

@@ -1,10 +1,11 @@
 """Checks and per-channel statistics of inputs, streamed so a large split never needs a float64 copy.
 
-    from rl_align.data import stats
-    stats.check_finite(x, "x")                    # DataError naming the NaN / inf examples
-    mean, std = stats.channel_stats(x)            # float64 per channel; x may be a Source
-    xs = stats.standardize(x, mean, std)          # float32
+from rl_align.data import stats
+stats.check_finite(x, "x")                    # DataError naming the NaN / inf examples
+mean, std = stats.channel_stats(x)            # float64 per channel; x may be a Source
+xs = stats.standardize(x, mean, std)          # float32
 """
+
 from typing import Optional
 
 import numpy as np
@@ -28,7 +29,7 @@ def check_finite(x, name: str = "x") -> None:
   bad_rows = []
   step = _chunk_rows(flat.shape)
   for s in range(0, len(flat), step):
-    part = flat[s:s + step]
+    part = flat[s : s + step]
     nan, inf = np.isnan(part), np.isinf(part)
     n_nan += int(nan.sum())
     n_inf += int(inf.sum())
@@ -36,10 +37,11 @@ def check_finite(x, name: str = "x") -> None:
   if n_nan or n_inf:
     rows = np.concatenate(bad_rows)
     raise errors.DataError(
-        f"{name} has {n_nan} NaN and {n_inf} inf values in {rows.size} of {len(flat)} examples "
-        f"(first bad examples at index {rows[:5].tolist()}). Fix: inspect {name}[{rows[0]}] and "
-        f"the step that produced it (decoding, a division by zero, a diverged model), or drop "
-        "those examples.")
+      f"{name} has {n_nan} NaN and {n_inf} inf values in {rows.size} of {len(flat)} examples "
+      f"(first bad examples at index {rows[:5].tolist()}). Fix: inspect {name}[{rows[0]}] and "
+      f"the step that produced it (decoding, a division by zero, a diverged model), or drop "
+      "those examples."
+    )
 
 
 def channel_stats(x, max_examples: Optional[int] = None) -> tuple:
@@ -62,8 +64,9 @@ def channel_stats(x, max_examples: Optional[int] = None) -> tuple:
     n = min(n, max_examples)
   if len(shape) < 2 or n == 0:
     raise errors.DataError(
-        f"channel_stats needs a non-empty [N, ..., C] array, got shape {shape}. "
-        "Fix: pass the training inputs.")
+      f"channel_stats needs a non-empty [N, ..., C] array, got shape {shape}. "
+      "Fix: pass the training inputs."
+    )
   c = shape[-1]
   count, mean, m2 = 0, np.zeros(c), np.zeros(c)
   step = _chunk_rows(shape)
@@ -71,7 +74,7 @@ def channel_stats(x, max_examples: Optional[int] = None) -> tuple:
     part = rows(s, min(n, s + step)).reshape(-1, c).astype(np.float64)
     k = len(part)
     pm = part.mean(axis=0)
-    pm2 = ((part - pm)**2).sum(axis=0)
+    pm2 = ((part - pm) ** 2).sum(axis=0)
     delta = pm - mean
     total = count + k
     mean = mean + delta * (k / total)
@@ -88,16 +91,19 @@ def standardize(x, mean, std) -> np.ndarray:
   c = x.shape[-1]
   if mean.shape != (c,) or std.shape != (c,):
     raise errors.DataError(
-        f"standardize: x has {c} channels but mean/std have shapes {mean.shape}/{std.shape}. "
-        "Fix: compute them with channel_stats on data with the same channels.")
+      f"standardize: x has {c} channels but mean/std have shapes {mean.shape}/{std.shape}. "
+      "Fix: compute them with channel_stats on data with the same channels."
+    )
   bad = np.flatnonzero(~(std > 0))
   if bad.size:
     raise errors.DataError(
-        f"standardize: channel {bad[0]} is constant; its std is {std[bad[0]]} "
-        f"(channels with std <= 0: {bad.tolist()}). Fix: drop that channel, or compute the "
-        "statistics on more varied data.")
-  return ((x.astype(np.float32, copy=False) - mean.astype(np.float32))
-          / std.astype(np.float32)).astype(np.float32, copy=False)
+      f"standardize: channel {bad[0]} is constant; its std is {std[bad[0]]} "
+      f"(channels with std <= 0: {bad.tolist()}). Fix: drop that channel, or compute the "
+      "statistics on more varied data."
+    )
+  return (
+    (x.astype(np.float32, copy=False) - mean.astype(np.float32)) / std.astype(np.float32)
+  ).astype(np.float32, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------

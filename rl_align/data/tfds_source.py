@@ -11,6 +11,7 @@ line with the fixes (the config field `data.download` among them).  With it, a m
 downloaded and prepared in data_dir as ArrayRecord by tfds (`download_and_prepare`, with tfds's
 progress bars), in a temporary folder renamed into place when complete; a failure is one line.
 """
+
 import contextlib
 import glob
 import importlib.util
@@ -54,24 +55,29 @@ MANUAL = ("imagenet2012",)
 
 
 def _manual_how(data_dir: str) -> str:
-  return ("put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (register at "
-          "image-net.org/download-images) in a folder DIR and run `tfds build imagenet2012 "
-          f"--manual_dir=DIR --data_dir={data_dir} --file_format=array_record`")
+  return (
+    "put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (register at "
+    "image-net.org/download-images) in a folder DIR and run `tfds build imagenet2012 "
+    f"--manual_dir=DIR --data_dir={data_dir} --file_format=array_record`"
+  )
 
 
 def _not_found(name: str, data_dir: str) -> errors.DatasetNotFoundError:
   if name.split("/")[0] in MANUAL:
     how = _manual_how(data_dir)
   else:
-    how = (f"where there is a network, rerun with {DOWNLOAD_FLAG} (or call data.load(..., "
-           f"download=True)): tfds downloads and prepares it in data_dir; or on a machine with "
-           f"internet run `tfds build {name} --data_dir={data_dir} --file_format=array_record` "
-           f"(plain `tfds build` writes tfrecord, which needs `pip install -e .[tf]` to read) and "
-           "copy that folder here")
+    how = (
+      f"where there is a network, rerun with {DOWNLOAD_FLAG} (or call data.load(..., "
+      f"download=True)): tfds downloads and prepares it in data_dir; or on a machine with "
+      f"internet run `tfds build {name} --data_dir={data_dir} --file_format=array_record` "
+      f"(plain `tfds build` writes tfrecord, which needs `pip install -e .[tf]` to read) and "
+      "copy that folder here"
+    )
   return errors.DatasetNotFoundError(
-      f"tfds dataset {name!r} is not prepared in data_dir={data_dir!r} (nothing is downloaded "
-      f"unless asked). Fix: {how}, or pass data_dir= / set TFDS_DATA_DIR to where it already is, "
-      "or use an embedded source (gaussian, digits, photos).")
+    f"tfds dataset {name!r} is not prepared in data_dir={data_dir!r} (nothing is downloaded "
+    f"unless asked). Fix: {how}, or pass data_dir= / set TFDS_DATA_DIR to where it already is, "
+    "or use an embedded source (gaussian, digits, photos)."
+  )
 
 
 def _bad_info(name: str, data_dir: str, e: Exception) -> errors.DataError:
@@ -86,16 +92,18 @@ def _bad_info(name: str, data_dir: str, e: Exception) -> errors.DataError:
       where, why = path, f"{type(bad).__name__}: {bad}"
       break
   return errors.DataError(
-      f"tfds dataset {name!r}: {where} is not valid JSON ({' '.join(why.split())[:160]}); the "
-      f"folder holds an incomplete or damaged copy. Fix: delete the folder "
-      f"{os.path.dirname(where)} and prepare it again (`tfds build {name} --data_dir={data_dir} "
-      f"--file_format=array_record`, or {DOWNLOAD_FLAG}).")
+    f"tfds dataset {name!r}: {where} is not valid JSON ({' '.join(why.split())[:160]}); the "
+    f"folder holds an incomplete or damaged copy. Fix: delete the folder "
+    f"{os.path.dirname(where)} and prepare it again (`tfds build {name} --data_dir={data_dir} "
+    f"--file_format=array_record`, or {DOWNLOAD_FLAG})."
+  )
 
 
 @contextlib.contextmanager
 def _one_line_info_errors(name: str, data_dir: str):
   """Turns tfds's raw protobuf ParseError of a damaged dataset_info.json into `_bad_info`."""
   from google.protobuf import json_format  # pylint: disable=g-import-not-at-top
+
   try:
     yield
   except json_format.ParseError as e:
@@ -105,20 +113,24 @@ def _one_line_info_errors(name: str, data_dir: str):
 def _registered_builder(name: str, data_dir: str):
   """tfds.builder(name, data_dir) of a registered dataset, with our one-line errors."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   try:
     with _one_line_info_errors(name, data_dir):
       return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise errors.ConfigError(
-        f"{name!r} is not a tfds dataset name. Fix: use a name of data.SOURCES, "
-        "or a name from `tfds.list_builders()`.") from None
+      f"{name!r} is not a tfds dataset name. Fix: use a name of data.SOURCES, "
+      "or a name from `tfds.list_builders()`."
+    ) from None
 
 
 # What tfds needs to prepare an image dataset besides itself: TensorFlow (it encodes numpy images
 # with it) and importlib_resources (it finds a builder's checksums file with it).  Neither is
 # needed to read a prepared folder.
-PREPARE_NEEDS = {"tensorflow": "`pip install -e .[tf]` (tensorflow-cpu)",
-                 "importlib_resources": "`pip install importlib_resources`"}
+PREPARE_NEEDS = {
+  "tensorflow": "`pip install -e .[tf]` (tensorflow-cpu)",
+  "importlib_resources": "`pip install importlib_resources`",
+}
 
 
 class _Missing(Exception):
@@ -130,6 +142,7 @@ def make_builder(name: str, data_dir: str):
   place `download_and_prepare` gets its builder (tests stand another one in here).  Raises
   _Missing, before anything downloads, when a package of PREPARE_NEEDS is not installed."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   missing = [m for m in PREPARE_NEEDS if importlib.util.find_spec(m) is None]
   if missing:
     raise _Missing(*missing)
@@ -166,17 +179,19 @@ def _probe_hosts(urls, timeout_s: float) -> str | None:
   worker.join(timeout_s)
   if result.get("ok") or not targets:
     return None
-  return result.get("why") or (f"{targets[0][0]}:{targets[0][1]} did not answer within "
-                               f"{timeout_s:g} s")
+  return result.get("why") or (
+    f"{targets[0][0]}:{targets[0][1]} did not answer within {timeout_s:g} s"
+  )
 
 
 def _download_failed(name: str, data_dir: str, why: str) -> errors.DatasetNotFoundError:
   return errors.DatasetNotFoundError(
-      f"tfds dataset {name!r} could not be downloaded into data_dir={data_dir!r}: "
-      f"{' '.join(why.split())[:300]}. Fix: run where the network reaches the dataset's hosts "
-      f"(a proxy: set HTTPS_PROXY), or on a machine with internet run `tfds build {name} "
-      f"--data_dir={data_dir} --file_format=array_record` and copy that folder here (then "
-      f"{DOWNLOAD_FLAG} is not needed).")
+    f"tfds dataset {name!r} could not be downloaded into data_dir={data_dir!r}: "
+    f"{' '.join(why.split())[:300]}. Fix: run where the network reaches the dataset's hosts "
+    f"(a proxy: set HTTPS_PROXY), or on a machine with internet run `tfds build {name} "
+    f"--data_dir={data_dir} --file_format=array_record` and copy that folder here (then "
+    f"{DOWNLOAD_FLAG} is not needed)."
+  )
 
 
 def download_and_prepare(name: str, data_dir, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> str:
@@ -195,8 +210,9 @@ def download_and_prepare(name: str, data_dir, timeout_s: float = DOWNLOAD_TIMEOU
   data_dir = resolve_data_dir(data_dir)
   if name.split("/")[0] in MANUAL:
     raise errors.DatasetNotFoundError(
-        f"tfds dataset {name!r} cannot be downloaded (its files need a registration). Fix: "
-        f"{_manual_how(data_dir)}.")
+      f"tfds dataset {name!r} cannot be downloaded (its files need a registration). Fix: "
+      f"{_manual_how(data_dir)}."
+    )
   tmp = os.path.join(data_dir, f".rl_align_download_{name.replace('/', '_')}_{uuid.uuid4().hex}")
   try:
     builder = make_builder(name, tmp)
@@ -204,31 +220,34 @@ def download_and_prepare(name: str, data_dir, timeout_s: float = DOWNLOAD_TIMEOU
     if why is not None:
       raise _download_failed(name, data_dir, why)
     logging.info("downloading tfds dataset %r and preparing it in %s (ArrayRecord)", name, data_dir)
-    builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"),
-                                 file_format="array_record")
+    builder.download_and_prepare(
+      download_dir=os.path.join(data_dir, "downloads"), file_format="array_record"
+    )
     rel = os.path.relpath(os.fspath(builder.data_dir), tmp)
     final = os.path.join(data_dir, rel)
     if not os.path.isfile(os.path.join(tmp, rel, "dataset_info.json")):
       raise _download_failed(name, data_dir, f"tfds left no dataset_info.json in {rel}")
     if os.path.isdir(final) and not os.path.isfile(os.path.join(final, "dataset_info.json")):
-      shutil.rmtree(final)            # an incomplete copy no reader accepts: replaced
-    if not os.path.isdir(final):      # (a complete one, prepared meanwhile by another run, stays)
+      shutil.rmtree(final)  # an incomplete copy no reader accepts: replaced
+    if not os.path.isdir(final):  # (a complete one, prepared meanwhile by another run, stays)
       os.makedirs(os.path.dirname(final), exist_ok=True)
       os.rename(os.path.join(tmp, rel), final)
     return final
   except errors.RLAlignError:
     raise
   except Exception as e:  # pylint: disable=broad-except  # network, disk, a broken archive, ...
-    missing = list(e.args) if isinstance(e, _Missing) else re.findall(r"No module named '(\w+)",
-                                                                      str(e))[:1]
+    missing = (
+      list(e.args) if isinstance(e, _Missing) else re.findall(r"No module named '(\w+)", str(e))[:1]
+    )
     if missing:
       fixes = [PREPARE_NEEDS.get(m, f"`pip install {m}`") for m in missing]
       raise errors.DatasetNotFoundError(
-          f"tfds dataset {name!r} is not prepared in data_dir={data_dir!r}, and tfds cannot "
-          f"prepare it in this environment: it needs {' and '.join(missing)}. Fix: "
-          f"{' and '.join(fixes)}, then rerun; or on a machine that has them run `tfds build "
-          f"{name} --data_dir={data_dir} --file_format=array_record` and copy that folder "
-          "here.") from None
+        f"tfds dataset {name!r} is not prepared in data_dir={data_dir!r}, and tfds cannot "
+        f"prepare it in this environment: it needs {' and '.join(missing)}. Fix: "
+        f"{' and '.join(fixes)}, then rerun; or on a machine that has them run `tfds build "
+        f"{name} --data_dir={data_dir} --file_format=array_record` and copy that folder "
+        "here."
+      ) from None
     raise _download_failed(name, data_dir, f"{type(e).__name__}: {e}") from e
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -246,14 +265,16 @@ def _open_tfds(name: str, split: str, data_dir: str, download: bool = False):
   """tfds.data_source(name, split) (ArrayRecord, no TensorFlow), with our one-line errors;
   `download`: a missing dataset is downloaded and prepared first (`ensure_prepared`)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   ensure_prepared(name, data_dir, download)
   try:
     with _one_line_info_errors(name, data_dir):
       source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except tfds.core.registered.DatasetNotFoundError:
     raise errors.ConfigError(
-        f"{name!r} is not a tfds dataset name. Fix: use a name of data.SOURCES, "
-        "or a name from `tfds.list_builders()`.") from None
+      f"{name!r} is not a tfds dataset name. Fix: use a name of data.SOURCES, "
+      "or a name from `tfds.list_builders()`."
+    ) from None
   except errors.RLAlignError:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -262,31 +283,36 @@ def _open_tfds(name: str, split: str, data_dir: str, download: bool = False):
       raise _not_found(name, data_dir) from e
     if isinstance(e, NotImplementedError):
       raise errors.DataError(
-          f"tfds dataset {name!r} in {data_dir!r} is stored as {builder.info.file_format}, which "
-          "needs TensorFlow to read. Fix: `pip install -e .[tf]` (data.load only; the host input "
-          f"pipeline needs ArrayRecord), or rebuild it with `tfds build {name} "
-          "--file_format=array_record`.") from e
+        f"tfds dataset {name!r} in {data_dir!r} is stored as {builder.info.file_format}, which "
+        "needs TensorFlow to read. Fix: `pip install -e .[tf]` (data.load only; the host input "
+        f"pipeline needs ArrayRecord), or rebuild it with `tfds build {name} "
+        "--file_format=array_record`."
+      ) from e
     if isinstance(e, ValueError) and "split" in str(e).lower():
       raise errors.ConfigError(
-          f"tfds dataset {name!r} has no split {split!r}. Fix: use one of "
-          f"{sorted(builder.info.splits)}.") from e
+        f"tfds dataset {name!r} has no split {split!r}. Fix: use one of "
+        f"{sorted(builder.info.splits)}."
+      ) from e
     raise
   _check_features(name, source.dataset_info.features.keys())
   return source
 
 
-def _load_with_tf(name: str, split: str, data_dir: str, max_examples: Optional[int],
-                  download: bool = False):
+def _load_with_tf(
+  name: str, split: str, data_dir: str, max_examples: Optional[int], download: bool = False
+):
   """(images uint8 [N, H, W, C], labels, num_classes) through tfds.load (TensorFlow installed)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   if max_examples is not None and "[" not in split:
     split = f"{split}[:{max_examples}]"
   ensure_prepared(name, data_dir, download)
   builder = _registered_builder(name, data_dir)
   try:
     with _one_line_info_errors(name, data_dir):
-      arrays = tfds.as_numpy(tfds.load(name, split=split, data_dir=data_dir, batch_size=-1,
-                                       download=False))
+      arrays = tfds.as_numpy(
+        tfds.load(name, split=split, data_dir=data_dir, batch_size=-1, download=False)
+      )
   except errors.RLAlignError:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -300,12 +326,20 @@ def _load_with_tf(name: str, split: str, data_dir: str, max_examples: Optional[i
 def _check_features(name: str, keys) -> None:
   if "image" not in keys or "label" not in keys:
     raise errors.DataError(
-        f"tfds dataset {name!r} has features {sorted(keys)}, not 'image' and 'label'. "
-        "Fix: use an image classification dataset.")
+      f"tfds dataset {name!r} has features {sorted(keys)}, not 'image' and 'label'. "
+      "Fix: use an image classification dataset."
+    )
 
 
-def tfds_dataset(name: str, split: str, *, data_dir=None, image_size=None,
-                 max_examples: Optional[int] = None, download: bool = False) -> ArrayDataset:
+def tfds_dataset(
+  name: str,
+  split: str,
+  *,
+  data_dir=None,
+  image_size=None,
+  max_examples: Optional[int] = None,
+  download: bool = False,
+) -> ArrayDataset:
   """A prepared tfds image classification dataset as float32 [N, H, W, C] in [0, 1].
 
   Reads with `tfds.load(batch_size=-1)` when TensorFlow is importable, else through
@@ -330,29 +364,33 @@ def tfds_dataset(name: str, split: str, *, data_dir=None, image_size=None,
   src = TfdsSource(name, split, data_dir=data_dir, image_size=image_size, download=download)
   n = len(src) if max_examples is None else min(len(src), max_examples)
   if n == 0:
-    raise errors.DataError(f"the tfds split {name}:{split} is empty. Fix: choose a non-empty split.")
+    raise errors.DataError(
+      f"the tfds split {name}:{split} is empty. Fix: choose a non-empty split."
+    )
   x = np.empty((n,) + src.example_shape, np.float32)
   y = np.empty((n,), np.int32)
   for s in range(0, n, 1024):
     xs, ys = src.take(np.arange(s, min(n, s + 1024)))
-    x[s:s + len(ys)], y[s:s + len(ys)] = to_unit_float(xs), ys
+    x[s : s + len(ys)], y[s : s + len(ys)] = to_unit_float(xs), ys
   return ArrayDataset(x, y, src.num_classes, src.name)
 
 
 def imagenet_name(image_size) -> str:
   if image_size not in IMAGENET_SIZES:
     raise errors.ConfigError(
-        f"imagenet: image_size={image_size!r} has no tfds imagenet_resized config. "
-        f"Fix: use one of {IMAGENET_SIZES}, or source 'imagenet2012' (any size, resized from the "
-        "full images).")
+      f"imagenet: image_size={image_size!r} has no tfds imagenet_resized config. "
+      f"Fix: use one of {IMAGENET_SIZES}, or source 'imagenet2012' (any size, resized from the "
+      "full images)."
+    )
   return f"imagenet_resized/{image_size}x{image_size}"
 
 
 def check_image_size(source: str, image_size) -> None:
   if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
     raise errors.ConfigError(
-        f"{source}: image_size must be an integer >= 1 (the side of the square images), got "
-        f"{image_size!r}. Fix: e.g. image_size=64.")
+      f"{source}: image_size must be an integer >= 1 (the side of the square images), got "
+      f"{image_size!r}. Fix: e.g. image_size=64."
+    )
 
 
 class TfdsSource(Source):
@@ -363,10 +401,12 @@ class TfdsSource(Source):
   area-resized with PIL's box filter, uint8.  Never reads more than the records asked for.
   `download`: a dataset missing from data_dir is downloaded and prepared there first.
   """
+
   decodes = True
 
-  def __init__(self, name: str, split: str = "train", *, data_dir=None, image_size=None,
-               download: bool = False):
+  def __init__(
+    self, name: str, split: str = "train", *, data_dir=None, image_size=None, download: bool = False
+  ):
     self.data_dir = resolve_data_dir(data_dir)
     self._src = _open_tfds(name, split, self.data_dir, download)
     features = self._src.dataset_info.features
@@ -378,8 +418,9 @@ class TfdsSource(Source):
       check_image_size(name, image_size)
     elif self.variable:
       raise errors.ConfigError(
-          f"tfds dataset {name!r} has images of varying size. Fix: pass image_size= (e.g. 64): "
-          "each image's central square is resized to it.")
+        f"tfds dataset {name!r} has images of varying size. Fix: pass image_size= (e.g. 64): "
+        "each image's central square is resized to it."
+      )
     self.image_size = image_size
     side = image_size if image_size is not None else None
     self.example_shape = (side, side, shape[2]) if side else shape
@@ -403,8 +444,11 @@ class TfdsSource(Source):
     ims = [np.asarray(r["image"]) for r in recs]
     ims = [im[..., None] if im.ndim == 2 else im for im in ims]
     if self.variable:
-      x = np.stack([square_resize(im, self.image_size) for im in ims]) if ims else np.zeros(
-          (0,) + self.example_shape, np.uint8)
+      x = (
+        np.stack([square_resize(im, self.image_size) for im in ims])
+        if ims
+        else np.zeros((0,) + self.example_shape, np.uint8)
+      )
       return x, labels
     x = np.stack(ims) if ims else np.zeros((0,) + self.example_shape[:2] + (1,), np.uint8)
     if self.dtype == np.float32:

@@ -1,4 +1,5 @@
 """Checkpoint I/O: orbax checkpoints of the stacked train state, and where a run keeps them."""
+
 import hashlib
 import json
 import os
@@ -10,7 +11,7 @@ import numpy as np
 from rl_align import errors
 from rl_align.engine import core
 
-KEEP = 2     # checkpoints kept: the newest may be damaged by a crash while it is written
+KEEP = 2  # checkpoints kept: the newest may be damaged by a crash while it is written
 
 
 def state_dir(workdirs, names, packed_dir: str | None) -> str | None:
@@ -26,8 +27,10 @@ def state_dir(workdirs, names, packed_dir: str | None) -> str | None:
   if len(set(workdirs)) == 1:
     return os.path.abspath(os.path.join(workdirs[0], "packed", f"{names[0]}_{tag}"))
   if packed_dir is None:
-    raise ValueError(f"{names[0]}: {len(workdirs)} packed calls with workdirs need a packed_dir "
-                     "for their state. Fix: pass packed_dir (a sweep passes WORKDIR/packed).")
+    raise ValueError(
+      f"{names[0]}: {len(workdirs)} packed calls with workdirs need a packed_dir "
+      "for their state. Fix: pass packed_dir (a sweep passes WORKDIR/packed)."
+    )
   return os.path.abspath(os.path.join(packed_dir, f"{names[0]}_{tag}"))
 
 
@@ -44,8 +47,12 @@ def _host_registry(ocp):
   th = ocp.type_handlers
   scalar = th.ScalarHandler()
   return th.create_type_handler_registry(
-      (int, scalar), (float, scalar), (bytes, scalar), (np.number, scalar),
-      (np.ndarray, th.NumpyHandler(deepcopy_host_arrays=False)))
+    (int, scalar),
+    (float, scalar),
+    (bytes, scalar),
+    (np.number, scalar),
+    (np.ndarray, th.NumpyHandler(deepcopy_host_arrays=False)),
+  )
 
 
 class Checkpointer:
@@ -58,15 +65,18 @@ class Checkpointer:
 
   def __init__(self, root: str):
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
     absl_logger = logging.get_absl_logger()
     if _quiet_orbax not in absl_logger.filters:
       absl_logger.addFilter(_quiet_orbax)
     self._ocp = ocp
     self.root = root
     opts = ocp.CheckpointManagerOptions(max_to_keep=KEEP, enable_async_checkpointing=False)
-    self.mngr = ocp.CheckpointManager(os.path.join(self.root, "checkpoints"), options=opts,
-                                      item_handlers=ocp.PyTreeCheckpointHandler(
-                                          type_handler_registry=_host_registry(ocp)))
+    self.mngr = ocp.CheckpointManager(
+      os.path.join(self.root, "checkpoints"),
+      options=opts,
+      item_handlers=ocp.PyTreeCheckpointHandler(type_handler_registry=_host_registry(ocp)),
+    )
 
   def save(self, step: int, host_state) -> None:
     self.mngr.save(step, args=self._ocp.args.PyTreeSave(tuple(host_state)), force=True)
@@ -91,33 +101,45 @@ class Checkpointer:
         damaged.append(step)
         continue
       if failures:
-        logging.warning("%s: checkpoint(s) %s are damaged and skipped; resuming from the intact "
-                        "checkpoint at step %d.", self.root, failures, step)
-        for bad in damaged:     # so that training past them can checkpoint those steps again
+        logging.warning(
+          "%s: checkpoint(s) %s are damaged and skipped; resuming from the intact "
+          "checkpoint at step %d.",
+          self.root,
+          failures,
+          step,
+        )
+        for bad in damaged:  # so that training past them can checkpoint those steps again
           self.mngr.delete(bad)
       return step, self._checked(step, template, restored)
     raise errors.WorkdirError(
-        f"no checkpoint in {self.root}/checkpoints can be read ({'; '.join(failures)}): they are "
-        "damaged, or were written by another model or config. Fix: delete that folder to train "
-        "this phase again from its start, or rerun with the config that wrote them.")
+      f"no checkpoint in {self.root}/checkpoints can be read ({'; '.join(failures)}): they are "
+      "damaged, or were written by another model or config. Fix: delete that folder to train "
+      "this phase again from its start, or rerun with the config that wrote them."
+    )
 
   def _read(self, step: int, template):
     item = tuple(template)
     restore_args = self._ocp.checkpoint_utils.construct_restore_args(item)
-    return self.mngr.restore(step, args=self._ocp.args.PyTreeRestore(
-        item, restore_args=restore_args))
+    return self.mngr.restore(
+      step, args=self._ocp.args.PyTreeRestore(item, restore_args=restore_args)
+    )
 
   def _checked(self, step: int, template, restored):
     restored = core.TrainState(*jax.tree.map(np.asarray, restored))
     # Orbax gives a leaf the checkpoint's shape whatever the template's: check it here.
-    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(template),
-                                 jax.tree.leaves(restored)):
+    for (path, want), got in zip(
+      jax.tree_util.tree_leaves_with_path(template), jax.tree.leaves(restored)
+    ):
       if np.shape(want) != got.shape:
-        raise self._mismatch(step, f"{jax.tree_util.keystr(path)} has shape {got.shape} in the "
-                             f"checkpoint, {np.shape(want)} in this run")
+        raise self._mismatch(
+          step,
+          f"{jax.tree_util.keystr(path)} has shape {got.shape} in the "
+          f"checkpoint, {np.shape(want)} in this run",
+        )
     return restored
 
   def _mismatch(self, step, why: str) -> errors.ConfigError:
     return errors.ConfigError(
-        f"the checkpoint at step {step} in {self.root} does not match this run's model or "
-        f"config ({why}). Fix: use a fresh --workdir, or rerun with the config that wrote it.")
+      f"the checkpoint at step {step} in {self.root} does not match this run's model or "
+      f"config ({why}). Fix: use a fresh --workdir, or rerun with the config that wrote it."
+    )

@@ -6,6 +6,7 @@ loop that serves both device-resident data (batches gathered from x by the membe
 permutation) and host-fed buffers.  `Engine` lifts them over the members with the layout's lift
 (`layout.lift_members`), shards them over a mesh with one member axis and compiles them.
 """
+
 import collections
 import functools
 import json
@@ -30,28 +31,32 @@ MEMBER_AXIS = "member"
 
 class TrainState(NamedTuple):
   """The engine's state; every leaf has a leading member axis (sharded over devices)."""
+
   params: Any
   opt_state: Any
-  alive: Any       # [M] bool: False once the member's loss or gradient turned non-finite
-  div_step: Any    # [M] int32: the step it diverged at, -1 if never
+  alive: Any  # [M] bool: False once the member's loss or gradient turned non-finite
+  div_step: Any  # [M] int32: the step it diverged at, -1 if never
 
 
 class EngineInputs(NamedTuple):
   """What a chunk reads besides the state: per-member keys, hyper-parameters and labels, and x."""
-  data_keys: Any   # [M, 2] uint32
-  hparams: Any     # {name: [M] float32}
-  labels: Any      # [M, N] int32
-  x: Any           # [N, ...] float32, replicated
+
+  data_keys: Any  # [M, 2] uint32
+  hparams: Any  # {name: [M] float32}
+  labels: Any  # [M, N] int32
+  x: Any  # [N, ...] float32, replicated
 
 
 def to_host(tree, m: int | None = None):
   """Device arrays -> numpy, first m members.  A global array that spans other processes is
   gathered with `multihost_utils.process_allgather` (every process must call this together)."""
+
   def one(a):
     if isinstance(a, jax.Array) and not a.is_fully_addressable:
       a = multihost_utils.process_allgather(a, tiled=True)
     a = np.asarray(jax.device_get(a))
     return a if m is None else a[:m]
+
   return jax.tree.map(one, tree)
 
 
@@ -97,9 +102,11 @@ class Member:
     if m >= b:
       return self.grad_fn(params, xb, yb)
     k = b // m
+
     def body(carry, mb):
       (loss, acc), grads = self.grad_fn(params, *mb)
       return jax.tree.map(jnp.add, carry, ((loss, acc), grads)), None
+
     zero = jnp.zeros((), jnp.float32)
     init = ((zero, zero), jax.tree.map(jnp.zeros_like, params))
     tot, _ = lax.scan(body, init, (xb.reshape((k, m) + xb.shape[1:]), yb.reshape(k, m)))
@@ -114,8 +121,9 @@ class Member:
     the cond becomes that select again."""
     (loss, acc), grads = self.batch_grads(params, xb, yb)
     ok = alive & jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-    params, opt_state = lax.cond(ok, functools.partial(self.update, tx), lambda p, o, g: (p, o),
-                                 params, opt_state, grads)
+    params, opt_state = lax.cond(
+      ok, functools.partial(self.update, tx), lambda p, o, g: (p, o), params, opt_state, grads
+    )
     return params, opt_state, ok, loss, acc
 
   @staticmethod
@@ -139,7 +147,8 @@ class Member:
       return params, opt_state, ok, div_step, aux, lsum, asum + acc
 
     params, opt_state, alive, div_step, aux, lsum, asum = lax.fori_loop(
-        lo, hi, body, (*state, aux, *sums))
+      lo, hi, body, (*state, aux, *sums)
+    )
     return TrainState(params, opt_state, alive, div_step), aux, (lsum, asum)
 
   def chunk(self, state, key_data, hparams, labels, x_all, t0, t1):
@@ -155,8 +164,9 @@ class Member:
       return x_all[idx], labels[idx], perm
 
     zero = jnp.zeros((), jnp.float32)
-    state, _, (lsum, asum) = self.loop(hparams, state, perm_of(t0 // spe), (zero, zero), t0, t1,
-                                       batch_at, lambda t: t)
+    state, _, (lsum, asum) = self.loop(
+      hparams, state, perm_of(t0 // spe), (zero, zero), t0, t1, batch_at, lambda t: t
+    )
     steps = jnp.maximum(t1 - t0, 1).astype(jnp.float32)
     return state, lsum / steps, asum / steps
 
@@ -164,18 +174,21 @@ class Member:
     """Steps tc+a..tc+b-1 from a host-fed buffer of steps tc.. (xs [T, B, ...], ys [T, B]): the
     same arithmetic as `chunk` on the same batches.  The loss / accuracy sums carry over calls,
     so an interval that spans two buffers sums as one loop."""
-    state, _, sums = self.loop(hparams, state, (), sums, a, b,
-                               lambda j, aux: (xs[j], ys[j], aux), lambda j: tc + j)
+    state, _, sums = self.loop(
+      hparams, state, (), sums, a, b, lambda j, aux: (xs[j], ys[j], aux), lambda j: tc + j
+    )
     return state, *sums
 
   def evaluate(self, params, ys, xs, mask):
     """[mean loss, accuracy] over the unmasked examples of batches xs [nb, B, ...], ys [nb, B]."""
+
     def body(tot, batch):
       xb, yb, mb = batch
       logits = self.model.apply({"params": params}, xb)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-      correct = (jnp.argmax(logits, -1) == yb)
+      correct = jnp.argmax(logits, -1) == yb
       return tot + jnp.stack([(loss * mb).sum(), (correct * mb).sum()]), None
+
     tot, _ = lax.scan(body, jnp.zeros(2), (xs, ys, mask))
     return tot / mask.sum()
 
@@ -202,10 +215,12 @@ class Engine:
     self.devices = jax.devices()
     self.given_model = model
     platform = self.devices[0].platform
-    if jax.process_count() > 1:   # every process must own a shard of every array: use them all
+    if jax.process_count() > 1:  # every process must own a shard of every array: use them all
       n_dev = len(self.devices)
     else:
-      n_dev = layout_lib.choose_devices(len(self.devices), n_members, int(cfg.get("num_devices", 0)))
+      n_dev = layout_lib.choose_devices(
+        len(self.devices), n_members, int(cfg.get("num_devices", 0))
+      )
     self.m_pad = -(-n_members // n_dev) * n_dev
     self.mesh = jax.make_mesh((n_dev,), (MEMBER_AXIS,), devices=self.devices[:n_dev])
     self.model, self.layout = layout_lib.resolve(model, cfg, platform)
@@ -219,21 +234,33 @@ class Engine:
 
   def _auto_microbatch(self, platform, x_shape) -> int:
     model = self.model
-    shapes = jax.eval_shape(model.init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1,) + tuple(x_shape[1:]), jnp.float32))
+    shapes = jax.eval_shape(
+      model.init, jax.random.key(0), jax.ShapeDtypeStruct((1,) + tuple(x_shape[1:]), jnp.float32)
+    )
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes))
-    return layout_lib.choose_microbatch(platform, n_params, hasattr(model, "conv_impl"),
-                                        self.cfg.batch_size, getattr(model, "blocks_in_cache", False))
+    return layout_lib.choose_microbatch(
+      platform,
+      n_params,
+      hasattr(model, "conv_impl"),
+      self.cfg.batch_size,
+      getattr(model, "blocks_in_cache", False),
+    )
 
   def _program(self, fn, n_lifted, in_specs, out_specs, donate_argnums=()):
     """jit(shard_map(...)) of fn lifted over the member axis of its first `n_lifted` arguments;
     the other arguments are shared by every member (passed to each as they are)."""
     lift = self.layout.lift
+
     def lifted(*args):
       shared = args[n_lifted:]
       return layout_lib.lift_members(lambda *a: fn(*a, *shared), lift)(*args[:n_lifted])
-    return jax.jit(jax.shard_map(lifted, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
-                                 check_vma=False), donate_argnums=donate_argnums)
+
+    return jax.jit(
+      jax.shard_map(
+        lifted, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+      ),
+      donate_argnums=donate_argnums,
+    )
 
   def _compile(self, probe_fn) -> None:
     """The member functions lifted over the members and sharded: arguments with spec `mem` have a
@@ -241,12 +268,18 @@ class Engine:
     copy of M x params in memory)."""
     mem, rep, mb = P(MEMBER_AXIS), P(), self.member
     self.init = self._program(mb.init, 1, (mem,), (mem, mem))
-    self._chunk = self._program(mb.chunk, 4, (mem, mem, mem, mem, rep, rep, rep), (mem, mem, mem),
-                                donate_argnums=(0,))
+    self._chunk = self._program(
+      mb.chunk, 4, (mem, mem, mem, mem, rep, rep, rep), (mem, mem, mem), donate_argnums=(0,)
+    )
     # Buffers have one fixed length, the bounds a, b are traced: one compiled program whatever
     # the intervals between logs / evals (a static length would compile once per length).
-    self.chunk_fed = self._program(mb.chunk_fed, 5, (mem, mem, (mem, mem), mem, mem, rep, rep, rep),
-                                   (mem, mem, mem), donate_argnums=(0,))
+    self.chunk_fed = self._program(
+      mb.chunk_fed,
+      5,
+      (mem, mem, (mem, mem), mem, mem, rep, rep, rep),
+      (mem, mem, mem),
+      donate_argnums=(0,),
+    )
     self._evaluate = self._program(mb.evaluate, 2, (mem, mem, rep, rep), mem)
     self.probe = None
     if probe_fn is not None:
@@ -259,11 +292,10 @@ class Engine:
     with lax convolutions and the whole batch in one gradient, so a layout's im2col, fused kernels
     or micro-batching change how the work is done, not the count."""
     model = self.given_model
-    if hasattr(model, "conv_impl") and model.conv_impl != "lax":   # a conv model (models.py)
+    if hasattr(model, "conv_impl") and model.conv_impl != "lax":  # a conv model (models.py)
       model = model.clone(conv_impl="lax")
     mb = Member(model, self.cfg, self.x_shape, self.cfg.batch_size, self.with_decay)
-    params, opt_state = jax.eval_shape(
-        lambda: mb.init(jax.random.key_data(jax.random.key(0))))
+    params, opt_state = jax.eval_shape(lambda: mb.init(jax.random.key_data(jax.random.key(0))))
     xb = jax.ShapeDtypeStruct((mb.batch,) + mb.example_shape, jnp.float32)
     yb = jax.ShapeDtypeStruct((mb.batch,), jnp.int32)
     step = lambda p, o, x, y: mb.step(mb.tx, p, o, jnp.bool_(True), x, y)
@@ -299,14 +331,20 @@ class Engine:
     else:
       params = self.put_members(params)
       opt_state = jax.jit(jax.vmap(self.tx.init), out_shardings=self.member_sharding)(params)
-    return TrainState(params, opt_state, self.put_members(np.ones(self.m_pad, bool)),
-                      self.put_members(np.full(self.m_pad, -1, np.int32)))
+    return TrainState(
+      params,
+      opt_state,
+      self.put_members(np.ones(self.m_pad, bool)),
+      self.put_members(np.full(self.m_pad, -1, np.int32)),
+    )
 
   def put_inputs(self, members: seeds.Members, x, labels) -> EngineInputs:
-    return EngineInputs(self.put_members(members.keys(seeds.DATA_STREAM)),
-                        self.put_members(members.hparams()),
-                        self.put_members(pad_members(labels, self.m_pad)),
-                        self.put_replicated(np.asarray(x, np.float32)))
+    return EngineInputs(
+      self.put_members(members.keys(seeds.DATA_STREAM)),
+      self.put_members(members.hparams()),
+      self.put_members(pad_members(labels, self.m_pad)),
+      self.put_replicated(np.asarray(x, np.float32)),
+    )
 
 
 def abstract_programs(eng: Engine, fed_steps: int = 2, eval_batches: int = 1) -> dict:
@@ -322,23 +360,42 @@ def abstract_programs(eng: Engine, fed_steps: int = 2, eval_batches: int = 1) ->
   cfg.eval_batch_size examples."""
   mem, rep, m = eng.member_sharding, eng.replicated, eng.m_pad
   f32, i32 = jnp.float32, jnp.int32
-  sds = lambda shape, dtype, sharding=mem: jax.ShapeDtypeStruct(tuple(shape), dtype,
-                                                                 sharding=sharding)
+  sds = lambda shape, dtype, sharding=mem: jax.ShapeDtypeStruct(
+    tuple(shape), dtype, sharding=sharding
+  )
   example, batch, eb = eng.x_shape[1:], eng.cfg.batch_size, eng.cfg.eval_batch_size
   keys, step = sds((m, 2), jnp.uint32), sds((), i32, rep)
   params, opt_state = jax.eval_shape(eng.init, keys)
   state = TrainState(params, opt_state, sds((m,), jnp.bool_), sds((m,), i32))
   hparams = {k: sds((m,), f32) for k in seeds.MEMBER_HPARAMS}
   return {
-      "init": (eng.init, (keys,)),
-      "chunk": (eng._chunk, (state, keys, hparams, sds((m, eng.n), i32),
-                             sds(eng.x_shape, f32, rep), step, step)),
-      "chunk_fed": (eng.chunk_fed, (state, hparams, (sds((m,), f32),) * 2,
-                                    sds((m, fed_steps, batch) + example, f32),
-                                    sds((m, fed_steps, batch), i32), step, step, step)),
-      "evaluate": (eng._evaluate, (params, sds((m, eval_batches, eb), i32),
-                                   sds((eval_batches, eb) + example, f32, rep),
-                                   sds((eval_batches, eb), f32, rep))),
+    "init": (eng.init, (keys,)),
+    "chunk": (
+      eng._chunk,
+      (state, keys, hparams, sds((m, eng.n), i32), sds(eng.x_shape, f32, rep), step, step),
+    ),
+    "chunk_fed": (
+      eng.chunk_fed,
+      (
+        state,
+        hparams,
+        (sds((m,), f32),) * 2,
+        sds((m, fed_steps, batch) + example, f32),
+        sds((m, fed_steps, batch), i32),
+        step,
+        step,
+        step,
+      ),
+    ),
+    "evaluate": (
+      eng._evaluate,
+      (
+        params,
+        sds((m, eval_batches, eb), i32),
+        sds((eval_batches, eb) + example, f32, rep),
+        sds((eval_batches, eb), f32, rep),
+      ),
+    ),
   }
 
 
@@ -352,11 +409,18 @@ def cached_engine(model, cfg, x_shape, n_members, probe_fn=None, with_decay=None
   program instead of compiling it once per arm.  An Engine holds only compiled functions and
   constants, so sharing it changes no result.  The last ENGINE_CACHE_SIZE engines are kept."""
   try:
-    key = (model, json.dumps(cfg.to_dict(), sort_keys=True, default=repr),
-           tuple(int(d) for d in x_shape), int(n_members), probe_fn, with_decay,
-           tuple((d.platform, d.id) for d in jax.devices()), jax.process_count())
+    key = (
+      model,
+      json.dumps(cfg.to_dict(), sort_keys=True, default=repr),
+      tuple(int(d) for d in x_shape),
+      int(n_members),
+      probe_fn,
+      with_decay,
+      tuple((d.platform, d.id) for d in jax.devices()),
+      jax.process_count(),
+    )
     hash(key)
-  except TypeError:   # an unhashable model or probe: no reuse
+  except TypeError:  # an unhashable model or probe: no reuse
     return Engine(model, cfg, x_shape, n_members, probe_fn, with_decay)
   eng = _ENGINES.get(key)
   if eng is not None:

@@ -5,6 +5,7 @@ implements it): the engine recognises a feed by this type and never imports the 
 `segments` cuts a run into the (t0, t1) pieces the compiled chunk runs, from device-resident data
 or from the feed's buffers.
 """
+
 import abc
 from typing import Any, Iterator, Sequence
 
@@ -15,6 +16,7 @@ class Feed(abc.ABC):
   Attributes the engine reads: `n` (examples), `example_shape`, `batch_size`, `data_seed` (the
   root seed of the data order), `seed_ids` (the members it serves, in row order) and `labels`.
   """
+
   n: int
   example_shape: tuple
   batch_size: int
@@ -34,8 +36,9 @@ class Feed(abc.ABC):
     (this process builds only the rows its devices hold)."""
 
 
-def segments(feed: Feed | None, sharding, member_ids: Sequence[int], events: Sequence[int],
-             step: int):
+def segments(
+  feed: Feed | None, sharding, member_ids: Sequence[int], events: Sequence[int], step: int
+):
   """(t0, t1, buffer, ends) pieces the engine runs from `step` on.  Device-resident data (feed
   None): one piece per event interval (buffer None, ends True).  With a host feed: the feed's
   buffers, all of one length; an event interval is one piece or, where it crosses a buffer's end,

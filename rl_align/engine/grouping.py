@@ -11,6 +11,7 @@ every member of a packed program equals its call run alone.
     from rl_align.engine import grouping
     grouping.group([call_a, call_b, call_c])     # [[0, 2], [1]]: a and c share one program
 """
+
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,9 +19,21 @@ import numpy as np
 # Engine-config and model fields that change neither shapes nor the program: per-member optimizer
 # scalars (`seeds.MEMBER_HPARAMS`), who the members are (root seed, seed ids, label draw) and the
 # model's init-only fields.
-PACKABLE = ("learning_rate", "momentum", "weight_decay", "seed", "seed_offset", "num_seeds",
-            "label_seed", "kernel_init", "init_scale", "first_layer_init", "first_layer_scale",
-            "first_layer_std", "residual_init_scale")
+PACKABLE = (
+  "learning_rate",
+  "momentum",
+  "weight_decay",
+  "seed",
+  "seed_offset",
+  "num_seeds",
+  "label_seed",
+  "kernel_init",
+  "init_scale",
+  "first_layer_init",
+  "first_layer_scale",
+  "first_layer_std",
+  "residual_init_scale",
+)
 
 
 def program_model(model):
@@ -37,9 +50,12 @@ def same(a: Any, b: Any) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
   if callable(a) and hasattr(a, "__code__") and hasattr(b, "__code__"):
     cells = lambda f: [c.cell_contents for c in (f.__closure__ or ())]
-    return (a.__code__ is b.__code__ and len(cells(a)) == len(cells(b))
-            and all(same(x, y) for x, y in zip(cells(a), cells(b)))
-            and same(a.__defaults__, b.__defaults__))
+    return (
+      a.__code__ is b.__code__
+      and len(cells(a)) == len(cells(b))
+      and all(same(x, y) for x, y in zip(cells(a), cells(b)))
+      and same(a.__defaults__, b.__defaults__)
+    )
   if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
     return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
   if isinstance(a, dict) and isinstance(b, dict):
@@ -66,8 +82,9 @@ def compatible(a, b) -> bool:
     return False
   if (a.init_params is None) != (b.init_params is None):
     return False
-  if (a.probe_fn is None) != (b.probe_fn is None) or (a.probe_fn and not same(a.probe_fn,
-                                                                                b.probe_fn)):
+  if (a.probe_fn is None) != (b.probe_fn is None) or (
+    a.probe_fn and not same(a.probe_fn, b.probe_fn)
+  ):
     return False
   ea, eb = dict(a.eval_sets or {}), dict(b.eval_sets or {})
   if ea.keys() != eb.keys() or not all(same(ea[k][0], eb[k][0]) for k in ea):

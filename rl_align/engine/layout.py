@@ -8,6 +8,7 @@ convolutions).  `choose_layout` makes both for `member_lift="auto"` / `conv_impl
 a layout a platform cannot run (`UNSUPPORTED`); `pinned_config` fixes a config to what a platform
 would run, so that this host can build (and lower for that platform) the same program.
 """
+
 from typing import Callable, NamedTuple
 
 from absl import logging
@@ -25,9 +26,9 @@ CONV_IMPLS = models.CONV_IMPLS
 # (platform, conv_impl) -> why that platform cannot run it.  `choose_layout` never picks these and
 # `resolve` refuses them; tests/test_lowering.py lowers every other layout for "cuda" and "tpu".
 UNSUPPORTED = {
-    ("tpu", "pallas"): "the Pallas block (rl_align.pallas_fused) has Triton kernels for GPUs only; "
-                       "no Mosaic TPU kernels are written, and its Triton compiler parameters do "
-                       "not lower for TPU",
+  ("tpu", "pallas"): "the Pallas block (rl_align.pallas_fused) has Triton kernels for GPUs only; "
+  "no Mosaic TPU kernels are written, and its Triton compiler parameters do "
+  "not lower for TPU",
 }
 
 
@@ -38,12 +39,12 @@ def device_platform(platform: str) -> str:
 
 
 class Layout(NamedTuple):
-  lift: str                 # vmap | unroll | map
-  conv_impl: str | None     # the conv models' implementation; None: the model has no convolutions
+  lift: str  # vmap | unroll | map
+  conv_impl: str | None  # the conv models' implementation; None: the model has no convolutions
 
   @property
   def name(self) -> str:
-    """"map", "map_fused", ...: the label results and benchmarks carry."""
+    """ "map", "map_fused", ...: the label results and benchmarks carry."""
     return self.lift if self.conv_impl is None else f"{self.lift}_{self.conv_impl}"
 
 
@@ -93,13 +94,16 @@ def resolve(model, cfg, platform: str):
   why = UNSUPPORTED.get((device_platform(platform), impl))
   if why is not None:
     raise errors.ConfigError(
-        f"conv_impl={impl!r} cannot run on {device_platform(platform)}: {why}. Fix: the engine "
-        f"config's conv_impl='auto' (--config.train.conv_impl=auto; it picks {auto.conv_impl!r} "
-        f"there) or another of "
-        f"{tuple(i for i in CONV_IMPLS if (device_platform(platform), i) not in UNSUPPORTED)}.")
+      f"conv_impl={impl!r} cannot run on {device_platform(platform)}: {why}. Fix: the engine "
+      f"config's conv_impl='auto' (--config.train.conv_impl=auto; it picks {auto.conv_impl!r} "
+      f"there) or another of "
+      f"{tuple(i for i in CONV_IMPLS if (device_platform(platform), i) not in UNSUPPORTED)}."
+    )
   if platform == "cpu" and impl == "lax":
-    logging.warning("conv_impl='lax' runs lax convolutions inside a loop on XLA:CPU, measured ~10x "
-                    "slower than conv_impl='fused' (the 'auto' choice on CPU).")
+    logging.warning(
+      "conv_impl='lax' runs lax convolutions inside a loop on XLA:CPU, measured ~10x "
+      "slower than conv_impl='fused' (the 'auto' choice on CPU)."
+    )
   if model.conv_impl != impl:
     model = model.clone(conv_impl=impl)
   return model, Layout(lift, impl)
@@ -119,12 +123,19 @@ def pinned_config(model, cfg, platform: str, example_shape):
   """
   platform = device_platform(platform)
   run_model, lay = resolve(model, cfg, platform)
-  shapes = jax.eval_shape(run_model.init, jax.random.key(0),
-                          jax.ShapeDtypeStruct((1,) + tuple(example_shape), jnp.float32))
+  shapes = jax.eval_shape(
+    run_model.init,
+    jax.random.key(0),
+    jax.ShapeDtypeStruct((1,) + tuple(example_shape), jnp.float32),
+  )
   n_params = sum(int(a.size) for a in jax.tree.leaves(shapes))
   micro = int(cfg.get("grad_microbatch", 0)) or choose_microbatch(
-      platform, n_params, models.is_conv_model(run_model), cfg.batch_size,
-      getattr(run_model, "blocks_in_cache", False))
+    platform,
+    n_params,
+    models.is_conv_model(run_model),
+    cfg.batch_size,
+    getattr(run_model, "blocks_in_cache", False),
+  )
   out = cfg.copy_and_resolve_references()
   out.member_lift, out.grad_microbatch = lay.lift, micro
   if lay.conv_impl is not None:
@@ -143,6 +154,7 @@ def lift_members(fn: Callable, lift: str) -> Callable:
     s = jax.tree.leaves(args)[0].shape[0]
     outs = [fn(*jax.tree.map(lambda a, i=i: a[i], args)) for i in range(s)]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
   return unrolled
 
 
@@ -168,8 +180,9 @@ def choose_devices(available: int, n_members: int, requested: int = 0) -> int:
   return 1
 
 
-def choose_microbatch(platform: str, n_params: int, is_conv: bool, batch_size: int,
-                      blocks_in_cache: bool = False) -> int:
+def choose_microbatch(
+  platform: str, n_params: int, is_conv: bool, batch_size: int, blocks_in_cache: bool = False
+) -> int:
   """Examples per gradient micro-batch for `grad_microbatch=0` (the full batch: no micro-batching).
 
   A step's gradient is the mean of its micro-batches' gradients (a `lax.scan`), the same value up
@@ -189,5 +202,8 @@ def choose_microbatch(platform: str, n_params: int, is_conv: bool, batch_size: i
   """
   if platform != "cpu" or not is_conv or blocks_in_cache:
     return batch_size
-  return min(m for m in range(1, batch_size + 1)
-             if batch_size % m == 0 and (n_params <= 2 ** 14 * m or m == batch_size))
+  return min(
+    m
+    for m in range(1, batch_size + 1)
+    if batch_size % m == 0 and (n_params <= 2**14 * m or m == batch_size)
+  )

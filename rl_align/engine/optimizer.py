@@ -1,4 +1,5 @@
 """The members' optimizer: SGD / momentum / Adam with an optax schedule, per-member values."""
+
 from typing import Any, Mapping
 
 from absl import logging
@@ -7,8 +8,9 @@ import optax
 from rl_align import seeds
 
 
-def make_optimizer(cfg, steps: int, hparams: Mapping[str, Any] | None = None,
-                   with_decay: bool | None = None) -> optax.GradientTransformation:
+def make_optimizer(
+  cfg, steps: int, hparams: Mapping[str, Any] | None = None, with_decay: bool | None = None
+) -> optax.GradientTransformation:
   """SGD / momentum / Adam with an optax schedule; weight decay is L2 added to the gradient.
 
   `hparams` overrides the config's `learning_rate`, `momentum` and `weight_decay` with (possibly
@@ -29,9 +31,11 @@ def make_optimizer(cfg, steps: int, hparams: Mapping[str, Any] | None = None,
   elif cfg.optimizer == "momentum":
     parts.append(optax.sgd(sched, momentum=hp["momentum"], nesterov=cfg.nesterov))
   else:
-    if hparams is None:   # the structural build (once per engine), not every member's trace
-      logging.warning("optimizer=adam breaks the rotation symmetry the paper's proposition needs: "
-                      "first-layer weights need not align with the data covariance.")
+    if hparams is None:  # the structural build (once per engine), not every member's trace
+      logging.warning(
+        "optimizer=adam breaks the rotation symmetry the paper's proposition needs: "
+        "first-layer weights need not align with the data covariance."
+      )
     parts.append(optax.adam(sched))
   return optax.chain(*parts)
 

@@ -1,6 +1,7 @@
 """What a run records: each call's metrics rows (in memory, and to the metric writer it was given:
 `rl_align.metric_writers`) and snapshots (in memory and in its workdir, for resume), the steps
 they happen at, and the eval sets as whole batches."""
+
 import os
 from typing import Callable, Mapping, Sequence
 
@@ -22,16 +23,30 @@ class CallRecords:
   `ids`), its metrics rows (reported to `writer`) and snapshots (written to its workdir by the
   main process)."""
 
-  def __init__(self, name: str, workdir: str | None, ids: Sequence[int], sl: slice,
-               snapshot_fn: Callable[[object], Mapping[str, np.ndarray]],
-               writer: metric_writers.MetricWriter, tag: str = ""):
+  def __init__(
+    self,
+    name: str,
+    workdir: str | None,
+    ids: Sequence[int],
+    sl: slice,
+    snapshot_fn: Callable[[object], Mapping[str, np.ndarray]],
+    writer: metric_writers.MetricWriter,
+    tag: str = "",
+  ):
     self.name, self.workdir, self.ids, self.sl = name, workdir, list(ids), sl
     self.snapshot_fn, self.writer, self.part = snapshot_fn, writer, tag
     self.snapshots: dict[int, dict[str, np.ndarray]] = {}
     self.metrics: list[dict] = []
     # WORKDIR/<name>_snapshots, or its subfolder `tag` when other calls of the run share the phase
-    self.snap_dir = (os.path.join(workdir, f"{name}_snapshots", tag) if tag else
-                     os.path.join(workdir, f"{name}_snapshots")) if workdir else None
+    self.snap_dir = (
+      (
+        os.path.join(workdir, f"{name}_snapshots", tag)
+        if tag
+        else os.path.join(workdir, f"{name}_snapshots")
+      )
+      if workdir
+      else None
+    )
 
   def resume(self, step: int) -> None:
     """Reloads the rows (the writer drops this phase's rows after `step`) and snapshots up to
@@ -49,8 +64,17 @@ class CallRecords:
 
   def log(self, step: int, spe: int, host: Mapping[str, np.ndarray]) -> None:
     part = {"part": self.part} if self.part else {}
-    rows = [{"phase": self.name, **part, "step": step, "epoch": step / spe, "seed": sid,
-             **{k: v[self.sl][i] for k, v in host.items()}} for i, sid in enumerate(self.ids)]
+    rows = [
+      {
+        "phase": self.name,
+        **part,
+        "step": step,
+        "epoch": step / spe,
+        "seed": sid,
+        **{k: v[self.sl][i] for k, v in host.items()},
+      }
+      for i, sid in enumerate(self.ids)
+    ]
     self.metrics.extend(rows)
     self.writer.write_rows(rows)
 

@@ -9,6 +9,7 @@ switch, nothing to close), writes it to `path` and returns the path::
 Modules: `eigenmap` (Figs 2, 4, 20), `filters` (Fig 3), `transfer` (Figs 1, 5), `specialization`
 (section 3).  They read results dicts (as written to results.json) and import no runner.
 """
+
 import io
 import os
 
@@ -35,7 +36,7 @@ def png_bytes(fig: Figure, tight: bool = True) -> bytes:
 def save(fig: Figure, path: str, dpi: int = 110) -> str:
   """Lays fig out (tight, unless it has a layout engine), writes it to path (creating its folder);
   returns path."""
-  if not results.writes_here():   # process 0 alone draws (multi-process runs)
+  if not results.writes_here():  # process 0 alone draws (multi-process runs)
     return path
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if fig.get_layout_engine() is None:

@@ -7,6 +7,7 @@
 
 Inputs are `rl_align.eigenmap.summarize` outputs (or results.json); seeds that diverged are not drawn.
 """
+
 import os
 from typing import Any, Mapping, Sequence
 
@@ -41,7 +42,9 @@ def _f_axes(ax, res: Mapping[str, Any], reference=None, title="", early_time=Tru
     ax.legend(fontsize=7)
 
 
-def plot_eigenmap(res: Mapping[str, Any], workdir: str, title: str = "", reference=None) -> list[str]:
+def plot_eigenmap(
+  res: Mapping[str, Any], workdir: str, title: str = "", reference=None
+) -> list[str]:
   """f(σ) per seed (+ paper reference), f over snapshots, misalignment over snapshots."""
   fig = plots.figure(figsize=(15, 4))
   axes = fig.subplots(1, 3)
@@ -50,8 +53,9 @@ def plot_eigenmap(res: Mapping[str, Any], workdir: str, title: str = "", referen
   sigma = np.asarray(res["sigma"])
   order = np.argsort(sigma)
   for s in snaps:
-    axes[1].plot(sigma[order], np.asarray(s["f_pooled"], np.float64)[order],
-                 label=f"epoch {s['epoch']:.3g}")
+    axes[1].plot(
+      sigma[order], np.asarray(s["f_pooled"], np.float64)[order], label=f"epoch {s['epoch']:.3g}"
+    )
   axes[1].set_xlabel("σ")
   axes[1].set_ylabel("f(σ), pooled over seeds")
   axes[1].set_title("f over training")
@@ -67,20 +71,24 @@ def _misalignment_axes(ax, snaps):
   finite-sample floors of a perfectly aligned Sigma_w with the pooled / per-seed sample counts."""
   steps = np.array([s["step"] for s in snaps])
   ok = eigenmap.finished(snaps[0]) if "f" in snaps[0] else None
-  for basis, label, color in (("eigenbasis", "data eigenbasis", "C0"),
-                              ("random_basis", "random basis", "C3")):
+  for basis, label, color in (
+    ("eigenbasis", "data eigenbasis", "C0"),
+    ("random_basis", "random basis", "C3"),
+  ):
     vals = np.array([s[f"misalignment_{basis}"] for s in snaps], np.float64)  # [T, S]
     vals = vals if ok is None else vals[:, ok]
     if vals.size:
-      ax.fill_between(steps, vals.min(1), vals.max(1), color=color, alpha=0.15,
-                      label=f"{label}, per seed (range)")
+      ax.fill_between(
+        steps, vals.min(1), vals.max(1), color=color, alpha=0.15, label=f"{label}, per seed (range)"
+      )
     pooled = [s.get(f"misalignment_pooled_{basis}") for s in snaps]
     if None not in pooled:
       ax.plot(steps, pooled, color=color, label=f"{label}, pooled over seeds")
   ax.plot(steps, [s["misalignment_floor"]["mean"] for s in snaps], "k:", label="floor, per seed")
   if all("misalignment_pooled_floor" in s for s in snaps):
-    ax.plot(steps, [s["misalignment_pooled_floor"]["mean"] for s in snaps], "k-.",
-            label="floor, pooled")
+    ax.plot(
+      steps, [s["misalignment_pooled_floor"]["mean"] for s in snaps], "k-.", label="floor, pooled"
+    )
   ax.set_xlabel("step")
   ax.set_ylabel("misalignment")
   ax.set_yscale("symlog", linthresh=1e-2)
@@ -88,8 +96,9 @@ def _misalignment_axes(ax, snaps):
   ax.legend(fontsize=7)
 
 
-def plot_panels(panels: Sequence[Mapping[str, Any]], titles: Sequence[str],
-                references: Sequence[Any], path: str) -> str:
+def plot_panels(
+  panels: Sequence[Mapping[str, Any]], titles: Sequence[str], references: Sequence[Any], path: str
+) -> str:
   """One figure in the paper's layout (e.g. Fig 20's three panels), paper values marked."""
   fig = plots.figure(figsize=(5 * len(panels), 3.8))
   axes = np.atleast_1d(fig.subplots(1, len(panels)))
@@ -98,7 +107,9 @@ def plot_panels(panels: Sequence[Mapping[str, Any]], titles: Sequence[str],
   return plots.save(fig, path)
 
 
-def plot_f_over_epochs(panels: Sequence[Mapping[str, Any]], titles: Sequence[str], path: str) -> str:
+def plot_f_over_epochs(
+  panels: Sequence[Mapping[str, Any]], titles: Sequence[str], path: str
+) -> str:
   """Fig 4 centre/right: seed-pooled f(σ) at every snapshot epoch, σ on a log axis, one panel each."""
   fig = plots.figure(figsize=(5.5 * len(panels), 3.8))
   axes = fig.subplots(1, len(panels), squeeze=False)
@@ -107,8 +118,14 @@ def plot_f_over_epochs(panels: Sequence[Mapping[str, Any]], titles: Sequence[str
     sigma = np.asarray(res["sigma"])
     order = np.argsort(sigma)
     for i, snap in enumerate(s for s in res.get("snapshots") or [] if s["epoch"] > 0):
-      ax.plot(sigma[order], np.asarray(snap["f_pooled"], np.float64)[order],
-              marker=markers[i % len(markers)], ms=4, lw=1, label=f"epoch {snap['epoch']:g}")
+      ax.plot(
+        sigma[order],
+        np.asarray(snap["f_pooled"], np.float64)[order],
+        marker=markers[i % len(markers)],
+        ms=4,
+        lw=1,
+        label=f"epoch {snap['epoch']:g}",
+      )
     ax.set_xscale("log")
     ax.set_xlabel("σ (data std along v_i)")
     ax.set_ylabel("f(σ), pooled over seeds")

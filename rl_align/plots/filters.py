@@ -1,8 +1,9 @@
 """Fig 3's figure: the top eigenvectors of the patch covariance above those of the filters.
 
-    from rl_align.plots import filters as filter_plots
-    filter_plots.plot_eigenvectors(v_x, v_w, (5, 5, 3), "/tmp/fig3.png", matches=best_matches)
+from rl_align.plots import filters as filter_plots
+filter_plots.plot_eigenvectors(v_x, v_w, (5, 5, 3), "/tmp/fig3.png", matches=best_matches)
 """
+
 from rl_align import plots
 
 
@@ -24,6 +25,8 @@ def plot_eigenvectors(v_x, v_w, shape, path: str, n: int = 10, matches=None) -> 
       if row == 0:
         ax.set_title(f"#{i + 1}", fontsize=8)
       elif matches is not None:
-        ax.set_xlabel(f"≈ PC #{matches['best_match_pc'][i]} "
-                      f"(|cos| {matches['best_match_cos'][i]:.2f})", fontsize=7)
+        ax.set_xlabel(
+          f"≈ PC #{matches['best_match_pc'][i]} (|cos| {matches['best_match_cos'][i]:.2f})",
+          fontsize=7,
+        )
   return plots.save(fig, path)

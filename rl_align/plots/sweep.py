@@ -5,6 +5,7 @@
 
 Points that differ in other swept fields are drawn as separate lines, labelled by those fields.
 """
+
 import math
 from typing import Any, Mapping, Sequence
 
@@ -49,7 +50,7 @@ def plot_field(rows: Sequence[Mapping[str, Any]], field: str, path: str) -> str:
     if not numeric:
       ax.set_xticks(range(len(xs_all)), xs_all, fontsize=7)
     ax.tick_params(labelsize=7)
-  for ax in axes[len(names):]:
+  for ax in axes[len(names) :]:
     ax.set_visible(False)
   if len(lines) > 1 and names:
     axes[0].legend(fontsize=6)

@@ -9,6 +9,7 @@ accuracy per arm (every seed a dot, mean +- std as an error bar).  Upstream rand
 accuracy goes in the title.  Seeds that diverged are left out; colours and labels come from the
 arm registry (`rl_align.transfer.style`), so an arm looks the same in every figure.
 """
+
 from typing import Any, Mapping
 
 import numpy as np
@@ -18,8 +19,9 @@ from rl_align import plots
 from rl_align import transfer
 
 
-def plot_transfer(res: Mapping[str, Any], path: str, title: str = "",
-                  reference: Mapping[str, Any] | None = None) -> str:
+def plot_transfer(
+  res: Mapping[str, Any], path: str, title: str = "", reference: Mapping[str, Any] | None = None
+) -> str:
   """Writes the two-panel figure to `path`; returns path."""
   arms = res["arms"]
   fig = plots.figure(figsize=(12, 4.2))
@@ -38,8 +40,14 @@ def plot_transfer(res: Mapping[str, Any], path: str, title: str = "",
     ax.plot(steps, m, color=color, ls=ls, lw=1.6, label=f"{label} (n={len(acc)})")
     ax.fill_between(steps, m - s, m + s, color=color, alpha=0.18, lw=0)
     bx.errorbar([i], [test.mean()], yerr=[test.std()], color=color, fmt="o", capsize=4, ms=7)
-    bx.plot(np.full(len(test), i) + np.linspace(-0.15, 0.15, len(test)), test, ".", color=color,
-            alpha=0.5, ms=4)
+    bx.plot(
+      np.full(len(test), i) + np.linspace(-0.15, 0.15, len(test)),
+      test,
+      ".",
+      color=color,
+      alpha=0.5,
+      ms=4,
+    )
   if reference:
     its = reference["iterations"]
     for i, (arm, vals) in enumerate((k, v) for k, v in reference.items() if k != "iterations"):
@@ -62,8 +70,9 @@ def plot_transfer(res: Mapping[str, Any], path: str, title: str = "",
       sub = f"upstream random-label train acc {ua.mean():.2f}±{ua.std():.2f}"
   ax.set_title(f"{title}\n{sub}" if title else sub, fontsize=10)
   bx.set_xticks(range(len(arms)))
-  bx.set_xticklabels([transfer.style(a, i)[2] for i, a in enumerate(arms)], rotation=40,
-                     ha="right", fontsize=8)
+  bx.set_xticklabels(
+    [transfer.style(a, i)[2] for i, a in enumerate(arms)], rotation=40, ha="right", fontsize=8
+  )
   bx.set_ylabel("test accuracy at the end")
   bx.grid(alpha=0.3, axis="y")
   return plots.save(fig, path, dpi=90)

@@ -7,6 +7,7 @@
 
 The analysis is `rl_align.eigenmap` (summarize, early_time_fit, shape_checks).
 """
+
 import copy
 import os
 import time
@@ -45,8 +46,12 @@ def data_eigenbasis(config, part: inputs.Split) -> tuple[np.ndarray, np.ndarray]
     _, cov = covariance.patch_covariance(part.batches(PATCH_BATCH), k, PATCH_BATCH)
   elif config.data.name == "gaussian" and config.analysis.get("population_covariance", True):
     kw = inputs.source_kwargs(config.data)
-    cov = data_lib.gaussian_covariance(stds=kw.get("stds"), variances=kw.get("variances"),
-                                       rotate=kw.get("rotate", False), seed=kw.get("seed", 0))
+    cov = data_lib.gaussian_covariance(
+      stds=kw.get("stds"),
+      variances=kw.get("variances"),
+      rotate=kw.get("rotate", False),
+      seed=kw.get("seed", 0),
+    )
   else:
     _, cov = covariance.data_covariance(part.batches(VECTOR_BATCH), VECTOR_BATCH)
   return alignment.eigh_desc(cov)
@@ -56,8 +61,9 @@ def analyse(config, res: train.TrainResult, lam, V) -> dict[str, Any]:
   """The final weights' and every snapshot's summary, the early-time fits (finished seeds)."""
   a = config.analysis
   key = int(a.basis_seed)
-  summarize = lambda kernels, **kw: lib.summarize(kernels, lam, V, key=key, centered=a.centered,
-                                                  reduce=a.reduce, diverged=res.diverged, **kw)
+  summarize = lambda kernels, **kw: lib.summarize(
+    kernels, lam, V, key=key, centered=a.centered, reduce=a.reduce, diverged=res.diverged, **kw
+  )
   out = summarize(models.first_layer_kernel(res.params))
   out["train_accuracy"] = res.final_metrics.get("train_accuracy")
   out["step"], out["epoch"] = res.final_step, res.final_step / res.steps_per_epoch
@@ -68,8 +74,9 @@ def analyse(config, res: train.TrainResult, lam, V) -> dict[str, Any]:
     s.update(step=step, epoch=step / res.steps_per_epoch)
     snaps.append({k: v for k, v in s.items() if k not in ("eigenvalues", "sigma")})
     if step > 0 and ok.any():
-      fits.append({"step": step, "epoch": step / res.steps_per_epoch,
-                   **lib.early_time_fit(s["f"][ok], lam)})
+      fits.append(
+        {"step": step, "epoch": step / res.steps_per_epoch, **lib.early_time_fit(s["f"][ok], lam)}
+      )
   out["snapshots"] = snaps
   out["early_time"] = fits
   return out
@@ -84,8 +91,9 @@ def write_f_tensorboard(workdir: str, res: train.TrainResult, out: dict[str, Any
   with_image = set(tensorboard.image_steps(list(steps)))
   writer = workdir_lib.writer(workdir)
   for step in sorted(steps):
-    tensorboard.write_f(writer, "train", res.seed_ids, step, steps[step], out["sigma"],
-                        image=step in with_image)
+    tensorboard.write_f(
+      writer, "train", res.seed_ids, step, steps[step], out["sigma"], image=step in with_image
+    )
 
 
 @train.driven
@@ -104,12 +112,20 @@ def run(config, workdir: str) -> Generator:
   out["runtime_s"] = time.time() - t0
   out["layout"] = res.layout
   results.write_json(workdir, "results.json", out)
-  results.write_npz(workdir, "arrays.npz", {
-      "eigenvalues": lam, "eigenvectors": V, "f": out["f"],
+  results.write_npz(
+    workdir,
+    "arrays.npz",
+    {
+      "eigenvalues": lam,
+      "eigenvectors": V,
+      "f": out["f"],
       "first_kernel": models.first_layer_kernel(res.params),
-      **{f"snapshot_{s['step']}_f": s["f"] for s in out["snapshots"]}})
-  plots.plot_eigenmap(out, workdir, title=config.get("title", ""),
-                      reference=config.get("paper_reference", None))
+      **{f"snapshot_{s['step']}_f": s["f"] for s in out["snapshots"]},
+    },
+  )
+  plots.plot_eigenmap(
+    out, workdir, title=config.get("title", ""), reference=config.get("paper_reference", None)
+  )
   return out
 
 
@@ -120,7 +136,8 @@ def validate(config) -> None:
   names = list(config.get("panels") or {}) if "panels" in config else [None]
   if "panels" in config and not names:
     raise errors.ConfigError(
-        "config.panels is empty: nothing to run. Fix: pick a panel, e.g. fig20.py:right or :all.")
+      "config.panels is empty: nothing to run. Fix: pick a panel, e.g. fig20.py:right or :all."
+    )
   for name in names:
     pcfg = config if name is None else panel_config(config, name)
     engine_config.validate_fields(pcfg.train, "train")
@@ -138,6 +155,7 @@ def panel_config(config, name: str) -> ml_collections.ConfigDict:
         merge(dst[k], v)
       else:
         dst[k] = v
+
   merge(base, panels[name])
   return ml_collections.ConfigDict(base)
 
@@ -153,17 +171,22 @@ def _run_panels(config, workdir: str, f_figure: str | None) -> Generator:
   """(summary, each panel's results) of `run_panels`, as a generator of train calls."""
   if not config.get("panels"):
     raise errors.ConfigError(
-        "config.panels is empty: nothing to run. Fix: pick a panel, e.g. fig20.py:right or :all.")
+      "config.panels is empty: nothing to run. Fix: pick a panel, e.g. fig20.py:right or :all."
+    )
   summary, outs, refs, judged = {}, [], [], {}
   for name in config.panels:
     pcfg = panel_config(config, name)
     pdir = phases.subdir(workdir, name, pcfg)
     out = yield from run.steps(pcfg, pdir)
     d = len(out["eigenvalues"])
-    summary[name] = {"checks": lib.shape_checks(out, d, pcfg.get("paper_reference")),
-                     "train_accuracy": out["train_accuracy"], "num_seeds": out["num_seeds"],
-                     "num_diverged": out["num_diverged"], "runtime_s": out["runtime_s"],
-                     "workdir": pdir}
+    summary[name] = {
+      "checks": lib.shape_checks(out, d, pcfg.get("paper_reference")),
+      "train_accuracy": out["train_accuracy"],
+      "num_seeds": out["num_seeds"],
+      "num_diverged": out["num_diverged"],
+      "runtime_s": out["runtime_s"],
+      "workdir": pdir,
+    }
     outs.append(out)
     refs.append(pcfg.get("paper_reference"))
     judged[name] = {"results": phases.jsonable(out), "config": pcfg.to_dict()}
@@ -184,7 +207,8 @@ def run_misalignment(config, workdir: str) -> Generator:
   summary, outs = yield from _run_panels(config, workdir, f_figure="f_panels.png")
   runs = {name: phases.jsonable(out["snapshots"]) for name, out in zip(config.panels, outs)}
   summary["misalignment_figure"] = plots.plot_misalignment(
-      runs, os.path.join(workdir, config.get("figure_name", "misalignment.png")))
+    runs, os.path.join(workdir, config.get("figure_name", "misalignment.png"))
+  )
   for name, snaps in runs.items():
     summary[name]["misalignment_over_training"] = lib.misalignment_over_training(snaps)
   results.write_json(workdir, "results.json", summary)

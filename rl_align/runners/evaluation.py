@@ -7,6 +7,7 @@
 Inputs are padded to whole batches, so every batch of a call runs one compiled program; a split is
 read batch by batch (`Split.examples`), once for all members.
 """
+
 import functools
 from typing import Iterable
 
@@ -47,7 +48,7 @@ def accuracy(model, stacked_params, x, y, batch_size: int = 512) -> np.ndarray:
   n = len(x)
   bs = max(1, min(batch_size, n))
   y = np.asarray(y)
-  batches = ((x[j:j + bs], y[..., j:j + bs]) for j in range(0, n, bs))
+  batches = ((x[j : j + bs], y[..., j : j + bs]) for j in range(0, n, bs))
   return _count(model, stacked_params, batches, n, bs)
 
 
@@ -58,12 +59,16 @@ def split_accuracy(model, stacked_params, part: inputs.Split, batch_size: int = 
   return _count(model, stacked_params, part.examples(bs), n, bs)
 
 
-def accuracy_curve(model, init, res: train.TrainResult, x, y, *, phase: str,
-                   batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def accuracy_curve(
+  model, init, res: train.TrainResult, x, y, *, phase: str, batch_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
   """(steps [T + 1], train accuracy [S, T + 1]) of an engine phase started from `init`: step 0 is
   measured on init over (x, y), the phase's train-eval examples, then come the engine's values."""
   acc0 = accuracy(model, init, x, y, batch_size)
-  steps, logged = curves.from_metrics(res.metrics, ["train_accuracy"], seeds=res.seed_ids,
-                                      phase=phase)
-  return (np.concatenate([[0], steps]),
-          np.concatenate([acc0[:, None], logged["train_accuracy"]], axis=1))
+  steps, logged = curves.from_metrics(
+    res.metrics, ["train_accuracy"], seeds=res.seed_ids, phase=phase
+  )
+  return (
+    np.concatenate([[0], steps]),
+    np.concatenate([acc0[:, None], logged["train_accuracy"]], axis=1),
+  )

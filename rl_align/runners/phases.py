@@ -9,6 +9,7 @@ back on a rerun, params as npz, panel subfolders.
 
 Nothing here holds state between calls.
 """
+
 import copy
 import os
 from typing import Any, Callable, Generator, Mapping
@@ -21,7 +22,7 @@ from rl_align import inputs
 from rl_align import results
 from rl_align import workdir as workdir_lib
 
-jsonable = inputs.json_roundtrip   # obj as it reads back from JSON: what a resumed run sees
+jsonable = inputs.json_roundtrip  # obj as it reads back from JSON: what a resumed run sees
 
 
 def engine_config(config, seed: int, **fields) -> ml_collections.ConfigDict:
@@ -38,8 +39,10 @@ def engine_config(config, seed: int, **fields) -> ml_collections.ConfigDict:
 
 def flatten(params) -> dict[str, np.ndarray]:
   """Nested params -> {"layer/.../kernel": array} (npz friendly)."""
-  return {"/".join(k): np.asarray(v)
-          for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(params)).items()}
+  return {
+    "/".join(k): np.asarray(v)
+    for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(params)).items()
+  }
 
 
 def unflatten(flat: Mapping[str, Any]):
@@ -59,8 +62,9 @@ def resume(folder: str, name: str, compute: Callable[[], Any], *, with_arrays: b
   return done if done is not None else _store(folder, name, compute(), with_arrays)
 
 
-def resume_steps(folder: str, name: str, compute: Callable[[], Generator], *,
-                 with_arrays: bool = False) -> Generator:
+def resume_steps(
+  folder: str, name: str, compute: Callable[[], Generator], *, with_arrays: bool = False
+) -> Generator:
   """`resume` of a phase whose compute is a generator function of train calls (`train.driven`):
   ``out = yield from phases.resume_steps(folder, name, compute)``."""
   done = _finished(folder, name, with_arrays)

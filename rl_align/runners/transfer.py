@@ -24,6 +24,7 @@ floats, so the same results), test accuracy is streamed too; "auto" picks one by
 Each phase has its own engine `name` (upstream, f_source, downstream_<arm>) and its own summary
 file under workdir/phases/, so rerunning resumes and a finished run is only re-summarized.
 """
+
 import copy
 import dataclasses
 import os
@@ -51,10 +52,18 @@ from rl_align.runners import evaluation
 from rl_align.runners import phases
 
 PHASES = "phases"
-PROBE_EXAMPLES = 256   # upstream examples the end-of-upstream ReLU activity is measured on
+PROBE_EXAMPLES = 256  # upstream examples the end-of-upstream ReLU activity is measured on
 # The engine fields a phase (config.upstream, config.downstream, config.f_only.upstream) may set.
-PHASE_FIELDS = ("num_steps", "num_epochs", "learning_rate", "batch_size", "eval_every_steps",
-                "log_every_steps", "train_eval_examples", "num_seeds")
+PHASE_FIELDS = (
+  "num_steps",
+  "num_epochs",
+  "learning_rate",
+  "batch_size",
+  "eval_every_steps",
+  "log_every_steps",
+  "train_eval_examples",
+  "num_seeds",
+)
 
 
 @dataclasses.dataclass
@@ -62,6 +71,7 @@ class Splits:
   """The transfer experiment's data (`load_data`): the splits (`inputs.Data`: "upstream",
   "downstream", "test") and the inputs the arms and f measure on (the first
   config.layerwise.num_examples of the upstream / downstream split)."""
+
   data: inputs.Data
   x_up: np.ndarray
   x_down: np.ndarray
@@ -90,11 +100,15 @@ def validate(config) -> None:
         cfg[field] = phase[field]
         engine_config.validate_fields(cfg, name)
   if config.downstream.labels not in ("real", "random"):
-    raise errors.ConfigError(f"config.downstream.labels={config.downstream.labels!r} is unknown. "
-                             "Fix: --config.downstream.labels=real (or random).")
+    raise errors.ConfigError(
+      f"config.downstream.labels={config.downstream.labels!r} is unknown. "
+      "Fix: --config.downstream.labels=real (or random)."
+    )
   if "f_only" in config.arms and config.f_only.source not in ("upstream", "data"):
-    raise errors.ConfigError(f"config.f_only.source={config.f_only.source!r} is unknown. Fix: "
-                             "--config.f_only.source=upstream (or data, with config.f_only.data).")
+    raise errors.ConfigError(
+      f"config.f_only.source={config.f_only.source!r} is unknown. Fix: "
+      "--config.f_only.source=upstream (or data, with config.f_only.data)."
+    )
 
 
 def _model(config, num_classes: int):
@@ -111,6 +125,7 @@ def _phase_config(config, phase, seed: int):
 class Upstream:
   """A finished upstream phase (`run_upstream`): its summary (results.json `upstream`) and the
   flat params [S, ...] at init and at the end."""
+
   summary: dict
   init: dict
   params: dict
@@ -143,10 +158,12 @@ def run_upstream(config, workdir: str, splits: Splits, name: str = "upstream") -
     cfg = _phase_config(config, uc, int(uc.seed))
     cfg.snapshot_steps = (0,)
     ids = seeds.seed_ids(cfg)
-    x, labels = splits.data.engine_input("upstream", cfg,
-                                         inputs.random_labels(int(uc.label_seed), ids, k))
-    res = yield train.call(_model(config, k), cfg, x, labels, workdir=workdir,
-                           snapshot_fn=phases.flatten, name=name)
+    x, labels = splits.data.engine_input(
+      "upstream", cfg, inputs.random_labels(int(uc.label_seed), ids, k)
+    )
+    res = yield train.call(
+      _model(config, k), cfg, x, labels, workdir=workdir, snapshot_fn=phases.flatten, name=name
+    )
     steps, c = curves.from_metrics(res.metrics, ["train_accuracy"], seeds=ids, phase=name)
     acc = c["train_accuracy"]
     final = np.asarray(res.final_metrics.get("train_accuracy", acc[:, -1] if acc.size else np.nan))
@@ -154,30 +171,47 @@ def run_upstream(config, workdir: str, splits: Splits, name: str = "upstream") -
     if not ok.any():
       raise errors.NumericalError(f"{name}: " + curves.all_diverged(len(ids), "upstream seeds"))
     fit = float(np.mean(final[ok]))
-    out = {"train_accuracy": final, "steps": steps, "curve": acc, "num_steps": res.final_step,
-           "num_classes": k, "diverged": res.diverged, "num_diverged": int((~ok).sum()),
-           "runtime_s": time.time() - t0, "min_train_accuracy": float(uc.min_train_accuracy),
-           "ok": bool(fit >= float(uc.min_train_accuracy))}
+    out = {
+      "train_accuracy": final,
+      "steps": steps,
+      "curve": acc,
+      "num_steps": res.final_step,
+      "num_classes": k,
+      "diverged": res.diverged,
+      "num_diverged": int((~ok).sum()),
+      "runtime_s": time.time() - t0,
+      "min_train_accuracy": float(uc.min_train_accuracy),
+      "ok": bool(fit >= float(uc.min_train_accuracy)),
+    }
     if not out["ok"]:
       logging.warning(
-          "%s: mean random-label train accuracy %.3f < upstream.min_train_accuracy=%.2f: the "
-          "network has barely fitted its random labels, so little transfer is expected. Fix: "
-          "train longer (upstream.num_steps), use fewer upstream examples or a wider model.",
-          name, fit, float(uc.min_train_accuracy))
+        "%s: mean random-label train accuracy %.3f < upstream.min_train_accuracy=%.2f: the "
+        "network has barely fitted its random labels, so little transfer is expected. Fix: "
+        "train longer (upstream.num_steps), use fewer upstream examples or a wider model.",
+        name,
+        fit,
+        float(uc.min_train_accuracy),
+      )
     probe = splits.data.parts["upstream"].head(PROBE_EXAMPLES)[0]
-    out["dead_fraction"] = {layer: st["dead_fraction"] for layer, st in activity.measure(
-        _model(config, k), res.params, probe).items()}
-    arrays = {**{f"init/{k}": v for k, v in res.snapshots[0].items()},
-              **{f"final/{k}": v for k, v in phases.flatten(res.params).items()}}
+    out["dead_fraction"] = {
+      layer: st["dead_fraction"]
+      for layer, st in activity.measure(_model(config, k), res.params, probe).items()
+    }
+    arrays = {
+      **{f"init/{k}": v for k, v in res.snapshots[0].items()},
+      **{f"final/{k}": v for k, v in phases.flatten(res.params).items()},
+    }
     return out, arrays
 
   out, arrays = yield from phases.resume_steps(folder, name, compute, with_arrays=True)
-  return Upstream(out, {k[5:]: v for k, v in arrays.items() if k.startswith("init/")},
-                  {k[6:]: v for k, v in arrays.items() if k.startswith("final/")})
+  return Upstream(
+    out,
+    {k[5:]: v for k, v in arrays.items() if k.startswith("init/")},
+    {k[6:]: v for k, v in arrays.items() if k.startswith("final/")},
+  )
 
 
-def f_source(config, workdir: str, model_up, up: Upstream | None,
-             splits: Splits) -> Generator:
+def f_source(config, workdir: str, model_up, up: Upstream | None, splits: Splits) -> Generator:
   """f of the f_only arm (a generator of its train call, if any): from the main upstream run, or
   from a separate upstream run on config.f_only.data (trained with the upstream settings,
   config.f_only overriding them; placed as config.data.placement says); the upstream seeds that
@@ -185,17 +219,19 @@ def f_source(config, workdir: str, model_up, up: Upstream | None,
   fo = config.f_only
   if fo.source == "upstream":
     params, x = up.finished_params(), splits.x_up
-  else:   # "data" (`validate`)
+  else:  # "data" (`validate`)
     src = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
     # The f_only data streams like the main data (config.data.placement).
-    src.data = ml_collections.ConfigDict(dict(fo.data.to_dict(),
-                                              placement=config.data.get("placement", "device")))
+    src.data = ml_collections.ConfigDict(
+      dict(fo.data.to_dict(), placement=config.data.get("placement", "device"))
+    )
     src.split = fo.split
     src.upstream.update({k: v for k, v in fo.get("upstream", {}).items()})
     src_splits = load_data(src, os.path.join(workdir, "f_source"))
     x = src_splits.x_up
-    params = (yield from run_upstream.steps(src, workdir, src_splits, name="f_source")
-              ).finished_params()
+    params = (
+      yield from run_upstream.steps(src, workdir, src_splits, name="f_source")
+    ).finished_params()
     model_up = _model(src, int(src.upstream.num_classes))
   layer = models.layer_names(params[0])[0]
   n = int(config.layerwise.num_examples)
@@ -210,8 +246,9 @@ def _downstream_labels(config, cfg):
   return inputs.random_labels(int(dc.label_seed), seeds.seed_ids(cfg), int(dc.num_random_classes))
 
 
-def run_arms(config, workdir: str, arms: list[str], ctx: lib.ArmContext, splits: Splits,
-             up: Upstream | None) -> Generator:
+def run_arms(
+  config, workdir: str, arms: list[str], ctx: lib.ArmContext, splits: Splits, up: Upstream | None
+) -> Generator:
   """Every arm downstream: num_seeds seeds each from the arm's init, the unfinished arms as one
   list of calls (one program where compatible); each arm's results entry is computed once and
   kept in workdir/phases/downstream_<arm>.json.  Returns {arm: entry}."""
@@ -229,16 +266,21 @@ def run_arms(config, workdir: str, arms: list[str], ctx: lib.ArmContext, splits:
     logging.info("transfer: arm %s", arm)
     inits[arm] = init_lib.stack(ctx.build(arm))
   t0 = time.time()
-  got = yield [train.call(ctx.model, cfg, x, y, workdir=workdir, init_params=inits[arm],
-                          name=f"downstream_{arm}") for arm in todo]
+  got = yield [
+    train.call(
+      ctx.model, cfg, x, y, workdir=workdir, init_params=inits[arm], name=f"downstream_{arm}"
+    )
+    for arm in todo
+  ]
   part = splits.data.parts["downstream"]
   xe = part.head(int(cfg.train_eval_examples))[0]
   ye = inputs.head_labels(part, labels, int(cfg.train_eval_examples))
   share = (time.time() - t0) / len(todo)
   for arm, res in zip(todo, got):
     test = evaluation.split_accuracy(ctx.model, res.params, splits.data.parts["test"], 1024)
-    steps, acc = evaluation.accuracy_curve(ctx.model, inits[arm], res, xe, ye,
-                                           phase=f"downstream_{arm}", batch_size=1024)
+    steps, acc = evaluation.accuracy_curve(
+      ctx.model, inits[arm], res, xe, ye, phase=f"downstream_{arm}", batch_size=1024
+    )
     carried = up is not None and lib.carries_seeds(arm)
     entry = lib.arm_summary(acc, test, res.diverged, up.diverged if carried else None)
     entry = phases.jsonable({"iterations": steps, **entry, "runtime_s": share})
@@ -256,43 +298,74 @@ def run(config, workdir: str) -> Generator:
   splits = load_data(config, workdir)
   d = splits.data
   model_up = _model(config, int(config.upstream.num_classes))
-  dn = d.num_classes if config.downstream.labels == "real" else int(
-      config.downstream.num_random_classes)
+  dn = (
+    d.num_classes
+    if config.downstream.labels == "real"
+    else int(config.downstream.num_random_classes)
+  )
   model_down = _model(config, dn)
   needs_upstream = any(lib.uses_upstream(a, config) for a in arms_list)
   up = (yield from run_upstream.steps(config, workdir, splits)) if needs_upstream else None
-  f = (yield from f_source(config, workdir, model_up, up, splits)) if "f_only" in arms_list \
-      else None
-  ctx = lib.ArmContext(config, model_down, model_up,
-                       phases.unflatten(up.params) if up else {},
-                       phases.unflatten(up.init) if up else {}, splits.x_up, splits.x_down,
-                       upstream_diverged=None if up is None else up.diverged,
-                       upstream_fit=None if up is None else up.train_accuracy,
-                       upstream_classes=int(config.upstream.num_classes),
-                       f_source=lambda: f)
+  f = (
+    (yield from f_source(config, workdir, model_up, up, splits)) if "f_only" in arms_list else None
+  )
+  ctx = lib.ArmContext(
+    config,
+    model_down,
+    model_up,
+    phases.unflatten(up.params) if up else {},
+    phases.unflatten(up.init) if up else {},
+    splits.x_up,
+    splits.x_down,
+    upstream_diverged=None if up is None else up.diverged,
+    upstream_fit=None if up is None else up.train_accuracy,
+    upstream_classes=int(config.upstream.num_classes),
+    f_source=lambda: f,
+  )
   arms = yield from run_arms(config, workdir, arms_list, ctx, splits, up)
   thresholds = [float(t) for t in config.speedup_thresholds]
-  out = {"arms": arms,
-         "upstream": None if up is None else {
-             k: up.summary.get(k) for k in ("train_accuracy", "diverged", "num_diverged", "ok",
-                                            "min_train_accuracy", "num_steps", "num_classes",
-                                            "steps", "curve", "dead_fraction")},
-         "sigma_w": ctx.sigma_w_record() if up else None,
-         **lib.summarize(arms, thresholds, list(config.report_steps)),
-         "thresholds": thresholds}
-  tf = {name: {"lambda": fn.knots, "f": fn.values, "rest": fn.rest}
-        for name, fn in ctx.transfer_functions.items()}
+  out = {
+    "arms": arms,
+    "upstream": None
+    if up is None
+    else {
+      k: up.summary.get(k)
+      for k in (
+        "train_accuracy",
+        "diverged",
+        "num_diverged",
+        "ok",
+        "min_train_accuracy",
+        "num_steps",
+        "num_classes",
+        "steps",
+        "curve",
+        "dead_fraction",
+      )
+    },
+    "sigma_w": ctx.sigma_w_record() if up else None,
+    **lib.summarize(arms, thresholds, list(config.report_steps)),
+    "thresholds": thresholds,
+  }
+  tf = {
+    name: {"lambda": fn.knots, "f": fn.values, "rest": fn.rest}
+    for name, fn in ctx.transfer_functions.items()
+  }
   folder = os.path.join(workdir, PHASES)
-  if tf:   # measured in this invocation; else (every arm resumed) read back
+  if tf:  # measured in this invocation; else (every arm resumed) read back
     results.write_json(folder, "transfer_functions.json", tf)
-  out["transfer_functions"] = (phases.jsonable(tf) if tf else
-                               results.read_json(folder, "transfer_functions.json") or {})
+  out["transfer_functions"] = (
+    phases.jsonable(tf) if tf else results.read_json(folder, "transfer_functions.json") or {}
+  )
   out["data"] = {"sizes": d.sizes, "name": config.data.name, "placement": d.placement}
   done = list(arms.values()) + ([up.summary] if up else [])
   out["runtime_s"] = float(sum(p.get("runtime_s", 0.0) for p in done))
-  fig = plots.plot_transfer(out, os.path.join(workdir, config.get("figure_name", "transfer.png")),
-                            title=config.get("title", ""),
-                            reference=config.get("paper_reference", None))
+  fig = plots.plot_transfer(
+    out,
+    os.path.join(workdir, config.get("figure_name", "transfer.png")),
+    title=config.get("title", ""),
+    reference=config.get("paper_reference", None),
+  )
   out["figure"] = os.path.basename(fig)
   out = phases.jsonable(out)
   out["claims"] = claims.stamp(config, out)
