@@ -10,7 +10,7 @@ per-member random labels.  Arms (``--arms``):
   threads), consumed as fast as they come.
 - ``stream_put``: as ``stream``, and each chunk placed on the devices sharded over members
   (`pipeline.putter`), as the engine's host-fed path consumes it.
-- ``engine_device``: the engine (`engine_core.Engine.chunk`) training the paper CNN (``--features``
+- ``engine_device``: the engine (`engine_programs.Engine.chunk`) training the paper CNN (``--features``
   filters) on the device-resident set (x replicated, per-member labels [S, N]), one call per chunk.
 - ``engine_host``: the same engine training on the ``stream_put`` chunks (`Engine.chunk_fed`),
   the pipeline running on its grain thread meanwhile: ``vs_engine_device`` is the issue's
@@ -57,7 +57,7 @@ from rl_align import models
 from rl_align import pipeline
 from rl_align import seeds as seeds_lib
 from rl_align.engine import config as engine_config
-from rl_align.engine import core as engine_core
+from rl_align.engine import programs as engine_programs
 
 FLAGS = flags.FLAGS
 
@@ -129,13 +129,13 @@ class StreamPutArm(StreamArm):
   def __init__(self, *args):
     super().__init__(*args)
     devices = jax.local_devices()
-    n = max(d for d in range(1, len(devices) + 1) if self.feed.num_members % d == 0)
+    n = max(d for d in range(1, len(devices) + 1) if self.feed.n_members % d == 0)
     mesh = jax.make_mesh((n,), ("member",), devices=devices[:n])
     self.put = pipeline.putter(NamedSharding(mesh, P("member")))
 
 
 class _EngineArm(_FeedArm):
-  """The paper CNN in `engine_core.Engine`, S members, trained chunk by chunk."""
+  """The paper CNN in `engine_programs.Engine`, S members, trained chunk by chunk."""
 
   features = 256
 
@@ -144,13 +144,13 @@ class _EngineArm(_FeedArm):
     feed = self.feed
     cfg = engine_config.default_config()
     cfg.num_seeds, cfg.batch_size, cfg.seed, cfg.num_steps = (
-      feed.num_members,
+      feed.n_members,
       feed.batch_size,
       feed.data_seed,
       10**6,
     )
     model = models.PaperCNN(features=self.features, num_classes=feed.labels.num_classes)
-    eng = engine_core.Engine(model, cfg, (feed.n,) + feed.example_shape, feed.num_members)
+    eng = engine_programs.Engine(model, cfg, (feed.n,) + feed.example_shape, feed.n_members)
     members = seeds_lib.Members.of(cfg).padded(eng.m_pad)
     self.eng, self.members, self.layout = eng, members, eng.layout.name
     self.state = eng.initial_state(members)
@@ -160,7 +160,7 @@ class _EngineArm(_FeedArm):
     return time.perf_counter() - t0
 
   def params(self):
-    return engine_core.to_host(self.state.params, self.feed.num_members)
+    return engine_programs.to_host(self.state.params, self.feed.n_members)
 
   def close(self) -> None:
     self.state = self.eng = None

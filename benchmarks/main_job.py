@@ -85,10 +85,10 @@ def matmul_ceiling() -> dict:
   from jax import lax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from rl_align.engine import core  # pylint: disable=import-outside-toplevel
+  from rl_align.engine import programs  # pylint: disable=import-outside-toplevel
 
   cfg, model, x, _ = _setup(1)
-  eng = core.Engine(model, cfg, x.shape, 1)
+  eng = programs.Engine(model, cfg, x.shape, 1)
   mb = eng.member
   params, opt_state = jax.eval_shape(lambda: mb.init(jax.random.key_data(jax.random.key(0))))
   xb = jax.ShapeDtypeStruct((mb.batch,) + mb.example_shape, jnp.float32)
@@ -180,22 +180,22 @@ def engine_rates() -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from rl_align import seeds  # pylint: disable=import-outside-toplevel
-  from rl_align.engine import core  # pylint: disable=import-outside-toplevel
+  from rl_align.engine import programs  # pylint: disable=import-outside-toplevel
 
   arms, names = {}, list(FLAGS.devices) + (["1/unguarded"] if FLAGS.unguarded else [])
   for name in names:
     cfg, model, x, labels = _setup(int(name.split("/")[0]))
-    guarded = core.Member.step
+    guarded = programs.Member.step
     if name.endswith("/unguarded"):
-      core.Member.step = _unguarded_step  # traced by the compile below, then restored
+      programs.Member.step = _unguarded_step  # traced by the compile below, then restored
     try:
-      eng = core.Engine(model, cfg, x.shape, 5)
+      eng = programs.Engine(model, cfg, x.shape, 5)
       members = seeds.Members.of(cfg).padded(eng.m_pad)
       state, inputs = eng.initial_state(members), eng.put_inputs(members, x, labels)
       state, loss, _ = eng.chunk(state, inputs, np.int32(0), np.int32(8))  # compile
       jax.block_until_ready(loss)
     finally:
-      core.Member.step = guarded
+      programs.Member.step = guarded
     arms[name] = {"eng": eng, "state": state, "inputs": inputs, "best": float("inf"), "t": 8}
   rounds = []
   for r in range(FLAGS.repeats):

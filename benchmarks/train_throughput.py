@@ -81,7 +81,7 @@ from rl_align import machine
 from rl_align import models
 from rl_align import seeds as seeds_lib
 from rl_align.engine import config as engine_config
-from rl_align.engine import core as engine_core
+from rl_align.engine import programs as engine_programs
 from rl_align.engine import layout as engine_layout
 
 FLAGS = flags.FLAGS
@@ -330,7 +330,7 @@ class EngineArm:
     t = time.perf_counter()
     cfg, x = self.cfg, self.x
     cfg.num_devices = self.devices  # 0: the engine's choice (engine_layout.choose_devices)
-    eng = engine_core.Engine(self.model, cfg, x.shape, self.seeds)
+    eng = engine_programs.Engine(self.model, cfg, x.shape, self.seeds)
     self.eng, self.layout = eng, eng.layout.name
     if self.devices:
       self.layout += f"@{eng.mesh.size}"

@@ -12,7 +12,7 @@ asks which it has::
     part.example_shape, len(part)            # (16, 16, 3), 5000
     x0, y0 = part.head(256)                  # the first 256 examples, as trained on
     for xb in part.batches(512): ...         # every input in order (e.g. a patch covariance)
-    labels = inputs.RandomLabels(root_seed=0, seed_ids=[0, 1], num_classes=10)   # or inputs.REAL
+    labels = inputs.RandomLabels.of(root_seed=0, seed_ids=[0, 1], num_classes=10)   # or inputs.REAL
     x, y = part.engine_input(config.train, labels)     # what train.call takes: arrays or a host feed
 
 A third placement (e.g. a memory-mapped file) is one more `Split` subclass here.
@@ -48,6 +48,11 @@ class RandomLabels:
   seed_ids: tuple
   num_classes: Any
 
+  @classmethod
+  def of(cls, root_seed: int, seed_ids: Sequence[int], num_classes) -> "RandomLabels":
+    """The random labels of the engine's seed ids (`seeds.seed_ids(cfg)`)."""
+    return cls(int(root_seed), tuple(int(s) for s in seed_ids), num_classes)
+
   def per_seed(self) -> list[int]:
     return [int(k) for k in np.broadcast_to(self.num_classes, (len(self.seed_ids),))]
 
@@ -60,11 +65,6 @@ class _Real:
 
 
 REAL = _Real()
-
-
-def random_labels(root_seed: int, seed_ids: Sequence[int], num_classes) -> RandomLabels:
-  """`RandomLabels` of the engine's seed ids (`seeds.seed_ids(cfg)`)."""
-  return RandomLabels(int(root_seed), tuple(int(s) for s in seed_ids), num_classes)
 
 
 def head_labels(part: "Split", labels, m: int) -> np.ndarray:
@@ -91,7 +91,7 @@ def config_labels(config):
   """The labels config.labels asks for: 'random' (config.train's seeds, config.num_classes
   classes, root seed config.train.seed) or 'real'."""
   if config.labels == "random":
-    return random_labels(config.train.seed, seeds.seed_ids(config.train), config.num_classes)
+    return RandomLabels.of(config.train.seed, seeds.seed_ids(config.train), config.num_classes)
   if config.labels == "real":
     return REAL
   raise errors.ConfigError(

@@ -1,6 +1,6 @@
 """Host input pipeline: the engine's batches computed on the host and streamed with grain.
 
-The multi-member engine (`rl_align.train`) draws member s's batch at step t on the device:
+The multi-member engine (`rl_align.engine.programs`) draws member s's batch at step t on the device:
 epoch e = t // spe, i = t % spe (spe = N // B steps per epoch),
 perm = jax.random.permutation(fold_in(data_key_s, e), N), idx = perm[i*B:(i+1)*B], and takes
 x[idx] with labels[s, idx].  This module computes the same indices, and the same random labels
@@ -30,7 +30,7 @@ iterator state to save: the engine's step is the position.  Resuming at step t i
 `feed.chunks(bounds that start at t)`; the checkpoint needs nothing beyond the step it already has.
 
 Several processes: each process builds the feed for the members of its addressable devices only
-(`local_rows(sharding, num_members)` -> the rows, then their seed ids), and puts each chunk with
+(`local_rows(sharding, n_members)` -> the rows, then their seed ids), and puts each chunk with
 `jax.make_array_from_process_local_data` (`putter(sharding)`).
 
 Random labels: `seeds.random_labels(..., idx=...)` evaluates the engine's draw at the indices of a
@@ -125,10 +125,10 @@ DEFAULT_CHUNK_BYTES = 256 << 20
 
 
 def max_chunk_steps(
-  num_members: int, batch_size: int, example_shape, budget_bytes: int = DEFAULT_CHUNK_BYTES
+  n_members: int, batch_size: int, example_shape, budget_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> int:
   """Steps per chunk so that one chunk's x (float32 [S, T, B, ...]) stays under budget_bytes."""
-  per_step = 4 * num_members * batch_size * int(np.prod(example_shape, dtype=np.int64))
+  per_step = 4 * n_members * batch_size * int(np.prod(example_shape, dtype=np.int64))
   return max(1, int(budget_bytes // max(1, per_step)))
 
 
@@ -306,7 +306,7 @@ class HostFeed(feed_lib.Feed):
     self._lock = threading.Lock()
 
   @property
-  def num_members(self) -> int:
+  def n_members(self) -> int:
     return len(self.seed_ids)
 
   def _perm(self, seed_id: int, epoch: int) -> np.ndarray:
@@ -318,7 +318,7 @@ class HostFeed(feed_lib.Feed):
     perm = epoch_permutation(self.data_seed, seed_id, epoch, self.n)
     with self._lock:
       self._perms[key] = perm
-      while len(self._perms) > 2 * self.num_members:  # the current and the next epoch
+      while len(self._perms) > 2 * self.n_members:  # the current and the next epoch
         self._perms.popitem(last=False)
     return perm
 
@@ -326,7 +326,7 @@ class HostFeed(feed_lib.Feed):
     """int32 [S, T, B]: each member's example indices at steps t0..t1-1."""
     _check_steps(self.n, self.batch_size, t0, t1)
     spe, b = self.steps_per_epoch, self.batch_size
-    out = np.empty((self.num_members, t1 - t0, b), np.int32)
+    out = np.empty((self.n_members, t1 - t0, b), np.int32)
     for e in range(t0 // spe, -(-t1 // spe)):
       lo, hi = max(t0, e * spe), min(t1, (e + 1) * spe)
       i0 = lo - e * spe
@@ -360,8 +360,8 @@ class HostFeed(feed_lib.Feed):
     """The engine's "train" eval set: (x [m, ...] of examples 0..m-1, labels [S, m])."""
     m = min(int(m), self.n)
     x, y_src = self.reader(np.arange(m))
-    idx = np.broadcast_to(np.arange(m, dtype=np.int32), (self.num_members, m))
-    y = self.labels_at(idx, np.broadcast_to(y_src, (self.num_members, m)))
+    idx = np.broadcast_to(np.arange(m, dtype=np.int32), (self.n_members, m))
+    y = self.labels_at(idx, np.broadcast_to(y_src, (self.n_members, m)))
     return x, y
 
   def dataset(self, bounds: Sequence[tuple], put: Optional[Callable[[Chunk], Chunk]] = None):

@@ -12,7 +12,7 @@ draws the same numbers whether it trains alone or packed with others::
     seeds.random_labels(root, [3], None, num_classes, idx=idx)   # == labels of seed 3 at idx
 
 `draw_labels` is the one uniform-label draw (``jax.random.randint(key, (n,), 0, K)`` per key);
-`random_labels` gives it the members' label keys, `rl_align.data.random_labels` a plain key, and the
+`random_labels` gives it the members' label keys (the one label draw of rl_align), and the
 host pipeline evaluates it at the indices of a batch only (`idx`, O(|idx|) work, no [N] row).
 
 Random labels at indices, exactly.  With the default partitionable threefry

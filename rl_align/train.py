@@ -3,9 +3,10 @@
 Each member (seed id s of a root seed) has its own init key, its own data order and, when the
 caller asks for random labels, its own label draw, all derived with ``fold_in`` (`rl_align.seeds`);
 so seed s trained alone gives the same result as seed s trained inside a batch of seeds.  Members
-are sharded over all devices (on CPU rl_align exposes one XLA device per core, see
-``rl_align/__init__``) and run in a layout chosen per backend and model from measurements
-(`rl_align.engine.layout`).  The engine itself lives in `rl_align.engine`; this module drives it.
+are sharded over all devices (on CPU the binaries expose one XLA device per core,
+`experiments/host_devices.py`; importing rl_align sets nothing process-wide) and run in a layout
+chosen per backend and model from measurements (`rl_align.engine.layout`).  The compiled programs
+live in `rl_align.engine.programs`; this module drives them.
 
 Usage::
 
@@ -47,7 +48,7 @@ from rl_align import progress as progress_lib
 from rl_align import seeds
 from rl_align.engine import checkpoint
 from rl_align.engine import config as config_lib
-from rl_align.engine import core
+from rl_align.engine import programs
 from rl_align.engine import feed as feed_lib
 from rl_align.engine import grouping
 from rl_align.engine import records
@@ -147,7 +148,7 @@ def train(model: nn.Module, cfg, x, labels, **kwargs) -> TrainResult:
     labels: [N] shared labels, or [S, N] per-member labels (e.g. `seeds.random_labels`).
     **kwargs: keyword arguments of `call`:
       workdir: if given, metrics/snapshots/checkpoints go there and a rerun resumes.
-      eval_sets: name -> (x_eval, y_eval [M] or [S, M]); accuracy and loss logged as
+      eval_sets: name -> (x_eval [E, ...], y_eval [E] or [S, E]); accuracy and loss logged as
         `<name>_accuracy`, `<name>_loss` at eval steps.  A "train" set (the first
         cfg.train_eval_examples examples with the members' labels) is added unless given.
       init_params: stacked params [S, ...] to start from instead of the model's init.
@@ -313,24 +314,26 @@ def _call_records(calls: Sequence[TrainCall]) -> list[records.CallRecords]:
 
 
 def _initial_state(
-  eng: core.Engine, calls: Sequence[TrainCall], members: seeds.Members
-) -> core.TrainState:
+  eng: programs.Engine, calls: Sequence[TrainCall], members: seeds.Members
+) -> programs.TrainState:
   """Step-0 state of every member: given init params, or each call's model's own init (models
   of a pack may differ in init-only fields such as init scales)."""
   if all(c.init_params is not None for c in calls):
     params = jax.tree.map(lambda *a: np.concatenate(a), *[c.init_params for c in calls])
     return eng.initial_state(
-      members, jax.tree.map(lambda a: core.pad_members(a, eng.m_pad), params)
+      members, jax.tree.map(lambda a: programs.pad_members(a, eng.m_pad), params)
     )
   state = eng.initial_state(members)
   first = calls[0].model
   if all(c.model is first or c.model == first for c in calls):
     return state
-  host = core.to_host(state.params)  # another init per distinct model, member m takes its call's
+  host = programs.to_host(
+    state.params
+  )  # another init per distinct model, member m takes its call's
   for c, rec in zip(calls, _call_records(calls)):
     if not c.model == first:
-      other = core.Engine(c.model, c.cfg, eng.x_shape, eng.m_pad, with_decay=eng.with_decay)
-      theirs = core.to_host(other.init_params(members)[0])
+      other = programs.Engine(c.model, c.cfg, eng.x_shape, eng.m_pad, with_decay=eng.with_decay)
+      theirs = programs.to_host(other.init_params(members)[0])
       sl = rec.sl
       host = jax.tree.map(
         lambda a, b: np.concatenate([a[: sl.start], b[sl], a[sl.stop :]]), host, theirs
@@ -350,7 +353,7 @@ class _Run:
     x_shape = (
       (self.feed.n,) + tuple(self.feed.example_shape) if self.feed is not None else c0.x.shape
     )
-    self.eng = core.cached_engine(
+    self.eng = programs.cached_engine(
       c0.model,
       self.cfg,
       x_shape,
@@ -399,7 +402,7 @@ class _Run:
       )
       out[key] = (
         eng.put_replicated(xs),
-        eng.put_members(core.pad_members(ys, eng.m_pad)),
+        eng.put_members(programs.pad_members(ys, eng.m_pad)),
         eng.put_replicated(mask),
       )
     return out
@@ -408,11 +411,11 @@ class _Run:
     """Continues from the latest checkpoint, if any (each call's records cut to its step)."""
     if self.ckpt is None:
       return
-    restored = self.ckpt.restore(core.to_host(self.state))
+    restored = self.ckpt.restore(programs.to_host(self.state))
     if restored is None:
       return
     self.step, host_state = restored
-    self.state = core.TrainState(*self.eng.put_members(tuple(host_state)))
+    self.state = programs.TrainState(*self.eng.put_members(tuple(host_state)))
     for rec in self.records:
       rec.resume(self.step)
     logging.info("%s: resumed from step %d in %s", self.name, self.step, self.ckpt.root)
@@ -473,7 +476,7 @@ class _Run:
       return
     if self.ckpt is not None and self.ckpt.latest_step() != step:
       with self.phases("checkpoint"):
-        self.ckpt.save(step, core.to_host(self.state))
+        self.ckpt.save(step, programs.to_host(self.state))
     self._count_flops(step - start)
     logging.warning(
       "%s: stopping at step %d on signal %s; rerun the same command to resume.",
@@ -522,7 +525,7 @@ class _Run:
     if not ends:
       return None
     # The interval's means, divided as the device-resident chunk divides them.
-    means = core.divide(tuple(sums), np.float32(max(t1 - self.interval_start, 1)))
+    means = programs.divide(tuple(sums), np.float32(max(t1 - self.interval_start, 1)))
     self.sums, self.interval_start = None, t1
     return means
 
@@ -537,22 +540,22 @@ class _Run:
       step == self.eng.total or time.monotonic() - self.last_ckpt > self.cfg.checkpoint_every_secs
     ):
       with self.phases("checkpoint"):
-        self.ckpt.save(step, core.to_host(self.state))
+        self.ckpt.save(step, programs.to_host(self.state))
       self.last_ckpt = time.monotonic()
 
   def _log(self, step: int, means) -> None:
     n, eng = self.n_members, self.eng
     host = {
-      "loss": core.to_host(means[0], n),
-      "batch_accuracy": core.to_host(means[1], n),
-      "alive": core.to_host(self.state.alive, n),
+      "loss": programs.to_host(means[0], n),
+      "batch_accuracy": programs.to_host(means[1], n),
+      "alive": programs.to_host(self.state.alive, n),
     }
     if step in self.eval_steps:
       with self.phases("eval"):
         self.final_metrics = self._evaluate()
         host.update(self.final_metrics)
         if eng.probe is not None:
-          for k, v in core.to_host(eng.probe(self.state.params), n).items():
+          for k, v in programs.to_host(eng.probe(self.state.params), n).items():
             host[f"probe/{k}"] = v
     with self.phases("log"):
       for rec in self.records:
@@ -560,20 +563,20 @@ class _Run:
       self.prog.report(step, {k: records.mean_finite(v) for k, v in host.items() if k != "alive"})
 
   def _snapshot(self, step: int) -> None:
-    host_params = core.to_host(self.state.params, self.n_members)
+    host_params = programs.to_host(self.state.params, self.n_members)
     for rec in self.records:
       rec.snapshot(step, host_params, self.is_main)
 
   def _evaluate(self) -> dict[str, np.ndarray]:
     out = {}
     for key, (xs, ys, mask) in self.eval_data.items():
-      res = core.to_host(self.eng.evaluate(self.state.params, xs, ys, mask), self.n_members)
+      res = programs.to_host(self.eng.evaluate(self.state.params, ys, xs, mask), self.n_members)
       out[f"{key}_loss"], out[f"{key}_accuracy"] = res[:, 0], res[:, 1]
     return out
 
   def results(self) -> list[TrainResult]:
     """One TrainResult per call, from its slice of the member axis."""
-    host_state = core.to_host(self.state, self.n_members)
+    host_state = programs.to_host(self.state, self.n_members)
     out = []
     for rec in self.records:
       sl, ids = rec.sl, rec.ids

@@ -14,7 +14,7 @@ from experiments.configs import fig20
 from rl_align import flops
 from rl_align import machine
 from rl_align.engine import config as engine_config
-from rl_align.engine import core
+from rl_align.engine import programs
 from rl_align import models
 from rl_align import progress
 from rl_align.runners import eigenmap as eigenmap_runner
@@ -55,7 +55,7 @@ def test_engine_step_flops_equal_the_hand_count_of_a_dense_net():
   cfg = engine_config.default_config()
   cfg.update(num_seeds=2, batch_size=16, num_epochs=1, optimizer="momentum")
   model = models.DenseNet(widths=(12, 8), num_classes=5)
-  eng = core.Engine(model, cfg, x_shape=(64, 7), n_members=2)
+  eng = programs.Engine(model, cfg, x_shape=(64, 7), n_members=2)
   assert eng.step_flops == _dense_step_flops(7, (12, 8), 5, 16)
 
 

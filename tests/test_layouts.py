@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 
 from rl_align import data, models, packing, pipeline, seeds, train
-from rl_align.engine import config as engine_config
 from tests import multihost
+from tests.helpers import train_config
 from tests.tolerances import assert_same_accuracy, assert_same_run
 
 # (member_lift, conv_impl) of each accelerator layout; conv_impl None: the dense net.
@@ -61,12 +61,20 @@ def _chain(impl):
 
 
 def _cfg(lift, impl, **kw):
-  c = engine_config.default_config()
-  c.num_seeds, c.num_epochs, c.batch_size, c.log_every_steps = 2, EPOCHS, BATCH, 2
-  c.train_eval_examples, c.seed, c.checkpoint_every_secs = N, 5, 0.0
-  c.member_lift, c.conv_impl = lift, impl or "auto"
-  c.update(kw)
-  return c
+  return train_config(
+    **{
+      "num_seeds": 2,
+      "num_epochs": EPOCHS,
+      "batch_size": BATCH,
+      "log_every_steps": 2,
+      "train_eval_examples": N,
+      "seed": 5,
+      "checkpoint_every_secs": 0.0,
+      "member_lift": lift,
+      "conv_impl": impl or "auto",
+      **kw,
+    }
+  )
 
 
 def _layout_name(lift, impl):

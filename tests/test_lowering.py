@@ -3,7 +3,7 @@ accelerator breaks the suite instead of a user's run.
 
 `jax.export.export(program, platforms=[p])(*abstract_args)` traces a program and lowers it to
 StableHLO for platform p without a device of that kind: no compile, nothing allocated (every
-argument is a `jax.ShapeDtypeStruct`, `rl_align.engine.core.abstract_programs`).  An Engine is
+argument is a `jax.ShapeDtypeStruct`, `rl_align.engine.programs.abstract_programs`).  An Engine is
 built on this host with the layout, conv implementation and gradient micro-batch the engine
 resolves on p (`rl_align.engine.layout.pinned_config`), at the shapes of the paper configs (their
 models, batch sizes, seeds and eval batch sizes, CIFAR10 32x32x3 or ImageNet 64x64x3 examples).
@@ -31,7 +31,7 @@ from rl_align import errors
 from rl_align import models
 from rl_align import seeds
 from rl_align import sweep
-from rl_align.engine import core
+from rl_align.engine import programs
 from rl_align.engine import layout
 
 PLATFORMS = ("cuda", "tpu")
@@ -68,13 +68,15 @@ def paper_case(name: str):
 def engine_for(platform: str, model, cfg, x_shape, n_members=None, with_decay=None):
   """The Engine this host builds of the program `platform` runs (`layout.pinned_config`)."""
   pinned = layout.pinned_config(model, cfg, platform, x_shape[1:])
-  return core.Engine(model, pinned, x_shape, n_members or int(cfg.num_seeds), with_decay=with_decay)
+  return programs.Engine(
+    model, pinned, x_shape, n_members or int(cfg.num_seeds), with_decay=with_decay
+  )
 
 
 def lower(eng, program: str, platform: str):
   """jax.export of one of the engine's programs for `platform` (Triton custom calls allowed:
   they are what the Pallas block lowers to on a GPU)."""
-  fn, args = core.abstract_programs(eng)[program]
+  fn, args = programs.abstract_programs(eng)[program]
   checks = [jax.export.DisabledSafetyCheck.custom_call(TRITON)]
   return jax.export.export(fn, platforms=[platform], disabled_checks=checks)(*args)
 

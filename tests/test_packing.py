@@ -11,16 +11,21 @@ import pytest
 from rl_align import data as data_lib, errors, flops, models, packing, pipeline, seeds, sweep, train
 from rl_align.engine import config as engine_config
 from rl_align.engine import grouping
+from tests.helpers import train_config
 from tests.tolerances import assert_same_accuracy, assert_same_run
 
 
 def _cfg(**kw):
-  c = engine_config.default_config()
-  c.num_seeds, c.num_epochs, c.batch_size, c.log_every_steps = 2, 2, 16, 4
-  c.train_eval_examples = 32
-  for k, v in kw.items():
-    c[k] = v
-  return c
+  return train_config(
+    **{
+      "num_seeds": 2,
+      "num_epochs": 2,
+      "batch_size": 16,
+      "log_every_steps": 4,
+      "train_eval_examples": 32,
+      **kw,
+    }
+  )
 
 
 @pytest.fixture(scope="module")

@@ -398,10 +398,10 @@ def test_checkpoints_round_trip_bitwise_and_read_the_standard_format(tmp_path):
   StandardSave (what earlier versions wrote) restores the same way; a template of another shape is
   refused."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from rl_align.engine import checkpoint, core  # pylint: disable=g-import-not-at-top
+  from rl_align.engine import checkpoint, programs  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
-  state = core.TrainState(
+  state = programs.TrainState(
     params={"dense": {"kernel": rng.standard_normal((2, 5, 3)).astype(np.float32)}},
     opt_state=(
       {"mu": rng.standard_normal((2, 5, 3)).astype(np.float32)},

@@ -146,15 +146,9 @@ def get_config(arg: str = "positive") -> ml_collections.ConfigDict:
   if a.scale in ("local", "tiny") or a.fmnist:
     c.title += " (local: 1/8 width, 32x32 photos)"
     c.data = ml_collections.ConfigDict(
-      {
-        "name": "photos",
-        "kwargs": {"size": 32, "short_side": 256, "cell": 48, "seed": 0, "n": 6000},
-        "data_dir": "",
-        "standardize": True,
-        "test_split": "test",
-        "test_examples": 1000,
-        "placement": "device",
-      }
+      shared.data_block(
+        "photos", {"size": 32, "short_side": 256, "cell": 48, "seed": 0, "n": 6000}, 1000
+      )
     )
     c.split = ml_collections.ConfigDict(
       {"upstream": 2000, "downstream": 4000, "test": 0, "seed": 0}

@@ -107,17 +107,7 @@ def shared_fields() -> ml_collections.ConfigDict:
   c.title = "Fig 5: transfer of the first layer"
   c.figure_name = "fig5.png"
   c.claims.figure = "fig5"
-  c.data = ml_collections.ConfigDict(
-    {
-      "name": "cifar10",
-      "kwargs": {},
-      "data_dir": "",
-      "standardize": True,
-      "test_split": "test",
-      "test_examples": 0,
-      "placement": "device",
-    }
-  )
+  c.data = ml_collections.ConfigDict(shared.data_block("cifar10"))
   # data.placement: device | host (stream batches from the host pipeline, same results) | auto.
   # One seeded permutation of the train split: upstream = first 20k, downstream = next 25k.
   c.split = ml_collections.ConfigDict(
@@ -177,15 +167,7 @@ def shared_fields() -> ml_collections.ConfigDict:
   c.f_only = ml_collections.ConfigDict(
     {
       "source": "data",
-      "data": {
-        "name": "cifar10",
-        "kwargs": {"image_size": 16},
-        "data_dir": "",
-        "standardize": True,
-        "test_split": "test",
-        "test_examples": 0,
-        "placement": "device",
-      },
+      "data": shared.data_block("cifar10", {"image_size": 16}),
       "split": {"upstream": 20_000, "downstream": 0, "test": 0, "seed": 1},
       "upstream": {"num_steps": 4700},
     }
@@ -198,17 +180,7 @@ def shared_fields() -> ml_collections.ConfigDict:
 
 def local(c) -> ml_collections.ConfigDict:
   c.title = "Fig 5 (local: 16x16 photo crops, conv 64, 16 seeds)"
-  c.data = ml_collections.ConfigDict(
-    {
-      "name": "photos",
-      "kwargs": shared.local_photos(6000),
-      "data_dir": "",
-      "standardize": True,
-      "test_split": "test",
-      "test_examples": 1000,
-      "placement": "device",
-    }
-  )
+  c.data = ml_collections.ConfigDict(shared.data_block("photos", shared.local_photos(6000), 1000))
   c.split = ml_collections.ConfigDict({"upstream": 1000, "downstream": 5000, "test": 0, "seed": 0})
   c.model.features = 64  # 32 left covariance 0.028 behind pretrained at the first evaluation
   t = c.train
@@ -222,15 +194,7 @@ def local(c) -> ml_collections.ConfigDict:
   # f from photos at another resolution (short side 256: a 16x16 crop spans half the field of view).
   c.f_only.source = "data"
   far = dict(shared.local_photos(1000), short_side=256, cell=48)
-  c.f_only.data = {
-    "name": "photos",
-    "kwargs": far,
-    "data_dir": "",
-    "standardize": True,
-    "test_split": "test",
-    "test_examples": 0,
-    "placement": "device",
-  }
+  c.f_only.data = shared.data_block("photos", far)
   c.f_only.split = {"upstream": 1000, "downstream": 0, "test": 0, "seed": 1}
   c.f_only.upstream = {"num_steps": 1500, "num_seeds": 4}
   c.speedup_thresholds = (0.8, 0.9, 0.95)
@@ -254,15 +218,9 @@ def tiny(c) -> ml_collections.ConfigDict:
   )
   c.layerwise.num_examples = 64
   c.layerwise.num_bins = 8
-  c.f_only.data = {
-    "name": "photos",
-    "kwargs": {"size": 8, "short_side": 96, "cell": 24, "seed": 0, "n": 64},
-    "data_dir": "",
-    "standardize": True,
-    "test_split": "test",
-    "test_examples": 0,
-    "placement": "device",
-  }
+  c.f_only.data = shared.data_block(
+    "photos", {"size": 8, "short_side": 96, "cell": 24, "seed": 0, "n": 64}
+  )
   c.f_only.split = {"upstream": 64, "downstream": 0, "test": 0, "seed": 1}
   c.f_only.upstream = {"num_steps": 10, "num_seeds": 2}
   c.speedup_thresholds = (0.2, 0.3)

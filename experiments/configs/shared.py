@@ -15,19 +15,24 @@ def local_photos(n: int) -> dict:
 
 # Fashion-MNIST (real, offline: Debian's dataset-fashion-mnist, or idx files / a prepared tfds
 # folder in data_dir): the `fmnist` variant of every CNN config.
-def fmnist_data(max_examples: int = 0) -> dict:
-  """config.data of Fashion-MNIST's train split (its first max_examples images; 0: all 60000),
-  standardized with its own statistics; test = the 10000 test images."""
-  kwargs = {"max_examples": max_examples} if max_examples else {}
+def data_block(name: str, kwargs: dict | None = None, test_examples: int = 0) -> dict:
+  """A config.data block (or f_only.data): source `name` with `kwargs`, standardized per channel,
+  its "test" split as the test set (capped at test_examples; 0: all), data on the device."""
   return {
-    "name": "fashion_mnist",
-    "kwargs": kwargs,
+    "name": name,
+    "kwargs": dict(kwargs or {}),
     "data_dir": "",
     "standardize": True,
     "test_split": "test",
-    "test_examples": 0,
+    "test_examples": int(test_examples),
     "placement": "device",
   }
+
+
+def fmnist_data(max_examples: int = 0) -> dict:
+  """config.data of Fashion-MNIST's train split (its first max_examples images; 0: all 60000),
+  standardized with its own statistics; test = the 10000 test images."""
+  return data_block("fashion_mnist", {"max_examples": max_examples} if max_examples else {})
 
 
 def check_fmnist_scale(fmnist: bool, scale: str) -> None:

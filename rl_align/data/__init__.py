@@ -14,7 +14,7 @@ REAL (read from disk, never downloaded: the idx files of Fashion-MNIST / MNIST, 
 
     idx = data.split_indices(len(ds), {"upstream": 20_000, "downstream": 25_000}, seed=0)
     up = ds.subset(idx["upstream"])
-    up = up.with_labels(data.random_labels(jax.random.key(1), len(up), 10), num_classes=10)
+    up = up.with_labels(seeds.random_labels(1, [0], len(up), 10)[0], num_classes=10)
     mean, std = data.channel_stats(up.x)                      # float64, streamed over chunks
     x = data.standardize(up.x, mean, std)                     # float32
 
@@ -57,7 +57,6 @@ from rl_align.data.registry import SOURCES
 from rl_align.data.registry import split_kwargs
 from rl_align.data.resize import resize_images
 from rl_align.data.resize import square_resize
-from rl_align.data.splits import random_labels
 from rl_align.data.splits import split_indices
 from rl_align.data.stats import channel_stats
 from rl_align.data.stats import check_finite

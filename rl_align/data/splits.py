@@ -1,18 +1,15 @@
-"""Disjoint splits from one seeded permutation, and random labels.
+"""Disjoint splits from one seeded permutation (random labels: `rl_align.seeds.random_labels`,
+the one label draw of rl_align).
 
 from rl_align.data import splits
 idx = splits.split_indices(50_000, {"upstream": 20_000, "downstream": 25_000}, seed=0)
-y = splits.random_labels(jax.random.key(1), 20_000, num_classes=10)
 """
 
-import numbers
-from typing import Mapping, Union
+from typing import Mapping
 
-import jax
 import numpy as np
 
 from rl_align import errors
-from rl_align import seeds
 from rl_align.data.core import check_count
 
 
@@ -37,15 +34,3 @@ def split_indices(n: int, sizes: Mapping[str, int], seed: int) -> dict:
     out[key] = perm[start : start + size]
     start += size
   return out
-
-
-def random_labels(seed_or_key: Union[int, jax.Array], n: int, num_classes: int) -> np.ndarray:
-  """int32 [n] labels drawn i.i.d. uniform in [0, num_classes), once per example.
-
-  `seed_or_key` is an int (meaning jax.random.key(seed)) or a jax PRNG key (typed or raw).
-  """
-  check_count("random_labels: n", n)
-  key = seed_or_key
-  if isinstance(key, numbers.Integral):
-    key = jax.random.key(int(key))
-  return seeds.draw_labels(key[None], num_classes, n=n)[0]  # the one label draw of rl_align

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from rl_align import errors
-from rl_align.engine import core
+from rl_align.engine import programs
 
 KEEP = 2  # checkpoints kept: the newest may be damaged by a crash while it is written
 
@@ -42,7 +42,7 @@ def _quiet_orbax(record) -> bool:
 def _host_registry(ocp):
   """Orbax's handlers for the leaves of a host state (numpy arrays and scalars), without orbax's
   default copy of every numpy array before it is written: `Checkpointer.save` writes synchronously a
-  state that nothing modifies meanwhile (`core.to_host`'s copy), so the copy only cost time and
+  state that nothing modifies meanwhile (`programs.to_host`'s copy), so the copy only cost time and
   memory (about half of a checkpoint's time for a 100 MB state on a 2-core CPU)."""
   th = ocp.type_handlers
   scalar = th.ScalarHandler()
@@ -125,7 +125,7 @@ class Checkpointer:
     )
 
   def _checked(self, step: int, template, restored):
-    restored = core.TrainState(*jax.tree.map(np.asarray, restored))
+    restored = programs.TrainState(*jax.tree.map(np.asarray, restored))
     # Orbax gives a leaf the checkpoint's shape whatever the template's: check it here.
     for (path, want), got in zip(
       jax.tree_util.tree_leaves_with_path(template), jax.tree.leaves(restored)

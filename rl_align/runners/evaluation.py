@@ -44,7 +44,7 @@ def _count(model, stacked_params, batches: Iterable, n: int, bs: int) -> np.ndar
 
 
 def accuracy(model, stacked_params, x, y, batch_size: int = 512) -> np.ndarray:
-  """[S] accuracy of each member's params on arrays (x [M, ...], y [M] or per member [S, M])."""
+  """[S] accuracy of each member's params on arrays (x [E, ...], y [E] or per member [S, E])."""
   n = len(x)
   bs = max(1, min(batch_size, n))
   y = np.asarray(y)

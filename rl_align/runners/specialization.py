@@ -131,7 +131,7 @@ def _upstream(
     )
     ucfg.snapshot_steps = tuple([0] + lengths)
     x, labels = data.engine_input(
-      "upstream", ucfg, inputs.random_labels(root, seeds.seed_ids(ucfg), k)
+      "upstream", ucfg, inputs.RandomLabels.of(root, seeds.seed_ids(ucfg), k)
     )
     calls.append(
       train.call(

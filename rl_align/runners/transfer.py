@@ -159,7 +159,7 @@ def run_upstream(config, workdir: str, splits: Splits, name: str = "upstream") -
     cfg.snapshot_steps = (0,)
     ids = seeds.seed_ids(cfg)
     x, labels = splits.data.engine_input(
-      "upstream", cfg, inputs.random_labels(int(uc.label_seed), ids, k)
+      "upstream", cfg, inputs.RandomLabels.of(int(uc.label_seed), ids, k)
     )
     res = yield train.call(
       _model(config, k), cfg, x, labels, workdir=workdir, snapshot_fn=phases.flatten, name=name
@@ -243,7 +243,7 @@ def _downstream_labels(config, cfg):
   dc = config.downstream
   if dc.labels == "real":
     return inputs.REAL
-  return inputs.random_labels(int(dc.label_seed), seeds.seed_ids(cfg), int(dc.num_random_classes))
+  return inputs.RandomLabels.of(int(dc.label_seed), seeds.seed_ids(cfg), int(dc.num_random_classes))
 
 
 def run_arms(

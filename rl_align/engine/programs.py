@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from rl_align import flops as flops_lib
+from rl_align import models
 from rl_align import seeds
 from rl_align.engine import config as config_lib
 from rl_align.engine import layout as layout_lib
@@ -241,7 +242,7 @@ class Engine:
     return layout_lib.choose_microbatch(
       platform,
       n_params,
-      hasattr(model, "conv_impl"),
+      models.is_conv_model(model),
       self.cfg.batch_size,
       getattr(model, "blocks_in_cache", False),
     )
@@ -292,7 +293,7 @@ class Engine:
     with lax convolutions and the whole batch in one gradient, so a layout's im2col, fused kernels
     or micro-batching change how the work is done, not the count."""
     model = self.given_model
-    if hasattr(model, "conv_impl") and model.conv_impl != "lax":  # a conv model (models.py)
+    if models.is_conv_model(model) and model.conv_impl != "lax":
       model = model.clone(conv_impl="lax")
     mb = Member(model, self.cfg, self.x_shape, self.cfg.batch_size, self.with_decay)
     params, opt_state = jax.eval_shape(lambda: mb.init(jax.random.key_data(jax.random.key(0))))
@@ -305,8 +306,10 @@ class Engine:
     """Steps t0..t1 of every member on device-resident data: (state, mean loss [M], accuracy [M])."""
     return self._chunk(state, inputs.data_keys, inputs.hparams, inputs.labels, inputs.x, t0, t1)
 
-  def evaluate(self, params, xs, ys, mask):
-    """[M, 2] (loss, accuracy) of every member on eval batches xs (shared), ys [M, nb, B]."""
+  def evaluate(self, params, ys, xs, mask):
+    """[M, 2] (loss, accuracy) of every member on eval batches: ys [M, nb, B] (the members'),
+    xs and mask (shared).  As every engine program, and `Member.evaluate`: the members' arrays
+    first, then the shared ones."""
     return self._evaluate(params, ys, xs, mask)
 
   def _put(self, a, sharding):
