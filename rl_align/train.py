@@ -185,12 +185,16 @@ def mark_parts(calls: Sequence[TrainCall]) -> None:
       rank[key] = rank.get(key, 0) + 1
 
 
-def run_packed(calls: Sequence[TrainCall], packed_dir: str | None = None) -> list:
-  """Runs `calls`, each group of compatible ones as one program (`engine.grouping.group`); per
-  call, its TrainResult or the exception its program raised (an interrupt propagates)."""
+def run_packed(
+  calls: Sequence[TrainCall], packed_dir: str | None = None, packing: bool = True
+) -> list:
+  """Runs `calls`, each group of compatible ones as one program (`engine.grouping.group`; with
+  packing False, each call as its own program); per call, its TrainResult or the exception its
+  program raised (an interrupt propagates)."""
   mark_parts(calls)
   out: list = [None] * len(calls)
-  for idx in grouping.group(calls):
+  groups = grouping.group(calls) if packing else [[k] for k in range(len(calls))]
+  for idx in groups:
     try:
       got = run_calls([calls[k] for k in idx], packed_dir)
     except Exception as e:  # pylint: disable=broad-except  # raised where the runner made the call
@@ -209,11 +213,11 @@ def reply(pending, results: Sequence) -> tuple[Any, bool]:
   return (list(results) if isinstance(pending, list) else results[0]), False
 
 
-def drive(calls: Generator[TrainCall, TrainResult, Any]) -> Any:
+def drive(calls: Generator[TrainCall, TrainResult, Any], packing: bool = True) -> Any:
   """Runs a runner's generator alone: each TrainCall it yields (or list of them, packed where
-  compatible) runs and its TrainResult is sent back (a failed or interrupted call raises inside
-  the runner); returns the runner's value.  The generator is closed here whatever happens, never
-  at interpreter exit."""
+  compatible; with packing False each as its own program, as before lists) runs and its
+  TrainResult is sent back (a failed or interrupted call raises inside the runner); returns the
+  runner's value.  The generator is closed here whatever happens, never at interpreter exit."""
   step, value = calls.send, None
   try:
     while True:
@@ -222,9 +226,8 @@ def drive(calls: Generator[TrainCall, TrainResult, Any]) -> Any:
       except StopIteration as stop:
         return stop.value
       try:
-        value, thrown = reply(
-          pending, run_packed(pending if isinstance(pending, list) else [pending])
-        )
+        batch = pending if isinstance(pending, list) else [pending]
+        value, thrown = reply(pending, run_packed(batch, packing=packing))
       except errors.Interrupted as e:
         value, thrown = e, True
       step = calls.throw if thrown else calls.send

@@ -298,3 +298,39 @@ def test_binary_writes_schema_and_resumes(device_run):
     assert len(f.readlines()) == n_rows
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f) == res
+
+
+@pytest.mark.slow
+def test_the_arms_run_as_one_program_and_a_crashed_pack_resumes_bitwise(
+  device_run, tmp_path, monkeypatch
+):
+  """The downstream arms are one list of calls, packed into one program; a crash after the pack's
+  first checkpoint, then a rerun, gives the uninterrupted run's results exactly."""
+  from experiments.configs import fig5 as fig5_config  # pylint: disable=g-import-not-at-top
+  from rl_align import train  # pylint: disable=g-import-not-at-top
+
+  with open(os.path.join(device_run, "run.json")) as f:
+    assert json.load(f)["status"] == "finished"
+  c = fig5_config.get_config("tiny")
+  c.arms = ("scratch", "pretrained", "covariance", "covariance_L2")
+  c.train.checkpoint_every_secs = 0.0
+  wd = str(tmp_path / "crashed")
+  real_event = train._Run._event
+  programs = []
+
+  class Crash(Exception):
+    pass
+
+  def crashing(self, step, means):
+    real_event(self, step, means)
+    programs.append(len(self.calls))
+    if len(self.calls) > 1 and step >= 10:
+      raise Crash()
+
+  monkeypatch.setattr(train._Run, "_event", crashing)
+  with pytest.raises(Crash):
+    transfer_runner.run(c, wd)
+  assert max(programs) == 4  # the four arms: one program of 4 x 2 members
+  monkeypatch.setattr(train._Run, "_event", real_event)
+  again = transfer_runner.run(c, wd)
+  assert _without_runtimes(again["arms"]) == _without_runtimes(_results(device_run)["arms"])
