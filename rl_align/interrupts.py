@@ -96,7 +96,8 @@ def agreed() -> bool:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
-  flags = multihost_utils.process_allgather(np.asarray([int(mine)], np.int32))
-  if np.any(flags) and not mine:
-    _state.signum = int(signal.SIGTERM)  # stopped because another process was
-  return bool(np.any(flags))
+  got = multihost_utils.process_allgather(np.asarray([_state.signum or 0], np.int32))
+  got = np.asarray(got).reshape(-1)
+  if got.any() and not mine:  # stopped because another process was: by its signal
+    _state.signum = int(got[np.flatnonzero(got)[0]])
+  return bool(got.any())

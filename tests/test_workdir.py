@@ -355,3 +355,30 @@ def test_sigterm_exits_143_and_a_second_signal_exits_at_once(tmp_path):
   proc.send_signal(signal.SIGTERM)
   rc, err = _finish(proc)
   assert rc == 143 and "again: exiting now" in err, err[-2000:]
+
+
+@pytest.mark.slow
+def test_two_processes_stop_at_the_same_step_on_a_signal_to_one(tmp_path):
+  """SIGINT to process 1 of 2 alone: every process stops at the same event step (a collective
+  decides), both exit 130, process 0 records the interruption in run.json."""
+  from tests import multihost  # pylint: disable=g-import-not-at-top
+
+  wd = tmp_path / "wd"
+  procs = multihost.start(
+    ["-m", "experiments.eigenvalue_map", ARGV[1], f"--workdir={wd}", *LONG], 2, multihost.port()
+  )
+  try:
+    for line in procs[1].stderr:  # process 1 trains
+      if "train step" in line:
+        break
+    procs[1].send_signal(signal.SIGINT)
+    outs = [p.communicate(timeout=multihost.TIMEOUT) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [130, 130], [o[1][-2000:] for o in outs]
+  steps = [o[1].split("interrupted (signal")[1].split("at step ")[1].split()[0] for o in outs]
+  assert steps[0] == steps[1]
+  status = json.loads((wd / "run.json").read_text())["status"]
+  assert status == f"interrupted at step {steps[0]} of train"
