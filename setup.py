@@ -40,7 +40,9 @@ setup(
       "ipykernel",
       "ruff",
     ],
-    "tf": ["tensorflow-cpu"],
+    # tfds.load, and preparing a downloaded dataset (data.download): TensorFlow, and
+    # importlib_resources, with which tfds finds a builder's checksums.
+    "tf": ["tensorflow-cpu", "importlib_resources"],
     "bench": ["torch==2.13.0"],
   },
 )

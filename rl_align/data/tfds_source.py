@@ -129,7 +129,7 @@ def _registered_builder(name: str, data_dir: str):
 # needed to read a prepared folder.
 PREPARE_NEEDS = {
   "tensorflow": "`pip install -e .[tf]` (tensorflow-cpu)",
-  "importlib_resources": "`pip install importlib_resources`",
+  "importlib_resources": "`pip install -e .[tf]` (importlib_resources)",
 }
 
 
