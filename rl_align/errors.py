@@ -22,7 +22,7 @@ class DataError(RLAlignError):
 
 
 class DatasetNotFoundError(DataError):
-  """A tfds dataset is not prepared in the data_dir (we never download)."""
+  """A dataset is not prepared in the data_dir (and was not asked to be downloaded, or the download failed)."""
 
 
 class NumericalError(RLAlignError):

@@ -3,8 +3,8 @@
 Every source returns an :class:`ArrayDataset` (numpy float32 inputs, int32 labels) from `load`, or
 streams the same rows as a :class:`Source` from `source`; one registry (`registry.REGISTRY`) serves
 both.  Sources are EMBEDDED (offline: synthesized, or shipped with scikit-learn / scikit-image) or
-REAL (read from disk, never downloaded: the idx files of Fashion-MNIST / MNIST, or a prepared
-``tensorflow_datasets`` folder)::
+REAL (read from disk: the idx files of Fashion-MNIST / MNIST, or a prepared
+``tensorflow_datasets`` folder; downloaded only when asked, `download=True`)::
 
     from rl_align import data
     ds = data.load("gaussian", n=10_000, stds=[0.1 * i for i in range(1, 31)])
