@@ -54,6 +54,11 @@ from rl_align.engine import grouping
 from rl_align.engine import records
 
 
+# The largest share of a run's time its checkpoints may take: a save that took s seconds waits at
+# least s / CHECKPOINT_SHARE before the next (config.checkpoint_every_secs is the least gap).
+CHECKPOINT_SHARE = 0.05
+
+
 @dataclasses.dataclass
 class TrainResult:
   """What `train` returns; arrays are numpy with a leading member axis, one row per seed id."""
@@ -450,7 +455,7 @@ class _Run:
         self._snapshot(0)
     self.prog = progress_lib.Progress(self.eng.total, self.step, self.name)
     start = self.step
-    self.last_ckpt = time.monotonic()
+    self.last_ckpt, self.ckpt_gap = time.monotonic(), float(self.cfg.checkpoint_every_secs)
     self.sums, self.interval_start = None, self.step
     precision = self.cfg.matmul_precision  # "default": JAX_DEFAULT_MATMUL_PRECISION, if set
     if precision == "default":
@@ -539,12 +544,16 @@ class _Run:
     if step in self.snap_steps:
       with self.phases("snapshot"):
         self._snapshot(step)
-    if self.ckpt and (
-      step == self.eng.total or time.monotonic() - self.last_ckpt > self.cfg.checkpoint_every_secs
-    ):
+    if self.ckpt and (step == self.eng.total or time.monotonic() - self.last_ckpt > self.ckpt_gap):
+      t = time.monotonic()
       with self.phases("checkpoint"):
         self.ckpt.save(step, programs.to_host(self.state))
       self.last_ckpt = time.monotonic()
+      # At least checkpoint_every_secs apart and, unless that is 0 (every log step), at most
+      # CHECKPOINT_SHARE of the time: a packed program's state grows with its members, and so does
+      # each save.
+      every = float(self.cfg.checkpoint_every_secs)
+      self.ckpt_gap = max(every, (self.last_ckpt - t) / CHECKPOINT_SHARE) if every else 0.0
 
   def _log(self, step: int, means) -> None:
     n, eng = self.n_members, self.eng

@@ -48,7 +48,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1024
   c.snapshot_steps = ()
   c.snapshot_epochs = ()
-  c.checkpoint_every_secs = 60.0  # checkpoint at the first log step after this many seconds
+  # Checkpoint at the first log step after this many seconds (0: every log step), and, unless 0,
+  # at most 5% of the time (`train.CHECKPOINT_SHARE`: a large packed state waits longer).
+  c.checkpoint_every_secs = 60.0
   c.matmul_precision = (
     "default"  # default (JAX_DEFAULT_MATMUL_PRECISION, else XLA's) | high | highest
   )
