@@ -282,17 +282,20 @@ def test_run_json_says_what_data_was_read_and_why(tmp_path):
 # Signals: one subprocess per contract.
 
 
-# A run long enough to interrupt: 400 epochs of a wider net (~10 ms a step on 2 cores).
+# A run long enough to interrupt: 400 epochs (1600 steps, ~1 ms each on 2 cores at width 256;
+# the signal is sent as soon as the first progress line is read, so the run cannot end before it).
 LONG = [
   "--config.train.num_epochs=400",
   "--config.train.checkpoint_every_secs=1000",
-  "--config.panels.right.model.widths=(1024,1024)",
 ]
+WIDTH = "--config.panels.right.model.widths=(256,256)"
+# Steps slow enough (~10 ms) that a second signal lands between two event steps 1000 apart.
+SLOW = "--config.panels.right.model.widths=(1024,1024)"
 
 
-def _start(wd, *extra):
-  """The fig20 binary on LONG (and `extra` flags), started; returns (process, lines seen up to
-  its first progress line)."""
+def _start(wd, *extra, width=WIDTH):
+  """The fig20 binary on LONG at `width` (and `extra` flags), started; returns (process, lines
+  seen up to its first progress line)."""
   cmd = [
     sys.executable,
     "-m",
@@ -300,6 +303,7 @@ def _start(wd, *extra):
     ARGV[1],
     f"--workdir={wd}",
     *LONG,
+    width,
     *extra,
   ]
   proc = subprocess.Popen(
@@ -331,7 +335,7 @@ def test_sigint_stops_at_a_checkpoint_exits_130_and_the_rerun_resumes(tmp_path):
   assert status == f"interrupted at step {step} of train"
   assert str(step) in os.listdir(wd / "right" / "train_state" / "checkpoints")
   proc = helpers.run_module(
-    "experiments.eigenvalue_map", ARGV[1], f"--workdir={wd}", *LONG, timeout=300
+    "experiments.eigenvalue_map", ARGV[1], f"--workdir={wd}", *LONG, WIDTH, timeout=300
   )
   assert proc.returncode == 0 and f"resumed from step {step}" in proc.stderr, proc.stderr[-2000:]
   rec = json.loads((wd / "run.json").read_text())
@@ -347,7 +351,8 @@ def test_sigterm_exits_143_and_a_second_signal_exits_at_once(tmp_path):
   proc.send_signal(signal.SIGTERM)
   rc, err = _finish(proc)
   assert rc == 143 and "interrupted (signal 15)" in err, err[-2000:]
-  proc, _ = _start(tmp_path / "two", "--config.train.log_every_steps=1000")  # event steps far apart
+  # event steps far apart, slow steps
+  proc, _ = _start(tmp_path / "two", "--config.train.log_every_steps=1000", width=SLOW)
   proc.send_signal(signal.SIGTERM)
   for line in proc.stderr:  # the first is acknowledged: the loop runs on to its next event
     if "signal 15: stopping" in line:
@@ -365,7 +370,9 @@ def test_two_processes_stop_at_the_same_step_on_a_signal_to_one(tmp_path):
 
   wd = tmp_path / "wd"
   procs = multihost.start(
-    ["-m", "experiments.eigenvalue_map", ARGV[1], f"--workdir={wd}", *LONG], 2, multihost.port()
+    ["-m", "experiments.eigenvalue_map", ARGV[1], f"--workdir={wd}", *LONG, WIDTH],
+    2,
+    multihost.port(),
   )
   try:
     for line in procs[1].stderr:  # process 1 trains
