@@ -516,3 +516,13 @@ def test_render_sorts_by_figure_and_keeps_descriptive_rows_out_of_the_tally():
   assert table.index("| Fig 3 |") < table.index("| Fig 4 |")
   assert "Verdicts: 2 reproduced" in text and "magnitude" not in table
   assert "| 8 |" in table
+
+
+def test_run_line_counts_earlier_invocations_and_says_which_were_killed():
+  rec = {
+    "wall_s": 100.0,
+    "machine": {"cpu_model": "cpu", "cores": 2, "fp32_matmul_gflops": 50.0},
+    "earlier_runs": [{"wall_s": 20.0}, {"wall_s": None, "status": "running"}],
+  }
+  line = claims.run_line({"name": "x", "run": rec})
+  assert "100 s (+ 20 s in 1 earlier invocation(s)) (+ 1 killed invocation(s)" in line, line

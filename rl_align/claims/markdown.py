@@ -54,11 +54,14 @@ def run_line(run: Mapping[str, Any]) -> str:
   if not rec:
     return f"`{run.get('name')}`: no run.json (command, runtime and machine unknown)"
   m = rec.get("machine") or {}
-  earlier = [r.get("wall_s") or 0.0 for r in rec.get("earlier_runs") or []]
+  earlier = rec.get("earlier_runs") or []
+  timed = [r["wall_s"] for r in earlier if r.get("wall_s") is not None]
   wall = rec.get("wall_s")
   time_text = f"{wall:.0f} s" if wall is not None else "n/a (unfinished)"
-  if earlier:
-    time_text += f" (+ {sum(earlier):.0f} s in {len(earlier)} earlier invocation(s))"
+  if timed:
+    time_text += f" (+ {sum(timed):.0f} s in {len(timed)} earlier invocation(s))"
+  if len(timed) < len(earlier):  # killed (SIGKILL, a lost machine): no time was recorded
+    time_text += f" (+ {len(earlier) - len(timed)} killed invocation(s), time not recorded)"
   gf = m.get("fp32_matmul_gflops")
   machine = (
     f"{m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, {m.get('jax_backend', '?')}"
