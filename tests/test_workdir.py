@@ -289,13 +289,13 @@ LONG = [
   "--config.train.checkpoint_every_secs=1000",
 ]
 WIDTH = "--config.panels.right.model.widths=(256,256)"
-# Steps slow enough (~10 ms) that a second signal lands between two event steps 1000 apart.
+# Steps slow enough (~10 ms) that a second signal lands between two event steps 300 apart.
 SLOW = "--config.panels.right.model.widths=(1024,1024)"
 
 
 def _start(wd, *extra, width=WIDTH):
   """The fig20 binary on LONG at `width` (and `extra` flags), started; returns (process, lines
-  seen up to its first progress line)."""
+  seen up to its first progress line: training has begun, a signal now stops at an event step)."""
   cmd = [
     sys.executable,
     "-m",
@@ -351,12 +351,15 @@ def test_sigterm_exits_143_and_a_second_signal_exits_at_once(tmp_path):
   proc.send_signal(signal.SIGTERM)
   rc, err = _finish(proc)
   assert rc == 143 and "interrupted (signal 15)" in err, err[-2000:]
-  # event steps far apart, slow steps
-  proc, _ = _start(tmp_path / "two", "--config.train.log_every_steps=1000", width=SLOW)
+  # Slow steps, event steps 300 apart: signalled at the first progress line (step 300), the run
+  # acknowledges, and the second signal lands seconds before the next event step (600).
+  proc, _ = _start(tmp_path / "two", "--config.train.log_every_steps=300", width=SLOW)
   proc.send_signal(signal.SIGTERM)
   for line in proc.stderr:  # the first is acknowledged: the loop runs on to its next event
     if "signal 15: stopping" in line:
       break
+  else:
+    raise AssertionError("the first signal was not acknowledged (the run ended first)")
   proc.send_signal(signal.SIGTERM)
   rc, err = _finish(proc)
   assert rc == 143 and "again: exiting now" in err, err[-2000:]
