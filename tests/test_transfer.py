@@ -262,20 +262,6 @@ def _without_runtimes(obj):
 
 
 @pytest.mark.slow
-def test_host_placement_gives_the_device_results(device_run, tmp_path):
-  """placement=host streams every phase through the host pipeline (nothing loaded as arrays): the
-  same batches, labels and standardized floats, so every number of results.json is identical."""
-  p = _run(str(tmp_path), "--config.data.placement=host")
-  assert p.returncode == 0, p.stderr[-3000:]
-  assert "placement=host (forced)" in p.stderr
-  host, dev = _results(str(tmp_path)), _results(device_run)
-  assert host["data"]["placement"] == "host" and dev["data"]["placement"] == "device"
-  assert _without_runtimes(host) == _without_runtimes(dev)
-  stats = json.load(open(tmp_path / "phases" / "standardization.json"))
-  assert stats["examples"] == 128 and len(stats["mean"]) == 3
-
-
-@pytest.mark.slow
 def test_binary_writes_schema_and_resumes(device_run):
   workdir = device_run
   res = _results(workdir)
