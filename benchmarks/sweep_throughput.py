@@ -15,11 +15,8 @@ the 1-minute load average before and after every arm (other jobs on a shared mac
     python -m benchmarks.sweep_throughput --epochs=20 --json=/tmp/sweep_bench.json
 """
 
-import os
-import subprocess
 import sys
 import tempfile
-import time
 
 from absl import app
 from absl import flags
@@ -39,8 +36,6 @@ flags.DEFINE_integer("repeats", 1, "Rounds of both arms.")
 flags.DEFINE_string("panel", "right", "Fig 20 panel.")
 flags.DEFINE_string("json", None, "Where to write the results.")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _arm(packing: str, workdir: str) -> tuple[float, list[float]]:
   """(wall seconds, [1-min load average before, after]) of one arm in a fresh process."""
@@ -56,12 +51,7 @@ def _arm(packing: str, workdir: str) -> tuple[float, list[float]]:
     f"--sweep=train.learning_rate={','.join(FLAGS.learning_rates)}",
     f"--sweep_packing={packing}",
   ]
-  load, t = [os.getloadavg()[0]], time.perf_counter()
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-  wall = time.perf_counter() - t
-  if proc.returncode != 0:
-    raise SystemExit(f"error: the {packing} arm failed: {proc.stderr[-2000:]}")
-  return wall, load + [os.getloadavg()[0]]
+  return output.timed_process(cmd, f"the {packing} arm")
 
 
 def main(argv):

@@ -19,10 +19,8 @@ cores, measured fp32 matmul rate) and the 1-minute load average around every run
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 from absl import app
 from absl import flags
@@ -38,8 +36,6 @@ flags.DEFINE_integer("repeats", 2, "Rounds of both arms.")
 flags.DEFINE_string("json", None, "Where to write the results.")
 flags.DEFINE_string("child", "", "(internal) run one arm: packed | per_arm, in WORKDIR.")
 flags.DEFINE_string("workdir", "", "(internal) the child's workdir.")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config():
@@ -72,12 +68,7 @@ def _arm(name: str, workdir: str) -> tuple[float, list[float], dict]:
     f"--upstream_steps={FLAGS.upstream_steps}",
     f"--downstream_steps={FLAGS.downstream_steps}",
   ]
-  load, t = [os.getloadavg()[0]], time.perf_counter()
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-  wall = time.perf_counter() - t
-  load.append(os.getloadavg()[0])
-  if proc.returncode:
-    raise RuntimeError(f"{name} failed: {proc.stderr[-3000:]}")
+  wall, load = output.timed_process(cmd, f"the {name} arm")
   with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
     res = json.load(f)
   return wall, load, res
