@@ -444,6 +444,18 @@ def _sweep(points, figure="specialization"):
   return {"results": res, "config": {}}
 
 
+def test_a_point_with_one_seed_in_the_regime_is_not_counted_in_the_correction():
+  """Bonferroni over the points a Welch interval can test: a point memorised by one seed only
+  does not widen the other points' intervals (nor count as memorised in the gate text)."""
+  one = _point(64, 0.0, fit=0.5)
+  one["upstream_train_accuracy"][0] = 1.0  # 1 of 8 seeds memorised
+  pts = spec.gated_points(_sweep([_point(16, -0.1), one])["results"], memorised=True)
+  assert pts[next(iter(pts))][1].reached and list(pts.values())[1][1].reached
+  assert spec.in_regime(pts) == [next(iter(pts))]
+  rows = claims.rows(_sweep([_point(16, -0.1), one, _point(256, 0.05)]))
+  assert "2/3 points memorised" in rows[0].gate, rows[0].gate
+
+
 def test_section3_rules_reproduced():
   rows = claims.rows(_sweep([_point(16, -0.1), _point(256, +0.05)]))
   assert [r.verdict for r in rows] == [R, R], [r.ours for r in rows]

@@ -63,11 +63,17 @@ def gated_points(res: Mapping[str, Any], memorised: bool) -> dict[str, tuple[dic
   }
 
 
+def in_regime(pts: Mapping[str, tuple[dict, core.Gate]]) -> list[str]:
+  """The points with at least 2 seeds in the regime: those a Welch interval can test, so those
+  a search is corrected for (a point with one seed in the regime is no comparison)."""
+  return [pid for pid, (_, g) in pts.items() if int(np.sum(g.ok)) >= 2]
+
+
 def negative_points(res: Mapping[str, Any]) -> tuple[list[str], dict]:
   """The memorised points that transfer negatively (Bonferroni-corrected Welch interval below 0),
   and every point's (point, gate)."""
   pts = gated_points(res, memorised=True)
-  reached = [pid for pid, (_, g) in pts.items() if g.reached]
+  reached = in_regime(pts)
   conf = 1 - (1 - core.CONFIDENCE) / max(len(reached), 1)
   neg = [pid for pid in reached if core.excludes_zero(transfer(pts[pid][0], pts[pid][1], conf), -1)]
   return neg, pts
@@ -90,7 +96,7 @@ def search_row(res: Mapping[str, Any], plot: str | None, direction: str) -> core
   point's uncorrected 95% interval is; not reproduced if none."""
   sign = 1.0 if direction == "positive" else -1.0
   pts = gated_points(res, memorised=direction == "negative")
-  reached = {pid: pg for pid, pg in pts.items() if pg[1].reached}
+  reached = {pid: pts[pid] for pid in in_regime(pts)}
   conf = 1 - (1 - core.CONFIDENCE) / max(len(reached), 1)
   plain = {pid: transfer(p, g) for pid, (p, g) in reached.items()}
   corr = {pid: transfer(p, g, conf) for pid, (p, g) in reached.items()}
@@ -176,7 +182,7 @@ def drop_row(res: Mapping[str, Any], plot: str | None, figure: str = "§3") -> c
   no negative one: not evaluable."""
   layers = res.get("later_layers") or res.get("layers") or []
   neg, pts = negative_points(res)
-  reached = [pid for pid, (_, g) in pts.items() if g.reached]
+  reached = in_regime(pts)
   claim = "later-layer ReLU activity drops at the switch in negative-transfer settings"
   paper_text = "sharp drop of later-layer activity at the switch (qualitative)"
   rule = (
@@ -185,7 +191,7 @@ def drop_row(res: Mapping[str, Any], plot: str | None, figure: str = "§3") -> c
     "points reproduced; at some partly; at none not reproduced"
   )
   gate_text = (
-    f"{len(reached)}/{len(pts)} points memorised with later layers alive "
+    f"{len(reached)}/{len(pts)} points memorised with later layers alive in ≥ 2 seeds "
     f"(best upstream fit {_best_fit(pts)})"
   )
   if not neg:
@@ -247,8 +253,8 @@ def widening_row(res: Mapping[str, Any], plot: str | None) -> core.Row:
     "for each memorised negative point, its widest variant's whole-curve arm−scratch Welch "
     "interval above 0: at all reproduced; at some partly; at none not reproduced"
   )
-  reached = [pid for pid, (_, g) in pts.items() if g.reached]
-  gate_text = f"{len(reached)}/{len(pts)} points memorised with later layers alive"
+  reached = in_regime(pts)
+  gate_text = f"{len(reached)}/{len(pts)} points memorised with later layers alive in ≥ 2 seeds"
   pairs = [(pid, wide.get(key(points[pid]))) for pid in neg]
   pairs = [(a, b) for a, b in pairs if b is not None and b != a]
   if not pairs:
