@@ -391,6 +391,12 @@ def test_fig1_rule(direction, speed, s, fit, dead, want):
   assert {r.verdict for r in rows} == {want}, [r.ours for r in rows]
 
 
+def test_fig1_row_outside_the_regime_shows_the_ungated_seeds_without_judging_them():
+  rows = claims.rows(_fig1("negative", 1.2, fit=0.6))  # slower, but never memorised
+  assert {r.verdict for r in rows} == {G}
+  assert all("every finished seed (no gate, not judged): whole curve -" in r.ours for r in rows)
+
+
 def test_fig1_partly_when_only_early():
   run = _fig1("negative", 2.0)
   t = np.asarray(run["results"]["arms"]["scratch"]["iterations"])

@@ -373,6 +373,9 @@ def fig1_row(
     f"whole curve {arm}−scratch {core.ci(whole)}; interval {'above' if sign > 0 else 'below'}"
     f" 0 at {hits}/{len(later)} logged iterations"
   )
+  every = core.interval(whole_curve(a, s)[a["ok"] & s["ok"]])
+  if every["n"] != whole["n"]:  # what the seeds outside the regime did: shown, not judged
+    ours += f"; every finished seed (no gate, not judged): whole curve {core.ci(every)}"
   rule = (
     f"reproduced if both: (i) paired whole-curve {arm}−scratch: 95% t interval "
     f"{'above' if sign > 0 else 'below'} 0, (ii) the same at ≥ half of the logged "
