@@ -213,8 +213,11 @@ def run_main(
   if not workdir:
     fail("--workdir is required. Fix: pass --workdir=/path/to/run (rerun resumes there).")
   try:
+    # jax.distributed.initialize installs the coordination service's own SIGTERM notifier (the
+    # C++ preemption hook): our handlers go in after it, or a SIGTERM would bypass them and leave
+    # the other processes waiting in a collective.
+    scaleout.init_processes()
     with interrupts.handled():
-      scaleout.init_processes()
       if scaleout.is_sweep():  # each point's run holds its own workdir (tasks share the root)
         return scaleout.run_sweep(lambda c, d: recorded_steps(fn, c, d, argv), config, workdir)
       return run_recorded(fn, config, workdir, argv)

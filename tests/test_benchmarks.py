@@ -26,7 +26,9 @@ def _torch_installed():
 @pytest.mark.slow
 def test_cli_writes_json_with_headline_and_arms(tmp_path):
   out = tmp_path / "bench.json"
-  torch_arms = ("torch", "torch_func", "torch_compile") if _torch_installed() else ()
+  # torch_compile's step is the torch_func step under torch.compile: its equality with the loop is
+  # tested in-process below; here the CLI runs the arms that take its other paths (~10 s less).
+  torch_arms = ("torch", "torch_func") if _torch_installed() else ()
   arms = ",".join(("engine", "naive_jax") + torch_arms)
   proc = run_module(
     "benchmarks.train_throughput",
